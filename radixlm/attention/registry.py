@@ -1,0 +1,28 @@
+"""Attention backends by name; GPU-only implementations are imported inside their factory."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from radixlm.attention.base import AttentionBackend
+from radixlm.mem_cache.kv_pool import KVPool
+
+
+def _torch_native(pool: KVPool) -> AttentionBackend:
+    from radixlm.attention.torch_native import TorchNativeBackend
+
+    return TorchNativeBackend(pool)
+
+
+_BACKENDS: dict[str, Callable[[KVPool], AttentionBackend]] = {"torch_native": _torch_native}
+
+
+def create_attention_backend(name: str, pool: KVPool, device: torch.device) -> AttentionBackend:
+    """Pick the backend once at start-up. `auto` is torch_native until fast backends land."""
+    if name == "auto":
+        name = "torch_native"
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}")
+    return _BACKENDS[name](pool)

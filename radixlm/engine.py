@@ -1,0 +1,213 @@
+"""`radixlm.Engine`: the in-process API, in SGLang's shape.
+
+The engine tokenizes in the caller's process and runs the scheduler (model, KV cache,
+batching) in a child process, so a caller is never blocked by other requests' compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import uuid
+from typing import Any, AsyncIterator, Iterator, Optional, Union
+
+from radixlm.io_struct import ReqOutput, TokenizedGenerateReq
+from radixlm.request_output import OutputAccumulator
+from radixlm.runtime_client import RuntimeClient
+from radixlm.sampling.sampling_params import SamplingParams
+from radixlm.server_args import ServerArgs
+from radixlm.tokenizer.loader import apply_chat_template, eos_token_ids, load_tokenizer
+
+Prompt = Union[str, list[str], None]
+Params = Union[dict, list[dict], None]
+
+
+class Engine:
+    """Engine(model_path=None, **server_args). No path = the bundled SmolLM2-135M-Instruct.
+
+    `generate` returns one dict for one prompt (n=1), a list for a list of prompts or n>1.
+    Invariant: after `shutdown()` (or leaving the `with` block) no child process remains.
+    """
+
+    def __init__(self, model_path: Optional[str] = None, **kwargs: Any) -> None:
+        from radixlm.model_loader.loader import load_model_config
+
+        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **kwargs)
+        args = self.server_args
+        self.model_config = load_model_config(args.model_path, args.trust_remote_code)
+        self.tokenizer = None
+        if not args.skip_tokenizer_init:
+            self.tokenizer = load_tokenizer(args.tokenizer_path or args.model_path, args.trust_remote_code)
+        self.eos_ids = self._eos_ids()
+        self.client = RuntimeClient(args, self.tokenizer, self.eos_ids, self.model_config)
+        self.info = self.client.info
+        self.vocab_size = self.info["vocab_size"]
+
+    def _eos_ids(self) -> set[int]:
+        cfg_eos = getattr(self.model_config, "eos_token_id", None)
+        if self.tokenizer is None:
+            return set([cfg_eos] if isinstance(cfg_eos, int) else (cfg_eos or []))
+        return eos_token_ids(self.tokenizer, cfg_eos)
+
+    # -- request preparation ------------------------------------------------------
+    def _prepare(self, prompt: Prompt, sampling_params: Params, input_ids: Any, return_logprob: Any,
+                 logprob_start_len: Any, top_logprobs_num: Any, stream: bool) -> tuple[list[TokenizedGenerateReq], bool]:
+        """Tokenize and validate; returns the requests to send and whether the caller gave a batch."""
+        ids_list, batched = self._token_ids(prompt, input_ids)
+        params_list = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(ids_list)
+        if len(params_list) != len(ids_list):
+            raise ValueError(f"got {len(params_list)} sampling_params for {len(ids_list)} prompts")
+        reqs = []
+        for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
+            params = SamplingParams.from_dict(raw or {})
+            params.validate(self.vocab_size)
+            self._check_prompt(ids)
+            rid = uuid.uuid4().hex
+            group = rid if params.n > 1 else None
+            for j in range(params.n):
+                reqs.append(TokenizedGenerateReq(
+                    rid=f"{rid}-{j}" if params.n > 1 else rid, input_ids=ids, params=params, stream=stream,
+                    return_logprob=_pick(return_logprob, i, False), logprob_start_len=_pick(logprob_start_len, i, -1),
+                    top_logprobs_num=_pick(top_logprobs_num, i, 0), prefix_group=group))
+            batched = batched or params.n > 1
+        return reqs, batched
+
+    def _token_ids(self, prompt: Prompt, input_ids: Any) -> tuple[list[list[int]], bool]:
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("pass exactly one of prompt or input_ids")
+        if input_ids is not None:
+            batched = bool(input_ids) and isinstance(input_ids[0], list)
+            return (input_ids if batched else [input_ids]), batched
+        if self.tokenizer is None:
+            raise ValueError("skip_tokenizer_init is set: pass input_ids, not text")
+        batched = isinstance(prompt, list)
+        prompts = prompt if batched else [prompt]
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a list of strings")
+        return [self.tokenizer.encode(p) for p in prompts], batched
+
+    def _check_prompt(self, ids: list[int]) -> None:
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in ids):
+            raise ValueError(f"input_ids must be integers in [0, {self.vocab_size})")
+        if len(ids) >= self.info["context_length"]:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the context length is {self.info['context_length']}")
+        if len(ids) + 1 > self.info["max_total_num_tokens"]:
+            raise ValueError(f"the prompt has {len(ids)} tokens, more than the KV pool holds "
+                             f"({self.info['max_total_num_tokens']})")
+
+    # -- generation ------------------------------------------------------------------
+    def generate(self, prompt: Prompt = None, sampling_params: Params = None, input_ids: Any = None,
+                 return_logprob: Any = False, logprob_start_len: Any = None, top_logprobs_num: Any = None,
+                 stream: bool = False) -> Any:
+        """Generate for one prompt or a batch; with stream=True, an iterator of incremental chunks."""
+        reqs, batched = self._prepare(prompt, sampling_params, input_ids, return_logprob,
+                                      logprob_start_len, top_logprobs_num, stream)
+        if stream:
+            return self._stream(reqs)
+        inbox: queue.Queue = queue.Queue()
+        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
+        for r in reqs:
+            self.client.submit(r, inbox.put)
+        pending = len(reqs)
+        while pending:
+            out: ReqOutput = inbox.get()
+            if accs[out.rid].add(out):
+                pending -= 1
+        results = [accs[r.rid].result() for r in reqs]
+        return results if batched else results[0]
+
+    def _stream(self, reqs: list[TokenizedGenerateReq]) -> Iterator[dict]:
+        inbox: queue.Queue = queue.Queue()
+        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
+        for r in reqs:
+            self.client.submit(r, inbox.put)
+        pending = len(reqs)
+        try:
+            while pending:
+                out: ReqOutput = inbox.get()
+                if accs[out.rid].add(out):
+                    pending -= 1
+                yield accs[out.rid].chunk(out, index=list(accs).index(out.rid))
+        finally:
+            for rid, acc in accs.items():
+                if not acc.done:
+                    self.client.abort(rid)
+
+    async def async_generate(self, prompt: Prompt = None, sampling_params: Params = None, input_ids: Any = None,
+                             return_logprob: Any = False, logprob_start_len: Any = None,
+                             top_logprobs_num: Any = None, stream: bool = False) -> Any:
+        """Like `generate`, awaitable; with stream=True returns an async iterator of chunks."""
+        reqs, batched = self._prepare(prompt, sampling_params, input_ids, return_logprob,
+                                      logprob_start_len, top_logprobs_num, stream)
+        if stream:
+            return self._astream(reqs)
+        results = {}
+        async for rid, acc in self._aconsume(reqs):
+            if acc.done:
+                results[rid] = acc.result()
+        ordered = [results[r.rid] for r in reqs]
+        return ordered if batched else ordered[0]
+
+    async def _astream(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[dict]:
+        async for rid, acc in self._aconsume(reqs):
+            yield acc.last_chunk
+
+    async def _aconsume(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[tuple[str, OutputAccumulator]]:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
+        order = {r.rid: i for i, r in enumerate(reqs)}
+        for r in reqs:
+            self.client.submit(r, lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out))
+        pending = len(reqs)
+        try:
+            while pending:
+                out: ReqOutput = await inbox.get()
+                acc = accs[out.rid]
+                if acc.add(out):
+                    pending -= 1
+                acc.last_chunk = acc.chunk(out, index=order[out.rid])
+                yield out.rid, acc
+        finally:
+            for rid, acc in accs.items():
+                if not acc.done:
+                    self.client.abort(rid)
+
+    # -- control -----------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return apply_chat_template(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
+
+    def flush_cache(self) -> bool:
+        return bool(self.client.rpc("flush_cache"))
+
+    def get_server_info(self) -> dict:
+        return {**self.client.rpc("get_info"), "model_path": self.server_args.model_path}
+
+    def check_no_leak(self) -> None:
+        """Raise AssertionError unless every KV slot is free or held by the radix tree (idle only)."""
+        try:
+            self.client.rpc("check_leak")
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
+
+    def shutdown(self) -> None:
+        self.client.shutdown()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None and client.process.is_alive():
+            client.process.kill()
+
+
+def _pick(value: Any, i: int, default: Any) -> Any:
+    if isinstance(value, list):
+        return value[i]
+    return default if value is None else value

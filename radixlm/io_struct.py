@@ -1,0 +1,59 @@
+"""The messages exchanged between the front (Engine / HTTP) and the scheduler process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from radixlm.sampling.sampling_params import SamplingParams
+
+
+@dataclass
+class TokenizedGenerateReq:
+    """One sequence to generate. Requests of one `n>1` call share `prefix_group` so the
+    scheduler prefills their common prompt once."""
+
+    rid: str
+    input_ids: list[int]
+    params: SamplingParams
+    stream: bool = False
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    prefix_group: Optional[str] = None
+
+
+@dataclass
+class AbortReq:
+    rid: str
+
+
+@dataclass
+class RpcReq:
+    """A control call (`flush_cache`, `get_info`, `check_leak`, `shutdown`) answered by one RpcOutput."""
+
+    method: str
+    call_id: int = 0
+
+
+@dataclass
+class RpcOutput:
+    call_id: int
+    result: Any = None
+    error: Optional[str] = None
+
+
+@dataclass
+class ReqOutput:
+    """New output of one request since its last message. `finish_reason` set means final."""
+
+    rid: str
+    new_ids: list[int]
+    text_delta: str
+    finish_reason: Optional[dict]
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchOutput:
+    outputs: list[ReqOutput]

@@ -1,0 +1,130 @@
+"""Owns every KV slot: the allocator, the request-to-token table and the radix tree.
+
+Invariant (checked by `check_no_leak` when idle): every usable slot is in exactly one of
+the free list, a running request's own range, or the radix tree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
+from radixlm.mem_cache.radix_cache import RadixCache
+from radixlm.scheduler.request import Req
+
+
+class KVCacheManager:
+    """Moves slots between requests, the tree and the free list; the scheduler's only door to KV memory."""
+
+    def __init__(self, allocator: SlotAllocator, req_pool: ReqToTokenPool, tree: RadixCache) -> None:
+        self.allocator = allocator
+        self.req_pool = req_pool
+        self.tree = tree
+        self.page_size = allocator.page_size
+
+    # -- capacity -------------------------------------------------------------
+    def available(self) -> int:
+        """Slots obtainable now: free ones plus those the tree could evict."""
+        return self.allocator.available_size() + self.tree.evictable_size()
+
+    def capacity(self) -> int:
+        return self.allocator.num_pages * self.page_size
+
+    # -- request lifecycle ----------------------------------------------------
+    def match(self, req: Req, max_len: int) -> None:
+        """Point a request without KV at the longest cached prefix of its first `max_len` tokens."""
+        assert req.kv_len == 0 and req.last_node is None
+        match = self.tree.match_prefix(req.fill_ids[:max_len])
+        self.tree.inc_lock_ref(match.last_node)
+        req.last_node, req.tree_len, req.kv_len = match.last_node, len(match.values), len(match.values)
+        req.prefix_slots = match.values
+
+    def assign_row(self, req: Req) -> bool:
+        """Give the request a row of the request-to-token table and copy its prefix slots there."""
+        if req.req_pool_idx is not None:
+            return True
+        idx = self.req_pool.alloc()
+        if idx is None:
+            return False
+        req.req_pool_idx = idx
+        if req.tree_len:
+            self.req_pool.table[req.req_pool_idx, :req.tree_len] = torch.tensor(req.prefix_slots)
+        return True
+
+    def alloc_tokens(self, req: Req, count: int) -> list[int] | None:
+        """Slots for the next `count` positions of `req`, evicting from the tree if needed."""
+        start = req.kv_len
+        last = int(self.req_pool.table[req.req_pool_idx, start - 1]) if start else 0
+        slots = self.allocator.alloc(last, start, count)
+        if slots is None:
+            self.evict(count + self.page_size)
+            slots = self.allocator.alloc(last, start, count)
+        if slots is not None:
+            self.req_pool.table[req.req_pool_idx, start:start + count] = torch.tensor(slots)
+            req.kv_len += count
+        return slots
+
+    def evict(self, num_tokens: int) -> None:
+        if self.allocator.available_size() < num_tokens:
+            self.tree.evict(num_tokens - self.allocator.available_size(), self.allocator.free)
+
+    def cache_unfinished(self, req: Req) -> None:
+        """After a prefill chunk: hand the computed full pages to the tree and lock the new node,
+        so other requests can share them while this one keeps running."""
+        self._insert(req)
+
+    def cache_finished(self, req: Req) -> None:
+        """The request is done: the tree keeps its KV (as full pages), the rest is freed."""
+        self._insert(req)
+        self._free_own(req)
+        self._drop(req)
+
+    def release(self, req: Req) -> None:
+        """Retract: free the request's own slots, unlock its prefix, forget its KV (it will re-prefill)."""
+        self._free_own(req)
+        self._drop(req)
+
+    # -- internals -------------------------------------------------------------
+    def _insert(self, req: Req) -> None:
+        n = req.kv_len - req.kv_len % self.page_size
+        if n <= req.tree_len:
+            return
+        row = self.req_pool.table[req.req_pool_idx]
+        slots = row[:n].tolist()
+        present = self.tree.insert(req.fill_ids[:n], slots)
+        if self.tree.disable:
+            return
+        # Slots between the old tree prefix and what the tree already had are duplicates we own.
+        self.allocator.free(slots[req.tree_len:present])
+        match = self.tree.match_prefix(req.fill_ids[:n])
+        row[:len(match.values)] = torch.tensor(match.values)
+        self.tree.dec_lock_ref(req.last_node)
+        self.tree.inc_lock_ref(match.last_node)
+        req.last_node, req.tree_len = match.last_node, len(match.values)
+
+    def _free_own(self, req: Req) -> None:
+        if req.kv_len > req.tree_len:
+            self.allocator.free(self.req_pool.table[req.req_pool_idx, req.tree_len:req.kv_len].tolist())
+
+    def _drop(self, req: Req) -> None:
+        if req.last_node is not None:
+            self.tree.dec_lock_ref(req.last_node)
+        if req.req_pool_idx is not None:
+            self.req_pool.free(req.req_pool_idx)
+        req.req_pool_idx, req.last_node, req.tree_len, req.kv_len = None, None, 0, 0
+
+    def flush(self) -> bool:
+        """Drop the whole tree when nothing is running; returns whether it did."""
+        if self.tree.protected_size() > 0:
+            return False
+        self.tree.evict(self.tree.total_size(), self.allocator.free)
+        return True
+
+    def check_no_leak(self) -> None:
+        """Raise if, with no request running, free + cached != capacity."""
+        free, cached = self.allocator.available_size(), self.tree.total_size()
+        if free + cached != self.capacity() or self.tree.protected_size() != 0:
+            raise AssertionError(
+                f"KV leak: free {free} + cached {cached} != capacity {self.capacity()} "
+                f"(protected {self.tree.protected_size()})"
+            )

@@ -1,0 +1,90 @@
+"""Preallocated KV storage, the page allocator over it, and the request-to-token table."""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVPool:
+    """K and V buffers for every layer: [num_slots, num_kv_heads, head_dim] each.
+
+    The first page (slots 0..page_size-1) is reserved as a padding target and never
+    handed out, so padded index tensors may point at slot 0 harmlessly.
+    """
+
+    def __init__(self, size: int, page_size: int, num_layers: int, num_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.size = size
+        self.page_size = page_size
+        total = size + page_size
+        shape = (total, num_kv_heads, head_dim)
+        self.k_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+
+    def set_kv(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write new tokens' k/v [T, Hkv, D] at slots `loc` [T]."""
+        self.k_buffers[layer_id][loc] = k.to(self.k_buffers[layer_id].dtype)
+        self.v_buffers[layer_id][loc] = v.to(self.v_buffers[layer_id].dtype)
+
+    def bytes_per_token(self) -> int:
+        k = self.k_buffers[0]
+        return 2 * len(self.k_buffers) * k.shape[1] * k.shape[2] * k.element_size()
+
+
+class SlotAllocator:
+    """Hands out KV slots page by page. Invariant: a page is either free or handed out, and
+    `available_size()` counts free slots (whole free pages times page_size)."""
+
+    def __init__(self, size: int, page_size: int) -> None:
+        self.size = size
+        self.page_size = page_size
+        self.num_pages = size // page_size
+        self.reset()
+
+    def reset(self) -> None:
+        # Page 0 is the reserved padding page; usable pages are 1..num_pages.
+        self._free_pages = list(range(self.num_pages, 0, -1))
+
+    def available_size(self) -> int:
+        return len(self._free_pages) * self.page_size
+
+    def alloc(self, last_loc: int, start: int, count: int) -> list[int] | None:
+        """Slots for positions [start, start+count) of one sequence whose slot at position
+        start-1 is `last_loc` (ignored when start is page-aligned). Returns None, changing
+        nothing, when there are not enough free pages."""
+        p = self.page_size
+        in_page = min(count, (-start) % p)
+        pages_needed = -(-(count - in_page) // p)
+        if pages_needed > len(self._free_pages):
+            return None
+        slots = list(range(last_loc + 1, last_loc + 1 + in_page))
+        for _ in range(pages_needed):
+            page = self._free_pages.pop()
+            slots.extend(range(page * p, page * p + p))
+        return slots[:count]
+
+    def free(self, slots: list[int]) -> None:
+        """Return the pages of `slots`; callers only ever free whole pages they own."""
+        if not slots:
+            return
+        p = self.page_size
+        pages = set(s // p for s in slots) if p > 1 else slots
+        self._free_pages.extend(pages)
+
+
+class ReqToTokenPool:
+    """Row i maps the token positions of the request holding row i to KV slots."""
+
+    def __init__(self, max_reqs: int, max_context_len: int, device: torch.device) -> None:
+        self.table = torch.zeros((max_reqs, max_context_len), dtype=torch.int64, device=device)
+        self._free = list(range(max_reqs - 1, -1, -1))
+        self.max_reqs = max_reqs
+
+    def available(self) -> int:
+        return len(self._free)
+
+    def alloc(self) -> int | None:
+        return self._free.pop() if self._free else None
+
+    def free(self, index: int) -> None:
+        self._free.append(index)

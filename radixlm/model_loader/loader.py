@@ -1,0 +1,108 @@
+"""Build a native model from a HF directory, a GGUF file, or random ("dummy") weights."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from radixlm.attention.base import AttentionBackend
+from radixlm.models.registry import resolve_model_class
+
+logger = logging.getLogger(__name__)
+
+_DTYPE_NAMES = {
+    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+}
+
+
+def is_gguf(path: str) -> bool:
+    return os.path.isfile(path) and path.endswith(".gguf")
+
+
+def load_model_config(model_path: str, trust_remote_code: bool = False) -> Any:
+    """The transformers config of a HF directory or a GGUF file; clear errors for anything else."""
+    from transformers import AutoConfig
+
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(
+            f"model path {model_path!r} does not exist; expected a Hugging Face model directory "
+            "(config.json, *.safetensors, tokenizer files) or a .gguf file"
+        )
+    if is_gguf(model_path):
+        from radixlm.model_loader.gguf_reader import read_gguf_config
+
+        cfg = dict(read_gguf_config(model_path))
+        return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        raise FileNotFoundError(
+            f"model path {model_path!r} has no config.json; expected a Hugging Face model directory or a .gguf file"
+        )
+    return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+
+def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
+    """`auto`: float32 on CPU (bf16 matmuls are slow there), the checkpoint's dtype elsewhere."""
+    if name != "auto":
+        return _DTYPE_NAMES[name]
+    if device.type == "cpu":
+        return torch.float32
+    cfg_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(cfg_dtype, str):
+        cfg_dtype = _DTYPE_NAMES.get(cfg_dtype)
+    return cfg_dtype if cfg_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+def build_model(config: Any, backend: AttentionBackend, model_path: str, load_format: str,
+                dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
+    """Construct on the meta device, materialize on `device`, then fill the weights."""
+    cls = resolve_model_class(getattr(config, "architectures", None) or [])
+    with torch.device("meta"):
+        model = cls(config, backend)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    for module in model.modules():
+        if hasattr(module, "init_cache"):
+            module.init_cache(device)
+    if load_format == "dummy":
+        _init_dummy(model, seed)
+    else:
+        model.load_weights(iter_weights(model_path, load_format))
+    return model.eval()
+
+
+def iter_weights(model_path: str, load_format: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) for every tensor of the checkpoint."""
+    if is_gguf(model_path) or load_format == "gguf":
+        from radixlm.model_loader.gguf_reader import GGUFCheckpoint
+
+        checkpoint = GGUFCheckpoint(model_path)
+        yield from tqdm(checkpoint.tensors(), total=len(checkpoint), desc="Loading weights", leave=False)
+        return
+    files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {model_path!r} (use load_format='dummy' for random weights)")
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in tqdm(list(f.keys()), desc=f"Loading {os.path.basename(file)}", leave=False):
+                yield name, f.get_tensor(name)
+
+
+def _init_dummy(model: nn.Module, seed: int) -> None:
+    """Random weights of the config's shape; norms at 1 so activations stay in range."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                cpu = torch.empty(param.shape, dtype=torch.float32).uniform_(-0.02, 0.02, generator=gen)
+                param.copy_(cpu)

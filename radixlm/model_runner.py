@@ -1,0 +1,81 @@
+"""Owns the model, the KV pool and the attention backend; runs one ForwardBatch to logits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from radixlm.attention.registry import create_attention_backend
+from radixlm.forward_batch import ForwardBatch
+from radixlm.mem_cache.kv_pool import KVPool
+from radixlm.model_loader.loader import build_model, load_model_config, resolve_dtype
+from radixlm.models.llama import head_dim_of
+from radixlm.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+CPU_KV_BUDGET_BYTES = 2 << 30  # default KV pool on CPU when max_total_tokens is not given
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ModelRunner:
+    """Invariant: the pool, backend and model are built once and live as long as the runner."""
+
+    def __init__(self, args: ServerArgs, model_config: Any | None = None) -> None:
+        self.args = args
+        self.device = resolve_device(args.device)
+        if args.num_threads and self.device.type == "cpu":
+            torch.set_num_threads(args.num_threads)
+        torch.manual_seed(args.random_seed)
+        self.config = model_config or load_model_config(args.model_path, args.trust_remote_code)
+        self.dtype = resolve_dtype(args.dtype, self.config, self.device)
+        self.vocab_size = self.config.vocab_size
+        self.context_len = args.context_length or self.config.max_position_embeddings
+        self.pool = self._make_pool()
+        self.backend = create_attention_backend(args.attention_backend, self.pool, self.device)
+        start = time.perf_counter()
+        self.model = build_model(self.config, self.backend, args.model_path, args.load_format,
+                                 self.dtype, self.device, args.random_seed)
+        logger.info("model loaded in %.1f s (%s, %s)", time.perf_counter() - start, self.dtype, self.device)
+
+    def _make_pool(self) -> KVPool:
+        cfg = self.config
+        kv_heads, head_dim, layers = cfg.num_key_value_heads, head_dim_of(cfg), cfg.num_hidden_layers
+        per_token = 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=self.dtype).element_size()
+        size = self.args.max_total_tokens or self._default_pool_tokens(per_token)
+        size -= size % self.args.page_size
+        if size < self.args.page_size * 2:
+            raise ValueError(f"KV pool of {size} tokens is too small")
+        logger.info("KV pool: %d tokens (%.2f GiB)", size, size * per_token / 2**30)
+        return KVPool(size, self.args.page_size, layers, kv_heads, head_dim, self.dtype, self.device)
+
+    def _default_pool_tokens(self, per_token: int) -> int:
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            weights = self._estimate_weight_bytes()
+            budget = total * self.args.mem_fraction_static - (total - free) - weights
+            return max(int(budget // per_token), self.args.page_size * 2)
+        return int(min(CPU_KV_BUDGET_BYTES // per_token, 64 * self.context_len))
+
+    def _estimate_weight_bytes(self) -> int:
+        cfg = self.config
+        h, i, layers, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+        kv = cfg.num_key_value_heads * head_dim_of(cfg)
+        per_layer = h * (cfg.num_attention_heads * head_dim_of(cfg)) * 2 + 2 * h * kv + 3 * h * i
+        elems = layers * per_layer + 2 * v * h
+        return elems * torch.tensor([], dtype=self.dtype).element_size()
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Run the batch; returns float32 logits for the rows named by `batch.logit_indices`."""
+        self.backend.init_forward_metadata(batch)
+        hidden = self.model(batch.input_ids, batch.positions, batch)
+        return self.model.compute_logits(hidden[batch.logit_indices])

@@ -1,0 +1,191 @@
+"""Llama family (Llama 2/3, Mistral; base of Qwen2/Qwen3): one readable file.
+
+q/k/v and gate/up projections are fused into single matmuls; `load_weights` takes the
+Hugging Face tensor names and copies each shard into its slice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from radixlm.attention.base import AttentionBackend
+from radixlm.forward_batch import ForwardBatch
+from radixlm.layers.basic import RMSNorm, RotaryEmbedding, silu_and_mul
+
+
+def _rope_parameters(config: Any) -> dict[str, Any]:
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope = dict(rope)
+    rope.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    return rope
+
+
+def head_dim_of(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention whose KV lives in radixlm's paged pool, reached through the backend."""
+
+    qkv_bias = False  # Qwen2 turns this on.
+    qk_norm = False  # Qwen3 turns this on.
+
+    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.layer_id, self.backend = layer_id, backend
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = head_dim_of(config)
+        self.scale = self.head_dim ** -0.5
+        bias = getattr(config, "attention_bias", False) or self.qkv_bias
+        qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias=bias)
+        o_bias = getattr(config, "attention_bias", False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=o_bias)
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings, _rope_parameters(config))
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        out = self.backend.forward(q, k, v, self.layer_id, self.scale, batch)
+        return self.o_proj(out.reshape(-1, q_size))
+
+
+class LlamaMLP(nn.Module):
+    """Gated SiLU MLP with the gate and up projections in one matmul."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    attention_cls = LlamaAttention
+
+    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.self_attn = self.attention_cls(config, layer_id, backend)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        x = x + self.self_attn(positions, self.input_layernorm(x), batch)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    layer_cls = LlamaDecoderLayer
+
+    def __init__(self, config: Any, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(self.layer_cls(config, i, backend) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, batch)
+        return self.norm(x)
+
+
+# HF name fragment -> (our parameter fragment, shard index) for fused projections.
+_STACKED = {
+    ".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1), ".v_proj.": (".qkv_proj.", 2),
+    ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
+}
+
+
+class LlamaForCausalLM(nn.Module):
+    """Causal LM head over `LlamaModel`. `forward` returns final hidden states [T, hidden];
+    `compute_logits` turns selected rows into float32 logits."""
+
+    model_cls = LlamaModel
+
+    def __init__(self, config: Any, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.config = config
+        self.model = self.model_cls(config, backend)
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
+        if not self.tied:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        return self.model(input_ids, positions, batch)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
+        return torch.matmul(hidden, weight.t()).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors into our (partly fused) parameters; every parameter must be set."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb" in name or (self.tied and name.startswith("lm_head.")):
+                continue
+            target, shard = self._target(name)
+            if target not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
+            _copy_shard(params[target], tensor, shard, self._shard_sizes(target))
+            loaded.add(name if shard is None else f"{target}#{shard}")
+        self._check_complete(params, loaded)
+
+    def _target(self, name: str) -> tuple[str, int | None]:
+        for hf, (ours, shard) in _STACKED.items():
+            if hf in name:
+                return name.replace(hf, ours), shard
+        return name, None
+
+    def _shard_sizes(self, target: str) -> list[int]:
+        cfg = self.config
+        if ".qkv_proj." in target:
+            d = head_dim_of(cfg)
+            return [cfg.num_attention_heads * d, cfg.num_key_value_heads * d, cfg.num_key_value_heads * d]
+        return [cfg.intermediate_size, cfg.intermediate_size]
+
+    def _check_complete(self, params: dict[str, nn.Parameter], loaded: set[str]) -> None:
+        missing = []
+        for name in params:
+            fused = ".qkv_proj." in name or ".gate_up_proj." in name
+            shards = 3 if ".qkv_proj." in name else 2
+            keys = [f"{name}#{i}" for i in range(shards)] if fused else [name]
+            missing += [k for k in keys if k not in loaded]
+        if missing:
+            raise ValueError(f"checkpoint is missing tensors for: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+def _copy_shard(param: nn.Parameter, tensor: torch.Tensor, shard: int | None, sizes: list[int]) -> None:
+    with torch.no_grad():
+        if shard is None:
+            if param.shape != tensor.shape:
+                raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(tensor.shape)}")
+            param.copy_(tensor)
+            return
+        start = sum(sizes[:shard])
+        dest = param.narrow(0, start, sizes[shard])
+        if dest.shape != tensor.shape:
+            raise ValueError(f"shape mismatch: shard {tuple(dest.shape)} vs checkpoint {tuple(tensor.shape)}")
+        dest.copy_(tensor)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    """Mistral is Llama's architecture (sliding window not applied: see docs/architecture.md)."""

@@ -1,0 +1,135 @@
+"""The front's handle on the scheduler process: start it, send requests, route results back."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import threading
+from typing import Any, Callable, Optional
+
+from radixlm.io_struct import AbortReq, BatchOutput, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
+from radixlm.scheduler.process import run_scheduler_process
+from radixlm.server_args import ServerArgs
+
+START_TIMEOUT_S = 600.0
+
+
+class SchedulerDied(RuntimeError):
+    """The scheduler process exited; pending requests are failed with this."""
+
+
+class RuntimeClient:
+    """Thread-safe. Each submitted request gets its outputs through its own callback, called
+    from one receiver thread, in order; the final output has `finish_reason` set."""
+
+    def __init__(self, args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None) -> None:
+        ctx = mp.get_context("spawn")
+        sched_recv, self._to_sched = ctx.Pipe(duplex=False)
+        out_recv, self._from_sched_send = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=run_scheduler_process, daemon=True, name="radixlm-scheduler",
+                                   args=(args, tokenizer, eos_ids, model_config, sched_recv, self._from_sched_send))
+        self.process.start()
+        sched_recv.close()
+        self._recv = out_recv
+        self.info = self._wait_ready()
+        self._lock = threading.Lock()
+        self._callbacks: dict[str, Callable[[ReqOutput], None]] = {}
+        self._rpcs: dict[int, tuple[threading.Event, list]] = {}
+        self._ids = itertools.count(1)
+        self.dead: Optional[str] = None
+        self._thread = threading.Thread(target=self._receive_loop, daemon=True, name="radixlm-receiver")
+        self._thread.start()
+
+    def _wait_ready(self) -> dict:
+        if not self._recv.poll(START_TIMEOUT_S):
+            self.process.kill()
+            raise RuntimeError("scheduler process did not start in time")
+        try:
+            kind, payload = self._recv.recv()
+        except EOFError:
+            raise RuntimeError(f"scheduler process exited during start-up (exit code {self.process.exitcode})")
+        if kind != "ready":
+            self.process.join(5)
+            raise RuntimeError(f"scheduler process failed to start:\n{payload}")
+        return payload
+
+    def submit(self, req: TokenizedGenerateReq, callback: Callable[[ReqOutput], None]) -> None:
+        with self._lock:
+            if self.dead:
+                raise SchedulerDied(self.dead)
+            self._callbacks[req.rid] = callback
+            self._to_sched.send(req)
+
+    def abort(self, rid: str) -> None:
+        with self._lock:
+            if rid in self._callbacks and not self.dead:
+                self._to_sched.send(AbortReq(rid))
+
+    def rpc(self, method: str, timeout: float = 60.0) -> Any:
+        """Call a control method in the scheduler and wait for its answer."""
+        event, box = threading.Event(), []
+        with self._lock:
+            if self.dead:
+                raise SchedulerDied(self.dead)
+            call_id = next(self._ids)
+            self._rpcs[call_id] = (event, box)
+            self._to_sched.send(RpcReq(method, call_id))
+        if not event.wait(timeout):
+            raise TimeoutError(f"scheduler did not answer {method!r} within {timeout} s")
+        out: RpcOutput = box[0]
+        if out.error:
+            raise RuntimeError(out.error)
+        return out.result
+
+    def _receive_loop(self) -> None:
+        try:
+            while True:
+                msg = self._recv.recv()
+                if isinstance(msg, BatchOutput):
+                    self._dispatch(msg.outputs)
+                elif isinstance(msg, RpcOutput):
+                    self._answer(msg)
+                elif isinstance(msg, tuple) and msg[0] == "error":
+                    self._fail(f"scheduler crashed:\n{msg[1]}")
+                    return
+        except (EOFError, OSError):
+            self._fail("scheduler process exited")
+
+    def _dispatch(self, outputs: list[ReqOutput]) -> None:
+        for out in outputs:
+            with self._lock:
+                cb = self._callbacks.get(out.rid)
+                if out.finish_reason is not None:
+                    self._callbacks.pop(out.rid, None)
+            if cb is not None:
+                cb(out)
+
+    def _answer(self, out: RpcOutput) -> None:
+        with self._lock:
+            entry = self._rpcs.pop(out.call_id, None)
+        if entry is not None:
+            entry[1].append(out)
+            entry[0].set()
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            self.dead = reason
+            callbacks, self._callbacks = self._callbacks, {}
+            rpcs, self._rpcs = self._rpcs, {}
+        for rid, cb in callbacks.items():
+            cb(ReqOutput(rid, [], "", {"type": "abort", "message": reason, "status_code": 500}, {"error": reason}))
+        for call_id, (event, box) in rpcs.items():
+            box.append(RpcOutput(call_id, error=reason))
+            event.set()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler process; never leaves it running."""
+        if self.process.is_alive() and not self.dead:
+            try:
+                self.rpc("shutdown", timeout=timeout)
+            except (RuntimeError, TimeoutError, OSError):
+                pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)

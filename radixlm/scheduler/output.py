@@ -1,0 +1,138 @@
+"""After a forward: sample next tokens, record logprobs, detokenize, and decide who finished."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from radixlm.io_struct import ReqOutput
+from radixlm.sampling.sampler import apply_penalties_and_bias, sample
+from radixlm.sampling.sampling_batch import SamplingBatch
+from radixlm.scheduler.batch import ScheduledBatch
+from radixlm.scheduler.request import Req
+from radixlm.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher
+
+
+class OutputProcessor:
+    """Owns the per-request text state. Logprobs are those of the model's raw distribution
+    (log-softmax of the logits, before penalties and temperature)."""
+
+    def __init__(self, tokenizer: Any, eos_ids: set[int], vocab_size: int, context_len: int,
+                 device: torch.device) -> None:
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self.vocab_size, self.context_len, self.device = vocab_size, context_len, device
+
+    def init_req(self, req: Req) -> None:
+        p = req.params
+        if self.tokenizer is not None:
+            req.detok = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens, p.spaces_between_special_tokens)
+        stops = p.stop if isinstance(p.stop, list) else ([p.stop] if p.stop else [])
+        req.stop_matcher = StopStringMatcher(stops)
+
+    def process(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
+        """Append one sampled token to every item that samples; set finish reasons."""
+        for item, rows in zip(batch.items, batch.logit_rows):
+            if item.logit_positions:
+                self._prompt_logprobs(item.req, item.logit_positions, rows, logits)
+        takers = [(item.req, rows[item.start + item.length - 1]) for item, rows in zip(batch.items, batch.logit_rows)
+                  if item.sample]
+        if not takers:
+            return
+        reqs = [r for r, _ in takers]
+        raw = logits[torch.tensor([row for _, row in takers], device=logits.device)]
+        next_ids = self._sample(reqs, raw).tolist()
+        logprobs = torch.log_softmax(raw, dim=-1) if any(r.return_logprob for r in reqs) else None
+        for i, (req, token) in enumerate(zip(reqs, next_ids)):
+            if logprobs is not None and req.return_logprob:
+                self._output_logprob(req, logprobs[i], token)
+            self._append(req, token)
+
+    def _sample(self, reqs: list[Req], raw: torch.Tensor) -> torch.Tensor:
+        sb = SamplingBatch.build([r.params for r in reqs], [r.output_ids for r in reqs], self.vocab_size,
+                                 self.eos_ids, self.device, [r.step_seed() for r in reqs])
+        if sb.all_greedy and not (sb.has_penalties or sb.has_logit_bias or sb.has_min_tokens_ban):
+            return raw.argmax(dim=-1)
+        return sample(apply_penalties_and_bias(raw.clone(), sb), sb)
+
+    def _prompt_logprobs(self, req: Req, positions: list[int], rows: dict[int, int], logits: torch.Tensor) -> None:
+        idx = torch.tensor([rows[p] for p in positions], device=logits.device)
+        lp = torch.log_softmax(logits[idx], dim=-1)
+        targets = torch.tensor([req.origin_input_ids[p + 1] for p in positions], device=logits.device)
+        chosen = lp.gather(1, targets[:, None]).squeeze(1).tolist()
+        state = req.logprobs
+        if not state.input_token_logprobs and req.logprob_start_len == 0:
+            state.input_token_logprobs.append((None, req.origin_input_ids[0]))
+            state.input_top_logprobs.append(None)
+        state.input_token_logprobs.extend(zip(chosen, targets.tolist()))
+        state.input_top_logprobs.extend(_top_k(lp, req.top_logprobs_num))
+
+    def _output_logprob(self, req: Req, lp: torch.Tensor, token: int) -> None:
+        req.logprobs.output_token_logprobs.append((float(lp[token]), token))
+        req.logprobs.output_top_logprobs.extend(_top_k(lp[None], req.top_logprobs_num))
+
+    def _append(self, req: Req, token: int) -> None:
+        req.output_ids.append(token)
+        p = req.params
+        text_stop = None
+        if req.detok is not None:
+            delta = req.detok.append([token])
+            check = req.stop_matcher.feed(delta)
+            text_stop = check.stop_index
+        if token in (p.stop_token_ids or ()) or (not p.ignore_eos and token in self.eos_ids):
+            req.finished_reason = {"type": "stop", "matched": token}
+        elif text_stop is not None:
+            req.finished_reason = {"type": "stop", "matched": self._matched_stop(req, text_stop)}
+        elif len(req.output_ids) >= p.max_new_tokens:
+            req.finished_reason = {"type": "length", "length": p.max_new_tokens}
+        elif req.seq_len >= self.context_len:
+            req.finished_reason = {"type": "length", "length": len(req.output_ids)}
+
+    def _matched_stop(self, req: Req, index: int) -> str:
+        text = req.detok.text
+        return next((s for s in req.stop_matcher.stops if text.startswith(s, index)), "")
+
+    def make_output(self, req: Req) -> Optional[ReqOutput]:
+        """The message for `req` this step (None when a non-streaming request is still running)."""
+        if not req.finished and not req.stream:
+            return None
+        text = self._visible_text(req)
+        delta_text = text[req.sent_text_len:]
+        new_ids = req.output_ids[req.sent_ids:]
+        req.sent_text_len, req.sent_ids = len(text), len(req.output_ids)
+        return ReqOutput(req.rid, new_ids, delta_text, req.finished_reason, self._meta(req))
+
+    def _visible_text(self, req: Req) -> str:
+        if req.detok is None:
+            return ""
+        if req.finished:
+            text = req.detok.text + req.detok.flush()
+            check = req.stop_matcher.process(text) if req.stop_matcher.stops else None
+            if check is not None and check.stop_index is not None and not req.params.no_stop_trim:
+                text = text[:check.stop_index]
+            return text
+        check = req.stop_matcher.feed("")
+        return req.detok.text[:len(req.detok.text) - check.hold_back]
+
+    def _meta(self, req: Req) -> dict:
+        meta = {
+            "id": req.rid,
+            "prompt_tokens": len(req.origin_input_ids),
+            "completion_tokens": len(req.output_ids),
+            "cached_tokens": req.cached_tokens,
+            "finish_reason": req.finished_reason,
+        }
+        if req.error:
+            meta["error"] = req.error
+        if req.return_logprob:
+            lp = req.logprobs
+            meta.update(input_token_logprobs=lp.input_token_logprobs, input_top_logprobs=lp.input_top_logprobs,
+                        output_token_logprobs=lp.output_token_logprobs, output_top_logprobs=lp.output_top_logprobs)
+        return meta
+
+
+def _top_k(lp: torch.Tensor, k: int) -> list[list[tuple[float, int]]]:
+    if k <= 0:
+        return [[] for _ in range(lp.shape[0])]
+    values, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    return [list(zip(v, i)) for v, i in zip(values.tolist(), ids.tolist())]

@@ -1,0 +1,107 @@
+"""Chooses which waiting requests to prefill next, within the KV and token budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from radixlm.mem_cache.cache_manager import KVCacheManager
+from radixlm.scheduler.batch import ExtendItem
+from radixlm.scheduler.request import Req
+
+LPM_MAX_QUEUE = 128  # past this, matching every waiting request costs more than it saves
+
+
+@dataclass(frozen=True)
+class PrefillBudget:
+    """Per-step limits: tokens in one prefill batch, chunk size, running requests, and
+    the KV slots to keep in reserve for the decodes of already-running requests."""
+
+    max_prefill_tokens: int
+    chunk_size: Optional[int]
+    max_running: int
+    reserved_tokens: int
+    new_token_ratio: float
+
+
+def order_waiting(waiting: list[Req], policy: str, cache: KVCacheManager) -> list[Req]:
+    """`lpm`: longest cached prefix first (so shared prefixes are computed once); else arrival order."""
+    if policy != "lpm" or len(waiting) > LPM_MAX_QUEUE:
+        return list(waiting)
+    lengths = {id(r): len(cache.tree.match_prefix(r.fill_ids).values) for r in waiting}
+    return sorted(waiting, key=lambda r: -lengths[id(r)])
+
+
+def match_limit(req: Req) -> int:
+    """How many leading tokens may come from the cache: never all (the last must run to get
+    logits), and none past the first position whose prompt logprob was asked for."""
+    limit = req.seq_len - 1
+    if req.wants_prompt_logprobs():
+        limit = min(limit, max(req.logprob_start_len - 1, 0))
+    return limit
+
+
+class PrefillAdder:
+    """Admits requests one by one until a budget runs out. Invariant: a request either ends up
+    in `items` with its slots allocated, or is left untouched (no lock, no slots)."""
+
+    def __init__(self, cache: KVCacheManager, budget: PrefillBudget, num_running: int) -> None:
+        self.cache, self.budget = cache, budget
+        self.items: list[ExtendItem] = []
+        self.tokens_left = budget.max_prefill_tokens
+        self.num_running = num_running
+        self.groups: set[str] = set()
+        self.chunked: Optional[Req] = None
+
+    def add(self, req: Req) -> bool:
+        """Try to admit `req`; returns False when admission should stop for this step."""
+        if self.num_running + len(self.items) >= self.budget.max_running or self.tokens_left <= 0:
+            return False
+        if req.prefix_group is not None and req.prefix_group in self.groups:
+            return True  # wait one step: its sibling's prompt will then be in the tree
+        fresh = req.kv_len == 0
+        if fresh:
+            self.cache.match(req, match_limit(req))
+        ext = req.seq_len - req.kv_len
+        remaining = req.params.max_new_tokens - len(req.output_ids)
+        reserve = self.budget.reserved_tokens + int(remaining * self.budget.new_token_ratio)
+        if ext + reserve > self.cache.available() and (self.items or self.num_running):
+            self._undo(req, fresh)
+            return False
+        return self._admit(req, ext, fresh)
+
+    def _admit(self, req: Req, ext: int, fresh: bool) -> bool:
+        length, sample = ext, True
+        limit = min(self.tokens_left, self.budget.chunk_size or ext)
+        if ext > limit:
+            length = limit - limit % self.cache.page_size if self.cache.page_size > 1 else limit
+            sample = False
+            if length <= 0:
+                self._undo(req, fresh)
+                return False
+        if not self.cache.assign_row(req) or self.cache.alloc_tokens(req, length) is None:
+            self._undo(req, fresh)
+            return False
+        start = req.kv_len - length
+        self.items.append(ExtendItem(req, start, length, sample, _logprob_positions(req, start, length)))
+        self.tokens_left -= length
+        if req.prefix_group is not None:
+            self.groups.add(req.prefix_group)
+        if not sample:
+            self.chunked = req
+            return False
+        return True
+
+    def _undo(self, req: Req, fresh: bool) -> None:
+        """Put a just-matched request back as it was; a chunked one keeps its KV for later."""
+        if fresh:
+            self.cache.release(req)
+
+
+def _logprob_positions(req: Req, start: int, length: int) -> list[int]:
+    """Positions in [start, start+length) whose logits score a prompt token (pos predicts pos+1)."""
+    if not req.wants_prompt_logprobs():
+        return []
+    lo = max(start, req.logprob_start_len - 1, 0)
+    hi = min(start + length, len(req.origin_input_ids) - 1)
+    return list(range(lo, hi))

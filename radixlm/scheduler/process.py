@@ -1,0 +1,78 @@
+"""Entry point of the scheduler process: build the runtime, then loop until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from radixlm.io_struct import BatchOutput, RpcOutput, RpcReq
+from radixlm.mem_cache.cache_manager import KVCacheManager
+from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
+from radixlm.mem_cache.radix_cache import RadixCache
+from radixlm.model_runner import ModelRunner
+from radixlm.scheduler.output import OutputProcessor
+from radixlm.scheduler.scheduler import Scheduler
+from radixlm.server_args import ServerArgs
+
+DEFAULT_MAX_RUNNING = 256
+
+
+def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None) -> Scheduler:
+    """Assemble runner, KV cache manager and output processor from the config."""
+    runner = ModelRunner(args, model_config)
+    max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
+    allocator = SlotAllocator(runner.pool.size, args.page_size)
+    req_pool = ReqToTokenPool(max_running + 1, runner.context_len + args.page_size, runner.device)
+    tree = RadixCache(page_size=args.page_size, disable=args.disable_radix_cache)
+    cache = KVCacheManager(allocator, req_pool, tree)
+    outputs = OutputProcessor(tokenizer, eos_ids, runner.vocab_size, runner.context_len, runner.device)
+    return Scheduler(runner, cache, outputs, max_running, args.max_prefill_tokens,
+                     args.chunked_prefill_size, args.schedule_policy)
+
+
+def run_scheduler_process(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any,
+                          recv_conn: Connection, send_conn: Connection) -> None:
+    """Reports ("ready", info) or ("error", traceback) first, then streams BatchOutput / RpcOutput."""
+    logging.basicConfig(level=args.log_level.upper(), format="[radixlm scheduler] %(message)s")
+    try:
+        scheduler = build_scheduler(args, tokenizer, eos_ids, model_config)
+    except BaseException:  # report any start-up failure to the parent instead of dying silently
+        send_conn.send(("error", traceback.format_exc()))
+        return
+    send_conn.send(("ready", scheduler.info()))
+    try:
+        _loop(scheduler, recv_conn, send_conn)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return
+    except BaseException:
+        send_conn.send(("error", traceback.format_exc()))
+        raise
+
+
+def _loop(scheduler: Scheduler, recv_conn: Connection, send_conn: Connection) -> None:
+    while True:
+        # Block only when idle, so running requests are never held up by an empty inbox.
+        if not scheduler.has_work():
+            recv_conn.poll(None)
+        while recv_conn.poll(0):
+            msg = recv_conn.recv()
+            if isinstance(msg, RpcReq) and msg.method == "shutdown":
+                send_conn.send(RpcOutput(msg.call_id, result=True))
+                return
+            answer = _safe_handle(scheduler, msg)
+            if answer is not None:
+                send_conn.send(answer)
+        outputs = scheduler.step()
+        if outputs:
+            send_conn.send(BatchOutput(outputs))
+
+
+def _safe_handle(scheduler: Scheduler, msg: Any) -> Any:
+    try:
+        return scheduler.handle(msg)
+    except Exception as exc:  # a bad control call must not kill the loop serving everyone else
+        if isinstance(msg, RpcReq):
+            return RpcOutput(msg.call_id, error=f"{type(exc).__name__}: {exc}")
+        raise

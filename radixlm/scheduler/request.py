@@ -1,0 +1,79 @@
+"""A request as the scheduler sees it: its tokens, where its KV lives, and its progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from radixlm.sampling.sampling_params import SamplingParams
+from radixlm.sampling.seeding import derive_step_seed
+
+
+@dataclass
+class LogprobState:
+    """Logprobs collected so far; entries are (logprob, token_id) and top lists of those."""
+
+    input_token_logprobs: list = field(default_factory=list)
+    input_top_logprobs: list = field(default_factory=list)
+    output_token_logprobs: list = field(default_factory=list)
+    output_top_logprobs: list = field(default_factory=list)
+
+
+class Req:
+    """One sequence being generated.
+
+    KV invariant: `req_to_token[req_pool_idx, :kv_len]` are this request's KV slots; the first
+    `tree_len` of them belong to the radix tree (kept alive by the lock on `last_node`), the
+    rest `[tree_len, kv_len)` are owned by the request and freed when it finishes or retracts.
+    """
+
+    def __init__(self, rid: str, input_ids: list[int], params: SamplingParams, *, stream: bool = False,
+                 return_logprob: bool = False, logprob_start_len: int = -1, top_logprobs_num: int = 0,
+                 prefix_group: Optional[str] = None, step_seed_base: Optional[int] = None) -> None:
+        self.rid = rid
+        self.origin_input_ids = list(input_ids)
+        self.params = params
+        self.stream = stream
+        self.return_logprob = return_logprob
+        self.logprob_start_len = len(input_ids) if logprob_start_len < 0 else logprob_start_len
+        self.top_logprobs_num = top_logprobs_num
+        self.prefix_group = prefix_group
+        self.seed = params.seed if step_seed_base is None else step_seed_base
+        self.output_ids: list[int] = []
+        self.req_pool_idx: Optional[int] = None
+        self.tree_len = 0
+        self.kv_len = 0
+        self.last_node: Any = None
+        self.cached_tokens = 0
+        self.finished_reason: Optional[dict] = None
+        self.logprobs = LogprobState()
+        self.detok: Any = None
+        self.stop_matcher: Any = None
+        self.sent_text_len = 0
+        self.sent_ids = 0
+        self.output_text = ""
+        self.num_retractions = 0
+        self.prefix_slots: list[int] = []
+        self.error: Optional[str] = None
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """Every token the model has seen or will see next: prompt then output."""
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    def step_seed(self) -> Optional[int]:
+        """Seed for sampling the next token: depends only on the request, never on the batch."""
+        if self.seed is None:
+            return None
+        return derive_step_seed(self.seed, len(self.output_ids))
+
+    def wants_prompt_logprobs(self) -> bool:
+        return self.return_logprob and not self.output_ids and self.logprob_start_len < len(self.origin_input_ids)

@@ -1,0 +1,390 @@
+"""Tests for radixlm.sampling: parameter validation and batched sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import torch
+
+from radixlm.sampling import (
+    SamplingBatch,
+    SamplingParams,
+    apply_penalties_and_bias,
+    derive_step_seed,
+    filter_probs,
+    sample,
+)
+
+VOCAB = 100
+CPU = torch.device("cpu")
+
+
+def make_batch(
+    params: list[SamplingParams],
+    vocab: int = VOCAB,
+    outputs: list[list[int]] | None = None,
+    eos: set[int] | list[set[int]] | None = None,
+    seeds: list[int | None] | None = None,
+) -> SamplingBatch:
+    for p in params:
+        p.validate(vocab)
+    outputs = outputs if outputs is not None else [[] for _ in params]
+    seeds = seeds if seeds is not None else [None] * len(params)
+    return SamplingBatch.build(params, outputs, vocab, eos if eos is not None else set(), CPU, seeds)
+
+
+# ---------------------------------------------------------------- params
+
+
+def test_defaults_match_sglang() -> None:
+    p = SamplingParams()
+    assert (p.max_new_tokens, p.min_new_tokens, p.temperature, p.top_p, p.top_k) == (128, 0, 1.0, 1.0, -1)
+    assert (p.min_p, p.repetition_penalty, p.frequency_penalty, p.presence_penalty) == (0.0, 1.0, 0.0, 0.0)
+    assert p.stop is None and p.stop_token_ids is None and p.logit_bias is None and p.seed is None
+    assert (p.ignore_eos, p.skip_special_tokens, p.spaces_between_special_tokens) == (False, True, True)
+    assert p.n == 1 and not p.no_stop_trim and p.regex is None and p.json_schema is None and p.ebnf is None
+    p.validate(VOCAB)
+
+
+_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
+_BAD = {
+    "temperature": (-0.1, math.nan, math.inf, -math.inf, "1", True, None),
+    "top_p": (0, 0.0, -0.5, 1.0001, math.nan, math.inf, True, "0.5"),
+    "top_k": (0, -2, 1.5, True, "5", None),
+    "min_p": (-0.1, 1.1, math.nan, False),
+    "repetition_penalty": (0, 0.0, -1.0, math.nan, math.inf, True),
+    "frequency_penalty": (2.01, -2.01, math.nan, math.inf, -math.inf, True, "0"),
+    "presence_penalty": (2.01, -2.01, math.nan, math.inf, -math.inf, True, "0"),
+    "max_new_tokens": (-1, 1.0, True, None, "8"),
+    "min_new_tokens": (-1, 129, 1.5, True),
+    "n": (0, -1, 1.5, True),
+    "stop_token_ids": ([-1], [VOCAB], [True], ["3"], [1.0], "5", 5),
+    "logit_bias": (
+        {VOCAB: 1.0}, {-1: 1.0}, {"x": 1.0}, {"-1": 1.0}, {True: 1.0}, {1.5: 1.0},
+        {1: math.nan}, {1: math.inf}, {1: "a"}, {1: True}, [1.0],
+    ),
+    "stop": (5, [5], [""], "", ["ok", None]),
+    "seed": (1.5, True, "1"),
+    **{name: (1, 0, "yes", None) for name in _BOOL_FIELDS},
+    **{name: (5,) for name in ("regex", "json_schema", "ebnf")},
+}
+BAD_VALUES = [(field, value) for field, values in _BAD.items() for value in values]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES, ids=[f"{f}={v!r}" for f, v in BAD_VALUES])
+def test_validation_error_names_field(field: str, value: object) -> None:
+    params = SamplingParams(**{field: value})
+    with pytest.raises(ValueError, match=rf"\b{field}: must be") as info:
+        params.validate(VOCAB)
+    assert str(info.value).count(": must be") == 1, "only the bad field is reported"
+
+
+def test_failed_validation_leaves_params_unchanged() -> None:
+    params = SamplingParams(stop="x", logit_bias={"3": 1}, temperature=-1)
+    before = dataclasses.asdict(params)
+    with pytest.raises(ValueError):
+        params.validate(VOCAB)
+    assert dataclasses.asdict(params) == before
+
+
+def test_validation_reports_every_bad_field() -> None:
+    params = SamplingParams(temperature=-1, top_p=2, top_k=0, n=0)
+    with pytest.raises(ValueError) as info:
+        params.validate(VOCAB)
+    for field in ("temperature", "top_p", "top_k", "n"):
+        assert f"{field}: must be" in str(info.value)
+
+
+def test_validation_rejects_two_constraints_and_bad_vocab() -> None:
+    with pytest.raises(ValueError, match="regex, ebnf: at most one"):
+        SamplingParams(regex="a+", ebnf="root ::= 'a'").validate(VOCAB)
+    for vocab in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="vocab_size"):
+            SamplingParams().validate(vocab)  # type: ignore[arg-type]
+
+
+def test_validation_accepts_boundaries_and_normalizes() -> None:
+    p = SamplingParams(
+        temperature=0, top_p=1, top_k=10 * VOCAB, min_p=1, repetition_penalty=3, frequency_penalty=-2,
+        presence_penalty=2, max_new_tokens=0, min_new_tokens=0, stop="###",
+        stop_token_ids=(0, VOCAB - 1), logit_bias={"7": 1, 8: -2.5}, seed=-3, regex="a+",
+    )
+    p.validate(VOCAB)
+    assert p.stop == ["###"] and p.stop_token_ids == [0, VOCAB - 1]
+    assert p.logit_bias == {7: 1.0, 8: -2.5} and all(type(k) is int for k in p.logit_bias)
+    assert type(p.temperature) is float and type(p.top_p) is float and type(p.min_p) is float
+    SamplingParams(min_new_tokens=5, max_new_tokens=5, stop=["a", "b"]).validate(VOCAB)
+
+
+def test_is_greedy() -> None:
+    assert SamplingParams(temperature=0.0).is_greedy
+    assert SamplingParams(temperature=1e-7).is_greedy
+    assert SamplingParams(top_k=1).is_greedy
+    assert not SamplingParams(temperature=1e-5).is_greedy
+    assert not SamplingParams().is_greedy
+
+
+def test_from_dict() -> None:
+    p = SamplingParams.from_dict({"temperature": 0.5, "stop": "x", "max_new_tokens": 3})
+    assert (p.temperature, p.stop, p.max_new_tokens) == (0.5, "x", 3)
+    with pytest.raises(ValueError, match="'best_of'"):
+        SamplingParams.from_dict({"temperature": 0.5, "best_of": 2})
+    with pytest.raises(ValueError, match="dict"):
+        SamplingParams.from_dict([("temperature", 0.5)])  # type: ignore[arg-type]
+
+
+def test_derive_step_seed_is_stable_and_spread() -> None:
+    assert derive_step_seed(42, 3) == derive_step_seed(42, 3)
+    seeds = {derive_step_seed(s, t) for s in range(20) for t in range(20)}
+    assert len(seeds) == 400 and all(0 <= s < 2**64 for s in seeds)
+    assert derive_step_seed(-1, 0) == derive_step_seed(2**64 - 1, 0)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def random_logits(rows: int, vocab: int = VOCAB, seed: int = 0, scale: float = 3.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, vocab, generator=gen) * scale
+
+
+def test_greedy_equals_argmax_and_skips_probability_math() -> None:
+    logits = random_logits(16)
+    batch = make_batch([SamplingParams(temperature=0.0) for _ in range(16)])
+    assert batch.all_greedy and not batch.needs_truncation
+    out = sample(logits, batch)
+    assert out.dtype == torch.int64 and torch.equal(out, logits.argmax(-1))
+
+
+def test_top_k_one_equals_greedy_in_mixed_batch() -> None:
+    logits = random_logits(8)
+    params = [SamplingParams(top_k=1) if i % 2 == 0 else SamplingParams() for i in range(8)]
+    batch = make_batch(params)
+    for _ in range(20):
+        out = sample(logits, batch)
+        assert torch.equal(out[::2], logits[::2].argmax(-1))
+
+
+@pytest.mark.parametrize("kwargs", [{"top_p": 1e-6}, {"min_p": 1.0}, {"top_k": 1, "top_p": 0.5}])
+def test_degenerate_truncation_is_argmax(kwargs: dict) -> None:
+    logits = random_logits(64, scale=0.5)
+    batch = make_batch([SamplingParams(temperature=1.5, **kwargs) for _ in range(64)])
+    for _ in range(10):
+        assert torch.equal(sample(logits, batch), logits.argmax(-1))
+
+
+def test_sample_rejects_wrong_shape_and_keeps_logits() -> None:
+    batch = make_batch([SamplingParams(), SamplingParams()])
+    with pytest.raises(ValueError, match="shape"):
+        sample(torch.zeros(3, VOCAB), batch)
+    logits = random_logits(2)
+    copy = logits.clone()
+    sample(logits, batch)
+    assert torch.equal(logits, copy)
+
+
+def test_empty_batch() -> None:
+    batch = make_batch([])
+    assert sample(torch.zeros(0, VOCAB), batch).shape == (0,)
+
+
+BASE_PROBS = torch.tensor([0.1, 0.2, 0.3, 0.15, 0.25])
+
+
+def empirical(kwargs: dict, rows: int = 20000) -> torch.Tensor:
+    torch.manual_seed(1234)
+    logits = BASE_PROBS.log().expand(rows, 5).contiguous()
+    batch = make_batch([SamplingParams(**kwargs) for _ in range(rows)], vocab=5)
+    out = sample(logits, batch)
+    return torch.bincount(out, minlength=5).float() / rows
+
+
+def renorm(p: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    mask = torch.zeros(5, dtype=torch.bool)
+    mask[keep] = True
+    q = torch.where(mask, p, 0.0)
+    return q / q.sum()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, BASE_PROBS),
+        ({"temperature": 2.0}, BASE_PROBS.sqrt() / BASE_PROBS.sqrt().sum()),
+        ({"top_k": 3}, renorm(BASE_PROBS, [1, 2, 4])),
+        ({"top_p": 0.5}, renorm(BASE_PROBS, [2, 4])),  # 0.3 + 0.25 >= 0.5
+        ({"top_p": 0.56}, renorm(BASE_PROBS, [2, 4, 1])),
+        # top-p applies to the renormalized top-k: 0.3 / 0.55 >= 0.5
+        ({"top_k": 2, "top_p": 0.5}, renorm(BASE_PROBS, [2])),
+        ({"min_p": 0.6}, renorm(BASE_PROBS, [1, 2, 4])),  # p >= 0.18
+    ],
+)
+def test_sampling_distribution(kwargs: dict, expected: torch.Tensor) -> None:
+    freq = empirical(kwargs)
+    # 20k draws: std <= 0.0036 per entry, so 0.015 is > 4 sigma.
+    assert torch.allclose(freq, expected, atol=0.015), (freq, expected)
+    assert torch.all(freq[expected == 0] == 0)
+
+
+def reference_keep(probs: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """Keep-mask of one row computed the textbook way with a full sort."""
+    vals, idx = probs.sort(descending=True)
+    vals = vals[:top_k] if top_k > 0 else vals
+    vals = vals / vals.sum()
+    exclusive = torch.cumsum(vals, 0) - vals
+    n_keep = int((exclusive < top_p).sum()) if top_p < 1.0 else vals.numel()
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep[idx[:n_keep]] = True
+    return keep & (probs >= min_p * probs.max())
+
+
+def test_filter_probs_matches_sort_reference() -> None:
+    vocab, rows = 2000, 24
+    gen = torch.Generator().manual_seed(7)
+    logits = random_logits(rows, vocab, seed=3, scale=2.0)
+    top_ks = torch.randint(1, 400, (rows,), generator=gen).tolist()
+    top_ps = (torch.rand(rows, generator=gen) * 0.99 + 0.01).tolist()
+    min_ps = (torch.rand(rows, generator=gen) * 0.05).tolist()
+    params = []
+    for i in range(rows):
+        kind = i % 4  # mix of stages per row, including rows with none of them
+        params.append(SamplingParams(
+            temperature=0.7, top_k=top_ks[i] if kind in (0, 1) else -1,
+            top_p=top_ps[i] if kind in (0, 2) else 1.0, min_p=min_ps[i] if kind in (1, 2) else 0.0,
+        ))
+    batch = make_batch(params, vocab=vocab)
+    probs = torch.softmax(logits / 0.7, dim=-1)
+    kept = filter_probs(probs.clone(), batch) > 0
+    for i, p in enumerate(params):
+        expected = reference_keep(probs[i], p.top_k, p.top_p, p.min_p)
+        assert torch.equal(kept[i], expected), i
+
+
+def test_seeded_rows_ignore_batch_composition() -> None:
+    vocab = 5000
+    target = random_logits(1, vocab, seed=11, scale=1.0)
+    others = random_logits(4, vocab, seed=12)
+    mine = SamplingParams(temperature=0.9, top_p=0.95, top_k=500, seed=5)
+    other_params = [SamplingParams(temperature=0.0), SamplingParams(seed=9), SamplingParams(top_p=0.3),
+                    SamplingParams(min_p=0.2, temperature=1.3)]
+    tokens = set()
+    for step in range(30):
+        seed = derive_step_seed(5, step)
+        torch.manual_seed(step)
+        alone = sample(target, make_batch([mine], vocab, seeds=[seed]))
+        tokens.add(int(alone))
+        for pos in range(5):
+            torch.manual_seed(1000 + step * 5 + pos)
+            logits = torch.cat([others[:pos], target, others[pos:]])
+            params = other_params[:pos] + [mine] + other_params[pos:]
+            seeds = [derive_step_seed(9, step) if p.seed else None for p in params]
+            seeds[pos] = seed
+            assert int(sample(logits, make_batch(params, vocab, seeds=seeds))[pos]) == int(alone)
+    assert len(tokens) > 5, "different step seeds must give different draws"
+
+
+# ---------------------------------------------------------------- penalties
+
+
+PEN_LOGITS = torch.tensor([[2.0, -1.0, 0.5, -3.0, 4.0, 0.0]] * 2)
+PEN_OUTPUT = [1, 1, 2, 4]  # token 1 twice, tokens 2 and 4 once
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected_row"),
+    [
+        ({"repetition_penalty": 2.0}, [2.0, -2.0, 0.25, -3.0, 2.0, 0.0]),
+        ({"frequency_penalty": 0.5}, [2.0, -2.0, 0.0, -3.0, 3.5, 0.0]),
+        ({"presence_penalty": 0.25}, [2.0, -1.25, 0.25, -3.0, 3.75, 0.0]),
+        ({"repetition_penalty": 2.0, "frequency_penalty": 0.5, "presence_penalty": 0.25},
+         [2.0, -3.25, -0.5, -3.0, 1.25, 0.0]),
+        ({"logit_bias": {0: 1.5, "3": -2.0}}, [3.5, -1.0, 0.5, -5.0, 4.0, 0.0]),
+        ({"repetition_penalty": 2.0, "logit_bias": {1: 0.5}}, [2.0, -1.5, 0.25, -3.0, 2.0, 0.0]),
+    ],
+)
+def test_penalties_and_bias_exact(kwargs: dict, expected_row: list[float]) -> None:
+    # Row 1 has the same output but no penalties: it must stay untouched.
+    batch = make_batch([SamplingParams(**kwargs), SamplingParams()], vocab=6, outputs=[PEN_OUTPUT, PEN_OUTPUT])
+    out = apply_penalties_and_bias(PEN_LOGITS.clone(), batch)
+    assert torch.equal(out[0], torch.tensor(expected_row))
+    assert torch.equal(out[1], PEN_LOGITS[1])
+
+
+def test_penalty_stages_skipped_when_unused() -> None:
+    batch = make_batch([SamplingParams(), SamplingParams(temperature=0)], vocab=6, outputs=[PEN_OUTPUT, [3]])
+    assert not (batch.has_penalties or batch.has_logit_bias or batch.has_min_tokens_ban)
+    assert torch.equal(apply_penalties_and_bias(PEN_LOGITS.clone(), batch), PEN_LOGITS)
+    empty_output = make_batch([SamplingParams(repetition_penalty=1.3)], vocab=6, outputs=[[]])
+    assert not empty_output.has_penalties
+
+
+def test_greedy_uses_penalized_logits() -> None:
+    batch = make_batch([SamplingParams(temperature=0, repetition_penalty=4.0)], vocab=6, outputs=[[4]])
+    logits = apply_penalties_and_bias(PEN_LOGITS[:1].clone(), batch)
+    assert int(sample(logits, batch)[0]) == 0  # token 4 drops from 4.0 to 1.0
+
+
+def test_min_new_tokens_bans_eos_and_stop_ids_until_reached() -> None:
+    ninf = float("-inf")
+    params = [
+        SamplingParams(min_new_tokens=3, stop_token_ids=[2]),
+        SamplingParams(min_new_tokens=3, stop_token_ids=[2]),
+        SamplingParams(min_new_tokens=3, stop_token_ids=[2], ignore_eos=True),
+        SamplingParams(min_new_tokens=3),
+    ]
+    outputs = [[0, 1], [0, 1, 3], [0], []]
+    eos = [{5}, {5}, {5}, {4, 5}]
+    batch = make_batch(params, vocab=6, outputs=outputs, eos=eos)
+    out = apply_penalties_and_bias(torch.zeros(4, 6), batch)
+    assert torch.equal(out[0], torch.tensor([0, 0, ninf, 0, 0, ninf]))
+    assert torch.equal(out[1], torch.zeros(6))  # already 3 tokens: nothing banned
+    assert torch.equal(out[2], torch.tensor([0, 0, ninf, 0, 0, 0]))  # EOS ignored, so not banned
+    assert torch.equal(out[3], torch.tensor([0, 0, 0, 0, ninf, ninf]))
+    shared = make_batch(params[:1], vocab=6, outputs=outputs[:1], eos={1})
+    assert torch.equal(apply_penalties_and_bias(torch.zeros(1, 6), shared)[0], torch.tensor([0, ninf, ninf, 0, 0, 0]))
+
+
+def test_min_new_tokens_ban_holds_through_sampling() -> None:
+    logits = torch.tensor([[0.0, 0.0, 9.0, 0.0, 0.0, 9.0]] * 64)
+    batch = make_batch([SamplingParams(min_new_tokens=1, stop_token_ids=[2]) for _ in range(64)],
+                       vocab=6, eos={5})
+    out = sample(apply_penalties_and_bias(logits, batch), batch)
+    assert not torch.isin(out, torch.tensor([2, 5])).any()
+
+
+# ---------------------------------------------------------------- properties
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.data(),
+    vocab=st.integers(2, 300),
+    top_k=st.sampled_from([-1, 2, 3, 17, 250, 10_000]),
+    top_p=st.sampled_from([1.0, 0.999, 0.9, 0.5, 0.1, 1e-4]),
+    min_p=st.sampled_from([0.0, 0.01, 0.3, 1.0]),
+)
+def test_filter_probs_properties(data: st.DataObject, vocab: int, top_k: int, top_p: float, min_p: float) -> None:
+    # Small integer logits make ties common, the hard case for cut-offs.
+    levels = data.draw(st.lists(st.integers(-4, 4), min_size=vocab, max_size=vocab))
+    probs = torch.softmax(torch.tensor(levels, dtype=torch.float32), dim=-1).unsqueeze(0)
+    batch = make_batch([SamplingParams(top_k=top_k, top_p=top_p, min_p=min_p)], vocab=vocab)
+    kept = filter_probs(probs.clone(), batch)[0] > 0
+    p = probs[0]
+    assert kept[p.argmax()]
+    if (~kept).any():  # survivors are exactly the tokens above a threshold
+        assert p[kept].min() > p[~kept].max()
+    cut = p[kept].min()
+    k_eff = vocab if top_k == -1 else min(top_k, vocab)
+    assert int((p > cut).sum()) < k_eff  # only ties at the cut exceed k
+    assert torch.all(p[kept] >= min_p * p.max())
+    top_mass = float(p.sort(descending=True).values[:k_eff].sum())
+    if min_p == 0.0:
+        # The nucleus reaches top_p of the top-k mass...
+        assert float(p[kept].sum()) >= top_p * top_mass - 1e-5
+        if top_p < 1.0:
+            # ...and is minimal: the tokens strictly above the cut do not.
+            assert float(p[p > cut].sum()) < top_p * top_mass + 1e-6
