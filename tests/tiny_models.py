@@ -54,3 +54,77 @@ def make_tiny_tokenizer(tmp_dir: str | os.PathLike, vocab_size: int = 400) -> st
     out = Path(tmp_dir) / "tiny_tokenizer"
     wrapped.save_pretrained(str(out))
     return str(out)
+
+
+TINY_ARCHS = ("llama", "llama_tied", "mistral", "qwen2", "qwen3")
+
+
+def tiny_config(arch: str, vocab_size: int) -> object:
+    """A 2-layer, hidden-64 config of `arch` with GQA (4 query heads, 2 KV heads).
+
+    `initializer_range` is raised from 0.02 so logits are peaked enough that greedy
+    choices are not decided by float rounding."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.15, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    if arch == "llama":
+        rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+        return LlamaConfig(**common, rope_parameters=rope, tie_word_embeddings=False)
+    if arch == "llama_tied":
+        return LlamaConfig(**common, tie_word_embeddings=True)
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=None, tie_word_embeddings=False)
+    if arch == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=True)
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=16, tie_word_embeddings=False)
+    raise ValueError(arch)
+
+
+def make_tiny_model(tmp_dir: str | os.PathLike, arch: str = "llama", seed: int = 0) -> str:
+    """Save a random tiny HF model of `arch` (safetensors, float32) with the tiny tokenizer
+    into one directory and return its path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(tmp_dir) / f"tiny_{arch}"
+    tok_dir = make_tiny_tokenizer(Path(tmp_dir) / f"tok_{arch}")
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    config = tiny_config(arch, vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return str(out)
+
+
+def load_hf_model(path: str) -> object:
+    """The reference: the same checkpoint in HF transformers, float32, eval mode, eos disabled."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def hf_greedy(model: object, input_ids: list[int], max_new_tokens: int) -> list[int]:
+    """HF `generate`, greedy, one unpadded prompt: the exact reference for our tokens."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([input_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                             min_new_tokens=max_new_tokens, pad_token_id=2)
+    return out[0, len(input_ids):].tolist()
+
+
+def hf_logprobs(model: object, token_ids: list[int]) -> object:
+    """log-softmax of HF's logits at every position of `token_ids` ([len, vocab])."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([token_ids])).logits[0].float()
+    return torch.log_softmax(logits, dim=-1)

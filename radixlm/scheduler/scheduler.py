@@ -33,6 +33,7 @@ class Scheduler:
         self.running: list[Req] = []
         self.chunked: Optional[Req] = None
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
+        self.num_retracted = 0
         self.pending: list[ReqOutput] = []
         self.rpc_handlers: dict[str, Callable[[], Any]] = {
             "flush_cache": self.cache.flush, "get_info": self.info, "check_leak": self.check_leak,
@@ -158,6 +159,7 @@ class Scheduler:
             req = self.running.pop()
             self.cache.cache_finished(req)
             req.num_retractions += 1
+            self.num_retracted += 1
             self.waiting.insert(0, req)
             self.new_token_ratio = min(1.0, self.new_token_ratio + 0.1)
             logger.info("retracted request %s (KV pool full)", req.rid)
@@ -187,6 +189,7 @@ class Scheduler:
             "cached_tokens": self.cache.tree.total_size(),
             "num_running_reqs": len(self.running),
             "num_waiting_reqs": len(self.waiting),
+            "num_retracted_reqs": self.num_retracted,
             "context_length": self.runner.context_len,
             "vocab_size": self.runner.vocab_size,
         }

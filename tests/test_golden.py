@@ -1,0 +1,149 @@
+"""Golden tests: radixlm's greedy tokens and logprobs equal HF transformers' (float32, CPU).
+
+Every configuration that must not change results (prefix cache hits, chunked prefill,
+retraction under a tiny pool, pages of 4, cache disabled) is checked against the same
+HF reference. A leak check runs after every engine use.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import radixlm
+from tiny_models import TINY_ARCHS, hf_greedy, hf_logprobs, load_hf_model, make_tiny_model
+
+NEW_TOKENS = 32
+LOGPROB_TOL = 1e-4
+GREEDY = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
+
+
+def random_prompts(count: int, lo: int, hi: int, seed: int = 0, vocab: int = 400) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab) for _ in range(rng.randrange(lo, hi))] for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return make_tiny_model(tmp_path_factory.mktemp("golden"), getattr(request, "param", "llama"))
+
+
+def run_engine(path: str, prompts: list[list[int]], params: dict = GREEDY, **kwargs) -> list[dict]:
+    """Generate for all prompts in one batch, check the pool afterwards, shut down."""
+    with radixlm.Engine(path, log_level="warning", **{"max_total_tokens": 4096, **kwargs}) as engine:
+        outs = engine.generate(input_ids=prompts, sampling_params=params)
+        engine.check_no_leak()
+    return outs
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_greedy_tokens_and_logprobs_match_hf(tmp_path: pytest.TempPathFactory, arch: str) -> None:
+    path = make_tiny_model(tmp_path, arch)
+    hf = load_hf_model(path)
+    prompts = random_prompts(8, 3, 48, seed=1)
+    with radixlm.Engine(path, max_total_tokens=4096, log_level="warning") as engine:
+        batch = engine.generate(input_ids=prompts, sampling_params=GREEDY)
+        single = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
+        scored = engine.generate(input_ids=prompts[:3], sampling_params=GREEDY, return_logprob=True,
+                                 top_logprobs_num=5, logprob_start_len=0)
+        engine.check_no_leak()
+    for prompt, out in zip(prompts, batch):
+        assert out["output_ids"] == hf_greedy(hf, prompt, NEW_TOKENS)
+        assert out["meta_info"]["completion_tokens"] == NEW_TOKENS
+    assert single["output_ids"] == batch[0]["output_ids"]
+    for prompt, out in zip(prompts[:3], scored):
+        check_logprobs(hf, prompt, out)
+
+
+def check_logprobs(hf: object, prompt: list[int], out: dict) -> None:
+    """Prompt and output chosen-token and top-5 logprobs within LOGPROB_TOL of HF's."""
+    meta = out["meta_info"]
+    ref = hf_logprobs(hf, prompt + out["output_ids"])
+    inputs = meta["input_token_logprobs"]
+    assert len(inputs) == len(prompt) and inputs[0][0] is None
+    for pos in range(1, len(prompt)):
+        logprob, token = inputs[pos]
+        assert token == prompt[pos]
+        assert abs(logprob - ref[pos - 1, token].item()) < LOGPROB_TOL
+        check_top(meta["input_top_logprobs"][pos], ref[pos - 1])
+    outputs = meta["output_token_logprobs"]
+    assert len(outputs) == len(out["output_ids"])
+    for step, (logprob, token) in enumerate(outputs):
+        row = ref[len(prompt) - 1 + step]
+        assert abs(logprob - row[token].item()) < LOGPROB_TOL
+        check_top(meta["output_top_logprobs"][step], row)
+
+
+def check_top(top: list, ref_row: torch.Tensor) -> None:
+    values, ids = ref_row.topk(5)
+    assert len(top) == 5
+    for (logprob, token), ref_value in zip(top, values.tolist()):
+        assert abs(logprob - ref_value) < LOGPROB_TOL
+        assert abs(ref_row[token].item() - logprob) < LOGPROB_TOL  # same token (ties allowed)
+
+
+def test_radix_cache_hit_gives_same_tokens(tiny_dir: str) -> None:
+    hf = load_hf_model(tiny_dir)
+    rng = random.Random(7)
+    shared = [rng.randrange(3, 400) for _ in range(40)]
+    first, second = shared + [5, 6, 7], shared + [9, 10]
+    with radixlm.Engine(tiny_dir, max_total_tokens=4096, log_level="warning") as engine:
+        out1 = engine.generate(input_ids=first, sampling_params=GREEDY)
+        out2 = engine.generate(input_ids=second, sampling_params=GREEDY)
+        again = engine.generate(input_ids=first, sampling_params=GREEDY)
+        engine.check_no_leak()
+    assert out1["meta_info"]["cached_tokens"] == 0
+    assert out2["meta_info"]["cached_tokens"] >= 40
+    assert again["meta_info"]["cached_tokens"] == len(first) - 1
+    assert out1["output_ids"] == again["output_ids"] == hf_greedy(hf, first, NEW_TOKENS)
+    assert out2["output_ids"] == hf_greedy(hf, second, NEW_TOKENS)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"chunked_prefill_size": 16},
+    {"page_size": 4},
+    {"page_size": 4, "chunked_prefill_size": 16},
+    {"disable_radix_cache": True},
+    {"disable_radix_cache": True, "chunked_prefill_size": 16},
+    {"schedule_policy": "fcfs"},
+    {"max_running_requests": 3},
+], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_configurations_keep_outputs(tiny_dir: str, kwargs: dict) -> None:
+    hf = load_hf_model(tiny_dir)
+    base = [random.Random(3).randrange(3, 400) for _ in range(30)]
+    prompts = random_prompts(6, 20, 60, seed=2) + [base + [11, 12], base + [13]]
+    outs = run_engine(tiny_dir, prompts, **kwargs)
+    for prompt, out in zip(prompts, outs):
+        assert out["output_ids"] == hf_greedy(hf, prompt, NEW_TOKENS)
+    if kwargs.get("disable_radix_cache"):
+        assert all(o["meta_info"]["cached_tokens"] == 0 for o in outs)
+
+
+def test_retraction_under_tiny_pool(tiny_dir: str) -> None:
+    """256 slots, 16 requests of 64 prompt + 64 output tokens: requests must be retracted and
+    resumed, and all finish with the reference tokens."""
+    hf = load_hf_model(tiny_dir)
+    prompts = random_prompts(16, 64, 65, seed=5)
+    params = {**GREEDY, "max_new_tokens": 64}
+    with radixlm.Engine(tiny_dir, max_total_tokens=256, log_level="warning") as engine:
+        outs = engine.generate(input_ids=prompts, sampling_params=params)
+        assert engine.get_server_info()["num_retracted_reqs"] > 0
+        engine.check_no_leak()
+    for prompt, out in zip(prompts, outs):
+        assert out["meta_info"]["finish_reason"]["type"] == "length"
+        assert out["output_ids"] == hf_greedy(hf, prompt, 64)
+
+
+def test_dummy_weights_load_and_run(tiny_dir: str) -> None:
+    outs = run_engine(tiny_dir, random_prompts(2, 5, 10), load_format="dummy")
+    assert all(len(o["output_ids"]) == NEW_TOKENS for o in outs)
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path: pytest.TempPathFactory) -> None:
+    missing = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        radixlm.Engine(missing)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        radixlm.Engine(str(tmp_path))
