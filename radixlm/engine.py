@@ -50,9 +50,11 @@ class Engine:
         return eos_token_ids(self.tokenizer, cfg_eos)
 
     # -- request preparation ------------------------------------------------------
-    def _prepare(self, prompt: Prompt, sampling_params: Params, input_ids: Any, return_logprob: Any,
-                 logprob_start_len: Any, top_logprobs_num: Any, stream: bool) -> tuple[list[TokenizedGenerateReq], bool]:
-        """Tokenize and validate; returns the requests to send and whether the caller gave a batch."""
+    def make_requests(self, prompt: Prompt, sampling_params: Params, input_ids: Any, return_logprob: Any,
+                      logprob_start_len: Any, top_logprobs_num: Any, stream: bool,
+                      rid: Any = None) -> tuple[list[TokenizedGenerateReq], bool]:
+        """Tokenize and validate (ValueError naming the problem); returns the requests to send
+        (n per prompt, rids "<rid>-<j>" when n>1) and whether the caller gave a batch."""
         ids_list, batched = self._token_ids(prompt, input_ids)
         params_list = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(ids_list)
         if len(params_list) != len(ids_list):
@@ -61,12 +63,14 @@ class Engine:
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
             params.validate(self.vocab_size)
+            if params.regex or params.json_schema or params.ebnf:
+                raise ValueError("constrained decoding (regex / json_schema / ebnf) is not supported yet")
             self._check_prompt(ids)
-            rid = uuid.uuid4().hex
-            group = rid if params.n > 1 else None
+            base = _pick(rid, i, None) or uuid.uuid4().hex
+            group = base if params.n > 1 else None
             for j in range(params.n):
                 reqs.append(TokenizedGenerateReq(
-                    rid=f"{rid}-{j}" if params.n > 1 else rid, input_ids=ids, params=params, stream=stream,
+                    rid=f"{base}-{j}" if params.n > 1 else base, input_ids=ids, params=params, stream=stream,
                     return_logprob=_pick(return_logprob, i, False), logprob_start_len=_pick(logprob_start_len, i, -1),
                     top_logprobs_num=_pick(top_logprobs_num, i, 0), prefix_group=group))
             batched = batched or params.n > 1
@@ -102,7 +106,7 @@ class Engine:
                  return_logprob: Any = False, logprob_start_len: Any = None, top_logprobs_num: Any = None,
                  stream: bool = False) -> Any:
         """Generate for one prompt or a batch; with stream=True, an iterator of incremental chunks."""
-        reqs, batched = self._prepare(prompt, sampling_params, input_ids, return_logprob,
+        reqs, batched = self.make_requests(prompt, sampling_params, input_ids, return_logprob,
                                       logprob_start_len, top_logprobs_num, stream)
         if stream:
             return self._stream(reqs)
@@ -139,22 +143,24 @@ class Engine:
                              return_logprob: Any = False, logprob_start_len: Any = None,
                              top_logprobs_num: Any = None, stream: bool = False) -> Any:
         """Like `generate`, awaitable; with stream=True returns an async iterator of chunks."""
-        reqs, batched = self._prepare(prompt, sampling_params, input_ids, return_logprob,
+        reqs, batched = self.make_requests(prompt, sampling_params, input_ids, return_logprob,
                                       logprob_start_len, top_logprobs_num, stream)
         if stream:
             return self._astream(reqs)
         results = {}
-        async for rid, acc in self._aconsume(reqs):
+        async for rid, acc in self.iterate_async(reqs):
             if acc.done:
                 results[rid] = acc.result()
         ordered = [results[r.rid] for r in reqs]
         return ordered if batched else ordered[0]
 
     async def _astream(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[dict]:
-        async for rid, acc in self._aconsume(reqs):
+        async for rid, acc in self.iterate_async(reqs):
             yield acc.last_chunk
 
-    async def _aconsume(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[tuple[str, OutputAccumulator]]:
+    async def iterate_async(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[tuple[str, OutputAccumulator]]:
+        """Submit `reqs` and yield (rid, accumulator) after every message; `acc.last_chunk` holds
+        the incremental chunk. Requests not finished when the iterator is closed are aborted."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}

@@ -51,6 +51,7 @@ class ServerArgs:
     host: str = "127.0.0.1"
     port: int = 30000
     api_key: Optional[str] = None
+    max_payload_size: int = 32 * 1024 * 1024
     chat_template: Optional[str] = None
     log_level: str = "info"
     log_requests: bool = False
@@ -76,6 +77,8 @@ class ServerArgs:
             object.__setattr__(self, "chunked_prefill_size", None)
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
+        if self.tp_size != 1 or self.dp_size != 1:
+            raise ValueError("tp_size/dp_size > 1 are not supported yet (tensor and data parallelism: issue 9)")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size % self.page_size:
             raise ValueError("chunked_prefill_size must be a multiple of page_size")
 

@@ -1,0 +1,129 @@
+"""SGLang's native API: /generate, health, info, cache, abort, tokenize, metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from radixlm.request_output import OutputAccumulator
+from radixlm.server.errors import APIError, sse_error
+from radixlm.server.protocol import AbortRequest, DetokenizeRequest, GenerateRequest, TokenizeRequest
+from radixlm.server.state import ServerState
+
+
+def native_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
+    engine = state.engine
+
+    @router.post("/generate")
+    async def generate(body: GenerateRequest, request: Request) -> Any:
+        reqs, batched = state.make_requests(
+            prompt=body.text, sampling_params=body.sampling_params, input_ids=body.input_ids,
+            return_logprob=body.return_logprob, logprob_start_len=body.logprob_start_len,
+            top_logprobs_num=body.top_logprobs_num, stream=body.stream, rid=body.rid)
+        texts = body.return_text_in_logprobs
+        if body.stream:
+            return StreamingResponse(_sse(state, reqs, texts), media_type="text/event-stream")
+        accs = await state.run(reqs, request)
+        results = [_result(state, acc, texts) for acc in accs]
+        return results if batched else results[0]
+
+    @router.get("/health")
+    async def health() -> Response:
+        if engine.client.dead or not engine.client.process.is_alive():
+            raise APIError(503, "scheduler is not running")
+        return Response(status_code=200)
+
+    @router.get("/health_generate")
+    async def health_generate(request: Request) -> Response:
+        reqs, _ = state.make_requests(prompt=None, input_ids=[0], sampling_params={"max_new_tokens": 1},
+                                      return_logprob=False, logprob_start_len=None, top_logprobs_num=None,
+                                      stream=False)
+        await state.run(reqs, request)
+        return Response(status_code=200)
+
+    @router.get("/get_model_info")
+    async def model_info() -> dict:
+        cfg = engine.model_config
+        return {"model_path": engine.server_args.model_path, "tokenizer_path": engine.server_args.tokenizer_path,
+                "is_generation": True, "served_model_name": state.model_name,
+                "architectures": getattr(cfg, "architectures", None)}
+
+    @router.get("/get_server_info")
+    async def server_info() -> dict:
+        info = engine.get_server_info()
+        return {**_public_args(engine), **info}
+
+    @router.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache() -> Response:
+        ok = engine.flush_cache()
+        return Response("Cache flushed.\n" if ok else "Cache not flushed: requests are running.\n",
+                        status_code=200 if ok else 400)
+
+    @router.post("/abort_request")
+    async def abort_request(body: AbortRequest) -> Response:
+        engine.client.abort(body.rid)
+        return Response(status_code=200)
+
+    @router.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict:
+        text = body.text if body.text is not None else body.prompt
+        if text is None:
+            raise APIError(400, "pass `text` (or `prompt`) to tokenize")
+        ids = _tokenizer(state).encode(text, add_special_tokens=body.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.info["context_length"]}
+
+    @router.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict:
+        if any(not 0 <= t < engine.vocab_size for t in body.tokens):
+            raise APIError(400, f"token ids must be in [0, {engine.vocab_size})")
+        return {"text": _tokenizer(state).decode(body.tokens)}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return router
+
+
+async def _sse(state: ServerState, reqs: list, texts: bool) -> AsyncIterator[str]:
+    """SGLang's stream: cumulative `text` per event, `index` for batches, then [DONE]."""
+    try:
+        async for i, acc in state.stream(reqs):
+            out = _result(state, acc, texts)
+            out["index"] = i
+            yield f"data: {json.dumps(out)}\n\n"
+    except APIError as exc:
+        yield sse_error(exc.status, exc.message)
+    yield "data: [DONE]\n\n"
+
+
+def _result(state: ServerState, acc: OutputAccumulator, texts: bool) -> dict:
+    meta = dict(acc.meta)
+    for key in ("input_token_logprobs", "output_token_logprobs"):
+        if key in meta:
+            meta[key] = [_entry(state, e, texts) for e in meta[key]]
+    for key in ("input_top_logprobs", "output_top_logprobs"):
+        if key in meta:
+            meta[key] = [None if row is None else [_entry(state, e, texts) for e in row] for row in meta[key]]
+    return {"text": acc.text, "output_ids": list(acc.output_ids), "meta_info": meta}
+
+
+def _entry(state: ServerState, entry: tuple, texts: bool) -> list:
+    logprob, token = entry
+    return [logprob, token, _tokenizer(state).decode([token]) if texts else None]
+
+
+def _tokenizer(state: ServerState) -> Any:
+    if state.engine.tokenizer is None:
+        raise APIError(400, "the server runs with --skip-tokenizer-init: no tokenizer")
+    return state.engine.tokenizer
+
+
+def _public_args(engine: Any) -> dict:
+    args = vars(engine.server_args).copy()
+    args.pop("api_key", None)
+    return args
