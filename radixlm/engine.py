@@ -16,6 +16,7 @@ from radixlm.request_output import OutputAccumulator
 from radixlm.runtime_client import RuntimeClient
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.server_args import ServerArgs
+from radixlm.tokenizer.chat_templates import resolve_chat_template
 from radixlm.tokenizer.loader import apply_chat_template, eos_token_ids, load_tokenizer
 
 Prompt = Union[str, list[str], None]
@@ -38,6 +39,8 @@ class Engine:
         self.tokenizer = None
         if not args.skip_tokenizer_init:
             self.tokenizer = load_tokenizer(args.tokenizer_path or args.model_path, args.trust_remote_code)
+            if args.chat_template:
+                self.tokenizer.chat_template = resolve_chat_template(args.chat_template)
         self.eos_ids = self._eos_ids()
         self.client = RuntimeClient(args, self.tokenizer, self.eos_ids, self.model_config)
         self.info = self.client.info
