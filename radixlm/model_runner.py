@@ -10,14 +10,15 @@ import torch
 
 from radixlm.attention.registry import create_attention_backend
 from radixlm.forward_batch import ForwardBatch
-from radixlm.mem_cache.kv_pool import KVPool
-from radixlm.model_loader.loader import build_model, load_model_config, resolve_dtype
+from radixlm.mem_cache.kv_pool import KVPool, ReqToTokenPool
+from radixlm.model_loader.loader import build_model, kv_heads_of, load_model_config, resolve_dtype
 from radixlm.models.llama import head_dim_of
 from radixlm.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
 CPU_KV_BUDGET_BYTES = 2 << 30  # default KV pool on CPU when max_total_tokens is not given
+DEFAULT_MAX_RUNNING = 256
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,16 +40,32 @@ class ModelRunner:
         self.dtype = resolve_dtype(args.dtype, self.config, self.device)
         self.vocab_size = self.config.vocab_size
         self.context_len = args.context_length or self.config.max_position_embeddings
+        self.max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
         self.pool = self._make_pool()
+        self.req_to_token_pool = ReqToTokenPool(self.max_running + 1, self.context_len + args.page_size, self.device)
         self.backend = create_attention_backend(args.attention_backend, self.pool, self.device)
         start = time.perf_counter()
-        self.model = build_model(self.config, self.backend, args.model_path, args.load_format,
-                                 self.dtype, self.device, args.random_seed)
+        self.model = build_model(self.config, self.backend, args.model_path, args.load_format, self.dtype,
+                                 self.device, args.random_seed, args.model_impl, args.trust_remote_code)
         logger.info("model loaded in %.1f s (%s, %s)", time.perf_counter() - start, self.dtype, self.device)
+        self.graphs = self._maybe_capture_graphs()
+
+    def _maybe_capture_graphs(self) -> Any:
+        """CUDA graphs for decode when on CUDA with a graph-safe backend and not disabled."""
+        from radixlm.attention.triton_backend import TritonBackend
+
+        if self.device.type != "cuda" or self.args.disable_cuda_graph or not isinstance(self.backend, TritonBackend):
+            return None
+        from radixlm.cuda_graph_runner import CudaGraphRunner
+
+        max_bs = min(self.args.cuda_graph_max_bs, self.max_running)
+        runner = CudaGraphRunner(self.model, self.backend, self.req_to_token_pool.table, max_bs, self.device)
+        logger.info("CUDA graph capture took %.1f s", runner.capture_seconds)
+        return runner
 
     def _make_pool(self) -> KVPool:
         cfg = self.config
-        kv_heads, head_dim, layers = cfg.num_key_value_heads, head_dim_of(cfg), cfg.num_hidden_layers
+        kv_heads, head_dim, layers = kv_heads_of(cfg), head_dim_of(cfg), cfg.num_hidden_layers
         per_token = 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=self.dtype).element_size()
         size = self.args.max_total_tokens or self._default_pool_tokens(per_token)
         size -= size % self.args.page_size
@@ -68,7 +85,7 @@ class ModelRunner:
     def _estimate_weight_bytes(self) -> int:
         cfg = self.config
         h, i, layers, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-        kv = cfg.num_key_value_heads * head_dim_of(cfg)
+        kv = kv_heads_of(cfg) * head_dim_of(cfg)
         per_layer = h * (cfg.num_attention_heads * head_dim_of(cfg)) * 2 + 2 * h * kv + 3 * h * i
         elems = layers * per_layer + 2 * v * h
         return elems * torch.tensor([], dtype=self.dtype).element_size()
@@ -76,6 +93,8 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run the batch; returns float32 logits for the rows named by `batch.logit_indices`."""
+        if self.graphs is not None and self.graphs.can_run(batch):
+            return self.graphs.replay(batch)
         self.backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)
         return self.model.compute_logits(hidden[batch.logit_indices])

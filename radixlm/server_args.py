@@ -45,6 +45,8 @@ class ServerArgs:
     schedule_policy: str = "lpm"
     disable_radix_cache: bool = False
     attention_backend: str = "auto"
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int = 256
     num_threads: Optional[int] = None
 
     # Server (used by the HTTP front).

@@ -16,13 +16,19 @@ def _torch_native(pool: KVPool) -> AttentionBackend:
     return TorchNativeBackend(pool)
 
 
-_BACKENDS: dict[str, Callable[[KVPool], AttentionBackend]] = {"torch_native": _torch_native}
+def _triton(pool: KVPool) -> AttentionBackend:
+    from radixlm.attention.triton_backend import TritonBackend
+
+    return TritonBackend(pool)
+
+
+_BACKENDS: dict[str, Callable[[KVPool], AttentionBackend]] = {"torch_native": _torch_native, "triton": _triton}
 
 
 def create_attention_backend(name: str, pool: KVPool, device: torch.device) -> AttentionBackend:
-    """Pick the backend once at start-up. `auto` is torch_native until fast backends land."""
+    """Pick the backend once at start-up. `auto`: Triton on CUDA, torch-native elsewhere."""
     if name == "auto":
-        name = "torch_native"
+        name = "triton" if device.type == "cuda" else "torch_native"
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}")
     return _BACKENDS[name](pool)

@@ -38,6 +38,7 @@ class KVCacheManager:
         self.tree.inc_lock_ref(match.last_node)
         req.last_node, req.tree_len, req.kv_len = match.last_node, len(match.values), len(match.values)
         req.prefix_slots = match.values
+        req.last_slot = match.values[-1] if match.values else 0
 
     def assign_row(self, req: Req) -> bool:
         """Give the request a row of the request-to-token table and copy its prefix slots there."""
@@ -54,14 +55,34 @@ class KVCacheManager:
     def alloc_tokens(self, req: Req, count: int) -> list[int] | None:
         """Slots for the next `count` positions of `req`, evicting from the tree if needed."""
         start = req.kv_len
-        last = int(self.req_pool.table[req.req_pool_idx, start - 1]) if start else 0
-        slots = self.allocator.alloc(last, start, count)
-        if slots is None:
-            self.evict(count + self.page_size)
-            slots = self.allocator.alloc(last, start, count)
+        slots = self._alloc(req, count)
         if slots is not None:
             self.req_pool.table[req.req_pool_idx, start:start + count] = torch.tensor(slots)
+        return slots
+
+    def alloc_decode(self, reqs: list[Req]) -> None:
+        """One slot for each request's next position, written to the table in one copy.
+        The caller has made sure they fit (see the scheduler's retraction)."""
+        rows, cols, slots = [], [], []
+        for req in reqs:
+            got = self._alloc(req, 1)
+            if got is None:
+                raise RuntimeError("KV pool exhausted during decode despite retraction")
+            rows.append(req.req_pool_idx)
+            cols.append(req.kv_len - 1)
+            slots.append(got[0])
+        device = self.req_pool.table.device
+        index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+        self.req_pool.table[index] = torch.tensor(slots, device=device)
+
+    def _alloc(self, req: Req, count: int) -> list[int] | None:
+        slots = self.allocator.alloc(req.last_slot, req.kv_len, count)
+        if slots is None:
+            self.evict(count + self.page_size)
+            slots = self.allocator.alloc(req.last_slot, req.kv_len, count)
+        if slots:
             req.kv_len += count
+            req.last_slot = slots[-1]
         return slots
 
     def evict(self, num_tokens: int) -> None:
@@ -101,6 +122,8 @@ class KVCacheManager:
         self.tree.dec_lock_ref(req.last_node)
         self.tree.inc_lock_ref(match.last_node)
         req.last_node, req.tree_len = match.last_node, len(match.values)
+        if req.kv_len == req.tree_len:
+            req.last_slot = match.values[-1]
 
     def _free_own(self, req: Req) -> None:
         if req.kv_len > req.tree_len:

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from radixlm.attention.base import AttentionBackend
-from radixlm.models.registry import resolve_model_class
+from radixlm.models.registry import resolve_model_class, resolve_model_impl
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ def load_model_config(model_path: str, trust_remote_code: bool = False) -> Any:
     return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
 
 
+def kv_heads_of(config: Any) -> int:
+    """KV heads per layer; configs of multi-head models (GPT-NeoX, GPT-2) may not name them."""
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
 def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
     """`auto`: float32 on CPU (bf16 matmuls are slow there), the checkpoint's dtype elsewhere."""
     if name != "auto":
@@ -61,20 +66,34 @@ def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
 
 
 def build_model(config: Any, backend: AttentionBackend, model_path: str, load_format: str,
-                dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
-    """Construct on the meta device, materialize on `device`, then fill the weights."""
-    cls = resolve_model_class(getattr(config, "architectures", None) or [])
+                dtype: torch.dtype, device: torch.device, seed: int = 0, model_impl: str = "auto",
+                trust_remote_code: bool = False) -> nn.Module:
+    """Construct on the meta device, materialize on `device`, then fill the weights.
+
+    `model_impl` picks radixlm's native class or the Transformers backend (registry.resolve_model_impl)."""
+    architectures = getattr(config, "architectures", None) or []
+    if resolve_model_impl(architectures, model_impl) == "transformers":
+        from radixlm.models.transformers_backend import TransformersForCausalLM
+
+        model = TransformersForCausalLM.create(config, backend, dtype, device, trust_remote_code)
+    else:
+        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device)
+    if load_format == "dummy":
+        _init_dummy(model, seed)
+    else:
+        model.load_weights(iter_weights(model_path, load_format))
+    return model.eval()
+
+
+def _build_native(cls: type, config: Any, backend: AttentionBackend, dtype: torch.dtype,
+                  device: torch.device) -> nn.Module:
     with torch.device("meta"):
         model = cls(config, backend)
     model = model.to(dtype=dtype).to_empty(device=device)
     for module in model.modules():
         if hasattr(module, "init_cache"):
             module.init_cache(device)
-    if load_format == "dummy":
-        _init_dummy(model, seed)
-    else:
-        model.load_weights(iter_weights(model_path, load_format))
-    return model.eval()
+    return model
 
 
 def iter_weights(model_path: str, load_format: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -98,11 +117,12 @@ def iter_weights(model_path: str, load_format: str) -> Iterator[tuple[str, torch
 
 def _init_dummy(model: nn.Module, seed: int) -> None:
     """Random weights of the config's shape; norms at 1 so activations stay in range."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = None
     with torch.no_grad():
         for name, param in model.named_parameters():
+            if gen is None:  # generated on the parameters' device: fast for large shapes on GPU
+                gen = torch.Generator(device=param.device).manual_seed(seed)
             if "norm" in name:
                 param.fill_(1.0)
             else:
-                cpu = torch.empty(param.shape, dtype=torch.float32).uniform_(-0.02, 0.02, generator=gen)
-                param.copy_(cpu)
+                param.uniform_(-0.02, 0.02, generator=gen)

@@ -9,22 +9,20 @@ from typing import Any
 
 from radixlm.io_struct import BatchOutput, RpcOutput, RpcReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
-from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
+from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
 from radixlm.model_runner import ModelRunner
 from radixlm.scheduler.output import OutputProcessor
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.server_args import ServerArgs
 
-DEFAULT_MAX_RUNNING = 256
-
 
 def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None) -> Scheduler:
     """Assemble runner, KV cache manager and output processor from the config."""
     runner = ModelRunner(args, model_config)
-    max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
+    max_running = runner.max_running
     allocator = SlotAllocator(runner.pool.size, args.page_size)
-    req_pool = ReqToTokenPool(max_running + 1, runner.context_len + args.page_size, runner.device)
+    req_pool = runner.req_to_token_pool
     tree = RadixCache(page_size=args.page_size, disable=args.disable_radix_cache)
     cache = KVCacheManager(allocator, req_pool, tree)
     outputs = OutputProcessor(tokenizer, eos_ids, runner.vocab_size, runner.context_len, runner.device)

@@ -54,6 +54,7 @@ class Req:
         self.output_text = ""
         self.num_retractions = 0
         self.prefix_slots: list[int] = []
+        self.last_slot = 0  # slot of position kv_len-1 (pages continue from it)
         self.error: Optional[str] = None
 
     @property

@@ -144,8 +144,7 @@ class Scheduler:
         if not self.running:
             return None
         self._ensure_decode_memory()
-        for req in self.running:
-            self.cache.alloc_tokens(req, 1)
+        self.cache.alloc_decode(self.running)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - RATIO_DECAY)
         return build_decode(self.running, self.cache.req_pool.table, self.runner.device)
 

@@ -1,0 +1,206 @@
+"""GPU benchmark of the fast path (Triton attention + CUDA graphs), dummy weights, bf16.
+
+Prints, in one run: the measured device copy bandwidth; per model shape the batch-1 decode
+step time and achieved weight-read bandwidth (radixlm vs HF transformers `generate`); offline
+throughput on random prompts (radixlm vs HF's best batch); shared-prefix throughput with the
+radix cache on vs off.
+
+    python benchmarks/gpu_bench.py --shapes llama-3.2-1b llama-3-8b --num-prompts 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+
+import torch
+
+SHAPES = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
+                         max_position_embeddings=8192),
+    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
+                       max_position_embeddings=8192),
+}
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (the memory ceiling)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    return 2 * src.numel() / (time_cuda(lambda: dst.copy_(src), 20) / 1e3)
+
+
+def time_cuda(fn, iters: int) -> float:
+    """Median milliseconds of `fn` over `iters` runs, timed with CUDA events."""
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def model_dir(shape: str) -> str:
+    from transformers import LlamaConfig
+
+    path = tempfile.mkdtemp(prefix=f"{shape}-")
+    LlamaConfig(**SHAPES[shape], torch_dtype="bfloat16").save_pretrained(path)
+    return path
+
+
+def radixlm_decode_step(path: str, context: int, graphs: bool) -> tuple[float, int]:
+    """Batch-1 decode step (ms) at `context` tokens, and the model's weight bytes."""
+    from radixlm.forward_batch import ForwardBatch, ForwardMode
+    from radixlm.model_runner import ModelRunner
+    from radixlm.server_args import ServerArgs
+
+    args = ServerArgs(model_path=path, load_format="dummy", dtype="bfloat16", max_total_tokens=8192,
+                      max_running_requests=8, cuda_graph_max_bs=8, disable_cuda_graph=not graphs,
+                      context_length=4096)
+    runner = ModelRunner(args)
+    table = runner.req_to_token_pool.table
+    table[0, :context + 1] = torch.arange(1, context + 2, device="cuda")
+    dev = dict(device="cuda", dtype=torch.int64)
+    prefill = ForwardBatch(ForwardMode.EXTEND, torch.randint(0, 1000, (context,), **dev),
+                           torch.arange(context, **dev), table[0, :context], torch.zeros(1, **dev),
+                           torch.tensor([context], **dev), [context], [0], [context],
+                           torch.tensor([context - 1], **dev), table)
+    runner.forward(prefill)
+    decode = ForwardBatch(ForwardMode.DECODE, torch.tensor([5], **dev), torch.tensor([context], **dev),
+                          table[0, context:context + 1], torch.zeros(1, **dev), torch.tensor([context + 1], **dev),
+                          [context + 1], [context], [1], torch.zeros(1, **dev), table)
+    for _ in range(5):
+        runner.forward(decode)
+    ms = time_cuda(lambda: runner.forward(decode), 50)
+    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    del runner
+    torch.cuda.empty_cache()
+    return ms, weights
+
+
+def hf_generate(path: str, prompts: list[list[int]], out_len: int, batch: int) -> float:
+    """HF transformers `generate` output tok/s over `prompts` in batches of `batch` (same lengths)."""
+    model = _hf_model(path)
+    model.generate(torch.tensor(prompts[:1], device="cuda"), max_new_tokens=4, do_sample=False)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        ids = torch.tensor(prompts[i:i + batch], device="cuda")
+        model.generate(ids, max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False, pad_token_id=0)
+    torch.cuda.synchronize()
+    rate = len(prompts) * out_len / (time.perf_counter() - start)
+    del model
+    torch.cuda.empty_cache()
+    return rate
+
+
+def _hf_model(path: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def radixlm_offline(path: str, prompts: list[list[int]], out_len: int, **kwargs) -> tuple[float, dict]:
+    """Output tok/s of one Engine.generate call over all prompts (engine warmed up first)."""
+    import radixlm
+
+    with radixlm.Engine(path, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True,
+                        context_length=4096, log_level="warning", **kwargs) as engine:
+        engine.generate(input_ids=prompts[:2], sampling_params={"max_new_tokens": 4, "ignore_eos": True})
+        engine.flush_cache()
+        start = time.perf_counter()
+        outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": out_len, "ignore_eos": True,
+                                                                   "temperature": 0})
+        elapsed = time.perf_counter() - start
+    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
+    return tokens / elapsed, {"seconds": elapsed, "output_tokens": tokens, "cached_tokens": cached}
+
+
+def random_prompts(n: int, length: int, seed: int = 0, prefix: list[int] | None = None) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [(prefix or []) + [rng.randrange(100, 120000) for _ in range(length)] for _ in range(n)]
+
+
+def shared_prefix_prompts(groups: int, per_group: int, prefix_len: int, question_len: int) -> list[list[int]]:
+    out = []
+    for g in range(groups):
+        prefix = random_prompts(1, prefix_len, seed=1000 + g)[0]
+        out += random_prompts(per_group, question_len, seed=g, prefix=prefix)
+    random.Random(7).shuffle(out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    ap.add_argument("--num-prompts", type=int, default=2000)
+    ap.add_argument("--hf-prompts", type=int, default=256)
+    ap.add_argument("--hf-batches", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--shared-prefix-shape", default="llama-3.2-1b")
+    ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    results: dict = {"device": torch.cuda.get_device_name(), "copy_GBps": copy_bandwidth() / 1e9}
+    print(f"device {results['device']}: copy bandwidth {results['copy_GBps']:.0f} GB/s (read+write)", flush=True)
+    for shape in a.shapes:
+        results[shape] = run_shape(shape, a, results["copy_GBps"])
+    if "shared" not in a.skip:
+        results["shared_prefix"] = run_shared(a.shared_prefix_shape)
+    print(json.dumps(results, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
+    path = model_dir(shape)
+    res: dict = {}
+    if "decode" not in a.skip:
+        ms, weights = radixlm_decode_step(path, 256, graphs=True)
+        ms_eager, _ = radixlm_decode_step(path, 256, graphs=False)
+        bw = weights / (ms / 1e3) / 1e9
+        res.update(decode_ms=ms, decode_eager_ms=ms_eager, weight_GB=weights / 1e9, achieved_GBps=bw,
+                   fraction_of_copy_bw=bw / copy_gbps)
+        hf = hf_generate(path, random_prompts(1, 128), 128, 1)
+        res.update(hf_batch1_tok_s=hf, hf_batch1_GBps=hf * weights / 1e9)
+        print(f"{shape}: decode bs1 {ms:.2f} ms (eager {ms_eager:.2f}) -> {bw:.0f} GB/s = "
+              f"{100 * bw / copy_gbps:.0f}% of copy; HF generate bs1 {hf:.1f} tok/s = {hf * weights / 1e9:.0f} GB/s",
+              flush=True)
+    if "offline" not in a.skip:
+        prompts = random_prompts(a.num_prompts, 512)
+        ours, info = radixlm_offline(path, prompts, 256)
+        hf_rates = {b: hf_generate(path, prompts[:a.hf_prompts], 256, b) for b in a.hf_batches}
+        best = max(hf_rates.values())
+        res.update(offline_tok_s=ours, offline=info, hf_tok_s=hf_rates, ratio_vs_hf_best=ours / best)
+        print(f"{shape}: offline {a.num_prompts}x(512 in, 256 out): radixlm {ours:.0f} tok/s; HF best {best:.0f} "
+              f"tok/s {hf_rates}; ratio {ours / best:.1f}x", flush=True)
+    return res
+
+
+def run_shared(shape: str) -> dict:
+    path = model_dir(shape)
+    prompts = shared_prefix_prompts(16, 64, 2048, 128)
+    on, info_on = radixlm_offline(path, prompts, 128)
+    off, info_off = radixlm_offline(path, prompts, 128, disable_radix_cache=True)
+    print(f"shared prefix ({shape}, 16x64, 2048+128 in, 128 out): cache on {on:.0f} tok/s, off {off:.0f} tok/s, "
+          f"ratio {on / off:.1f}x", flush=True)
+    return {"on_tok_s": on, "off_tok_s": off, "ratio": on / off, "on": info_on, "off": info_off}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Triton kernels for attention over the paged KV pool (imported only by the Triton backend).
+
+Layout: k/v buffers are [num_slots, num_kv_heads, head_dim]; `req_to_token[row, pos]` is the
+slot of token `pos` of the request in `row`. Every kernel reads sequence lengths from device
+tensors (never host values), so decode launches can be captured in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq_lens_ptr,
+                         out_ptr, lse_ptr, scale,
+                         stride_qt, stride_qh, stride_kt, stride_kh, stride_r2t,
+                         stride_ot, stride_oh, stride_os, stride_lt, stride_lh,
+                         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr):
+    """One program = (request, query head, split): online softmax over its slice of the sequence;
+    writes the partial output (normalized) and its log-sum-exp for the reduce step."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    split = tl.program_id(2)
+    kv_h = h // GROUP
+    seq_len = tl.load(seq_lens_ptr + b)
+    row = tl.load(req_idx_ptr + b)
+    per_split = tl.cdiv(seq_len, NUM_SPLITS)
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + b * stride_qt + h * stride_qh + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    m_i = -float("inf")
+    l_i = 0.0
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        slots = tl.load(req_to_token_ptr + row * stride_r2t + offs_n, mask=mask_n, other=0)
+        kv_off = slots[:, None] * stride_kt + kv_h * stride_kh + offs_d[None, :]
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.sum(k * q[None, :], axis=1) * scale
+        s = tl.where(mask_n, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        p = tl.exp(s - m_new)
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+    has = end > start
+    out = tl.where(has, acc / tl.where(has, l_i, 1.0), 0.0)
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
+    tl.store(out_ptr + b * stride_ot + h * stride_oh + split * stride_os + offs_d, out, mask=mask_d)
+    tl.store(lse_ptr + b * stride_lt + h * stride_lh + split, lse)
+
+
+@triton.jit
+def _decode_reduce_kernel(part_ptr, lse_ptr, out_ptr, stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
+                          stride_ot, stride_oh, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          NUM_SPLITS: tl.constexpr):
+    """Merge the splits of one (request, head) by their log-sum-exp weights."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, NUM_SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    lse = tl.load(lse_ptr + b * stride_lt + h * stride_lh + offs_s)
+    m = tl.max(lse, axis=0)
+    w = tl.exp(lse - m)
+    w = w / tl.sum(w, axis=0)
+    parts = tl.load(part_ptr + b * stride_pt + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
+                    mask=mask_d[None, :], other=0.0)
+    out = tl.sum(parts * w[:, None], axis=0)
+    tl.store(out_ptr + b * stride_ot + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
+                     req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                     num_splits: int = 8, block_n: int = 64) -> torch.Tensor:
+    """q [B, H, D] -> out [B, H, D]; each request attends to its whole sequence in the pool."""
+    batch, heads, dim = q.shape
+    group = heads // k_buf.shape[1]
+    block_d = triton.next_power_of_2(dim)
+    part = torch.empty((batch, heads, num_splits, dim), dtype=torch.float32, device=q.device)
+    lse = torch.empty((batch, heads, num_splits), dtype=torch.float32, device=q.device)
+    _decode_split_kernel[(batch, heads, num_splits)](
+        q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, part, lse, scale,
+        q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
+        part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
+        GROUP=group, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=num_splits)
+    out = torch.empty_like(q)
+    _decode_reduce_kernel[(batch, heads)](
+        part, lse, out, part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
+        out.stride(0), out.stride(1), HEAD_DIM=dim, BLOCK_D=block_d, NUM_SPLITS=num_splits)
+    return out
+
+
+@triton.jit
+def _extend_kernel(q_ptr, k_ptr, v_ptr, out_ptr, req_to_token_ptr, req_idx_ptr, q_start_ptr,
+                   prefix_lens_ptr, ext_lens_ptr, scale,
+                   stride_qt, stride_qh, stride_kt, stride_kh, stride_r2t, stride_ot, stride_oh,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """One program = (request, query head, block of new tokens). Keys come from the pool (the new
+    tokens' K/V were written there first); new token i sees keys at positions <= prefix + i."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    mblk = tl.program_id(2)
+    ext = tl.load(ext_lens_ptr + b)
+    if mblk * BLOCK_M >= ext:
+        return
+    prefix = tl.load(prefix_lens_ptr + b)
+    q0 = tl.load(q_start_ptr + b)
+    row = tl.load(req_idx_ptr + b)
+    kv_h = h // GROUP
+    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < ext
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + (q0 + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    q_pos = prefix + offs_m
+    kv_end = prefix + tl.minimum((mblk + 1) * BLOCK_M, ext)
+    for n0 in range(0, kv_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < kv_end
+        slots = tl.load(req_to_token_ptr + row * stride_r2t + offs_n, mask=mask_n, other=0)
+        kv_off = slots[:, None] * stride_kt + kv_h * stride_kh + offs_d[None, :]
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k).to(q.dtype), input_precision=PRECISION).to(tl.float32) * scale
+        visible = (offs_n[None, :] <= q_pos[:, None]) & mask_n[None, :]
+        s = tl.where(visible, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + (q0 + offs_m[:, None]) * stride_ot + h * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
+                     req_pool_indices: torch.Tensor, q_start: torch.Tensor, prefix_lens: torch.Tensor,
+                     ext_lens: torch.Tensor, max_ext: int, scale: float, block_m: int = 32,
+                     block_n: int = 32) -> torch.Tensor:
+    """q [T, H, D] (requests concatenated) -> out [T, H, D], causal over prefix + new tokens."""
+    total, heads, dim = q.shape
+    group = heads // k_buf.shape[1]
+    out = torch.empty_like(q)
+    grid = (req_pool_indices.shape[0], heads, triton.cdiv(max_ext, block_m))
+    _extend_kernel[grid](
+        q, k_buf, v_buf, out, req_to_token, req_pool_indices, q_start, prefix_lens, ext_lens, scale,
+        q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
+        out.stride(0), out.stride(1), GROUP=group, HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
+        BLOCK_M=block_m, BLOCK_N=block_n,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # fp32 stays exact; tf32 is ignored for bf16
+    return out
