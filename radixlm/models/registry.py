@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
+
+logger = logging.getLogger(__name__)
 
 _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("radixlm.models.llama", "LlamaForCausalLM"),
@@ -23,5 +26,26 @@ def resolve_model_class(architectures: list[str]) -> type:
             module, name = _ARCHITECTURES[arch]
             return getattr(importlib.import_module(module), name)
     raise ValueError(
-        f"no native implementation for architectures {architectures}; supported: {supported_architectures()}"
+        f"no native implementation for architectures {architectures}; supported: {supported_architectures()}; "
+        "model_impl='transformers' (or 'auto') serves it through the Transformers backend"
     )
+
+
+def resolve_model_impl(architectures: list[str], model_impl: str) -> str:
+    """`radixlm` or `transformers`, logging the choice and why. `auto`: native when one exists.
+    ValueError when `radixlm` is asked for an architecture with no native implementation."""
+    native = [arch for arch in architectures or [] if arch in _ARCHITECTURES]
+    if model_impl == "radixlm" and not native:
+        raise ValueError(
+            f"model_impl='radixlm' but there is no native implementation for {architectures} (supported: "
+            f"{supported_architectures()}); model_impl='transformers' or 'auto' serves it through the "
+            "Transformers backend"
+        )
+    if model_impl == "transformers":
+        logger.info("model_impl=transformers: serving %s through the Transformers backend (requested)", architectures)
+        return "transformers"
+    if native:
+        logger.info("model_impl=%s: using radixlm's native %s", model_impl, native[0])
+        return "radixlm"
+    logger.info("model_impl=auto: no native implementation for %s; using the Transformers backend", architectures)
+    return "transformers"
