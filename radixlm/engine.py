@@ -7,14 +7,18 @@ batching) in a child process, so a caller is never blocked by other requests' co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import queue
 import uuid
-from typing import Any, AsyncIterator, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
+from radixlm.constrained.router import GrammarRouter
+from radixlm.constrained.spec import GrammarSpec
 from radixlm.io_struct import ReqOutput, TokenizedGenerateReq
 from radixlm.request_output import OutputAccumulator
 from radixlm.runtime_client import RuntimeClient
 from radixlm.sampling.sampling_params import SamplingParams
+from radixlm.sampling.seeding import derive_step_seed
 from radixlm.server_args import ServerArgs
 from radixlm.tokenizer.chat_templates import resolve_chat_template
 from radixlm.tokenizer.loader import apply_chat_template, eos_token_ids, load_tokenizer
@@ -45,6 +49,7 @@ class Engine:
         self.client = RuntimeClient(args, self.tokenizer, self.eos_ids, self.model_config)
         self.info = self.client.info
         self.vocab_size = self.info["vocab_size"]
+        self.grammars = GrammarRouter(args.grammar_backend, self.tokenizer, self.vocab_size, self.eos_ids)
 
     def _eos_ids(self) -> set[int]:
         cfg_eos = getattr(self.model_config, "eos_token_id", None)
@@ -62,22 +67,42 @@ class Engine:
         params_list = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(ids_list)
         if len(params_list) != len(ids_list):
             raise ValueError(f"got {len(params_list)} sampling_params for {len(ids_list)} prompts")
+        _check_list_lengths(len(ids_list), return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+                            top_logprobs_num=top_logprobs_num, rid=rid)
         reqs = []
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
             params.validate(self.vocab_size)
-            if params.regex or params.json_schema or params.ebnf:
-                raise ValueError("constrained decoding (regex / json_schema / ebnf) is not supported yet")
+            self._check_constraint(params)
             self._check_prompt(ids)
             base = _pick(rid, i, None) or uuid.uuid4().hex
             group = base if params.n > 1 else None
             for j in range(params.n):
                 reqs.append(TokenizedGenerateReq(
-                    rid=f"{base}-{j}" if params.n > 1 else base, input_ids=ids, params=params, stream=stream,
+                    rid=f"{base}-{j}" if params.n > 1 else base, input_ids=ids, params=_sibling_params(params, j),
+                    stream=stream,
                     return_logprob=_pick(return_logprob, i, False), logprob_start_len=_pick(logprob_start_len, i, -1),
                     top_logprobs_num=_pick(top_logprobs_num, i, 0), prefix_group=group))
             batched = batched or params.n > 1
+        self._check_rids(reqs)
         return reqs, batched
+
+    def _check_rids(self, reqs: list[TokenizedGenerateReq]) -> None:
+        """Request ids route outputs and aborts: they must be unique, also against those in flight."""
+        rids = [r.rid for r in reqs]
+        if len(set(rids)) != len(rids):
+            raise ValueError("request ids (rid) must be distinct; pass one rid per prompt")
+        taken = [rid for rid in rids if self.client.has_request(rid)]
+        if taken:
+            raise ValueError(f"request id {taken[0]!r} is already in use by a running request")
+
+    def _check_constraint(self, params: SamplingParams) -> None:
+        """A bad regex / JSON schema / EBNF grammar, or one no backend would fully enforce, is a
+        ValueError naming the problem (checks are cheap and cached; compiling happens later, off
+        the scheduler loop)."""
+        spec = GrammarSpec.from_params(params)
+        if spec is not None:
+            self.grammars.resolve(spec)
 
     def _token_ids(self, prompt: Prompt, input_ids: Any) -> tuple[list[list[int]], bool]:
         if (prompt is None) == (input_ids is None):
@@ -168,10 +193,12 @@ class Engine:
         inbox: asyncio.Queue = asyncio.Queue()
         accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
         order = {r.rid: i for i, r in enumerate(reqs)}
-        for r in reqs:
-            self.client.submit(r, lambda out: loop.call_soon_threadsafe(inbox.put_nowait, out))
+        submitted: list[str] = []
         pending = len(reqs)
         try:
+            for r in reqs:
+                self.client.submit(r, _loop_putter(loop, inbox))
+                submitted.append(r.rid)
             while pending:
                 out: ReqOutput = await inbox.get()
                 acc = accs[out.rid]
@@ -180,8 +207,8 @@ class Engine:
                 acc.last_chunk = acc.chunk(out, index=order[out.rid])
                 yield out.rid, acc
         finally:
-            for rid, acc in accs.items():
-                if not acc.done:
+            for rid in submitted:  # never abort an id we did not submit (it may be someone else's)
+                if not accs[rid].done:
                     self.client.abort(rid)
 
     # -- control -----------------------------------------------------------------------
@@ -214,6 +241,40 @@ class Engine:
         client = getattr(self, "client", None)
         if client is not None and client.process.is_alive():
             client.process.kill()
+
+
+def _loop_putter(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Callable[[ReqOutput], None]:
+    """A callback (run on the receiver thread) that hands outputs to `inbox` on `loop`.
+
+    Outputs of an aborted request can still arrive after its caller's loop has closed (an
+    abandoned stream under `asyncio.run`); they are dropped, since raising here would kill
+    the receiver thread and hang every later request."""
+    def put(out: ReqOutput) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, out)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this output
+            pass
+    return put
+
+
+# Sibling seeds reuse the step-seed mix on "step numbers" far beyond any real step count.
+_SIBLING_SEED_DOMAIN = 1 << 62
+
+
+def _sibling_params(params: SamplingParams, j: int) -> SamplingParams:
+    """Params of sample j of an n>1 request. Sample 0 keeps the seed (so it equals the n=1
+    result); the others get distinct seeds derived from it, so seeded samples differ from
+    each other yet stay reproducible."""
+    if params.seed is None or j == 0:
+        return params
+    return dataclasses.replace(params, seed=derive_step_seed(params.seed, _SIBLING_SEED_DOMAIN + j))
+
+
+def _check_list_lengths(count: int, **per_prompt: Any) -> None:
+    """A per-prompt argument given as a list needs one entry per prompt."""
+    for name, value in per_prompt.items():
+        if isinstance(value, list) and len(value) != count:
+            raise ValueError(f"got {len(value)} values of {name} for {count} prompts")
 
 
 def _pick(value: Any, i: int, default: Any) -> Any:

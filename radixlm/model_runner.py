@@ -46,7 +46,8 @@ class ModelRunner:
         self.backend = create_attention_backend(args.attention_backend, self.pool, self.device)
         start = time.perf_counter()
         self.model = build_model(self.config, self.backend, args.model_path, args.load_format, self.dtype,
-                                 self.device, args.random_seed, args.model_impl, args.trust_remote_code)
+                                 self.device, args.random_seed, args.model_impl, args.trust_remote_code,
+                                 self.context_len)
         logger.info("model loaded in %.1f s (%s, %s)", time.perf_counter() - start, self.dtype, self.device)
         self.graphs = self._maybe_capture_graphs()
 

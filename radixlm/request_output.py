@@ -34,8 +34,12 @@ class OutputAccumulator:
         return self.done
 
     def result(self) -> dict:
-        """The whole result: {"text", "output_ids", "meta_info"}."""
+        """The whole result: {"text", "output_ids", "meta_info"}. A request the scheduler refused
+        as invalid (abort with status 400, e.g. a grammar that failed to compile) raises ValueError."""
         self._raise_if_failed()
+        reason: Any = self.meta.get("finish_reason")
+        if isinstance(reason, dict) and reason.get("type") == "abort" and reason.get("status_code") == 400:
+            raise ValueError(reason.get("message", "invalid request"))
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta)}
 
     def chunk(self, out: ReqOutput, index: int = 0) -> dict:

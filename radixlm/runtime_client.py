@@ -54,11 +54,19 @@ class RuntimeClient:
         return payload
 
     def submit(self, req: TokenizedGenerateReq, callback: Callable[[ReqOutput], None]) -> None:
+        """Raises ValueError if `req.rid` is in flight (its outputs would go to the wrong caller)."""
         with self._lock:
             if self.dead:
                 raise SchedulerDied(self.dead)
+            if req.rid in self._callbacks:
+                raise ValueError(f"request id {req.rid!r} is already in use by a running request")
             self._callbacks[req.rid] = callback
             self._to_sched.send(req)
+
+    def has_request(self, rid: str) -> bool:
+        """True while `rid` is submitted and not finished."""
+        with self._lock:
+            return rid in self._callbacks
 
     def abort(self, rid: str) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float", "bf16", "fp
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 MODEL_IMPLS = ("auto", "radixlm", "transformers")
+GRAMMAR_BACKENDS = ("xgrammar", "llguidance", "none")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class ServerArgs:
     cuda_graph_max_bs: int = 256
     num_threads: Optional[int] = None
 
+    # Structured output (regex / JSON schema / EBNF constraints).
+    grammar_backend: str = "xgrammar"
+    disable_jump_forward: bool = False
+
     # Server (used by the HTTP front).
     host: str = "127.0.0.1"
     port: int = 30000
@@ -68,6 +73,7 @@ class ServerArgs:
         _check_choice("load_format", self.load_format, LOAD_FORMATS)
         _check_choice("schedule_policy", self.schedule_policy, SCHEDULE_POLICIES)
         _check_choice("model_impl", self.model_impl, MODEL_IMPLS)
+        _check_choice("grammar_backend", self.grammar_backend, GRAMMAR_BACKENDS)
         _check_positive("page_size", self.page_size)
         _check_positive("max_prefill_tokens", self.max_prefill_tokens)
         for name in ("max_total_tokens", "max_running_requests", "context_length", "num_threads"):

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO
 
 import httpx
 
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 15.0
+_LOGS: dict[int, IO[str]] = {}  # server pid -> its captured stdout + stderr
 
 
 def free_port() -> int:
@@ -26,7 +28,19 @@ def free_port() -> int:
 def launch_server(model_path: str, *extra_args: str, timeout: float = START_TIMEOUT_S) -> tuple[str, subprocess.Popen]:
     """Start the server on a free loopback port; return (base_url, process) once GET /health is 200.
 
-    Kills the process and raises if it exits or is not healthy within `timeout` seconds."""
+    Defaults: a 4096-token KV pool and one compute thread (later flags in `extra_args` win).
+    Kills the process and raises if it exits or is not healthy within `timeout` seconds; retries
+    on a fresh port if another process took the chosen one in the meantime."""
+    for attempt in range(3):
+        try:
+            return _launch_once(model_path, extra_args, timeout)
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc).lower() or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch_once(model_path: str, extra_args: tuple[str, ...], timeout: float) -> tuple[str, subprocess.Popen]:
     port = free_port()
     cmd = [sys.executable, "-m", "radixlm.launch_server", "--model-path", model_path, "--host", "127.0.0.1",
            "--port", str(port), "--max-total-tokens", "4096", "--num-threads", "1", *extra_args]
@@ -34,7 +48,7 @@ def launch_server(model_path: str, *extra_args: str, timeout: float = START_TIME
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: an unread pipe would block the server
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    proc.log = log  # type: ignore[attr-defined]
+    _LOGS[proc.pid] = log
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(base_url, proc, timeout)
@@ -61,7 +75,7 @@ def _wait_healthy(base_url: str, proc: subprocess.Popen, timeout: float) -> None
 
 def server_log(proc: subprocess.Popen) -> str:
     """Everything the server printed so far."""
-    log = proc.log  # type: ignore[attr-defined]
+    log = _LOGS[proc.pid]
     log.flush()
     log.seek(0)
     return log.read()
@@ -113,13 +127,14 @@ def pid_alive(pid: int) -> bool:
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM the server; assert it exits within 15 s and leaves no child process behind."""
     children = child_pids(proc.pid)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise AssertionError(f"server did not exit within {STOP_TIMEOUT_S} s of SIGTERM") from None
-    deadline = time.monotonic() + 5.0
+    deadline = max(deadline, time.monotonic() + 1.0)  # helpers (resource tracker) exit just after it
     while any(pid_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     orphans = [c for c in children if pid_alive(c)]

@@ -71,13 +71,15 @@ class TorchNativeBackend(AttentionBackend):
         out = torch.empty_like(q)
         start = 0
         for i, ext in enumerate(batch.extend_seq_lens_cpu):
-            qi = q[start:start + ext].transpose(0, 1)
-            ki = k_buf[meta.slots[i]].transpose(0, 1).to(q.dtype)
-            vi = v_buf[meta.slots[i]].transpose(0, 1).to(q.dtype)
+            # A leading batch dim of 1 matters: torch's CPU flash kernel only takes 4-D inputs;
+            # 3-D ones fall back to the math path, which materializes [H, T, T] (7x slower at T=544).
+            qi = q[start:start + ext].transpose(0, 1).unsqueeze(0)
+            ki = k_buf[meta.slots[i]].transpose(0, 1).unsqueeze(0).to(q.dtype)
+            vi = v_buf[meta.slots[i]].transpose(0, 1).unsqueeze(0).to(q.dtype)
             mask = meta.masks[i]
             oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, is_causal=mask is None,
                                                 scale=scale, enable_gqa=True)
-            out[start:start + ext] = oi.transpose(0, 1)
+            out[start:start + ext] = oi[0].transpose(0, 1)
             start += ext
         return out
 

@@ -17,46 +17,52 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq
                          out_ptr, lse_ptr, scale,
                          stride_qt, stride_qh, stride_kt, stride_kh, stride_r2t,
                          stride_ot, stride_oh, stride_os, stride_lt, stride_lh,
-                         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr):
-    """One program = (request, query head, split): online softmax over its slice of the sequence;
-    writes the partial output (normalized) and its log-sum-exp for the reduce step."""
+                         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """One program = (request, KV head, split): all GROUP query heads sharing the KV head are
+    scored together, so each K/V block is read once per KV head (not once per query head).
+    Writes each head's normalized partial output and log-sum-exp for the reduce step."""
     b = tl.program_id(0)
-    h = tl.program_id(1)
+    kv_h = tl.program_id(1)
     split = tl.program_id(2)
-    kv_h = h // GROUP
     seq_len = tl.load(seq_lens_ptr + b)
     row = tl.load(req_idx_ptr + b)
     per_split = tl.cdiv(seq_len, NUM_SPLITS)
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
+    offs_g = tl.arange(0, BLOCK_G)
+    mask_g = offs_g < GROUP
+    heads = kv_h * GROUP + offs_g
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
-    q = tl.load(q_ptr + b * stride_qt + h * stride_qh + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    m_i = -float("inf")
-    l_i = 0.0
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+    m_i = tl.full([BLOCK_G], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
         slots = tl.load(req_to_token_ptr + row * stride_r2t + offs_n, mask=mask_n, other=0)
         kv_off = slots[:, None] * stride_kt + kv_h * stride_kh + offs_d[None, :]
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0).to(tl.float32)
-        s = tl.sum(k * q[None, :], axis=1) * scale
-        s = tl.where(mask_n, s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        p = tl.exp(s - m_new)
+        k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k).to(q.dtype), input_precision=PRECISION).to(tl.float32) * scale
+        s = tl.where(mask_n[None, :], s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
-        v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
+        v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
     has = end > start
-    out = tl.where(has, acc / tl.where(has, l_i, 1.0), 0.0)
+    out = tl.where(has, acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
-    tl.store(out_ptr + b * stride_ot + h * stride_oh + split * stride_os + offs_d, out, mask=mask_d)
-    tl.store(lse_ptr + b * stride_lt + h * stride_lh + split, lse)
+    tl.store(out_ptr + b * stride_ot + heads[:, None] * stride_oh + split * stride_os + offs_d[None, :], out,
+             mask=mask_g[:, None] & mask_d[None, :])
+    tl.store(lse_ptr + b * stride_lt + heads * stride_lh + split, lse, mask=mask_g)
 
 
 @triton.jit
@@ -88,11 +94,12 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
     block_d = triton.next_power_of_2(dim)
     part = torch.empty((batch, heads, num_splits, dim), dtype=torch.float32, device=q.device)
     lse = torch.empty((batch, heads, num_splits), dtype=torch.float32, device=q.device)
-    _decode_split_kernel[(batch, heads, num_splits)](
+    _decode_split_kernel[(batch, k_buf.shape[1], num_splits)](
         q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, part, lse, scale,
         q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
-        GROUP=group, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=num_splits)
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim, BLOCK_D=block_d,
+        BLOCK_N=block_n, NUM_SPLITS=num_splits, PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     out = torch.empty_like(q)
     _decode_reduce_kernel[(batch, heads)](
         part, lse, out, part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),

@@ -9,25 +9,64 @@ import torch
 from torch import nn
 
 
+def use_fused_kernels(device: torch.device) -> bool:
+    """Fused Triton kernels on CUDA when Triton is importable; the eager reference elsewhere."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, as HF Llama does, then cast back."""
+    """Root-mean-square norm computed in float32, as HF Llama does, then cast back.
+
+    `forward(x)` returns the normed x; `forward(x, residual)` first adds the residual and
+    returns (normed, x + residual). The fused kernel is chosen once, in `init_cache`."""
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
+        self._impl = self._eager
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def init_cache(self, device: torch.device) -> None:
+        self._impl = self._fused if use_fused_kernels(device) else self._eager
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> Any:
+        return self._impl(x, residual)
+
+    def _eager(self, x: torch.Tensor, residual: torch.Tensor | None) -> Any:
+        if residual is not None:
+            x = x + residual
+            residual = x
         dtype = x.dtype
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
+        out = self.weight * xf.to(dtype)
+        return out if residual is None else (out, residual)
+
+    def _fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> Any:
+        from radixlm.layers.fused_kernels import rmsnorm
+
+        shape = x.shape
+        out, res = rmsnorm(x.reshape(-1, shape[-1]), self.weight, self.eps,
+                           None if residual is None else residual.reshape(-1, shape[-1]).contiguous())
+        return out.view(shape) if res is None else (out.view(shape), res.view(shape))
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """SiLU(gate) * up for a tensor whose last dim is [gate | up]."""
     gate, up = gate_up.chunk(2, dim=-1)
     return nn.functional.silu(gate) * up
+
+
+def fused_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    from radixlm.layers.fused_kernels import silu_and_mul as fused
+
+    return fused(gate_up)
 
 
 def rope_inv_freq(rope: dict[str, Any], head_dim: int) -> tuple[torch.Tensor, float]:
@@ -69,6 +108,7 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.max_positions, self.rope = head_dim, max_positions, rope
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
+        self._impl = self._eager
 
     def init_cache(self, device: torch.device) -> None:
         """(Re)compute the float32 cos/sin tables; called after the model is materialized."""
@@ -77,12 +117,22 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(t, inv_freq)
         self.cos = (freqs.cos() * scaling).to(device)
         self.sin = (freqs.sin() * scaling).to(device)
+        self._impl = self._fused if use_fused_kernels(device) else self._eager
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q [T, H, D] and k [T, Hkv, D] at `positions` [T]."""
+        return self._impl(positions, q, k)
+
+    def _eager(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def _fused(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from radixlm.layers.fused_kernels import rotary_inplace
+
+        rotary_inplace(positions, q, k, self.cos, self.sin)  # in place, any token/head strides
+        return q, k
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

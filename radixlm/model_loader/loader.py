@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -45,7 +45,18 @@ def load_model_config(model_path: str, trust_remote_code: bool = False) -> Any:
         raise FileNotFoundError(
             f"model path {model_path!r} has no config.json; expected a Hugging Face model directory or a .gguf file"
         )
-    return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    return _with_architectures(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+
+
+def _with_architectures(config: Any) -> Any:
+    """Configs saved without `architectures` get the causal-LM class of their model_type."""
+    if not getattr(config, "architectures", None):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", ""))
+        if name:
+            config.architectures = [name]
+    return config
 
 
 def kv_heads_of(config: Any) -> int:
@@ -67,15 +78,16 @@ def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
 
 def build_model(config: Any, backend: AttentionBackend, model_path: str, load_format: str,
                 dtype: torch.dtype, device: torch.device, seed: int = 0, model_impl: str = "auto",
-                trust_remote_code: bool = False) -> nn.Module:
+                trust_remote_code: bool = False, context_len: Optional[int] = None) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
-    `model_impl` picks radixlm's native class or the Transformers backend (registry.resolve_model_impl)."""
+    `model_impl` picks radixlm's native class or the Transformers backend (registry.resolve_model_impl);
+    the latter refuses models it cannot run exactly for sequences of up to `context_len` tokens."""
     architectures = getattr(config, "architectures", None) or []
     if resolve_model_impl(architectures, model_impl) == "transformers":
         from radixlm.models.transformers_backend import TransformersForCausalLM
 
-        model = TransformersForCausalLM.create(config, backend, dtype, device, trust_remote_code)
+        model = TransformersForCausalLM.create(config, backend, dtype, device, trust_remote_code, context_len)
     else:
         model = _build_native(resolve_model_class(architectures), config, backend, dtype, device)
     if load_format == "dummy":

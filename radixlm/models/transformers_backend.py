@@ -6,7 +6,7 @@ materialized on the target device, and filled by radixlm's loader. Every attenti
 reads and writes the paged KV pool through the selected `AttentionBackend`, so prefix caching,
 continuous batching and chunked prefill work unchanged.
 
-What the backend cannot express is refused at construction (see `transformers_checks.py`).
+What radixlm's attention cannot express is refused at construction (`transformers_checks.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -48,16 +48,20 @@ class TransformersForCausalLM(nn.Module):
 
     @classmethod
     def create(cls, config: Any, backend: AttentionBackend, dtype: torch.dtype, device: torch.device,
-               trust_remote_code: bool = False) -> "TransformersForCausalLM":
+               trust_remote_code: bool = False, context_len: Optional[int] = None) -> "TransformersForCausalLM":
         """Build on meta, materialize on `device` (weights uninitialized: load them next), re-tie
-        tied weights and recompute non-persistent buffers (rotary `inv_freq`, embedding scales)."""
+        tied weights and recompute non-persistent buffers (rotary `inv_freq`, embedding scales).
+        ValueError, naming the reason, for models radixlm's attention cannot run exactly up to
+        `context_len` tokens (transformers_checks.py)."""
         config = copy.deepcopy(config)  # transformers writes dtype / attention choice into it
-        check_config_supported(config)
+        check_config_supported(config, context_len)
         hf_model = _from_config(config, dtype, register_attention(), trust_remote_code)
         check_model_supported(hf_model)
         hf_model.to_empty(device=device)
         hf_model.tie_weights()  # to_empty replaced each tied parameter with its own tensor
         _init_non_persistent_buffers(hf_model)
+        logger.info("Transformers backend: %s with attention through radixlm's %s", type(hf_model).__name__,
+                    type(backend).__name__)
         return cls(hf_model.eval(), backend)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -76,11 +80,12 @@ class TransformersForCausalLM(nn.Module):
         (tied aliases count once; names transformers itself ignores are skipped)."""
         targets = dict(self.hf.named_parameters(remove_duplicate=False))
         targets.update(_persistent_buffers(self.hf))
+        rename = _checkpoint_renamer(self.hf, targets)
         ignore_unexpected = _patterns(self.hf, "_keys_to_ignore_on_load_unexpected")
         loaded: set[int] = set()
         with torch.no_grad():
             for name, tensor in weights:
-                target = targets.get(name)
+                target = targets.get(rename(name))
                 if target is None:
                     if name.endswith("rotary_emb.inv_freq") or ignore_unexpected(name):
                         continue
@@ -114,6 +119,28 @@ def _from_config(config: Any, dtype: torch.dtype, attn_name: str, trust_remote_c
             raise ValueError(f"transformers has no causal-LM class for model_type {config.model_type!r} "
                              "(encoder-decoder and non-generative models cannot be served)") from exc
         raise
+
+
+def _checkpoint_renamer(hf_model: nn.Module, targets: dict[str, torch.Tensor]) -> Callable[[str], str]:
+    """Checkpoint name -> model name with transformers' own renamings for this model (legacy names
+    such as GPT-NeoX's `embed_out`, base-model prefix added or stripped). Conversions that merge
+    or split tensors (e.g. per-expert MoE weights) are refused: the loader streams one tensor at a time."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(hf_model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    prefix = hf_model.base_model_prefix
+
+    def rename(name: str) -> str:
+        new_name, converter = rename_source_key(name, renamings, converters, prefix, targets)
+        if converter is not None:
+            raise ValueError(f"checkpoint tensor {name!r} needs transformers' weight conversion {converter!r} "
+                             "(tensors merged or split on load), which radixlm's loader does not apply")
+        return new_name
+
+    return rename
 
 
 def _init_non_persistent_buffers(hf_model: nn.Module) -> None:

@@ -8,15 +8,16 @@ A model needing any of these would silently give wrong tokens, so it is rejected
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
 _ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention"}
 
 
-def check_config_supported(config: Any) -> None:
-    """ValueError naming the first config feature radixlm's attention cannot honour."""
+def check_config_supported(config: Any, context_len: Optional[int] = None) -> None:
+    """ValueError naming the first config feature radixlm's attention cannot honour when serving
+    sequences of up to `context_len` tokens (default: the config's max_position_embeddings)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     name = getattr(config, "model_type", "?")
     if getattr(config, "is_encoder_decoder", False):
@@ -34,23 +35,22 @@ def check_config_supported(config: Any) -> None:
     if other:
         raise ValueError(f"{name} has {other} layers, which need a recurrent state cache radixlm does not have; "
                          "only attention layers can be served")
-    _check_sliding_window(text, name)
+    _check_sliding_window(text, name, context_len or getattr(text, "max_position_embeddings", None))
 
 
-def _check_sliding_window(text: Any, name: str) -> None:
+def _check_sliding_window(text: Any, name: str, context_len: Optional[int]) -> None:
+    """A window no shorter than the context never drops a key, so then full attention is exact."""
     window = getattr(text, "sliding_window", None)
     if not window or getattr(text, "use_sliding_window", True) is False:
         return
     layer_types = getattr(text, "layer_types", None)
     if layer_types is not None and "sliding_attention" not in layer_types:
         return
-    max_pos = getattr(text, "max_position_embeddings", None)
-    if max_pos is None or window < max_pos:
+    if context_len is None or window < context_len:
         raise ValueError(
-            f"{name} uses sliding-window attention (sliding_window={window} < max_position_embeddings={max_pos}), "
-            "which radixlm's attention backends do not implement; setting sliding_window >= "
-            "max_position_embeddings in config.json serves it with full attention (outputs then differ from "
-            "the reference past the window)")
+            f"{name} uses sliding-window attention (sliding_window={window}) and the context length is "
+            f"{context_len}; radixlm's attention backends do not implement sliding windows, so serve it with "
+            f"context_length <= {window} (--context-length {window}), where full attention is exact")
 
 
 def check_model_supported(hf_model: nn.Module) -> None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from radixlm.sampling.sampling_batch import SamplingBatch
 
-__all__ = ["SamplingBatch", "apply_penalties_and_bias", "filter_probs", "sample"]
+__all__ = ["SamplingBatch", "apply_penalties_and_bias", "apply_vocab_mask", "filter_probs", "sample"]
 
 # Above this many values per row a full value sort beats torch.topk on CPU
 # (measured: topk(50) ~4 ms, topk(256) ~10 ms, NumPy sort ~9 ms for [64, 49k]).
@@ -176,3 +176,16 @@ def _check_shape(logits: torch.Tensor, batch: SamplingBatch) -> None:
             f"logits must have shape ({batch.batch_size}, {batch.vocab_size}), "
             f"got {tuple(logits.shape)}"
         )
+
+
+def apply_vocab_mask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Set logits[rows[k], j] to -inf wherever bit j of bitmask[k] is 0, in place; returns logits.
+
+    bitmask: int32 [R, ceil(V/32)] (token 32*w + b is bit b of word w), on any device; rows: [R]
+    indices into logits [B, V]. One batched op for all constrained rows; other rows are untouched.
+    """
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).view(bitmask.shape[0], -1)[:, :logits.shape[-1]]
+    rows = rows.to(logits.device)
+    logits[rows] = logits[rows].masked_fill(allowed.to(logits.device) == 0, float("-inf"))
+    return logits

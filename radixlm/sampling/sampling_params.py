@@ -7,6 +7,7 @@ called; the sampler assumes validated (and therefore normalized) params.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -45,8 +46,9 @@ class SamplingParams:
       seed: per-request seed; None = unseeded.
       logit_bias: token id (int, or decimal string as in JSON) -> additive bias;
         keys are normalized to int.
-      regex, json_schema, ebnf: structured-output constraints, stored only;
-        at most one may be set.
+      regex, json_schema, ebnf: structured-output constraints (radixlm.constrained);
+        at most one may be set. json_schema may be given as an object; it is
+        normalized to JSON text (key order kept: it is the order of generation).
       no_stop_trim: keep the matched stop string/token in the output.
     """
 
@@ -68,7 +70,7 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: dict[str | int, float] | None = None
     regex: str | None = None
-    json_schema: str | None = None
+    json_schema: str | dict | None = None
     ebnf: str | None = None
     no_stop_trim: bool = False
 
@@ -162,7 +164,9 @@ class SamplingParams:
         set_constraints = []
         for name in _CONSTRAINT_FIELDS:
             value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
+            if name == "json_schema" and isinstance(value, (dict, bool)):
+                set_constraints.append(name)  # a schema object (true/false are schemas too)
+            elif value is not None and not isinstance(value, str):
                 errors.append(f"{name}: must be a string or None (got {type(value).__name__})")
             elif value is not None:
                 set_constraints.append(name)
@@ -173,6 +177,8 @@ class SamplingParams:
 
     def _normalize(self) -> None:
         # Only called after a clean validation, so every conversion is safe.
+        if self.json_schema is not None and not isinstance(self.json_schema, str):
+            self.json_schema = json.dumps(self.json_schema)
         for name in ("temperature", "top_p", "min_p", "repetition_penalty",
                      "frequency_penalty", "presence_penalty"):
             setattr(self, name, float(getattr(self, name)))

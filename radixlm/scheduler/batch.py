@@ -56,13 +56,24 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
 def build_decode(reqs: list[Req], req_to_token: torch.Tensor, device: torch.device) -> ScheduledBatch:
     """One token per request: the last token of each, whose slot was just allocated."""
     items = [ExtendItem(req, req.seq_len - 1, 1, True) for req in reqs]
-    ids = [req.fill_ids[-1] for req in reqs]
+    ids = [req.last_token for req in reqs]
     positions = [req.seq_len - 1 for req in reqs]
     pool_idx = torch.tensor([req.req_pool_idx for req in reqs], device=device)
     locs = req_to_token[pool_idx, torch.tensor(positions, device=device)]
     rows = [{pos: i} for i, pos in enumerate(positions)]
     fb = _forward_batch(ForwardMode.DECODE, items, ids, positions, locs, list(range(len(reqs))), req_to_token, device)
     return ScheduledBatch(ForwardMode.DECODE, items, fb, rows)
+
+
+def build_multi_token_decode(reqs: list[Req], starts: list[int], req_to_token: torch.Tensor,
+                             device: torch.device) -> ScheduledBatch:
+    """A decode step in which some requests carry several new tokens (jump-forward appended
+    forced text): request i runs its tokens from position `starts[i]` (its KV length before
+    the slots were allocated) to its end. The model runs it as an EXTEND; the scheduler treats
+    it as a decode of running requests (`mode` DECODE), so nothing is re-admitted or re-cached."""
+    items = [ExtendItem(req, start, req.seq_len - start, True) for req, start in zip(reqs, starts)]
+    batch = build_extend(items, req_to_token, device)
+    return ScheduledBatch(ForwardMode.DECODE, batch.items, batch.forward, batch.logit_rows)
 
 
 def _forward_batch(mode: ForwardMode, items: list[ExtendItem], ids: list[int], positions: list[int],

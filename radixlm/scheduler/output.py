@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import torch
 
+from radixlm.constrained.structured import StructuredOutput, build_structured_output
 from radixlm.io_struct import ReqOutput
 from radixlm.sampling.sampler import apply_penalties_and_bias, sample
 from radixlm.sampling.sampling_batch import SamplingBatch
@@ -19,9 +20,10 @@ class OutputProcessor:
     (log-softmax of the logits, before penalties and temperature)."""
 
     def __init__(self, tokenizer: Any, eos_ids: set[int], vocab_size: int, context_len: int,
-                 device: torch.device) -> None:
+                 device: torch.device, structured: Optional[StructuredOutput] = None) -> None:
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.vocab_size, self.context_len, self.device = vocab_size, context_len, device
+        self.structured = structured or build_structured_output(tokenizer, vocab_size, eos_ids, jump_forward=False)
 
     def init_req(self, req: Req) -> None:
         p = req.params
@@ -44,11 +46,29 @@ class OutputProcessor:
         next_ids = self._sample(reqs, raw).tolist()
         logprobs = torch.log_softmax(raw, dim=-1) if any(r.return_logprob for r in reqs) else None
         for i, (req, token) in enumerate(zip(reqs, next_ids)):
-            if logprobs is not None and req.return_logprob:
-                self._output_logprob(req, logprobs[i], token)
+            if req.params.max_new_tokens == 0:  # prefill only (e.g. prompt logprobs): keep no token
+                req.finished_reason = {"type": "length", "length": 0}
+                continue
+            tokens = self.structured.advance(req, token)
+            self._append_all(req, tokens, logprobs[i] if logprobs is not None and req.return_logprob else None)
+
+    def _append_all(self, req: Req, tokens: list[int], lp: Optional[torch.Tensor]) -> None:
+        """Append the sampled token and any jump-forward tokens after it (forced tokens have no
+        logprob: they were not sampled), stopping as soon as the request finishes."""
+        for k, token in enumerate(tokens):
+            if lp is not None and k == 0:
+                self._output_logprob(req, lp, token)
+            elif lp is not None:
+                req.logprobs.output_token_logprobs.append((None, token))
+                req.logprobs.output_top_logprobs.append(None)
             self._append(req, token)
+            if req.finished:
+                return
 
     def _sample(self, reqs: list[Req], raw: torch.Tensor) -> torch.Tensor:
+        raw = self.structured.mask_logits(reqs, raw)
+        if all(_plain_greedy(r) for r in reqs):
+            return raw.argmax(dim=-1)  # skip building per-row sampling tensors
         sb = SamplingBatch.build([r.params for r in reqs], [r.output_ids for r in reqs], self.vocab_size,
                                  self.eos_ids, self.device, [r.step_seed() for r in reqs])
         if sb.all_greedy and not (sb.has_penalties or sb.has_logit_bias or sb.has_min_tokens_ban):
@@ -124,11 +144,20 @@ class OutputProcessor:
         }
         if req.error:
             meta["error"] = req.error
+        if req.grammar is not None:
+            meta["jump_forward_tokens"] = req.jump_forward_tokens
         if req.return_logprob:
             lp = req.logprobs
             meta.update(input_token_logprobs=lp.input_token_logprobs, input_top_logprobs=lp.input_top_logprobs,
                         output_token_logprobs=lp.output_token_logprobs, output_top_logprobs=lp.output_top_logprobs)
         return meta
+
+
+def _plain_greedy(req: Req) -> bool:
+    """Greedy with nothing that changes the logits: the argmax of the raw logits is the answer."""
+    p = req.params
+    return (p.is_greedy and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
+            and not p.logit_bias and len(req.output_ids) >= p.min_new_tokens)
 
 
 def _top_k(lp: torch.Tensor, k: int) -> list[list[tuple[float, int]]]:

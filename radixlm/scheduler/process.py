@@ -7,6 +7,9 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from radixlm.constrained.manager import GrammarManager
+from radixlm.constrained.router import GrammarRouter
+from radixlm.constrained.structured import build_structured_output
 from radixlm.io_struct import BatchOutput, RpcOutput, RpcReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
@@ -25,9 +28,12 @@ def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_c
     req_pool = runner.req_to_token_pool
     tree = RadixCache(page_size=args.page_size, disable=args.disable_radix_cache)
     cache = KVCacheManager(allocator, req_pool, tree)
-    outputs = OutputProcessor(tokenizer, eos_ids, runner.vocab_size, runner.context_len, runner.device)
+    structured = build_structured_output(tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward)
+    outputs = OutputProcessor(tokenizer, eos_ids, runner.vocab_size, runner.context_len, runner.device, structured)
+    grammars = GrammarManager(GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids),
+                              runner.vocab_size)
     return Scheduler(runner, cache, outputs, max_running, args.max_prefill_tokens,
-                     args.chunked_prefill_size, args.schedule_policy)
+                     args.chunked_prefill_size, args.schedule_policy, grammars)
 
 
 def run_scheduler_process(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any,

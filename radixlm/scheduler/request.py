@@ -56,11 +56,18 @@ class Req:
         self.prefix_slots: list[int] = []
         self.last_slot = 0  # slot of position kv_len-1 (pages continue from it)
         self.error: Optional[str] = None
+        self.grammar: Any = None  # the request's matcher (radixlm.constrained) once compiled
+        self.jump_forward_tokens = 0  # output tokens appended by jump-forward, not sampled
 
     @property
     def fill_ids(self) -> list[int]:
         """Every token the model has seen or will see next: prompt then output."""
         return self.origin_input_ids + self.output_ids
+
+    @property
+    def last_token(self) -> int:
+        """The newest token (without building `fill_ids`, which copies the whole sequence)."""
+        return self.output_ids[-1] if self.output_ids else self.origin_input_ids[-1]
 
     @property
     def seq_len(self) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
+from radixlm.constrained.manager import GrammarManager
 from radixlm.forward_batch import ForwardMode
 from radixlm.io_struct import AbortReq, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.model_runner import ModelRunner
-from radixlm.scheduler.batch import ScheduledBatch, build_decode, build_extend
+from radixlm.scheduler.batch import ScheduledBatch, build_decode, build_extend, build_multi_token_decode
 from radixlm.scheduler.output import OutputProcessor
 from radixlm.scheduler.prefill import PrefillAdder, PrefillBudget, order_waiting
 from radixlm.scheduler.request import Req
@@ -17,6 +18,7 @@ from radixlm.scheduler.request import Req
 logger = logging.getLogger(__name__)
 
 INIT_NEW_TOKEN_RATIO, MIN_NEW_TOKEN_RATIO, RATIO_DECAY = 0.7, 0.1, 0.001
+GRAMMAR_POLL_S = 0.005  # how long an otherwise idle step waits for a grammar compile
 
 
 class Scheduler:
@@ -25,8 +27,9 @@ class Scheduler:
     retracted (their KV handed to the tree, themselves requeued) instead of failing."""
 
     def __init__(self, runner: ModelRunner, cache: KVCacheManager, outputs: OutputProcessor,
-                 max_running: int, max_prefill_tokens: int, chunk_size: Optional[int], policy: str) -> None:
-        self.runner, self.cache, self.outputs = runner, cache, outputs
+                 max_running: int, max_prefill_tokens: int, chunk_size: Optional[int], policy: str,
+                 grammars: GrammarManager) -> None:
+        self.runner, self.cache, self.outputs, self.grammars = runner, cache, outputs, grammars
         self.max_running, self.max_prefill_tokens = max_running, max_prefill_tokens
         self.chunk_size, self.policy = chunk_size, policy
         self.waiting: list[Req] = []
@@ -34,6 +37,7 @@ class Scheduler:
         self.chunked: Optional[Req] = None
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO
         self.num_retracted = 0
+        self.num_forward_steps = 0
         self.pending: list[ReqOutput] = []
         self.rpc_handlers: dict[str, Callable[[], Any]] = {
             "flush_cache": self.cache.flush, "get_info": self.info, "check_leak": self.check_leak,
@@ -64,6 +68,8 @@ class Scheduler:
             req.finished_reason = {"type": "abort", "message": error, "status_code": 400}
             self.pending.append(self.outputs.make_output(req))
             return
+        if self.grammars.admit(req):
+            return  # "grammar pending" until its grammar is compiled (see _take_compiled)
         self.waiting.append(req)
 
     def _reject_reason(self, req: Req) -> Optional[str]:
@@ -80,6 +86,9 @@ class Scheduler:
 
     def abort(self, rid: str) -> None:
         """Finish `rid` wherever it is; its KV goes back to the tree / free list."""
+        pending = self.grammars.abort(rid)
+        if pending is not None:
+            self._finish_abort(pending)
         for queue in (self.waiting, self.running):
             for req in list(queue):
                 if req.rid == rid:
@@ -97,17 +106,29 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked)
+        return bool(self.waiting or self.running or self.chunked or self.grammars.num_pending())
 
     def step(self) -> list[ReqOutput]:
         """Run at most one batch; returns the outputs to send."""
+        self._take_compiled()
         batch = self._next_batch()
+        if batch is None and self.grammars.num_pending():
+            self.grammars.wait(GRAMMAR_POLL_S)  # idle but for compiles: wait a little, do not spin
         if batch is not None:
+            self.num_forward_steps += 1
             logits = self.runner.forward(batch.forward)
             self.outputs.process(batch, logits)
             self._after(batch)
         out, self.pending = self.pending, []
         return out
+
+    def _take_compiled(self) -> None:
+        """Requests whose grammar is ready join the waiting queue; failed compiles are refused (400)."""
+        ready, failed = self.grammars.collect()
+        self.waiting.extend(ready)
+        for req in failed:
+            req.finished_reason = {"type": "abort", "message": req.error, "status_code": 400}
+            self.pending.append(self.outputs.make_output(req))
 
     def _next_batch(self) -> Optional[ScheduledBatch]:
         batch = self._prefill_batch()
@@ -144,15 +165,26 @@ class Scheduler:
         if not self.running:
             return None
         self._ensure_decode_memory()
-        self.cache.alloc_decode(self.running)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - RATIO_DECAY)
+        if any(r.seq_len - r.kv_len > 1 for r in self.running):
+            return self._multi_token_decode()
+        self.cache.alloc_decode(self.running)
         return build_decode(self.running, self.cache.req_pool.table, self.runner.device)
+
+    def _multi_token_decode(self) -> ScheduledBatch:
+        """Some running requests got several tokens at once (jump-forward): give every request
+        slots for all its tokens without KV and run them in one step."""
+        starts = [r.kv_len for r in self.running]
+        for req in self.running:
+            if self.cache.alloc_tokens(req, req.seq_len - req.kv_len) is None:
+                raise RuntimeError("KV pool exhausted during decode despite retraction")
+        return build_multi_token_decode(self.running, starts, self.cache.req_pool.table, self.runner.device)
 
     def _ensure_decode_memory(self) -> None:
         """Retract the newest requests until every remaining one can get its next slot."""
         page = self.cache.page_size
         while True:
-            need = sum(1 for r in self.running if r.kv_len % page == 0) * page
+            need = sum(_new_pages(r, page) for r in self.running) * page
             if need <= self.cache.available() or len(self.running) <= 1:
                 return
             req = self.running.pop()
@@ -189,6 +221,8 @@ class Scheduler:
             "num_running_reqs": len(self.running),
             "num_waiting_reqs": len(self.waiting),
             "num_retracted_reqs": self.num_retracted,
+            "num_forward_steps": self.num_forward_steps,
+            "num_grammar_pending_reqs": self.grammars.num_pending(),
             "context_length": self.runner.context_len,
             "vocab_size": self.runner.vocab_size,
         }
@@ -198,6 +232,11 @@ class Scheduler:
             raise RuntimeError("check_leak called while requests are in flight")
         self.cache.check_no_leak()
         return True
+
+
+def _new_pages(req: Req, page: int) -> int:
+    """Pages `req` needs for its tokens without KV (one token in a plain decode)."""
+    return -(-req.seq_len // page) - -(-req.kv_len // page)
 
 
 def _final(req: Req) -> ReqOutput:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+import hmac
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radixlm.engine import Engine
 from radixlm.server.errors import error_response, install_error_handlers
@@ -26,24 +29,53 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                         api_key=api_key)
     app.state.radixlm = state
     install_error_handlers(app)
-    _install_guards(app, api_key, max_payload_size)
+    app.add_middleware(_Guard, api_key=api_key, max_payload_size=max_payload_size)
     for router in (native_router(state), completions_router(state), chat_router(state), models_router(state)):
         app.include_router(router)
     return app
 
 
-def _install_guards(app: FastAPI, api_key: str | None, max_payload_size: int) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if api_key and request.url.path not in OPEN_PATHS and not _authorized(request, api_key):
-            return error_response(401, "missing or invalid API key")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_payload_size:
-            return error_response(413, f"request body over {max_payload_size} bytes")
-        return await call_next(request)
+class _Guard:
+    """API key and body-size checks as a pure ASGI middleware. (Starlette's BaseHTTPMiddleware
+    would hide client disconnects from the routes, so aborted requests would keep running.)
+    The size cap applies to the declared Content-Length and to the bytes actually read, so a
+    chunked body cannot slip past it."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, max_payload_size: int) -> None:
+        self.app, self.api_key, self.max_payload_size = app, api_key, max_payload_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if self.api_key and scope["path"] not in OPEN_PATHS and not _authorized(headers, self.api_key):
+            await error_response(401, "missing or invalid API key")(scope, receive, send)
+            return
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_payload_size:
+            await error_response(413, self._too_large())(scope, receive, send)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if seen > self.max_payload_size:
+                raise HTTPException(413, self._too_large())  # FastAPI re-raises it from body parsing
+            return message
+
+        return limited
+
+    def _too_large(self) -> str:
+        return f"request body over {self.max_payload_size} bytes"
 
 
-def _authorized(request: Request, api_key: str) -> bool:
-    header = request.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    return token == api_key
+def _authorized(headers: Headers, api_key: str) -> bool:
+    header = headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else headers.get("x-api-key", "")
+    return hmac.compare_digest(token.encode(), api_key.encode())

@@ -10,7 +10,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from radixlm.request_output import OutputAccumulator
 from radixlm.server.errors import APIError, sse_error
-from radixlm.server.protocol import AbortRequest, DetokenizeRequest, GenerateRequest, TokenizeRequest
+from radixlm.server.protocol import (AbortRequest, ApplyChatTemplateRequest, DetokenizeRequest, GenerateRequest,
+                                     TokenizeRequest)
 from radixlm.server.state import ServerState
 
 
@@ -81,6 +82,17 @@ def native_router(state: ServerState) -> APIRouter:
         if any(not 0 <= t < engine.vocab_size for t in body.tokens):
             raise APIError(400, f"token ids must be in [0, {engine.vocab_size})")
         return {"text": _tokenizer(state).decode(body.tokens)}
+
+    @router.post("/apply_chat_template")
+    async def apply_chat_template(body: ApplyChatTemplateRequest) -> dict:
+        tokenizer = _tokenizer(state)
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "the served model has no chat template")
+        try:
+            text = engine.apply_chat_template(body.messages, add_generation_prompt=body.add_generation_prompt)
+        except Exception as exc:  # the template itself rejects these messages (e.g. role order)
+            raise APIError(400, f"chat template failed: {exc}") from exc
+        return {"text": text}
 
     @router.get("/metrics")
     async def metrics() -> Response:

@@ -20,7 +20,11 @@ def check_model(state: ServerState, name: str) -> None:
 
 
 def sampling_params(body: _SamplingExtras, max_tokens: Optional[int], context_room: int) -> dict:
-    """OpenAI fields (+ SGLang extras) to radixlm sampling params; max_tokens past the context is a 400."""
+    """OpenAI fields (+ SGLang extras) to radixlm sampling params; a prompt filling the context,
+    or max_tokens past it, is a 400."""
+    if context_room < 1:
+        raise APIError(400, f"the prompt is {1 - context_room} token(s) too long for the context "
+                            "(which must also hold at least one generated token)", "prompt")
     if max_tokens is not None and max_tokens > context_room:
         raise APIError(400, f"max_tokens={max_tokens} does not fit: the prompt leaves room for "
                             f"{context_room} tokens in the context", "max_tokens")

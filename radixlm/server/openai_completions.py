@@ -82,9 +82,18 @@ def _logprobs(state: ServerState, body: CompletionRequest, acc: OutputAccumulato
     for tok in tokens:
         offsets.append(pos)
         pos += len(tok)
-    top = [None if row is None else {token_text(state, t): lp for lp, t in row} for row in tops]
+    top = [None if row is None else _top_dict(state, row) for row in tops]
     return {"tokens": tokens, "token_logprobs": [lp for lp, _ in entries], "top_logprobs": top,
             "text_offset": offsets}
+
+
+def _top_dict(state: ServerState, row: list) -> dict[str, float]:
+    """token text -> logprob, best first; tokens that decode alike (e.g. partial UTF-8 bytes,
+    all "\ufffd") keep the best one's logprob instead of being overwritten by worse ones."""
+    out: dict[str, float] = {}
+    for lp, t in row:
+        out.setdefault(token_text(state, t), lp)
+    return out
 
 
 async def _stream(state: ServerState, body: CompletionRequest, reqs: list,

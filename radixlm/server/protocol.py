@@ -33,7 +33,7 @@ class _SamplingExtras(_Body):
     """OpenAI sampling fields plus SGLang's extra-body fields, shared by both endpoints."""
 
     model: str = "default"
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=128)  # OpenAI's cap; each sample is a request
     temperature: Optional[float] = None
     top_p: Optional[float] = None
     stop: Optional[Union[str, list[str]]] = None
@@ -96,6 +96,14 @@ class TokenizeRequest(_Body):
 
 class DetokenizeRequest(_Body):
     tokens: list[int]
+
+
+class ApplyChatTemplateRequest(_Body):
+    """`POST /apply_chat_template`: render messages with the served model's chat template
+    (the frontend language derives its role markers from it)."""
+
+    messages: list[dict[str, Any]]
+    add_generation_prompt: bool = False
 
 
 class AbortRequest(_Body):

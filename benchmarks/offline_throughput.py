@@ -1,0 +1,397 @@
+"""Offline throughput on CPU: radixlm vs HF transformers `generate`, and radix cache on vs off.
+
+Run from the repository root (the engine spawns its scheduler process, hence the main guard):
+
+    python benchmarks/offline_throughput.py                # the full run (several minutes on 2 cores)
+    python benchmarks/offline_throughput.py --quick        # smoke test, < 1 minute
+    python benchmarks/offline_throughput.py --json out.json
+
+Both systems run the bundled SmolLM2-135M-Instruct GGUF dequantized to float32 (HF gets the very
+same tensors), greedy, `ignore_eos`, on random token ids drawn from [100, vocab) with a fixed seed.
+Throughput is output tokens / wall time of the whole batch (prefill included); start-up and the
+first call's costs are excluded by a small warm-up on each side.
+
+Achieved GFLOP/s uses the model-FLOPs formula printed with the results:
+    FLOPs = 2 * P * (prompt tokens computed + fed-back output tokens) + 2 * H * V * (sampled tokens)
+P = non-embedding linear weights (q,k,v,o, gate, up, down of every layer), H = hidden size,
+V = vocab size (the tied lm_head). Prompt tokens served from the radix cache are not computed;
+the last sampled token of a request is never fed back. Attention scores/values, norms, rope and
+activations are left out (about 5% at these lengths). It is read against the measured ceiling: the
+best GFLOP/s of a large float32 GEMM in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+FULL = dict(num_prompts=64, input_len=128, output_len=64, shared_prefix_len=512, suffix_len=32,
+            cache_output_len=32, hf_batch_sizes=[8, 16, 32, 64], gemm_size=2048)
+QUICK = dict(num_prompts=8, input_len=32, output_len=16, shared_prefix_len=64, suffix_len=8,
+             cache_output_len=8, hf_batch_sizes=[4, 8], gemm_size=1024)
+MIN_TOKEN_ID = 100  # keep clear of special and control tokens
+TARGET_VS_HF, TARGET_CACHE = 3.0, 2.0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Workload sizes and engine knobs for one run."""
+
+    num_prompts: int
+    input_len: int
+    output_len: int
+    shared_prefix_len: int
+    suffix_len: int
+    cache_output_len: int
+    hf_batch_sizes: list[int]
+    gemm_size: int
+    seed: int = 0
+    threads: int = 1
+    max_prefill_tokens: Optional[int] = None
+    skip_hf: bool = False
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOPs formula needs from the model config."""
+
+    non_embedding_params: int
+    hidden: int
+    vocab: int
+
+    def flops(self, computed_prompt_tokens: int, fed_output_tokens: int, sampled_tokens: int) -> float:
+        """Model FLOPs (see the module docstring)."""
+        return (2.0 * self.non_embedding_params * (computed_prompt_tokens + fed_output_tokens)
+                + 2.0 * self.hidden * self.vocab * sampled_tokens)
+
+
+@dataclass
+class RunResult:
+    """One measured generation: wall time, CPU time of the computing process(es), tokens, FLOPs."""
+
+    name: str
+    seconds: float
+    cpu_seconds: Optional[float]
+    output_tokens: int
+    prompt_tokens: int
+    cached_tokens: int
+    gflops: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.output_tokens / self.seconds
+
+    @property
+    def gflop_per_s(self) -> float:
+        return self.gflops / self.seconds
+
+
+# -- workload ------------------------------------------------------------------------------------
+def random_prompts(count: int, length: int, vocab: int, rng: random.Random) -> list[list[int]]:
+    """`count` prompts of exactly `length` ids in [MIN_TOKEN_ID, vocab)."""
+    return [[rng.randrange(MIN_TOKEN_ID, vocab) for _ in range(length)] for _ in range(count)]
+
+
+def shared_prefix_prompts(count: int, prefix_len: int, suffix_len: int, vocab: int,
+                          rng: random.Random) -> list[list[int]]:
+    """One random prefix shared by all prompts, then a random unique suffix each."""
+    prefix = random_prompts(1, prefix_len, vocab, rng)[0]
+    return [prefix + suffix for suffix in random_prompts(count, suffix_len, vocab, rng)]
+
+
+def model_shape(config: dict) -> ModelShape:
+    """Non-embedding linear parameter count of a Llama-style config."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or h // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter
+    return ModelShape(layers * per_layer, h, config["vocab_size"])
+
+
+def gemm_ceiling(size: int, repeats: int = 5) -> float:
+    """Best GFLOP/s of a float32 [size, size] @ [size, size] matmul (after one warm-up)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def load_average() -> str:
+    """The 1-minute load average: other processes on the machine skew every figure here."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def proc_cpu_seconds(pid: int) -> Optional[float]:
+    """utime + stime of a process from /proc (Linux only; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# -- HF transformers ---------------------------------------------------------------------------
+def build_hf_peer(path: str) -> Any:
+    """HF LlamaForCausalLM on the very tensors radixlm loads (float32, eval, eos disabled)."""
+    import transformers
+    from radixlm.model_loader.gguf_reader import GGUFCheckpoint
+
+    checkpoint = GGUFCheckpoint(path)
+    cfg = {k: v for k, v in checkpoint.config().items() if k not in ("architectures", "model_type", "torch_dtype")}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    result = model.load_state_dict(dict(checkpoint.tensors()), strict=False)
+    unexpected = [k for k in result.missing_keys if k != "lm_head.weight"] + list(result.unexpected_keys)
+    if unexpected:
+        raise RuntimeError(f"HF peer does not match the checkpoint: {unexpected[:5]}")
+    model.tie_weights()
+    model = model.float().eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def hf_generate(model: Any, prompts: list[list[int]], output_len: int, batch_size: int) -> list[list[int]]:
+    """Greedy, exactly `output_len` new tokens, prompts in chunks of `batch_size` (equal lengths: no padding)."""
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            ids = torch.tensor(prompts[start:start + batch_size])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=output_len, min_new_tokens=output_len)
+            outputs += out[:, ids.shape[1]:].tolist()
+    return outputs
+
+
+def bench_hf(model: Any, prompts: list[list[int]], output_len: int, batch_size: int,
+             shape: ModelShape) -> tuple[RunResult, list[list[int]]]:
+    """Time HF over all prompts at one batch size."""
+    cpu0, start = time.process_time(), time.perf_counter()
+    outputs = hf_generate(model, prompts, output_len, batch_size)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    n, prompt_tokens = len(prompts), sum(map(len, prompts))
+    flops = shape.flops(prompt_tokens, n * (output_len - 1), n * output_len)
+    return RunResult(f"HF generate bs={batch_size}", seconds, cpu, n * output_len, prompt_tokens, 0,
+                     flops / 1e9, {"batch_size": batch_size}), outputs
+
+
+def bench_hf_sweep(path: str, prompts: list[list[int]], output_len: int, batch_sizes: list[int],
+                   shape: ModelShape, log: Callable[[str], None]) -> tuple[list[RunResult], list[list[int]]]:
+    """HF at every batch size (after a small warm-up); returns all runs and the best run's outputs."""
+    model = build_hf_peer(path)
+    hf_generate(model, [p[:16] for p in prompts[:2]], 4, 2)
+    runs, best_outputs, best = [], [], float("inf")
+    for bs in batch_sizes:
+        run, outputs = bench_hf(model, prompts, output_len, bs, shape)
+        log(f"  {run.name}: {run.seconds:.2f} s, {run.tok_per_s:.1f} out tok/s (load {load_average()})")
+        runs.append(run)
+        if run.seconds < best:
+            best, best_outputs = run.seconds, outputs
+    return runs, best_outputs
+
+
+# -- radixlm -----------------------------------------------------------------------------------
+def warmup_prompts(prompts: list[list[int]], vocab: int) -> list[list[int]]:
+    """Two short prompts whose first id starts no benchmark prompt, so they never seed the cache."""
+    firsts = {p[0] for p in prompts}
+    first = next(t for t in range(MIN_TOKEN_ID, vocab) if t not in firsts)
+    return [[first] + list(range(MIN_TOKEN_ID, MIN_TOKEN_ID + 15)), [first] + list(range(200, 215))]
+
+
+def engine_kwargs(cfg: BenchConfig, pool_tokens: int, **extra: Any) -> dict:
+    """Engine arguments shared by every radixlm run (pool sized so nothing is ever retracted)."""
+    kwargs = dict(log_level="warning", num_threads=cfg.threads, max_running_requests=cfg.num_prompts,
+                  max_total_tokens=pool_tokens + 256, **extra)
+    if cfg.max_prefill_tokens:
+        kwargs["max_prefill_tokens"] = cfg.max_prefill_tokens
+    return kwargs
+
+
+def bench_radixlm(name: str, kwargs: dict, prompts: list[list[int]], output_len: int, vocab: int,
+                  shape: ModelShape) -> tuple[RunResult, list[list[int]]]:
+    """One engine: warm up, then time a single `generate` call over all prompts."""
+    import radixlm
+
+    params = {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True}
+    with radixlm.Engine(**kwargs) as engine:
+        engine.generate(input_ids=warmup_prompts(prompts, vocab), sampling_params={**params, "max_new_tokens": 4})
+        pid = engine.client.process.pid
+        cpu0, own0, start = proc_cpu_seconds(pid), time.process_time(), time.perf_counter()
+        outs = engine.generate(input_ids=prompts, sampling_params=params)
+        seconds = time.perf_counter() - start
+        cpu1, own = proc_cpu_seconds(pid), time.process_time() - own0
+    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0 + own
+    n = len(prompts)
+    prompt_tokens = sum(o["meta_info"]["prompt_tokens"] for o in outs)
+    cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
+    completion = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    if completion != n * output_len:
+        raise RuntimeError(f"{name}: expected {n * output_len} output tokens, got {completion}")
+    flops = shape.flops(prompt_tokens - cached, n * (output_len - 1), completion)
+    return RunResult(name, seconds, cpu, completion, prompt_tokens, cached, flops / 1e9), [o["output_ids"] for o in outs]
+
+
+def mismatches(a: list[list[int]], b: list[list[int]]) -> int:
+    """How many requests' greedy outputs differ."""
+    return sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
+
+
+# -- the two comparisons -----------------------------------------------------------------------
+def bench_vs_hf(cfg: BenchConfig, path: str, shape: ModelShape, log: Callable[[str], None]) -> dict:
+    """Part 1: the same random prompts through radixlm (one call) and HF generate (best batch size)."""
+    prompts = random_prompts(cfg.num_prompts, cfg.input_len, shape.vocab, random.Random(cfg.seed))
+    log(f"[1] radixlm vs HF: {cfg.num_prompts} prompts x {cfg.input_len} in, {cfg.output_len} out")
+    pool = cfg.num_prompts * (cfg.input_len + cfg.output_len)
+    ours, our_outputs = bench_radixlm("radixlm", engine_kwargs(cfg, pool), prompts, cfg.output_len,
+                                      shape.vocab, shape)
+    log(f"  radixlm: {ours.seconds:.2f} s, {ours.tok_per_s:.1f} out tok/s (load {load_average()})")
+    result: dict[str, Any] = {"radixlm": ours, "hf_runs": [], "hf_best": None, "ratio": None, "hf_mismatches": None}
+    if cfg.skip_hf:
+        return result
+    runs, hf_outputs = bench_hf_sweep(path, prompts, cfg.output_len, cfg.hf_batch_sizes, shape, log)
+    best = min(runs, key=lambda r: r.seconds)
+    result.update(hf_runs=runs, hf_best=best, ratio=ours.tok_per_s / best.tok_per_s,
+                  hf_mismatches=mismatches(our_outputs, hf_outputs))
+    return result
+
+
+def bench_cache(cfg: BenchConfig, shape: ModelShape, log: Callable[[str], None]) -> dict:
+    """Part 2: a shared prefix through two engines, radix cache on and off, run one after the other."""
+    rng = random.Random(cfg.seed + 1)
+    prompts = shared_prefix_prompts(cfg.num_prompts, cfg.shared_prefix_len, cfg.suffix_len, shape.vocab, rng)
+    log(f"[2] radix cache: {cfg.num_prompts} prompts = {cfg.shared_prefix_len} shared + {cfg.suffix_len} unique, "
+        f"{cfg.cache_output_len} out")
+    pool = cfg.num_prompts * (cfg.shared_prefix_len + cfg.suffix_len + cfg.cache_output_len)
+    runs, outputs = [], []
+    for name, disable in (("radix cache on", False), ("radix cache off", True)):
+        kwargs = engine_kwargs(cfg, pool, disable_radix_cache=disable)
+        run, outs = bench_radixlm(name, kwargs, prompts, cfg.cache_output_len, shape.vocab, shape)
+        log(f"  {name}: {run.seconds:.2f} s, {run.tok_per_s:.1f} out tok/s, cached {run.cached_tokens} "
+            f"(load {load_average()})")
+        runs.append(run)
+        outputs.append(outs)
+    return {"on": runs[0], "off": runs[1], "ratio": runs[0].tok_per_s / runs[1].tok_per_s,
+            "mismatches": mismatches(outputs[0], outputs[1])}
+
+
+# -- report ------------------------------------------------------------------------------------
+def table_rows(vs_hf: dict, cache: dict) -> list[tuple[str, RunResult]]:
+    rows = [("vs HF", vs_hf["radixlm"])] + [("vs HF", r) for r in vs_hf["hf_runs"]]
+    return rows + [("cache", cache["on"]), ("cache", cache["off"])]
+
+
+def format_table(vs_hf: dict, cache: dict, ceiling: float, num_prompts: int) -> str:
+    """The compact end-of-run table plus the ratios against their targets."""
+    header = f"{'part':<6} {'system':<20} {'time s':>8} {'out tok/s':>10} {'GFLOP/s':>8} {'% ceil':>7} " \
+             f"{'cached':>7} {'cpu s':>7}"
+    lines = [header, "-" * len(header)]
+    for part, r in table_rows(vs_hf, cache):
+        cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.1f}"
+        lines.append(f"{part:<6} {r.name:<20} {r.seconds:>8.2f} {r.tok_per_s:>10.1f} {r.gflop_per_s:>8.1f} "
+                     f"{100 * r.gflop_per_s / ceiling:>6.0f}% {r.cached_tokens:>7} {cpu:>7}")
+    lines.append(f"GEMM ceiling (fp32): {ceiling:.1f} GFLOP/s")
+    if vs_hf["ratio"] is not None:
+        best = vs_hf["hf_best"]
+        lines.append(f"radixlm / best HF ({best.name}): {vs_hf['ratio']:.2f}x  (target >= {TARGET_VS_HF:.0f}x: "
+                     f"{'met' if vs_hf['ratio'] >= TARGET_VS_HF else 'NOT met'}); greedy outputs differing "
+                     f"from HF: {vs_hf['hf_mismatches']}/{num_prompts}")
+    lines.append(f"radix cache on / off: {cache['ratio']:.2f}x  (target >= {TARGET_CACHE:.0f}x: "
+                 f"{'met' if cache['ratio'] >= TARGET_CACHE else 'NOT met'}); greedy outputs differing "
+                 f"on vs off: {cache['mismatches']}/{num_prompts}")
+    return "\n".join(lines)
+
+
+def to_json(value: Any) -> Any:
+    """RunResults become dicts with their derived rates; everything else passes through."""
+    if isinstance(value, RunResult):
+        return {**asdict(value), "tok_per_s": value.tok_per_s, "gflop_per_s": value.gflop_per_s}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[BenchConfig, Optional[str]]:
+    """Command line -> BenchConfig; --quick swaps in the small sizes unless a size is given."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name, value in FULL.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, list):
+            parser.add_argument(flag, type=int, nargs="+", default=None)
+        else:
+            parser.add_argument(flag, type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of under a minute")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads, for HF here and the radixlm scheduler alike")
+    parser.add_argument("--max-prefill-tokens", type=int, default=None, help="radixlm engine knob (default: its own)")
+    parser.add_argument("--skip-hf", action="store_true", help="leave out the HF baseline")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    ns = parser.parse_args(argv)
+    sizes = {k: getattr(ns, k) if getattr(ns, k) is not None else (QUICK if ns.quick else FULL)[k] for k in FULL}
+    config = BenchConfig(**sizes, seed=ns.seed, threads=ns.threads, max_prefill_tokens=ns.max_prefill_tokens,
+                         skip_hf=ns.skip_hf)
+    return config, ns.json
+
+
+def machine_info(cfg: BenchConfig) -> dict:
+    """What the figures depend on: CPU model, cores, threads, library versions."""
+    import transformers
+
+    model = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return {"cpu": model, "cores": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": sys.version.split()[0]}
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    """Run both parts, print progress, the table, and optionally write JSON."""
+    import radixlm
+    from radixlm.model_loader.gguf_reader import GGUFCheckpoint
+
+    cfg, json_path = parse_args(argv)
+    torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the scheduler's weight-loading bar would clutter the log
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    path = radixlm.bundled.bundled_model_path()
+    shape = model_shape(GGUFCheckpoint(path).config())
+    info = {**machine_info(cfg), "load_start": load_average(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    log(f"machine: {info}")
+    log(f"model: bundled SmolLM2-135M fp32, non-embedding params {shape.non_embedding_params / 1e6:.1f} M, "
+        f"hidden {shape.hidden}, vocab {shape.vocab}")
+    ceiling = gemm_ceiling(cfg.gemm_size)
+    log(f"GEMM ceiling: {ceiling:.1f} GFLOP/s ({cfg.gemm_size}^3 fp32, best of 5)")
+    vs_hf = bench_vs_hf(cfg, path, shape, log)
+    cache = bench_cache(cfg, shape, log)
+    ceiling_end = gemm_ceiling(cfg.gemm_size)
+    info["load_end"] = load_average()
+    log(f"GEMM ceiling again at the end: {ceiling_end:.1f} GFLOP/s; load average {info['load_end']}")
+    ceiling = max(ceiling, ceiling_end)
+    log("\n" + format_table(vs_hf, cache, ceiling, cfg.num_prompts))
+    results = {"config": asdict(cfg), "machine": info, "gemm_ceiling_gflops": ceiling, "vs_hf": vs_hf,
+               "radix_cache": cache, "flops_formula": "2*P*(computed prompt + fed-back output tokens) + 2*H*V*sampled"}
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(to_json(results), f, indent=2)
+        log(f"wrote {json_path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Which JSON-schema keywords xgrammar enforces, so that no keyword is silently ignored.
+
+xgrammar compiles many schemas it does not fully enforce (it drops `not`, `if`/`then`,
+`contains`, `allOf`, numeric bounds on untyped schemas, ...). `unenforced_keyword` walks a
+schema and names the first keyword outside the set measured to be enforced (the JSON-Schema-Test-
+Suite run in tests/test_constrained_json_suite.py is the evidence); such schemas go to another
+backend or are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+# Keywords that never constrain an instance.
+ANNOTATIONS = frozenset({"$schema", "$comment", "title", "description", "examples", "default", "deprecated",
+                         "readOnly", "writeOnly", "$defs", "definitions", "format", "contentMediaType",
+                         "contentEncoding", "contentSchema"})
+GENERIC = frozenset({"type", "enum", "const", "$ref", "anyOf"})
+BY_TYPE = {
+    "string": frozenset({"minLength", "maxLength", "pattern"}),
+    "integer": frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}),
+    "number": frozenset(),
+    "array": frozenset({"items", "prefixItems", "minItems", "maxItems"}),
+    "object": frozenset({"properties", "required", "additionalProperties"}),
+    "boolean": frozenset(),
+    "null": frozenset(),
+}
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SUBSCHEMA_LISTS = ("anyOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalProperties")
+
+
+def unenforced_keyword(schema: Any, path: str = "#") -> Optional[str]:
+    """`keyword (at path)` for the first keyword xgrammar would not enforce, or None."""
+    if isinstance(schema, bool):
+        return None
+    if not isinstance(schema, dict):
+        return f"a non-object schema (at {path})"
+    problem = _own_keywords(schema, path)
+    if problem:
+        return problem
+    return _children(schema, path)
+
+
+def _own_keywords(schema: dict, path: str) -> Optional[str]:
+    types = schema.get("type")
+    allowed = set(ANNOTATIONS | GENERIC)
+    if isinstance(types, str) and types in BY_TYPE:
+        allowed |= BY_TYPE[types]
+    for key, value in schema.items():
+        if key not in allowed:
+            return f"{key} (at {path})"
+        if key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
+            return f"$ref to another document (at {path})"
+        if key == "$ref" and len(schema.keys() - ANNOTATIONS) > 1:
+            return f"keywords beside $ref (at {path})"
+        if key == "anyOf" and len(schema.keys() - ANNOTATIONS) > 1:
+            return f"keywords beside anyOf (at {path})"
+        if key in ("minLength", "maxLength", "minItems", "maxItems") and not _is_int(value):
+            return f"{key} with a non-integer value (at {path})"
+        if key in BY_TYPE["integer"] and not _is_int(value):
+            return f"{key} with a non-integer value (at {path})"
+    return None
+
+
+def _children(schema: dict, path: str) -> Optional[str]:
+    for key in _SUBSCHEMA_MAPS:
+        for name, sub in (schema.get(key) or {}).items():
+            problem = unenforced_keyword(sub, f"{path}/{key}/{name}")
+            if problem:
+                return problem
+    for key in _SUBSCHEMA_LISTS:
+        for i, sub in enumerate(schema.get(key) or []):
+            problem = unenforced_keyword(sub, f"{path}/{key}/{i}")
+            if problem:
+                return problem
+    for key in _SUBSCHEMAS:
+        if key in schema:
+            problem = unenforced_keyword(schema[key], f"{path}/{key}")
+            if problem:
+                return problem
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
