@@ -16,7 +16,11 @@ import radixlm
 from tiny_models import TINY_ARCHS, hf_greedy, hf_logprobs, load_hf_model, make_tiny_model
 
 NEW_TOKENS = 32
-LOGPROB_TOL = 1e-4
+ON_GPU = torch.cuda.is_available()  # the engine runs on CUDA (Triton + CUDA graphs) when there is one
+# CPU float32 is compared exactly. On the GPU path, kernels reorder float sums, so logprobs get a
+# looser bound and a greedy choice may differ only where HF's top two are within GPU_TIE_TOL.
+LOGPROB_TOL = 2e-3 if ON_GPU else 1e-4
+GPU_TIE_TOL = 1e-3
 GREEDY = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
 
 
@@ -32,7 +36,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
 
 def run_engine(path: str, prompts: list[list[int]], params: dict = GREEDY, **kwargs) -> list[dict]:
     """Generate for all prompts in one batch, check the pool afterwards, shut down."""
-    with radixlm.Engine(path, log_level="warning", **{"max_total_tokens": 4096, **kwargs}) as engine:
+    with radixlm.Engine(path, log_level="warning", **{"max_total_tokens": 4096, "dtype": "float32", **kwargs}) as engine:
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         engine.check_no_leak()
     return outs
@@ -43,18 +47,28 @@ def test_greedy_tokens_and_logprobs_match_hf(tmp_path: pytest.TempPathFactory, a
     path = make_tiny_model(tmp_path, arch)
     hf = load_hf_model(path)
     prompts = random_prompts(8, 3, 48, seed=1)
-    with radixlm.Engine(path, max_total_tokens=4096, log_level="warning") as engine:
+    with radixlm.Engine(path, max_total_tokens=4096, dtype="float32", log_level="warning") as engine:
         batch = engine.generate(input_ids=prompts, sampling_params=GREEDY)
         single = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
         scored = engine.generate(input_ids=prompts[:3], sampling_params=GREEDY, return_logprob=True,
                                  top_logprobs_num=5, logprob_start_len=0)
         engine.check_no_leak()
     for prompt, out in zip(prompts, batch):
-        assert out["output_ids"] == hf_greedy(hf, prompt, NEW_TOKENS)
+        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
         assert out["meta_info"]["completion_tokens"] == NEW_TOKENS
-    assert single["output_ids"] == batch[0]["output_ids"]
+    assert_greedy_equal(hf, prompts[0], single["output_ids"], batch[0]["output_ids"])
     for prompt, out in zip(prompts[:3], scored):
-        check_logprobs(hf, prompt, out)
+        check_logprobs(hf, prompt, out)  # HF scores our own tokens, so this holds even past a GPU tie
+
+
+def assert_greedy_equal(hf: object, prompt: list[int], ours: list[int], ref: list[int]) -> None:
+    """Exact on CPU. On GPU, the first difference must be a near-tie in HF's own logprobs."""
+    if ours == ref or not ON_GPU:
+        assert ours == ref
+        return
+    i = next(j for j, (a, b) in enumerate(zip(ours, ref)) if a != b)
+    row = hf_logprobs(hf, prompt + ref[:i])[-1]
+    assert abs(row[ref[i]].item() - row[ours[i]].item()) < GPU_TIE_TOL, (i, ours[i], ref[i])
 
 
 def check_logprobs(hf: object, prompt: list[int], out: dict) -> None:
@@ -89,7 +103,7 @@ def test_radix_cache_hit_gives_same_tokens(tiny_dir: str) -> None:
     rng = random.Random(7)
     shared = [rng.randrange(3, 400) for _ in range(40)]
     first, second = shared + [5, 6, 7], shared + [9, 10]
-    with radixlm.Engine(tiny_dir, max_total_tokens=4096, log_level="warning") as engine:
+    with radixlm.Engine(tiny_dir, max_total_tokens=4096, dtype="float32", log_level="warning") as engine:
         out1 = engine.generate(input_ids=first, sampling_params=GREEDY)
         out2 = engine.generate(input_ids=second, sampling_params=GREEDY)
         again = engine.generate(input_ids=first, sampling_params=GREEDY)
@@ -97,8 +111,9 @@ def test_radix_cache_hit_gives_same_tokens(tiny_dir: str) -> None:
     assert out1["meta_info"]["cached_tokens"] == 0
     assert out2["meta_info"]["cached_tokens"] >= 40
     assert again["meta_info"]["cached_tokens"] == len(first) - 1
-    assert out1["output_ids"] == again["output_ids"] == hf_greedy(hf, first, NEW_TOKENS)
-    assert out2["output_ids"] == hf_greedy(hf, second, NEW_TOKENS)
+    assert_greedy_equal(hf, first, out1["output_ids"], hf_greedy(hf, first, NEW_TOKENS))
+    assert_greedy_equal(hf, first, again["output_ids"], out1["output_ids"])
+    assert_greedy_equal(hf, second, out2["output_ids"], hf_greedy(hf, second, NEW_TOKENS))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -116,7 +131,7 @@ def test_configurations_keep_outputs(tiny_dir: str, kwargs: dict) -> None:
     prompts = random_prompts(6, 20, 60, seed=2) + [base + [11, 12], base + [13]]
     outs = run_engine(tiny_dir, prompts, **kwargs)
     for prompt, out in zip(prompts, outs):
-        assert out["output_ids"] == hf_greedy(hf, prompt, NEW_TOKENS)
+        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
     if kwargs.get("disable_radix_cache"):
         assert all(o["meta_info"]["cached_tokens"] == 0 for o in outs)
 
@@ -127,13 +142,13 @@ def test_retraction_under_tiny_pool(tiny_dir: str) -> None:
     hf = load_hf_model(tiny_dir)
     prompts = random_prompts(16, 64, 65, seed=5)
     params = {**GREEDY, "max_new_tokens": 64}
-    with radixlm.Engine(tiny_dir, max_total_tokens=256, log_level="warning") as engine:
+    with radixlm.Engine(tiny_dir, max_total_tokens=256, dtype="float32", log_level="warning") as engine:
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         assert engine.get_server_info()["num_retracted_reqs"] > 0
         engine.check_no_leak()
     for prompt, out in zip(prompts, outs):
         assert out["meta_info"]["finish_reason"]["type"] == "length"
-        assert out["output_ids"] == hf_greedy(hf, prompt, 64)
+        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, 64))
 
 
 def test_dummy_weights_load_and_run(tiny_dir: str) -> None:
