@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing as mp
 import threading
 from typing import Any, Callable, Optional
@@ -12,6 +13,7 @@ from radixlm.scheduler.process import run_scheduler_process
 from radixlm.server_args import ServerArgs
 
 START_TIMEOUT_S = 600.0
+logger = logging.getLogger(__name__)
 
 
 class SchedulerDied(RuntimeError):
@@ -110,7 +112,10 @@ class RuntimeClient:
                 if out.finish_reason is not None:
                     self._callbacks.pop(out.rid, None)
             if cb is not None:
-                cb(out)
+                try:
+                    cb(out)
+                except Exception:  # one caller's broken callback must not stop delivery to everyone else
+                    logger.exception("output callback for request %s failed", out.rid)
 
     def _answer(self, out: RpcOutput) -> None:
         with self._lock:
