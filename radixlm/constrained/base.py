@@ -36,7 +36,8 @@ class Grammar(ABC):
 
     @abstractmethod
     def is_terminated(self) -> bool:
-        """True once the grammar is complete and can take nothing but the end of the output."""
+        """True once the output is complete: the stop token was accepted or (llguidance) nothing
+        but it can follow."""
 
     @abstractmethod
     def try_jump_forward(self) -> str:

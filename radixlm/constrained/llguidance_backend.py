@@ -16,13 +16,41 @@ from radixlm.constrained.spec import GrammarSpec
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
+_ASCII = {"d": "0-9", "w": "0-9A-Za-z_"}
+
+
+def ascii_classes(regex: str) -> str:
+    """`\\d` and `\\w` as ASCII classes, as xgrammar (and most users) read them; llguidance's
+    regex engine would otherwise admit every Unicode digit and letter."""
+    out, i, in_class = [], 0, False
+    while i < len(regex):
+        ch = regex[i]
+        if ch == "\\" and i + 1 < len(regex):
+            nxt = regex[i + 1]
+            if nxt in _ASCII:
+                out.append(_ASCII[nxt] if in_class else f"[{_ASCII[nxt]}]")
+            else:
+                out.append(regex[i:i + 2])
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+        elif ch == "]" and in_class and out and out[-1] != "[":
+            in_class = False
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 class LLGuidanceGrammar(Grammar):
     """A request's `llguidance.LLMatcher`."""
 
-    def __init__(self, matcher: Any, fill: Any) -> None:
-        self.matcher, self._fill = matcher, fill
+    def __init__(self, matcher: Any, fill: Any, eos_ids: set[int]) -> None:
+        self.matcher, self._fill, self.eos_ids = matcher, fill, eos_ids
 
     def accept_token(self, token: int) -> bool:
+        if token in self.eos_ids and self.matcher.is_accepting():
+            return self.matcher.consume_token(token)  # validate_tokens does not count a final EOS
         if self.matcher.validate_tokens([token]) != 1:
             return False  # checked first: a failed consume would leave the matcher in error
         return self.matcher.consume_token(token)
@@ -43,7 +71,7 @@ class LLGuidanceGrammar(Grammar):
         return ""
 
     def copy(self) -> "LLGuidanceGrammar":
-        return LLGuidanceGrammar(self.matcher.deep_copy(), self._fill)
+        return LLGuidanceGrammar(self.matcher.deep_copy(), self._fill, self.eos_ids)
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens:
@@ -67,7 +95,7 @@ class LLGuidanceBackend(GrammarBackend):
         matcher = self.llg.LLMatcher
         if spec.kind == "regex":
             limits.check_regex_cost(spec.text)
-            return matcher.grammar_from_regex(spec.text)
+            return matcher.grammar_from_regex(ascii_classes(spec.text))
         if spec.kind == "ebnf":
             limits.check_ebnf_cost(spec.text)
             try:
@@ -102,4 +130,4 @@ class LLGuidanceBackend(GrammarBackend):
             return self._lltok
 
     def new_grammar(self, compiled: Any) -> Grammar:
-        return LLGuidanceGrammar(compiled.deep_copy(), self._fill)
+        return LLGuidanceGrammar(compiled.deep_copy(), self._fill, self.eos_ids)

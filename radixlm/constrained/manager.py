@@ -23,6 +23,7 @@ COMPILED_CACHE_SIZE = 256
 class _Pending:
     req: Req
     spec: GrammarSpec
+    backend: GrammarBackend
     future: cf.Future
     since: float
 
@@ -34,7 +35,7 @@ class GrammarManager:
     Nothing here blocks the caller except `wait`, which it asks for."""
 
     def __init__(self, router: GrammarRouter, vocab_size: int,
-                 timeout_s: float = limits.COMPILE_TIMEOUT_S, workers: int = 1) -> None:
+                 timeout_s: float = limits.COMPILE_TIMEOUT_S, workers: int = 2) -> None:
         self.router, self.vocab_size, self.timeout_s, self.workers = router, vocab_size, timeout_s, workers
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="radixlm-grammar")
         self._compiled: OrderedDict[GrammarSpec, cf.Future] = OrderedDict()
@@ -52,7 +53,7 @@ class GrammarManager:
             req.error = str(exc)
             self._failed.append(req)
             return True
-        self._pending.append(_Pending(req, spec, self._future(spec, backend), time.monotonic()))
+        self._pending.append(_Pending(req, spec, backend, self._future(spec, backend), time.monotonic()))
         return True
 
     def _future(self, spec: GrammarSpec, backend: GrammarBackend) -> cf.Future:
@@ -81,15 +82,22 @@ class GrammarManager:
         ready, failed = [], self._failed
         self._failed, still, now = [], [], time.monotonic()
         for item in self._pending:
-            if item.future.done():
+            if item.future.cancelled():
+                still.append(item)  # its pool was abandoned: resubmitted below
+            elif item.future.done():
                 self._finish(item, ready, failed)
             elif now - item.since > self.timeout_s:
                 item.req.error = f"compiling the {item.spec.describe()} took longer than {self.timeout_s:g} s"
                 failed.append(item.req)
                 self._abandon_stuck_pool()
+                self._compiled[item.spec] = _failed_future(ValueError(item.req.error))  # refuse repeats at once
             else:
                 still.append(item)
         self._pending = still
+        for item in still:
+            if item.future.cancelled():  # queued on a pool abandoned above: compile on the new one
+                self._compiled.pop(item.spec, None)
+                item.future = self._future(item.spec, item.backend)
         return ready, failed
 
     def _finish(self, item: _Pending, ready: list[Req], failed: list[Req]) -> None:
@@ -105,7 +113,7 @@ class GrammarManager:
     def _abandon_stuck_pool(self) -> None:
         """A compile thread cannot be interrupted: leave it running and compile the rest on a
         fresh pool, so one hostile spec does not hold up everyone else's."""
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="radixlm-grammar")
 
     def abort(self, rid: str) -> Optional[Req]:
@@ -125,3 +133,9 @@ class GrammarManager:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _failed_future(exc: Exception) -> cf.Future:
+    future: cf.Future = cf.Future()
+    future.set_exception(exc)
+    return future

@@ -60,7 +60,45 @@ def _own_keywords(schema: dict, path: str) -> Optional[str]:
             return f"{key} with a non-integer value (at {path})"
         if key in BY_TYPE["integer"] and not _is_int(value):
             return f"{key} with a non-integer value (at {path})"
+        if key == "required" and not (isinstance(value, list) and all(
+                isinstance(name, str) and name in (schema.get("properties") or {}) for name in value)):
+            return f"required names missing from properties (at {path})"
+    if _open_container(schema):
+        return f"{types} with no properties/items listed (at {path})"
+    return _check_literals(schema, path)
+
+
+def _open_container(schema: dict) -> bool:
+    """An object or array schema that lists no members: xgrammar's strict mode (which keeps
+    models from inventing keys) would allow only `{}` / `[]`; llguidance allows any members."""
+    if schema.get("type") == "object":
+        return not ({"properties", "additionalProperties"} & schema.keys())
+    if schema.get("type") == "array":
+        return not ({"items", "prefixItems"} & schema.keys())
+    return False
+
+
+def _check_literals(schema: dict, path: str) -> Optional[str]:
+    """xgrammar generates enum/const values as given, ignoring every sibling constraint: safe
+    only beside a `type` that each value already has."""
+    for key in ("enum", "const"):
+        if key not in schema:
+            continue
+        values = schema[key] if key == "enum" else [schema[key]]
+        siblings = schema.keys() - ANNOTATIONS - {key, "type"}
+        if siblings:
+            return f"{sorted(siblings)[0]} beside {key} (at {path})"
+        if "type" in schema and not all(_has_type(v, schema["type"]) for v in values):
+            return f"type beside {key} with values of another type (at {path})"
     return None
+
+
+def _has_type(value: Any, types: Any) -> bool:
+    kinds = {"null": value is None, "boolean": isinstance(value, bool), "string": isinstance(value, str),
+             "integer": _is_int(value) or (isinstance(value, float) and value.is_integer()),
+             "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+             "array": isinstance(value, list), "object": isinstance(value, dict)}
+    return any(kinds.get(t, False) for t in ([types] if isinstance(types, str) else types))
 
 
 def _children(schema: dict, path: str) -> Optional[str]:
