@@ -1,10 +1,16 @@
 """radixlm: a fast LLM serving engine with a radix-tree prefix cache, and a language for LLM programs."""
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from radixlm.engine import Engine
-from radixlm.sampling.sampling_params import SamplingParams
-from radixlm.server_args import ServerArgs
+if TYPE_CHECKING:
+    from radixlm.engine import Engine
+    from radixlm.sampling.sampling_params import SamplingParams
+    from radixlm.server_args import ServerArgs
+
+# Imported on first use, so `import radixlm` (and the frontend language) does not load torch.
+_RUNTIME_NAMES = {"Engine": "radixlm.engine", "SamplingParams": "radixlm.sampling.sampling_params",
+                  "ServerArgs": "radixlm.server_args"}
 
 # The frontend language (`import radixlm as sgl`), imported on first use of one of its names.
 _LANG_NAMES = frozenset((
@@ -20,6 +26,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name in _RUNTIME_NAMES:
+        return getattr(importlib.import_module(_RUNTIME_NAMES[name]), name)
     if name in _LANG_NAMES:
         import radixlm.lang
 

@@ -4,6 +4,7 @@ README program on `backend` and compares what it can with direct calls to the sa
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable
 
@@ -96,6 +97,20 @@ def check_regex_ip(backend: Any) -> None:
 def check_character_json(backend: Any) -> None:
     s = run_constrained(character_gen, name="Harry Potter", backend=backend, **GREEDY)
     assert re.fullmatch(CHARACTER_REGEX, s["json_output"])
+
+
+def check_json_schema(backend: Any) -> None:
+    """`json_schema` passes through to the runtime's structured output."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                               "population": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["city", "population"], "additionalProperties": False}
+
+    @sgl.function
+    def city_json(s):
+        s += "Describe a city as JSON:\n" + sgl.gen("json", max_tokens=96, json_schema=schema)
+
+    value = json.loads(run_constrained(city_json, backend=backend, **GREEDY)["json"])
+    assert set(value) == {"city", "population"} and 0 <= value["population"] <= 99
 
 
 def check_run_batch(backend: Any, direct: Direct) -> None:

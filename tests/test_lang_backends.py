@@ -104,3 +104,20 @@ def test_openai_chat_request_mapping() -> None:
     assert first["extra_body"] == {"min_p": 0.1}
     assert client.calls[1]["extra_body"] == {"top_k": 5, "min_p": 0.1}
     assert sgl.OpenAI("gpt-3.5-turbo-instruct", client=client).is_chat_model is False
+
+
+def test_anthropic_speculative_assistant_message_in_one_call() -> None:
+    client = FakeAnthropic("Name: Bob\nAge: 7")
+
+    @sgl.function(num_api_spec_tokens=64)
+    def character(s):
+        s += sgl.user("Describe a character.")
+        s += sgl.assistant("Name:" + sgl.gen("name", stop="\n") + "\nAge:" + sgl.gen("age", dtype=None))
+
+    s = character.run(backend=sgl.Anthropic("claude-test", client=client))
+    assert (s["name"], s["age"]) == (" Bob", " 7") and len(client.calls) == 1
+    assert client.calls[0]["max_tokens"] == 64
+    assert s.messages()[-1] == {"role": "assistant", "content": "Name: Bob\nAge: 7"}
+    client.reply = "Something else entirely"
+    with pytest.raises(sgl.ProgramError, match="does not follow"):
+        character.run(backend=sgl.Anthropic("claude-test", client=client))

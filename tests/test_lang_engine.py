@@ -46,6 +46,10 @@ def test_json_character_with_regex(engine: sgl.Engine) -> None:
     checks.check_character_json(engine)
 
 
+def test_json_schema(engine: sgl.Engine) -> None:
+    checks.check_json_schema(engine)
+
+
 def test_run_batch(engine: sgl.Engine) -> None:
     checks.check_run_batch(engine, _direct(engine))
 

@@ -67,6 +67,10 @@ def test_json_character_with_regex(backend) -> None:
     checks.check_character_json(backend)
 
 
+def test_json_schema(backend) -> None:
+    checks.check_json_schema(backend)
+
+
 def test_run_batch(server, backend) -> None:
     checks.check_run_batch(backend, _direct(server[0]))
 

@@ -48,10 +48,12 @@ def gen(name: Optional[str] = None, max_tokens: Optional[int] = None, min_tokens
 
 
 def gen_int(name: Optional[str] = None, **kwargs: Any) -> Expr:
+    """`gen(name, dtype=int, ...)`."""
     return gen(name, dtype=int, **kwargs)
 
 
 def gen_string(name: Optional[str] = None, **kwargs: Any) -> Expr:
+    """`gen(name, dtype=str, ...)`: a double-quoted string; the value is unquoted."""
     return gen(name, dtype=str, **kwargs)
 
 
@@ -73,38 +75,47 @@ def _role(role: str, expr: Any) -> ExprList:
 
 
 def system(expr: Any = None) -> ExprList:
+    """A system message holding `expr` (text, gen, select, image, or their sum)."""
     return _role("system", expr)
 
 
 def user(expr: Any = None) -> ExprList:
+    """A user message holding `expr` (text, gen, select, image, or their sum)."""
     return _role("user", expr)
 
 
 def assistant(expr: Any = None) -> ExprList:
+    """An assistant message holding `expr` (text, gen, select, image, or their sum)."""
     return _role("assistant", expr)
 
 
 def system_begin() -> RoleBegin:
+    """Open a system message (what is added until it closes is its content)."""
     return RoleBegin("system")
 
 
 def system_end() -> RoleEnd:
+    """Close the open system message."""
     return RoleEnd("system")
 
 
 def user_begin() -> RoleBegin:
+    """Open a user message (what is added until it closes is its content)."""
     return RoleBegin("user")
 
 
 def user_end() -> RoleEnd:
+    """Close the open user message."""
     return RoleEnd("user")
 
 
 def assistant_begin() -> RoleBegin:
+    """Open an assistant message (what is added until it closes is its content)."""
     return RoleBegin("assistant")
 
 
 def assistant_end() -> RoleEnd:
+    """Close the open assistant message."""
     return RoleEnd("assistant")
 
 
@@ -114,12 +125,15 @@ def set_default_backend(backend: Any) -> None:
 
 
 def get_default_backend() -> Any:
+    """The backend `set_default_backend` installed (None if none)."""
     return DEFAULT_CONTEXT.get_default_backend()
 
 
 def flush_cache(backend: Any = None) -> None:
+    """Drop the backend's cached prefixes."""
     DEFAULT_CONTEXT.resolve(backend).flush_cache()
 
 
 def get_server_info(backend: Any = None) -> dict:
+    """The backend's server information (`/get_server_info` for a RuntimeEndpoint)."""
     return DEFAULT_CONTEXT.resolve(backend).get_server_info()

@@ -42,7 +42,8 @@ class StreamExecutor:
     def __init__(self, backend: BaseBackend, defaults: SamplingSpec, stream: bool = False,
                  spec_tokens: Optional[int] = None) -> None:
         self.backend, self.defaults = backend, defaults
-        self.stream, self.spec_tokens = stream, spec_tokens
+        self.stream = stream
+        self.spec_tokens = spec_tokens if backend.speculative_execution else None
         self.text = ""
         self.messages: list[Message] = []
         self.variables: dict[str, Any] = {}

@@ -17,6 +17,7 @@ class Anthropic(BaseBackend):
     is_chat_model = True
     supports_images = True
     supports_constraints = False
+    speculative_execution = True
 
     def __init__(self, model_name: str, client: Any = None, **client_kwargs: Any) -> None:
         super().__init__()

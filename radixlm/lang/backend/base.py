@@ -56,6 +56,7 @@ class BaseBackend:
     is_chat_model = False  # chat models get messages, completion models get text
     supports_images = False
     supports_constraints = True  # regex / json_schema / dtype
+    speculative_execution = False  # honours @function(num_api_spec_tokens=N) (pay-per-call APIs)
 
     def __init__(self) -> None:
         self._template: Optional[ChatTemplate] = None

@@ -25,6 +25,7 @@ class OpenAI(BaseBackend):
 
     supports_images = True
     supports_constraints = False
+    speculative_execution = True
 
     def __init__(self, model_name: str, base_url: Optional[str] = None, api_key: Optional[str] = None,
                  is_chat_model: Optional[bool] = None, client: Any = None, **client_kwargs: Any) -> None:
