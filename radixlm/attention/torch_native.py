@@ -74,8 +74,8 @@ class TorchNativeBackend(AttentionBackend):
             # A leading batch dim of 1 matters: torch's CPU flash kernel only takes 4-D inputs;
             # 3-D ones fall back to the math path, which materializes [H, T, T] (7x slower at T=544).
             qi = q[start:start + ext].transpose(0, 1).unsqueeze(0)
-            ki = k_buf[meta.slots[i]].transpose(0, 1).unsqueeze(0).to(q.dtype)
-            vi = v_buf[meta.slots[i]].transpose(0, 1).unsqueeze(0).to(q.dtype)
+            ki = k_buf.index_select(0, meta.slots[i]).transpose(0, 1).unsqueeze(0).to(q.dtype)
+            vi = v_buf.index_select(0, meta.slots[i]).transpose(0, 1).unsqueeze(0).to(q.dtype)
             mask = meta.masks[i]
             oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, is_causal=mask is None,
                                                 scale=scale, enable_gqa=True)
@@ -87,11 +87,17 @@ class TorchNativeBackend(AttentionBackend):
                        scale: float, batch: ForwardBatch) -> torch.Tensor:
         self.pool.set_kv(layer_id, batch.out_cache_loc, k, v)
         meta: _DecodeMeta = batch.attn_metadata
-        keys = self.pool.k_buffers[layer_id][meta.slots].transpose(1, 2).to(q.dtype)
-        values = self.pool.v_buffers[layer_id][meta.slots].transpose(1, 2).to(q.dtype)
+        keys = _gather(self.pool.k_buffers[layer_id], meta.slots).transpose(1, 2).to(q.dtype)
+        values = _gather(self.pool.v_buffers[layer_id], meta.slots).transpose(1, 2).to(q.dtype)
         out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=meta.mask,
                                              scale=scale, enable_gqa=True)
         return out.squeeze(2)
+
+
+def _gather(buf: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """buf[slots] for 2-D `slots` [B, L] -> [B, L, Hkv, D]. `index_select` on the flattened
+    index is the same copy, but about 6x faster on CPU than advanced indexing."""
+    return buf.index_select(0, slots.reshape(-1)).view(*slots.shape, *buf.shape[1:])
 
 
 def _causal_with_prefix(prefix: int, ext: int, device: torch.device) -> torch.Tensor:
