@@ -15,9 +15,9 @@ Achieved GFLOP/s uses the model-FLOPs formula printed with the results:
     FLOPs = 2 * P * (prompt tokens computed + fed-back output tokens) + 2 * H * V * (sampled tokens)
 P = non-embedding linear weights (q,k,v,o, gate, up, down of every layer), H = hidden size,
 V = vocab size (the tied lm_head). Prompt tokens served from the radix cache are not computed;
-the last sampled token of a request is never fed back. Attention scores/values, norms, rope and
-activations are left out (about 5% at these lengths). It is read against the measured ceiling: the
-best GFLOP/s of a large float32 GEMM in the same process.
+the last sampled token of a request is never fed back. Attention scores/values (4*H*context per
+token and layer: +6% at a context of 192, +18% at 560), norms, rope and activations are left out.
+It is read against the measured ceiling: the best GFLOP/s of a large float32 GEMM in the same process.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ QUICK = dict(num_prompts=8, input_len=32, output_len=16, shared_prefix_len=64, s
              cache_output_len=8, hf_batch_sizes=[4, 8], gemm_size=1024)
 MIN_TOKEN_ID = 100  # keep clear of special and control tokens
 TARGET_VS_HF, TARGET_CACHE = 3.0, 2.0
+FLOPS_FORMULA = "(2*P*(computed prompt + fed-back output tokens) + 2*H*V*sampled tokens)"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class BenchConfig:
     hf_batch_sizes: list[int]
     gemm_size: int
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
     max_prefill_tokens: Optional[int] = None
     skip_hf: bool = False
 
@@ -220,28 +221,42 @@ def engine_kwargs(cfg: BenchConfig, pool_tokens: int, **extra: Any) -> dict:
     return kwargs
 
 
-def bench_radixlm(name: str, kwargs: dict, prompts: list[list[int]], output_len: int, vocab: int,
-                  shape: ModelShape) -> tuple[RunResult, list[list[int]]]:
-    """One engine: warm up, then time a single `generate` call over all prompts."""
-    import radixlm
-
+def timed_generate(engine: Any, name: str, batches: list[list[list[int]]], output_len: int,
+                   shape: ModelShape) -> tuple[RunResult, list[list[int]]]:
+    """Time `generate` over each batch of prompts in turn (one call per batch) on a warm engine."""
     params = {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True}
-    with radixlm.Engine(**kwargs) as engine:
-        engine.generate(input_ids=warmup_prompts(prompts, vocab), sampling_params={**params, "max_new_tokens": 4})
-        pid = engine.client.process.pid
-        cpu0, own0, start = proc_cpu_seconds(pid), time.process_time(), time.perf_counter()
-        outs = engine.generate(input_ids=prompts, sampling_params=params)
-        seconds = time.perf_counter() - start
-        cpu1, own = proc_cpu_seconds(pid), time.process_time() - own0
+    pid = engine.client.process.pid
+    cpu0, own0, start = proc_cpu_seconds(pid), time.process_time(), time.perf_counter()
+    outs = [out for batch in batches for out in engine.generate(input_ids=batch, sampling_params=params)]
+    seconds = time.perf_counter() - start
+    cpu1, own = proc_cpu_seconds(pid), time.process_time() - own0
     cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0 + own
-    n = len(prompts)
+    n = len(outs)
     prompt_tokens = sum(o["meta_info"]["prompt_tokens"] for o in outs)
     cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
     completion = sum(o["meta_info"]["completion_tokens"] for o in outs)
     if completion != n * output_len:
         raise RuntimeError(f"{name}: expected {n * output_len} output tokens, got {completion}")
     flops = shape.flops(prompt_tokens - cached, n * (output_len - 1), completion)
-    return RunResult(name, seconds, cpu, completion, prompt_tokens, cached, flops / 1e9), [o["output_ids"] for o in outs]
+    return (RunResult(name, seconds, cpu, completion, prompt_tokens, cached, flops / 1e9, {"calls": len(batches)}),
+            [o["output_ids"] for o in outs])
+
+
+def bench_radixlm(kwargs: dict, plans: list[tuple[str, list[list[list[int]]]]], output_len: int,
+                  shape: ModelShape) -> list[tuple[RunResult, list[list[int]]]]:
+    """One engine: warm up, then time each plan (name, batches), flushing the radix cache in between."""
+    import radixlm
+
+    everything = [p for _, batches in plans for batch in batches for p in batch]
+    warmup = {"temperature": 0, "max_new_tokens": 4, "ignore_eos": True}
+    results = []
+    with radixlm.Engine(**kwargs) as engine:
+        engine.generate(input_ids=warmup_prompts(everything, shape.vocab), sampling_params=warmup)
+        for name, batches in plans:
+            if not engine.flush_cache():
+                raise RuntimeError("could not flush the radix cache between runs")
+            results.append(timed_generate(engine, name, batches, output_len, shape))
+    return results
 
 
 def mismatches(a: list[list[int]], b: list[list[int]]) -> int:
@@ -255,8 +270,7 @@ def bench_vs_hf(cfg: BenchConfig, path: str, shape: ModelShape, log: Callable[[s
     prompts = random_prompts(cfg.num_prompts, cfg.input_len, shape.vocab, random.Random(cfg.seed))
     log(f"[1] radixlm vs HF: {cfg.num_prompts} prompts x {cfg.input_len} in, {cfg.output_len} out")
     pool = cfg.num_prompts * (cfg.input_len + cfg.output_len)
-    ours, our_outputs = bench_radixlm("radixlm", engine_kwargs(cfg, pool), prompts, cfg.output_len,
-                                      shape.vocab, shape)
+    [(ours, our_outputs)] = bench_radixlm(engine_kwargs(cfg, pool), [("radixlm", [prompts])], cfg.output_len, shape)
     log(f"  radixlm: {ours.seconds:.2f} s, {ours.tok_per_s:.1f} out tok/s (load {load_average()})")
     result: dict[str, Any] = {"radixlm": ours, "hf_runs": [], "hf_best": None, "ratio": None, "hf_mismatches": None}
     if cfg.skip_hf:
@@ -269,28 +283,35 @@ def bench_vs_hf(cfg: BenchConfig, path: str, shape: ModelShape, log: Callable[[s
 
 
 def bench_cache(cfg: BenchConfig, shape: ModelShape, log: Callable[[str], None]) -> dict:
-    """Part 2: a shared prefix through two engines, radix cache on and off, run one after the other."""
+    """Part 2: a shared prefix through two engines, radix cache on and off, run one after the other.
+
+    The "primed" run sends the first prompt alone, then the rest: the scheduler does not yet
+    deduplicate a prefix shared inside one prefill batch, so this shows what doing so would give."""
     rng = random.Random(cfg.seed + 1)
     prompts = shared_prefix_prompts(cfg.num_prompts, cfg.shared_prefix_len, cfg.suffix_len, shape.vocab, rng)
     log(f"[2] radix cache: {cfg.num_prompts} prompts = {cfg.shared_prefix_len} shared + {cfg.suffix_len} unique, "
         f"{cfg.cache_output_len} out")
     pool = cfg.num_prompts * (cfg.shared_prefix_len + cfg.suffix_len + cfg.cache_output_len)
-    runs, outputs = [], []
-    for name, disable in (("radix cache on", False), ("radix cache off", True)):
+    configs = [(False, [("radix cache on", [prompts]), ("cache on, primed", [prompts[:1], prompts[1:]])]),
+               (True, [("radix cache off", [prompts])])]
+    runs, outputs = {}, {}
+    for disable, plans in configs:
         kwargs = engine_kwargs(cfg, pool, disable_radix_cache=disable)
-        run, outs = bench_radixlm(name, kwargs, prompts, cfg.cache_output_len, shape.vocab, shape)
-        log(f"  {name}: {run.seconds:.2f} s, {run.tok_per_s:.1f} out tok/s, cached {run.cached_tokens} "
-            f"(load {load_average()})")
-        runs.append(run)
-        outputs.append(outs)
-    return {"on": runs[0], "off": runs[1], "ratio": runs[0].tok_per_s / runs[1].tok_per_s,
-            "mismatches": mismatches(outputs[0], outputs[1])}
+        for run, outs in bench_radixlm(kwargs, plans, cfg.cache_output_len, shape):
+            log(f"  {run.name}: {run.seconds:.2f} s, {run.tok_per_s:.1f} out tok/s, cached {run.cached_tokens} "
+                f"(load {load_average()})")
+            runs[run.name], outputs[run.name] = run, outs
+    on, primed, off = runs["radix cache on"], runs["cache on, primed"], runs["radix cache off"]
+    return {"on": on, "primed": primed, "off": off, "ratio": on.tok_per_s / off.tok_per_s,
+            "primed_ratio": primed.tok_per_s / off.tok_per_s,
+            "mismatches": mismatches(outputs["radix cache on"], outputs["radix cache off"]),
+            "primed_mismatches": mismatches(outputs["cache on, primed"], outputs["radix cache off"])}
 
 
 # -- report ------------------------------------------------------------------------------------
 def table_rows(vs_hf: dict, cache: dict) -> list[tuple[str, RunResult]]:
     rows = [("vs HF", vs_hf["radixlm"])] + [("vs HF", r) for r in vs_hf["hf_runs"]]
-    return rows + [("cache", cache["on"]), ("cache", cache["off"])]
+    return rows + [("cache", cache["on"]), ("cache", cache["primed"]), ("cache", cache["off"])]
 
 
 def format_table(vs_hf: dict, cache: dict, ceiling: float, num_prompts: int) -> str:
@@ -302,7 +323,7 @@ def format_table(vs_hf: dict, cache: dict, ceiling: float, num_prompts: int) -> 
         cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.1f}"
         lines.append(f"{part:<6} {r.name:<20} {r.seconds:>8.2f} {r.tok_per_s:>10.1f} {r.gflop_per_s:>8.1f} "
                      f"{100 * r.gflop_per_s / ceiling:>6.0f}% {r.cached_tokens:>7} {cpu:>7}")
-    lines.append(f"GEMM ceiling (fp32): {ceiling:.1f} GFLOP/s")
+    lines.append(f"GFLOP/s = {FLOPS_FORMULA}, over wall time; ceiling = best fp32 GEMM: {ceiling:.1f} GFLOP/s")
     if vs_hf["ratio"] is not None:
         best = vs_hf["hf_best"]
         lines.append(f"radixlm / best HF ({best.name}): {vs_hf['ratio']:.2f}x  (target >= {TARGET_VS_HF:.0f}x: "
@@ -311,7 +332,22 @@ def format_table(vs_hf: dict, cache: dict, ceiling: float, num_prompts: int) -> 
     lines.append(f"radix cache on / off: {cache['ratio']:.2f}x  (target >= {TARGET_CACHE:.0f}x: "
                  f"{'met' if cache['ratio'] >= TARGET_CACHE else 'NOT met'}); greedy outputs differing "
                  f"on vs off: {cache['mismatches']}/{num_prompts}")
+    lines.append(f"radix cache primed / off: {cache['primed_ratio']:.2f}x; greedy outputs differing primed vs off: "
+                 f"{cache['primed_mismatches']}/{num_prompts}")
+    lines.append(cpu_ratios(vs_hf, cache))
     return "\n".join(lines)
+
+
+def cpu_ratios(vs_hf: dict, cache: dict) -> str:
+    """The same ratios by CPU seconds of the computing process: less skewed by other load on the
+    machine than wall time (fair with --threads 1; with more threads, spin-waits are counted too)."""
+    def ratio(a: RunResult, b: Optional[RunResult]) -> str:
+        if b is None or not a.cpu_seconds or not b.cpu_seconds:
+            return "-"
+        return f"{(a.output_tokens / a.cpu_seconds) / (b.output_tokens / b.cpu_seconds):.2f}x"
+    best_hf = min(vs_hf["hf_runs"], key=lambda r: r.cpu_seconds or float("inf"), default=None)
+    return (f"by CPU seconds: radixlm / best HF {ratio(vs_hf['radixlm'], best_hf)}, cache on / off "
+            f"{ratio(cache['on'], cache['off'])}, primed / off {ratio(cache['primed'], cache['off'])}")
 
 
 def to_json(value: Any) -> Any:
@@ -362,14 +398,15 @@ def machine_info(cfg: BenchConfig) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     """Run both parts, print progress, the table, and optionally write JSON."""
-    import radixlm
+    from radixlm.bundled import bundled_model_path
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
     cfg, json_path = parse_args(argv)
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")  # the scheduler's weight-loading bar would clutter the log
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    path = radixlm.bundled.bundled_model_path()
+    t0 = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
+    path = bundled_model_path()
     shape = model_shape(GGUFCheckpoint(path).config())
     info = {**machine_info(cfg), "load_start": load_average(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     log(f"machine: {info}")
@@ -383,9 +420,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     info["load_end"] = load_average()
     log(f"GEMM ceiling again at the end: {ceiling_end:.1f} GFLOP/s; load average {info['load_end']}")
     ceiling = max(ceiling, ceiling_end)
-    log("\n" + format_table(vs_hf, cache, ceiling, cfg.num_prompts))
+    print("\n" + format_table(vs_hf, cache, ceiling, cfg.num_prompts), flush=True)
     results = {"config": asdict(cfg), "machine": info, "gemm_ceiling_gflops": ceiling, "vs_hf": vs_hf,
-               "radix_cache": cache, "flops_formula": "2*P*(computed prompt + fed-back output tokens) + 2*H*V*sampled"}
+               "radix_cache": cache, "flops_formula": FLOPS_FORMULA}
     if json_path:
         with open(json_path, "w") as f:
             json.dump(to_json(results), f, indent=2)
