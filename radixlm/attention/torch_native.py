@@ -72,7 +72,7 @@ class TorchNativeBackend(AttentionBackend):
         start = 0
         for i, ext in enumerate(batch.extend_seq_lens_cpu):
             # A leading batch dim of 1 matters: torch's CPU flash kernel only takes 4-D inputs;
-            # 3-D ones fall back to the math path, which materializes [H, T, T] (7x slower at T=544).
+            # 3-D ones fall back to the math path, which materializes [H, T, T] (~3x slower at T=544).
             qi = q[start:start + ext].transpose(0, 1).unsqueeze(0)
             ki = k_buf.index_select(0, meta.slots[i]).transpose(0, 1).unsqueeze(0).to(q.dtype)
             vi = v_buf.index_select(0, meta.slots[i]).transpose(0, 1).unsqueeze(0).to(q.dtype)
