@@ -85,8 +85,10 @@ class ServerArgs:
             object.__setattr__(self, "chunked_prefill_size", None)
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
-        if self.tp_size != 1 or self.dp_size != 1:
-            raise ValueError("tp_size/dp_size > 1 are not supported yet (tensor and data parallelism: issue 9)")
+        if self.tp_size != 1:
+            raise ValueError("tp_size > 1 is not supported yet (tensor parallelism: issue 9)")
+        if self.dp_size != 1:
+            raise ValueError("dp_size > 1 is not supported yet (data parallelism: issue 9)")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size % self.page_size:
             raise ValueError("chunked_prefill_size must be a multiple of page_size")
 
