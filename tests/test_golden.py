@@ -116,6 +116,19 @@ def test_radix_cache_hit_gives_same_tokens(tiny_dir: str) -> None:
     assert_greedy_equal(hf, second, out2["output_ids"], hf_greedy(hf, second, NEW_TOKENS))
 
 
+def test_prefix_shared_within_one_batch_is_computed_once(tiny_dir: str) -> None:
+    """Eight prompts arriving together share a 48-token prefix the cache has never seen: one is
+    prefilled first, the others wait a step and reuse its KV, and the tokens stay HF's."""
+    hf = load_hf_model(tiny_dir)
+    rng = random.Random(11)
+    shared = [rng.randrange(3, 400) for _ in range(48)]
+    prompts = [shared + [rng.randrange(3, 400) for _ in range(rng.randrange(2, 9))] for _ in range(8)]
+    outs = run_engine(tiny_dir, prompts)
+    assert sorted(o["meta_info"]["cached_tokens"] for o in outs)[1:] == [48] * 7  # all but the first
+    for prompt, out in zip(prompts, outs):
+        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
+
+
 @pytest.mark.parametrize("kwargs", [
     {"chunked_prefill_size": 16},
     {"page_size": 4},

@@ -6,10 +6,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 from radixlm.mem_cache.cache_manager import KVCacheManager
+from radixlm.mem_cache.radix_cache import RadixCache
 from radixlm.scheduler.batch import ExtendItem
 from radixlm.scheduler.request import Req
 
 LPM_MAX_QUEUE = 128  # past this, matching every waiting request costs more than it saves
+# A request sharing at least this many more tokens with one admitted in the same step than with
+# the cache waits a step: the next step finds that prefix in the tree instead of computing it twice.
+IN_BATCH_SHARE_MIN = 32
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,12 @@ def match_limit(req: Req) -> int:
 
 class PrefillAdder:
     """Admits requests one by one until a budget runs out. Invariant: a request either ends up
-    in `items` with its slots allocated, or is left untouched (no lock, no slots)."""
+    in `items` with its slots allocated, or is left untouched (no lock, no slots).
+
+    Requests that would recompute a prefix another request computes in this same step are
+    deferred one step (n>1 siblings by `prefix_group`, others through a tree of this step's
+    prompts), so a prefix shared inside one burst of arrivals is computed once. The first
+    request of a batch is never deferred, so the waiting queue always makes progress."""
 
     def __init__(self, cache: KVCacheManager, budget: PrefillBudget, num_running: int) -> None:
         self.cache, self.budget = cache, budget
@@ -52,6 +61,8 @@ class PrefillAdder:
         self.num_running = num_running
         self.groups: set[str] = set()
         self.chunked: Optional[Req] = None
+        self.in_batch = RadixCache(disable=cache.tree.disable)  # token ids only: no KV behind it
+        self.num_deferred = 0
 
     def add(self, req: Req) -> bool:
         """Try to admit `req`; returns False when admission should stop for this step."""
@@ -62,6 +73,10 @@ class PrefillAdder:
         fresh = req.kv_len == 0
         if fresh:
             self.cache.match(req, match_limit(req))
+            if self._shares_with_batch(req):
+                self._undo(req, fresh)
+                self.num_deferred += 1
+                return True
         ext = req.seq_len - req.kv_len
         remaining = req.params.max_new_tokens - len(req.output_ids)
         reserve = self.budget.reserved_tokens + int(remaining * self.budget.new_token_ratio)
@@ -69,6 +84,11 @@ class PrefillAdder:
             self._undo(req, fresh)
             return False
         return self._admit(req, ext, fresh)
+
+    def _shares_with_batch(self, req: Req) -> bool:
+        """True when `req` shares IN_BATCH_SHARE_MIN more tokens with this step's prompts than with the cache."""
+        shared = len(self.in_batch.match_prefix(req.fill_ids[:match_limit(req)]).values)
+        return shared - req.kv_len >= IN_BATCH_SHARE_MIN
 
     def _admit(self, req: Req, ext: int, fresh: bool) -> bool:
         length, sample = ext, True
@@ -85,6 +105,7 @@ class PrefillAdder:
         start = req.kv_len - length
         self.items.append(ExtendItem(req, start, length, sample, _logprob_positions(req, start, length)))
         self.tokens_left -= length
+        self.in_batch.insert(req.fill_ids, req.fill_ids)
         if req.prefix_group is not None:
             self.groups.add(req.prefix_group)
         if not sample:
