@@ -252,3 +252,42 @@ def test_server_args_grammar_flags() -> None:
     assert ServerArgs(model_path="x", grammar_backend="none", disable_jump_forward=True).disable_jump_forward
     with pytest.raises(ValueError, match="grammar_backend"):
         ServerArgs(model_path="x", grammar_backend="outlines")
+
+
+# -- schema rewrites for xgrammar ---------------------------------------------------------------
+BOUNDED = {"type": "object", "properties": {
+    "a": {"type": "string", "minLength": 1, "maxLength": 4},
+    "b": {"type": "array", "items": {"type": "string", "minLength": 2}},
+    "c": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]}},
+    "required": ["a", "b", "c"], "additionalProperties": False}
+
+
+def xgrammar_accepts(schema: dict, text: str) -> bool:
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from radixlm.constrained.schema_rewrite import bound_strings_as_patterns
+
+    rewritten = json.dumps(bound_strings_as_patterns(schema))
+    return _is_grammar_accept_string(xgrammar.Grammar.from_json_schema(
+        rewritten, any_whitespace=False, separators=(",", ":")), text)
+
+
+@pytest.mark.parametrize("text,ok", [
+    ('{"a":"abcd","b":["xy","xyz"],"c":""}', True), ('{"a":"é","b":[],"c":null}', True),
+    ('{"a":"a\x15","b":[],"c":null}', False),  # raw control character: not JSON (xgrammar 0.2.8 admits it)
+    ('{"a":"a\nb","b":[],"c":null}', False), ('{"a":"","b":[],"c":null}', False),
+    ('{"a":"abcde","b":[],"c":null}', False), ('{"a":"a","b":["x"],"c":null}', False),
+    ('{"a":"a","b":[],"c":"x"}', False)])
+def test_length_bounded_strings_are_strict_json(text: str, ok: bool) -> None:
+    import jsonschema
+
+    assert xgrammar_accepts(BOUNDED, text) is ok
+    if ok:  # the rewrite accepts only instances of the original schema
+        jsonschema.validate(json.loads(text), BOUNDED)
+
+
+def test_length_beside_pattern_goes_to_a_backend_that_enforces_both(tokenizer: Any) -> None:
+    spec = '{"type": "string", "pattern": "^[a-z]+$", "maxLength": 3}'  # xgrammar would drop maxLength
+    assert unenforced_keyword(json.loads(spec)).startswith("maxLength beside pattern")
+    assert router_for("xgrammar", tokenizer).resolve(GrammarSpec("json_schema", spec)).name == "llguidance"

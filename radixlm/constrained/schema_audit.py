@@ -58,6 +58,8 @@ def _own_keywords(schema: dict, path: str) -> Optional[str]:
             return f"keywords beside anyOf (at {path})"
         if key in ("minLength", "maxLength", "minItems", "maxItems") and not _is_int(value):
             return f"{key} with a non-integer value (at {path})"
+        if key in ("minLength", "maxLength") and "pattern" in schema:
+            return f"{key} beside pattern (at {path})"  # xgrammar drops the length bound
         if key in BY_TYPE["integer"] and not _is_int(value):
             return f"{key} with a non-integer value (at {path})"
         if key == "required" and not (isinstance(value, list) and all(

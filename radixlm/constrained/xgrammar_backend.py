@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from typing import Any, Optional
@@ -11,6 +12,7 @@ import torch
 from radixlm.constrained import limits
 from radixlm.constrained.base import Grammar, GrammarBackend, UnsupportedSpec
 from radixlm.constrained.schema_audit import unenforced_keyword
+from radixlm.constrained.schema_rewrite import bound_strings_as_patterns
 from radixlm.constrained.spec import GrammarSpec
 
 # JSON is generated compactly ('{"a": 1, "b": 2}'): free whitespace lets a model loop on it.
@@ -70,14 +72,14 @@ class XGrammarBackend(GrammarBackend):
             limits.check_ebnf_cost(spec.text)
             self._convert(lambda: self.xgr.Grammar.from_ebnf(spec.text), "EBNF grammar")
         else:
-            schema = spec.schema()
+            schema = bound_strings_as_patterns(spec.schema())
             for pattern in limits.schema_patterns(schema):
                 limits.check_regex_cost(pattern, "json_schema pattern")
             problem = unenforced_keyword(schema)
             if problem:
                 raise UnsupportedSpec(f"json_schema keyword not enforced by xgrammar: {problem}")
             self._convert(lambda: self.xgr.Grammar.from_json_schema(
-                spec.text, any_whitespace=False, separators=JSON_SEPARATORS), "JSON schema")
+                json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS), "JSON schema")
 
     @staticmethod
     def _convert(build: Any, what: str) -> None:
@@ -93,7 +95,8 @@ class XGrammarBackend(GrammarBackend):
                 return compiler.compile_regex(spec.text)
             if spec.kind == "ebnf":
                 return compiler.compile_grammar(spec.text)
-            return compiler.compile_json_schema(spec.text, any_whitespace=False, separators=JSON_SEPARATORS)
+            schema = json.dumps(bound_strings_as_patterns(spec.schema()))
+            return compiler.compile_json_schema(schema, any_whitespace=False, separators=JSON_SEPARATORS)
         except Exception as exc:
             raise ValueError(f"invalid {spec.describe()}: {clean_error(exc)}") from None
 

@@ -238,6 +238,8 @@ def _new_pages(req: Req, page: int) -> int:
     """Pages `req` needs for its tokens without KV (one token in a plain decode)."""
     return -(-req.seq_len // page) - -(-req.kv_len // page)
 
+            "grammar_seconds": self.outputs.structured.seconds,
+            "grammar_masked_steps": self.outputs.structured.masked_steps,
 
 def _final(req: Req) -> ReqOutput:
     return ReqOutput(req.rid, [], "", req.finished_reason, {"id": req.rid})
