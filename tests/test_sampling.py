@@ -388,3 +388,18 @@ def test_filter_probs_properties(data: st.DataObject, vocab: int, top_k: int, to
         if top_p < 1.0:
             # ...and is minimal: the tokens strictly above the cut do not.
             assert float(p[p > cut].sum()) < top_p * top_mass + 1e-6
+
+
+def test_sync_free_cutoffs_equal_the_cpu_ones() -> None:
+    """The GPU path (every row fully sorted, no host sync) computes the CPU path's cut-offs."""
+    from radixlm.sampling.sampler import _rank_cutoffs, rank_cutoffs_all_rows
+
+    vocab, rows = 500, 16
+    gen = torch.Generator().manual_seed(11)
+    params = [SamplingParams(temperature=0.9, top_k=[-1, 5, 40, 499][i % 4], top_p=[1.0, 0.9, 0.3][i % 3])
+              for i in range(rows)]
+    batch = make_batch(params, vocab=vocab)
+    probs = torch.softmax(torch.randn(rows, vocab, generator=gen) * 2, dim=-1)
+    assert torch.equal(rank_cutoffs_all_rows(probs, batch), _rank_cutoffs(probs, batch))
+    top_k_only = make_batch([SamplingParams(top_k=k) for k in (3, -1, 7)], vocab=vocab)
+    assert torch.equal(rank_cutoffs_all_rows(probs[:3], top_k_only), _rank_cutoffs(probs[:3], top_k_only))

@@ -104,7 +104,13 @@ def filter_probs(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 
 
 def _rank_cutoffs(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Per-row probability cut-off implementing top-k and top-p (0 = keep all)."""
+    """Per-row probability cut-off implementing top-k and top-p (0 = keep all).
+
+    CPU: only the rows that use top-k/top-p, and only as many sorted values as needed. GPU:
+    every row fully sorted (fast there), so the host never waits for the device to learn
+    which rows or how many values (`nonzero` and `max().item()` would synchronize)."""
+    if probs.device.type != "cpu":
+        return rank_cutoffs_all_rows(probs, batch)
     vocab = probs.shape[-1]
     rows = ((batch.top_ks < vocab) | (batch.top_ps < 1.0)).nonzero().squeeze(-1)
     top_ks, top_ps = batch.top_ks[rows], batch.top_ps[rows]
@@ -112,10 +118,23 @@ def _rank_cutoffs(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     length = vocab if batch.need_top_p else int(top_ks.max())
     # Rows without top-k/top-p are left out; when none are, skip the copy.
     subset = probs if rows.numel() == probs.shape[0] else probs.index_select(0, rows)
-    vals = _largest_sorted(subset, length)
+    return _cutoffs(_largest_sorted(subset, length), rows, top_ks, top_ps, batch, vocab, length)
+
+
+def rank_cutoffs_all_rows(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """`_rank_cutoffs` without a host synchronization: every row, fully sorted."""
+    vocab = probs.shape[-1]
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    vals = torch.sort(probs, dim=-1, descending=True).values
+    return _cutoffs(vals, rows, batch.top_ks, batch.top_ps, batch, vocab, vocab)
+
+
+def _cutoffs(vals: torch.Tensor, rows: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.Tensor,
+             batch: SamplingBatch, vocab: int, length: int) -> torch.Tensor:
+    """Cut-offs of `rows` from their descending values `vals` [len(rows), length], as a [B] tensor."""
     k_on, p_on = top_ks < vocab, top_ps < 1.0
     last_k = (top_ks.clamp(max=length) - 1).unsqueeze(-1)
-    cut = probs.new_zeros(rows.numel())
+    cut = vals.new_zeros(rows.numel())
     if batch.need_top_k:
         cut = torch.where(k_on, vals.gather(-1, last_k).squeeze(-1), cut)
     if batch.need_top_p:
@@ -129,7 +148,7 @@ def _rank_cutoffs(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         kept = (F.pad(cum[:, :-1], (1, 0)) < target).sum(dim=-1).clamp(min=1)
         cut_p = vals.gather(-1, (kept - 1).unsqueeze(-1)).squeeze(-1)
         cut = torch.where(p_on, torch.maximum(cut, cut_p), cut)
-    return probs.new_zeros(probs.shape[0]).index_copy_(0, rows, cut)
+    return vals.new_zeros(batch.batch_size).index_copy_(0, rows, cut)
 
 
 def _largest_sorted(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from radixlm.device_copy import pinned_to_device as _pinned
+from radixlm.device_copy import to_device
 from radixlm.sampling.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -127,13 +129,12 @@ def _truncation_fields(params: list[SamplingParams], vocab: int, device: torch.d
     top_ks = [vocab if g or p.top_k == -1 else min(p.top_k, vocab) for p, g in zip(params, greedy)]
     top_ps = [1.0 if g else p.top_p for p, g in zip(params, greedy)]
     min_ps = [0.0 if g else p.min_p for p, g in zip(params, greedy)]
-    f32 = dict(dtype=torch.float32, device=device)
     return dict(
-        temperatures=torch.tensor(temps, **f32).view(-1, 1),
-        top_ks=torch.tensor(top_ks, dtype=torch.int64, device=device),
-        top_ps=torch.tensor(top_ps, **f32),
-        min_ps=torch.tensor(min_ps, **f32),
-        greedy_mask=torch.tensor(greedy, dtype=torch.bool, device=device),
+        temperatures=to_device(temps, device, torch.float32).view(-1, 1),
+        top_ks=to_device(top_ks, device),
+        top_ps=to_device(top_ps, device, torch.float32),
+        min_ps=to_device(min_ps, device, torch.float32),
+        greedy_mask=to_device(greedy, device, torch.bool),
         all_greedy=all(greedy),
         need_top_k=any(k < vocab for k in top_ks),
         need_top_p=any(p < 1.0 for p in top_ps),
@@ -155,8 +156,8 @@ def _penalty_fields(
     use_fp = any(freq[i] != 0.0 or pres[i] != 0.0 for i in rows)
     per_pair = functools.partial(_gather_rows, rows=pair_rows, device=device)
     return dict(
-        penalty_index=(pair_rows.to(device), pair_cols.to(device)),
-        penalty_counts=counts.to(device),
+        penalty_index=(_pinned(pair_rows, device), _pinned(pair_cols, device)),
+        penalty_counts=_pinned(counts, device),
         repetition_penalties=per_pair(rep) if any(rep[i] != 1.0 for i in rows) else None,
         frequency_penalties=per_pair(freq) if use_fp else None,
         presence_penalties=per_pair(pres) if use_fp else None,
@@ -165,7 +166,7 @@ def _penalty_fields(
 
 def _gather_rows(values: list[float], rows: torch.Tensor, device: torch.device) -> torch.Tensor:
     """values[rows] as a float32 tensor on device (one entry per penalty pair)."""
-    return torch.tensor(values, dtype=torch.float32)[rows].to(device)
+    return _pinned(torch.tensor(values, dtype=torch.float32)[rows], device)
 
 
 def _distinct_tokens(
@@ -206,7 +207,7 @@ def _sparse_fields(
             ban_cols.extend(banned)
     return dict(
         bias_index=_index_pair(bias_rows, bias_cols, device) if bias_rows else None,
-        bias_values=torch.tensor(bias_vals, dtype=torch.float32, device=device) if bias_rows else None,
+        bias_values=to_device(bias_vals, device, torch.float32) if bias_rows else None,
         ban_index=_index_pair(ban_rows, ban_cols, device) if ban_rows else None,
     )
 
@@ -215,8 +216,8 @@ def _index_pair(
     rows: list[int], cols: list[int], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return (
-        torch.tensor(rows, dtype=torch.int64, device=device),
-        torch.tensor(cols, dtype=torch.int64, device=device),
+        to_device(rows, device),
+        to_device(cols, device),
     )
 
 
