@@ -126,9 +126,12 @@ def radixlm_offline(path: str, prompts: list[list[int]], out_len: int, **kwargs)
         outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": out_len, "ignore_eos": True,
                                                                    "temperature": 0})
         elapsed = time.perf_counter() - start
+        info = engine.get_server_info()
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
-    return tokens / elapsed, {"seconds": elapsed, "output_tokens": tokens, "cached_tokens": cached}
+    return tokens / elapsed, {"seconds": elapsed, "output_tokens": tokens, "cached_tokens": cached,
+                              "step_times": info["step_times"], "overlapped_steps": info["num_overlapped_steps"],
+                              "forward_steps": info["num_forward_steps"]}
 
 
 def random_prompts(n: int, length: int, seed: int = 0, prefix: list[int] | None = None) -> list[list[int]]:
@@ -154,6 +157,7 @@ def main() -> None:
     ap.add_argument("--shared-prefix-shape", default="llama-3.2-1b")
     ap.add_argument("--skip", nargs="*", default=[])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sched-batch", type=int, default=256)
     a = ap.parse_args()
     results: dict = {"device": torch.cuda.get_device_name(), "copy_GBps": copy_bandwidth() / 1e9}
     print(f"device {results['device']}: copy bandwidth {results['copy_GBps']:.0f} GB/s (read+write)", flush=True)
@@ -181,6 +185,8 @@ def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
         print(f"{shape}: decode bs1 {ms:.2f} ms (eager {ms_eager:.2f}) -> {bw:.0f} GB/s = "
               f"{100 * bw / copy_gbps:.0f}% of copy; HF generate bs1 {hf:.1f} tok/s = {hf * weights / 1e9:.0f} GB/s",
               flush=True)
+    if "sched" not in a.skip:
+        res["scheduling"] = run_sched(path, a.sched_batch)
     if "offline" not in a.skip:
         prompts = random_prompts(a.num_prompts, 512)
         ours, info = radixlm_offline(path, prompts, 256)
@@ -190,6 +196,29 @@ def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
         print(f"{shape}: offline {a.num_prompts}x(512 in, 256 out): radixlm {ours:.0f} tok/s; HF best {best:.0f} "
               f"tok/s {hf_rates}; ratio {ours / best:.1f}x", flush=True)
     return res
+
+
+def run_sched(path: str, batch: int) -> dict:
+    """Host time per decode step at `batch` running requests, without and with overlap: the
+    CPU work (schedule + launch + process) and how much of it the overlap hides from the wall."""
+    prompts = random_prompts(batch, 128, seed=3)
+    out = {}
+    for label, kwargs in (("serial", {"disable_overlap_schedule": True}), ("overlap", {})):
+        _, info = radixlm_offline(path, prompts, 256, max_running_requests=batch, cuda_graph_max_bs=batch, **kwargs)
+        dec = info["step_times"]["decode"]
+        n = dec["steps"]
+        out[label] = {"decode_steps": n, "mean_batch": dec["rows"] / n,
+                      **{f"{k}_ms": 1e3 * dec[k] / n for k in ("schedule", "launch", "device_wait", "process")},
+                      "wall_ms": 1e3 * sum(dec[k] for k in ("schedule", "launch", "device_wait", "process")) / n,
+                      "overlapped_steps": info["overlapped_steps"]}
+    serial, overlap = out["serial"], out["overlap"]
+    cpu = serial["schedule_ms"] + serial["launch_ms"] + serial["process_ms"]
+    hidden = (serial["wall_ms"] - overlap["wall_ms"]) / cpu if cpu else 0.0
+    out.update(cpu_ms_per_step=cpu, hidden_fraction=hidden)
+    print(f"scheduling at batch {batch}: CPU {cpu:.2f} ms/decode step (schedule {serial['schedule_ms']:.2f}, launch "
+          f"{serial['launch_ms']:.2f}, process {serial['process_ms']:.2f}); wall {serial['wall_ms']:.2f} ms serial vs "
+          f"{overlap['wall_ms']:.2f} ms overlapped -> {100 * hidden:.0f}% of the CPU time hidden", flush=True)
+    return out
 
 
 def run_shared(shape: str) -> dict:

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
 
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.spec import GrammarSpec
+from radixlm.dp.dp_client import DataParallelClient
 from radixlm.io_struct import ReqOutput, TokenizedGenerateReq
 from radixlm.request_output import OutputAccumulator
 from radixlm.runtime_client import RuntimeClient
@@ -46,7 +47,8 @@ class Engine:
             if args.chat_template:
                 self.tokenizer.chat_template = resolve_chat_template(args.chat_template)
         self.eos_ids = self._eos_ids()
-        self.client = RuntimeClient(args, self.tokenizer, self.eos_ids, self.model_config)
+        client_cls = DataParallelClient if args.dp_size > 1 else RuntimeClient
+        self.client = client_cls(args, self.tokenizer, self.eos_ids, self.model_config)
         self.info = self.client.info
         self.vocab_size = self.info["vocab_size"]
         self.grammars = GrammarRouter(args.grammar_backend, self.tokenizer, self.vocab_size, self.eos_ids)
@@ -75,6 +77,7 @@ class Engine:
             params.validate(self.vocab_size)
             self._check_constraint(params)
             self._check_prompt(ids)
+            self._check_fits(ids, params)
             base = _pick(rid, i, None) or uuid.uuid4().hex
             group = base if params.n > 1 else None
             for j in range(params.n):
@@ -128,6 +131,17 @@ class Engine:
         if len(ids) + 1 > self.info["max_total_num_tokens"]:
             raise ValueError(f"the prompt has {len(ids)} tokens, more than the KV pool holds "
                              f"({self.info['max_total_num_tokens']})")
+
+    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+        """A request that alone would outgrow the KV pool can never finish: refuse it now
+        (retraction only helps requests that fit the pool by themselves)."""
+        room = self.info["context_length"] - len(ids)
+        need = len(ids) + min(params.max_new_tokens, room)
+        pool = self.info["max_total_num_tokens"]
+        if need > pool:
+            raise ValueError(f"the prompt ({len(ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) needs "
+                             f"{need} KV slots, more than the KV pool holds ({pool}): lower max_new_tokens "
+                             f"to at most {pool - len(ids)}")
 
     # -- generation ------------------------------------------------------------------
     def generate(self, prompt: Prompt = None, sampling_params: Params = None, input_ids: Any = None,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 import torch
 
 from radixlm.attention.registry import create_attention_backend
+from radixlm.distributed.batch_sync import BatchSender
+from radixlm.distributed.group import TPGroup
 from radixlm.forward_batch import ForwardBatch
-from radixlm.mem_cache.kv_pool import KVPool, ReqToTokenPool
+from radixlm.layers.linear import AttentionHeads
+from radixlm.mem_cache.kv_pool import KVPool, ReqToTokenPool, kv_cache_dtype
 from radixlm.model_loader.loader import build_model, kv_heads_of, load_model_config, resolve_dtype
 from radixlm.models.llama import head_dim_of
 from radixlm.server_args import ServerArgs
@@ -19,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 CPU_KV_BUDGET_BYTES = 2 << 30  # default KV pool on CPU when max_total_tokens is not given
 DEFAULT_MAX_RUNNING = 256
+HEARTBEAT_S = 2.0  # idle tensor-parallel leader -> followers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,26 +33,34 @@ def resolve_device(name: str) -> torch.device:
 
 
 class ModelRunner:
-    """Invariant: the pool, backend and model are built once and live as long as the runner."""
+    """Invariant: the pool, backend and model are built once and live as long as the runner.
 
-    def __init__(self, args: ServerArgs, model_config: Any | None = None) -> None:
+    With tensor parallelism every rank has its own runner over its shard of the model; `tp`
+    is this rank's group and `device` its device (None: resolved from `args.device`)."""
+
+    heartbeat_s: float | None = None  # how often an idle scheduler calls `heartbeat` (None: never)
+
+    def __init__(self, args: ServerArgs, model_config: Any | None = None, tp: TPGroup | None = None,
+                 device: torch.device | None = None) -> None:
         self.args = args
-        self.device = resolve_device(args.device)
-        if args.num_threads and self.device.type == "cpu":
-            torch.set_num_threads(args.num_threads)
+        self.tp = tp or TPGroup.single()
+        self.device = device or resolve_device(args.device)
+        if self.device.type == "cpu" and (args.num_threads or self.tp.size > 1):
+            # Ranks of one node share its cores: split them rather than oversubscribe.
+            torch.set_num_threads(args.num_threads or max(1, (os.cpu_count() or 1) // self.tp.size))
         torch.manual_seed(args.random_seed)
         self.config = model_config or load_model_config(args.model_path, args.trust_remote_code)
         self.dtype = resolve_dtype(args.dtype, self.config, self.device)
         self.vocab_size = self.config.vocab_size
         self.context_len = args.context_length or self.config.max_position_embeddings
-        self.max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
         self.pool = self._make_pool()
+        self.max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
         self.req_to_token_pool = ReqToTokenPool(self.max_running + 1, self.context_len + args.page_size, self.device)
         self.backend = create_attention_backend(args.attention_backend, self.pool, self.device)
         start = time.perf_counter()
         self.model = build_model(self.config, self.backend, args.model_path, args.load_format, self.dtype,
                                  self.device, args.random_seed, args.model_impl, args.trust_remote_code,
-                                 self.context_len)
+                                 self.context_len, self.tp)
         logger.info("model loaded in %.1f s (%s, %s)", time.perf_counter() - start, self.dtype, self.device)
         self.graphs = self._maybe_capture_graphs()
 
@@ -66,14 +79,22 @@ class ModelRunner:
 
     def _make_pool(self) -> KVPool:
         cfg = self.config
-        kv_heads, head_dim, layers = kv_heads_of(cfg), head_dim_of(cfg), cfg.num_hidden_layers
-        per_token = 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=self.dtype).element_size()
+        kv_heads, head_dim, layers = self._local_kv_heads(), head_dim_of(cfg), cfg.num_hidden_layers
+        kv_dtype = kv_cache_dtype(self.args.kv_cache_dtype, self.dtype)
+        per_token = 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=kv_dtype).element_size()
         size = self.args.max_total_tokens or self._default_pool_tokens(per_token)
+        size = self.tp.min_int(size, self.device)  # rank 0 allocates slots every rank must hold
         size -= size % self.args.page_size
         if size < self.args.page_size * 2:
             raise ValueError(f"KV pool of {size} tokens is too small")
         logger.info("KV pool: %d tokens (%.2f GiB)", size, size * per_token / 2**30)
-        return KVPool(size, self.args.page_size, layers, kv_heads, head_dim, self.dtype, self.device)
+        return KVPool(size, self.args.page_size, layers, kv_heads, head_dim, kv_dtype, self.device)
+
+    def _local_kv_heads(self) -> int:
+        if self.tp.size == 1:
+            return kv_heads_of(self.config)
+        cfg = self.config
+        return AttentionHeads.split(cfg.num_attention_heads, kv_heads_of(cfg), self.tp).num_kv_heads
 
     def _default_pool_tokens(self, per_token: int) -> int:
         if self.device.type == "cuda":
@@ -89,7 +110,7 @@ class ModelRunner:
         kv = kv_heads_of(cfg) * head_dim_of(cfg)
         per_layer = h * (cfg.num_attention_heads * head_dim_of(cfg)) * 2 + 2 * h * kv + 3 * h * i
         elems = layers * per_layer + 2 * v * h
-        return elems * torch.tensor([], dtype=self.dtype).element_size()
+        return elems * torch.tensor([], dtype=self.dtype).element_size() // self.tp.size
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
@@ -99,3 +120,31 @@ class ModelRunner:
         self.backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)
         return self.model.compute_logits(hidden[batch.logit_indices])
+
+    def heartbeat(self) -> None:
+        """Called by an idle scheduler every `heartbeat_s` seconds (never at tp 1)."""
+
+    def close(self) -> None:
+        """Release what the runner shares with other processes (nothing at tp 1)."""
+
+
+class LeaderRunner(ModelRunner):
+    """Rank 0 of a tensor-parallel group: sends every batch to the followers before running
+    its own shard, keeps them alive with heartbeats while idle, and stops them on `close`."""
+
+    def __init__(self, args: ServerArgs, model_config: Any | None, tp: TPGroup, device: torch.device | None) -> None:
+        super().__init__(args, model_config, tp, device)
+        self.sender = BatchSender(tp, self.device)
+        self.heartbeat_s = min(HEARTBEAT_S, self.args.dist_timeout / 4) if self.args.dist_timeout else HEARTBEAT_S
+
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        self.sender.send(batch)
+        return super().forward(batch)
+
+    def heartbeat(self) -> None:
+        self.sender.send_idle()
+
+    def close(self) -> None:
+        if self.tp.group is not None:
+            self.sender.send_stop()
+            self.tp.destroy()

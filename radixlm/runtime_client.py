@@ -6,13 +6,21 @@ import itertools
 import logging
 import multiprocessing as mp
 import threading
+import time
+from multiprocessing.connection import wait as wait_for_any
 from typing import Any, Callable, Optional
 
+from radixlm.distributed.launch import start_followers
+from radixlm.distributed.setup import plan_local_ranks
 from radixlm.io_struct import AbortReq, BatchOutput, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
+from radixlm.model_loader.loader import check_tensor_parallel
 from radixlm.scheduler.process import run_scheduler_process
+from radixlm.scheduler.watchdog import describe_exit
 from radixlm.server_args import ServerArgs
 
 START_TIMEOUT_S = 600.0
+START_POLL_S = 0.5  # how often start-up checks that every tensor-parallel rank is still alive
+MONITOR_POLL_S = 1.0  # how often the monitor re-reads `processes` (others may join the list later)
 logger = logging.getLogger(__name__)
 
 
@@ -22,16 +30,31 @@ class SchedulerDied(RuntimeError):
 
 class RuntimeClient:
     """Thread-safe. Each submitted request gets its outputs through its own callback, called
-    from one receiver thread, in order; the final output has `finish_reason` set."""
+    from one receiver thread, in order; the final output has `finish_reason` set.
+
+    Liveness: a monitor thread watches every process in `self.processes` (the scheduler, and
+    any helper process appended later). When one exits outside `shutdown()`, `dead` is set,
+    every pending request and RPC is failed at once and later submits raise SchedulerDied."""
 
     def __init__(self, args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None) -> None:
         ctx = mp.get_context("spawn")
+        if args.node_rank != 0:
+            raise ValueError("node_rank > 0 runs no scheduler: start it with python -m radixlm.distributed.launch")
+        if model_config is not None:
+            check_tensor_parallel(model_config, args.model_impl, args.tp_size)
+        ranks = plan_local_ranks(args)  # tensor parallelism: rank 0 here, the followers beside it
         sched_recv, self._to_sched = ctx.Pipe(duplex=False)
         out_recv, self._from_sched_send = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=run_scheduler_process, daemon=True, name="radixlm-scheduler",
-                                   args=(args, tokenizer, eos_ids, model_config, sched_recv, self._from_sched_send))
+                                   args=(args, tokenizer, eos_ids, model_config, sched_recv, self._from_sched_send,
+                                         ranks[0] if ranks else None))
         self.process.start()
+        # Drop the parent's copies of the child's pipe ends: with them open, a killed child would
+        # never produce EOF on `out_recv` and the receiver would wait forever.
         sched_recv.close()
+        self._from_sched_send.close()
+        self.processes = [self.process] + start_followers(ctx, args, model_config, ranks[1:])
+        self._closing = False
         self._recv = out_recv
         self.info = self._wait_ready()
         self._lock = threading.Lock()
@@ -41,15 +64,31 @@ class RuntimeClient:
         self.dead: Optional[str] = None
         self._thread = threading.Thread(target=self._receive_loop, daemon=True, name="radixlm-receiver")
         self._thread.start()
+        self._monitor = threading.Thread(target=self._monitor_loop, daemon=True, name="radixlm-monitor")
+        self._monitor.start()
 
     def _wait_ready(self) -> dict:
-        if not self._recv.poll(START_TIMEOUT_S):
-            self.process.kill()
-            raise RuntimeError("scheduler process did not start in time")
+        try:
+            return self._read_ready()
+        except BaseException:
+            for proc in self.processes:  # follower ranks may be waiting on a collective forever
+                proc.kill()
+            raise
+
+    def _read_ready(self) -> dict:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._recv.poll(START_POLL_S):
+            gone = [p for p in self.processes[1:] if p.exitcode is not None]
+            if gone:
+                raise RuntimeError(f"{gone[0].name} exited during start-up ({describe_exit(gone[0].exitcode)}); "
+                                   "its error is in the log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError("scheduler process did not start in time")
         try:
             kind, payload = self._recv.recv()
         except EOFError:
-            raise RuntimeError(f"scheduler process exited during start-up (exit code {self.process.exitcode})")
+            self.process.join(5)
+            raise RuntimeError(f"scheduler process exited during start-up ({describe_exit(self.process.exitcode)})")
         if kind != "ready":
             self.process.join(5)
             raise RuntimeError(f"scheduler process failed to start:\n{payload}")
@@ -103,7 +142,22 @@ class RuntimeClient:
                     self._fail(f"scheduler crashed:\n{msg[1]}")
                     return
         except (EOFError, OSError):
-            self._fail("scheduler process exited")
+            self.process.join(1.0)  # let the exit code settle so the reason can name it
+            self._fail(f"scheduler process exited ({describe_exit(self.process.exitcode)})")
+
+    def _monitor_loop(self) -> None:
+        """Fail everything as soon as any watched process exits (its sentinel becomes ready)."""
+        while not self.dead:
+            procs = list(self.processes)
+            wait_for_any([p.sentinel for p in procs], timeout=MONITOR_POLL_S)
+            gone = [p for p in procs if p.exitcode is not None]
+            if gone and self._closing:
+                return
+            if gone:
+                if self.process in gone:  # let the receiver report the crash's traceback first
+                    self._thread.join(2.0)
+                p = gone[0]
+                self._fail(f"{p.name} (pid {p.pid}) exited ({describe_exit(p.exitcode)})")
 
     def _dispatch(self, outputs: list[ReqOutput]) -> None:
         for out in outputs:
@@ -125,7 +179,10 @@ class RuntimeClient:
             entry[0].set()
 
     def _fail(self, reason: str) -> None:
+        """Idempotent: the first reason is kept."""
         with self._lock:
+            if self.dead:
+                return
             self.dead = reason
             callbacks, self._callbacks = self._callbacks, {}
             rpcs, self._rpcs = self._rpcs, {}
@@ -136,13 +193,15 @@ class RuntimeClient:
             event.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the scheduler process; never leaves it running."""
+        """Stop the scheduler process (and every other watched process); never leaves one running."""
+        self._closing = True
         if self.process.is_alive() and not self.dead:
             try:
                 self.rpc("shutdown", timeout=timeout)
             except (RuntimeError, TimeoutError, OSError):
                 pass
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout)
+        for proc in list(self.processes):
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout)

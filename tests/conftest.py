@@ -5,3 +5,5 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+collect_ignore = ["stress"]  # long reliability drivers, run by hand (tests/stress/__init__.py)

@@ -175,3 +175,22 @@ def test_missing_model_path_is_a_clear_error(tmp_path: pytest.TempPathFactory) -
         radixlm.Engine(missing)
     with pytest.raises(FileNotFoundError, match="config.json"):
         radixlm.Engine(str(tmp_path))
+
+
+def test_fp8_kv_cache_stays_close_to_full_precision(tiny_dir: str) -> None:
+    """`kv_cache_dtype=fp8_e4m3` stores K/V in 8 bits: prompt logprobs move a little (so the
+    fp8 pool is really in use) but stay near the float32 ones."""
+    prompts = random_prompts(4, 20, 40, seed=5)
+    runs = {}
+    for kv in ("auto", "fp8_e4m3"):
+        with radixlm.Engine(tiny_dir, dtype="float32", kv_cache_dtype=kv, log_level="warning") as engine:
+            outs = engine.generate(input_ids=prompts, sampling_params={**GREEDY, "max_new_tokens": 4},
+                                   return_logprob=True, logprob_start_len=0)
+            engine.check_no_leak()
+        runs[kv] = [[lp for lp, _tok in o["meta_info"]["input_token_logprobs"][1:]] for o in outs]
+    full = torch.tensor(sum(runs["auto"], []))
+    fp8 = torch.tensor(sum(runs["fp8_e4m3"], []))
+    diff = (full - fp8).abs()
+    assert diff.max() > 1e-3, "fp8 pool gave the float32 logprobs: not in use"
+    spread = (full - full.mean()).abs().mean()  # how much logprobs differ between positions
+    assert diff.mean() < 0.15 * spread and diff.max() < 0.5, (diff.mean(), diff.max(), spread)

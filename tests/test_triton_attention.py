@@ -23,7 +23,8 @@ CASES = [  # (batch, heads, kv_heads, head_dim, prefix lens, extend lens, page_s
 ]
 
 
-def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float) -> None:
+def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype: torch.dtype | None = None) -> None:
+    """`kv_dtype` (default `dtype`): the pool's storage, e.g. fp8 read back into `dtype`."""
     from radixlm.attention.torch_native import TorchNativeBackend
     from radixlm.attention.triton_backend import TritonBackend
     from radixlm.forward_batch import ForwardBatch, ForwardMode
@@ -32,7 +33,7 @@ def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float) -> None:
     batch, heads, kv_heads, dim, prefixes, exts, page = case
     gen = torch.Generator().manual_seed(sum(prefixes) + dim)
     seq_lens = [p + e for p, e in zip(prefixes, exts)]
-    pool = KVPool(sum(seq_lens) + 64, page, 1, kv_heads, dim, dtype, torch.device(device))
+    pool = KVPool(sum(seq_lens) + 64, page, 1, kv_heads, dim, kv_dtype or dtype, torch.device(device))
     pool.k_buffers[0].copy_(torch.randn(pool.k_buffers[0].shape, generator=gen))
     pool.v_buffers[0].copy_(torch.randn(pool.v_buffers[0].shape, generator=gen))
     perm = torch.randperm(sum(seq_lens) + 64 - page, generator=gen) + page
@@ -67,9 +68,11 @@ def test_triton_matches_torch_native() -> None:
         for case in CASES:
             _run_case(case, "cuda", torch.float32, 2e-3)  # tf32 dots
             _run_case(case, "cuda", torch.bfloat16, 2e-2)
+            _run_case(case, "cuda", torch.bfloat16, 2e-2, torch.float8_e4m3fn)
         return
     code = ("import sys; sys.path.insert(0, %r); import test_triton_attention as t\n"
-            "for c in t.CASES: t._run_case(c, 'cpu', torch.float32, 1e-4)\n" % HERE)
+            "for c in t.CASES: t._run_case(c, 'cpu', torch.float32, 1e-4)\n"
+            "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n" % HERE)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", "import torch\n" + code], env=env, capture_output=True,
                           text=True, timeout=600)

@@ -16,7 +16,7 @@ from radixlm.forward_batch import ForwardBatch, ForwardMode
 
 @dataclass
 class _DecodeMeta:
-    """Padded view of a decode batch: slot indices [B, Lmax] and an additive mask [B, 1, 1, Lmax]."""
+    """Padded view of a decode batch: slot indices [B, Lmax] and a boolean mask [B, 1, 1, Lmax] (True = attend)."""
 
     slots: torch.Tensor
     mask: torch.Tensor
@@ -49,10 +49,7 @@ class TorchNativeBackend(AttentionBackend):
         arange = torch.arange(max_len, device=rows.device)
         valid = arange[None, :] < batch.seq_lens[:, None]
         slots = torch.where(valid, rows, torch.zeros_like(rows))
-        dtype = self.pool.k_buffers[0].dtype
-        mask = torch.zeros(valid.shape, dtype=dtype, device=rows.device)
-        mask.masked_fill_(~valid, float("-inf"))
-        return _DecodeMeta(slots=slots, mask=mask[:, None, None, :])
+        return _DecodeMeta(slots=slots, mask=valid[:, None, None, :])  # boolean: any KV dtype
 
     def _extend_meta(self, batch: ForwardBatch) -> _ExtendMeta:
         slots, masks = [], []

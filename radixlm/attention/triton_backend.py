@@ -12,6 +12,7 @@ import torch
 
 from radixlm.attention.base import AttentionBackend
 from radixlm.attention.triton_kernels import decode_attention, extend_attention
+from radixlm.device_copy import to_device
 from radixlm.forward_batch import ForwardBatch, ForwardMode
 from radixlm.mem_cache.kv_pool import KVPool
 
@@ -41,9 +42,9 @@ class TritonBackend(AttentionBackend):
         for n in ext[:-1]:
             starts.append(starts[-1] + n)
         batch.attn_metadata = _ExtendMeta(
-            q_start=torch.tensor(starts, dtype=torch.int64, device=device),
-            prefix_lens=torch.tensor(batch.extend_prefix_lens_cpu, dtype=torch.int64, device=device),
-            ext_lens=torch.tensor(ext, dtype=torch.int64, device=device),
+            q_start=to_device(starts, device),
+            prefix_lens=to_device(batch.extend_prefix_lens_cpu, device),
+            ext_lens=to_device(ext, device),
             max_ext=max(ext))
 
     def forward_extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,

@@ -1,13 +1,16 @@
 """Owns every KV slot: the allocator, the request-to-token table and the radix tree.
 
 Invariant (checked by `check_no_leak` when idle): every usable slot is in exactly one of
-the free list, a running request's own range, or the radix tree.
+the free list, a running request's own range, or the radix tree. A request's slots are kept on
+the host too (`req.kv_slots`, equal to its table row's first `kv_len` entries), so no
+bookkeeping ever reads the device table back (that would wait for the GPU).
 """
 
 from __future__ import annotations
 
 import torch
 
+from radixlm.device_copy import to_device
 from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
 from radixlm.scheduler.request import Req
@@ -37,7 +40,7 @@ class KVCacheManager:
         match = self.tree.match_prefix(req.fill_ids[:max_len])
         self.tree.inc_lock_ref(match.last_node)
         req.last_node, req.tree_len, req.kv_len = match.last_node, len(match.values), len(match.values)
-        req.prefix_slots = match.values
+        req.kv_slots = list(match.values)
         req.last_slot = match.values[-1] if match.values else 0
 
     def assign_row(self, req: Req) -> bool:
@@ -49,7 +52,7 @@ class KVCacheManager:
             return False
         req.req_pool_idx = idx
         if req.tree_len:
-            self.req_pool.table[req.req_pool_idx, :req.tree_len] = torch.tensor(req.prefix_slots)
+            self.req_pool.table[req.req_pool_idx, :req.tree_len] = self._dev(req.kv_slots)
         return True
 
     def alloc_tokens(self, req: Req, count: int) -> list[int] | None:
@@ -57,7 +60,7 @@ class KVCacheManager:
         start = req.kv_len
         slots = self._alloc(req, count)
         if slots is not None:
-            self.req_pool.table[req.req_pool_idx, start:start + count] = torch.tensor(slots)
+            self.req_pool.table[req.req_pool_idx, start:start + count] = self._dev(slots)
         return slots
 
     def alloc_decode(self, reqs: list[Req]) -> None:
@@ -71,9 +74,7 @@ class KVCacheManager:
             rows.append(req.req_pool_idx)
             cols.append(req.kv_len - 1)
             slots.append(got[0])
-        device = self.req_pool.table.device
-        index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
-        self.req_pool.table[index] = torch.tensor(slots, device=device)
+        self.req_pool.table[(self._dev(rows), self._dev(cols))] = self._dev(slots)
 
     def _alloc(self, req: Req, count: int) -> list[int] | None:
         slots = self.allocator.alloc(req.last_slot, req.kv_len, count)
@@ -82,6 +83,7 @@ class KVCacheManager:
             slots = self.allocator.alloc(req.last_slot, req.kv_len, count)
         if slots:
             req.kv_len += count
+            req.kv_slots.extend(slots)
             req.last_slot = slots[-1]
         return slots
 
@@ -106,19 +108,24 @@ class KVCacheManager:
         self._drop(req)
 
     # -- internals -------------------------------------------------------------
+    def _dev(self, values: list[int]) -> torch.Tensor:
+        """Values for the request-to-token table, copied without waiting for the device."""
+        return to_device(values, self.req_pool.table.device)
+
     def _insert(self, req: Req) -> None:
         n = req.kv_len - req.kv_len % self.page_size
         if n <= req.tree_len:
             return
         row = self.req_pool.table[req.req_pool_idx]
-        slots = row[:n].tolist()
+        slots = req.kv_slots[:n]
         present = self.tree.insert(req.fill_ids[:n], slots)
         if self.tree.disable:
             return
         # Slots between the old tree prefix and what the tree already had are duplicates we own.
         self.allocator.free(slots[req.tree_len:present])
         match = self.tree.match_prefix(req.fill_ids[:n])
-        row[:len(match.values)] = torch.tensor(match.values)
+        row[:len(match.values)] = self._dev(match.values)
+        req.kv_slots[:len(match.values)] = match.values
         self.tree.dec_lock_ref(req.last_node)
         self.tree.inc_lock_ref(match.last_node)
         req.last_node, req.tree_len = match.last_node, len(match.values)
@@ -127,7 +134,7 @@ class KVCacheManager:
 
     def _free_own(self, req: Req) -> None:
         if req.kv_len > req.tree_len:
-            self.allocator.free(self.req_pool.table[req.req_pool_idx, req.tree_len:req.kv_len].tolist())
+            self.allocator.free(req.kv_slots[req.tree_len:req.kv_len])
 
     def _drop(self, req: Req) -> None:
         if req.last_node is not None:
@@ -135,6 +142,7 @@ class KVCacheManager:
         if req.req_pool_idx is not None:
             self.req_pool.free(req.req_pool_idx)
         req.req_pool_idx, req.last_node, req.tree_len, req.kv_len = None, None, 0, 0
+        req.kv_slots = []
 
     def flush(self) -> bool:
         """Drop the whole tree when nothing is running; returns whether it did."""

@@ -31,6 +31,15 @@ class KVPool:
         return 2 * len(self.k_buffers) * k.shape[1] * k.shape[2] * k.element_size()
 
 
+KV_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def kv_cache_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The pool's storage dtype for `--kv-cache-dtype` (`auto`: the model's). fp8 entries are
+    stored unscaled (scale 1.0): values are cast on write and cast back to the query's dtype on read."""
+    return model_dtype if name == "auto" else KV_DTYPES[name]
+
+
 class SlotAllocator:
     """Hands out KV slots page by page. Invariant: a page is either free or handed out, and
     `available_size()` counts free slots (whole free pages times page_size)."""

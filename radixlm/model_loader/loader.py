@@ -12,7 +12,9 @@ from torch import nn
 from tqdm import tqdm
 
 from radixlm.attention.base import AttentionBackend
-from radixlm.models.registry import resolve_model_class, resolve_model_impl
+from radixlm.distributed.group import TPGroup
+from radixlm.layers.linear import AttentionHeads, split_evenly
+from radixlm.models.registry import resolve_model_class, resolve_model_impl, supported_architectures
 
 logger = logging.getLogger(__name__)
 
@@ -78,29 +80,50 @@ def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
 
 def build_model(config: Any, backend: AttentionBackend, model_path: str, load_format: str,
                 dtype: torch.dtype, device: torch.device, seed: int = 0, model_impl: str = "auto",
-                trust_remote_code: bool = False, context_len: Optional[int] = None) -> nn.Module:
+                trust_remote_code: bool = False, context_len: Optional[int] = None,
+                tp: Optional[TPGroup] = None) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
     `model_impl` picks radixlm's native class or the Transformers backend (registry.resolve_model_impl);
-    the latter refuses models it cannot run exactly for sequences of up to `context_len` tokens."""
+    the latter refuses models it cannot run exactly for sequences of up to `context_len` tokens,
+    and tensor parallelism. With `tp`, only this rank's shard is built and read from the checkpoint."""
+    tp = tp or TPGroup.single()
+    check_tensor_parallel(config, model_impl, tp.size)
     architectures = getattr(config, "architectures", None) or []
-    if resolve_model_impl(architectures, model_impl) == "transformers":
+    native = resolve_model_impl(architectures, model_impl) != "transformers"
+    if native:
+        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp)
+    else:
         from radixlm.models.transformers_backend import TransformersForCausalLM
 
         model = TransformersForCausalLM.create(config, backend, dtype, device, trust_remote_code, context_len)
-    else:
-        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device)
     if load_format == "dummy":
         _init_dummy(model, seed)
     else:
-        model.load_weights(iter_weights(model_path, load_format))
+        model.load_weights(iter_weights(model_path, load_format, lazy=native))
     return model.eval()
 
 
+def check_tensor_parallel(config: Any, model_impl: str, tp_size: int) -> None:
+    """ValueError naming what to change when the model cannot be split `tp_size` ways (cheap:
+    the front calls it before starting any process)."""
+    if tp_size == 1:
+        return
+    architectures = getattr(config, "architectures", None) or []
+    if model_impl == "transformers" or not set(architectures) & set(supported_architectures()):
+        raise ValueError(
+            f"tp_size={tp_size}: the Transformers backend (model_impl='transformers', or 'auto' for "
+            f"{architectures}) runs with tp_size=1 only; tensor parallelism needs a native model "
+            f"({', '.join(supported_architectures())})"
+        )
+    AttentionHeads.split(config.num_attention_heads, kv_heads_of(config), TPGroup(0, tp_size))
+    split_evenly(config.intermediate_size, TPGroup(0, tp_size), "intermediate_size")
+
+
 def _build_native(cls: type, config: Any, backend: AttentionBackend, dtype: torch.dtype,
-                  device: torch.device) -> nn.Module:
+                  device: torch.device, tp: TPGroup) -> nn.Module:
     with torch.device("meta"):
-        model = cls(config, backend)
+        model = cls(config, backend, tp)
     model = model.to(dtype=dtype).to_empty(device=device)
     for module in model.modules():
         if hasattr(module, "init_cache"):
@@ -108,8 +131,23 @@ def _build_native(cls: type, config: Any, backend: AttentionBackend, dtype: torc
     return model
 
 
-def iter_weights(model_path: str, load_format: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for every tensor of the checkpoint."""
+class LazySlice:
+    """A safetensors tensor not read yet: `shape`, `narrow` (reads only that range) and `full`."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.shape = tuple(handle.get_shape())
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        return self._handle[(slice(None),) * dim + (slice(start, start + length),)]
+
+    def full(self) -> torch.Tensor:
+        return self._handle[:]
+
+
+def iter_weights(model_path: str, load_format: str, lazy: bool = False) -> Iterator[tuple[str, Any]]:
+    """(HF name, tensor) for every tensor of the checkpoint; with `lazy`, safetensors tensors come
+    as `LazySlice`s so a tensor-parallel rank reads only its shard (GGUF tensors are always full)."""
     if is_gguf(model_path) or load_format == "gguf":
         from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
@@ -124,7 +162,7 @@ def iter_weights(model_path: str, load_format: str) -> Iterator[tuple[str, torch
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in tqdm(list(f.keys()), desc=f"Loading {os.path.basename(file)}", leave=False):
-                yield name, f.get_tensor(name)
+                yield name, LazySlice(f.get_slice(name)) if lazy else f.get_tensor(name)
 
 
 def _init_dummy(model: nn.Module, seed: int) -> None:

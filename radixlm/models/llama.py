@@ -1,7 +1,9 @@
 """Llama family (Llama 2/3, Mistral; base of Qwen2/Qwen3): one readable file.
 
 q/k/v and gate/up projections are fused into single matmuls; `load_weights` takes the
-Hugging Face tensor names and copies each shard into its slice.
+Hugging Face tensor names and copies each shard into its slice. With tensor parallelism
+(`tp`), attention heads and MLP columns are split across ranks (see `radixlm.layers.linear`);
+each rank loads only its shard.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import torch
 from torch import nn
 
 from radixlm.attention.base import AttentionBackend
+from radixlm.distributed.group import TPGroup
 from radixlm.forward_batch import ForwardBatch
 from radixlm.layers.basic import RMSNorm, RotaryEmbedding, fused_silu_and_mul, silu_and_mul, use_fused_kernels
+from radixlm.layers.linear import (AttentionHeads, ColumnParallelLinear, QKVParallelLinear, copy_checked, lm_head,
+                                   logits_fn, row_parallel_linear, vocab_parallel_embedding, whole)
 
 
 def _rope_parameters(config: Any) -> dict[str, Any]:
@@ -33,18 +38,17 @@ class LlamaAttention(nn.Module):
     qkv_bias = False  # Qwen2 turns this on.
     qk_norm = False  # Qwen3 turns this on.
 
-    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend) -> None:
+    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend, tp: TPGroup) -> None:
         super().__init__()
         self.layer_id, self.backend = layer_id, backend
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        heads = AttentionHeads.split(config.num_attention_heads, config.num_key_value_heads, tp)
+        self.num_heads, self.num_kv_heads = heads.num_heads, heads.num_kv_heads  # this rank's
         self.head_dim = head_dim_of(config)
         self.scale = self.head_dim ** -0.5
         bias = getattr(config, "attention_bias", False) or self.qkv_bias
-        qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias=bias)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, heads, bias, tp)
         o_bias = getattr(config, "attention_bias", False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=o_bias)
+        self.o_proj = row_parallel_linear(config.num_attention_heads * self.head_dim, config.hidden_size, o_bias, tp)
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -66,11 +70,12 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """Gated SiLU MLP with the gate and up projections in one matmul."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, tp: TPGroup) -> None:
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        size = config.intermediate_size
+        self.gate_up_proj = ColumnParallelLinear(config.hidden_size, [size, size], bias, tp)
+        self.down_proj = row_parallel_linear(size, config.hidden_size, bias, tp)
         self.act = silu_and_mul
 
     def init_cache(self, device: torch.device) -> None:
@@ -83,10 +88,10 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     attention_cls = LlamaAttention
 
-    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend) -> None:
+    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend, tp: TPGroup) -> None:
         super().__init__()
-        self.self_attn = self.attention_cls(config, layer_id, backend)
-        self.mlp = LlamaMLP(config)
+        self.self_attn = self.attention_cls(config, layer_id, backend, tp)
+        self.mlp = LlamaMLP(config, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -105,10 +110,10 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     layer_cls = LlamaDecoderLayer
 
-    def __init__(self, config: Any, backend: AttentionBackend) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(self.layer_cls(config, i, backend) for i in range(config.num_hidden_layers))
+        self.embed_tokens = vocab_parallel_embedding(config.vocab_size, config.hidden_size, tp)
+        self.layers = nn.ModuleList(self.layer_cls(config, i, backend, tp) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -131,24 +136,28 @@ class LlamaForCausalLM(nn.Module):
 
     model_cls = LlamaModel
 
-    def __init__(self, config: Any, backend: AttentionBackend) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup | None = None) -> None:
         super().__init__()
+        tp = tp or TPGroup.single()
         self.config = config
-        self.model = self.model_cls(config, backend)
+        self.model = self.model_cls(config, backend, tp)
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
         if not self.tied:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = lm_head(config.vocab_size, config.hidden_size, tp)
+        self._logits = logits_fn(config.vocab_size, tp)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.model(input_ids, positions, batch)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
-        return torch.matmul(hidden, weight.t()).float()
+        return self._logits(hidden, weight)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into our (partly fused) parameters; every parameter must be set."""
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """Copy HF-named tensors (full tensors or lazy slices) into our (partly fused, possibly
+        tensor-parallel) parameters, each layer taking its rank's shard; every parameter must be set."""
         params = dict(self.named_parameters())
+        modules = dict(self.named_modules())
         loaded: set[str] = set()
         for name, tensor in weights:
             if "rotary_emb" in name or (self.tied and name.startswith("lm_head.")):
@@ -156,7 +165,12 @@ class LlamaForCausalLM(nn.Module):
             target, shard = self._target(name)
             if target not in params:
                 raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
-            _copy_shard(params[target], tensor, shard, self._shard_sizes(target))
+            module_name, attr = target.rsplit(".", 1)
+            module = modules[module_name]
+            if hasattr(module, "load_shard"):
+                module.load_shard(attr, tensor, shard)
+            else:
+                copy_checked(params[target], whole(tensor), name)
             loaded.add(name if shard is None else f"{target}#{shard}")
         self._check_complete(params, loaded)
 
@@ -165,13 +179,6 @@ class LlamaForCausalLM(nn.Module):
             if hf in name:
                 return name.replace(hf, ours), shard
         return name, None
-
-    def _shard_sizes(self, target: str) -> list[int]:
-        cfg = self.config
-        if ".qkv_proj." in target:
-            d = head_dim_of(cfg)
-            return [cfg.num_attention_heads * d, cfg.num_key_value_heads * d, cfg.num_key_value_heads * d]
-        return [cfg.intermediate_size, cfg.intermediate_size]
 
     def _check_complete(self, params: dict[str, nn.Parameter], loaded: set[str]) -> None:
         missing = []
@@ -182,20 +189,6 @@ class LlamaForCausalLM(nn.Module):
             missing += [k for k in keys if k not in loaded]
         if missing:
             raise ValueError(f"checkpoint is missing tensors for: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-
-
-def _copy_shard(param: nn.Parameter, tensor: torch.Tensor, shard: int | None, sizes: list[int]) -> None:
-    with torch.no_grad():
-        if shard is None:
-            if param.shape != tensor.shape:
-                raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(tensor.shape)}")
-            param.copy_(tensor)
-            return
-        start = sum(sizes[:shard])
-        dest = param.narrow(0, start, sizes[shard])
-        if dest.shape != tensor.shape:
-            raise ValueError(f"shape mismatch: shard {tuple(dest.shape)} vs checkpoint {tuple(tensor.shape)}")
-        dest.copy_(tensor)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from radixlm.device_copy import to_device
 from radixlm.forward_batch import ForwardBatch, ForwardMode
 from radixlm.scheduler.request import Req
 
@@ -53,13 +54,19 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
         ForwardMode.EXTEND, items, ids, positions, torch.cat(locs), logit_idx, req_to_token, device), rows)
 
 
-def build_decode(reqs: list[Req], req_to_token: torch.Tensor, device: torch.device) -> ScheduledBatch:
-    """One token per request: the last token of each, whose slot was just allocated."""
+def build_decode(reqs: list[Req], req_to_token: torch.Tensor, device: torch.device,
+                 token_buf: torch.Tensor) -> ScheduledBatch:
+    """One token per request: the last token of each, whose slot was just allocated. A last
+    token still being sampled on the device (a placeholder, id < 0) is read from
+    `token_buf[req_pool_idx]`, where the sampler puts it, without waiting for the host."""
     items = [ExtendItem(req, req.seq_len - 1, 1, True) for req in reqs]
     ids = [req.last_token for req in reqs]
     positions = [req.seq_len - 1 for req in reqs]
-    pool_idx = torch.tensor([req.req_pool_idx for req in reqs], device=device)
-    locs = req_to_token[pool_idx, torch.tensor(positions, device=device)]
+    pool_idx = to_device([req.req_pool_idx for req in reqs], device)
+    locs = req_to_token[pool_idx, to_device(positions, device)]
+    if any(req.pending_tokens for req in reqs):
+        host_ids = to_device(ids, device)
+        ids = torch.where(host_ids < 0, token_buf[pool_idx], host_ids)
     rows = [{pos: i} for i, pos in enumerate(positions)]
     fb = _forward_batch(ForwardMode.DECODE, items, ids, positions, locs, list(range(len(reqs))), req_to_token, device)
     return ScheduledBatch(ForwardMode.DECODE, items, fb, rows)
@@ -76,20 +83,20 @@ def build_multi_token_decode(reqs: list[Req], starts: list[int], req_to_token: t
     return ScheduledBatch(ForwardMode.DECODE, batch.items, batch.forward, batch.logit_rows)
 
 
-def _forward_batch(mode: ForwardMode, items: list[ExtendItem], ids: list[int], positions: list[int],
+def _forward_batch(mode: ForwardMode, items: list[ExtendItem], ids: list[int] | torch.Tensor, positions: list[int],
                    locs: torch.Tensor, logit_idx: list[int], req_to_token: torch.Tensor,
                    device: torch.device) -> ForwardBatch:
     seq_lens = [item.start + item.length for item in items]
     return ForwardBatch(
         mode=mode,
-        input_ids=torch.tensor(ids, dtype=torch.int64, device=device),
-        positions=torch.tensor(positions, dtype=torch.int64, device=device),
+        input_ids=ids if isinstance(ids, torch.Tensor) else to_device(ids, device),
+        positions=to_device(positions, device),
         out_cache_loc=locs,
-        req_pool_indices=torch.tensor([item.req.req_pool_idx for item in items], device=device),
-        seq_lens=torch.tensor(seq_lens, device=device),
+        req_pool_indices=to_device([item.req.req_pool_idx for item in items], device),
+        seq_lens=to_device(seq_lens, device),
         seq_lens_cpu=seq_lens,
         extend_prefix_lens_cpu=[item.start for item in items],
         extend_seq_lens_cpu=[item.length for item in items],
-        logit_indices=torch.tensor(logit_idx, dtype=torch.int64, device=device),
+        logit_indices=to_device(logit_idx, device),
         req_to_token=req_to_token,
     )

@@ -2,28 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 
 from radixlm.constrained.structured import StructuredOutput, build_structured_output
+from radixlm.device_copy import to_device
 from radixlm.io_struct import ReqOutput
 from radixlm.sampling.sampler import apply_penalties_and_bias, sample
 from radixlm.sampling.sampling_batch import SamplingBatch
 from radixlm.scheduler.batch import ScheduledBatch
+from radixlm.scheduler.host_copy import make_host_copy
 from radixlm.scheduler.request import Req
 from radixlm.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher
 
 
+PLACEHOLDER = -1  # an output id sampled on the device whose value the host has not read yet
+
+
+@dataclass
+class LaunchedBatch:
+    """A batch whose forward and sampling are queued: `next_ids()` waits for the sampled ids."""
+
+    batch: ScheduledBatch
+    logits: torch.Tensor
+    takers: list[Req]
+    raw: Optional[torch.Tensor]
+    next_ids: Callable[[], list[int]]
+
+
 class OutputProcessor:
     """Owns the per-request text state. Logprobs are those of the model's raw distribution
-    (log-softmax of the logits, before penalties and temperature)."""
+    (log-softmax of the logits, before penalties and temperature).
+
+    Sampling is split in two so the scheduler can overlap host work with the device: `launch`
+    queues the sampling and appends a placeholder per request, `finish` (possibly after the
+    next batch was launched) reads the ids and does everything that needs their values."""
 
     def __init__(self, tokenizer: Any, eos_ids: set[int], vocab_size: int, context_len: int,
                  device: torch.device, structured: Optional[StructuredOutput] = None) -> None:
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.vocab_size, self.context_len, self.device = vocab_size, context_len, device
         self.structured = structured or build_structured_output(tokenizer, vocab_size, eos_ids, jump_forward=False)
+        self.host_copy = make_host_copy(device)
 
     def init_req(self, req: Req) -> None:
         p = req.params
@@ -32,25 +54,50 @@ class OutputProcessor:
         stops = p.stop if isinstance(p.stop, list) else ([p.stop] if p.stop else [])
         req.stop_matcher = StopStringMatcher(stops)
 
-    def process(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
-        """Append one sampled token to every item that samples; set finish reasons."""
-        for item, rows in zip(batch.items, batch.logit_rows):
-            if item.logit_positions:
-                self._prompt_logprobs(item.req, item.logit_positions, rows, logits)
+    def launch(self, batch: ScheduledBatch, logits: torch.Tensor, token_buf: torch.Tensor) -> "LaunchedBatch":
+        """Sample on the device for every item that samples, without waiting for the result:
+        the ids go to `token_buf[req_pool_idx]` (where the next decode reads its input) and
+        start their copy to the host; each sampling request gets a placeholder token."""
         takers = [(item.req, rows[item.start + item.length - 1]) for item, rows in zip(batch.items, batch.logit_rows)
                   if item.sample]
-        if not takers:
-            return
         reqs = [r for r, _ in takers]
-        raw = logits[torch.tensor([row for _, row in takers], device=logits.device)]
-        next_ids = self._sample(reqs, raw).tolist()
-        logprobs = torch.log_softmax(raw, dim=-1) if any(r.return_logprob for r in reqs) else None
-        for i, (req, token) in enumerate(zip(reqs, next_ids)):
+        if not takers:
+            return LaunchedBatch(batch, logits, reqs, None, list)
+        raw = logits[to_device([row for _, row in takers], logits.device)]
+        ids = self._sample(reqs, raw)
+        token_buf[to_device([r.req_pool_idx for r in reqs], token_buf.device)] = ids
+        for req in reqs:
+            if req.params.max_new_tokens > 0:
+                req.output_ids.append(PLACEHOLDER)
+                req.pending_tokens += 1
+        return LaunchedBatch(batch, logits, reqs, raw, self.host_copy(ids))
+
+    def finish(self, launched: "LaunchedBatch", next_ids: list[int]) -> list[Any]:
+        """Append the sampled ids (`launched.next_ids()`, replacing placeholders), record logprobs
+        and set finish reasons. Returns the batch's items whose request had not finished before:
+        a request that finished while this batch ran (overlap) is skipped, its token dropped."""
+        batch, logits = launched.batch, launched.logits
+        live = [(item, rows) for item, rows in zip(batch.items, batch.logit_rows) if not item.req.finished]
+        for item, rows in live:
+            if item.logit_positions:
+                self._prompt_logprobs(item.req, item.logit_positions, rows, logits)
+        want_lp = any(r.return_logprob and not r.finished for r in launched.takers)
+        logprobs = torch.log_softmax(launched.raw, dim=-1) if want_lp else None
+        for i, (req, token) in enumerate(zip(launched.takers, next_ids)):
+            if req.finished:
+                continue
             if req.params.max_new_tokens == 0:  # prefill only (e.g. prompt logprobs): keep no token
                 req.finished_reason = {"type": "length", "length": 0}
                 continue
+            later = req.pending_tokens - 1  # placeholders of batches launched after this one
+            del req.output_ids[len(req.output_ids) - req.pending_tokens:]
+            req.pending_tokens = 0
             tokens = self.structured.advance(req, token)
             self._append_all(req, tokens, logprobs[i] if logprobs is not None and req.return_logprob else None)
+            if not req.finished and later:
+                req.output_ids.extend([PLACEHOLDER] * later)
+                req.pending_tokens = later
+        return [item for item, _ in live]
 
     def _append_all(self, req: Req, tokens: list[int], lp: Optional[torch.Tensor]) -> None:
         """Append the sampled token and any jump-forward tokens after it (forced tokens have no
@@ -118,8 +165,9 @@ class OutputProcessor:
             return None
         text = self._visible_text(req)
         delta_text = text[req.sent_text_len:]
-        new_ids = req.output_ids[req.sent_ids:]
-        req.sent_text_len, req.sent_ids = len(text), len(req.output_ids)
+        known = len(req.output_ids) - req.pending_tokens
+        new_ids = req.output_ids[req.sent_ids:known]
+        req.sent_text_len, req.sent_ids = len(text), known
         return ReqOutput(req.rid, new_ids, delta_text, req.finished_reason, self._meta(req))
 
     def _visible_text(self, req: Req) -> str:
@@ -138,7 +186,7 @@ class OutputProcessor:
         meta = {
             "id": req.rid,
             "prompt_tokens": len(req.origin_input_ids),
-            "completion_tokens": len(req.output_ids),
+            "completion_tokens": len(req.output_ids) - req.pending_tokens,
             "cached_tokens": req.cached_tokens,
             "finish_reason": req.finished_reason,
         }

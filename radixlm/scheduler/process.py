@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Optional
 
 from radixlm.constrained.manager import GrammarManager
 from radixlm.constrained.router import GrammarRouter
@@ -14,15 +14,24 @@ from radixlm.io_struct import BatchOutput, RpcOutput, RpcReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
-from radixlm.model_runner import ModelRunner
+from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
+from radixlm.model_runner import LeaderRunner, ModelRunner
 from radixlm.scheduler.output import OutputProcessor
 from radixlm.scheduler.scheduler import Scheduler
+from radixlm.scheduler.watchdog import Watchdog
 from radixlm.server_args import ServerArgs
 
 
-def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None) -> Scheduler:
-    """Assemble runner, KV cache manager and output processor from the config."""
-    runner = ModelRunner(args, model_config)
+def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None,
+                    dist_init: Optional[DistInit] = None) -> Scheduler:
+    """Assemble runner, KV cache manager and output processor from the config. With `dist_init`
+    (tensor parallelism) this is rank 0: its runner mirrors every batch to the follower ranks."""
+    device = rank_device(args, 0)
+    tp = init_tp_group(dist_init, device)
+    if args.enable_p2p_check and device is not None:
+        check_p2p(0, ranks_per_node(args), device)
+    runner_cls = LeaderRunner if tp.size > 1 else ModelRunner
+    runner = runner_cls(args, model_config, tp, device)
     max_running = runner.max_running
     allocator = SlotAllocator(runner.pool.size, args.page_size)
     req_pool = runner.req_to_token_pool
@@ -33,33 +42,36 @@ def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_c
     grammars = GrammarManager(GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids),
                               runner.vocab_size)
     return Scheduler(runner, cache, outputs, max_running, args.max_prefill_tokens,
-                     args.chunked_prefill_size, args.schedule_policy, grammars)
+                     args.chunked_prefill_size, args.schedule_policy, grammars,
+                     overlap=not args.disable_overlap_schedule)
 
 
 def run_scheduler_process(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any,
-                          recv_conn: Connection, send_conn: Connection) -> None:
+                          recv_conn: Connection, send_conn: Connection, dist_init: Optional[DistInit] = None) -> None:
     """Reports ("ready", info) or ("error", traceback) first, then streams BatchOutput / RpcOutput."""
     logging.basicConfig(level=args.log_level.upper(), format="[radixlm scheduler] %(message)s")
     try:
-        scheduler = build_scheduler(args, tokenizer, eos_ids, model_config)
+        scheduler = build_scheduler(args, tokenizer, eos_ids, model_config, dist_init)
     except BaseException:  # report any start-up failure to the parent instead of dying silently
         send_conn.send(("error", traceback.format_exc()))
         return
     send_conn.send(("ready", scheduler.info()))
     try:
-        _loop(scheduler, recv_conn, send_conn)
+        _loop(scheduler, recv_conn, send_conn, Watchdog(args.watchdog_timeout))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        return
+        pass
     except BaseException:
         send_conn.send(("error", traceback.format_exc()))
         raise
+    scheduler.runner.close()  # tensor parallelism: stop the follower ranks (not after a crash: a peer may be gone)
 
 
-def _loop(scheduler: Scheduler, recv_conn: Connection, send_conn: Connection) -> None:
+def _loop(scheduler: Scheduler, recv_conn: Connection, send_conn: Connection, watchdog: Watchdog) -> None:
     while True:
         # Block only when idle, so running requests are never held up by an empty inbox.
         if not scheduler.has_work():
-            recv_conn.poll(None)
+            while not recv_conn.poll(scheduler.runner.heartbeat_s):  # timeout None (tp 1): wait for input
+                scheduler.runner.heartbeat()
         while recv_conn.poll(0):
             msg = recv_conn.recv()
             if isinstance(msg, RpcReq) and msg.method == "shutdown":
@@ -68,7 +80,8 @@ def _loop(scheduler: Scheduler, recv_conn: Connection, send_conn: Connection) ->
             answer = _safe_handle(scheduler, msg)
             if answer is not None:
                 send_conn.send(answer)
-        outputs = scheduler.step()
+        with watchdog.watch():  # a step stuck past --watchdog-timeout crashes the process loudly
+            outputs = scheduler.step()
         if outputs:
             send_conn.send(BatchOutput(outputs))
 

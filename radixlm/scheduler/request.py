@@ -53,7 +53,8 @@ class Req:
         self.sent_ids = 0
         self.output_text = ""
         self.num_retractions = 0
-        self.prefix_slots: list[int] = []
+        self.kv_slots: list[int] = []  # slot of each position < kv_len (host copy of its table row)
+        self.pending_tokens = 0  # placeholder ids at the end of output_ids: sampled on device, not yet read
         self.last_slot = 0  # slot of position kv_len-1 (pages continue from it)
         self.error: Optional[str] = None
         self.grammar: Any = None  # the request's matcher (radixlm.constrained) once compiled

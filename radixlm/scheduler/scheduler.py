@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Optional
 
+import torch
+
 from radixlm.constrained.manager import GrammarManager
 from radixlm.forward_batch import ForwardMode
 from radixlm.io_struct import AbortReq, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.model_runner import ModelRunner
 from radixlm.scheduler.batch import ScheduledBatch, build_decode, build_extend, build_multi_token_decode
-from radixlm.scheduler.output import OutputProcessor
+from radixlm.scheduler.output import LaunchedBatch, OutputProcessor
 from radixlm.scheduler.prefill import PrefillAdder, PrefillBudget, order_waiting
 from radixlm.scheduler.request import Req
+from radixlm.scheduler.step_timer import StepTimer
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +27,18 @@ GRAMMAR_POLL_S = 0.005  # how long an otherwise idle step waits for a grammar co
 class Scheduler:
     """Continuous batching over one model runner. Prefill has priority; otherwise every running
     request decodes one token per step. When decode runs out of KV, the newest requests are
-    retracted (their KV handed to the tree, themselves requeued) instead of failing."""
+    retracted (their KV handed to the tree, themselves requeued) instead of failing.
+
+    Overlap (on unless `overlap=False`): a step launches its batch before finishing the previous
+    one, so the host work of finishing batch N and building batch N+2 runs while the device
+    computes batch N+1. A request's newest token may then be a placeholder (its id is still on
+    the device, where the next decode reads it from `token_buf`). Requests whose next step
+    needs the value on the host (grammars, penalties) or a retraction turn overlap off for that
+    step: the previous batch is finished first."""
 
     def __init__(self, runner: ModelRunner, cache: KVCacheManager, outputs: OutputProcessor,
                  max_running: int, max_prefill_tokens: int, chunk_size: Optional[int], policy: str,
-                 grammars: GrammarManager) -> None:
+                 grammars: GrammarManager, overlap: bool = True) -> None:
         self.runner, self.cache, self.outputs, self.grammars = runner, cache, outputs, grammars
         self.max_running, self.max_prefill_tokens = max_running, max_prefill_tokens
         self.chunk_size, self.policy = chunk_size, policy
@@ -39,6 +49,11 @@ class Scheduler:
         self.num_retracted = 0
         self.num_forward_steps = 0
         self.pending: list[ReqOutput] = []
+        self.timer = StepTimer()
+        self.overlap = overlap
+        self.num_overlapped_steps = 0  # batches launched before the previous one was finished
+        self.inflight: Optional[LaunchedBatch] = None
+        self.token_buf = torch.zeros(cache.req_pool.table.shape[0], dtype=torch.int64, device=runner.device)
         self.rpc_handlers: dict[str, Callable[[], Any]] = {
             "flush_cache": self.cache.flush, "get_info": self.info, "check_leak": self.check_leak,
         }
@@ -49,8 +64,10 @@ class Scheduler:
         if isinstance(msg, TokenizedGenerateReq):
             self._add_request(msg)
         elif isinstance(msg, AbortReq):
+            self._finish_inflight()
             self.abort(msg.rid)
         elif isinstance(msg, RpcReq):
+            self._finish_inflight()
             handler = self.rpc_handlers.get(msg.method)
             if handler is None:
                 return RpcOutput(msg.call_id, error=f"unknown method {msg.method!r}")
@@ -106,21 +123,70 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked or self.grammars.num_pending())
+        return bool(self.waiting or self.running or self.chunked or self.grammars.num_pending()
+                    or self.inflight is not None)
 
     def step(self) -> list[ReqOutput]:
-        """Run at most one batch; returns the outputs to send."""
+        """Launch at most one batch and finish the previous one; returns the outputs to send."""
+        self.timer.start()
         self._take_compiled()
+        if self.inflight is not None and not self._may_overlap():
+            self._finish_inflight()
         batch = self._next_batch()
-        if batch is None and self.grammars.num_pending():
+        if batch is None and self.inflight is None and self.grammars.num_pending():
             self.grammars.wait(GRAMMAR_POLL_S)  # idle but for compiles: wait a little, do not spin
-        if batch is not None:
-            self.num_forward_steps += 1
-            logits = self.runner.forward(batch.forward)
-            self.outputs.process(batch, logits)
-            self._after(batch)
+        launched = self._launch(batch) if batch is not None else None
+        if launched is not None and self.inflight is not None:
+            self.num_overlapped_steps += 1
+        self._finish_inflight()  # on a GPU this host work overlaps `launched`
+        self.inflight = launched
+        if not self.overlap:
+            self._finish_inflight()
+        self.timer.mark("schedule")
+        self.timer.finish(batch.forward.mode.name.lower() if batch is not None else "idle",
+                          len(batch.items) if batch is not None else 0)
         out, self.pending = self.pending, []
         return out
+
+    def _launch(self, batch: ScheduledBatch) -> LaunchedBatch:
+        self.num_forward_steps += 1
+        self.timer.mark("schedule")
+        logits = self.runner.forward(batch.forward)
+        launched = self.outputs.launch(batch, logits, self.token_buf)
+        if batch.mode is ForwardMode.EXTEND:  # prefilled prompts are shareable from now on
+            for item in batch.items:
+                self.cache.cache_unfinished(item.req)
+                if item.sample and item.req.params.max_new_tokens > 0:
+                    self.running.append(item.req)
+        self.timer.mark("launch")
+        return launched
+
+    def _finish_inflight(self) -> None:
+        """Finish the launched batch, if any: read its tokens, set finish reasons, free the finished."""
+        if self.inflight is None:
+            return
+        launched, self.inflight = self.inflight, None
+        self.timer.mark("schedule")
+        next_ids = launched.next_ids()
+        self.timer.mark("device_wait")
+        live = self.outputs.finish(launched, next_ids)
+        for item in live:
+            req = item.req
+            if req.finished:
+                self.cache.cache_finished(req)
+                if req in self.running:
+                    self.running.remove(req)
+            out = self.outputs.make_output(req)
+            if out is not None:
+                self.pending.append(out)
+        self.timer.mark("process")
+
+    def _may_overlap(self) -> bool:
+        """True when the next batch can be built before the in-flight one is finished."""
+        if not self.overlap or not all(_lag_safe(r) for r in self.running):
+            return False
+        page = self.cache.page_size
+        return sum(_new_pages(r, page) for r in self.running) * page <= self.cache.available()
 
     def _take_compiled(self) -> None:
         """Requests whose grammar is ready join the waiting queue; failed compiles are refused (400)."""
@@ -147,7 +213,9 @@ class Scheduler:
             adder.add(chunked)
             if adder.chunked is None and not any(i.req is chunked for i in adder.items):
                 self.chunked = chunked  # could not extend it this step (no memory)
-        if adder.chunked is None:
+        if adder.chunked is None and self.chunked is None:
+            # Not while a half-done chunked request is waiting for memory: a newcomer chunked in
+            # its place would overwrite `self.chunked` and lose it (and its locked KV).
             for req in order_waiting(self.waiting, self.policy, self.cache):
                 if not adder.add(req):
                     break
@@ -165,52 +233,66 @@ class Scheduler:
         if not self.running:
             return None
         self._ensure_decode_memory()
+        if not self.running:
+            return None
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - RATIO_DECAY)
-        if any(r.seq_len - r.kv_len > 1 for r in self.running):
-            return self._multi_token_decode()
-        self.cache.alloc_decode(self.running)
-        return build_decode(self.running, self.cache.req_pool.table, self.runner.device)
+        reqs = [r for r in self.running if not self._surely_done(r)]
+        if not reqs:
+            return None  # every running request ends with the batch in flight
+        if any(r.seq_len - r.kv_len > 1 for r in reqs):
+            return self._multi_token_decode(reqs)
+        self.cache.alloc_decode(reqs)
+        return build_decode(reqs, self.cache.req_pool.table, self.runner.device, self.token_buf)
 
-    def _multi_token_decode(self) -> ScheduledBatch:
+    def _surely_done(self, req: Req) -> bool:
+        """A request whose placeholder token will end it by length: no need to decode it again."""
+        return req.pending_tokens > 0 and (len(req.output_ids) >= req.params.max_new_tokens
+                                           or req.seq_len >= self.runner.context_len)
+
+    def _multi_token_decode(self, reqs: list[Req]) -> ScheduledBatch:
         """Some running requests got several tokens at once (jump-forward): give every request
         slots for all its tokens without KV and run them in one step."""
-        starts = [r.kv_len for r in self.running]
-        for req in self.running:
+        starts = [r.kv_len for r in reqs]
+        for req in reqs:
             if self.cache.alloc_tokens(req, req.seq_len - req.kv_len) is None:
                 raise RuntimeError("KV pool exhausted during decode despite retraction")
-        return build_multi_token_decode(self.running, starts, self.cache.req_pool.table, self.runner.device)
+        return build_multi_token_decode(reqs, starts, self.cache.req_pool.table, self.runner.device)
 
     def _ensure_decode_memory(self) -> None:
-        """Retract the newest requests until every remaining one can get its next slot."""
+        """Retract the newest requests until every remaining one can get its next slot. When a
+        lone request still cannot, a half-done chunked prefill is holding the KV: retract that
+        one (its computed prefix stays cached). Failing that (the front refuses requests larger
+        than the pool) the lone request is aborted: never a crash."""
         page = self.cache.page_size
         while True:
             need = sum(_new_pages(r, page) for r in self.running) * page
-            if need <= self.cache.available() or len(self.running) <= 1:
+            if need <= self.cache.available():
                 return
-            req = self.running.pop()
-            self.cache.cache_finished(req)
-            req.num_retractions += 1
-            self.num_retracted += 1
-            self.waiting.insert(0, req)
-            self.new_token_ratio = min(1.0, self.new_token_ratio + 0.1)
-            logger.info("retracted request %s (KV pool full)", req.rid)
-
-    def _after(self, batch: ScheduledBatch) -> None:
-        """Cache prefilled prefixes, move requests between queues, free finished ones."""
-        for item in batch.items:
-            req = item.req
-            if req.finished:
-                self.cache.cache_finished(req)
-                if req in self.running:
-                    self.running.remove(req)
+            if len(self.running) > 1:
+                self._retract(self.running.pop())
+            elif self.chunked is not None:
+                chunked, self.chunked = self.chunked, None
+                self._retract(chunked)
             else:
-                if batch.mode is ForwardMode.EXTEND:
-                    self.cache.cache_unfinished(req)
-                    if item.sample:
-                        self.running.append(req)
-            out = self.outputs.make_output(req)
-            if out is not None:
-                self.pending.append(out)
+                self._abort_starved()
+                return
+
+    def _retract(self, req: Req) -> None:
+        """Give `req`'s KV to the tree (unlocked, so evictable) and requeue it first in line."""
+        self.cache.cache_finished(req)
+        req.num_retractions += 1
+        self.num_retracted += 1
+        self.waiting.insert(0, req)
+        self.new_token_ratio = min(1.0, self.new_token_ratio + 0.1)
+        logger.info("retracted request %s (KV pool full)", req.rid)
+
+    def _abort_starved(self) -> None:
+        req = self.running.pop()
+        logger.warning("aborted request %s: the KV pool has no slot for its next token", req.rid)
+        req.finished_reason = {"type": "abort", "message": "the KV pool is exhausted; request aborted",
+                               "status_code": 503}
+        self.cache.cache_finished(req)
+        self.pending.append(self.outputs.make_output(req) or _final(req))
 
     # -- control ---------------------------------------------------------------------
     def info(self) -> dict:
@@ -222,7 +304,11 @@ class Scheduler:
             "num_waiting_reqs": len(self.waiting),
             "num_retracted_reqs": self.num_retracted,
             "num_forward_steps": self.num_forward_steps,
+            "num_overlapped_steps": self.num_overlapped_steps,
             "num_grammar_pending_reqs": self.grammars.num_pending(),
+            "grammar_seconds": self.outputs.structured.seconds,
+            "grammar_masked_steps": self.outputs.structured.masked_steps,
+            "step_times": self.timer.summary(),
             "context_length": self.runner.context_len,
             "vocab_size": self.runner.vocab_size,
         }
@@ -238,8 +324,12 @@ def _new_pages(req: Req, page: int) -> int:
     """Pages `req` needs for its tokens without KV (one token in a plain decode)."""
     return -(-req.seq_len // page) - -(-req.kv_len // page)
 
-            "grammar_seconds": self.outputs.structured.seconds,
-            "grammar_masked_steps": self.outputs.structured.masked_steps,
+
+def _lag_safe(req: Req) -> bool:
+    """Can this request's next token be sampled before its previous one is read on the host?"""
+    p = req.params
+    return req.grammar is None and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
+
 
 def _final(req: Req) -> ReqOutput:
     return ReqOutput(req.rid, [], "", req.finished_reason, {"id": req.rid})

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radixlm.engine import Engine
 from radixlm.server.errors import error_response, install_error_handlers
+from radixlm.server.media import MediaPolicy
 from radixlm.server.metrics import Metrics
 from radixlm.server.native_api import native_router
 from radixlm.server.openai_chat import chat_router
@@ -22,11 +23,12 @@ OPEN_PATHS = {"/health"}  # reachable without the API key
 
 
 def create_app(engine: Engine, model_name: str, api_key: str | None = None,
-               max_payload_size: int = 32 << 20) -> FastAPI:
-    """One app per engine; all state lives in `ServerState`, none at module level."""
+               max_payload_size: int = 32 << 20, media: MediaPolicy = MediaPolicy()) -> FastAPI:
+    """One app per engine; all state lives in `ServerState`, none at module level. Every route
+    but /health (the OpenAPI schema and docs included) needs the API key when one is set."""
     app = FastAPI(title="radixlm", version="0.1.0")
     state = ServerState(engine=engine, model_name=model_name, metrics=Metrics(engine.get_server_info),
-                        api_key=api_key)
+                        api_key=api_key, media=media)
     app.state.radixlm = state
     install_error_handlers(app)
     app.add_middleware(_Guard, api_key=api_key, max_payload_size=max_payload_size)

@@ -61,6 +61,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _value(_: Request, exc: ValueError) -> JSONResponse:
         return error_response(400, str(exc))
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        return error_response(400, "the request is nested too deeply to process")
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")

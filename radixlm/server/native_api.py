@@ -21,6 +21,7 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.post("/generate")
     async def generate(body: GenerateRequest, request: Request) -> Any:
+        state.vet_images(_image_sources(body.image_data), "image_data")
         reqs, batched = state.make_requests(
             prompt=body.text, sampling_params=body.sampling_params, input_ids=body.input_ids,
             return_logprob=body.return_logprob, logprob_start_len=body.logprob_start_len,
@@ -60,9 +61,9 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> Response:
-        ok = engine.flush_cache()
-        return Response("Cache flushed.\n" if ok else "Cache not flushed: requests are running.\n",
-                        status_code=200 if ok else 400)
+        if not engine.flush_cache():
+            raise APIError(400, "cache not flushed: requests are running")
+        return Response("Cache flushed.\n", status_code=200)
 
     @router.post("/abort_request")
     async def abort_request(body: AbortRequest) -> Response:
@@ -111,6 +112,15 @@ async def _sse(state: ServerState, reqs: list, texts: bool) -> AsyncIterator[str
     except APIError as exc:
         yield sse_error(exc.status, exc.message)
     yield "data: [DONE]\n\n"
+
+
+def _image_sources(image_data: Any) -> list[Any]:
+    """SGLang's `image_data`: one source, a list, or a list per prompt; None entries skipped."""
+    if image_data is None:
+        return []
+    items = image_data if isinstance(image_data, list) else [image_data]
+    flat = [x for item in items for x in (item if isinstance(item, list) else [item])]
+    return [x for x in flat if x is not None]
 
 
 def _result(state: ServerState, acc: OutputAccumulator, texts: bool) -> dict:

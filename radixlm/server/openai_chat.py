@@ -23,7 +23,7 @@ def chat_router(state: ServerState) -> APIRouter:
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(state, body.model)
         prompt_ids = _render(state, body)
-        room = state.engine.info["context_length"] - len(prompt_ids)
+        room = state.token_room(len(prompt_ids))
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = sampling_params(body, max_tokens, room)
         _response_format(body, params)
@@ -44,6 +44,7 @@ def _render(state: ServerState, body: ChatCompletionRequest) -> list[int]:
     tokenizer = state.engine.tokenizer
     if tokenizer is None:
         raise APIError(400, "chat needs a tokenizer; the server runs with --skip-tokenizer-init")
+    state.vet_images([url for m in body.messages for url in _image_urls(m.content)], "messages")
     messages = [{"role": m.role, "content": _content(m.content)} for m in body.messages]
     try:
         text = apply_chat_template(tokenizer, messages, add_generation_prompt=not body.continue_final_message,
@@ -51,6 +52,18 @@ def _render(state: ServerState, body: ChatCompletionRequest) -> list[int]:
     except Exception as exc:  # template errors (jinja, bad roles) are the client's to fix
         raise APIError(400, f"could not apply the chat template: {exc}", "messages") from None
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _image_urls(content: Any) -> list[str]:
+    """The sources of a message's `image_url` parts (`{"url": ...}` or a bare string)."""
+    if not isinstance(content, list):
+        return []
+    urls = []
+    for part in content:
+        if part.get("type") == "image_url":
+            image = part.get("image_url")
+            urls.append(image.get("url") if isinstance(image, dict) else image)
+    return urls
 
 
 def _content(content: Any) -> str:

@@ -27,7 +27,7 @@ def sampling_params(body: _SamplingExtras, max_tokens: Optional[int], context_ro
                             "(which must also hold at least one generated token)", "prompt")
     if max_tokens is not None and max_tokens > context_room:
         raise APIError(400, f"max_tokens={max_tokens} does not fit: the prompt leaves room for "
-                            f"{context_room} tokens in the context", "max_tokens")
+                            f"{context_room} tokens in the context and KV pool", "max_tokens")
     params: dict[str, Any] = {
         "max_new_tokens": max_tokens if max_tokens is not None else context_room,
         "temperature": 1.0 if body.temperature is None else body.temperature,

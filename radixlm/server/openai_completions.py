@@ -22,7 +22,7 @@ def completions_router(state: ServerState) -> APIRouter:
     async def completions(body: CompletionRequest, request: Request) -> Any:
         check_model(state, body.model)
         prompts = _prompt_ids(state, body.prompt)
-        room = state.engine.info["context_length"] - max(len(p) for p in prompts)
+        room = state.token_room(max(len(p) for p in prompts))
         params = sampling_params(body, body.max_tokens, room)
         want_lp = body.logprobs is not None
         reqs, _ = state.make_requests(

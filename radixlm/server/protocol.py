@@ -4,11 +4,39 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> "_Body":
+        """JSON may carry lone surrogates (e.g. "\\ud800"), which no tokenizer can encode."""
+        for name, value in self:
+            if not _encodable(value):
+                raise ValueError(f"{name} holds text that is not valid Unicode (a lone surrogate)")
+        return self
+
+
+def _encodable(value: Any) -> bool:
+    """Iterative, so arbitrarily deep JSON cannot overflow the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, BaseModel):
+            stack.extend(v for _, v in item)
+    return True
 
 
 class GenerateRequest(_Body):
@@ -23,6 +51,7 @@ class GenerateRequest(_Body):
     top_logprobs_num: Optional[Union[int, list[int]]] = None
     return_text_in_logprobs: bool = False
     rid: Optional[Union[str, list[str]]] = None
+    image_data: Optional[Union[str, list[Any]]] = None  # vetted by the media policy, then refused: text-only
 
 
 class StreamOptions(_Body):

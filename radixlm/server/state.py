@@ -4,6 +4,7 @@ records metrics and aborts requests whose client went away."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
@@ -13,7 +14,10 @@ from fastapi import Request
 from radixlm.engine import Engine
 from radixlm.io_struct import TokenizedGenerateReq
 from radixlm.request_output import OutputAccumulator, RequestFailed
+from radixlm.runtime_client import SchedulerDied
 from radixlm.server.errors import APIError
+from radixlm.server.limits import check_sampling_limits
+from radixlm.server.media import MediaPolicy, MediaRejected, vet_images
 from radixlm.server.metrics import Metrics
 
 
@@ -23,27 +27,64 @@ class ServerState:
     model_name: str
     metrics: Metrics
     api_key: Optional[str] = None
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     created: int = field(default_factory=lambda: int(time.time()))
+    in_flight: set[str] = field(default_factory=set)  # request ids being served (for abort_all)
+    _flight_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def abort_all(self) -> int:
+        """Abort every request being served (server shutdown): each ends with finish_reason
+        "abort" instead of being cut off. Returns how many were aborted."""
+        with self._flight_lock:
+            rids = list(self.in_flight)
+        for rid in rids:
+            self.engine.client.abort(rid)
+        return len(rids)
+
+    def token_room(self, prompt_len: int) -> int:
+        """How many tokens a prompt of `prompt_len` leaves for output: bounded by the context and,
+        when it is smaller, the KV pool (a longer request could never finish)."""
+        info = self.engine.info
+        return min(info["context_length"], info["max_total_num_tokens"]) - prompt_len
+
+    def vet_images(self, urls: list[str], param: str) -> None:
+        """400 for an image source the media policy refuses, and for any image at all while the
+        served model is text-only. Never reads a file or opens a connection."""
+        try:
+            vet_images(self.media, urls)
+        except MediaRejected as exc:
+            raise APIError(400, str(exc), param) from None
 
     def make_requests(self, **kwargs: Any) -> tuple[list[TokenizedGenerateReq], bool]:
-        """Engine.make_requests with ValueError turned into a 400."""
+        """Engine.make_requests after the front's limits (see `limits`), ValueError turned into a 400."""
         try:
+            check_sampling_limits(kwargs.get("sampling_params"))
             return self.engine.make_requests(**kwargs)
         except (ValueError, TypeError) as exc:
             raise APIError(400, str(exc)) from None
+        except RecursionError:
+            raise APIError(400, "the request is nested too deeply to process") from None
 
     async def stream(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[tuple[int, OutputAccumulator]]:
         """Yield (request index, accumulator) per message, recording metrics; the engine aborts
-        unfinished requests when this iterator is closed (client gone)."""
+        unfinished requests when this iterator is closed (client gone). A dead engine is a 503."""
         index = {r.rid: i for i, r in enumerate(reqs)}
         timers = {r.rid: _Timer(time.perf_counter()) for r in reqs}
         self.metrics.on_submit(len(reqs))
-        async for rid, acc in self.engine.iterate_async(reqs):
-            timers[rid].tick(self.metrics, len(acc.last_chunk["output_ids"]))
-            if acc.done:
-                self.metrics.on_finish(acc.meta)
-                _raise_if_rejected(acc)
-            yield index[rid], acc
+        with self._flight_lock:
+            self.in_flight.update(index)
+        try:
+            async for rid, acc in self.engine.iterate_async(reqs):
+                timers[rid].tick(self.metrics, len(acc.last_chunk["output_ids"]))
+                if acc.done:
+                    self.metrics.on_finish(acc.meta)
+                    _raise_if_rejected(acc)
+                yield index[rid], acc
+        except (SchedulerDied, RequestFailed) as exc:
+            raise APIError(503, (str(exc) or "the engine cannot serve requests").splitlines()[0]) from None
+        finally:
+            with self._flight_lock:
+                self.in_flight.difference_update(index)
 
     async def run(self, reqs: list[TokenizedGenerateReq], request: Request) -> list[OutputAccumulator]:
         """Run to completion; abort everything if the client disconnects first."""
@@ -59,10 +100,7 @@ class ServerState:
             if not done and await request.is_disconnected():
                 task.cancel()
                 raise APIError(499, "client disconnected")
-        try:
-            task.result()
-        except RequestFailed as exc:
-            raise APIError(503, str(exc)) from None
+        task.result()  # re-raises the APIError of a rejected request or a dead engine
         return [accs[i] for i in range(len(reqs))]
 
 

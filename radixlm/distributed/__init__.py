@@ -1,0 +1,1 @@
+"""Tensor parallelism: process groups, collectives, rank placement and batch mirroring."""
