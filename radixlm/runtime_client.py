@@ -142,22 +142,22 @@ class RuntimeClient:
                     self._fail(f"scheduler crashed:\n{msg[1]}")
                     return
         except (EOFError, OSError):
-            self.process.join(1.0)  # let the exit code settle so the reason can name it
-            self._fail(f"scheduler process exited ({describe_exit(self.process.exitcode)})")
+            code = settled_exit_code(self.process, 5.0)  # so the reason can name it
+            self._fail(f"scheduler process exited ({describe_exit(code)})")
 
     def _monitor_loop(self) -> None:
         """Fail everything as soon as any watched process exits (its sentinel becomes ready)."""
         while not self.dead:
             procs = list(self.processes)
-            wait_for_any([p.sentinel for p in procs], timeout=MONITOR_POLL_S)
-            gone = [p for p in procs if p.exitcode is not None]
+            ready = set(wait_for_any([p.sentinel for p in procs], timeout=MONITOR_POLL_S))
+            gone = [p for p in procs if p.sentinel in ready]
             if gone and self._closing:
                 return
             if gone:
                 if self.process in gone:  # let the receiver report the crash's traceback first
                     self._thread.join(2.0)
                 p = gone[0]
-                self._fail(f"{p.name} (pid {p.pid}) exited ({describe_exit(p.exitcode)})")
+                self._fail(f"{p.name} (pid {p.pid}) exited ({describe_exit(settled_exit_code(p, 5.0))})")
 
     def _dispatch(self, outputs: list[ReqOutput]) -> None:
         for out in outputs:
@@ -201,7 +201,19 @@ class RuntimeClient:
             except (RuntimeError, TimeoutError, OSError):
                 pass
         for proc in list(self.processes):
-            proc.join(timeout)
-            if proc.is_alive():
+            if settled_exit_code(proc, timeout) is None:
                 proc.kill()
-                proc.join(timeout)
+                settled_exit_code(proc, timeout)
+
+
+def settled_exit_code(proc: mp.Process, timeout: float) -> Optional[int]:
+    """`proc`'s exit code, waiting up to `timeout` seconds for it to exit (None if it has not).
+
+    Several threads here wait on the same process (receiver, monitor, shutdown); the one whose
+    `os.waitpid` loses the race gets ECHILD and multiprocessing reports no exit code for that
+    call, so poll until the winner has recorded it rather than trusting one `join`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.join(min(0.1, max(0.0, deadline - time.monotonic())))
+        if proc.exitcode is not None or time.monotonic() >= deadline:
+            return proc.exitcode
