@@ -58,6 +58,7 @@ class RuntimeClient:
         self._recv = out_recv
         self.info = self._wait_ready()
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._callbacks: dict[str, Callable[[ReqOutput], None]] = {}
         self._rpcs: dict[int, tuple[threading.Event, list]] = {}
         self._ids = itertools.count(1)
@@ -102,7 +103,18 @@ class RuntimeClient:
             if req.rid in self._callbacks:
                 raise ValueError(f"request id {req.rid!r} is already in use by a running request")
             self._callbacks[req.rid] = callback
-            self._to_sched.send(req)
+        try:
+            self._send(req)
+        except OSError:
+            with self._lock:
+                self._callbacks.pop(req.rid, None)
+            raise SchedulerDied(self.dead or "the scheduler process is gone") from None
+
+    def _send(self, msg: Any) -> None:
+        """One writer at a time on the pipe, outside `_lock`: a large message may block until the
+        scheduler reads it, and the scheduler may itself wait for the receiver, which needs `_lock`."""
+        with self._send_lock:
+            self._to_sched.send(msg)
 
     def has_request(self, rid: str) -> bool:
         """True while `rid` is submitted and not finished."""
@@ -111,8 +123,12 @@ class RuntimeClient:
 
     def abort(self, rid: str) -> None:
         with self._lock:
-            if rid in self._callbacks and not self.dead:
-                self._to_sched.send(AbortReq(rid))
+            running = rid in self._callbacks and not self.dead
+        if running:
+            try:
+                self._send(AbortReq(rid))
+            except OSError:
+                pass  # the scheduler is gone: the monitor fails the request
 
     def rpc(self, method: str, timeout: float = 60.0) -> Any:
         """Call a control method in the scheduler and wait for its answer."""
@@ -122,7 +138,12 @@ class RuntimeClient:
                 raise SchedulerDied(self.dead)
             call_id = next(self._ids)
             self._rpcs[call_id] = (event, box)
-            self._to_sched.send(RpcReq(method, call_id))
+        try:
+            self._send(RpcReq(method, call_id))
+        except OSError:
+            with self._lock:
+                self._rpcs.pop(call_id, None)
+            raise SchedulerDied(self.dead or "the scheduler process is gone") from None
         if not event.wait(timeout):
             raise TimeoutError(f"scheduler did not answer {method!r} within {timeout} s")
         out: RpcOutput = box[0]
