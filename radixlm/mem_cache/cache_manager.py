@@ -66,14 +66,24 @@ class KVCacheManager:
     def alloc_decode(self, reqs: list[Req]) -> None:
         """One slot for each request's next position, written to the table in one copy.
         The caller has made sure they fit (see the scheduler's retraction)."""
-        rows, cols, slots = [], [], []
-        for req in reqs:
-            got = self._alloc(req, 1)
-            if got is None:
+        if self.page_size == 1:  # one slot per request: take them from the free list at once
+            self.evict(len(reqs))
+            slots = self.allocator.alloc_singles(len(reqs))
+            if slots is None:
                 raise RuntimeError("KV pool exhausted during decode despite retraction")
-            rows.append(req.req_pool_idx)
-            cols.append(req.kv_len - 1)
-            slots.append(got[0])
+            for req, slot in zip(reqs, slots):
+                req.kv_len += 1
+                req.kv_slots.append(slot)
+                req.last_slot = slot
+        else:
+            slots = []
+            for req in reqs:
+                got = self._alloc(req, 1)
+                if got is None:
+                    raise RuntimeError("KV pool exhausted during decode despite retraction")
+                slots.append(got[0])
+        rows = [req.req_pool_idx for req in reqs]
+        cols = [req.kv_len - 1 for req in reqs]
         self.req_pool.table[(self._dev(rows), self._dev(cols))] = self._dev(slots)
 
     def _alloc(self, req: Req, count: int) -> list[int] | None:

@@ -72,6 +72,15 @@ class SlotAllocator:
             slots.extend(range(page * p, page * p + p))
         return slots[:count]
 
+    def alloc_singles(self, count: int) -> list[int] | None:
+        """`count` single slots at once (page size 1 only); None, changing nothing, if too few."""
+        assert self.page_size == 1
+        if count > len(self._free_pages):
+            return None
+        slots = self._free_pages[len(self._free_pages) - count:]
+        del self._free_pages[len(self._free_pages) - count:]
+        return slots
+
     def free(self, slots: list[int]) -> None:
         """Return the pages of `slots`; callers only ever free whole pages they own."""
         if not slots:

@@ -59,9 +59,9 @@ def build_decode(reqs: list[Req], req_to_token: torch.Tensor, device: torch.devi
     """One token per request: the last token of each, whose slot was just allocated. A last
     token still being sampled on the device (a placeholder, id < 0) is read from
     `token_buf[req_pool_idx]`, where the sampler puts it, without waiting for the host."""
-    items = [ExtendItem(req, req.seq_len - 1, 1, True) for req in reqs]
-    ids = [req.last_token for req in reqs]
     positions = [req.seq_len - 1 for req in reqs]
+    items = [ExtendItem(req, pos, 1, True) for req, pos in zip(reqs, positions)]
+    ids = [req.last_token for req in reqs]
     pool_idx = to_device([req.req_pool_idx for req in reqs], device)
     locs = req_to_token[pool_idx, to_device(positions, device)]
     if any(req.pending_tokens for req in reqs):

@@ -32,6 +32,7 @@ class Req:
                  prefix_group: Optional[str] = None, step_seed_base: Optional[int] = None) -> None:
         self.rid = rid
         self.origin_input_ids = list(input_ids)
+        self.prompt_len = len(self.origin_input_ids)  # never changes: seq_len is on every hot path
         self.params = params
         self.stream = stream
         self.return_logprob = return_logprob
@@ -72,7 +73,7 @@ class Req:
 
     @property
     def seq_len(self) -> int:
-        return len(self.origin_input_ids) + len(self.output_ids)
+        return self.prompt_len + len(self.output_ids)
 
     @property
     def finished(self) -> bool:

@@ -185,8 +185,7 @@ class Scheduler:
         """True when the next batch can be built before the in-flight one is finished."""
         if not self.overlap or not all(_lag_safe(r) for r in self.running):
             return False
-        page = self.cache.page_size
-        return sum(_new_pages(r, page) for r in self.running) * page <= self.cache.available()
+        return self._decode_need() <= self.cache.available()
 
     def _take_compiled(self) -> None:
         """Requests whose grammar is ready join the waiting queue; failed compiles are refused (400)."""
@@ -264,18 +263,25 @@ class Scheduler:
         one (its computed prefix stays cached). Failing that (the front refuses requests larger
         than the pool) the lone request is aborted: never a crash."""
         page = self.cache.page_size
-        while True:
-            need = sum(_new_pages(r, page) for r in self.running) * page
-            if need <= self.cache.available():
-                return
+        need = self._decode_need()
+        while need > self.cache.available():
             if len(self.running) > 1:
-                self._retract(self.running.pop())
+                req = self.running.pop()
+                need -= _new_pages(req, page) * page
+                self._retract(req)
             elif self.chunked is not None:
                 chunked, self.chunked = self.chunked, None
                 self._retract(chunked)
             else:
                 self._abort_starved()
                 return
+
+    def _decode_need(self) -> int:
+        """KV slots the running requests need for their next decode step."""
+        page = self.cache.page_size
+        if page == 1:
+            return sum(r.seq_len - r.kv_len for r in self.running)
+        return sum(_new_pages(r, page) for r in self.running) * page
 
     def _retract(self, req: Req) -> None:
         """Give `req`'s KV to the tree (unlocked, so evictable) and requeue it first in line."""
