@@ -91,3 +91,19 @@ def test_overlap_changes_no_output(tiny_dir: str) -> None:
     assert info_on["num_overlapped_steps"] > 0.5 * info_off["num_forward_steps"] > 0
     stopped = [o for o, p in zip(overlapped, workload()[1]) if "stop_token_ids" in p]
     assert any(o["meta_info"]["finish_reason"]["type"] == "stop" for o in stopped)  # finishes mid-flight happened
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_chunks_of_a_cold_prompt_are_not_cache_hits(tiny_dir: str, overlap: bool) -> None:
+    """A 40-token prompt prefilled in chunks of 16 never hit the cache: `cached_tokens` stays 0
+    in every streamed chunk (its own first chunk, already in the tree, is not a hit); the same
+    prompt again reports the hit."""
+    prompt = [random.Random(9).randrange(3, 400) for _ in range(40)]
+    params = {"temperature": 0, "max_new_tokens": 3, "ignore_eos": True}
+    with radixlm.Engine(tiny_dir, dtype="float32", max_total_tokens=4096, chunked_prefill_size=16,
+                        disable_overlap_schedule=not overlap, log_level="warning") as engine:
+        chunks = list(engine.generate(input_ids=prompt, sampling_params=params, stream=True))
+        again = engine.generate(input_ids=prompt, sampling_params=params)
+        engine.check_no_leak()
+    assert [c["meta_info"]["cached_tokens"] for c in chunks] == [0] * len(chunks)
+    assert again["meta_info"]["cached_tokens"] >= 32

@@ -103,6 +103,8 @@ class PrefillAdder:
             self._undo(req, fresh)
             return False
         start = req.kv_len - length
+        if fresh and not req.output_ids and not req.num_retractions:
+            req.cached_tokens = start  # its first admission's cache hit, never its own earlier chunks
         self.items.append(ExtendItem(req, start, length, sample, _logprob_positions(req, start, length)))
         self.tokens_left -= length
         self.in_batch.insert(req.fill_ids, req.fill_ids)

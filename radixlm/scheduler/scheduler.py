@@ -223,9 +223,6 @@ class Scheduler:
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
         if not adder.items:
             return None
-        for item in adder.items:
-            if item.start == item.req.tree_len and not item.req.output_ids and item.req.cached_tokens == 0:
-                item.req.cached_tokens = item.start
         return build_extend(adder.items, self.cache.req_pool.table, self.runner.device)
 
     def _decode_batch(self) -> Optional[ScheduledBatch]:
