@@ -20,6 +20,7 @@ from radixlm.server_args import ServerArgs
 
 START_TIMEOUT_S = 600.0
 START_POLL_S = 0.5  # how often start-up checks that every tensor-parallel rank is still alive
+DEAD_GRACE_S = 1.0  # how long shutdown waits for survivors of a dead engine before killing them
 MONITOR_POLL_S = 1.0  # how often the monitor re-reads `processes` (others may join the list later)
 logger = logging.getLogger(__name__)
 
@@ -214,15 +215,18 @@ class RuntimeClient:
             event.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the scheduler process (and every other watched process); never leaves one running."""
+        """Stop the scheduler process (and every other watched process); never leaves one running.
+        When the engine is already dead (a process crashed), the survivors may be stuck in a
+        collective with the dead one: they get DEAD_GRACE_S to exit instead of `timeout`."""
         self._closing = True
+        grace = DEAD_GRACE_S if self.dead else timeout
         if self.process.is_alive() and not self.dead:
             try:
                 self.rpc("shutdown", timeout=timeout)
             except (RuntimeError, TimeoutError, OSError):
                 pass
         for proc in list(self.processes):
-            if settled_exit_code(proc, timeout) is None:
+            if settled_exit_code(proc, grace) is None:
                 proc.kill()
                 settled_exit_code(proc, timeout)
 
