@@ -10,92 +10,18 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from server_fixtures import (  # noqa: F401  (fixtures are used by name)
+    MODEL, PROMPT, STATUSES, _client, assert_error, greedy, http, model_path, native, oai, render_chat, server,
+    sse_events, tokenizer, url, wait_idle,
+)
 from server_utils import launch_server, server_log, stop
-from tiny_models import make_tiny_model
-
-MODEL = "tiny_llama"  # the served name: the model directory's base name
-PROMPT = "The capital of France is"
-STATUSES: list[int] = []  # every status the main server answered this module's httpx clients
-
-
-def _record(response: httpx.Response) -> None:
-    STATUSES.append(response.status_code)
-
-
-def _client(**kwargs: Any) -> httpx.Client:
-    return httpx.Client(timeout=120.0, event_hooks={"response": [_record]}, **kwargs)
-
-
-# -- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_tiny_model(tmp_path_factory.mktemp("server_model"))
-
-
-@pytest.fixture(scope="module")
-def server(model_path: str) -> Iterator[tuple[str, Any]]:
-    url, proc = launch_server(model_path)
-    yield url, proc
-    stop(proc)
-
-
-@pytest.fixture(scope="module")
-def url(server: tuple[str, Any]) -> str:
-    return server[0]
-
-
-@pytest.fixture(scope="module")
-def http(url: str) -> Iterator[httpx.Client]:
-    with _client(base_url=url) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def oai(url: str) -> Iterator[openai.OpenAI]:
-    with _client() as transport:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", http_client=transport, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_path)
-
-
-def native(http: httpx.Client, payload: dict) -> Any:
-    """POST /generate, asserting 200."""
-    response = http.post("/generate", json=payload)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def greedy(http: httpx.Client, text: str, max_new_tokens: int, **params: Any) -> dict:
-    return native(http, {"text": text, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0,
-                                                           **params}})
-
-
-def sse_events(lines: Iterator[str]) -> Iterator[str]:
-    """The payloads of `data: ...` lines of a server-sent-event stream."""
-    for line in lines:
-        if line.startswith("data: "):
-            yield line[len("data: "):]
-        else:
-            assert line == "", f"unexpected stream line {line!r}"
-
-
-def render_chat(tokenizer: Any, messages: list[dict]) -> list[int]:
-    """The prompt ids the server builds for `messages` (the template already holds the BOS)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer.encode(text, add_special_tokens=False)
 
 
 # -- OpenAI API with the official client ----------------------------------------------------------
@@ -325,166 +251,8 @@ def test_abort_request_ends_the_stream(http: httpx.Client, url: str) -> None:
     last = json.loads(rest[-2])
     assert last["meta_info"]["finish_reason"]["type"] == "abort"
     assert len(last["output_ids"]) < 480
-    _wait_idle(http)
+    wait_idle(http)
 
-
-def _wait_idle(http: httpx.Client, timeout: float = 30.0) -> dict:
-    """Poll until nothing runs and every KV slot is free or held by the radix cache."""
-    deadline = time.monotonic() + timeout
-    while True:
-        info = http.get("/get_server_info").json()
-        if (info["num_running_reqs"] == 0 and info["num_waiting_reqs"] == 0
-                and info["available_kv_tokens"] + info["cached_tokens"] == info["max_total_num_tokens"]):
-            return info
-        assert time.monotonic() < deadline, f"server not idle after {timeout} s: {info}"
-        time.sleep(0.2)
-
-
-# -- errors ----------------------------------------------------------------------------------------
-LONG = "hello world " * 400  # > 512 tokens
-BAD_REQUESTS = [
-    ("malformed-json", "/v1/completions", b'{"model": "tiny_llama", "prompt": ', 400),
-    ("malformed-json-native", "/generate", b"{not json", 400),
-    ("missing-prompt", "/v1/completions", {"model": MODEL, "max_tokens": 4}, 400),
-    ("missing-messages", "/v1/chat/completions", {"model": MODEL}, 400),
-    ("empty-messages", "/v1/chat/completions", {"model": MODEL, "messages": []}, 400),
-    ("bad-role", "/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400),
-    ("not-an-object", "/v1/completions", [1, 2, 3], 400),
-    ("temperature", "/v1/completions", {"model": MODEL, "prompt": "a", "temperature": -1}, 400),
-    ("top-p", "/v1/completions", {"model": MODEL, "prompt": "a", "top_p": 2}, 400),
-    ("top-p-chat", "/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "top_p": 2}, 400),
-    ("temperature-native", "/generate", {"text": "a", "sampling_params": {"temperature": -1}}, 400),
-    ("unknown-param-native", "/generate", {"text": "a", "sampling_params": {"bogus": 1}}, 400),
-    ("n-zero", "/v1/completions", {"prompt": "a", "n": 0}, 400),
-    ("n-huge", "/v1/completions", {"prompt": "a", "n": 100000}, 400),
-    ("prompt-too-long", "/v1/completions", {"model": MODEL, "prompt": LONG, "max_tokens": 1}, 400),
-    ("prompt-too-long-native", "/generate", {"text": LONG}, 400),
-    ("prompt-too-long-chat", "/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400),
-    ("max-tokens-past-context", "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 1000}, 400),
-    ("max-tokens-past-context-chat", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": "a"}], "max_tokens": 1000}, 400),
-    ("unknown-model", "/v1/completions", {"model": "gpt-9", "prompt": "a"}, 400),
-    ("unknown-model-chat", "/v1/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "a"}]},
-     400),
-    ("ids-out-of-vocab", "/v1/completions", {"model": MODEL, "prompt": [[5, 99999]]}, 400),
-    ("ids-out-of-vocab-native", "/generate", {"input_ids": [3, 400]}, 400),
-    ("negative-id-native", "/generate", {"input_ids": [-1]}, 400),
-    ("empty-prompt-native", "/generate", {"input_ids": []}, 400),
-    ("stop-token-out-of-vocab", "/generate", {"text": "a", "sampling_params": {"stop_token_ids": [5000]}}, 400),
-    ("detokenize-out-of-vocab", "/detokenize", {"tokens": [400]}, 400),
-    ("batch-arg-length", "/generate", {"text": ["a", "b"], "return_logprob": [True]}, 400),
-    ("one-rid-for-a-batch", "/generate", {"text": ["a", "b"], "rid": "same"}, 400),
-    ("text-and-ids", "/generate", {"text": "a", "input_ids": [3]}, 400),
-    ("unknown-route", "/v2/nothing", {}, 404),
-]
-
-
-# What the error message must name, for some of the cases above.
-HINTS = {"malformed-json": "JSON", "missing-prompt": "prompt", "temperature": "temperature", "top-p": "top_p",
-         "prompt-too-long": "prompt", "prompt-too-long-native": "prompt", "prompt-too-long-chat": "prompt",
-         "max-tokens-past-context": "max_tokens", "unknown-model": "gpt-9", "ids-out-of-vocab": "[0, 400)",
-         "batch-arg-length": "return_logprob", "one-rid-for-a-batch": "rid"}
-
-
-@pytest.mark.parametrize("name,path,body,status", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_request(http: httpx.Client, name: str, path: str, body: Any, status: int) -> None:
-    if isinstance(body, bytes):
-        response = http.post(path, content=body, headers={"content-type": "application/json"})
-    else:
-        response = http.post(path, json=body)
-    error = assert_error(response, status)
-    assert HINTS.get(name, "") in error["message"]
-
-
-def assert_error(response: httpx.Response, status: int) -> dict:
-    """`response` has `status` and an OpenAI-style error body; returns the error object."""
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["type"], str) and error["code"] == status
-    return error
-
-
-def test_unknown_get_route_and_method(http: httpx.Client) -> None:
-    assert_error(http.get("/no/such/route"), 404)
-    assert http.get("/generate").status_code == 405
-
-
-def test_official_client_raises_on_bad_requests(oai: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        oai.completions.create(model="gpt-9", prompt="a")
-    assert info.value.status_code == 400 and "gpt-9" in str(info.value)
-    with pytest.raises(openai.BadRequestError):
-        oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a"}], temperature=-1)
-
-
-def test_bad_request_mid_flight_does_not_disturb_others(http: httpx.Client, url: str) -> None:
-    """A running request keeps its output while bad requests (also one reusing its rid) come and go."""
-    ref = greedy(http, PROMPT, 480, ignore_eos=True)
-    rid = f"busy-{uuid.uuid4().hex}"
-    payload = {"text": PROMPT, "rid": rid, "stream": True,
-               "sampling_params": {"max_new_tokens": 480, "temperature": 0, "ignore_eos": True}}
-    with _client(base_url=url) as other, http.stream("POST", "/generate", json=payload) as response:
-        events = sse_events(response.iter_lines())
-        next(events)
-        assert_error(other.post("/generate", json={"text": "a", "rid": rid}), 400)
-        assert_error(other.post("/generate", json={"input_ids": [99999]}), 400)
-        assert_error(other.post("/v1/completions", content=b"{", headers={"content-type": "application/json"}), 400)
-        payloads = list(events)
-    assert payloads[-1] == "[DONE]"
-    assert json.loads(payloads[-2])["text"] == ref["text"]
-
-
-def test_disconnect_mid_stream_frees_the_pool(http: httpx.Client, url: str) -> None:
-    assert http.post("/flush_cache").status_code == 200
-    payload = {"text": PROMPT, "stream": True, "sampling_params": {"max_new_tokens": 480, "ignore_eos": True}}
-    with _client(base_url=url) as client:
-        with client.stream("POST", "/generate", json=payload) as response:
-            events = sse_events(response.iter_lines())
-            assert json.loads(next(events))["meta_info"]["finish_reason"] is None
-            assert json.loads(next(events))["meta_info"]["finish_reason"] is None
-        # leaving the block closes the connection mid-stream
-    info = _wait_idle(http, timeout=20.0)
-    assert info["cached_tokens"] < 480  # aborted early: a finished request would have cached all its tokens
-
-
-def test_disconnect_non_streaming_aborts(http: httpx.Client, url: str) -> None:
-    params = {"max_new_tokens": 480, "ignore_eos": True}
-    start = time.monotonic()
-    native(http, {"text": [f"wave {i}" for i in range(8)], "sampling_params": params})
-    one_wave = time.monotonic() - start  # 8 x ~483 tokens: about what the 4096-token KV pool holds at once
-    payload = {"text": [f"batch {i}" for i in range(64)], "sampling_params": params}
-    with _client(base_url=url) as client, pytest.raises(httpx.ReadTimeout):
-        client.post("/generate", json=payload, timeout=0.5)
-    gone = time.monotonic()
-    _wait_idle(http, timeout=60.0)
-    assert time.monotonic() - gone < 4 * one_wave  # running all 64 to the end would take ~8 waves
-
-
-# -- load -------------------------------------------------------------------------------------------
-def test_200_concurrent_streams_match_solo_runs(http: httpx.Client, url: str) -> None:
-    prompts = [f"prompt {i}: the quick brown fox" if i % 2 else f"héllo {i} world" for i in range(20)]
-    solo = {p: greedy(http, p, 8)["text"] for p in prompts}
-
-    async def one(client: httpx.AsyncClient, prompt: str) -> str:
-        payload = {"text": prompt, "stream": True, "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
-        last = None
-        async with client.stream("POST", "/generate", json=payload) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    last = json.loads(line[6:])
-        assert last is not None and last["meta_info"]["finish_reason"] is not None
-        return last["text"]
-
-    async def run() -> list[str]:
-        limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
-        async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
-            return await asyncio.gather(*(one(client, prompts[i % 20]) for i in range(200)))
-
-    texts = asyncio.run(run())
-    assert texts == [solo[prompts[i % 20]] for i in range(200)]
-    _wait_idle(http)
 
 
 # -- README examples -----------------------------------------------------------------------------------
@@ -556,3 +324,4 @@ def test_no_internal_errors(server: tuple[str, Any], http: httpx.Client) -> None
     assert STATUSES and not [s for s in STATUSES if s >= 500]
     log = server_log(server[1])
     assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
+
