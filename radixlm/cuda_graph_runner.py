@@ -1,7 +1,12 @@
 """CUDA graphs for decode: one graph per batch-size bucket, replayed with static input buffers.
 
 Requires an attention backend whose decode reads lengths from device tensors only (Triton).
-Padded rows point at the reserved slot 0 with length 1, so they never touch real KV.
+Padded rows point at the reserved slot 0 with length 1, so they never touch real KV. A coarser
+set of buckets (`plan_buckets`; each graph keeps its own logits buffer) has a second graph,
+replayed when the batch has a shared-prefix plan (`radixlm.attention.shared_prefix`), whose
+static plan buffers are copied in like the inputs; batches without one replay the plain graph,
+which has no launch for it.
+With `compile_max_bs`, the buckets up to it capture a torch.compile'd forward (model_compile).
 """
 
 from __future__ import annotations
@@ -9,11 +14,12 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.attention.shared_prefix import StaticPlanBuffers
+from radixlm.forward_batch import ForwardBatch, ForwardMode, logit_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -23,54 +29,68 @@ def default_buckets(max_bs: int) -> list[int]:
     return sorted(set(s for s in sizes if s <= max_bs) | {max_bs})
 
 
+def plan_buckets(buckets: list[int]) -> list[int]:
+    """The buckets that also get a shared-prefix graph: 8, 16, multiples of 32, and the largest."""
+    return [b for b in buckets if b in (8, 16) or b % 32 == 0 or b == buckets[-1]]
+
+
 class CudaGraphRunner:
-    """Invariant: `replay(batch)` returns exactly what the eager decode forward returns."""
+    """Invariant: `replay(batch)` returns exactly what the eager decode forward returns (up to
+    float rounding where a bucket runs a compiled forward). The logits it returns are the
+    graph's own buffer: valid until the next replay.
+
+    Static inputs live in one [4, max_bs] buffer (ids, positions, slots, table rows) so padding
+    is one fill; `seq_lens` is computed inside the graph as positions + 1 (a decode invariant)."""
 
     def __init__(self, model: Any, backend: Any, req_to_token: torch.Tensor, max_bs: int,
-                 device: torch.device) -> None:
+                 device: torch.device, compiled: Optional[Callable[..., torch.Tensor]] = None,
+                 compile_max_bs: int = 0) -> None:
         self.model, self.backend, self.req_to_token = model, backend, req_to_token
         self.buckets = default_buckets(max_bs)
+        self.plan_buckets = plan_buckets([b for b in self.buckets if b >= 2])  # a group needs 2 requests
         self.max_bs = max_bs
-        n = max_bs
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
-        self.req_pool_indices = torch.zeros(n, dtype=torch.int64, device=device)
-        self.seq_lens = torch.ones(n, dtype=torch.int64, device=device)
-        self.logit_indices = torch.arange(n, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.inputs = torch.zeros((4, max_bs), dtype=torch.int64, device=device)
+        self.input_ids, self.positions, self.out_cache_loc, self.req_pool_indices = self.inputs
+        self.seq_lens = torch.ones(max_bs, dtype=torch.int64, device=device)
+        self.logit_indices = torch.arange(max_bs, dtype=torch.int64, device=device)
+        self.plan_buffers = StaticPlanBuffers(max_bs, device)
+        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}  # (bs, with a shared-prefix plan)
+        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
         self.pool = torch.cuda.graph_pool_handle()
         start = time.perf_counter()
         for bs in reversed(self.buckets):
-            self._capture(bs)
+            forward = compiled if compiled is not None and bs <= compile_max_bs else model
+            for plan in (False, True) if bs in self.plan_buckets else (False,):
+                self._capture(bs, plan, forward)
         self.capture_seconds = time.perf_counter() - start
-        logger.info("captured %d CUDA graphs (bs %s) in %.1f s", len(self.buckets), self.buckets,
-                    self.capture_seconds)
+        logger.info("captured %d CUDA graphs (bs %s; with shared-prefix plans: %s) in %.1f s",
+                    len(self.graphs), self.buckets, self.plan_buckets, self.capture_seconds)
 
-    def _batch(self, bs: int) -> ForwardBatch:
+    def _batch(self, bs: int, plan: bool) -> ForwardBatch:
         return ForwardBatch(ForwardMode.DECODE, self.input_ids[:bs], self.positions[:bs], self.out_cache_loc[:bs],
                             self.req_pool_indices[:bs], self.seq_lens[:bs], [1] * bs, [0] * bs, [1] * bs,
-                            self.logit_indices[:bs], self.req_to_token)
+                            self.logit_indices[:bs], self.req_to_token,
+                            prefix_plan=self.plan_buffers.view(bs) if plan else None)
 
-    def _run(self, batch: ForwardBatch) -> torch.Tensor:
+    def _run(self, batch: ForwardBatch, forward: Callable[..., torch.Tensor]) -> torch.Tensor:
+        torch.add(batch.positions, 1, out=batch.seq_lens)
         self.backend.init_forward_metadata(batch)
-        hidden = self.model(batch.input_ids, batch.positions, batch)
-        return self.model.compute_logits(hidden[batch.logit_indices])
+        hidden = forward(batch.input_ids, batch.positions, batch)
+        return self.model.compute_logits(logit_hidden(hidden, batch))
 
     @torch.inference_mode()
-    def _capture(self, bs: int) -> None:
-        batch = self._batch(bs)
+    def _capture(self, bs: int, plan: bool, forward: Callable[..., torch.Tensor]) -> None:
+        batch = self._batch(bs, plan)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels
-                self._run(batch)
+            for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels, torch.compile traces
+                self._run(batch, forward)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self.outputs[bs] = self._run(batch)
-        self.graphs[bs] = graph
+            self.outputs[bs, plan] = self._run(batch, forward)
+        self.graphs[bs, plan] = graph
 
     def can_run(self, batch: ForwardBatch) -> bool:
         return batch.mode is ForwardMode.DECODE and batch.batch_size <= self.max_bs
@@ -78,17 +98,16 @@ class CudaGraphRunner:
     @torch.inference_mode()
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         bs = batch.batch_size
-        padded = self.buckets[bisect.bisect_left(self.buckets, bs)]
+        plan = batch.prefix_plan is not None  # a plan has a group, so bs >= 2
+        buckets = self.plan_buckets if plan else self.buckets
+        padded = buckets[bisect.bisect_left(buckets, bs)]
         if padded > bs:
-            self.input_ids[bs:padded].zero_()
-            self.positions[bs:padded].zero_()
-            self.out_cache_loc[bs:padded].zero_()
-            self.req_pool_indices[bs:padded].zero_()
-            self.seq_lens[bs:padded].fill_(1)
+            self.inputs[:, bs:padded].zero_()  # id 0 at position 0 into the reserved slot 0
         self.input_ids[:bs].copy_(batch.input_ids)
         self.positions[:bs].copy_(batch.positions)
         self.out_cache_loc[:bs].copy_(batch.out_cache_loc)
         self.req_pool_indices[:bs].copy_(batch.req_pool_indices)
-        self.seq_lens[:bs].copy_(batch.seq_lens)
-        self.graphs[padded].replay()
-        return self.outputs[padded][:bs]
+        if plan:
+            self.plan_buffers.load(batch.prefix_plan, bs, padded)
+        self.graphs[padded, plan].replay()
+        return self.outputs[padded, plan][:bs]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from radixlm.attention.shared_prefix import SharedPrefixPlan
 
 
 class ForwardMode(enum.Enum):
@@ -23,7 +26,8 @@ class ForwardBatch:
     follow `extend_prefix_lens[i]` tokens whose KV is already in the pool, and
     `seq_lens[i] == extend_prefix_lens[i] + extend_seq_lens[i]`. `req_to_token[req_pool_indices[i], :seq_lens[i]]`
     holds the pool slot of every token of request i, the new ones included (already written
-    by the scheduler before the forward)."""
+    by the scheduler before the forward). `prefix_plan` (DECODE only, else None): which requests
+    share a long cached prefix (see `radixlm.attention.shared_prefix`); backends may ignore it."""
 
     mode: ForwardMode
     input_ids: torch.Tensor
@@ -37,7 +41,14 @@ class ForwardBatch:
     logit_indices: torch.Tensor
     req_to_token: torch.Tensor
     attn_metadata: Optional[Any] = field(default=None)
+    prefix_plan: Optional[SharedPrefixPlan] = field(default=None)
 
     @property
     def batch_size(self) -> int:
         return len(self.seq_lens_cpu)
+
+
+def logit_hidden(hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    """The rows of `hidden` [T, ...] named by `batch.logit_indices`. A DECODE batch keeps every
+    row, in order (one token per request, each sampled), so it is returned without a gather launch."""
+    return hidden if batch.mode is ForwardMode.DECODE else hidden[batch.logit_indices]

@@ -12,7 +12,7 @@ import torch
 from radixlm.attention.registry import create_attention_backend
 from radixlm.distributed.batch_sync import BatchSender
 from radixlm.distributed.group import TPGroup
-from radixlm.forward_batch import ForwardBatch
+from radixlm.forward_batch import ForwardBatch, logit_hidden
 from radixlm.layers.linear import AttentionHeads
 from radixlm.mem_cache.kv_pool import KVPool, ReqToTokenPool, kv_cache_dtype
 from radixlm.model_loader.loader import build_model, kv_heads_of, load_model_config, resolve_dtype
@@ -69,11 +69,19 @@ class ModelRunner:
         from radixlm.attention.triton_backend import TritonBackend
 
         if self.device.type != "cuda" or self.args.disable_cuda_graph or not isinstance(self.backend, TritonBackend):
+            if self.args.enable_torch_compile:
+                logger.warning("--enable-torch-compile applies to CUDA-graph decode only: ignored here")
             return None
         from radixlm.cuda_graph_runner import CudaGraphRunner
 
         max_bs = min(self.args.cuda_graph_max_bs, self.max_running)
-        runner = CudaGraphRunner(self.model, self.backend, self.req_to_token_pool.table, max_bs, self.device)
+        compiled = None
+        if self.args.enable_torch_compile:
+            from radixlm.model_compile import compile_forward
+
+            compiled = compile_forward(self.model, self.backend)
+        runner = CudaGraphRunner(self.model, self.backend, self.req_to_token_pool.table, max_bs, self.device,
+                                 compiled, self.args.torch_compile_max_bs)
         logger.info("CUDA graph capture took %.1f s", runner.capture_seconds)
         return runner
 
@@ -119,7 +127,7 @@ class ModelRunner:
             return self.graphs.replay(batch)
         self.backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)
-        return self.model.compute_logits(hidden[batch.logit_indices])
+        return self.model.compute_logits(logit_hidden(hidden, batch))
 
     def heartbeat(self) -> None:
         """Called by an idle scheduler every `heartbeat_s` seconds (never at tp 1)."""

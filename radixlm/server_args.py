@@ -51,6 +51,8 @@ class ServerArgs:
     attention_backend: str = "auto"
     disable_cuda_graph: bool = False
     cuda_graph_max_bs: int = 256
+    enable_torch_compile: bool = False  # compile decode forwards up to torch_compile_max_bs (CUDA graphs on)
+    torch_compile_max_bs: int = 32
     disable_overlap_schedule: bool = False  # finish each batch before launching the next
     kv_cache_dtype: str = "auto"  # auto = the model dtype; fp8 halves the KV pool's bytes per token
     num_threads: Optional[int] = None
@@ -93,6 +95,7 @@ class ServerArgs:
         _check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
         _check_positive("page_size", self.page_size)
         _check_positive("max_prefill_tokens", self.max_prefill_tokens)
+        _check_positive("torch_compile_max_bs", self.torch_compile_max_bs)
         for name in ("max_total_tokens", "max_running_requests", "context_length", "num_threads"):
             value = getattr(self, name)
             if value is not None:

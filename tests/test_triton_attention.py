@@ -52,13 +52,16 @@ def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype
                           torch.zeros(total, dtype=torch.int64, device=device), locs,
                           torch.arange(1, batch + 1, device=device), torch.tensor(seq_lens, device=device),
                           seq_lens, p, e, torch.zeros(0, dtype=torch.int64), table)
-        q = torch.randn((total, heads, dim), generator=gen).to(device, dtype)
-        k = torch.randn((total, kv_heads, dim), generator=gen).to(device, dtype)
-        v = torch.randn((total, kv_heads, dim), generator=gen).to(device, dtype)
+        # q/k/v are strided views of one fused qkv output, as the models pass them (never copied).
+        qkv = torch.randn((total, (heads + 2 * kv_heads) * dim), generator=gen).to(device, dtype)
+        q, k, v = (x.view(total, -1, dim) for x in qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], -1))
+        # The new tokens' K/V go in through the reference store (the fused one is tested in
+        # test_rope_store.py), so both backends attend over the same pool contents.
+        TorchNativeBackend(pool).rotate_and_store(None, fb.positions, q, k, v, 0, fb)
         outs = []
         for backend in (TorchNativeBackend(pool), TritonBackend(pool, num_splits=4)):
             backend.init_forward_metadata(fb)
-            outs.append(backend.forward(q, k, v, 0, dim ** -0.5, fb).float())
+            outs.append(backend.forward(q, 0, dim ** -0.5, fb).float())
         err = (outs[0] - outs[1]).norm() / outs[0].norm()
         assert err < tol, (case, mode, err.item())
 

@@ -60,9 +60,7 @@ class TorchNativeBackend(AttentionBackend):
             masks.append(None if prefix == 0 else _causal_with_prefix(prefix, ext, slots[-1].device))
         return _ExtendMeta(slots=slots, masks=masks)
 
-    def forward_extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
-                       scale: float, batch: ForwardBatch) -> torch.Tensor:
-        self.pool.set_kv(layer_id, batch.out_cache_loc, k, v)
+    def forward_extend(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         meta: _ExtendMeta = batch.attn_metadata
         k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
         out = torch.empty_like(q)
@@ -80,9 +78,7 @@ class TorchNativeBackend(AttentionBackend):
             start += ext
         return out
 
-    def forward_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
-                       scale: float, batch: ForwardBatch) -> torch.Tensor:
-        self.pool.set_kv(layer_id, batch.out_cache_loc, k, v)
+    def forward_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         meta: _DecodeMeta = batch.attn_metadata
         keys = _gather(self.pool.k_buffers[layer_id], meta.slots).transpose(1, 2).to(q.dtype)
         values = _gather(self.pool.v_buffers[layer_id], meta.slots).transpose(1, 2).to(q.dtype)

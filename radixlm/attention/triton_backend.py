@@ -2,18 +2,25 @@
 
 Decode metadata lives in device tensors only, so a decode forward can be captured in a CUDA
 graph; extend metadata (request offsets) is built once per forward and shared by all layers.
+Rotary and the KV store are one fused launch per layer (`rope_store.py`); the kernels read q
+through its strides, so the views of the fused qkv output are never copied. A decode batch with
+a shared-prefix plan attends each group's prefix once for all its members (`triton_cascade.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from radixlm.attention.base import AttentionBackend
+from radixlm.attention.rope_store import rope_and_store
+from radixlm.attention.triton_cascade import cascade_decode_attention
 from radixlm.attention.triton_kernels import decode_attention, extend_attention
 from radixlm.device_copy import to_device
 from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.layers.basic import RotaryEmbedding
 from radixlm.mem_cache.kv_pool import KVPool
 
 
@@ -28,9 +35,15 @@ class _ExtendMeta:
 class TritonBackend(AttentionBackend):
     """Same contract and results as the torch-native backend (up to float rounding)."""
 
-    def __init__(self, pool: KVPool, num_splits: int = 8) -> None:
+    def __init__(self, pool: KVPool, num_splits: int = 8, suffix_splits: int = 2, prefix_splits: int = 2,
+                 member_progs: int = 4) -> None:
+        """`num_splits`: parts of a decode request's sequence; with a shared-prefix plan, a grouped
+        request's own suffix gets `suffix_splits` parts, its group's prefix `prefix_splits`, each
+        prefix part read by `member_progs` programs (the fastest of 9 settings on an H200 for
+        4 groups x 64 requests sharing 2,048 tokens: 90.9 vs 106.7 us per layer for 4, 4, 2)."""
         super().__init__(pool)
-        self.num_splits = num_splits
+        self.num_splits, self.suffix_splits, self.prefix_splits = num_splits, suffix_splits, prefix_splits
+        self.member_progs = member_progs
 
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         if batch.mode is ForwardMode.DECODE:
@@ -47,17 +60,28 @@ class TritonBackend(AttentionBackend):
             ext_lens=to_device(ext, device),
             max_ext=max(ext))
 
-    def forward_extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
-                       scale: float, batch: ForwardBatch) -> torch.Tensor:
-        self.pool.set_kv(layer_id, batch.out_cache_loc, k, v)
+    def rotate_and_store(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
+                         k: torch.Tensor, v: torch.Tensor, layer_id: int, batch: ForwardBatch) -> torch.Tensor:
+        """One launch: q rotated in place, rotated k and v cast into the pool (the neox
+        `RotaryEmbedding`, or none); any other rotary goes through the reference."""
+        if rotary is not None and not isinstance(rotary, RotaryEmbedding):
+            return super().rotate_and_store(rotary, positions, q, k, v, layer_id, batch)
+        rope_and_store(q, k, v, self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.out_cache_loc,
+                       positions, None if rotary is None else rotary.cos, None if rotary is None else rotary.sin)
+        return q
+
+    def forward_extend(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         meta: _ExtendMeta = batch.attn_metadata
-        return extend_attention(q.contiguous(), self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id],
+        return extend_attention(q, self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id],
                                 batch.req_to_token, batch.req_pool_indices, meta.q_start, meta.prefix_lens,
                                 meta.ext_lens, meta.max_ext, scale)
 
-    def forward_decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int,
-                       scale: float, batch: ForwardBatch) -> torch.Tensor:
-        self.pool.set_kv(layer_id, batch.out_cache_loc, k, v)
-        return decode_attention(q.contiguous(), self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id],
-                                batch.req_to_token, batch.req_pool_indices, batch.seq_lens, scale,
-                                num_splits=self.num_splits)
+    def forward_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
+        """Requests in a shared-prefix group (`batch.prefix_plan`) attend to the prefix together."""
+        k_buf, v_buf, plan = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.prefix_plan
+        if plan is None:
+            return decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices, batch.seq_lens,
+                                    scale, num_splits=self.num_splits)
+        return cascade_decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices,
+                                        batch.seq_lens, plan, scale, self.suffix_splits, self.prefix_splits,
+                                        self.member_progs)

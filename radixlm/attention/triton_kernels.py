@@ -13,38 +13,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq_lens_ptr,
-                         out_ptr, lse_ptr, scale,
-                         stride_qt, stride_qh, stride_kt, stride_kh, stride_r2t,
-                         stride_ot, stride_oh, stride_os, stride_lt, stride_lh,
-                         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                         PRECISION: tl.constexpr):
-    """One program = (request, KV head, split): all GROUP query heads sharing the KV head are
-    scored together, so each K/V block is read once per KV head (not once per query head).
-    Writes each head's normalized partial output and log-sum-exp for the reduce step."""
-    b = tl.program_id(0)
-    kv_h = tl.program_id(1)
-    split = tl.program_id(2)
-    seq_len = tl.load(seq_lens_ptr + b)
-    row = tl.load(req_idx_ptr + b)
-    per_split = tl.cdiv(seq_len, NUM_SPLITS)
-    start = split * per_split
-    end = tl.minimum(start + per_split, seq_len)
-    offs_g = tl.arange(0, BLOCK_G)
-    mask_g = offs_g < GROUP
-    heads = kv_h * GROUP + offs_g
+def attend_range(q, k_ptr, v_ptr, slots_ptr, start, end, kv_h, scale, stride_kt, stride_kh,
+                 ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """Attention of the query rows q [ROWS, BLOCK_D] to the keys at positions [start, end) of one
+    table row (`slots_ptr` points at its position 0), KV head `kv_h`, by online softmax. Returns
+    the normalized output [ROWS, BLOCK_D] (fp32) and each row's log-sum-exp; 0 and -inf when
+    the range is empty. K/V are cast to q's dtype after loading (fp8 pools)."""
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
-    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
-    m_i = tl.full([BLOCK_G], -float("inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    m_i = tl.full([ROWS], -float("inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
-        slots = tl.load(req_to_token_ptr + row * stride_r2t + offs_n, mask=mask_n, other=0)
+        slots = tl.load(slots_ptr + offs_n, mask=mask_n, other=0)
         kv_off = slots[:, None] * stride_kt + kv_h * stride_kh + offs_d[None, :]
         kv_mask = mask_n[:, None] & mask_d[None, :]
         k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
@@ -60,27 +44,69 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq
     has = end > start
     out = tl.where(has, acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
+    return out, lse
+
+
+@triton.jit
+def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq_lens_ptr, starts_ptr,
+                         out_ptr, lse_ptr, scale,
+                         stride_qt, stride_qh, stride_kt, stride_kh, stride_r2t,
+                         stride_ot, stride_oh, stride_os, stride_lt, stride_lh,
+                         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                         HAS_STARTS: tl.constexpr, PRECISION: tl.constexpr):
+    """One program = (request, KV head, split): all GROUP query heads sharing the KV head are
+    scored together, so each K/V block is read once per KV head (not once per query head).
+    The request's range [starts[b] (0 without HAS_STARTS), seq_len) is cut into NUM_SPLITS
+    equal parts. Writes each head's normalized partial output and log-sum-exp for the reduce step."""
+    b = tl.program_id(0)
+    kv_h = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    row = tl.load(req_idx_ptr + b)
+    first = 0
+    if HAS_STARTS:
+        first = tl.load(starts_ptr + b)
+    per_split = tl.cdiv(seq_len - first, NUM_SPLITS)
+    start = first + split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+    offs_g = tl.arange(0, BLOCK_G)
+    mask_g = offs_g < GROUP
+    heads = kv_h * GROUP + offs_g
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+    out, lse = attend_range(q, k_ptr, v_ptr, req_to_token_ptr + row * stride_r2t, start, end, kv_h, scale,
+                            stride_kt, stride_kh, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION)
     tl.store(out_ptr + b * stride_ot + heads[:, None] * stride_oh + split * stride_os + offs_d[None, :], out,
              mask=mask_g[:, None] & mask_d[None, :])
     tl.store(lse_ptr + b * stride_lt + heads * stride_lh + split, lse, mask=mask_g)
 
 
 @triton.jit
-def _decode_reduce_kernel(part_ptr, lse_ptr, out_ptr, stride_pt, stride_ph, stride_ps, stride_lt, stride_lh,
-                          stride_ot, stride_oh, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                          NUM_SPLITS: tl.constexpr):
-    """Merge the splits of one (request, head) by their log-sum-exp weights."""
+def _decode_reduce_kernel(part_ptr, lse_ptr, out_ptr, prefix_lens_ptr, stride_pt, stride_ph, stride_ps,
+                          stride_lt, stride_lh, stride_ot, stride_oh, HEAD_DIM: tl.constexpr,
+                          BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, PREFIX_SPLITS: tl.constexpr,
+                          BLOCK_S: tl.constexpr):
+    """Merge the partials of one (request, head) by their log-sum-exp weights: NUM_SPLITS over the
+    request's own range, then PREFIX_SPLITS over its group's shared prefix, read only when
+    `prefix_lens[b] > 0` (the prefix slots of an ungrouped request are never written)."""
     b = tl.program_id(0)
     h = tl.program_id(1)
-    offs_s = tl.arange(0, NUM_SPLITS)
+    offs_s = tl.arange(0, BLOCK_S)
+    valid = offs_s < NUM_SPLITS
+    if PREFIX_SPLITS > 0:
+        grouped = tl.load(prefix_lens_ptr + b) > 0
+        valid = valid | ((offs_s < NUM_SPLITS + PREFIX_SPLITS) & grouped)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
-    lse = tl.load(lse_ptr + b * stride_lt + h * stride_lh + offs_s)
+    lse = tl.load(lse_ptr + b * stride_lt + h * stride_lh + offs_s, mask=valid, other=-float("inf"))
     m = tl.max(lse, axis=0)
     w = tl.exp(lse - m)
     w = w / tl.sum(w, axis=0)
     parts = tl.load(part_ptr + b * stride_pt + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
-                    mask=mask_d[None, :], other=0.0)
+                    mask=valid[:, None] & mask_d[None, :], other=0.0)
     out = tl.sum(parts * w[:, None], axis=0)
     tl.store(out_ptr + b * stride_ot + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
 
@@ -89,22 +115,53 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
                      req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                      num_splits: int = 8, block_n: int = 64) -> torch.Tensor:
     """q [B, H, D] -> out [B, H, D]; each request attends to its whole sequence in the pool."""
+    part, lse = decode_partials(q, num_splits)
+    launch_decode_splits(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, None, part, lse, scale,
+                         num_splits, block_n)
+    return reduce_partials(part, lse, q, None, num_splits, 0)
+
+
+def decode_partials(q: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialized partial outputs [B, H, num_parts, D] and log-sum-exps [B, H, num_parts] (fp32)."""
+    batch, heads, dim = q.shape
+    part = torch.empty((batch, heads, num_parts, dim), dtype=torch.float32, device=q.device)
+    lse = torch.empty((batch, heads, num_parts), dtype=torch.float32, device=q.device)
+    return part, lse
+
+
+def launch_decode_splits(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
+                         req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, starts: torch.Tensor | None,
+                         part: torch.Tensor, lse: torch.Tensor, scale: float, num_splits: int,
+                         block_n: int) -> None:
+    """Fill partials 0..num_splits-1: request b over positions [starts[b] (0 if None), seq_lens[b])."""
     batch, heads, dim = q.shape
     group = heads // k_buf.shape[1]
-    block_d = triton.next_power_of_2(dim)
-    part = torch.empty((batch, heads, num_splits, dim), dtype=torch.float32, device=q.device)
-    lse = torch.empty((batch, heads, num_splits), dtype=torch.float32, device=q.device)
     _decode_split_kernel[(batch, k_buf.shape[1], num_splits)](
-        q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, part, lse, scale,
-        q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
+        q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, seq_lens if starts is None else starts,
+        part, lse, scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
-        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim, BLOCK_D=block_d,
-        BLOCK_N=block_n, NUM_SPLITS=num_splits, PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim,
+        BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        HAS_STARTS=starts is not None, PRECISION=precision_of(q))
+
+
+def reduce_partials(part: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, prefix_lens: torch.Tensor | None,
+                    num_splits: int, prefix_splits: int) -> torch.Tensor:
+    """out [B, H, D] in q's dtype: the LSE-weighted merge of each row's partials (its prefix
+    partials num_splits.. only where `prefix_lens` > 0)."""
+    batch, heads, dim = q.shape
     out = torch.empty_like(q)
     _decode_reduce_kernel[(batch, heads)](
-        part, lse, out, part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1), HEAD_DIM=dim, BLOCK_D=block_d, NUM_SPLITS=num_splits)
+        part, lse, out, lse if prefix_lens is None else prefix_lens, part.stride(0), part.stride(1),
+        part.stride(2), lse.stride(0), lse.stride(1), out.stride(0), out.stride(1), HEAD_DIM=dim,
+        BLOCK_D=triton.next_power_of_2(dim), NUM_SPLITS=num_splits, PREFIX_SPLITS=prefix_splits,
+        BLOCK_S=triton.next_power_of_2(num_splits + prefix_splits))
     return out
+
+
+def precision_of(q: torch.Tensor) -> str:
+    """tl.dot's input precision: fp32 stays exact ("ieee"); "tf32" is ignored for 16-bit inputs."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
 @triton.jit

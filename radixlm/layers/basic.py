@@ -33,7 +33,11 @@ class RMSNorm(nn.Module):
         self._impl = self._eager
 
     def init_cache(self, device: torch.device) -> None:
-        self._impl = self._fused if use_fused_kernels(device) else self._eager
+        self._chosen = self._impl = self._fused if use_fused_kernels(device) else self._eager
+
+    def use_native(self, native: bool) -> None:
+        """Run the torch implementation (True: for torch.compile to fuse) or the one chosen at init."""
+        self._impl = self._eager if native else getattr(self, "_chosen", self._eager)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> Any:
         return self._impl(x, residual)
@@ -101,7 +105,9 @@ def _llama3_scale(inv_freq: torch.Tensor, rope: dict[str, Any]) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Neox-style (half-split) rotary embedding with a precomputed cos/sin cache."""
+    """Neox-style (half-split) rotary embedding with a precomputed cos/sin cache: float32
+    [max_positions, head_dim / 2] tables, which the Triton backend's fused rotary + KV store
+    reads directly (so another rotary layout needs its own class, not a subclass of this one)."""
 
     def __init__(self, head_dim: int, max_positions: int, rope: dict[str, Any]) -> None:
         super().__init__()

@@ -188,11 +188,13 @@ def lm_head(vocab_size: int, hidden_size: int, tp: TPGroup) -> nn.Module:
     return ParallelLMHead(vocab_size, hidden_size, tp)
 
 
-def logits_fn(vocab_size: int, tp: TPGroup) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def logits_fn(vocab_size: int, tp: TPGroup,
+              device: Optional[torch.device] = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(hidden [N, H], this rank's head weight [V_local, H]) -> float32 logits [N, vocab_size],
-    every rank's block gathered at tp > 1."""
+    every rank's block gathered at tp > 1. At tp 1 on CUDA the GEMM writes float32 itself (one
+    launch, no cast kernel; logits are not rounded to bf16/fp16 on the way)."""
     if tp.size == 1:
-        return _local_logits
+        return _local_logits_fp32_out if device is not None and device.type == "cuda" else _local_logits
 
     def gathered(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return tp.all_gather_last(torch.matmul(hidden, weight.t()))[..., :vocab_size].float()
@@ -202,3 +204,8 @@ def logits_fn(vocab_size: int, tp: TPGroup) -> Callable[[torch.Tensor, torch.Ten
 
 def _local_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.matmul(hidden, weight.t()).float()
+
+
+def _local_logits_fp32_out(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """CUDA only (`mm` with `out_dtype` has no CPU kernel); hidden is 2-D."""
+    return torch.mm(hidden, weight.t(), out_dtype=torch.float32)

@@ -1,8 +1,9 @@
 """The attention function radixlm registers with transformers' `AttentionInterface`.
 
 Every attention layer of a Transformers model calls it instead of SDPA/eager; it hands the
-layer's q/k/v to radixlm's attention backend, which writes k/v into the paged KV pool and
-attends each new token to its request's cached prefix plus the new tokens (causally).
+layer's q/k/v (already rotated by the model) to radixlm's attention backend, which writes k/v
+into the paged KV pool (`rotate_and_store` with no rotary) and attends each new token to its
+request's cached prefix plus the new tokens (causally).
 The backend and the step's `ForwardBatch` arrive through the model's forward kwargs
 (`radixlm_step=StepContext(...)`), which transformers passes down to the attention
 function unchanged: no global state is involved.
@@ -46,9 +47,16 @@ def radixlm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                            "does not pass its kwargs down to the attention function")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)
-    out = step.backend.forward(q, k, v, module.layer_idx, scaling, step.batch)
-    return out.unsqueeze(0), None
+    q, k, v = (_last_dim_contiguous(x[0].transpose(0, 1)) for x in (query, key, value))
+    layer, batch = module.layer_idx, step.batch
+    q = step.backend.rotate_and_store(None, batch.positions, q, k, v, layer, batch)
+    return step.backend.forward(q, layer, scaling, batch).unsqueeze(0), None
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """The backends read any token/head strides but a unit stride along head_dim (HF models'
+    [B, H, T, D] views have it; a model that does not gets a copy)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def register_attention() -> str:

@@ -62,8 +62,8 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = self.backend.forward(q, k, v, self.layer_id, self.scale, batch)
+        q = self.backend.rotate_and_store(self.rotary, positions, q, k, v, self.layer_id, batch)
+        out = self.backend.forward(q, self.layer_id, self.scale, batch)
         return self.o_proj(out.reshape(-1, q_size))
 
 
@@ -79,7 +79,11 @@ class LlamaMLP(nn.Module):
         self.act = silu_and_mul
 
     def init_cache(self, device: torch.device) -> None:
-        self.act = fused_silu_and_mul if use_fused_kernels(device) else silu_and_mul
+        self._chosen = self.act = fused_silu_and_mul if use_fused_kernels(device) else silu_and_mul
+
+    def use_native(self, native: bool) -> None:
+        """Run the torch SiLU-and-mul (True: for torch.compile to fuse) or the one chosen at init."""
+        self.act = silu_and_mul if native else getattr(self, "_chosen", silu_and_mul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -139,12 +143,16 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup | None = None) -> None:
         super().__init__()
         tp = tp or TPGroup.single()
-        self.config = config
+        self.config, self.tp = config, tp
         self.model = self.model_cls(config, backend, tp)
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
         if not self.tied:
             self.lm_head = lm_head(config.vocab_size, config.hidden_size, tp)
         self._logits = logits_fn(config.vocab_size, tp)
+
+    def init_cache(self, device: torch.device) -> None:
+        """Pick the logits kernel for `device` once the model is materialized there."""
+        self._logits = logits_fn(self.config.vocab_size, self.tp, device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.model(input_ids, positions, batch)
