@@ -63,9 +63,12 @@ class KVCacheManager:
             self.req_pool.table[req.req_pool_idx, start:start + count] = self._dev(slots)
         return slots
 
-    def alloc_decode(self, reqs: list[Req]) -> None:
-        """One slot for each request's next position, written to the table in one copy.
-        The caller has made sure they fit (see the scheduler's retraction)."""
+    def alloc_decode(self, reqs: list[Req]) -> list[int]:
+        """One slot for each request's next position (position `kv_len`, then `kv_len += 1`),
+        returned in order. The host bookkeeping is done here; the table entries are not: the
+        caller writes them with `write_slots` before the step runs, from the device copy it makes
+        for the batch anyway (one copy per step instead of three more). The caller has made sure
+        they fit (see the scheduler's retraction)."""
         if self.page_size == 1:  # one slot per request: take them from the free list at once
             self.evict(len(reqs))
             slots = self.allocator.alloc_singles(len(reqs))
@@ -75,16 +78,18 @@ class KVCacheManager:
                 req.kv_len += 1
                 req.kv_slots.append(slot)
                 req.last_slot = slot
-        else:
-            slots = []
-            for req in reqs:
-                got = self._alloc(req, 1)
-                if got is None:
-                    raise RuntimeError("KV pool exhausted during decode despite retraction")
-                slots.append(got[0])
-        rows = [req.req_pool_idx for req in reqs]
-        cols = [req.kv_len - 1 for req in reqs]
-        self.req_pool.table[(self._dev(rows), self._dev(cols))] = self._dev(slots)
+            return slots
+        slots = []
+        for req in reqs:
+            got = self._alloc(req, 1)
+            if got is None:
+                raise RuntimeError("KV pool exhausted during decode despite retraction")
+            slots.append(got[0])
+        return slots
+
+    def write_slots(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """`table[rows[i], cols[i]] = slots[i]` (device tensors): completes `alloc_decode`."""
+        self.req_pool.table[rows, cols] = slots
 
     def _alloc(self, req: Req, count: int) -> list[int] | None:
         slots = self.allocator.alloc(req.last_slot, req.kv_len, count)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
-from radixlm.device_copy import to_device
+from radixlm.attention.shared_prefix import plan_shared_prefixes
+from radixlm.device_copy import to_device, to_device_split
 from radixlm.forward_batch import ForwardBatch, ForwardMode
 from radixlm.scheduler.request import Req
 
@@ -26,12 +29,21 @@ class ExtendItem:
 
 @dataclass
 class ScheduledBatch:
-    """What the scheduler decided to run this step, plus where each request's logits land."""
+    """What the scheduler decided to run this step.
+
+    `reqs` are the batch's requests in order; `samplers` those of them that sample a token this
+    step (in order), `sample_rows[k]` being the logits row of `samplers[k]`, or None when every
+    request samples from its own row (a plain decode: row i is request i, the logits are used
+    as they are). `items` and `logit_rows` describe an extend: each request's chunk and where
+    the logits of each wanted position land (prompt logprobs); a plain decode has neither."""
 
     mode: ForwardMode
-    items: list[ExtendItem]
+    reqs: list[Req]
     forward: ForwardBatch
-    logit_rows: list[dict[int, int]]
+    samplers: list[Req]
+    sample_rows: Optional[list[int]]
+    items: list[ExtendItem] = field(default_factory=list)
+    logit_rows: list[dict[int, int]] = field(default_factory=list)
 
 
 def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: torch.device) -> ScheduledBatch:
@@ -50,26 +62,36 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
             logit_idx.append(offset + pos - item.start)
         rows.append(row_map)
         offset += item.length
-    return ScheduledBatch(ForwardMode.EXTEND, items, _forward_batch(
-        ForwardMode.EXTEND, items, ids, positions, torch.cat(locs), logit_idx, req_to_token, device), rows)
+    fb = _extend_forward_batch(items, ids, positions, torch.cat(locs), logit_idx, req_to_token, device)
+    sampling = [(item.req, row_map[item.start + item.length - 1]) for item, row_map in zip(items, rows) if item.sample]
+    return ScheduledBatch(ForwardMode.EXTEND, [item.req for item in items], fb, [req for req, _ in sampling],
+                          [row for _, row in sampling], items, rows)
 
 
-def build_decode(reqs: list[Req], req_to_token: torch.Tensor, device: torch.device,
+def build_decode(reqs: list[Req], slots: list[int], req_to_token: torch.Tensor, device: torch.device,
                  token_buf: torch.Tensor) -> ScheduledBatch:
-    """One token per request: the last token of each, whose slot was just allocated. A last
-    token still being sampled on the device (a placeholder, id < 0) is read from
-    `token_buf[req_pool_idx]`, where the sampler puts it, without waiting for the host."""
-    positions = [req.seq_len - 1 for req in reqs]
-    items = [ExtendItem(req, pos, 1, True) for req, pos in zip(reqs, positions)]
-    ids = [req.last_token for req in reqs]
-    pool_idx = to_device([req.req_pool_idx for req in reqs], device)
-    locs = req_to_token[pool_idx, to_device(positions, device)]
-    if any(req.pending_tokens for req in reqs):
-        host_ids = to_device(ids, device)
-        ids = torch.where(host_ids < 0, token_buf[pool_idx], host_ids)
-    rows = [{pos: i} for i, pos in enumerate(positions)]
-    fb = _forward_batch(ForwardMode.DECODE, items, ids, positions, locs, list(range(len(reqs))), req_to_token, device)
-    return ScheduledBatch(ForwardMode.DECODE, items, fb, rows)
+    """One token per request: the last token of each, at position `seq_len - 1`, whose KV goes to
+    `slots[i]` (just allocated, see `KVCacheManager.alloc_decode`). A last token still being
+    sampled on the device (a placeholder, id < 0) is read from `token_buf[req_pool_idx]`, where
+    the sampler puts it, without waiting for the host. The ids, table rows, positions and slots
+    go to the device in one copy; the forward batch's `req_pool_indices`, `positions` and
+    `out_cache_loc` are views of it (the caller writes the slots into the table from them)."""
+    n = len(reqs)
+    seq_lens = [req.prompt_len + len(req.output_ids) for req in reqs]
+    positions = [s - 1 for s in seq_lens]
+    ids = [req.output_ids[-1] if req.output_ids else req.origin_input_ids[-1] for req in reqs]
+    pool_idx = [req.req_pool_idx for req in reqs]
+    lowest = min(ids)  # < 0: some last tokens are placeholders
+    dev_ids, dev_pool, dev_pos, dev_slots = to_device_split(ids + pool_idx + positions + slots, (n, n, n, n), device)
+    if lowest < 0:
+        dev_ids = torch.where(dev_ids < 0, token_buf[dev_pool], dev_ids)
+    fb = ForwardBatch(
+        mode=ForwardMode.DECODE, input_ids=dev_ids, positions=dev_pos, out_cache_loc=dev_slots,
+        req_pool_indices=dev_pool, seq_lens=dev_pos + 1, seq_lens_cpu=seq_lens, extend_prefix_lens_cpu=positions,
+        extend_seq_lens_cpu=[1] * n, logit_indices=torch.arange(n, device=device), req_to_token=req_to_token,
+        prefix_plan=plan_shared_prefixes(reqs, device),
+    )
+    return ScheduledBatch(ForwardMode.DECODE, reqs, fb, reqs, None)
 
 
 def build_multi_token_decode(reqs: list[Req], starts: list[int], req_to_token: torch.Tensor,
@@ -79,17 +101,15 @@ def build_multi_token_decode(reqs: list[Req], starts: list[int], req_to_token: t
     the slots were allocated) to its end. The model runs it as an EXTEND; the scheduler treats
     it as a decode of running requests (`mode` DECODE), so nothing is re-admitted or re-cached."""
     items = [ExtendItem(req, start, req.seq_len - start, True) for req, start in zip(reqs, starts)]
-    batch = build_extend(items, req_to_token, device)
-    return ScheduledBatch(ForwardMode.DECODE, batch.items, batch.forward, batch.logit_rows)
+    return dataclasses.replace(build_extend(items, req_to_token, device), mode=ForwardMode.DECODE)
 
 
-def _forward_batch(mode: ForwardMode, items: list[ExtendItem], ids: list[int] | torch.Tensor, positions: list[int],
-                   locs: torch.Tensor, logit_idx: list[int], req_to_token: torch.Tensor,
-                   device: torch.device) -> ForwardBatch:
+def _extend_forward_batch(items: list[ExtendItem], ids: list[int], positions: list[int], locs: torch.Tensor,
+                          logit_idx: list[int], req_to_token: torch.Tensor, device: torch.device) -> ForwardBatch:
     seq_lens = [item.start + item.length for item in items]
     return ForwardBatch(
-        mode=mode,
-        input_ids=ids if isinstance(ids, torch.Tensor) else to_device(ids, device),
+        mode=ForwardMode.EXTEND,
+        input_ids=to_device(ids, device),
         positions=to_device(positions, device),
         out_cache_loc=locs,
         req_pool_indices=to_device([item.req.req_pool_idx for item in items], device),

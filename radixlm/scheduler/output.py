@@ -15,7 +15,7 @@ from radixlm.sampling.sampling_batch import SamplingBatch
 from radixlm.scheduler.batch import ScheduledBatch
 from radixlm.scheduler.host_copy import make_host_copy
 from radixlm.scheduler.request import Req
-from radixlm.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from radixlm.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher, WindowDecoder
 
 
 PLACEHOLDER = -1  # an output id sampled on the device whose value the host has not read yet
@@ -23,7 +23,9 @@ PLACEHOLDER = -1  # an output id sampled on the device whose value the host has 
 
 @dataclass
 class LaunchedBatch:
-    """A batch whose forward and sampling are queued: `next_ids()` waits for the sampled ids."""
+    """A batch whose forward and sampling are queued: `next_ids()` waits for the sampled ids.
+    `raw` are the logits of the sampled rows (row k: `takers[k]`); they are read after the launch
+    (logprobs) only when some taker returns logprobs, and then they are not shared with a later batch."""
 
     batch: ScheduledBatch
     logits: torch.Tensor
@@ -46,11 +48,16 @@ class OutputProcessor:
         self.vocab_size, self.context_len, self.device = vocab_size, context_len, device
         self.structured = structured or build_structured_output(tokenizer, vocab_size, eos_ids, jump_forward=False)
         self.host_copy = make_host_copy(device)
+        self._decoders: dict[tuple[bool, bool], WindowDecoder] = {}  # per detokenizer options, shared
 
     def init_req(self, req: Req) -> None:
         p = req.params
         if self.tokenizer is not None:
-            req.detok = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens, p.spaces_between_special_tokens)
+            options = (p.skip_special_tokens, p.spaces_between_special_tokens)
+            decoder = self._decoders.get(options)
+            if decoder is None:
+                decoder = self._decoders[options] = WindowDecoder(self.tokenizer, *options)
+            req.detok = IncrementalDetokenizer(self.tokenizer, *options, decoder=decoder)
         stops = p.stop if isinstance(p.stop, list) else ([p.stop] if p.stop else [])
         req.stop_matcher = StopStringMatcher(stops)
 
@@ -58,46 +65,69 @@ class OutputProcessor:
         """Sample on the device for every item that samples, without waiting for the result:
         the ids go to `token_buf[req_pool_idx]` (where the next decode reads its input) and
         start their copy to the host; each sampling request gets a placeholder token."""
-        takers = [(item.req, rows[item.start + item.length - 1]) for item, rows in zip(batch.items, batch.logit_rows)
-                  if item.sample]
-        reqs = [r for r, _ in takers]
-        if not takers:
+        reqs = batch.samplers
+        if not reqs:
             return LaunchedBatch(batch, logits, reqs, None, list)
-        raw = logits[to_device([row for _, row in takers], logits.device)]
+        if batch.sample_rows is None:  # row i is request i: no gather, and the table rows are on the device
+            # A CUDA graph's logits are its output buffer, which the next batch overwrites: logprobs
+            # (read in `finish`, maybe after the next launch) need their own copy.
+            raw = logits.clone() if any([r.return_logprob for r in reqs]) else logits
+            pool_idx = batch.forward.req_pool_indices
+        else:
+            raw = logits[to_device(batch.sample_rows, logits.device)]
+            pool_idx = to_device([r.req_pool_idx for r in reqs], token_buf.device)
         ids = self._sample(reqs, raw)
-        token_buf[to_device([r.req_pool_idx for r in reqs], token_buf.device)] = ids
+        token_buf[pool_idx] = ids
         for req in reqs:
             if req.params.max_new_tokens > 0:
                 req.output_ids.append(PLACEHOLDER)
                 req.pending_tokens += 1
         return LaunchedBatch(batch, logits, reqs, raw, self.host_copy(ids))
 
-    def finish(self, launched: "LaunchedBatch", next_ids: list[int]) -> list[Any]:
+    def finish(self, launched: "LaunchedBatch", next_ids: list[int]) -> list[Req]:
         """Append the sampled ids (`launched.next_ids()`, replacing placeholders), record logprobs
-        and set finish reasons. Returns the batch's items whose request had not finished before:
-        a request that finished while this batch ran (overlap) is skipped, its token dropped."""
-        batch, logits = launched.batch, launched.logits
-        live = [(item, rows) for item, rows in zip(batch.items, batch.logit_rows) if not item.req.finished]
-        for item, rows in live:
-            if item.logit_positions:
-                self._prompt_logprobs(item.req, item.logit_positions, rows, logits)
-        want_lp = any(r.return_logprob and not r.finished for r in launched.takers)
+        and set finish reasons. Returns the batch's requests that had not finished before: a
+        request that finished while this batch ran (overlap) is skipped, its token dropped."""
+        batch = launched.batch
+        live = [req for req in batch.reqs if req.finished_reason is None]
+        for item, rows in zip(batch.items, batch.logit_rows):
+            if item.logit_positions and not item.req.finished:
+                self._prompt_logprobs(item.req, item.logit_positions, rows, launched.logits)
+        takers = launched.takers
+        want_lp = any([r.return_logprob for r in takers]) and any(
+            r.return_logprob and r.finished_reason is None for r in takers)
         logprobs = torch.log_softmax(launched.raw, dim=-1) if want_lp else None
-        for i, (req, token) in enumerate(zip(launched.takers, next_ids)):
-            if req.finished:
+        check_finish = self._check_finish
+        for i, (req, token) in enumerate(zip(takers, next_ids)):
+            if req.finished_reason is not None:
                 continue
             if req.params.max_new_tokens == 0:  # prefill only (e.g. prompt logprobs): keep no token
                 req.finished_reason = {"type": "length", "length": 0}
-                continue
-            later = req.pending_tokens - 1  # placeholders of batches launched after this one
-            del req.output_ids[len(req.output_ids) - req.pending_tokens:]
-            req.pending_tokens = 0
-            tokens = self.structured.advance(req, token)
-            self._append_all(req, tokens, logprobs[i] if logprobs is not None and req.return_logprob else None)
-            if not req.finished and later:
-                req.output_ids.extend([PLACEHOLDER] * later)
-                req.pending_tokens = later
-        return [item for item, _ in live]
+            elif req.grammar is None and req.pending_tokens and not (want_lp and req.return_logprob):
+                # The common case, what `_append_sampled` does but in place: the oldest placeholder
+                # becomes `token`; the later ones are dropped if that finishes the request.
+                out = req.output_ids
+                n = len(out) - req.pending_tokens + 1  # output tokens known once `token` is in
+                out[n - 1] = token
+                req.pending_tokens -= 1
+                check_finish(req, token, n)
+                if req.finished_reason is not None and req.pending_tokens:
+                    del out[n:]
+                    req.pending_tokens = 0
+            else:
+                self._append_sampled(req, token, logprobs[i] if want_lp and req.return_logprob else None)
+        return live
+
+    def _append_sampled(self, req: Req, token: int, lp: Optional[torch.Tensor]) -> None:
+        """Replace the request's oldest placeholder by `token` and what its grammar forces after it."""
+        later = req.pending_tokens - 1  # placeholders of batches launched after this one
+        del req.output_ids[len(req.output_ids) - req.pending_tokens:]
+        req.pending_tokens = 0
+        tokens = self.structured.advance(req, token)
+        self._append_all(req, tokens, lp)
+        if not req.finished and later > 0:
+            req.output_ids.extend([PLACEHOLDER] * later)
+            req.pending_tokens = later
 
     def _append_all(self, req: Req, tokens: list[int], lp: Optional[torch.Tensor]) -> None:
         """Append the sampled token and any jump-forward tokens after it (forced tokens have no
@@ -114,7 +144,7 @@ class OutputProcessor:
 
     def _sample(self, reqs: list[Req], raw: torch.Tensor) -> torch.Tensor:
         raw = self.structured.mask_logits(reqs, raw)
-        if all(_plain_greedy(r) for r in reqs):
+        if all(map(_plain_greedy, reqs)):
             return raw.argmax(dim=-1)  # skip building per-row sampling tensors
         sb = SamplingBatch.build([r.params for r in reqs], [r.output_ids for r in reqs], self.vocab_size,
                                  self.eos_ids, self.device, [r.step_seed() for r in reqs])
@@ -140,20 +170,25 @@ class OutputProcessor:
 
     def _append(self, req: Req, token: int) -> None:
         req.output_ids.append(token)
+        self._check_finish(req, token, len(req.output_ids))
+
+    def _check_finish(self, req: Req, token: int, n: int) -> None:
+        """Detokenize `token`, the request's newest output token and its `n`-th, then set the
+        finish reason if it ends the request (stop token or string, length, context)."""
         p = req.params
         text_stop = None
         if req.detok is not None:
             delta = req.detok.append([token])
-            check = req.stop_matcher.feed(delta)
-            text_stop = check.stop_index
+            if req.stop_matcher.stops:  # without stop strings it never stops nor holds text back
+                text_stop = req.stop_matcher.feed(delta).stop_index
         if token in (p.stop_token_ids or ()) or (not p.ignore_eos and token in self.eos_ids):
             req.finished_reason = {"type": "stop", "matched": token}
         elif text_stop is not None:
             req.finished_reason = {"type": "stop", "matched": self._matched_stop(req, text_stop)}
-        elif len(req.output_ids) >= p.max_new_tokens:
+        elif n >= p.max_new_tokens:
             req.finished_reason = {"type": "length", "length": p.max_new_tokens}
-        elif req.seq_len >= self.context_len:
-            req.finished_reason = {"type": "length", "length": len(req.output_ids)}
+        elif req.prompt_len + n >= self.context_len:
+            req.finished_reason = {"type": "length", "length": n}
 
     def _matched_stop(self, req: Req, index: int) -> str:
         text = req.detok.text
@@ -203,9 +238,7 @@ class OutputProcessor:
 
 def _plain_greedy(req: Req) -> bool:
     """Greedy with nothing that changes the logits: the argmax of the raw logits is the answer."""
-    p = req.params
-    return (p.is_greedy and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
-            and not p.logit_bias and len(req.output_ids) >= p.min_new_tokens)
+    return req.plain_greedy and len(req.output_ids) >= req.params.min_new_tokens
 
 
 def _top_k(lp: torch.Tensor, k: int) -> list[list[tuple[float, int]]]:

@@ -25,6 +25,9 @@ class Req:
     KV invariant: `req_to_token[req_pool_idx, :kv_len]` are this request's KV slots; the first
     `tree_len` of them belong to the radix tree (kept alive by the lock on `last_node`), the
     rest `[tree_len, kv_len)` are owned by the request and freed when it finishes or retracts.
+
+    `params` never change once the request exists: `uses_penalties` and `plain_greedy` are
+    derived from them here, once, instead of on every step.
     """
 
     def __init__(self, rid: str, input_ids: list[int], params: SamplingParams, *, stream: bool = False,
@@ -34,6 +37,10 @@ class Req:
         self.origin_input_ids = list(input_ids)
         self.prompt_len = len(self.origin_input_ids)  # never changes: seq_len is on every hot path
         self.params = params
+        # Penalties read the previous tokens' values on the host; plain greedy is an argmax of the raw logits.
+        self.uses_penalties = bool(params.repetition_penalty != 1.0 or params.frequency_penalty
+                                   or params.presence_penalty)
+        self.plain_greedy = params.is_greedy and not self.uses_penalties and not params.logit_bias
         self.stream = stream
         self.return_logprob = return_logprob
         self.logprob_start_len = len(input_ids) if logprob_start_len < 0 else logprob_start_len

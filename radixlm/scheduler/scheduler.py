@@ -130,9 +130,10 @@ class Scheduler:
         """Launch at most one batch and finish the previous one; returns the outputs to send."""
         self.timer.start()
         self._take_compiled()
-        if self.inflight is not None and not self._may_overlap():
+        need = self._overlap_need() if self.inflight is not None else None
+        if self.inflight is not None and need is None:
             self._finish_inflight()
-        batch = self._next_batch()
+        batch = self._next_batch(need)
         if batch is None and self.inflight is None and self.grammars.num_pending():
             self.grammars.wait(GRAMMAR_POLL_S)  # idle but for compiles: wait a little, do not spin
         launched = self._launch(batch) if batch is not None else None
@@ -144,7 +145,7 @@ class Scheduler:
             self._finish_inflight()
         self.timer.mark("schedule")
         self.timer.finish(batch.forward.mode.name.lower() if batch is not None else "idle",
-                          len(batch.items) if batch is not None else 0)
+                          len(batch.reqs) if batch is not None else 0)
         out, self.pending = self.pending, []
         return out
 
@@ -170,22 +171,25 @@ class Scheduler:
         next_ids = launched.next_ids()
         self.timer.mark("device_wait")
         live = self.outputs.finish(launched, next_ids)
-        for item in live:
-            req = item.req
-            if req.finished:
-                self.cache.cache_finished(req)
-                if req in self.running:
-                    self.running.remove(req)
-            out = self.outputs.make_output(req)
-            if out is not None:
-                self.pending.append(out)
+        done = [req for req in live if req.finished_reason is not None]
+        for req in done:
+            self.cache.cache_finished(req)
+        if done:  # one pass over `running`, not a search per finished request
+            gone = {id(req) for req in done}
+            self.running = [req for req in self.running if id(req) not in gone]
+        # make_output has nothing to say about a running request that does not stream
+        speaking = [req for req in live if req.stream or req.finished_reason is not None]
+        self.pending.extend(out for out in map(self.outputs.make_output, speaking) if out is not None)
         self.timer.mark("process")
 
-    def _may_overlap(self) -> bool:
-        """True when the next batch can be built before the in-flight one is finished."""
-        if not self.overlap or not all(_lag_safe(r) for r in self.running):
-            return False
-        return self._decode_need() <= self.cache.available()
+    def _overlap_need(self) -> Optional[int]:
+        """When the next batch can be built before the in-flight one is finished: the running
+        requests' decode KV need (`_decode_need`, valid for this step's decode batch as long as
+        no batch is finished before it), else None."""
+        if not self.overlap or not all(map(_lag_safe, self.running)):
+            return None
+        need = self._decode_need()
+        return need if need <= self.cache.available() else None
 
     def _take_compiled(self) -> None:
         """Requests whose grammar is ready join the waiting queue; failed compiles are refused (400)."""
@@ -195,9 +199,10 @@ class Scheduler:
             req.finished_reason = {"type": "abort", "message": req.error, "status_code": 400}
             self.pending.append(self.outputs.make_output(req))
 
-    def _next_batch(self) -> Optional[ScheduledBatch]:
+    def _next_batch(self, need: Optional[int]) -> Optional[ScheduledBatch]:
+        """`need`: the running requests' decode need if computed since the last finished batch."""
         batch = self._prefill_batch()
-        return batch if batch is not None else self._decode_batch()
+        return batch if batch is not None else self._decode_batch(need)
 
     def _prefill_batch(self) -> Optional[ScheduledBatch]:
         if not self.waiting and self.chunked is None:
@@ -225,25 +230,28 @@ class Scheduler:
             return None
         return build_extend(adder.items, self.cache.req_pool.table, self.runner.device)
 
-    def _decode_batch(self) -> Optional[ScheduledBatch]:
+    def _decode_batch(self, need: Optional[int]) -> Optional[ScheduledBatch]:
         if not self.running:
             return None
-        self._ensure_decode_memory()
+        self._ensure_decode_memory(self._decode_need() if need is None else need)
         if not self.running:
             return None
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - RATIO_DECAY)
         reqs = [r for r in self.running if not self._surely_done(r)]
         if not reqs:
             return None  # every running request ends with the batch in flight
-        if any(r.seq_len - r.kv_len > 1 for r in reqs):
+        if any([r.prompt_len + len(r.output_ids) - r.kv_len > 1 for r in reqs]):  # seq_len - kv_len
             return self._multi_token_decode(reqs)
-        self.cache.alloc_decode(reqs)
-        return build_decode(reqs, self.cache.req_pool.table, self.runner.device, self.token_buf)
+        slots = self.cache.alloc_decode(reqs)
+        batch = build_decode(reqs, slots, self.cache.req_pool.table, self.runner.device, self.token_buf)
+        fb = batch.forward
+        self.cache.write_slots(fb.req_pool_indices, fb.positions, fb.out_cache_loc)
+        return batch
 
     def _surely_done(self, req: Req) -> bool:
         """A request whose placeholder token will end it by length: no need to decode it again."""
         return req.pending_tokens > 0 and (len(req.output_ids) >= req.params.max_new_tokens
-                                           or req.seq_len >= self.runner.context_len)
+                                           or req.prompt_len + len(req.output_ids) >= self.runner.context_len)
 
     def _multi_token_decode(self, reqs: list[Req]) -> ScheduledBatch:
         """Some running requests got several tokens at once (jump-forward): give every request
@@ -254,13 +262,12 @@ class Scheduler:
                 raise RuntimeError("KV pool exhausted during decode despite retraction")
         return build_multi_token_decode(reqs, starts, self.cache.req_pool.table, self.runner.device)
 
-    def _ensure_decode_memory(self) -> None:
-        """Retract the newest requests until every remaining one can get its next slot. When a
-        lone request still cannot, a half-done chunked prefill is holding the KV: retract that
-        one (its computed prefix stays cached). Failing that (the front refuses requests larger
-        than the pool) the lone request is aborted: never a crash."""
+    def _ensure_decode_memory(self, need: int) -> None:
+        """Retract the newest requests until every remaining one can get its next slot (`need`:
+        `_decode_need()` now). When a lone request still cannot, a half-done chunked prefill is
+        holding the KV: retract that one (its computed prefix stays cached). Failing that (the
+        front refuses requests larger than the pool) the lone request is aborted: never a crash."""
         page = self.cache.page_size
-        need = self._decode_need()
         while need > self.cache.available():
             if len(self.running) > 1:
                 req = self.running.pop()
@@ -277,7 +284,7 @@ class Scheduler:
         """KV slots the running requests need for their next decode step."""
         page = self.cache.page_size
         if page == 1:
-            return sum(r.seq_len - r.kv_len for r in self.running)
+            return sum([r.prompt_len + len(r.output_ids) - r.kv_len for r in self.running])  # sum of seq_len - kv_len
         return sum(_new_pages(r, page) for r in self.running) * page
 
     def _retract(self, req: Req) -> None:
@@ -330,8 +337,7 @@ def _new_pages(req: Req, page: int) -> int:
 
 def _lag_safe(req: Req) -> bool:
     """Can this request's next token be sampled before its previous one is read on the host?"""
-    p = req.params
-    return req.grammar is None and p.repetition_penalty == 1.0 and not p.frequency_penalty and not p.presence_penalty
+    return req.grammar is None and not req.uses_penalties
 
 
 def _final(req: Req) -> ReqOutput:

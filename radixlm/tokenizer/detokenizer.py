@@ -38,6 +38,34 @@ def _make_decode_fn(
     )
 
 
+class WindowDecoder:
+    """Decodes token windows for one tokenizer and one set of options; one instance may serve
+    every request that decodes with those options (pass it to each IncrementalDetokenizer).
+
+    Invariant: ``text_len(ids) == len(decode(ids))``. The length of a single token's text is a
+    pure function of its id, so it is remembered (at most one entry per vocabulary id): after
+    each token that completes a character a detokenizer measures the window it slides to, and
+    that window is usually just that token.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = True,
+    ) -> None:
+        self.decode = _make_decode_fn(tokenizer, skip_special_tokens, spaces_between_special_tokens)
+        self._single_lens: dict[int, int] = {}
+
+    def text_len(self, ids: list[int]) -> int:
+        if len(ids) != 1:
+            return len(self.decode(ids))
+        n = self._single_lens.get(ids[0])
+        if n is None:
+            n = self._single_lens[ids[0]] = len(self.decode(ids))
+        return n
+
+
 class IncrementalDetokenizer:
     """Turns a growing list of token ids into text deltas.
 
@@ -57,8 +85,11 @@ class IncrementalDetokenizer:
         tokenizer: PreTrainedTokenizerBase,
         skip_special_tokens: bool = True,
         spaces_between_special_tokens: bool = True,
+        decoder: WindowDecoder | None = None,
     ) -> None:
-        self._decode = _make_decode_fn(tokenizer, skip_special_tokens, spaces_between_special_tokens)
+        """`decoder`: a shared WindowDecoder built with the same tokenizer and options (None: own one)."""
+        self._decoder = decoder or WindowDecoder(tokenizer, skip_special_tokens, spaces_between_special_tokens)
+        self._decode = self._decoder.decode
         self._ids: list[int] = []
         # Window start: tokens before it never affect new text again.
         self._prefix_offset = 0
@@ -114,7 +145,7 @@ class IncrementalDetokenizer:
         rendering of a token depends on its predecessor (e.g. leading-space rules)."""
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._ids)
-        self._emitted_in_window = len(self._decode(self._ids[self._prefix_offset :]))
+        self._emitted_in_window = self._decoder.text_len(self._ids[self._prefix_offset :])
 
     def flush(self) -> str:
         """End of stream: return any held-back text (e.g. a truncated char as U+FFFD)."""
