@@ -50,16 +50,14 @@ class TritonBackend(AttentionBackend):
         if batch.mode is ForwardMode.DECODE:
             batch.attn_metadata = None
             return
-        device = batch.input_ids.device
         ext = batch.extend_seq_lens_cpu
         starts = [0]
         for n in ext[:-1]:
             starts.append(starts[-1] + n)
-        batch.attn_metadata = _ExtendMeta(
-            q_start=to_device(starts, device),
-            prefix_lens=to_device(batch.extend_prefix_lens_cpu, device),
-            ext_lens=to_device(ext, device),
-            max_ext=max(ext))
+        b = len(ext)  # the three lists in one host-to-device copy
+        q_start, prefix_lens, ext_lens = to_device(starts + batch.extend_prefix_lens_cpu + ext,
+                                                   batch.input_ids.device).split([b, b, b])
+        batch.attn_metadata = _ExtendMeta(q_start=q_start, prefix_lens=prefix_lens, ext_lens=ext_lens, max_ext=max(ext))
 
     def rotate_and_store(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
                          k: torch.Tensor, v: torch.Tensor, layer_id: int, batch: ForwardBatch) -> torch.Tensor:

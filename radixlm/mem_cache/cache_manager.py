@@ -3,7 +3,9 @@
 Invariant (checked by `check_no_leak` when idle): every usable slot is in exactly one of
 the free list, a running request's own range, or the radix tree. A request's slots are kept on
 the host too (`req.kv_slots`, equal to its table row's first `kv_len` entries), so no
-bookkeeping ever reads the device table back (that would wait for the GPU).
+bookkeeping ever reads the device table back (that would wait for the GPU). The one exception
+is brief: `take_row` and `alloc_slots` change only the host side, and their caller writes the
+new entries with `write_rows` (one copy for a whole prefill batch) before a forward reads them.
 """
 
 from __future__ import annotations
@@ -37,31 +39,70 @@ class KVCacheManager:
     def match(self, req: Req, max_len: int) -> None:
         """Point a request without KV at the longest cached prefix of its first `max_len` tokens."""
         assert req.kv_len == 0 and req.last_node is None
-        match = self.tree.match_prefix(req.fill_ids[:max_len])
+        match = self.tree.match_prefix(req.fill_slice(0, max_len))
         self.tree.inc_lock_ref(match.last_node)
         req.last_node, req.tree_len, req.kv_len = match.last_node, len(match.values), len(match.values)
-        req.kv_slots = list(match.values)
+        req.kv_slots = match.values  # a new list, the request's own
         req.last_slot = match.values[-1] if match.values else 0
 
-    def assign_row(self, req: Req) -> bool:
-        """Give the request a row of the request-to-token table and copy its prefix slots there."""
+    def take_row(self, req: Req) -> bool:
+        """Give the request a row of the request-to-token table, if it has none, without writing
+        to it: the caller writes the row (`write_rows`) before a forward reads it."""
         if req.req_pool_idx is not None:
             return True
         idx = self.req_pool.alloc()
         if idx is None:
             return False
         req.req_pool_idx = idx
-        if req.tree_len:
-            self.req_pool.table[req.req_pool_idx, :req.tree_len] = self._dev(req.kv_slots)
         return True
 
+    def assign_row(self, req: Req) -> bool:
+        """Give the request a row of the request-to-token table and copy its prefix slots there."""
+        had_row = req.req_pool_idx is not None
+        if not self.take_row(req):
+            return False
+        if not had_row and req.tree_len:
+            self.write_rows([(req, 0, req.tree_len)])
+        return True
+
+    def alloc_slots(self, req: Req, count: int) -> list[int] | None:
+        """Slots for the next `count` positions of `req`, evicting from the tree if needed; host
+        side only (`req.kv_slots` grows, its table row does not: see `write_rows`)."""
+        return self._alloc(req, count)
+
     def alloc_tokens(self, req: Req, count: int) -> list[int] | None:
-        """Slots for the next `count` positions of `req`, evicting from the tree if needed."""
-        start = req.kv_len
+        """`alloc_slots`, then the new slots written to the request's table row."""
         slots = self._alloc(req, count)
-        if slots is not None:
-            self.req_pool.table[req.req_pool_idx, start:start + count] = self._dev(slots)
+        if slots:
+            self.write_rows([(req, req.kv_len - count, req.kv_len)])
         return slots
+
+    def write_rows(self, spans: list[tuple[Req, int, int]]) -> None:
+        """`table[req.req_pool_idx, lo:hi] = req.kv_slots[lo:hi]` for every `(req, lo, hi)`, with
+        one host-to-device copy for all of them. A span's part inside the request's tree prefix
+        (`[0, tree_len)`, the path of `last_node`) is uploaded once per tree node, however many
+        of the spans share it: 64 requests admitted on one 2,048-token system prompt send those
+        slots once, not 64 times."""
+        values: list[int] = []
+        pieces: list[list[int]] = []  # [row, column, length, offset in values]
+        uploaded: dict[tuple[int, int, int], int] = {}  # (node, lo, hi) of a tree prefix -> offset
+        for req, lo, hi in spans:
+            cut = min(max(lo, req.tree_len), hi)  # [lo, cut) lies inside the tree prefix
+            if cut > lo:
+                key = (id(req.last_node), lo, cut)
+                offset = uploaded.get(key)
+                if offset is None:
+                    offset = uploaded[key] = len(values)
+                    values += req.kv_slots[lo:cut]
+                _add_piece(pieces, req.req_pool_idx, lo, cut - lo, offset)
+            if hi > cut:
+                _add_piece(pieces, req.req_pool_idx, cut, hi - cut, len(values))
+                values += req.kv_slots[cut:hi]
+        if not pieces:
+            return
+        src, table = self._dev(values), self.req_pool.table
+        for row, column, length, offset in pieces:
+            table[row, column:column + length] = src[offset:offset + length]
 
     def alloc_decode(self, reqs: list[Req]) -> list[int]:
         """One slot for each request's next position (position `kv_len`, then `kv_len += 1`),
@@ -131,21 +172,24 @@ class KVCacheManager:
         n = req.kv_len - req.kv_len % self.page_size
         if n <= req.tree_len:
             return
-        row = self.req_pool.table[req.req_pool_idx]
-        slots = req.kv_slots[:n]
-        present = self.tree.insert(req.fill_ids[:n], slots)
+        key, slots = req.fill_slice(0, n), req.kv_slots[:n]
+        present, node = self.tree.insert_node(key, slots)
         if self.tree.disable:
             return
-        # Slots between the old tree prefix and what the tree already had are duplicates we own.
-        self.allocator.free(slots[req.tree_len:present])
-        match = self.tree.match_prefix(req.fill_ids[:n])
-        row[:len(match.values)] = self._dev(match.values)
-        req.kv_slots[:len(match.values)] = match.values
+        old = req.tree_len
+        if present > old:
+            # Another request cached [old, present) meanwhile: our slots there are duplicates we
+            # own; the tree's replace them. The rest of the row already holds the tree's slots:
+            # [0, old) came from the tree, [present, n) went into it.
+            theirs = self.tree.match_prefix(key).values[old:present]
+            self.allocator.free(slots[old:present])
+            req.kv_slots[old:present] = theirs
+            self.req_pool.table[req.req_pool_idx, old:present] = self._dev(theirs)
         self.tree.dec_lock_ref(req.last_node)
-        self.tree.inc_lock_ref(match.last_node)
-        req.last_node, req.tree_len = match.last_node, len(match.values)
-        if req.kv_len == req.tree_len:
-            req.last_slot = match.values[-1]
+        self.tree.inc_lock_ref(node)
+        req.last_node, req.tree_len = node, n
+        if req.kv_len == n:
+            req.last_slot = req.kv_slots[n - 1]
 
     def _free_own(self, req: Req) -> None:
         if req.kv_len > req.tree_len:
@@ -174,3 +218,13 @@ class KVCacheManager:
                 f"KV leak: free {free} + cached {cached} != capacity {self.capacity()} "
                 f"(protected {self.tree.protected_size()})"
             )
+
+
+def _add_piece(pieces: list[list[int]], row: int, column: int, length: int, offset: int) -> None:
+    """Append a [row, column, length, offset] copy, merged into the previous one when it continues it."""
+    if pieces:
+        last = pieces[-1]
+        if last[0] == row and last[1] + last[2] == column and last[3] + last[2] == offset:
+            last[2] += length
+            return
+    pieces.append([row, column, length, offset])

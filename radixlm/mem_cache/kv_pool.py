@@ -62,6 +62,13 @@ class SlotAllocator:
         start-1 is `last_loc` (ignored when start is page-aligned). Returns None, changing
         nothing, when there are not enough free pages."""
         p = self.page_size
+        if p == 1:  # what popping `count` single pages gives, as one slice
+            if count > len(self._free_pages):
+                return None
+            slots = self._free_pages[len(self._free_pages) - count:]
+            del self._free_pages[len(self._free_pages) - count:]
+            slots.reverse()
+            return slots
         in_page = min(count, (-start) % p)
         pages_needed = -(-(count - in_page) // p)
         if pages_needed > len(self._free_pages):

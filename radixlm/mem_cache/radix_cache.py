@@ -79,9 +79,10 @@ class MatchResult:
     """Result of :meth:`RadixCache.match_prefix`.
 
     ``values`` are the KV slots of the matched prefix (``len(values)`` is the
-    number of matched tokens).  ``last_node`` is the deepest node whose path
-    from the root spells exactly that prefix (the root when nothing matched);
-    lock it with ``inc_lock_ref`` to keep ``values`` alive.
+    number of matched tokens), a new list the caller may keep and change.
+    ``last_node`` is the deepest node whose path from the root spells exactly
+    that prefix (the root when nothing matched); lock it with ``inc_lock_ref``
+    to keep ``values`` alive.
     """
 
     values: list[int]
@@ -159,19 +160,46 @@ class RadixCache:
         that mode the tree does NOT take ownership of ``value``, so the caller
         must free all of ``value`` itself (not just ``value[:0]``).
         """
+        return self.insert_node(key, value)[0]
+
+    def insert_node(self, key: Sequence[int], value: Sequence[int]) -> tuple[int, TreeNode]:
+        """:meth:`insert`, also returning the node whose path from the root spells all of
+        ``key`` (what ``match_prefix(key).last_node`` would then be; the root when ``key`` is
+        empty or ``disable=True``), so a caller need not walk the tree again to lock it."""
         if len(key) != len(value):
             raise ValueError(f"key/value length mismatch: {len(key)} != {len(value)}")
         if len(key) % self.page_size:
             raise ValueError(f"key length {len(key)} not a multiple of page_size {self.page_size}")
         if self.disable:
-            return 0
+            return 0, self._root
         now = self._tick()
         node, matched = self._walk(key, len(key), now)
         if matched < len(key):
             leaf = TreeNode(next(self._ids), list(key[matched:]), list(value[matched:]), node, now)
             node.children[self._child_key(leaf.key, 0)] = leaf
             self._evictable += len(leaf.key)  # new nodes start unlocked
-        return matched
+            node = leaf
+        return matched, node
+
+    def prefix_len(self, key: Sequence[int]) -> int:
+        """``len(match_prefix(key).values)`` without its side effects: no node is split, no
+        access time changes, no slot list is built (a length query for ordering decisions)."""
+        if self.disable:
+            return 0
+        if not isinstance(key, list):
+            key = list(key)
+        limit = len(key) - len(key) % self.page_size
+        node, pos = self._root, 0
+        while pos < limit:
+            child = node.children.get(self._child_key(key, pos))
+            if child is None:
+                break
+            m = self._match_len(key, pos, limit, child.key)
+            pos += m
+            if m < len(child.key):
+                break
+            node = child
+        return pos
 
     # ----------------------------------------------------------------- eviction
 
@@ -284,12 +312,9 @@ class RadixCache:
             return key[start]
         return tuple(key[start : start + self.page_size])
 
-    def _match_len(self, key: Sequence[int], start: int, limit: int, node_key: list[int]) -> int:
+    def _match_len(self, key: list[int], start: int, limit: int, node_key: list[int]) -> int:
         """Common-prefix length of ``key[start:limit]`` and ``node_key``, rounded down to a page."""
-        n = min(limit - start, len(node_key))
-        i = 0
-        while i < n and key[start + i] == node_key[i]:
-            i += 1
+        i = common_prefix_len(key, start, node_key, min(limit - start, len(node_key)))
         return i - i % self.page_size
 
     def _walk(self, key: Sequence[int], limit: int, now: int) -> tuple[TreeNode, int]:
@@ -298,6 +323,8 @@ class RadixCache:
         Splits the node where the match ends mid-node.  Returns the deepest
         node covering the match and the matched length.
         """
+        if not isinstance(key, list):
+            key = list(key)  # `common_prefix_len` compares list slices
         node = self._root
         node.last_access = now
         pos = 0
@@ -376,3 +403,27 @@ class RadixCache:
         assert node.lock_ref >= child_locks >= 0
         for ck, child in node.children.items():
             assert child.parent is node and self._child_key(child.key, 0) == ck
+
+
+SCAN_BELOW = 32  # a mismatch is narrowed down by halving to a run this short, then scanned
+
+
+def common_prefix_len(a: list[int], start: int, b: list[int], n: int) -> int:
+    """Length of the common prefix of ``a[start:start+n]`` and ``b[:n]`` (both at least that long).
+
+    Compares list slices (C speed) instead of stepping token by token in Python: one comparison
+    when the whole run matches (the usual case for a cached prefix), else a halving search for the
+    first mismatch, O(n) element comparisons in O(log n) Python steps. ``a`` and ``b`` are lists:
+    a tuple slice never equals a list slice."""
+    if a[start:start + n] == (b if n == len(b) else b[:n]):
+        return n
+    lo, hi = 0, n  # a[start:start+lo] == b[:lo]; the first mismatch is in [lo, hi)
+    while hi - lo > SCAN_BELOW:
+        mid = (lo + hi) // 2
+        if a[start + lo:start + mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    while lo < hi and a[start + lo] == b[lo]:
+        lo += 1
+    return lo

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from radixlm.attention.shared_prefix import plan_shared_prefixes
-from radixlm.device_copy import to_device, to_device_split
+from radixlm.device_copy import to_device_split
 from radixlm.forward_batch import ForwardBatch, ForwardMode
 from radixlm.scheduler.request import Req
 
@@ -47,14 +47,15 @@ class ScheduledBatch:
 
 
 def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: torch.device) -> ScheduledBatch:
-    """Prefill/extend batch. Slots for the new tokens must already be in `req_to_token`."""
+    """Prefill/extend batch. Slots for the new tokens must already be in `req.kv_slots` (and be
+    in `req_to_token` before the forward runs); every host list goes to the device in one copy."""
     ids, positions, locs, logit_idx, rows = [], [], [], [], []
     offset = 0
     for item in items:
         req, end = item.req, item.start + item.length
-        ids.extend(req.fill_ids[item.start:end])
-        positions.extend(range(item.start, end))
-        locs.append(req_to_token[req.req_pool_idx, item.start:end])
+        ids += req.fill_slice(item.start, end)
+        positions += range(item.start, end)
+        locs += req.kv_slots[item.start:end]
         wanted = sorted(set(item.logit_positions) | ({end - 1} if item.sample else set()))
         row_map = {}
         for pos in wanted:
@@ -62,7 +63,7 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
             logit_idx.append(offset + pos - item.start)
         rows.append(row_map)
         offset += item.length
-    fb = _extend_forward_batch(items, ids, positions, torch.cat(locs), logit_idx, req_to_token, device)
+    fb = _extend_forward_batch(items, ids, positions, locs, logit_idx, req_to_token, device)
     sampling = [(item.req, row_map[item.start + item.length - 1]) for item, row_map in zip(items, rows) if item.sample]
     return ScheduledBatch(ForwardMode.EXTEND, [item.req for item in items], fb, [req for req, _ in sampling],
                           [row for _, row in sampling], items, rows)
@@ -104,19 +105,24 @@ def build_multi_token_decode(reqs: list[Req], starts: list[int], req_to_token: t
     return dataclasses.replace(build_extend(items, req_to_token, device), mode=ForwardMode.DECODE)
 
 
-def _extend_forward_batch(items: list[ExtendItem], ids: list[int], positions: list[int], locs: torch.Tensor,
+def _extend_forward_batch(items: list[ExtendItem], ids: list[int], positions: list[int], locs: list[int],
                           logit_idx: list[int], req_to_token: torch.Tensor, device: torch.device) -> ForwardBatch:
+    """The tensors are views of one device buffer (one copy): nothing may write into them."""
     seq_lens = [item.start + item.length for item in items]
+    pool_idx = [item.req.req_pool_idx for item in items]
+    t, b = len(ids), len(items)
+    dev_ids, dev_pos, dev_locs, dev_pool, dev_lens, dev_logit = to_device_split(
+        ids + positions + locs + pool_idx + seq_lens + logit_idx, (t, t, t, b, b, len(logit_idx)), device)
     return ForwardBatch(
         mode=ForwardMode.EXTEND,
-        input_ids=to_device(ids, device),
-        positions=to_device(positions, device),
-        out_cache_loc=locs,
-        req_pool_indices=to_device([item.req.req_pool_idx for item in items], device),
-        seq_lens=to_device(seq_lens, device),
+        input_ids=dev_ids,
+        positions=dev_pos,
+        out_cache_loc=dev_locs,
+        req_pool_indices=dev_pool,
+        seq_lens=dev_lens,
         seq_lens_cpu=seq_lens,
         extend_prefix_lens_cpu=[item.start for item in items],
         extend_seq_lens_cpu=[item.length for item in items],
-        logit_indices=to_device(logit_idx, device),
+        logit_indices=dev_logit,
         req_to_token=req_to_token,
     )

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from radixlm.constrained.structured import StructuredOutput, build_structured_output
-from radixlm.device_copy import to_device
+from radixlm.device_copy import to_device_split
 from radixlm.io_struct import ReqOutput
 from radixlm.sampling.sampler import apply_penalties_and_bias, sample
 from radixlm.sampling.sampling_batch import SamplingBatch
@@ -74,8 +74,10 @@ class OutputProcessor:
             raw = logits.clone() if any([r.return_logprob for r in reqs]) else logits
             pool_idx = batch.forward.req_pool_indices
         else:
-            raw = logits[to_device(batch.sample_rows, logits.device)]
-            pool_idx = to_device([r.req_pool_idx for r in reqs], token_buf.device)
+            k = len(reqs)  # logits rows and table rows in one copy (logits and token_buf share a device)
+            rows, pool_idx = to_device_split(batch.sample_rows + [r.req_pool_idx for r in reqs], (k, k),
+                                             token_buf.device)
+            raw = logits[rows]
         ids = self._sample(reqs, raw)
         token_buf[pool_idx] = ids
         for req in reqs:

@@ -47,7 +47,9 @@ def match_limit(req: Req) -> int:
 
 class PrefillAdder:
     """Admits requests one by one until a budget runs out. Invariant: a request either ends up
-    in `items` with its slots allocated, or is left untouched (no lock, no slots).
+    in `items` with its slots allocated, or is left untouched (no lock, no slots). The admitted
+    requests' table rows are not written here: `table_spans` lists what `KVCacheManager.write_rows`
+    must write before the batch runs (one copy for the whole batch).
 
     Requests that would recompute a prefix another request computes in this same step are
     deferred one step (n>1 siblings by `prefix_group`, others through a tree of this step's
@@ -63,6 +65,7 @@ class PrefillAdder:
         self.chunked: Optional[Req] = None
         self.in_batch = RadixCache(disable=cache.tree.disable)  # token ids only: no KV behind it
         self.num_deferred = 0
+        self.table_spans: list[tuple[Req, int, int]] = []
 
     def add(self, req: Req) -> bool:
         """Try to admit `req`; returns False when admission should stop for this step."""
@@ -87,7 +90,7 @@ class PrefillAdder:
 
     def _shares_with_batch(self, req: Req) -> bool:
         """True when `req` shares IN_BATCH_SHARE_MIN more tokens with this step's prompts than with the cache."""
-        shared = len(self.in_batch.match_prefix(req.fill_ids[:match_limit(req)]).values)
+        shared = self.in_batch.prefix_len(req.fill_slice(0, match_limit(req)))
         return shared - req.kv_len >= IN_BATCH_SHARE_MIN
 
     def _admit(self, req: Req, ext: int, fresh: bool) -> bool:
@@ -99,15 +102,18 @@ class PrefillAdder:
             if length <= 0:
                 self._undo(req, fresh)
                 return False
-        if not self.cache.assign_row(req) or self.cache.alloc_tokens(req, length) is None:
+        new_row = req.req_pool_idx is None
+        if not self.cache.take_row(req) or self.cache.alloc_slots(req, length) is None:
             self._undo(req, fresh)
             return False
         start = req.kv_len - length
+        self.table_spans.append((req, 0 if new_row else start, req.kv_len))
         if fresh and not req.output_ids and not req.num_retractions:
             req.cached_tokens = start  # its first admission's cache hit, never its own earlier chunks
         self.items.append(ExtendItem(req, start, length, sample, _logprob_positions(req, start, length)))
         self.tokens_left -= length
-        self.in_batch.insert(req.fill_ids, req.fill_ids)
+        ids = req.fill_ids
+        self.in_batch.insert(ids, ids)
         if req.prefix_group is not None:
             self.groups.add(req.prefix_group)
         if not sample:

@@ -73,6 +73,15 @@ class Req:
         """Every token the model has seen or will see next: prompt then output."""
         return self.origin_input_ids + self.output_ids
 
+    def fill_slice(self, start: int, end: int) -> list[int]:
+        """`fill_ids[start:end]` for 0 <= start <= end, without building the whole of `fill_ids`."""
+        n = self.prompt_len
+        if end <= n:
+            return self.origin_input_ids[start:end]
+        if start >= n:
+            return self.output_ids[start - n:end - n]
+        return self.origin_input_ids[start:] + self.output_ids[:end - n]
+
     @property
     def last_token(self) -> int:
         """The newest token (without building `fill_ids`, which copies the whole sequence)."""

@@ -228,6 +228,7 @@ class Scheduler:
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
         if not adder.items:
             return None
+        self.cache.write_rows(adder.table_spans)
         return build_extend(adder.items, self.cache.req_pool.table, self.runner.device)
 
     def _decode_batch(self, need: Optional[int]) -> Optional[ScheduledBatch]:
