@@ -95,10 +95,11 @@ def _decode_reduce_kernel(part_ptr, lse_ptr, out_ptr, prefix_lens_ptr, stride_pt
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
-    valid = offs_s < NUM_SPLITS
-    if PREFIX_SPLITS > 0:
-        grouped = tl.load(prefix_lens_ptr + b) > 0
-        valid = valid | ((offs_s < NUM_SPLITS + PREFIX_SPLITS) & grouped)
+    if PREFIX_SPLITS > 0:  # a bound, not a mask of a scalar: Triton 3.9's interpreter rejects that mask
+        limit = tl.where(tl.load(prefix_lens_ptr + b) > 0, NUM_SPLITS + PREFIX_SPLITS, NUM_SPLITS)
+        valid = offs_s < limit
+    else:
+        valid = offs_s < NUM_SPLITS
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     lse = tl.load(lse_ptr + b * stride_lt + h * stride_lh + offs_s, mask=valid, other=-float("inf"))
