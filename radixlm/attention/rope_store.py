@@ -14,22 +14,22 @@ import triton.language as tl
 
 
 @triton.jit
-def _cos_sin(pos_ptr, cos_ptr, sin_ptr, t, stride_cos, offs_d, mask_d):
+def _rotate(x_ptr, t, stride_t, stride_h, stride_d, pos_ptr, cos_ptr, sin_ptr, stride_cos, NH: tl.constexpr,
+            HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Neox half-split rotation of token t's NH heads at position pos[t]: (pointer to the first
+    halves, both rotated halves rounded to x's dtype, head offsets, half offsets, mask)."""
+    offs_d = tl.arange(0, BLOCK_HALF)
+    mask_d = offs_d < HALF
     pos = tl.load(pos_ptr + t)
-    cos = tl.load(cos_ptr + pos * stride_cos + offs_d, mask=mask_d, other=0.0)
-    sin = tl.load(sin_ptr + pos * stride_cos + offs_d, mask=mask_d, other=0.0)
-    return cos[None, :], sin[None, :]
-
-
-@triton.jit
-def _rotate(x_ptr, t, stride_t, stride_h, stride_d, cos, sin, offs_h, offs_d, mask, HALF: tl.constexpr):
-    """Neox half-split rotation of token t's heads: (pointer to the first halves, both rotated
-    halves rounded to x's dtype)."""
+    cos = tl.load(cos_ptr + pos * stride_cos + offs_d, mask=mask_d, other=0.0)[None, :]
+    sin = tl.load(sin_ptr + pos * stride_cos + offs_d, mask=mask_d, other=0.0)[None, :]
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_h[:, None] < NH) & mask_d[None, :]
     p1 = x_ptr + t * stride_t + offs_h[:, None] * stride_h + offs_d[None, :] * stride_d
     x1 = tl.load(p1, mask=mask, other=0.0)
     x2 = tl.load(p1 + HALF * stride_d, mask=mask, other=0.0)
     a, b = x1.to(tl.float32), x2.to(tl.float32)
-    return p1, (a * cos - b * sin).to(x1.dtype), (b * cos + a * sin).to(x1.dtype)
+    return p1, (a * cos - b * sin).to(x1.dtype), (b * cos + a * sin).to(x1.dtype), offs_h, offs_d, mask
 
 
 @triton.jit
@@ -53,13 +53,9 @@ def _copy_heads(src_ptr, t, stride_t, stride_h, stride_d, cache_ptr, loc, stride
 def _rotate_k_into_cache(k_ptr, t, stride_kt, stride_kh, stride_kd, k_cache_ptr, loc, stride_ct, stride_ch,
                          pos_ptr, cos_ptr, sin_ptr, stride_cos, NK: tl.constexpr, HALF: tl.constexpr,
                          BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    offs_half = tl.arange(0, BLOCK_HALF)
-    mask_half = offs_half < HALF
-    cos, sin = _cos_sin(pos_ptr, cos_ptr, sin_ptr, t, stride_cos, offs_half, mask_half)
-    offs_h = tl.arange(0, BLOCK_HK)
-    mask = (offs_h[:, None] < NK) & mask_half[None, :]
-    _, k1, k2 = _rotate(k_ptr, t, stride_kt, stride_kh, stride_kd, cos, sin, offs_h, offs_half, mask, HALF)
-    dst = k_cache_ptr + loc * stride_ct + offs_h[:, None] * stride_ch + offs_half[None, :]
+    _, k1, k2, offs_h, offs_d, mask = _rotate(k_ptr, t, stride_kt, stride_kh, stride_kd, pos_ptr, cos_ptr, sin_ptr,
+                                              stride_cos, NK, HALF, BLOCK_HK, BLOCK_HALF)
+    dst = k_cache_ptr + loc * stride_ct + offs_h[:, None] * stride_ch + offs_d[None, :]
     tl.store(dst, _to_cache(k1, k_cache_ptr), mask=mask)
     tl.store(dst + HALF, _to_cache(k2, k_cache_ptr), mask=mask)
 
@@ -67,12 +63,8 @@ def _rotate_k_into_cache(k_ptr, t, stride_kt, stride_kh, stride_kd, k_cache_ptr,
 @triton.jit
 def _rotate_q_in_place(q_ptr, t, stride_qt, stride_qh, stride_qd, pos_ptr, cos_ptr, sin_ptr, stride_cos,
                        NQ: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    offs_half = tl.arange(0, BLOCK_HALF)
-    mask_half = offs_half < HALF
-    cos, sin = _cos_sin(pos_ptr, cos_ptr, sin_ptr, t, stride_cos, offs_half, mask_half)
-    offs_h = tl.arange(0, BLOCK_HQ)
-    mask = (offs_h[:, None] < NQ) & mask_half[None, :]
-    p1, q1, q2 = _rotate(q_ptr, t, stride_qt, stride_qh, stride_qd, cos, sin, offs_h, offs_half, mask, HALF)
+    p1, q1, q2, _, _, mask = _rotate(q_ptr, t, stride_qt, stride_qh, stride_qd, pos_ptr, cos_ptr, sin_ptr,
+                                     stride_cos, NQ, HALF, BLOCK_HQ, BLOCK_HALF)
     tl.store(p1, q1, mask=mask)
     tl.store(p1 + HALF * stride_qd, q2, mask=mask)
 
