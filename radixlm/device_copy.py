@@ -20,6 +20,7 @@ import torch
 # Through `array.array` a Python list becomes a tensor ~4x faster than through `torch.tensor`
 # (which inspects every element); same values (a C cast per element, as torch.tensor does).
 _ARRAY_TYPECODES = {torch.int64: "q", torch.float32: "f"}
+_ALIGN_ELEMS = 2  # int64 elements per 16 bytes
 
 
 def host_tensor(values: Sequence[int] | Sequence[float] | Sequence[bool],
@@ -39,8 +40,24 @@ def to_device(values: Sequence[int] | Sequence[float] | Sequence[bool], device: 
 
 def to_device_split(values: Sequence[int], sizes: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
     """int64 `values` cut into consecutive parts of `sizes` (summing to len(values)), on `device`
-    in ONE copy: the parts are views of one buffer, so callers must not write into them."""
-    return pinned_to_device(host_tensor(values), device).split(list(sizes))
+    in ONE copy: the parts are views of one buffer, so callers must not write into them.
+
+    Every part starts on a 16-byte boundary: Triton specializes a kernel on whether each pointer
+    argument is 16-byte aligned, so parts at odd offsets would compile new kernel variants
+    (hundreds of ms each) in the middle of serving whenever a batch size changes parity."""
+    host = host_tensor(values)
+    starts = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size + (-size) % _ALIGN_ELEMS)
+    if starts[-1] + sizes[-1] != len(values):  # some part would start misaligned: spread them out
+        padded = torch.zeros(starts[-1] + sizes[-1], dtype=torch.int64)
+        src = 0
+        for start, size in zip(starts, sizes):
+            padded[start:start + size] = host[src:src + size]
+            src += size
+        host = padded
+    dev = pinned_to_device(host, device)
+    return tuple(dev[start:start + size] for start, size in zip(starts, sizes))
 
 
 def pinned_to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -40,6 +40,17 @@ def test_to_device_split_gives_each_part() -> None:
     assert [p.tolist() for p in parts] == [a, b, c]
 
 
+@pytest.mark.parametrize("sizes", [(3, 1, 2), (1, 1, 1, 1), (2, 4, 6), (5,), (0, 3, 0, 1)])
+def test_to_device_split_parts_start_16_byte_aligned(sizes: tuple[int, ...]) -> None:
+    """Triton compiles a kernel variant per pointer alignment: every part must start aligned,
+    whatever the sizes before it."""
+    values = list(range(1, sum(sizes) + 1))
+    parts = to_device_split(values, sizes, CPU)
+    base = parts[0].data_ptr()
+    assert all((p.data_ptr() - base) % 16 == 0 for p in parts)
+    assert [v for p in parts for v in p.tolist()] == values and [p.numel() for p in parts] == list(sizes)
+
+
 def make_cache(page_size: int) -> KVCacheManager:
     return KVCacheManager(SlotAllocator(2048, page_size), ReqToTokenPool(16, 256, CPU),
                           RadixCache(page_size=page_size))

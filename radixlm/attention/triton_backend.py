@@ -18,7 +18,7 @@ from radixlm.attention.base import AttentionBackend
 from radixlm.attention.rope_store import rope_and_store
 from radixlm.attention.triton_cascade import cascade_decode_attention
 from radixlm.attention.triton_kernels import decode_attention, decode_launch_config, extend_attention
-from radixlm.device_copy import to_device
+from radixlm.device_copy import to_device_split
 from radixlm.forward_batch import ForwardBatch, ForwardMode
 from radixlm.layers.basic import RotaryEmbedding
 from radixlm.mem_cache.kv_pool import KVPool
@@ -55,8 +55,8 @@ class TritonBackend(AttentionBackend):
         for n in ext[:-1]:
             starts.append(starts[-1] + n)
         b = len(ext)  # the three lists in one host-to-device copy
-        q_start, prefix_lens, ext_lens = to_device(starts + batch.extend_prefix_lens_cpu + ext,
-                                                   batch.input_ids.device).split([b, b, b])
+        q_start, prefix_lens, ext_lens = to_device_split(starts + batch.extend_prefix_lens_cpu + ext, (b, b, b),
+                                                         batch.input_ids.device)
         batch.attn_metadata = _ExtendMeta(q_start=q_start, prefix_lens=prefix_lens, ext_lens=ext_lens, max_ext=max(ext))
 
     def rotate_and_store(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
