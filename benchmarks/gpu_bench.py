@@ -58,7 +58,7 @@ def model_dir(shape: str) -> str:
     return path
 
 
-def radixlm_decode_step(path: str, context: int, graphs: bool) -> tuple[float, int]:
+def radixlm_decode_step(path: str, context: int, graphs: bool, **server_kwargs) -> tuple[float, int]:
     """Batch-1 decode step (ms) at `context` tokens, and the model's weight bytes."""
     from radixlm.forward_batch import ForwardBatch, ForwardMode
     from radixlm.model_runner import ModelRunner
@@ -66,7 +66,7 @@ def radixlm_decode_step(path: str, context: int, graphs: bool) -> tuple[float, i
 
     args = ServerArgs(model_path=path, load_format="dummy", dtype="bfloat16", max_total_tokens=8192,
                       max_running_requests=8, cuda_graph_max_bs=8, disable_cuda_graph=not graphs,
-                      context_length=4096)
+                      context_length=4096, **server_kwargs)
     runner = ModelRunner(args)
     table = runner.req_to_token_pool.table
     table[0, :context + 1] = torch.arange(1, context + 2, device="cuda")
@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--sched-batch", type=int, default=256)
     ap.add_argument("--offline-max-running", type=int, nargs="+", default=[None],
                     help="offline runs at these --max-running-requests (CUDA graphs up to 512 rows; default: the engine's)")
+    ap.add_argument("--decode-compile", action="store_true", help="also time batch-1 decode with torch.compile")
     a = ap.parse_args()
     results: dict = {"device": torch.cuda.get_device_name(), "copy_GBps": copy_bandwidth() / 1e9}
     print(f"device {results['device']}: copy bandwidth {results['copy_GBps']:.0f} GB/s (read+write)", flush=True)
@@ -180,6 +181,10 @@ def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
         ms, weights = radixlm_decode_step(path, 256, graphs=True)
         ms_eager, _ = radixlm_decode_step(path, 256, graphs=False)
         bw = weights / (ms / 1e3) / 1e9
+        if a.decode_compile:
+            res["decode_compiled_ms"], _ = radixlm_decode_step(path, 256, graphs=True, enable_torch_compile=True,
+                                                               torch_compile_max_bs=8)
+            print(f"{shape}: decode bs1 with --enable-torch-compile {res['decode_compiled_ms']:.2f} ms", flush=True)
         res.update(decode_ms=ms, decode_eager_ms=ms_eager, weight_GB=weights / 1e9, achieved_GBps=bw,
                    fraction_of_copy_bw=bw / copy_gbps)
         hf = hf_generate(path, random_prompts(1, 128), 128, 1)

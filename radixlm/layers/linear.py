@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixlm.distributed.group import TPGroup
+from radixlm.layers import gemv
 
 
 def whole(tensor: Any) -> torch.Tensor:
@@ -81,7 +82,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(sum(self.local_sizes))) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return gemv.linear(x, self.weight, self.bias)
 
     def load_shard(self, attr: str, tensor: Any, part: Optional[int]) -> None:
         """Copy this rank's rows of logical output `part` (0 when unfused) from the full tensor."""
@@ -127,7 +128,7 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.tp.all_reduce(F.linear(x, self.weight))
+        out = self.tp.all_reduce(gemv.linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 
     def load_shard(self, attr: str, tensor: Any, part: Optional[int]) -> None:
@@ -208,4 +209,4 @@ def _local_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _local_logits_fp32_out(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """CUDA only (`mm` with `out_dtype` has no CPU kernel); hidden is 2-D."""
-    return torch.mm(hidden, weight.t(), out_dtype=torch.float32)
+    return gemv.linear_fp32(hidden, weight)

@@ -1,0 +1,96 @@
+"""Single-row matmul (GEMV) for batch-1 decode: y[1, N] = x[1, K] W[N, K]^T (+ b).
+
+At one row a linear layer only streams its weight, so its time is the weight's bytes over the
+memory bandwidth. cuBLAS reaches 2.4-3.3 TB/s on Llama's q/k/v, o and down projections at one
+row on an H200 (it splits K and adds a reduce kernel); this kernel gives each program a few
+whole output rows, reads them in wide K tiles and reduces in registers, one launch, and measured
+3.1-4.2 TB/s on the same shapes (`benchmarks/gemv.py`).
+
+`linear(x, w, b)` and `linear_fp32(x, w)` (the LM head's float32 logits) take this kernel for a
+single contiguous row on CUDA and `torch` for everything else. The kernel is a `torch.library`
+custom op, so `torch.compile` treats it as one opaque call.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
+    triton = None
+
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def gemv_config(n: int, k: int) -> tuple[int, int, int]:
+    """(rows per program, K tile, warps): the fastest of a sweep on an H200 (`benchmarks/gemv.py`):
+    wide outputs (gate/up, LM head) take 16 rows x 256, the rest 4 rows x 512."""
+    block_k = 512 if k % 512 == 0 else 256 if k % 256 == 0 else 128
+    return (16, min(block_k, 256), 4) if n >= 4 * k else (4, block_k, 4)
+
+
+def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """The kernel's domain: one contiguous half-precision row on CUDA, K a multiple of 128."""
+    return (x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.dtype in _HALF and w.dtype == x.dtype
+            and x.is_contiguous() and w.is_contiguous() and w.shape[1] % 128 == 0)
+
+
+if triton is not None:
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """One program = BLOCK_N output rows over all of K (K % BLOCK_K == 0); fp32 accumulation."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.arange(0, BLOCK_K)
+        row_ok = rows < N
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        w_tile = w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :]
+        for k in range(0, K, BLOCK_K):
+            w = tl.load(w_tile + k, mask=row_ok[:, None], other=0.0)
+            x = tl.load(x_ptr + k + cols)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        y = tl.sum(acc, axis=1)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+
+def gemv_into(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """out[1, N] = x[1, K] @ w[N, K]^T (+ bias), in out's dtype; `supports(x, w)` must hold
+    (or, on the CPU, TRITON_INTERPRET=1 with contiguous tensors)."""
+    n, k = w.shape
+    block_n, block_k, warps = gemv_config(n, k)
+    _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, w if bias is None else bias, out, n, k, bias is not None,
+                                            block_n, block_k, num_warps=warps)
+    return out
+
+
+@torch.library.custom_op("radixlm::gemv", mutates_args=())
+def _gemv_op(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], fp32_out: bool) -> torch.Tensor:
+    out = torch.empty((1, w.shape[0]), dtype=torch.float32 if fp32_out else x.dtype, device=x.device)
+    return gemv_into(x, w, bias, out)
+
+
+@_gemv_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], fp32_out: bool) -> torch.Tensor:
+    return x.new_empty((1, w.shape[0]), dtype=torch.float32 if fp32_out else x.dtype)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`F.linear(x, w, bias)` for 2-D x; a single row on CUDA goes through the GEMV kernel."""
+    if supports(x, w) and (bias is None or bias.is_contiguous()):
+        return _gemv_op(x, w, bias, False)
+    return F.linear(x, w, bias)
+
+
+def linear_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """float32 `x @ w^T` on CUDA without a cast kernel (the LM head): a single row through the
+    GEMV kernel, more rows through `mm` with a float32 output."""
+    if supports(x, w):
+        return _gemv_op(x, w, None, True)
+    return torch.mm(x, w.t(), out_dtype=torch.float32)

@@ -1,0 +1,90 @@
+"""The single-row GEMV kernel (batch-1 decode's linear layers) against a float64 torch product.
+
+On a GPU it runs compiled and `linear` / `linear_fp32` dispatch to it (also under
+torch.compile); without one, the kernel runs through Triton's interpreter in a subprocess and
+the dispatch is checked to leave CPU tensors to torch. Tolerance: relative Frobenius error of
+the output, 1e-6 for float32 inputs and 1e-2 for bf16/fp16 (the output's own rounding is ~4e-3).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+HERE = os.path.dirname(__file__)
+# (N, K): the 4-row / 512 tile, a 256 tile, a 128 tile, the 16-row path (N >= 4K), ragged N
+SHAPES = ((64, 1024), (40, 256), (33, 384), (1030, 256), (7, 128))
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+def check_kernel(device: str) -> None:
+    from radixlm.layers.gemv import gemv_into
+
+    gen = torch.Generator().manual_seed(0)
+    for n, k in SHAPES:
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)):
+            for with_bias in (False, True):
+                x = torch.randn(1, k, generator=gen).to(device, dtype)
+                w = torch.randn(n, k, generator=gen).to(device, dtype)
+                b = torch.randn(n, generator=gen).to(device, dtype) if with_bias else None
+                want = x.double() @ w.double().t() + (0 if b is None else b.double())
+                for out_dtype in (dtype, torch.float32):
+                    out = torch.full((1, n), float("nan"), dtype=out_dtype, device=device)
+                    gemv_into(x, w, b, out)
+                    err = rel_err(out, want)
+                    assert err <= tol, (n, k, dtype, with_bias, out_dtype, err)
+
+
+def test_gemv_kernel_matches_float64_product() -> None:
+    if torch.cuda.is_available():
+        check_kernel("cuda")
+        return
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_gemv as t; t.check_kernel('cpu')"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_config_divides_k_and_covers_the_tile_sizes() -> None:
+    from radixlm.layers.gemv import gemv_config
+
+    for n, k in SHAPES + ((6144, 4096), (4096, 14336), (28672, 4096), (128256, 2048)):
+        rows, tile, warps = gemv_config(n, k)
+        assert k % tile == 0 and rows in (4, 16) and warps > 0
+
+
+def test_cpu_tensors_go_to_torch() -> None:
+    from radixlm.layers import gemv
+
+    x, w, b = torch.randn(1, 256), torch.randn(32, 256), torch.randn(32)
+    assert not gemv.supports(x, w)
+    assert torch.equal(gemv.linear(x, w, b), F.linear(x, w, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dispatch_on_cuda_one_row_kernel_more_rows_torch() -> None:
+    from radixlm.layers import gemv
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    w = torch.randn(4096, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    b = torch.randn(4096, device="cuda", dtype=torch.bfloat16, generator=gen)
+    one = torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    three = torch.randn(3, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)
+    strided = torch.randn(2048, 2, device="cuda", dtype=torch.bfloat16, generator=gen)[:, 0].unsqueeze(0)
+    assert gemv.supports(one, w) and not gemv.supports(three, w) and not gemv.supports(strided, w)
+    assert rel_err(gemv.linear(one, w, b), one.double() @ w.double().t() + b.double()) < 1e-2
+    assert torch.equal(gemv.linear(three, w, b), F.linear(three, w, b))
+    logits = gemv.linear_fp32(one, w)
+    assert logits.dtype == torch.float32 and rel_err(logits, one.double() @ w.double().t()) < 1e-5
+    compiled = torch.compile(lambda x: gemv.linear(x, w, b) * 2, fullgraph=True)
+    assert torch.equal(compiled(one), gemv.linear(one, w, b) * 2)
