@@ -97,7 +97,8 @@ class Scheduler:
             return f"the prompt has {n} tokens, which does not fit the context length {self.runner.context_len}"
         if n + 1 > self.cache.capacity():
             return f"the prompt has {n} tokens, more than the KV pool can ever hold ({self.cache.capacity()})"
-        if any(t < 0 or t >= self.runner.vocab_size for t in req.origin_input_ids):
+        ids = req.origin_input_ids  # min/max run in C: a per-token generator cost ~0.4 ms per 2k-token prompt
+        if min(ids) < 0 or max(ids) >= self.runner.vocab_size:
             return f"input token ids must be in [0, {self.runner.vocab_size})"
         return None
 
