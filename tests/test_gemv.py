@@ -20,6 +20,8 @@ pytest.importorskip("triton")
 HERE = os.path.dirname(__file__)
 # (N, K): the 4-row / 512 tile, a 256 tile, a 128 tile, the 16-row path (N >= 4K), ragged N
 SHAPES = ((64, 1024), (40, 256), (33, 384), (1030, 256), (7, 128))
+# every (rows per program, K tile, warps) `gemv_config` picks, plus None: its own choice
+CONFIGS = (None, (4, 512, 4), (8, 512, 4), (16, 256, 4), (4, 512, 8), (4, 128, 4))
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -38,10 +40,13 @@ def check_kernel(device: str) -> None:
                 b = torch.randn(n, generator=gen).to(device, dtype) if with_bias else None
                 want = x.double() @ w.double().t() + (0 if b is None else b.double())
                 for out_dtype in (dtype, torch.float32):
-                    out = torch.full((1, n), float("nan"), dtype=out_dtype, device=device)
-                    gemv_into(x, w, b, out)
-                    err = rel_err(out, want)
-                    assert err <= tol, (n, k, dtype, with_bias, out_dtype, err)
+                    for config in CONFIGS:
+                        if config is not None and k % config[1]:
+                            continue
+                        out = torch.full((1, n), float("nan"), dtype=out_dtype, device=device)
+                        gemv_into(x, w, b, out, config)
+                        err = rel_err(out, want)
+                        assert err <= tol, (n, k, dtype, with_bias, out_dtype, config, err)
 
 
 def test_gemv_kernel_matches_float64_product() -> None:
@@ -57,9 +62,12 @@ def test_gemv_kernel_matches_float64_product() -> None:
 def test_config_divides_k_and_covers_the_tile_sizes() -> None:
     from radixlm.layers.gemv import gemv_config
 
-    for n, k in SHAPES + ((6144, 4096), (4096, 14336), (28672, 4096), (128256, 2048)):
+    for n, k in SHAPES:
         rows, tile, warps = gemv_config(n, k)
-        assert k % tile == 0 and rows in (4, 16) and warps > 0
+        assert k % tile == 0 and rows in (4, 8, 16) and warps in (4, 8)
+    llama = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096),
+             (3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 2048))
+    assert all(gemv_config(n, k) in CONFIGS for n, k in llama)  # the kernel test runs each
 
 
 def test_cpu_tensors_go_to_torch() -> None:

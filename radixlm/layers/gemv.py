@@ -28,10 +28,16 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int]:
-    """(rows per program, K tile, warps): the fastest of a sweep on an H200 (`benchmarks/gemv.py`):
-    wide outputs (gate/up, LM head) take 16 rows x 256, the rest 4 rows x 512."""
+    """(rows per program, K tile, warps), from sweeps on an H200 (`benchmarks/gemv.py --sweep`):
+    at K >= 4096, 16 rows x 256 for wide outputs (gate/up, LM head) and 8 x 512 when N > K
+    (q/k/v); otherwise 4 x 512; 8 warps for long rows (K >= 8192, the down projection)."""
     block_k = 512 if k % 512 == 0 else 256 if k % 256 == 0 else 128
-    return (16, min(block_k, 256), 4) if n >= 4 * k else (4, block_k, 4)
+    warps = 8 if k >= 8192 else 4
+    if k >= 4096 and n >= 4 * k:
+        return 16, min(block_k, 256), warps
+    if k >= 4096 and n > k:
+        return 8, block_k, warps
+    return 4, block_k, warps
 
 
 def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -60,11 +66,13 @@ if triton is not None:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
-def gemv_into(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+def gemv_into(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
+              config: Optional[tuple[int, int, int]] = None) -> torch.Tensor:
     """out[1, N] = x[1, K] @ w[N, K]^T (+ bias), in out's dtype; `supports(x, w)` must hold
-    (or, on the CPU, TRITON_INTERPRET=1 with contiguous tensors)."""
+    (or, on the CPU, TRITON_INTERPRET=1 with contiguous tensors). `config`: `gemv_config`'s
+    triple (its K tile must divide K); None takes `gemv_config(N, K)`."""
     n, k = w.shape
-    block_n, block_k, warps = gemv_config(n, k)
+    block_n, block_k, warps = config or gemv_config(n, k)
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, w if bias is None else bias, out, n, k, bias is not None,
                                             block_n, block_k, num_warps=warps)
     return out
