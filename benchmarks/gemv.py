@@ -2,9 +2,7 @@
 
 Each layer is timed inside one CUDA graph over enough distinct weight copies (>= 600 MB) that
 the 50 MB L2 cache holds none of them, so the figure is the weight-read bandwidth of a cold
-layer, as in a decode step. `--sweep` also tries other tile settings of the kernel. A second table times the fused
-prologues against the two kernels they replace: residual add + RMSNorm then the q/k/v or
-gate/up GEMV, and SiLU-and-mul then the down GEMV.
+layer, as in a decode step. `--sweep` also tries other tile settings of the kernel.
 
     python benchmarks/gemv.py [--sweep]
 """
@@ -16,9 +14,9 @@ import itertools
 from typing import Callable
 
 import torch
+import triton
 
-from radixlm.layers import fused_kernels
-from radixlm.layers.gemv import gemv_config, gemv_into, rmsnorm_gemv_into, silu_mul_gemv_into
+from radixlm.layers.gemv import _gemv_kernel, gemv_config, gemv_into
 
 SHAPES = {"llama-3-8b": {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
                          "down": (4096, 14336), "lm_head": (128256, 4096)},
@@ -72,31 +70,6 @@ def main() -> None:
                 sweep(x, ws, y, n, k, nbytes)
             del ws
             torch.cuda.empty_cache()
-    fused_table()
-
-
-def fused_table() -> None:
-    """Fused prologue vs separate kernel + GEMV, per layer, cold weights as above."""
-    print("\n| shape | layer | separate kernels us | fused us | saved us |")
-    print("|---|---|---|---|---|")
-    for model, layers in SHAPES.items():
-        for name in ("qkv", "gate_up", "down"):
-            n, k = layers[name]
-            ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, (600 << 20) // (n * k * 2)))]
-            y = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
-            if name == "down":
-                gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
-                apart = us_per_call([lambda w=w: gemv_into(fused_kernels.silu_and_mul(gate_up), w, None, y) for w in ws])
-                fused = us_per_call([lambda w=w: silu_mul_gemv_into(gate_up, w, None, y) for w in ws])
-            else:
-                x, r, g = (torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-                r_out = torch.empty_like(x)
-                apart = us_per_call([lambda w=w: gemv_into(fused_kernels.rmsnorm(x, g[0], 1e-5, r)[0], w, None, y)
-                                     for w in ws])
-                fused = us_per_call([lambda w=w: rmsnorm_gemv_into(x, r, g[0], 1e-5, w, None, y, r_out) for w in ws])
-            print(f"| {model} | {name} | {apart:.1f} | {fused:.1f} | {apart - fused:.1f} |", flush=True)
-            del ws
-            torch.cuda.empty_cache()
 
 
 def sweep(x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, n: int, k: int, nbytes: int) -> None:
@@ -104,7 +77,9 @@ def sweep(x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, n: int, k: i
     for rows, tile, warps in itertools.product((2, 4, 8, 16), (128, 256, 512), (4, 8)):
         if k % tile or rows * tile > 8192:
             continue
-        us = us_per_call([lambda w=w: gemv_into(x, w, None, y, (rows, tile, warps)) for w in ws])
+        grid = (triton.cdiv(n, rows),)
+        us = us_per_call([lambda w=w: _gemv_kernel[grid](x, w, w, y, n, k, False, rows, tile, num_warps=warps)
+                          for w in ws])
         res.append((us, rows, tile, warps))
     res.sort()
     print(f"    sweep (default {gemv_config(n, k)}): " + ", ".join(

@@ -84,23 +84,6 @@ class ColumnParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gemv.linear(x, self.weight, self.bias)
 
-    def forward_normed(self, x: torch.Tensor, residual: Optional[torch.Tensor],
-                       norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(self(norm(s)), s) for the residual stream s = x + residual (x when None); `norm` is
-        an RMSNorm. One row on CUDA takes one GEMV kernel with the add and norm in its prologue."""
-        if gemv.supports_rmsnorm(x, residual, norm.weight, self.weight):
-            return gemv.rmsnorm_linear(x, residual, norm.weight, norm.eps, self.weight, self.bias)
-        if residual is None:
-            return self(norm(x)), x
-        h, residual = norm(x, residual)
-        return self(h), residual
-
-    def forward_silu_mul(self, gate_up: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """self(act(gate_up)) where `act` is SiLU-and-mul; one row on CUDA takes one GEMV kernel."""
-        if gemv.supports_silu_mul(gate_up, self.weight):
-            return gemv.silu_mul_linear(gate_up, self.weight, self.bias)
-        return self(act(gate_up))
-
     def load_shard(self, attr: str, tensor: Any, part: Optional[int]) -> None:
         """Copy this rank's rows of logical output `part` (0 when unfused) from the full tensor."""
         part = part or 0
@@ -145,17 +128,7 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._reduce(gemv.linear(x, self.weight))
-
-    def forward_silu_mul(self, gate_up: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """self(act(gate_up)) where `act` is SiLU-and-mul (this rank's columns); one row on CUDA
-        takes one GEMV kernel before the all-reduce."""
-        if gemv.supports_silu_mul(gate_up, self.weight):
-            return self._reduce(gemv.silu_mul_linear(gate_up, self.weight))
-        return self(act(gate_up))
-
-    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
-        out = self.tp.all_reduce(partial)
+        out = self.tp.all_reduce(gemv.linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 
     def load_shard(self, attr: str, tensor: Any, part: Optional[int]) -> None:

@@ -55,19 +55,8 @@ class LlamaAttention(nn.Module):
         self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings, _rope_parameters(config))
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        return self.attend(positions, self.qkv_proj(x), batch)
-
-    def forward_normed(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
-                       norm: RMSNorm, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(forward(norm(s)), s) for the residual stream s = x + residual (x when None); the add
-        and norm run inside the q/k/v projection's kernel where it has one (a single row on CUDA)."""
-        qkv, residual = self.qkv_proj.forward_normed(x, residual, norm)
-        return self.attend(positions, qkv, batch), residual
-
-    def attend(self, positions: torch.Tensor, qkv: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """Attention output projected by o_proj, from the fused q/k/v projection's output."""
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -97,14 +86,7 @@ class LlamaMLP(nn.Module):
         self.act = silu_and_mul if native else getattr(self, "_chosen", silu_and_mul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj.forward_silu_mul(self.gate_up_proj(x), self.act)
-
-    def forward_normed(self, x: torch.Tensor, residual: torch.Tensor,
-                       norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        """(forward(norm(x + residual)), x + residual); at one row on CUDA the add and norm run in
-        the gate/up kernel and SiLU-and-mul in the down kernel."""
-        gate_up, residual = self.gate_up_proj.forward_normed(x, residual, norm)
-        return self.down_proj.forward_silu_mul(gate_up, self.act), residual
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -119,10 +101,14 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
                 batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (mlp output, residual stream before it); the caller adds them (fused into the
-        next norm). Each norm runs with the projection after it (`forward_normed`)."""
-        h, residual = self.self_attn.forward_normed(positions, x, residual, self.input_layernorm, batch)
-        return self.mlp.forward_normed(h, residual, self.post_attention_layernorm)
+        """Returns (mlp output, residual stream before it); the caller adds them (fused into the next norm)."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(positions, h, batch)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
