@@ -14,9 +14,8 @@ import itertools
 from typing import Callable
 
 import torch
-import triton
 
-from radixlm.layers.gemv import _gemv_kernel, gemv_config, gemv_into
+from radixlm.layers.gemv import gemv_config, gemv_into
 
 SHAPES = {"llama-3-8b": {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
                          "down": (4096, 14336), "lm_head": (128256, 4096)},
@@ -77,9 +76,7 @@ def sweep(x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, n: int, k: i
     for rows, tile, warps in itertools.product((2, 4, 8, 16), (128, 256, 512), (4, 8)):
         if k % tile or rows * tile > 8192:
             continue
-        grid = (triton.cdiv(n, rows),)
-        us = us_per_call([lambda w=w: _gemv_kernel[grid](x, w, w, y, n, k, False, rows, tile, num_warps=warps)
-                          for w in ws])
+        us = us_per_call([lambda w=w: gemv_into(x, w, None, y, (rows, tile, warps)) for w in ws])
         res.append((us, rows, tile, warps))
     res.sort()
     print(f"    sweep (default {gemv_config(n, k)}): " + ", ".join(

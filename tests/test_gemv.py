@@ -70,6 +70,20 @@ def test_config_divides_k_and_covers_the_tile_sizes() -> None:
     assert all(gemv_config(n, k) in CONFIGS for n, k in llama)  # the kernel test runs each
 
 
+def test_pdl_only_for_cuda_tensors_on_hopper_or_newer() -> None:
+    """Programmatic dependent launch is never asked of the CPU interpreter (it has no grid
+    dependency instructions); on a GPU it follows the compute capability, for small launches."""
+    from radixlm.pdl import pdl_enabled
+
+    from radixlm.pdl import MAX_ROWS
+
+    assert not pdl_enabled(torch.zeros(1), 1)
+    if torch.cuda.is_available():
+        on_gpu = torch.zeros(1, device="cuda")
+        assert pdl_enabled(on_gpu, MAX_ROWS) == (torch.cuda.get_device_capability() >= (9, 0))
+        assert not pdl_enabled(on_gpu, MAX_ROWS + 1)
+
+
 def test_cpu_tensors_go_to_torch() -> None:
     from radixlm.layers import gemv
 

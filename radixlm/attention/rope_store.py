@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from radixlm.pdl import pdl_enabled, pdl_enter
+
 
 @triton.jit
 def _rotate(x_ptr, t, stride_t, stride_h, stride_d, pos_ptr, cos_ptr, sin_ptr, stride_cos, NH: tl.constexpr,
@@ -75,12 +77,14 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, loc_ptr, p
                        stride_vt, stride_vh, stride_vd, stride_ct, stride_ch, stride_cos,
                        NQ: tl.constexpr, NK: tl.constexpr, HEAD_DIM: tl.constexpr, HALF: tl.constexpr,
                        BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
-                       BLOCK_D: tl.constexpr, ROTATE: tl.constexpr):
+                       BLOCK_D: tl.constexpr, ROTATE: tl.constexpr, PDL: tl.constexpr):
     """Program (t, role): role 0 rotates token t's q heads in place, role 1 its k heads into the
     K cache at slot loc[t] (only copies them when not ROTATE), role 2 copies its v heads into
     the V cache. Values are rounded to the input dtype, then cast to the cache's (as rotary then
     `KVPool.set_kv` do). Each branch's work is its own function: Triton's compiler rejects
     branch-local values of different shapes under one name."""
+    if PDL:
+        pdl_enter()
     t = tl.program_id(0)
     role = tl.program_id(1)
     loc = tl.load(loc_ptr + t)
@@ -109,7 +113,7 @@ def rope_and_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: t
     k itself is never written."""
     tokens, nq, dim = q.shape
     nk = k.shape[1]
-    rotate = cos is not None
+    rotate, pdl = cos is not None, pdl_enabled(q, tokens)
     _rope_store_kernel[(tokens, 3)](
         q, k, v, k_cache, v_cache, loc, positions, cos if rotate else k_cache, sin if rotate else k_cache,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -117,4 +121,4 @@ def rope_and_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: t
         cos.stride(0) if rotate else 0,
         NQ=nq, NK=nk, HEAD_DIM=dim, HALF=dim // 2, BLOCK_HQ=triton.next_power_of_2(nq),
         BLOCK_HK=triton.next_power_of_2(nk), BLOCK_HALF=triton.next_power_of_2(max(dim // 2, 1)),
-        BLOCK_D=triton.next_power_of_2(dim), ROTATE=rotate)
+        BLOCK_D=triton.next_power_of_2(dim), ROTATE=rotate, PDL=pdl, launch_pdl=pdl)

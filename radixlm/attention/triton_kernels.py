@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from radixlm.pdl import pdl_enabled, pdl_enter
+
 
 @triton.jit
 def attend_range(q, k_ptr, v_ptr, slots_ptr, start, end, kv_h, scale, stride_kt, stride_kh,
@@ -54,11 +56,13 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq
                          stride_ot, stride_oh, stride_os, stride_lt, stride_lh,
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                         HAS_STARTS: tl.constexpr, PRECISION: tl.constexpr):
+                         HAS_STARTS: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
     """One program = (request, KV head, split): all GROUP query heads sharing the KV head are
     scored together, so each K/V block is read once per KV head (not once per query head).
     The request's range [starts[b] (0 without HAS_STARTS), seq_len) is cut into NUM_SPLITS
     equal parts. Writes each head's normalized partial output and log-sum-exp for the reduce step."""
+    if PDL:
+        pdl_enter()
     b = tl.program_id(0)
     kv_h = tl.program_id(1)
     split = tl.program_id(2)
@@ -88,10 +92,12 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq
 def _decode_reduce_kernel(part_ptr, lse_ptr, out_ptr, prefix_lens_ptr, stride_pt, stride_ph, stride_ps,
                           stride_lt, stride_lh, stride_ot, stride_oh, HEAD_DIM: tl.constexpr,
                           BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr, PREFIX_SPLITS: tl.constexpr,
-                          BLOCK_S: tl.constexpr):
+                          BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     """Merge the partials of one (request, head) by their log-sum-exp weights: NUM_SPLITS over the
     request's own range, then PREFIX_SPLITS over its group's shared prefix, read only when
     `prefix_lens[b] > 0` (the prefix slots of an ungrouped request are never written)."""
+    if PDL:
+        pdl_enter()
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -151,14 +157,15 @@ def launch_decode_splits(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tens
                          block_n: int, num_warps: int = 4, num_stages: int = 3) -> None:
     """Fill partials 0..num_splits-1: request b over positions [starts[b] (0 if None), seq_lens[b])."""
     batch, heads, dim = q.shape
-    group = heads // k_buf.shape[1]
+    group, pdl = heads // k_buf.shape[1], pdl_enabled(q, batch)
     _decode_split_kernel[(batch, k_buf.shape[1], num_splits)](
         q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, seq_lens if starts is None else starts,
         part, lse, scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim,
         BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        HAS_STARTS=starts is not None, PRECISION=precision_of(q), num_warps=num_warps, num_stages=num_stages)
+        HAS_STARTS=starts is not None, PRECISION=precision_of(q), PDL=pdl, num_warps=num_warps,
+        num_stages=num_stages, launch_pdl=pdl)
 
 
 def reduce_partials(part: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, prefix_lens: torch.Tensor | None,
@@ -166,12 +173,12 @@ def reduce_partials(part: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, pref
     """out [B, H, D] in q's dtype: the LSE-weighted merge of each row's partials (its prefix
     partials num_splits.. only where `prefix_lens` > 0)."""
     batch, heads, dim = q.shape
-    out = torch.empty_like(q)
+    out, pdl = torch.empty_like(q), pdl_enabled(q, batch)
     _decode_reduce_kernel[(batch, heads)](
         part, lse, out, lse if prefix_lens is None else prefix_lens, part.stride(0), part.stride(1),
         part.stride(2), lse.stride(0), lse.stride(1), out.stride(0), out.stride(1), HEAD_DIM=dim,
         BLOCK_D=triton.next_power_of_2(dim), NUM_SPLITS=num_splits, PREFIX_SPLITS=prefix_splits,
-        BLOCK_S=triton.next_power_of_2(num_splits + prefix_splits))
+        BLOCK_S=triton.next_power_of_2(num_splits + prefix_splits), PDL=pdl, launch_pdl=pdl)
     return out
 
 

@@ -10,10 +10,14 @@ import torch
 import triton
 import triton.language as tl
 
+from radixlm.pdl import pdl_enabled, pdl_enter
+
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        pdl_enter()
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < n_cols
@@ -35,10 +39,11 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     out = torch.empty_like(x)
     res_out = torch.empty_like(x) if residual is not None else None
     n = x.shape[-1]
+    pdl = pdl_enabled(x, x.numel() // n)
     _rmsnorm_kernel[(x.numel() // n,)](x, residual if residual is not None else x, weight, out,
                                       res_out if res_out is not None else out, n, eps,
                                       HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n),
-                                      num_warps=4 if n <= 4096 else 8)
+                                      PDL=pdl, num_warps=4 if n <= 4096 else 8, launch_pdl=pdl)
     return out, res_out
 
 
@@ -80,7 +85,9 @@ def rotary_inplace(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, co
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        pdl_enter()
     row = tl.program_id(0)
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = col < n_cols
@@ -96,5 +103,6 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     rows, n = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty((rows, n), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block)
+    pdl = pdl_enabled(gate_up, rows)
+    _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, PDL=pdl, launch_pdl=pdl)
     return out

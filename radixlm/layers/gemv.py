@@ -21,6 +21,8 @@ import torch.nn.functional as F
 try:
     import triton
     import triton.language as tl
+
+    from radixlm.pdl import pdl_enabled, pdl_enter
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
@@ -49,8 +51,10 @@ def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
 if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         """One program = BLOCK_N output rows over all of K (K % BLOCK_K == 0); fp32 accumulation."""
+        if PDL:
+            pdl_enter()
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_K)
         row_ok = rows < N
@@ -73,8 +77,9 @@ def gemv_into(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], ou
     triple (its K tile must divide K); None takes `gemv_config(N, K)`."""
     n, k = w.shape
     block_n, block_k, warps = config or gemv_config(n, k)
+    pdl = pdl_enabled(x, 1)
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, w if bias is None else bias, out, n, k, bias is not None,
-                                            block_n, block_k, num_warps=warps)
+                                            block_n, block_k, pdl, num_warps=warps, launch_pdl=pdl)
     return out
 
 

@@ -1,0 +1,51 @@
+"""Programmatic dependent launch (PDL) for the small kernels of a decode step.
+
+On Hopper and newer GPUs a kernel launched with PDL is scheduled while the kernel before it on
+the stream is still finishing, so the launch gap between two kernels (a few microseconds, which
+adds up over the ~10 kernels of each layer at batch 1) overlaps the earlier kernel's tail; CUDA
+graphs keep the programmatic edges. The price is a contract on the kernel:
+
+    a kernel launched with `launch_pdl=True` calls `pdl_enter()` (when its PDL constexpr is
+    set) before any load or store of global memory,
+
+which waits until the previous kernel has completed and its writes are visible, then lets the
+next kernel launch. Kernels without it still run in stream order; a kernel that broke the
+contract could read stale data, so every launch site passes `PDL=on, launch_pdl=on` together
+with `on = pdl_enabled(tensor, rows)`.
+
+Only small launches use it (at most `MAX_ROWS` tokens or requests): there kernels last a few
+microseconds and the launch gap is a large share of each. At batch 1 on an H200 it took the
+Llama-3-8B decode step from 4.32 to 4.13 ms and Llama-3.2-1B's from 1.05 to 0.94 ms; with it on
+at every size, the shared-prefix benchmark (batches of ~256) ran at 34.4k tok/s against 38.5k
+measured without it a session earlier, so large launches keep plain stream order until a same-run
+comparison says otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_ROWS = 16
+
+
+@functools.cache
+def _capable(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
+def pdl_enabled(t: torch.Tensor, rows: int) -> bool:
+    """True for a launch over at most `MAX_ROWS` rows (tokens, requests) of a tensor on a CUDA
+    device of compute capability 9.0 or newer; never on the CPU, where Triton's interpreter has
+    no grid-dependency instructions."""
+    return rows <= MAX_ROWS and t.is_cuda and _capable(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+@triton.jit
+def pdl_enter():
+    """Wait for the previous kernel's completion and memory, then allow the next kernel to launch."""
+    tl.extra.cuda.gdc_wait()
+    tl.extra.cuda.gdc_launch_dependents()
