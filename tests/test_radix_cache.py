@@ -174,6 +174,25 @@ def test_evict_parent_becomes_candidate() -> None:
     assert cache.all_values() == [90]
 
 
+def test_eviction_heap_stays_bounded_and_lru_under_lock_churn() -> None:
+    """Thousands of lock/unlock cycles offer the same leaves again and again; the heap is
+    rebuilt instead of growing without bound, and eviction still goes oldest first."""
+    cache = RadixCache()
+    nodes = [cache.insert_node([i, 100 + i], [2 * i, 2 * i + 1])[1] for i in range(8)]
+    for step in range(5000):
+        node = nodes[step % 7]  # every leaf but the last gets touched and re-offered
+        cache.match_prefix([step % 7, 100 + step % 7])
+        cache.inc_lock_ref(node)
+        cache.dec_lock_ref(node)
+    assert len(cache._heap) <= 2 * 8 + 1024 + 1
+    cache.check_invariants()
+    freed = Freed()
+    assert cache.evict(2, freed) == 2 and freed.flat == [14, 15]  # node 7 was never touched
+    oldest = 4993 % 7  # of the touched leaves, the one touched longest ago
+    assert cache.evict(2, freed) == 2 and freed.flat == [14, 15, 2 * oldest, 2 * oldest + 1]
+    cache.check_invariants()
+
+
 def test_evict_nonpositive_is_noop() -> None:
     cache = RadixCache()
     cache.insert([1], [1])
@@ -318,6 +337,19 @@ class RadixModel(RuleBasedStateMachine):
         self.model = {k: v for k, v in self.model.items() if not gone.intersection(v)}
         for _, prefix in self.locks:  # locked prefixes survive intact
             assert all(p in self.model for p in self._pages(prefix))
+
+    @rule()
+    def evict_one_is_least_recent(self) -> None:
+        """One eviction frees the evictable leaf with the oldest access (ties: oldest id), as a
+        walk of the whole tree would pick it."""
+        leaves = [n for n in self.cache._iter_nodes() if n.is_leaf and n.lock_ref == 0]
+        if not leaves:
+            assert self.cache.evict(1, self._free) == 0
+            return
+        victim = min(leaves, key=lambda n: (n.last_access, n.id))
+        value = list(victim.value)
+        self.evict(1)
+        assert victim.parent is None and not set(value) - set(self.freed)
 
     @invariant()
     def sizes(self) -> None:

@@ -102,6 +102,13 @@ class RadixCache:
     * Size counters are maintained incrementally (O(depth) per operation).
     * Access times come from a per-instance monotonic counter, so eviction
       order is deterministic.
+    * Every evictable leaf (unlocked, no children) has at least one entry
+      ``(access time, id, node)`` in the eviction heap; an entry's time is at
+      most the node's current one.  Entries for nodes that were evicted,
+      locked or gained children since are dropped when popped, stale times
+      are refreshed then, and the heap is rebuilt once it holds more than
+      twice as many entries as the tree has nodes (plus a constant), so
+      ``evict`` costs O(log n) per node it pops, not a walk of the tree.
     * With ``disable=True`` the tree stays empty: nothing matches, nothing is
       stored, nothing is evicted.
     """
@@ -125,6 +132,8 @@ class RadixCache:
         self._root = TreeNode(next(self._ids), [], [], None, 0)
         self._evictable = 0
         self._protected = 0
+        self._nodes = 0
+        self._heap: list[tuple[int, int, TreeNode]] = []
 
     @property
     def root(self) -> TreeNode:
@@ -178,6 +187,8 @@ class RadixCache:
             leaf = TreeNode(next(self._ids), list(key[matched:]), list(value[matched:]), node, now)
             node.children[self._child_key(leaf.key, 0)] = leaf
             self._evictable += len(leaf.key)  # new nodes start unlocked
+            self._nodes += 1
+            self._offer(leaf)
             node = leaf
         return matched, node
 
@@ -214,19 +225,19 @@ class RadixCache:
         """
         if num_tokens <= 0 or self.disable:
             return 0
-        # (last_access, id) is unique, so TreeNode objects are never compared.
-        heap = [(n.last_access, n.id, n) for n in self._iter_nodes() if n.is_leaf and n.lock_ref == 0]
-        heapq.heapify(heap)
-        freed = 0
+        heap, freed = self._heap, 0
         while freed < num_tokens and heap:
-            _, _, node = heapq.heappop(heap)
+            stamp, _, node = heapq.heappop(heap)
+            if node.parent is None or node.children or node.lock_ref:
+                continue  # evicted, or no longer an evictable leaf: re-offered when it is one again
+            if stamp != node.last_access:
+                heapq.heappush(heap, (node.last_access, node.id, node))  # touched since it was offered
+                continue
             parent = node.parent
-            assert parent is not None
             self._remove_leaf(node)
             free_fn(node.value)
             freed += len(node.value)
-            if parent is not self._root and parent.is_leaf and parent.lock_ref == 0:
-                heapq.heappush(heap, (parent.last_access, parent.id, parent))
+            self._offer(parent)
         return freed
 
     def inc_lock_ref(self, node: TreeNode) -> None:
@@ -259,6 +270,8 @@ class RadixCache:
                 self._protected -= len(node.key)
                 self._evictable += len(node.key)
             node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self._offer(node)
             assert node.parent is not None
             node = node.parent
 
@@ -298,8 +311,28 @@ class RadixCache:
         assert (evictable, protected) == (self._evictable, self._protected), (
             f"counters {(self._evictable, self._protected)} != walk {(evictable, protected)}"
         )
+        nodes = list(self._iter_nodes())
+        assert self._nodes == len(nodes), (self._nodes, len(nodes))
+        offered: dict[int, int] = {}
+        for stamp, node_id, _ in self._heap:
+            offered[node_id] = min(stamp, offered.get(node_id, stamp))
+        for node in nodes:
+            if node.is_leaf and not node.lock_ref:
+                assert offered.get(node.id, node.last_access + 1) <= node.last_access, f"{node!r} not in the heap"
 
     # ---------------------------------------------------------------- internals
+
+    def _offer(self, node: TreeNode) -> None:
+        """Give ``node`` an eviction-heap entry if it is an evictable leaf (rebuilding the heap
+        from the tree when stale entries have piled up). (time, id) is unique, so TreeNode
+        objects are never compared."""
+        if node is self._root or node.children or node.lock_ref:
+            return
+        if len(self._heap) > 2 * self._nodes + 1024:
+            self._heap = [(n.last_access, n.id, n) for n in self._iter_nodes() if not n.children and not n.lock_ref]
+            heapq.heapify(self._heap)
+            return  # the rebuild included node
+        heapq.heappush(self._heap, (node.last_access, node.id, node))
 
     def _tick(self) -> int:
         """Advance and return the logical clock."""
@@ -358,6 +391,7 @@ class RadixCache:
         child.value = child.value[at:]
         child.parent = upper
         upper.children[self._child_key(child.key, 0)] = child
+        self._nodes += 1
         return upper
 
     def _remove_leaf(self, node: TreeNode) -> None:
@@ -367,6 +401,7 @@ class RadixCache:
         del parent.children[self._child_key(node.key, 0)]
         node.parent = None  # marks the node as evicted
         self._evictable -= len(node.key)
+        self._nodes -= 1
 
     def _path_values(self, node: TreeNode) -> list[int]:
         """Concatenate slot values from the root down to ``node``."""
