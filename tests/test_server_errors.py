@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -132,6 +133,32 @@ def test_disconnect_non_streaming_aborts(http: httpx.Client, url: str) -> None:
 
 
 # -- load -------------------------------------------------------------------------------------------
+def test_huge_prompt_is_tokenized_off_the_event_loop(http: httpx.Client, url: str, tokenizer: Any) -> None:
+    """A 4 MB prompt takes seconds to tokenize (then gets a 400: longer than the context); the
+    server does that on its preparation thread, so /health, sent while it runs, is answered
+    long before the big request is, instead of queueing behind it on the event loop."""
+    text = "The capital of France is Paris. " * 125_000
+    start = time.monotonic()
+    tokenizer.encode(text)
+    encode_s = time.monotonic() - start  # about what the server spends on it
+    done: dict[str, Any] = {}
+
+    def post_big() -> None:
+        with _client(base_url=url) as client:
+            response = client.post("/generate", json={"text": text, "sampling_params": {"max_new_tokens": 1}})
+        done["big"] = (time.monotonic(), response)
+
+    worker = threading.Thread(target=post_big)
+    worker.start()
+    time.sleep(min(0.5, encode_s / 4))  # the body is up and being tokenized
+    assert http.get("/health").status_code == 200
+    health_done = time.monotonic()
+    worker.join(timeout=120)
+    big_done, response = done["big"]
+    assert_error(response, 400)
+    assert health_done < big_done - encode_s / 4, (health_done, big_done, encode_s)
+
+
 def test_200_concurrent_streams_match_solo_runs(http: httpx.Client, url: str) -> None:
     prompts = [f"prompt {i}: the quick brown fox" if i % 2 else f"héllo {i} world" for i in range(20)]
     solo = {p: greedy(http, p, 8)["text"] for p in prompts}

@@ -22,8 +22,8 @@ def native_router(state: ServerState) -> APIRouter:
     @router.post("/generate")
     async def generate(body: GenerateRequest, request: Request) -> Any:
         state.vet_images(_image_sources(body.image_data), "image_data")
-        reqs, batched = state.make_requests(
-            prompt=body.text, sampling_params=body.sampling_params, input_ids=body.input_ids,
+        reqs, batched = await state.prepare(
+            state.make_requests, prompt=body.text, sampling_params=body.sampling_params, input_ids=body.input_ids,
             return_logprob=body.return_logprob, logprob_start_len=body.logprob_start_len,
             top_logprobs_num=body.top_logprobs_num, stream=body.stream, rid=body.rid)
         texts = body.return_text_in_logprobs
@@ -75,14 +75,14 @@ def native_router(state: ServerState) -> APIRouter:
         text = body.text if body.text is not None else body.prompt
         if text is None:
             raise APIError(400, "pass `text` (or `prompt`) to tokenize")
-        ids = _tokenizer(state).encode(text, add_special_tokens=body.add_special_tokens)
+        ids = await state.prepare(_tokenizer(state).encode, text, add_special_tokens=body.add_special_tokens)
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.info["context_length"]}
 
     @router.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict:
         if any(not 0 <= t < engine.vocab_size for t in body.tokens):
             raise APIError(400, f"token ids must be in [0, {engine.vocab_size})")
-        return {"text": _tokenizer(state).decode(body.tokens)}
+        return {"text": await state.prepare(_tokenizer(state).decode, body.tokens)}
 
     @router.post("/apply_chat_template")
     async def apply_chat_template(body: ApplyChatTemplateRequest) -> dict:
@@ -90,7 +90,8 @@ def native_router(state: ServerState) -> APIRouter:
         if not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "the served model has no chat template")
         try:
-            text = engine.apply_chat_template(body.messages, add_generation_prompt=body.add_generation_prompt)
+            text = await state.prepare(engine.apply_chat_template, body.messages,
+                                       add_generation_prompt=body.add_generation_prompt)
         except Exception as exc:  # the template itself rejects these messages (e.g. role order)
             raise APIError(400, f"chat template failed: {exc}") from exc
         return {"text": text}

@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from radixlm.io_struct import TokenizedGenerateReq
 from radixlm.request_output import OutputAccumulator
 from radixlm.server.errors import APIError, sse_error
 from radixlm.server.openai_common import (check_model, finish_reason, matched_stop, new_id, now,
@@ -22,14 +23,7 @@ def chat_router(state: ServerState) -> APIRouter:
     @router.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(state, body.model)
-        prompt_ids = _render(state, body)
-        room = state.token_room(len(prompt_ids))
-        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        params = sampling_params(body, max_tokens, room)
-        _response_format(body, params)
-        reqs, _ = state.make_requests(
-            prompt=None, input_ids=[prompt_ids], sampling_params=params, return_logprob=body.logprobs,
-            logprob_start_len=None, top_logprobs_num=body.top_logprobs or 0, stream=body.stream, rid=body.rid)
+        reqs = await state.prepare(_requests, state, body)
         if body.stream:
             return StreamingResponse(_stream(state, body, reqs), media_type="text/event-stream")
         accs = await state.run(reqs, request)
@@ -38,6 +32,20 @@ def chat_router(state: ServerState) -> APIRouter:
                 "model": state.model_name, "choices": choices, "usage": usage(accs, body.n)}
 
     return router
+
+
+def _requests(state: ServerState, body: ChatCompletionRequest) -> list[TokenizedGenerateReq]:
+    """The engine requests for a chat body: template, tokens, sampling params (on the
+    preparation thread: templates and tokenizing can be slow)."""
+    prompt_ids = _render(state, body)
+    room = state.token_room(len(prompt_ids))
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    params = sampling_params(body, max_tokens, room)
+    _response_format(body, params)
+    reqs, _ = state.make_requests(
+        prompt=None, input_ids=[prompt_ids], sampling_params=params, return_logprob=body.logprobs,
+        logprob_start_len=None, top_logprobs_num=body.top_logprobs or 0, stream=body.stream, rid=body.rid)
+    return reqs
 
 
 def _render(state: ServerState, body: ChatCompletionRequest) -> list[int]:

@@ -7,6 +7,7 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from radixlm.io_struct import TokenizedGenerateReq
 from radixlm.request_output import OutputAccumulator
 from radixlm.server.errors import APIError, sse_error
 from radixlm.server.openai_common import (check_model, finish_reason, matched_stop, new_id, now,
@@ -21,14 +22,7 @@ def completions_router(state: ServerState) -> APIRouter:
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         check_model(state, body.model)
-        prompts = _prompt_ids(state, body.prompt)
-        room = state.token_room(max(len(p) for p in prompts))
-        params = sampling_params(body, body.max_tokens, room)
-        want_lp = body.logprobs is not None
-        reqs, _ = state.make_requests(
-            prompt=None, input_ids=prompts, sampling_params=params, return_logprob=want_lp,
-            logprob_start_len=0 if (want_lp and body.echo) else None,
-            top_logprobs_num=body.logprobs or 0, stream=body.stream, rid=body.rid)
+        reqs, prompts = await state.prepare(_requests, state, body)
         if body.stream:
             return StreamingResponse(_stream(state, body, reqs, prompts), media_type="text/event-stream")
         accs = await state.run(reqs, request)
@@ -37,6 +31,20 @@ def completions_router(state: ServerState) -> APIRouter:
                 "choices": choices, "usage": usage(accs, body.n)}
 
     return router
+
+
+def _requests(state: ServerState, body: CompletionRequest) -> tuple[list[TokenizedGenerateReq], list[list[int]]]:
+    """The engine requests for a completions body and its prompts' token ids (on the
+    preparation thread: tokenizing can be slow)."""
+    prompts = _prompt_ids(state, body.prompt)
+    room = state.token_room(max(len(p) for p in prompts))
+    params = sampling_params(body, body.max_tokens, room)
+    want_lp = body.logprobs is not None
+    reqs, _ = state.make_requests(
+        prompt=None, input_ids=prompts, sampling_params=params, return_logprob=want_lp,
+        logprob_start_len=0 if (want_lp and body.echo) else None,
+        top_logprobs_num=body.logprobs or 0, stream=body.stream, rid=body.rid)
+    return reqs, prompts
 
 
 def _prompt_ids(state: ServerState, prompt: Any) -> list[list[int]]:

@@ -1,13 +1,16 @@
-"""What every route needs: the engine, the served name, metrics, and a request runner that
-records metrics and aborts requests whose client went away."""
+"""What every route needs: the engine, the served name, metrics, a thread that prepares
+requests off the event loop, and a request runner that records metrics and aborts requests
+whose client went away."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 
 from fastapi import Request
 
@@ -21,6 +24,13 @@ from radixlm.server.media import MediaPolicy, MediaRejected, vet_images
 from radixlm.server.metrics import Metrics
 
 
+T = TypeVar("T")
+
+
+def _preparation_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="radixlm-prepare")
+
+
 @dataclass
 class ServerState:
     engine: Engine
@@ -31,6 +41,15 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     in_flight: set[str] = field(default_factory=set)  # request ids being served (for abort_all)
     _flight_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _prep: ThreadPoolExecutor = field(default_factory=_preparation_thread, repr=False)
+
+    async def prepare(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on the preparation thread: tokenizing, chat templates and grammar
+        checks take seconds for a multi-megabyte prompt or a large schema, and on the event loop
+        they would stall every other request's stream (and /health) meanwhile. One thread, so the
+        tokenizer and the grammar caches see one caller at a time, in arrival order; exceptions
+        (an APIError for bad input) propagate to the awaiting route."""
+        return await asyncio.get_running_loop().run_in_executor(self._prep, functools.partial(fn, *args, **kwargs))
 
     def abort_all(self) -> int:
         """Abort every request being served (server shutdown): each ends with finish_reason
