@@ -107,6 +107,27 @@ def test_validation_rejects_two_constraints_and_bad_vocab() -> None:
             SamplingParams().validate(vocab)  # type: ignore[arg-type]
 
 
+def test_deeply_nested_constraints_are_a_value_error_not_a_recursion_error() -> None:
+    """A 5,000-deep JSON schema (object or text), regex or EBNF grammar is refused by name before
+    anything parses or serializes it recursively; a moderately nested schema passes."""
+    deep: object = {"type": "string"}
+    for _ in range(5000):
+        deep = {"type": "array", "items": deep}
+    deep_text = '{"type": "array", "items": ' * 5000 + '{"type": "string"}' + "}" * 5000
+    cases = {"json_schema": [deep, deep_text], "regex": ["(" * 5000 + "a" + ")" * 5000],
+             "ebnf": ["root ::= " + "(" * 5000 + '"a"' + ")" * 5000]}
+    for name, values in cases.items():
+        for value in values:
+            with pytest.raises(ValueError, match=f"{name}: .*nested"):
+                SamplingParams(**{name: value}).validate(VOCAB)
+    fine: object = {"type": "string"}
+    for _ in range(40):
+        fine = {"type": "array", "items": fine}
+    params = SamplingParams(json_schema=fine)
+    params.validate(VOCAB)
+    assert params.json_schema.count("items") == 40
+
+
 def test_validation_accepts_boundaries_and_normalizes() -> None:
     p = SamplingParams(
         temperature=0, top_p=1, top_k=10 * VOCAB, min_p=1, repetition_penalty=3, frequency_penalty=-2,

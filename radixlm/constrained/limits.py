@@ -12,8 +12,11 @@ from typing import Any, Iterator
 MAX_REPEAT_PRODUCT = 100_000  # product of nested {n,m} upper bounds in one regex
 MAX_JUMP_FORWARD_CHARS = 256  # forced text appended in one step; the rest is forced next step
 COMPILE_TIMEOUT_S = 30.0  # a compile still running after this is refused (its thread is abandoned)
+MAX_NESTING = 128  # bracket depth of a JSON schema, regex or EBNF grammar (parsers recurse on it)
 
 _COUNT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+_JSON_TOKENS = re.compile(r'"(?:\\.|[^"\\])*"|[\[\]{}]')
+_GRAMMAR_TOKENS = re.compile(r"\\.|\[(?:\\.|[^\]\\])*\]|[()]")  # escapes and classes hide parentheses
 
 
 def check_regex_cost(regex: str, where: str = "regex") -> None:
@@ -100,3 +103,57 @@ def schema_patterns(schema: Any) -> Iterator[str]:
     elif isinstance(schema, list):
         for item in schema:
             yield from schema_patterns(item)
+
+
+def nesting_error(kind: str, value: Any) -> str | None:
+    """Why constraint `kind` ("regex", "json_schema", "ebnf"; a schema as text or as parsed
+    JSON) is nested too deeply for the parsers, which recurse on its depth; None when it is fine.
+    Counted without recursion, so any depth is safe to check."""
+    if kind == "json_schema":
+        depth = json_depth(value) if isinstance(value, str) else object_depth(value)
+        if depth > MAX_NESTING:
+            return f"json_schema: nested {depth} levels deep, more than the limit of {MAX_NESTING}"
+    elif isinstance(value, str) and grammar_depth(value) > MAX_NESTING:
+        return f"{kind}: parentheses nested more than {MAX_NESTING} levels deep"
+    return None
+
+
+def json_depth(text: str) -> int:
+    """Deepest bracket nesting of JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+def object_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (dicts and lists), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
+
+
+def grammar_depth(text: str) -> int:
+    """Deepest parenthesis nesting of a regex or EBNF text (escapes and [...] skipped)."""
+    depth = deepest = 0
+    for match in _GRAMMAR_TOKENS.finditer(text):
+        token = match.group()
+        if token == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token == ")":
+            depth -= 1
+    return deepest

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from radixlm.constrained.limits import nesting_error
 from radixlm.sampling import _checks as chk
 
 # Temperatures below this are treated as greedy decoding (argmax); dividing
@@ -174,6 +175,10 @@ class SamplingParams:
             errors.append(
                 f"{', '.join(set_constraints)}: at most one of regex, json_schema, ebnf may be set"
             )
+        for name in set_constraints:  # before anything parses or serializes them recursively
+            error = nesting_error(name, getattr(self, name))
+            if error:
+                errors.append(error)
 
     def _normalize(self) -> None:
         # Only called after a clean validation, so every conversion is safe.
