@@ -242,8 +242,9 @@ def _extend_kernel(q_ptr, k_ptr, v_ptr, out_ptr, req_to_token_ptr, req_idx_ptr, 
 def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
                      req_pool_indices: torch.Tensor, q_start: torch.Tensor, prefix_lens: torch.Tensor,
                      ext_lens: torch.Tensor, max_ext: int, scale: float, block_m: int = 32,
-                     block_n: int = 32) -> torch.Tensor:
-    """q [T, H, D] (requests concatenated) -> out [T, H, D], causal over prefix + new tokens."""
+                     block_n: int = 32, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """q [T, H, D] (requests concatenated) -> out [T, H, D], causal over prefix + new tokens.
+    The tile settings' defaults are Triton's own; `benchmarks/extend_sweep.py` times others."""
     total, heads, dim = q.shape
     group = heads // k_buf.shape[1]
     out = torch.empty_like(q)
@@ -252,6 +253,6 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
         q, k_buf, v_buf, out, req_to_token, req_pool_indices, q_start, prefix_lens, ext_lens, scale,
         q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
         out.stride(0), out.stride(1), GROUP=group, HEAD_DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
-        BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # fp32 stays exact; tf32 is ignored for bf16
     return out
