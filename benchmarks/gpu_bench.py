@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import torch
+from gpu_trace import GpuTrace
 
 SHAPES = {
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -218,17 +219,25 @@ def run_sched(path: str, batch: int) -> dict:
     prompts = random_prompts(batch, 128, seed=3)
     out = {}
     for label, kwargs in (("serial", {"disable_overlap_schedule": True}), ("overlap", {})):
-        _, info = radixlm_offline(path, prompts, 256, max_running_requests=batch, cuda_graph_max_bs=batch, **kwargs)
+        with GpuTrace() as trace:  # SM clock and power: does one mode run the GPU slower?
+            _, info = radixlm_offline(path, prompts, 256, max_running_requests=batch, cuda_graph_max_bs=batch,
+                                      **kwargs)
         dec = info["step_times"]["decode"]
         n = dec["steps"]
         out[label] = {"decode_steps": n, "mean_batch": dec["rows"] / n,
                       **{f"{k}_ms": 1e3 * dec[k] / n for k in ("schedule", "launch", "device_wait", "process")},
                       "wall_ms": 1e3 * sum(dec[k] for k in ("schedule", "launch", "device_wait", "process")) / n,
-                      "overlapped_steps": info["overlapped_steps"]}
+                      "overlapped_steps": info["overlapped_steps"], "gpu_trace": trace.summary()}
     serial, overlap = out["serial"], out["overlap"]
     cpu = serial["schedule_ms"] + serial["launch_ms"] + serial["process_ms"]
     hidden = (serial["wall_ms"] - overlap["wall_ms"]) / cpu if cpu else 0.0
     out.update(cpu_ms_per_step=cpu, hidden_fraction=hidden)
+    for label in ("serial", "overlap"):
+        gpu = out[label]["gpu_trace"]
+        if gpu:
+            print(f"  {label}, {gpu['busy_samples']:.0f} samples at >= 90% utilization: SM clock mean "
+                  f"{gpu['sm_mhz_mean']:.0f} MHz (min {gpu['sm_mhz_min']:.0f}), power mean {gpu['power_w_mean']:.0f} W, "
+                  f"temperature mean {gpu['temp_c_mean']:.0f} C", flush=True)
     print(f"scheduling at batch {batch}: CPU {cpu:.2f} ms/decode step (schedule {serial['schedule_ms']:.2f}, launch "
           f"{serial['launch_ms']:.2f}, process {serial['process_ms']:.2f}); wall {serial['wall_ms']:.2f} ms serial vs "
           f"{overlap['wall_ms']:.2f} ms overlapped -> {100 * hidden:.0f}% of the CPU time hidden", flush=True)
