@@ -223,6 +223,19 @@ def test_stream_concatenates_to_the_non_stream_result(engine: Any) -> None:
     assert chunks[-1]["meta_info"]["completion_tokens"] == 24
 
 
+def test_text_decoded_once_at_the_end_equals_the_streamed_text(engine: Any) -> None:
+    """A non-streaming request without stop strings is detokenized once, when it finishes; its
+    text equals the streamed deltas joined and the tokenizer's decode of its ids, on seeded random
+    samples over multilingual prompts (which cut multi-byte characters across tokens)."""
+    params = {"temperature": 1.0, "max_new_tokens": 32, "ignore_eos": True}
+    for i, prompt in enumerate(("héllo wörld", "日本語のテキスト", "привет мир", "🙂 emoji 🙂", "plain text")):
+        seeded = {**params, "seed": 100 + i}
+        whole = engine.generate(prompt, seeded)
+        text, ids, _ = collect_stream(engine.generate(prompt, seeded, stream=True))
+        assert ids == whole["output_ids"]
+        assert text == whole["text"] == engine.tokenizer.decode(ids, skip_special_tokens=True), prompt
+
+
 def test_stream_with_n_keeps_samples_apart(engine: Any) -> None:
     params = {**GREEDY, "max_new_tokens": 10, "ignore_eos": True, "n": 2}
     whole = engine.generate(PROMPT, params)

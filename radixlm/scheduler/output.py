@@ -51,15 +51,22 @@ class OutputProcessor:
         self._decoders: dict[tuple[bool, bool], WindowDecoder] = {}  # per detokenizer options, shared
 
     def init_req(self, req: Req) -> None:
+        """Text bookkeeping for `req`: an incremental detokenizer when the request needs text while
+        it runs (streaming, or stop strings to match); otherwise its text is decoded once when it
+        finishes, which gives the same text (the detokenizer's invariant) without a decode call per
+        token on the scheduler's critical path."""
         p = req.params
+        stops = p.stop if isinstance(p.stop, list) else ([p.stop] if p.stop else [])
+        req.stop_matcher = StopStringMatcher(stops)
         if self.tokenizer is not None:
             options = (p.skip_special_tokens, p.spaces_between_special_tokens)
             decoder = self._decoders.get(options)
             if decoder is None:
                 decoder = self._decoders[options] = WindowDecoder(self.tokenizer, *options)
-            req.detok = IncrementalDetokenizer(self.tokenizer, *options, decoder=decoder)
-        stops = p.stop if isinstance(p.stop, list) else ([p.stop] if p.stop else [])
-        req.stop_matcher = StopStringMatcher(stops)
+            if req.stream or req.stop_matcher.stops:
+                req.detok = IncrementalDetokenizer(self.tokenizer, *options, decoder=decoder)
+            else:
+                req.final_decoder = decoder
 
     def launch(self, batch: ScheduledBatch, logits: torch.Tensor, token_buf: torch.Tensor) -> "LaunchedBatch":
         """Sample on the device for every item that samples, without waiting for the result:
@@ -209,7 +216,9 @@ class OutputProcessor:
 
     def _visible_text(self, req: Req) -> str:
         if req.detok is None:
-            return ""
+            if req.final_decoder is None or not req.finished:
+                return ""
+            return req.final_decoder.decode(req.output_ids[:len(req.output_ids) - req.pending_tokens])
         if req.finished:
             text = req.detok.text + req.detok.flush()
             check = req.stop_matcher.process(text) if req.stop_matcher.stops else None

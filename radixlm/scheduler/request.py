@@ -55,7 +55,8 @@ class Req:
         self.cached_tokens = 0
         self.finished_reason: Optional[dict] = None
         self.logprobs = LogprobState()
-        self.detok: Any = None
+        self.detok: Any = None  # incremental detokenizer, for requests that need text before they finish
+        self.final_decoder: Any = None  # the others' decoder: their text is decoded once, at the end
         self.stop_matcher: Any = None
         self.sent_text_len = 0
         self.sent_ids = 0
