@@ -128,7 +128,8 @@ def test_shared_window_decoder_changes_no_delta(tokenizer) -> None:
 
 def finish_both_ways(tokenizer, reqs: list[Req], tokens: list[int]) -> list[tuple]:
     """Finish one decode batch with the fast path and, on copies, with `_append_sampled` (the general
-    path); returns both outcomes per request."""
+    path); returns both outcomes per request, text as the request would be sent it (streaming
+    requests' incremental text, the others' text decoded at the end once finished)."""
     ways = []
     for fast in (True, False):
         out = OutputProcessor(tokenizer, {1}, 400, context_len=40, device=CPU)
@@ -136,7 +137,8 @@ def finish_both_ways(tokenizer, reqs: list[Req], tokens: list[int]) -> list[tupl
         for req in batch_reqs:
             out.init_req(req)
             for token in req.output_ids[:len(req.output_ids) - req.pending_tokens]:
-                req.detok.append([token])
+                if req.detok is not None:
+                    req.detok.append([token])
         launched = LaunchedBatch(ScheduledBatch(ForwardMode.DECODE, batch_reqs, None, batch_reqs, None),
                                  None, batch_reqs, None, list)
         if fast:
@@ -144,7 +146,7 @@ def finish_both_ways(tokenizer, reqs: list[Req], tokens: list[int]) -> list[tupl
         else:
             for req, token in zip(batch_reqs, tokens):
                 out._append_sampled(req, token, None)
-        ways.append([(r.output_ids, r.pending_tokens, r.finished_reason, r.detok.text) for r in batch_reqs])
+        ways.append([(r.output_ids, r.pending_tokens, r.finished_reason, out._visible_text(r)) for r in batch_reqs])
     return ways
 
 
@@ -154,7 +156,8 @@ def test_finish_in_place_equals_general_path(tokenizer) -> None:
     for i in range(200):
         params = SamplingParams(max_new_tokens=rng.choice([1, 3, 6, 100]), ignore_eos=i % 3 == 0,
                                 stop_token_ids=[7, 8] if i % 4 == 0 else None)
-        req = Req(str(i), [rng.randrange(3, 400) for _ in range(rng.choice([3, 30, 38]))], params)
+        req = Req(str(i), [rng.randrange(3, 400) for _ in range(rng.choice([3, 30, 38]))], params,
+                  stream=i % 2 == 0)  # streaming: text token by token; else decoded once at the end
         done = rng.randrange(0, 4)
         req.pending_tokens = rng.randrange(1, 4)
         req.output_ids = [rng.randrange(3, 400) for _ in range(done)] + [PLACEHOLDER] * req.pending_tokens
