@@ -60,7 +60,6 @@ class Req:
         self.stop_matcher: Any = None
         self.sent_text_len = 0
         self.sent_ids = 0
-        self.output_text = ""
         self.num_retractions = 0
         self.kv_slots: list[int] = []  # slot of each position < kv_len (host copy of its table row)
         self.pending_tokens = 0  # placeholder ids at the end of output_ids: sampled on device, not yet read
