@@ -61,7 +61,7 @@ def serve(args: ServerArgs) -> None:
     engine = Engine(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
     stopping = threading.Event()
     try:
-        engine.generate(input_ids=[0], sampling_params={"max_new_tokens": 1})
+        warm_up(engine, args.dp_size)
         name = args.served_model_name or _default_name(args.model_path)
         app = create_app(engine, name, args.api_key, args.max_payload_size, media_policy(args))
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=_uvicorn_level(args),
@@ -77,6 +77,14 @@ def serve(args: ServerArgs) -> None:
         engine.shutdown()
     if died:
         sys.exit(f"radixlm: the engine died, server stopped: {died.splitlines()[0]}")
+
+
+def warm_up(engine: Any, dp_size: int) -> None:
+    """One one-token request per data-parallel replica before the server opens, so that no user
+    request pays for a replica's first-use work (kernel compiles, allocator growth). Distinct
+    one-token prompts match no cached prefix, so the router sends each to the least loaded (or
+    next) replica: a batch of `dp_size` reaches every replica once."""
+    engine.generate(input_ids=[[i] for i in range(max(1, dp_size))], sampling_params={"max_new_tokens": 1})
 
 
 def _watch(engine: Any, server: Any, state: Any, stopping: threading.Event) -> None:

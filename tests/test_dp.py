@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import radixlm
 from radixlm.dp.dp_client import DataParallelClient, ReplicaProcesses, replica_args
+from radixlm.launch_server import warm_up
 from radixlm.dp.router import ApproxPrefixTree, CacheAwarePolicy, CacheAwareRouter, RoundRobinRouter
 from radixlm.io_struct import ReqOutput, TokenizedGenerateReq
 from radixlm.runtime_client import SchedulerDied
@@ -297,10 +298,12 @@ def test_dp2_serves_100_concurrent_requests_like_dp1(tmp_path_factory: pytest.Te
         prompts = _prompts(single.vocab_size, 100)
         expected = [r["output_ids"] for r in single.generate(input_ids=prompts, sampling_params=params)]
     with radixlm.Engine(path, dp_size=2, **common) as engine:
+        warm_up(engine, 2)  # what `radixlm serve` does first: one request on each replica
+        assert engine.get_server_info()["router"]["routed"] == [1, 1]
         results = engine.generate(input_ids=prompts, sampling_params=params)  # all 100 submitted at once
         assert [r["output_ids"] for r in results] == expected
         info = engine.get_server_info()
-        assert info["dp_size"] == 2 and sum(info["router"]["routed"]) == 100
+        assert info["dp_size"] == 2 and sum(info["router"]["routed"]) == 102
         assert min(info["router"]["routed"]) > 0, info["router"]  # both replicas served requests
         assert all(r["num_forward_steps"] > 0 for r in info["replicas"])
         assert info["router"]["in_flight"] == [0, 0]

@@ -24,8 +24,8 @@ from typing import Mapping, Sequence
 
 from radixlm.mem_cache.radix_cache import RadixCache
 
-# When an approximate tree outgrows its bound it is cut to this fraction of it, so the O(tree)
-# eviction walk runs once per many inserts rather than on every one.
+# When an approximate tree outgrows its bound it is cut to this fraction of it, so eviction runs
+# once per many inserts rather than on every one.
 EVICT_TO_FRACTION = 0.9
 
 
