@@ -12,6 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from radixlm.mem_cache.eviction import SLACK
 from radixlm.mem_cache.radix_cache import MatchResult, RadixCache, TreeNode
 
 
@@ -184,7 +185,7 @@ def test_eviction_heap_stays_bounded_and_lru_under_lock_churn() -> None:
         cache.match_prefix([step % 7, 100 + step % 7])
         cache.inc_lock_ref(node)
         cache.dec_lock_ref(node)
-    assert len(cache._heap) <= 2 * 8 + 1024 + 1
+    assert len(cache._leaves) <= 2 * 8 + SLACK + 1
     cache.check_invariants()
     freed = Freed()
     assert cache.evict(2, freed) == 2 and freed.flat == [14, 15]  # node 7 was never touched

@@ -17,10 +17,11 @@ Ownership contract (who frees which slot):
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator, Optional, Sequence
+
+from radixlm.mem_cache.eviction import LeafHeap
 
 # int for page_size == 1 (cheaper to hash), tuple of page_size ints otherwise.
 ChildKey = Hashable
@@ -102,13 +103,9 @@ class RadixCache:
     * Size counters are maintained incrementally (O(depth) per operation).
     * Access times come from a per-instance monotonic counter, so eviction
       order is deterministic.
-    * Every evictable leaf (unlocked, no children) has at least one entry
-      ``(access time, id, node)`` in the eviction heap; an entry's time is at
-      most the node's current one.  Entries for nodes that were evicted,
-      locked or gained children since are dropped when popped, stale times
-      are refreshed then, and the heap is rebuilt once it holds more than
-      twice as many entries as the tree has nodes (plus a constant), so
-      ``evict`` costs O(log n) per node it pops, not a walk of the tree.
+    * Every node that becomes an evictable leaf (unlocked, no children) is
+      offered to the eviction heap (:class:`LeafHeap`), so ``evict`` costs
+      O(log n) per node it frees, not a walk of the tree.
     * With ``disable=True`` the tree stays empty: nothing matches, nothing is
       stored, nothing is evicted.
     """
@@ -133,7 +130,7 @@ class RadixCache:
         self._evictable = 0
         self._protected = 0
         self._nodes = 0
-        self._heap: list[tuple[int, int, TreeNode]] = []
+        self._leaves = LeafHeap(self._iter_nodes, lambda: self._nodes)
 
     @property
     def root(self) -> TreeNode:
@@ -188,7 +185,7 @@ class RadixCache:
             node.children[self._child_key(leaf.key, 0)] = leaf
             self._evictable += len(leaf.key)  # new nodes start unlocked
             self._nodes += 1
-            self._offer(leaf)
+            self._leaves.offer(leaf)
             node = leaf
         return matched, node
 
@@ -225,19 +222,16 @@ class RadixCache:
         """
         if num_tokens <= 0 or self.disable:
             return 0
-        heap, freed = self._heap, 0
-        while freed < num_tokens and heap:
-            stamp, _, node = heapq.heappop(heap)
-            if node.parent is None or node.children or node.lock_ref:
-                continue  # evicted, or no longer an evictable leaf: re-offered when it is one again
-            if stamp != node.last_access:
-                heapq.heappush(heap, (node.last_access, node.id, node))  # touched since it was offered
-                continue
+        freed = 0
+        while freed < num_tokens:
+            node = self._leaves.pop_lru()
+            if node is None:
+                break
             parent = node.parent
             self._remove_leaf(node)
             free_fn(node.value)
             freed += len(node.value)
-            self._offer(parent)
+            self._leaves.offer(parent)
         return freed
 
     def inc_lock_ref(self, node: TreeNode) -> None:
@@ -271,7 +265,7 @@ class RadixCache:
                 self._evictable += len(node.key)
             node.lock_ref -= 1
             if node.lock_ref == 0:
-                self._offer(node)
+                self._leaves.offer(node)
             assert node.parent is not None
             node = node.parent
 
@@ -313,26 +307,12 @@ class RadixCache:
         )
         nodes = list(self._iter_nodes())
         assert self._nodes == len(nodes), (self._nodes, len(nodes))
-        offered: dict[int, int] = {}
-        for stamp, node_id, _ in self._heap:
-            offered[node_id] = min(stamp, offered.get(node_id, stamp))
+        offered = self._leaves.oldest_offers()
         for node in nodes:
             if node.is_leaf and not node.lock_ref:
                 assert offered.get(node.id, node.last_access + 1) <= node.last_access, f"{node!r} not in the heap"
 
     # ---------------------------------------------------------------- internals
-
-    def _offer(self, node: TreeNode) -> None:
-        """Give ``node`` an eviction-heap entry if it is an evictable leaf (rebuilding the heap
-        from the tree when stale entries have piled up). (time, id) is unique, so TreeNode
-        objects are never compared."""
-        if node is self._root or node.children or node.lock_ref:
-            return
-        if len(self._heap) > 2 * self._nodes + 1024:
-            self._heap = [(n.last_access, n.id, n) for n in self._iter_nodes() if not n.children and not n.lock_ref]
-            heapq.heapify(self._heap)
-            return  # the rebuild included node
-        heapq.heappush(self._heap, (node.last_access, node.id, node))
 
     def _tick(self) -> int:
         """Advance and return the logical clock."""
