@@ -10,8 +10,8 @@ graphs keep the programmatic edges. The price is a contract on the kernel:
 
 which waits until the previous kernel has completed and its writes are visible, then lets the
 next kernel launch. Kernels without it still run in stream order; a kernel that broke the
-contract could read stale data, so every launch site passes `PDL=on, launch_pdl=on` together
-with `on = pdl_enabled(tensor, rows)`.
+contract could read stale data, so every launch site passes `**pdl_launch(tensor, rows)`, which
+sets the kernel's `PDL` constexpr and Triton's `launch_pdl` option together.
 
 Only small launches use it (at most `MAX_ROWS` tokens or requests): there kernels last a few
 microseconds and the launch gap is a large share of each. At batch 1 on an H200 it took the
@@ -42,6 +42,13 @@ def pdl_enabled(t: torch.Tensor, rows: int) -> bool:
     device of compute capability 9.0 or newer; never on the CPU, where Triton's interpreter has
     no grid-dependency instructions."""
     return rows <= MAX_ROWS and t.is_cuda and _capable(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
+def pdl_launch(t: torch.Tensor, rows: int) -> dict[str, bool]:
+    """The launch keywords of a PDL-aware kernel (one with a `PDL: tl.constexpr` parameter whose
+    body starts with `if PDL: pdl_enter()`): PDL on or off for both, per `pdl_enabled`."""
+    on = pdl_enabled(t, rows)
+    return {"PDL": on, "launch_pdl": on}
 
 
 @triton.jit

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixlm.pdl import pdl_enabled, pdl_enter
+from radixlm.pdl import pdl_enter, pdl_launch
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def rope_and_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: t
     k itself is never written."""
     tokens, nq, dim = q.shape
     nk = k.shape[1]
-    rotate, pdl = cos is not None, pdl_enabled(q, tokens)
+    rotate = cos is not None
     _rope_store_kernel[(tokens, 3)](
         q, k, v, k_cache, v_cache, loc, positions, cos if rotate else k_cache, sin if rotate else k_cache,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -121,4 +121,4 @@ def rope_and_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: t
         cos.stride(0) if rotate else 0,
         NQ=nq, NK=nk, HEAD_DIM=dim, HALF=dim // 2, BLOCK_HQ=triton.next_power_of_2(nq),
         BLOCK_HK=triton.next_power_of_2(nk), BLOCK_HALF=triton.next_power_of_2(max(dim // 2, 1)),
-        BLOCK_D=triton.next_power_of_2(dim), ROTATE=rotate, PDL=pdl, launch_pdl=pdl)
+        BLOCK_D=triton.next_power_of_2(dim), ROTATE=rotate, **pdl_launch(q, tokens))

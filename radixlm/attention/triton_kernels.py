@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixlm.pdl import pdl_enabled, pdl_enter
+from radixlm.pdl import pdl_enter, pdl_launch
 
 
 @triton.jit
@@ -157,15 +157,15 @@ def launch_decode_splits(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tens
                          block_n: int, num_warps: int = 4, num_stages: int = 3) -> None:
     """Fill partials 0..num_splits-1: request b over positions [starts[b] (0 if None), seq_lens[b])."""
     batch, heads, dim = q.shape
-    group, pdl = heads // k_buf.shape[1], pdl_enabled(q, batch)
+    group = heads // k_buf.shape[1]
     _decode_split_kernel[(batch, k_buf.shape[1], num_splits)](
         q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, seq_lens if starts is None else starts,
         part, lse, scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim,
         BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        HAS_STARTS=starts is not None, PRECISION=precision_of(q), PDL=pdl, num_warps=num_warps,
-        num_stages=num_stages, launch_pdl=pdl)
+        HAS_STARTS=starts is not None, PRECISION=precision_of(q), num_warps=num_warps, num_stages=num_stages,
+        **pdl_launch(q, batch))
 
 
 def reduce_partials(part: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, prefix_lens: torch.Tensor | None,
@@ -173,12 +173,12 @@ def reduce_partials(part: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, pref
     """out [B, H, D] in q's dtype: the LSE-weighted merge of each row's partials (its prefix
     partials num_splits.. only where `prefix_lens` > 0)."""
     batch, heads, dim = q.shape
-    out, pdl = torch.empty_like(q), pdl_enabled(q, batch)
+    out = torch.empty_like(q)
     _decode_reduce_kernel[(batch, heads)](
         part, lse, out, lse if prefix_lens is None else prefix_lens, part.stride(0), part.stride(1),
         part.stride(2), lse.stride(0), lse.stride(1), out.stride(0), out.stride(1), HEAD_DIM=dim,
         BLOCK_D=triton.next_power_of_2(dim), NUM_SPLITS=num_splits, PREFIX_SPLITS=prefix_splits,
-        BLOCK_S=triton.next_power_of_2(num_splits + prefix_splits), PDL=pdl, launch_pdl=pdl)
+        BLOCK_S=triton.next_power_of_2(num_splits + prefix_splits), **pdl_launch(q, batch))
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from radixlm.pdl import pdl_enabled, pdl_enter
+from radixlm.pdl import pdl_enter, pdl_launch
 
 
 @triton.jit
@@ -39,11 +39,10 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     out = torch.empty_like(x)
     res_out = torch.empty_like(x) if residual is not None else None
     n = x.shape[-1]
-    pdl = pdl_enabled(x, x.numel() // n)
     _rmsnorm_kernel[(x.numel() // n,)](x, residual if residual is not None else x, weight, out,
                                       res_out if res_out is not None else out, n, eps,
                                       HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n),
-                                      PDL=pdl, num_warps=4 if n <= 4096 else 8, launch_pdl=pdl)
+                                      num_warps=4 if n <= 4096 else 8, **pdl_launch(x, x.numel() // n))
     return out, res_out
 
 
@@ -103,6 +102,5 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     rows, n = gate_up.shape[0], gate_up.shape[1] // 2
     out = torch.empty((rows, n), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    pdl = pdl_enabled(gate_up, rows)
-    _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, PDL=pdl, launch_pdl=pdl)
+    _silu_mul_kernel[(rows, triton.cdiv(n, block))](gate_up, out, n, BLOCK=block, **pdl_launch(gate_up, rows))
     return out

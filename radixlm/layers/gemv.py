@@ -22,7 +22,7 @@ try:
     import triton
     import triton.language as tl
 
-    from radixlm.pdl import pdl_enabled, pdl_enter
+    from radixlm.pdl import pdl_enter, pdl_launch
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
@@ -77,9 +77,8 @@ def gemv_into(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], ou
     triple (its K tile must divide K); None takes `gemv_config(N, K)`."""
     n, k = w.shape
     block_n, block_k, warps = config or gemv_config(n, k)
-    pdl = pdl_enabled(x, 1)
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, w if bias is None else bias, out, n, k, bias is not None,
-                                            block_n, block_k, pdl, num_warps=warps, launch_pdl=pdl)
+                                            block_n, block_k, num_warps=warps, **pdl_launch(x, 1))
     return out
 
 
