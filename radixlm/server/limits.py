@@ -1,12 +1,11 @@
 """Request limits the HTTP front enforces before any work starts: things a client may send
-that are valid in principle but would stall or crash the server (a million samples, a JSON
-schema nested a thousand levels deep that overflows a parser's recursion)."""
+that are valid in principle but would stall the server (a million samples, thousands of stop
+strings). Constraint nesting is bounded for every caller, in-process ones too, by
+`SamplingParams` (`radixlm.constrained.limits.nesting_error`)."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from radixlm.constrained.limits import nesting_error
 
 MAX_N = 128  # samples per prompt (OpenAI's cap)
 MAX_STOPS, MAX_STOP_CHARS = 64, 1024  # stop strings are matched at every step: keep them small
@@ -27,7 +26,3 @@ def _check_params(params: dict) -> None:
     stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
     if len(stops) > MAX_STOPS or any(isinstance(s, str) and len(s) > MAX_STOP_CHARS for s in stops):
         raise ValueError(f"stop: at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters")
-    for kind in ("json_schema", "regex", "ebnf"):  # SamplingParams checks these too; here before any work
-        error = nesting_error(kind, params.get(kind))
-        if error:
-            raise ValueError(error)
