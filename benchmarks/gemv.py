@@ -4,7 +4,7 @@ Each layer is timed inside one CUDA graph over enough distinct weight copies (>=
 the 50 MB L2 cache holds none of them, so the figure is the weight-read bandwidth of a cold
 layer, as in a decode step. `--sweep` also tries other tile settings of the kernel.
 
-    python benchmarks/gemv.py [--sweep]
+    python benchmarks/gemv.py [--sweep] [--shapes llama-3.2-1b]
 """
 
 from __future__ import annotations
@@ -51,11 +51,13 @@ def us_per_call(calls: list[Callable[[], object]], reps: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     a = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}")
     print("| shape | layer | N x K | MB | cuBLAS us | cuBLAS GB/s | radixlm GEMV us | GB/s | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for model, layers in SHAPES.items():
+    for model in a.shapes:
+        layers = SHAPES[model]
         for name, (n, k) in layers.items():
             nbytes = n * k * 2
             ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(max(2, (600 << 20) // nbytes))]
@@ -73,7 +75,7 @@ def main() -> None:
 
 def sweep(x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, n: int, k: int, nbytes: int) -> None:
     res = []
-    for rows, tile, warps in itertools.product((2, 4, 8, 16), (128, 256, 512), (4, 8)):
+    for rows, tile, warps in itertools.product((2, 4, 8, 16), (128, 256, 512, 1024, 2048), (4, 8)):
         if k % tile or rows * tile > 8192:
             continue
         us = us_per_call([lambda w=w: gemv_into(x, w, None, y, (rows, tile, warps)) for w in ws])

@@ -6,10 +6,14 @@ adds up over the ~10 kernels of each layer at batch 1) overlaps the earlier kern
 graphs keep the programmatic edges. The price is a contract on the kernel:
 
     a kernel launched with `launch_pdl=True` calls `pdl_enter()` (when its PDL constexpr is
-    set) before any load or store of global memory,
+    set) before any load or store of global memory that another kernel writes or reads,
 
-which waits until the previous kernel has completed and its writes are visible, then lets the
-next kernel launch. Kernels without it still run in stream order; a kernel that broke the
+which lets the next kernel launch, then waits until the previous kernel has completed and its
+writes are visible. Completion is transitive: the next kernel's wait returns only after this
+one completed, which was after the one before it completed, so three kernels in a row never
+see each other's data early. Loads of memory no kernel writes (weights) may come before the
+wait: the GEMV issues its first weight tile there, so a layer's weight stream starts while the
+small kernels before it (norm, rotary, attention) still run. Kernels without it still run in stream order; a kernel that broke the
 contract could read stale data, so every launch site passes `**pdl_launch(tensor, rows)`, which
 sets the kernel's `PDL` constexpr and Triton's `launch_pdl` option together.
 
@@ -52,7 +56,21 @@ def pdl_launch(t: torch.Tensor, rows: int) -> dict[str, bool]:
 
 
 @triton.jit
-def pdl_enter():
-    """Wait for the previous kernel's completion and memory, then allow the next kernel to launch."""
-    tl.extra.cuda.gdc_wait()
+def pdl_release():
+    """Allow the next kernel on the stream to launch (it still waits for this one in `pdl_wait`)."""
     tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_wait():
+    """Block until the previous kernel has completed and its writes are visible."""
+    tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_enter():
+    """`pdl_release` then `pdl_wait`: the next kernel launches as soon as every program of this
+    one has started, so its own memory-independent work (a GEMV's weight loads) overlaps this
+    kernel and the one before it."""
+    pdl_release()
+    pdl_wait()

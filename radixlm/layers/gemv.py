@@ -22,7 +22,7 @@ try:
     import triton
     import triton.language as tl
 
-    from radixlm.pdl import pdl_enter, pdl_launch
+    from radixlm.pdl import pdl_launch, pdl_release, pdl_wait
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
@@ -30,16 +30,25 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int]:
-    """(rows per program, K tile, warps), from sweeps on an H200 (`benchmarks/gemv.py --sweep`):
-    at K >= 4096, 16 rows x 256 for wide outputs (gate/up, LM head) and 8 x 512 when N > K
-    (q/k/v); otherwise 4 x 512; 8 warps for long rows (K >= 8192, the down projection)."""
-    block_k = 512 if k % 512 == 0 else 256 if k % 256 == 0 else 128
-    warps = 8 if k >= 8192 else 4
-    if k >= 4096 and n >= 4 * k:
-        return 16, min(block_k, 256), warps
-    if k >= 4096 and n > k:
-        return 8, block_k, warps
-    return 4, block_k, warps
+    """(rows per program, K tile, warps), from sweeps on an H200 (`benchmarks/gemv.py --sweep`)
+    with the first tile loaded before the PDL wait, where wide tiles keep more weight bytes in
+    flight from a program's start: long rows (the down projection) 2 x 2048 with 8 warps up to
+    K = 8192 and 2 x 512 beyond; square matrices (o_proj) a 4 x 2048 slice; wide outputs
+    (gate/up, LM head) 4 x 2048 with 8 warps at K >= 4096, else 4 x 1024; the rest (q/k/v)
+    1024 tiles of 4 rows at K >= 4096, else 2. A tile that does not divide K is halved until
+    it does (K is a multiple of 128)."""
+    big = k >= 4096
+    if k >= 8192:
+        rows, block_k, warps = (2, 2048, 8) if k <= 8192 else (2, 512, 4)
+    elif n <= k:
+        rows, block_k, warps = 4, 2048, 8 if big else 4
+    elif n >= 4 * k:
+        rows, block_k, warps = (4, 2048, 8) if big else (4, 1024, 4)
+    else:
+        rows, block_k, warps = 4 if big else 2, 1024, 4
+    while k % block_k:
+        block_k //= 2
+    return rows, block_k, warps
 
 
 def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -52,15 +61,20 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-        """One program = BLOCK_N output rows over all of K (K % BLOCK_K == 0); fp32 accumulation."""
+        """One program = BLOCK_N output rows over all of K (K % BLOCK_K == 0); fp32 accumulation.
+        The first weight tile is loaded before the PDL wait (no kernel writes weights), so with
+        PDL the weight stream starts while the kernels before this one finish."""
         if PDL:
-            pdl_enter()
+            pdl_release()
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_K)
         row_ok = rows < N
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         w_tile = w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :]
-        for k in range(0, K, BLOCK_K):
+        w = tl.load(w_tile, mask=row_ok[:, None], other=0.0)
+        if PDL:
+            pdl_wait()
+        acc = w.to(tl.float32) * tl.load(x_ptr + cols).to(tl.float32)[None, :]
+        for k in range(BLOCK_K, K, BLOCK_K):
             w = tl.load(w_tile + k, mask=row_ok[:, None], other=0.0)
             x = tl.load(x_ptr + k + cols)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
