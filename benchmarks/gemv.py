@@ -67,23 +67,10 @@ def main() -> None:
             ours = us_per_call([lambda w=w: gemv_into(x, w, None, y) for w in ws])
             print(f"| {model} | {name} | {n} x {k} | {nbytes / 1e6:.1f} | {cublas:.1f} | {nbytes / cublas / 1e3:.0f} "
                   f"| {ours:.1f} | {nbytes / ours / 1e3:.0f} | {cublas / ours:.2f}x |", flush=True)
-            if name == "down":
-                print_gated(ws, y, n, k)
             if a.sweep:
                 sweep(x, ws, y, n, k, nbytes)
             del ws
             torch.cuda.empty_cache()
-
-
-def print_gated(ws: list[torch.Tensor], y: torch.Tensor, n: int, k: int) -> None:
-    """The down projection with its input's SiLU-and-mul: the separate kernel then the GEMV,
-    against the GEMV that computes SiLU(gate) * up as it reads its input."""
-    from radixlm.layers.fused_kernels import silu_and_mul
-
-    gate_up = torch.randn(1, 2 * k, device="cuda", dtype=torch.bfloat16)
-    two = us_per_call([lambda w=w: gemv_into(silu_and_mul(gate_up), w, None, y) for w in ws])
-    one = us_per_call([lambda w=w: gemv_into(gate_up, w, None, y, gated=True) for w in ws])
-    print(f"    SiLU-and-mul + down: separate kernels {two:.1f} us, folded into the GEMV {one:.1f} us", flush=True)
 
 
 def sweep(x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, n: int, k: int, nbytes: int) -> None:

@@ -50,32 +50,11 @@ def check_kernel(device: str) -> None:
                         assert err <= tol, (n, k, dtype, with_bias, out_dtype, config, err)
 
 
-def check_gated(device: str) -> None:
-    """The down projection with SiLU-and-mul folded in: against SiLU(gate) * up rounded to the
-    input dtype (as the separate kernel stores it), then a float64 product."""
-    from radixlm.layers.gemv import gemv_into
-
-    gen = torch.Generator().manual_seed(1)
-    for n, k in ((64, 1024), (33, 384), (5, 8192)):
-        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
-            gate_up = (2 * torch.randn(1, 2 * k, generator=gen)).to(device, dtype)
-            w = torch.randn(n, k, generator=gen).to(device, dtype)
-            b = torch.randn(n, generator=gen).to(device, dtype)
-            gate, up = gate_up.float().chunk(2, dim=-1)
-            x = (F.silu(gate).to(dtype) * up.to(dtype)).double()
-            want = x @ w.double().t() + b.double()
-            for config in (None, (2, 128, 4)):
-                out = torch.full((1, n), float("nan"), dtype=dtype, device=device)
-                err = rel_err(gemv_into(gate_up, w, b, out, config, gated=True), want)
-                assert err <= tol, (n, k, dtype, config, err)
-
-
 def test_gemv_kernel_matches_float64_product() -> None:
     if torch.cuda.is_available():
         check_kernel("cuda")
-        check_gated("cuda")
         return
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_gemv as t; t.check_kernel('cpu'); t.check_gated('cpu')"
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_gemv as t; t.check_kernel('cpu')"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

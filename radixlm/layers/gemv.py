@@ -59,18 +59,7 @@ def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _x_tile(x_ptr, offs, K: tl.constexpr, GATED: tl.constexpr):
-        """x[offs] in float32; GATED: x is SiLU(gate) * up of a [gate | up] row of 2K values,
-        rounded to the row's dtype as the separate SiLU-and-mul kernel stores it."""
-        if GATED:
-            gate = tl.load(x_ptr + offs).to(tl.float32)
-            up = tl.load(x_ptr + K + offs)
-            silu = (gate / (1.0 + tl.exp(-gate))).to(up.dtype).to(tl.float32)
-            return (silu * up.to(tl.float32)).to(up.dtype).to(tl.float32)
-        return tl.load(x_ptr + offs).to(tl.float32)
-
-    @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
+    def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         """One program = BLOCK_N output rows over all of K (K % BLOCK_K == 0); fp32 accumulation.
         The first weight tile is loaded before the PDL wait (no kernel writes weights), so with
@@ -84,10 +73,11 @@ if triton is not None:
         w = tl.load(w_tile, mask=row_ok[:, None], other=0.0)
         if PDL:
             pdl_wait()
-        acc = w.to(tl.float32) * _x_tile(x_ptr, cols, K, GATED)[None, :]
+        acc = w.to(tl.float32) * tl.load(x_ptr + cols).to(tl.float32)[None, :]
         for k in range(BLOCK_K, K, BLOCK_K):
             w = tl.load(w_tile + k, mask=row_ok[:, None], other=0.0)
-            acc += w.to(tl.float32) * _x_tile(x_ptr, k + cols, K, GATED)[None, :]
+            x = tl.load(x_ptr + k + cols)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         y = tl.sum(acc, axis=1)
         if HAS_BIAS:
             y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -95,29 +85,25 @@ if triton is not None:
 
 
 def gemv_into(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
-              config: Optional[tuple[int, int, int]] = None, gated: bool = False) -> torch.Tensor:
+              config: Optional[tuple[int, int, int]] = None) -> torch.Tensor:
     """out[1, N] = x[1, K] @ w[N, K]^T (+ bias), in out's dtype; `supports(x, w)` must hold
-    (or, on the CPU, TRITON_INTERPRET=1 with contiguous tensors). `gated`: x is [1, 2K], a
-    [gate | up] row, and the product is with SiLU(gate) * up (the MLP's down projection without
-    a separate SiLU-and-mul launch). `config`: `gemv_config`'s triple (its K tile must divide
-    K); None takes `gemv_config(N, K)`."""
+    (or, on the CPU, TRITON_INTERPRET=1 with contiguous tensors). `config`: `gemv_config`'s
+    triple (its K tile must divide K); None takes `gemv_config(N, K)`."""
     n, k = w.shape
     block_n, block_k, warps = config or gemv_config(n, k)
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, w if bias is None else bias, out, n, k, bias is not None,
-                                            gated, block_n, block_k, num_warps=warps, **pdl_launch(x, 1))
+                                            block_n, block_k, num_warps=warps, **pdl_launch(x, 1))
     return out
 
 
 @torch.library.custom_op("radixlm::gemv", mutates_args=())
-def _gemv_op(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], fp32_out: bool,
-             gated: bool = False) -> torch.Tensor:
+def _gemv_op(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], fp32_out: bool) -> torch.Tensor:
     out = torch.empty((1, w.shape[0]), dtype=torch.float32 if fp32_out else x.dtype, device=x.device)
-    return gemv_into(x, w, bias, out, gated=gated)
+    return gemv_into(x, w, bias, out)
 
 
 @_gemv_op.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], fp32_out: bool,
-      gated: bool = False) -> torch.Tensor:
+def _(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], fp32_out: bool) -> torch.Tensor:
     return x.new_empty((1, w.shape[0]), dtype=torch.float32 if fp32_out else x.dtype)
 
 
@@ -126,17 +112,6 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None
     if supports(x, w) and (bias is None or bias.is_contiguous()):
         return _gemv_op(x, w, bias, False)
     return F.linear(x, w, bias)
-
-
-def supports_gated(gate_up: torch.Tensor, w: torch.Tensor) -> bool:
-    """`silu_mul_linear` fuses for one contiguous [gate | up] row whose halves match w's K."""
-    return supports(gate_up, w) and gate_up.shape[1] == 2 * w.shape[1]
-
-
-def silu_mul_linear(gate_up: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """`F.linear(SiLU(gate) * up, w, bias)` for a [1, 2K] [gate | up] row in one GEMV launch;
-    `supports_gated(gate_up, w)` and a contiguous bias (or none) must hold."""
-    return _gemv_op(gate_up, w, bias, False, True)
 
 
 def linear_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -84,10 +84,6 @@ class ColumnParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gemv.linear(x, self.weight, self.bias)
 
-    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """self(SiLU(gate) * up) for one [gate | up] row, in one GEMV (`gemv.supports_gated`)."""
-        return gemv.silu_mul_linear(gate_up, self.weight, self.bias)
-
     def load_shard(self, attr: str, tensor: Any, part: Optional[int]) -> None:
         """Copy this rank's rows of logical output `part` (0 when unfused) from the full tensor."""
         part = part or 0
@@ -133,11 +129,6 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.tp.all_reduce(gemv.linear(x, self.weight))
-        return out if self.bias is None else out + self.bias
-
-    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """self(SiLU(gate) * up) for one [gate | up] row, in one GEMV (`gemv.supports_gated`)."""
-        out = self.tp.all_reduce(gemv.silu_mul_linear(gate_up, self.weight, None))
         return out if self.bias is None else out + self.bias
 
     def load_shard(self, attr: str, tensor: Any, part: Optional[int]) -> None:

@@ -17,7 +17,6 @@ from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
 from radixlm.forward_batch import ForwardBatch
 from radixlm.layers.basic import RMSNorm, RotaryEmbedding, fused_silu_and_mul, silu_and_mul, use_fused_kernels
-from radixlm.layers import gemv
 from radixlm.layers.linear import (AttentionHeads, ColumnParallelLinear, QKVParallelLinear, copy_checked, lm_head,
                                    logits_fn, row_parallel_linear, vocab_parallel_embedding, whole)
 
@@ -87,10 +86,7 @@ class LlamaMLP(nn.Module):
         self.act = silu_and_mul if native else getattr(self, "_chosen", silu_and_mul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
-        if gemv.supports_gated(gate_up, self.down_proj.weight):
-            return self.down_proj.forward_silu_mul(gate_up)
-        return self.down_proj(self.act(gate_up))
+        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
