@@ -34,6 +34,15 @@ def plan_buckets(buckets: list[int]) -> list[int]:
     return [b for b in buckets if b in (8, 16) or b % 32 == 0 or b == buckets[-1]]
 
 
+def logits_buffer_bytes(max_bs: int, vocab_size: int) -> int:
+    """Bytes of the float32 logits that the captured graphs keep between replays: one
+    [bs, vocab] buffer per graph (every bucket, and the shared-prefix graphs' buckets). Each
+    graph's other activations come from the shared graph pool and are reused across graphs."""
+    buckets = default_buckets(max_bs)
+    rows = sum(buckets) + sum(plan_buckets([b for b in buckets if b >= 2]))
+    return rows * vocab_size * 4
+
+
 class CudaGraphRunner:
     """Invariant: `replay(batch)` returns exactly what the eager decode forward returns (up to
     float rounding where a bucket runs a compiled forward). The logits it returns are the

@@ -53,8 +53,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(args.dtype, self.config, self.device)
         self.vocab_size = self.config.vocab_size
         self.context_len = args.context_length or self.config.max_position_embeddings
-        self.pool = self._make_pool()
         self.max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
+        self.pool = self._make_pool()
         self.req_to_token_pool = ReqToTokenPool(self.max_running + 1, self.context_len + args.page_size, self.device)
         self.backend = create_attention_backend(args.attention_backend, self.pool, self.device)
         start = time.perf_counter()
@@ -68,7 +68,7 @@ class ModelRunner:
         """CUDA graphs for decode when on CUDA with a graph-safe backend and not disabled."""
         from radixlm.attention.triton_backend import TritonBackend
 
-        if self.device.type != "cuda" or self.args.disable_cuda_graph or not isinstance(self.backend, TritonBackend):
+        if not self._uses_cuda_graphs() or not isinstance(self.backend, TritonBackend):
             if self.args.enable_torch_compile:
                 logger.warning("--enable-torch-compile applies to CUDA-graph decode only: ignored here")
             return None
@@ -104,12 +104,25 @@ class ModelRunner:
         cfg = self.config
         return AttentionHeads.split(cfg.num_attention_heads, kv_heads_of(cfg), self.tp).num_kv_heads
 
+    def _uses_cuda_graphs(self) -> bool:
+        """Decode will be captured in CUDA graphs (the Triton backend, chosen or by `auto`, on CUDA)."""
+        return (self.device.type == "cuda" and not self.args.disable_cuda_graph
+                and self.args.attention_backend in ("auto", "triton"))
+
     def _default_pool_tokens(self, per_token: int) -> int:
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             weights = self._estimate_weight_bytes()
-            budget = total * self.args.mem_fraction_static - (total - free) - weights
-            return max(int(budget // per_token), self.args.page_size * 2)
+            graphs = 0
+            if self._uses_cuda_graphs():
+                from radixlm.cuda_graph_runner import logits_buffer_bytes
+
+                graphs = logits_buffer_bytes(min(self.args.cuda_graph_max_bs, self.max_running), self.vocab_size)
+            logger.info("KV pool budget: %.0f%% of %.1f GiB, less %.2f GiB in use, %.2f GiB of weights, "
+                        "%.2f GiB of CUDA-graph logits", 100 * self.args.mem_fraction_static, total / 2**30,
+                        (total - free) / 2**30, weights / 2**30, graphs / 2**30)
+            return kv_pool_tokens(total, free, self.args.mem_fraction_static, weights + graphs, per_token,
+                                  self.args.page_size)
         return int(min(CPU_KV_BUDGET_BYTES // per_token, 64 * self.context_len))
 
     def _estimate_weight_bytes(self) -> int:
@@ -134,6 +147,14 @@ class ModelRunner:
 
     def close(self) -> None:
         """Release what the runner shares with other processes (nothing at tp 1)."""
+
+
+def kv_pool_tokens(total: int, free: int, fraction: float, reserved: int, per_token: int, page_size: int) -> int:
+    """Tokens of KV that fit in `fraction` of a device's `total` bytes once what is already in
+    use (`total - free`) and `reserved` bytes still to come (weights, graph buffers) are taken
+    out; never fewer than two pages (the pool's own minimum, checked by the caller)."""
+    budget = total * fraction - (total - free) - reserved
+    return max(int(budget // per_token), page_size * 2)
 
 
 class LeaderRunner(ModelRunner):
