@@ -47,7 +47,7 @@ def kernel_table(runner: object, decode: object, steps: int) -> tuple[dict[str, 
         row[1] += end - start
         row[2] += max(0.0, end - max(start, done))
         done = max(done, end)
-    span = (kernels[-1][1] - kernels[0][0]) / steps if kernels else 0.0
+    span = (max(end for _, end, _ in kernels) - kernels[0][0]) / steps if kernels else 0.0
     return {name: [v / steps for v in row] for name, row in per.items()}, span
 
 

@@ -5,8 +5,9 @@ the stream is still finishing, so the launch gap between two kernels (a few micr
 adds up over the ~10 kernels of each layer at batch 1) overlaps the earlier kernel's tail; CUDA
 graphs keep the programmatic edges. The price is a contract on the kernel:
 
-    a kernel launched with `launch_pdl=True` calls `pdl_enter()` (when its PDL constexpr is
-    set) before any load or store of global memory that another kernel writes or reads,
+    a kernel launched with `launch_pdl=True` reaches `pdl_wait()` (alone or in `pdl_enter()`,
+    when its PDL constexpr is set) before it loads memory another kernel writes or stores to
+    memory another kernel reads or writes,
 
 which lets the next kernel launch, then waits until the previous kernel has completed and its
 writes are visible. Completion is transitive: the next kernel's wait returns only after this
@@ -50,8 +51,8 @@ def pdl_enabled(t: torch.Tensor, rows: int) -> bool:
 
 
 def pdl_launch(t: torch.Tensor, rows: int) -> dict[str, bool]:
-    """The launch keywords of a PDL-aware kernel (one with a `PDL: tl.constexpr` parameter whose
-    body starts with `if PDL: pdl_enter()`): PDL on or off for both, per `pdl_enabled`."""
+    """The launch keywords of a PDL-aware kernel (one with a `PDL: tl.constexpr` parameter that
+    keeps the contract above): PDL on or off for both, per `pdl_enabled`."""
     on = pdl_enabled(t, rows)
     return {"PDL": on, "launch_pdl": on}
 

@@ -24,17 +24,13 @@ WAITS = {"pdl_wait", "pdl_enter"}
 PURE_TL = {"program_id", "arange", "zeros", "full", "cdiv", "minimum", "maximum", "where", "num_programs"}
 
 
-def _kernels() -> list[tuple[pathlib.Path, ast.Module, ast.FunctionDef]]:
-    found = []
-    for path in sorted(ROOT.rglob("*.py")):
-        source = path.read_text()
-        if "PDL: tl.constexpr" not in source:
-            continue
-        tree = ast.parse(source)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef) and any(a.arg == "PDL" for a in node.args.args):
-                found.append((path, tree, node))
-    return found
+TREES = {path: ast.parse(path.read_text()) for path in sorted(ROOT.rglob("*.py"))}
+
+
+def _kernels() -> list[ast.FunctionDef]:
+    """Every function (a Triton kernel) with a parameter named PDL, in any module."""
+    return [node for tree in TREES.values() for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and any(a.arg == "PDL" for a in node.args.args)]
 
 
 def _name(call: ast.Call) -> str:
@@ -52,36 +48,64 @@ def _waits(stmt: ast.stmt) -> bool:
             and any(isinstance(c, ast.Call) and _name(c) in WAITS for s in stmt.body for c in ast.walk(s)))
 
 
+def _roots(expr: ast.AST, derived: dict[str, set[str]]) -> set[str]:
+    """The `*_ptr` arguments an expression's names come from, through earlier assignments."""
+    roots: set[str] = set()
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name):
+            roots |= {node.id} if node.id.endswith("_ptr") else derived.get(node.id, set())
+    return roots
+
+
 KERNELS = _kernels()
 
 
 def test_the_kernels_are_found() -> None:
-    names = {k.name for _, _, k in KERNELS}
+    names = {k.name for k in KERNELS}
     assert {"_gemv_kernel", "_rmsnorm_kernel", "_silu_mul_kernel", "_rope_store_kernel",
             "_decode_split_kernel", "_decode_reduce_kernel"} <= names, names
 
 
-@pytest.mark.parametrize("kernel", [k for _, _, k in KERNELS], ids=[k.name for _, _, k in KERNELS])
+@pytest.mark.parametrize("kernel", KERNELS, ids=[k.name for k in KERNELS])
 def test_nothing_touches_written_memory_before_the_wait(kernel: ast.FunctionDef) -> None:
     allowed = ALLOWED_BEFORE_WAIT.get(kernel.name, set())
     body = [s for s in kernel.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
     waits_at = next((i for i, s in enumerate(body) if _waits(s)), None)
     assert waits_at is not None, f"{kernel.name} never reaches `if PDL: pdl_wait()` at its top level"
+    derived: dict[str, set[str]] = {}
     for stmt in body[:waits_at]:
         for call in (n for n in ast.walk(stmt) if isinstance(n, ast.Call)):
             name = _name(call)
             if name in ("pdl_release", "to") or (_is_tl(call) and name in PURE_TL):
                 continue
             assert _is_tl(call) and name == "load", f"{kernel.name}: {name}() before the PDL wait"
-            pointers = {n.id for n in ast.walk(call.args[0]) if isinstance(n, ast.Name) and n.id.endswith("_ptr")}
+            pointers = _roots(call.args[0], derived)
+            assert pointers, f"{kernel.name}: a load before the PDL wait from no known pointer argument"
             assert pointers <= allowed, f"{kernel.name} loads {pointers - allowed} before the PDL wait"
+        if isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                for node in ast.walk(target):
+                    if isinstance(node, ast.Name):
+                        derived[node.id] = _roots(stmt.value, derived)
+    first = body[waits_at].body[0]
+    assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call) and _name(first.value) in WAITS, \
+        f"{kernel.name}: something runs in `if PDL:` before the wait"
 
 
-@pytest.mark.parametrize("path,tree,kernel", KERNELS, ids=[k.name for _, _, k in KERNELS])
-def test_every_launch_passes_pdl_launch(path: pathlib.Path, tree: ast.Module, kernel: ast.FunctionDef) -> None:
-    launches = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Subscript)
-                and isinstance(n.func.value, ast.Name) and n.func.value.id == kernel.name]
-    assert launches, f"{kernel.name} is never launched in {path.name}"
-    for call in launches:
+@pytest.mark.parametrize("kernel", KERNELS, ids=[k.name for k in KERNELS])
+def test_every_launch_passes_pdl_launch(kernel: ast.FunctionDef) -> None:
+    launches = [(path, n) for path, tree in TREES.items() for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Subscript) and isinstance(n.func.value, ast.Name)
+                and n.func.value.id == kernel.name]
+    assert launches, f"{kernel.name} is never launched"
+    for path, call in launches:
         assert any(k.arg is None and isinstance(k.value, ast.Call) and _name(k.value) == "pdl_launch"
                    for k in call.keywords), f"{path.name}:{call.lineno} launches {kernel.name} without **pdl_launch"
+
+
+def test_launch_pdl_only_through_pdl_launch() -> None:
+    """No launch sets `launch_pdl` by hand (it would run a kernel under PDL without its wait)."""
+    for path, tree in TREES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                assert all(k.arg != "launch_pdl" for k in node.keywords), f"{path.name}:{node.lineno} sets launch_pdl"
