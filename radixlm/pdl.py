@@ -9,8 +9,8 @@ graphs keep the programmatic edges. The price is a contract on the kernel:
     when its PDL constexpr is set) before it loads memory another kernel writes or stores to
     memory another kernel reads or writes,
 
-which lets the next kernel launch, then waits until the previous kernel has completed and its
-writes are visible. Completion is transitive: the next kernel's wait returns only after this
+`pdl_enter()` lets the next kernel launch, then waits until the previous kernel has completed
+and its writes are visible. Completion is transitive: the next kernel's wait returns only after this
 one completed, which was after the one before it completed, so three kernels in a row never
 see each other's data early. Loads of memory no kernel writes (weights) may come before the
 wait: the GEMV issues its first weight tile there, so a layer's weight stream starts while the
