@@ -7,7 +7,7 @@ graphs keep the programmatic edges. The price is a contract on the kernel:
 
     a kernel launched with `launch_pdl=True` reaches `pdl_wait()` (alone or in `pdl_enter()`,
     when its PDL constexpr is set) before it loads memory another kernel writes or stores to
-    memory another kernel reads or writes,
+    memory another kernel reads or writes.
 
 `pdl_enter()` lets the next kernel launch, then waits until the previous kernel has completed
 and its writes are visible. Completion is transitive: the next kernel's wait returns only after this
