@@ -91,6 +91,8 @@ def gemv_into(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], ou
     triple (its K tile must divide K); None takes `gemv_config(N, K)`."""
     n, k = w.shape
     block_n, block_k, warps = config or gemv_config(n, k)
+    if k % block_k:
+        raise ValueError(f"GEMV K tile {block_k} does not divide K = {k}")
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, w if bias is None else bias, out, n, k, bias is not None,
                                             block_n, block_k, num_warps=warps, **pdl_launch(x, 1))
     return out
