@@ -82,7 +82,7 @@ def settings(engine: tuple[int, int], smoke: bool, full: bool) -> list[tuple[int
     if smoke:
         grid = [(1, 16, 4, 2), (2, 32, 2, 1)]
     else:
-        grid = itertools.product((1, 2, 4, 8, 16), (16, 32, 64), (2, 4) if full else (4,), (1, 2, 3) if full else (2,))
+        grid = itertools.product((1, 2, 4, 8, 16), (16, 32, 64, 128), (2, 4) if full else (4,), (1, 2, 3) if full else (2,))
     return [first] + [s for s in grid if s != first]
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         one = make_case(batch, context, heads, device, dtype, 1)
         copies = 1 if a.smoke else max(2, min(1024, COLD_BYTES // one.kv_bytes))
         case = one if copies == 1 else make_case(batch, context, heads, device, dtype, copies)
-        engine = decode_launch_config(batch, heads[1])
+        engine = decode_launch_config(batch, heads[1], heads[2])
         reference = run(case, (*engine, 4, 2)).float()
         if a.smoke:
             error = (reference - torch_reference(case)).abs().max().item()

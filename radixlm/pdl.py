@@ -12,9 +12,11 @@ graphs keep the programmatic edges. The price is a contract on the kernel:
 `pdl_enter()` lets the next kernel launch, then waits until the previous kernel has completed
 and its writes are visible. Completion is transitive: the next kernel's wait returns only after this
 one completed, which was after the one before it completed, so three kernels in a row never
-see each other's data early. Loads of memory no kernel writes (weights) may come before the
-wait: the GEMV issues its first weight tile there, so a layer's weight stream starts while the
-small kernels before it (norm, rotary, attention) still run. A kernel that broke the contract
+see each other's data early. Loads of memory no PDL kernel writes may come before the wait:
+weights (the GEMV issues its first weight tile there, so a layer's weight stream starts while
+the small kernels before it still run) and metadata written only by the host or by plain
+(non-PDL) kernels, which completed before any PDL kernel after them launched (decode
+attention reads its request's length, table row and first block of slots there). A kernel that broke the contract
 could read stale data, only on Hopper and only sometimes, so `tests/test_pdl_contract.py`
 checks it on the kernels' source, and every launch site passes `**pdl_launch(tensor, rows)`,
 which sets the kernel's `PDL` constexpr and Triton's `launch_pdl` option together.

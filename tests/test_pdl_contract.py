@@ -19,7 +19,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "radixlm"
 # kernel -> pointer arguments it may load before the wait: memory no PDL kernel writes (weights;
 # also host-written metadata, since a non-PDL kernel completes before any PDL kernel after it launches)
-ALLOWED_BEFORE_WAIT = {"_gemv_kernel": {"w_ptr"}}
+ALLOWED_BEFORE_WAIT = {"_gemv_kernel": {"w_ptr"},
+                       "_decode_split_kernel": {"seq_lens_ptr", "req_idx_ptr", "starts_ptr", "req_to_token_ptr"}}
 WAITS = {"pdl_wait", "pdl_enter"}
 PURE_TL = {"program_id", "arange", "zeros", "full", "cdiv", "minimum", "maximum", "where", "num_programs"}
 
@@ -53,7 +54,10 @@ def _roots(expr: ast.AST, derived: dict[str, set[str]]) -> set[str]:
     roots: set[str] = set()
     for node in ast.walk(expr):
         if isinstance(node, ast.Name):
-            roots |= {node.id} if node.id.endswith("_ptr") else derived.get(node.id, set())
+            if node.id in derived:  # a local, even one named *_ptr, stands for what it was made from
+                roots |= derived[node.id]
+            elif node.id.endswith("_ptr"):
+                roots.add(node.id)
     return roots
 
 

@@ -59,8 +59,10 @@ def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype
         # test_rope_store.py), so both backends attend over the same pool contents.
         TorchNativeBackend(pool).rotate_and_store(None, fb.positions, q, k, v, 0, fb)
         outs = []
-        # num_splits=None: splits and block chosen from the batch size (decode_launch_config)
-        for backend in (TorchNativeBackend(pool), TritonBackend(pool, num_splits=4), TritonBackend(pool)):
+        # num_splits=None: splits and block chosen from the batch size (decode_launch_config);
+        # num_splits=1: one launch writes the output (64-key blocks, so the longer rows loop)
+        for backend in (TorchNativeBackend(pool), TritonBackend(pool, num_splits=4), TritonBackend(pool),
+                        TritonBackend(pool, num_splits=1)):
             backend.init_forward_metadata(fb)
             outs.append(backend.forward(q, 0, dim ** -0.5, fb).float())
         for out in outs[1:]:

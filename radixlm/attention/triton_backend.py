@@ -80,7 +80,7 @@ class TritonBackend(AttentionBackend):
         k_buf, v_buf, plan = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.prefix_plan
         if plan is None:
             splits, block_n = ((self.num_splits, 64) if self.num_splits else
-                               decode_launch_config(q.shape[0], k_buf.shape[1]))
+                               decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2]))
             return decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices, batch.seq_lens,
                                     scale, splits, block_n, num_warps=4, num_stages=2)
         return cascade_decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices,

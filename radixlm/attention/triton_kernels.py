@@ -11,7 +11,34 @@ import torch
 import triton
 import triton.language as tl
 
-from radixlm.pdl import pdl_enter, pdl_launch
+from radixlm.pdl import pdl_enter, pdl_launch, pdl_release, pdl_wait
+
+
+@triton.jit
+def attend_block(q, k_ptr, v_ptr, slots, offs_n, mask_n, kv_h, scale, stride_kt, stride_kh, m_i, l_i, acc,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """One online-softmax step of the query rows q over the keys at `slots` (positions `offs_n`,
+    valid where `mask_n`): returns the updated running max, sum and unnormalized output."""
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_off = slots[:, None] * stride_kt + kv_h * stride_kh + offs_d[None, :]
+    kv_mask = mask_n[:, None] & (offs_d < HEAD_DIM)[None, :]
+    k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k).to(q.dtype), input_precision=PRECISION).to(tl.float32) * scale
+    s = tl.where(mask_n[None, :], s, -float("inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m_i - m_new)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION).to(tl.float32)
+    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+
+
+@triton.jit
+def attend_finish(m_i, l_i, acc, has):
+    """The normalized output and log-sum-exp of an online softmax; 0 and -inf where `has` is false."""
+    out = tl.where(has, acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
+    return out, lse
 
 
 @triton.jit
@@ -22,8 +49,6 @@ def attend_range(q, k_ptr, v_ptr, slots_ptr, start, end, kv_h, scale, stride_kt,
     table row (`slots_ptr` points at its position 0), KV head `kv_h`, by online softmax. Returns
     the normalized output [ROWS, BLOCK_D] (fp32) and each row's log-sum-exp; 0 and -inf when
     the range is empty. K/V are cast to q's dtype after loading (fp8 pools)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
     m_i = tl.full([ROWS], -float("inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
@@ -31,22 +56,9 @@ def attend_range(q, k_ptr, v_ptr, slots_ptr, start, end, kv_h, scale, stride_kt,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
         slots = tl.load(slots_ptr + offs_n, mask=mask_n, other=0)
-        kv_off = slots[:, None] * stride_kt + kv_h * stride_kh + offs_d[None, :]
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k).to(q.dtype), input_precision=PRECISION).to(tl.float32) * scale
-        s = tl.where(mask_n[None, :], s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION).to(tl.float32)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        m_i = m_new
-    has = end > start
-    out = tl.where(has, acc / tl.where(has, l_i, 1.0)[:, None], 0.0)
-    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
-    return out, lse
+        m_i, l_i, acc = attend_block(q, k_ptr, v_ptr, slots, offs_n, mask_n, kv_h, scale, stride_kt, stride_kh,
+                                     m_i, l_i, acc, HEAD_DIM, BLOCK_D, PRECISION)
+    return attend_finish(m_i, l_i, acc, end > start)
 
 
 @triton.jit
@@ -56,13 +68,19 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq
                          stride_ot, stride_oh, stride_os, stride_lt, stride_lh,
                          GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                         HAS_STARTS: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+                         HAS_STARTS: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr,
+                         PDL: tl.constexpr):
     """One program = (request, KV head, split): all GROUP query heads sharing the KV head are
     scored together, so each K/V block is read once per KV head (not once per query head).
     The request's range [starts[b] (0 without HAS_STARTS), seq_len) is cut into NUM_SPLITS
-    equal parts. Writes each head's normalized partial output and log-sum-exp for the reduce step."""
+    equal parts. Writes each head's normalized partial output and log-sum-exp for the reduce
+    step, or (DIRECT, one split) the output itself in out's dtype.
+    With PDL the request's metadata and its first block of slots (seq_lens, req_idx, starts
+    and the table: written only by the host or by non-PDL kernels, which completed before any
+    PDL kernel after them launched) are read before the wait; q and K/V (written by the
+    kernels just before) after it, so the chain of dependent loads after the wait is one deep."""
     if PDL:
-        pdl_enter()
+        pdl_release()
     b = tl.program_id(0)
     kv_h = tl.program_id(1)
     split = tl.program_id(2)
@@ -74,18 +92,34 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq
     per_split = tl.cdiv(seq_len - first, NUM_SPLITS)
     start = first + split * per_split
     end = tl.minimum(start + per_split, seq_len)
+    slots_ptr = req_to_token_ptr + row * stride_r2t
+    offs_n = start + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < end
+    slots = tl.load(slots_ptr + offs_n, mask=mask_n, other=0)
+    if PDL:
+        pdl_wait()
     offs_g = tl.arange(0, BLOCK_G)
     mask_g = offs_g < GROUP
     heads = kv_h * GROUP + offs_g
     offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
-    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
-    out, lse = attend_range(q, k_ptr, v_ptr, req_to_token_ptr + row * stride_r2t, start, end, kv_h, scale,
-                            stride_kt, stride_kh, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION)
-    tl.store(out_ptr + b * stride_ot + heads[:, None] * stride_oh + split * stride_os + offs_d[None, :], out,
-             mask=mask_g[:, None] & mask_d[None, :])
-    tl.store(lse_ptr + b * stride_lt + heads * stride_lh + split, lse, mask=mask_g)
+    mask_gd = mask_g[:, None] & (offs_d < HEAD_DIM)[None, :]
+    q = tl.load(q_ptr + b * stride_qt + heads[:, None] * stride_qh + offs_d[None, :], mask=mask_gd, other=0.0)
+    m_i = tl.full([BLOCK_G], -float("inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    m_i, l_i, acc = attend_block(q, k_ptr, v_ptr, slots, offs_n, mask_n, kv_h, scale, stride_kt, stride_kh,
+                                 m_i, l_i, acc, HEAD_DIM, BLOCK_D, PRECISION)
+    for n0 in range(start + BLOCK_N, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        slots = tl.load(slots_ptr + offs_n, mask=mask_n, other=0)
+        m_i, l_i, acc = attend_block(q, k_ptr, v_ptr, slots, offs_n, mask_n, kv_h, scale, stride_kt, stride_kh,
+                                     m_i, l_i, acc, HEAD_DIM, BLOCK_D, PRECISION)
+    out, lse = attend_finish(m_i, l_i, acc, end > start)
+    tl.store(out_ptr + b * stride_ot + heads[:, None] * stride_oh + split * stride_os + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask_gd)
+    if not DIRECT:
+        tl.store(lse_ptr + b * stride_lt + heads * stride_lh + split, lse, mask=mask_g)
 
 
 @triton.jit
@@ -122,7 +156,13 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
                      req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                      num_splits: int = 8, block_n: int = 64, num_warps: int = 4,
                      num_stages: int = 3) -> torch.Tensor:
-    """q [B, H, D] -> out [B, H, D]; each request attends to its whole sequence in the pool."""
+    """q [B, H, D] -> out [B, H, D]; each request attends to its whole sequence in the pool.
+    One split writes the output directly (one launch); more are merged by the reduce kernel."""
+    if num_splits == 1:
+        out = torch.empty_like(q)
+        launch_decode_splits(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, None, out, None, scale,
+                             1, block_n, num_warps, num_stages)
+        return out
     part, lse = decode_partials(q, num_splits)
     launch_decode_splits(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, None, part, lse, scale,
                          num_splits, block_n, num_warps, num_stages)
@@ -130,17 +170,25 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
 
 
 DECODE_PROGRAMS = 1024  # split-K target: about 8 programs per SM of an H100/H200
+MAX_DECODE_SPLITS = 16
 
 
-def decode_launch_config(batch: int, kv_heads: int) -> tuple[int, int]:
+def decode_launch_config(batch: int, kv_heads: int, head_dim: int) -> tuple[int, int]:
     """(splits, block_n) for a plain decode of `batch` requests: split each sequence only as far
-    as needed to give the GPU ~DECODE_PROGRAMS programs (at most 8 parts). Measured on an H200
-    (bf16, CUDA graphs, `scratch`-style sweep of splits x block x warps x stages): at batch 256-512
-    one part of 64-key blocks reads K/V at 3.6-4.0 TB/s against 2.0-3.2 TB/s for 8 parts; batch 1
-    is fastest with 8 parts of 32-key blocks. A request's output thus depends, by float rounding
-    only, on the size of the batch it runs in."""
-    splits = min(8, triton.next_power_of_2(max(1, -(-DECODE_PROGRAMS // (batch * kv_heads)))))
-    return splits, 32 if splits >= 8 else 64
+    as needed to give the GPU ~DECODE_PROGRAMS programs (at most MAX_DECODE_SPLITS parts), in
+    blocks of 8,192 K elements (128 keys of head dim 64, 64 of 128) at the most splits, else
+    32 keys. The choice cannot depend on the context (a CUDA graph serves every length), so it
+    favours long ones. Measured on an H200 (bf16, CUDA graphs, cold K/V,
+    `benchmarks/decode_sweep.py`, Llama-3.2-1B heads): at batch 1, 16 parts of 128 keys take
+    5.8 us per layer at 2,048 tokens against 17.9 for 8 parts of 32 (5.1 vs 4.6 at 256
+    tokens); at batch 256 and 512 tokens one part of 32-key blocks takes 79 us against 87 for
+    64-key blocks. Whole batch-1 decode steps in the same run (`benchmarks/results/
+    decode_attn_ab2_h200_session7.txt`): Llama-3.2-1B 853 vs 1,036 us at 2,048 tokens with
+    128-key blocks, Llama-3-8B 4,152 vs 4,548 us with 64-key blocks (4,259 with 128). A
+    request's output thus depends, by float rounding only, on the size of the batch it runs in."""
+    want = -(-DECODE_PROGRAMS // (batch * kv_heads))
+    splits = min(MAX_DECODE_SPLITS, triton.next_power_of_2(max(1, want)))
+    return splits, max(16, min(128, 8192 // head_dim)) if splits >= MAX_DECODE_SPLITS else 32
 
 
 def decode_partials(q: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,18 +201,24 @@ def decode_partials(q: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torc
 
 def launch_decode_splits(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, req_to_token: torch.Tensor,
                          req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, starts: torch.Tensor | None,
-                         part: torch.Tensor, lse: torch.Tensor, scale: float, num_splits: int,
+                         part: torch.Tensor, lse: torch.Tensor | None, scale: float, num_splits: int,
                          block_n: int, num_warps: int = 4, num_stages: int = 3) -> None:
-    """Fill partials 0..num_splits-1: request b over positions [starts[b] (0 if None), seq_lens[b])."""
+    """Fill partials 0..num_splits-1: request b over positions [starts[b] (0 if None), seq_lens[b]).
+    With `lse` None (one split only), `part` is the output [B, H, D] itself."""
     batch, heads, dim = q.shape
     group = heads // k_buf.shape[1]
+    direct = lse is None
+    assert not direct or num_splits == 1, "the output is written directly only by a single split"
+    part_strides = (part.stride(0), part.stride(1), 0) if direct else (part.stride(0), part.stride(1), part.stride(2))
+    lse_strides = (0, 0) if direct else (lse.stride(0), lse.stride(1))
     _decode_split_kernel[(batch, k_buf.shape[1], num_splits)](
         q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, seq_lens if starts is None else starts,
-        part, lse, scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), req_to_token.stride(0),
-        part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
+        part, part if direct else lse, scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
+        req_to_token.stride(0), *part_strides, *lse_strides,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim,
         BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        HAS_STARTS=starts is not None, PRECISION=precision_of(q), num_warps=num_warps, num_stages=num_stages,
+        HAS_STARTS=starts is not None, DIRECT=direct, PRECISION=precision_of(q), num_warps=num_warps,
+        num_stages=num_stages,
         **pdl_launch(q, batch))
 
 
