@@ -104,18 +104,27 @@ class CudaGraphRunner:
     def can_run(self, batch: ForwardBatch) -> bool:
         return batch.mode is ForwardMode.DECODE and batch.batch_size <= self.max_bs
 
+    def load_inputs(self, batch: ForwardBatch, padded: int) -> None:
+        """Copy the batch's ids, positions, slots and table rows into the static inputs, in one
+        copy when the batch carries them as one block (`decode_inputs`), and pad the rows up to
+        `padded` with id 0 at position 0 into the reserved slot 0."""
+        bs = batch.batch_size
+        if padded > bs:
+            self.inputs[:, bs:padded].zero_()
+        if batch.decode_inputs is not None:
+            self.inputs[:, :bs].copy_(batch.decode_inputs)
+            return
+        for static, given in zip(self.inputs, (batch.input_ids, batch.positions, batch.out_cache_loc,
+                                               batch.req_pool_indices)):
+            static[:bs].copy_(given)
+
     @torch.inference_mode()
     def replay(self, batch: ForwardBatch) -> torch.Tensor:
         bs = batch.batch_size
         plan = batch.prefix_plan is not None  # a plan has a group, so bs >= 2
         buckets = self.plan_buckets if plan else self.buckets
         padded = buckets[bisect.bisect_left(buckets, bs)]
-        if padded > bs:
-            self.inputs[:, bs:padded].zero_()  # id 0 at position 0 into the reserved slot 0
-        self.input_ids[:bs].copy_(batch.input_ids)
-        self.positions[:bs].copy_(batch.positions)
-        self.out_cache_loc[:bs].copy_(batch.out_cache_loc)
-        self.req_pool_indices[:bs].copy_(batch.req_pool_indices)
+        self.load_inputs(batch, padded)
         if plan:
             self.plan_buffers.load(batch.prefix_plan, bs, padded)
         self.graphs[padded, plan].replay()

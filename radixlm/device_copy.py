@@ -60,6 +60,22 @@ def to_device_split(values: Sequence[int], sizes: Sequence[int], device: torch.d
     return tuple(dev[start:start + size] for start, size in zip(starts, sizes))
 
 
+def to_device_rows(values: Sequence[int], rows: int, device: torch.device) -> torch.Tensor:
+    """int64 `values` (rows * n of them, row after row) as a [rows, n] tensor on `device` in ONE
+    copy; each row starts on a 16-byte boundary (see `to_device_split`), so the tensor's row
+    stride is n rounded up to even. The tensor is the caller's own (a fresh buffer)."""
+    n = len(values) // rows
+    if n * rows != len(values):
+        raise ValueError(f"{len(values)} values do not make {rows} equal rows")
+    stride = n + n % _ALIGN_ELEMS
+    host = host_tensor(values).view(rows, n)
+    if stride != n:
+        padded = torch.zeros((rows, stride), dtype=torch.int64)
+        padded[:, :n] = host
+        host = padded
+    return pinned_to_device(host, device)[:, :n]
+
+
 def pinned_to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A CPU tensor on `device`, copied through pinned memory without blocking (itself on CPU)."""
     if device.type != "cuda":

@@ -27,7 +27,10 @@ class ForwardBatch:
     `seq_lens[i] == extend_prefix_lens[i] + extend_seq_lens[i]`. `req_to_token[req_pool_indices[i], :seq_lens[i]]`
     holds the pool slot of every token of request i, the new ones included (already written
     by the scheduler before the forward). `prefix_plan` (DECODE only, else None): which requests
-    share a long cached prefix (see `radixlm.attention.shared_prefix`); backends may ignore it."""
+    share a long cached prefix (see `radixlm.attention.shared_prefix`); backends may ignore it.
+    `decode_inputs` (a DECODE batch built by the scheduler, else None): a [4, B] tensor whose
+    rows are `input_ids`, `positions`, `out_cache_loc` and `req_pool_indices` (those fields are
+    its row views), so a CUDA graph takes the four in one copy."""
 
     mode: ForwardMode
     input_ids: torch.Tensor
@@ -42,6 +45,7 @@ class ForwardBatch:
     req_to_token: torch.Tensor
     attn_metadata: Optional[Any] = field(default=None)
     prefix_plan: Optional[SharedPrefixPlan] = field(default=None)
+    decode_inputs: Optional[torch.Tensor] = field(default=None)
 
     @property
     def batch_size(self) -> int:

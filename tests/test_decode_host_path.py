@@ -1,16 +1,19 @@
 """The decode step's host fast paths give what the per-request code they replaced gave: one staged
-copy (`to_device_split`), the vectorized `build_decode` + `alloc_decode`/`write_slots`, the in-place
+copy (`to_device_split`, `to_device_rows`), the vectorized `build_decode` + `alloc_decode`/`write_slots`
+(and the CUDA graph runner's one-copy input load from it), the in-place
 placeholder replacement in `OutputProcessor.finish`, and the shared detokenizer window lengths."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 import pytest
 import torch
 
-from radixlm.device_copy import host_tensor, to_device_split
+from radixlm.cuda_graph_runner import CudaGraphRunner
+from radixlm.device_copy import host_tensor, to_device_rows, to_device_split
 from radixlm.forward_batch import ForwardMode
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
@@ -49,6 +52,19 @@ def test_to_device_split_parts_start_16_byte_aligned(sizes: tuple[int, ...]) -> 
     base = parts[0].data_ptr()
     assert all((p.data_ptr() - base) % 16 == 0 for p in parts)
     assert [v for p in parts for v in p.tolist()] == values and [p.numel() for p in parts] == list(sizes)
+
+
+@pytest.mark.parametrize("rows, n", [(4, 1), (4, 3), (4, 8), (2, 5), (1, 0)])
+def test_to_device_rows_gives_aligned_rows(rows: int, n: int) -> None:
+    values = list(range(1, rows * n + 1))
+    block = to_device_rows(values, rows, CPU)
+    assert block.shape == (rows, n) and block.flatten().tolist() == values
+    assert all((block[r].data_ptr() - block[0].data_ptr()) % 16 == 0 for r in range(rows))
+
+
+def test_to_device_rows_refuses_ragged_rows() -> None:
+    with pytest.raises(ValueError, match="equal rows"):
+        to_device_rows([1, 2, 3], 2, CPU)
 
 
 def make_cache(page_size: int) -> KVCacheManager:
@@ -105,6 +121,30 @@ def test_build_decode_equals_per_request_batch(page_size: int) -> None:
         assert (got.tolist() if isinstance(got, torch.Tensor) else got) == value, name
     assert batch.mode is fb.mode is ForwardMode.DECODE
     assert batch.reqs == batch.samplers == reqs and batch.sample_rows is None and not batch.items
+    # the four per-token tensors are the rows of one block (one copy into a CUDA graph's inputs)
+    rows = (fb.input_ids, fb.positions, fb.out_cache_loc, fb.req_pool_indices)
+    assert torch.equal(fb.decode_inputs, torch.stack(rows))
+    assert [r.data_ptr() for r in rows] == [fb.decode_inputs[i].data_ptr() for i in range(4)]
+
+
+@pytest.mark.parametrize("one_block", [True, False])
+def test_graph_inputs_load_in_the_static_order_and_pad(one_block: bool) -> None:
+    """`CudaGraphRunner.load_inputs` (no graph needed): the batch's rows land in the static
+    [4, max_bs] inputs (ids, positions, slots, table rows), rows up to the bucket are zeroed,
+    rows beyond it are left alone; the same from a batch without the block (four copies)."""
+    rng = random.Random(7)
+    cache = make_cache(1)
+    reqs = running_reqs(cache, rng)[:5]
+    token_buf = torch.tensor([rng.randrange(3, 400) for _ in range(16)])
+    fb = build_decode(reqs, cache.alloc_decode(reqs), cache.req_pool.table, CPU, token_buf).forward
+    if not one_block:
+        fb = dataclasses.replace(fb, decode_inputs=None)
+    runner = object.__new__(CudaGraphRunner)
+    runner.inputs = torch.full((4, 12), -7, dtype=torch.int64)
+    runner.load_inputs(fb, 8)
+    want = torch.stack([fb.input_ids, fb.positions, fb.out_cache_loc, fb.req_pool_indices])
+    assert torch.equal(runner.inputs[:, :5], want)
+    assert (runner.inputs[:, 5:8] == 0).all() and (runner.inputs[:, 8:] == -7).all()
 
 
 @pytest.fixture(scope="module")

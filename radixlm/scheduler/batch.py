@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from radixlm.attention.shared_prefix import plan_shared_prefixes
-from radixlm.device_copy import to_device_split
+from radixlm.device_copy import to_device_rows, to_device_split
 from radixlm.forward_batch import ForwardBatch, ForwardMode
 from radixlm.scheduler.request import Req
 
@@ -74,23 +74,26 @@ def build_decode(reqs: list[Req], slots: list[int], req_to_token: torch.Tensor, 
     """One token per request: the last token of each, at position `seq_len - 1`, whose KV goes to
     `slots[i]` (just allocated, see `KVCacheManager.alloc_decode`). A last token still being
     sampled on the device (a placeholder, id < 0) is read from `token_buf[req_pool_idx]`, where
-    the sampler puts it, without waiting for the host. The ids, table rows, positions and slots
-    go to the device in one copy; the forward batch's `req_pool_indices`, `positions` and
-    `out_cache_loc` are views of it (the caller writes the slots into the table from them)."""
+    the sampler puts it (in place, in the batch's own buffer), without waiting for the host.
+    The ids, positions, slots and table rows go to the device in one copy, as the rows of the
+    forward batch's `decode_inputs` (the order of a CUDA graph's static inputs); its
+    `input_ids`, `positions`, `out_cache_loc` and `req_pool_indices` are those rows (the caller
+    writes the slots into the table from them)."""
     n = len(reqs)
     seq_lens = [req.prompt_len + len(req.output_ids) for req in reqs]
     positions = [s - 1 for s in seq_lens]
     ids = [req.output_ids[-1] if req.output_ids else req.origin_input_ids[-1] for req in reqs]
     pool_idx = [req.req_pool_idx for req in reqs]
     lowest = min(ids)  # < 0: some last tokens are placeholders
-    dev_ids, dev_pool, dev_pos, dev_slots = to_device_split(ids + pool_idx + positions + slots, (n, n, n, n), device)
+    inputs = to_device_rows(ids + positions + slots + pool_idx, 4, device)
+    dev_ids, dev_pos, dev_slots, dev_pool = inputs
     if lowest < 0:
-        dev_ids = torch.where(dev_ids < 0, token_buf[dev_pool], dev_ids)
+        torch.where(dev_ids < 0, token_buf[dev_pool], dev_ids, out=dev_ids)
     fb = ForwardBatch(
         mode=ForwardMode.DECODE, input_ids=dev_ids, positions=dev_pos, out_cache_loc=dev_slots,
         req_pool_indices=dev_pool, seq_lens=dev_pos + 1, seq_lens_cpu=seq_lens, extend_prefix_lens_cpu=positions,
         extend_seq_lens_cpu=[1] * n, logit_indices=torch.arange(n, device=device), req_to_token=req_to_token,
-        prefix_plan=plan_shared_prefixes(reqs, device),
+        prefix_plan=plan_shared_prefixes(reqs, device), decode_inputs=inputs,
     )
     return ScheduledBatch(ForwardMode.DECODE, reqs, fb, reqs, None)
 
