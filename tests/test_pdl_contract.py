@@ -20,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "radixlm"
 # kernel -> pointer arguments it may load before the wait: memory no PDL kernel writes (weights;
 # also host-written metadata, since a non-PDL kernel completes before any PDL kernel after it launches)
 ALLOWED_BEFORE_WAIT = {"_gemv_kernel": {"w_ptr"},
-                       "_decode_split_kernel": {"seq_lens_ptr", "req_idx_ptr", "starts_ptr", "req_to_token_ptr"}}
+                       "_decode_split_kernel": {"seq_lens_ptr", "req_idx_ptr", "starts_ptr", "req_to_token_ptr"},
+                       "_rope_store_kernel": {"loc_ptr", "pos_ptr", "cos_ptr", "sin_ptr"}}
 WAITS = {"pdl_wait", "pdl_enter"}
 PURE_TL = {"program_id", "arange", "zeros", "full", "cdiv", "minimum", "maximum", "where", "num_programs"}
 
@@ -61,6 +62,17 @@ def _roots(expr: ast.AST, derived: dict[str, set[str]]) -> set[str]:
     return roots
 
 
+def _flatten(stmt: ast.stmt) -> list[ast.AST]:
+    """A statement as the simple pieces it runs, in source order: an `if`'s or loop's own test
+    (or iterator), then the statements of its branches, flattened in turn."""
+    if isinstance(stmt, ast.If):
+        return [stmt.test] + [p for s in stmt.body + stmt.orelse for p in _flatten(s)]
+    if isinstance(stmt, (ast.For, ast.While)):
+        head = stmt.iter if isinstance(stmt, ast.For) else stmt.test
+        return [head] + [p for s in stmt.body + stmt.orelse for p in _flatten(s)]
+    return [stmt]
+
+
 KERNELS = _kernels()
 
 
@@ -77,7 +89,7 @@ def test_nothing_touches_written_memory_before_the_wait(kernel: ast.FunctionDef)
     waits_at = next((i for i, s in enumerate(body) if _waits(s)), None)
     assert waits_at is not None, f"{kernel.name} never reaches `if PDL: pdl_wait()` at its top level"
     derived: dict[str, set[str]] = {}
-    for stmt in body[:waits_at]:
+    for stmt in (s for top in body[:waits_at] for s in _flatten(top)):
         for call in (n for n in ast.walk(stmt) if isinstance(n, ast.Call)):
             name = _name(call)
             if name in ("pdl_release", "to") or (_is_tl(call) and name in PURE_TL):
@@ -90,7 +102,7 @@ def test_nothing_touches_written_memory_before_the_wait(kernel: ast.FunctionDef)
             for target in stmt.targets:
                 for node in ast.walk(target):
                     if isinstance(node, ast.Name):
-                        derived[node.id] = _roots(stmt.value, derived)
+                        derived[node.id] = derived.get(node.id, set()) | _roots(stmt.value, derived)
     first = body[waits_at].body[0]
     assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call) and _name(first.value) in WAITS, \
         f"{kernel.name}: something runs in `if PDL:` before the wait"

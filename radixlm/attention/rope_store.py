@@ -12,21 +12,18 @@ import torch
 import triton
 import triton.language as tl
 
-from radixlm.pdl import pdl_enter, pdl_launch
+from radixlm.pdl import pdl_launch, pdl_release, pdl_wait
 
 
 @triton.jit
-def _rotate(x_ptr, t, stride_t, stride_h, stride_d, pos_ptr, cos_ptr, sin_ptr, stride_cos, NH: tl.constexpr,
-            HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    """Neox half-split rotation of token t's NH heads at position pos[t]: (pointer to the first
-    halves, both rotated halves rounded to x's dtype, head offsets, half offsets, mask)."""
+def _rotate(x_ptr, t, stride_t, stride_h, stride_d, cos, sin, NH: tl.constexpr, HALF: tl.constexpr,
+            BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Neox half-split rotation of token t's NH heads by the row `cos`, `sin` [1, BLOCK_HALF] of
+    its position: (pointer to the first halves, both rotated halves rounded to x's dtype, head
+    offsets, half offsets, mask)."""
     offs_d = tl.arange(0, BLOCK_HALF)
-    mask_d = offs_d < HALF
-    pos = tl.load(pos_ptr + t)
-    cos = tl.load(cos_ptr + pos * stride_cos + offs_d, mask=mask_d, other=0.0)[None, :]
-    sin = tl.load(sin_ptr + pos * stride_cos + offs_d, mask=mask_d, other=0.0)[None, :]
     offs_h = tl.arange(0, BLOCK_H)
-    mask = (offs_h[:, None] < NH) & mask_d[None, :]
+    mask = (offs_h[:, None] < NH) & (offs_d < HALF)[None, :]
     p1 = x_ptr + t * stride_t + offs_h[:, None] * stride_h + offs_d[None, :] * stride_d
     x1 = tl.load(p1, mask=mask, other=0.0)
     x2 = tl.load(p1 + HALF * stride_d, mask=mask, other=0.0)
@@ -53,20 +50,20 @@ def _copy_heads(src_ptr, t, stride_t, stride_h, stride_d, cache_ptr, loc, stride
 
 @triton.jit
 def _rotate_k_into_cache(k_ptr, t, stride_kt, stride_kh, stride_kd, k_cache_ptr, loc, stride_ct, stride_ch,
-                         pos_ptr, cos_ptr, sin_ptr, stride_cos, NK: tl.constexpr, HALF: tl.constexpr,
-                         BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    _, k1, k2, offs_h, offs_d, mask = _rotate(k_ptr, t, stride_kt, stride_kh, stride_kd, pos_ptr, cos_ptr, sin_ptr,
-                                              stride_cos, NK, HALF, BLOCK_HK, BLOCK_HALF)
+                         cos, sin, NK: tl.constexpr, HALF: tl.constexpr, BLOCK_HK: tl.constexpr,
+                         BLOCK_HALF: tl.constexpr):
+    _, k1, k2, offs_h, offs_d, mask = _rotate(k_ptr, t, stride_kt, stride_kh, stride_kd, cos, sin, NK, HALF,
+                                              BLOCK_HK, BLOCK_HALF)
     dst = k_cache_ptr + loc * stride_ct + offs_h[:, None] * stride_ch + offs_d[None, :]
     tl.store(dst, _to_cache(k1, k_cache_ptr), mask=mask)
     tl.store(dst + HALF, _to_cache(k2, k_cache_ptr), mask=mask)
 
 
 @triton.jit
-def _rotate_q_in_place(q_ptr, t, stride_qt, stride_qh, stride_qd, pos_ptr, cos_ptr, sin_ptr, stride_cos,
-                       NQ: tl.constexpr, HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    p1, q1, q2, _, _, mask = _rotate(q_ptr, t, stride_qt, stride_qh, stride_qd, pos_ptr, cos_ptr, sin_ptr,
-                                     stride_cos, NQ, HALF, BLOCK_HQ, BLOCK_HALF)
+def _rotate_q_in_place(q_ptr, t, stride_qt, stride_qh, stride_qd, cos, sin, NQ: tl.constexpr, HALF: tl.constexpr,
+                       BLOCK_HQ: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    p1, q1, q2, _, _, mask = _rotate(q_ptr, t, stride_qt, stride_qh, stride_qd, cos, sin, NQ, HALF, BLOCK_HQ,
+                                     BLOCK_HALF)
     tl.store(p1, q1, mask=mask)
     tl.store(p1 + HALF * stride_qd, q2, mask=mask)
 
@@ -82,25 +79,36 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, loc_ptr, p
     K cache at slot loc[t] (only copies them when not ROTATE), role 2 copies its v heads into
     the V cache. Values are rounded to the input dtype, then cast to the cache's (as rotary then
     `KVPool.set_kv` do). Each branch's work is its own function: Triton's compiler rejects
-    branch-local values of different shapes under one name."""
+    branch-local values of different shapes under one name. With PDL the slot, the position and
+    its cos/sin row (written only by the host, plain kernels or at start-up) are read before the
+    wait; q, k and v (the projection just before) after it."""
     if PDL:
-        pdl_enter()
+        pdl_release()
     t = tl.program_id(0)
     role = tl.program_id(1)
     loc = tl.load(loc_ptr + t)
+    offs_half = tl.arange(0, BLOCK_HALF)
+    if ROTATE:
+        pos = tl.load(pos_ptr + t)
+        cos = tl.load(cos_ptr + pos * stride_cos + offs_half, mask=offs_half < HALF, other=0.0)[None, :]
+        sin = tl.load(sin_ptr + pos * stride_cos + offs_half, mask=offs_half < HALF, other=0.0)[None, :]
+    else:
+        cos = tl.zeros([1, BLOCK_HALF], tl.float32)
+        sin = tl.zeros([1, BLOCK_HALF], tl.float32)
+    if PDL:
+        pdl_wait()
     if role == 2:
         _copy_heads(v_ptr, t, stride_vt, stride_vh, stride_vd, v_cache_ptr, loc, stride_ct, stride_ch,
                     NK, HEAD_DIM, BLOCK_HK, BLOCK_D)
     elif role == 1:
         if ROTATE:
             _rotate_k_into_cache(k_ptr, t, stride_kt, stride_kh, stride_kd, k_cache_ptr, loc, stride_ct, stride_ch,
-                                 pos_ptr, cos_ptr, sin_ptr, stride_cos, NK, HALF, BLOCK_HK, BLOCK_HALF)
+                                 cos, sin, NK, HALF, BLOCK_HK, BLOCK_HALF)
         else:
             _copy_heads(k_ptr, t, stride_kt, stride_kh, stride_kd, k_cache_ptr, loc, stride_ct, stride_ch,
                         NK, HEAD_DIM, BLOCK_HK, BLOCK_D)
     elif ROTATE:
-        _rotate_q_in_place(q_ptr, t, stride_qt, stride_qh, stride_qd, pos_ptr, cos_ptr, sin_ptr, stride_cos,
-                           NQ, HALF, BLOCK_HQ, BLOCK_HALF)
+        _rotate_q_in_place(q_ptr, t, stride_qt, stride_qh, stride_qd, cos, sin, NQ, HALF, BLOCK_HQ, BLOCK_HALF)
 
 
 def rope_and_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
