@@ -112,6 +112,7 @@ class CudaGraphRunner:
         if padded > bs:
             self.inputs[:, bs:padded].zero_()
         if batch.decode_inputs is not None:
+            assert batch.decode_inputs[0].data_ptr() == batch.input_ids.data_ptr(), "decode_inputs is stale"
             self.inputs[:, :bs].copy_(batch.decode_inputs)
             return
         for static, given in zip(self.inputs, (batch.input_ids, batch.positions, batch.out_cache_loc,

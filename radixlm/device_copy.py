@@ -67,7 +67,7 @@ def to_device_rows(values: Sequence[int], rows: int, device: torch.device) -> to
     n = len(values) // rows
     if n * rows != len(values):
         raise ValueError(f"{len(values)} values do not make {rows} equal rows")
-    stride = n + n % _ALIGN_ELEMS
+    stride = n + (-n) % _ALIGN_ELEMS
     host = host_tensor(values).view(rows, n)
     if stride != n:
         padded = torch.zeros((rows, stride), dtype=torch.int64)

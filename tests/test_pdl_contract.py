@@ -62,6 +62,31 @@ def _roots(expr: ast.AST, derived: dict[str, set[str]]) -> set[str]:
     return roots
 
 
+def _derived_pointers(pieces: list[ast.AST]) -> dict[str, set[str]]:
+    """Each local name -> every `*_ptr` argument any assignment to it (plain, augmented,
+    annotated or `:=`, anywhere before the wait) draws on, to a fixed point: order-blind, so a
+    value carried around a loop or reassigned later is never missed."""
+    derived: dict[str, set[str]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for node in (n for piece in pieces for n in ast.walk(piece)):
+            if isinstance(node, ast.Assign):
+                targets, value = node.targets, node.value
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+                targets, value = [node.target], node.value
+            else:
+                continue
+            roots = _roots(value, derived)
+            if isinstance(node, ast.AugAssign):
+                roots |= _roots(node.target, derived)
+            for name in (n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
+                if not roots <= derived.get(name, set()):
+                    derived[name] = derived.get(name, set()) | roots
+                    changed = True
+    return derived
+
+
 def _flatten(stmt: ast.stmt) -> list[ast.AST]:
     """A statement as the simple pieces it runs, in source order: an `if`'s or loop's own test
     (or iterator), then the statements of its branches, flattened in turn."""
@@ -88,8 +113,9 @@ def test_nothing_touches_written_memory_before_the_wait(kernel: ast.FunctionDef)
     body = [s for s in kernel.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
     waits_at = next((i for i, s in enumerate(body) if _waits(s)), None)
     assert waits_at is not None, f"{kernel.name} never reaches `if PDL: pdl_wait()` at its top level"
-    derived: dict[str, set[str]] = {}
-    for stmt in (s for top in body[:waits_at] for s in _flatten(top)):
+    pieces = [s for top in body[:waits_at] for s in _flatten(top)]
+    derived = _derived_pointers(pieces)
+    for stmt in pieces:
         for call in (n for n in ast.walk(stmt) if isinstance(n, ast.Call)):
             name = _name(call)
             if name in ("pdl_release", "to") or (_is_tl(call) and name in PURE_TL):
@@ -98,11 +124,6 @@ def test_nothing_touches_written_memory_before_the_wait(kernel: ast.FunctionDef)
             pointers = _roots(call.args[0], derived)
             assert pointers, f"{kernel.name}: a load before the PDL wait from no known pointer argument"
             assert pointers <= allowed, f"{kernel.name} loads {pointers - allowed} before the PDL wait"
-        if isinstance(stmt, ast.Assign):
-            for target in stmt.targets:
-                for node in ast.walk(target):
-                    if isinstance(node, ast.Name):
-                        derived[node.id] = derived.get(node.id, set()) | _roots(stmt.value, derived)
     first = body[waits_at].body[0]
     assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call) and _name(first.value) in WAITS, \
         f"{kernel.name}: something runs in `if PDL:` before the wait"

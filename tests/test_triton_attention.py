@@ -20,7 +20,36 @@ CASES = [  # (batch, heads, kv_heads, head_dim, prefix lens, extend lens, page_s
     (3, 4, 2, 16, [0, 5, 17], [7, 1, 20], 1),
     (2, 8, 8, 64, [33, 0], [2, 40], 1),
     (4, 6, 2, 24, [3, 9, 0, 70], [5, 1, 9, 3], 4),
+    (2, 4, 2, 80, [30, 0], [1, 6], 1),  # head dim not a power of two (Phi-2): 16-split blocks stay one
 ]
+
+
+def check_decode_loops(device: str, dtype: torch.dtype, tol: float) -> None:
+    """Splits that run several key blocks (the loop after the block prefetched before the PDL
+    wait), with a reduce and written directly (one split), against a float64 softmax."""
+    from radixlm.attention.triton_kernels import decode_attention
+
+    gen = torch.Generator().manual_seed(5)
+    heads, kv_heads, dim, lens = 4, 2, 32, [100, 37, 1]
+    slots = torch.randperm(sum(lens) + 8, generator=gen)[:sum(lens)] + 1
+    table = torch.zeros((len(lens), max(lens)), dtype=torch.int64)
+    for i, n in enumerate(lens):
+        table[i, :n] = slots[sum(lens[:i]):sum(lens[:i]) + n]
+    k = torch.randn(sum(lens) + 9, kv_heads, dim, generator=gen)
+    v = torch.randn(sum(lens) + 9, kv_heads, dim, generator=gen)
+    q = torch.randn(len(lens), heads, dim, generator=gen)
+    want = torch.empty(q.shape, dtype=torch.float64)
+    for b, n in enumerate(lens):
+        kk = k[table[b, :n]].double().repeat_interleave(heads // kv_heads, dim=1)
+        vv = v[table[b, :n]].double().repeat_interleave(heads // kv_heads, dim=1)
+        scores = torch.einsum("hd,khd->hk", q[b].double(), kk) * dim ** -0.5
+        want[b] = torch.einsum("hk,khd->hd", scores.softmax(-1), vv)
+    args = [x.to(device) for x in (q.to(dtype), k.to(dtype), v.to(dtype), table, torch.arange(len(lens)),
+                                   torch.tensor(lens))]
+    for splits in (1, 2, 16):
+        out = decode_attention(*args, dim ** -0.5, num_splits=splits, block_n=16).double().cpu()
+        err = ((out - want).norm() / want.norm()).item()
+        assert err < tol, (splits, err)
 
 
 def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype: torch.dtype | None = None) -> None:
@@ -76,10 +105,13 @@ def test_triton_matches_torch_native() -> None:
             _run_case(case, "cuda", torch.float32, 2e-3)  # tf32 dots
             _run_case(case, "cuda", torch.bfloat16, 2e-2)
             _run_case(case, "cuda", torch.bfloat16, 2e-2, torch.float8_e4m3fn)
+        check_decode_loops("cuda", torch.float32, 2e-3)
+        check_decode_loops("cuda", torch.bfloat16, 2e-2)
         return
     code = ("import sys; sys.path.insert(0, %r); import test_triton_attention as t\n"
             "for c in t.CASES: t._run_case(c, 'cpu', torch.float32, 1e-4)\n"
-            "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n" % HERE)
+            "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n"
+            "t.check_decode_loops('cpu', torch.float32, 1e-5)\n" % HERE)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", "import torch\n" + code], env=env, capture_output=True,
                           text=True, timeout=600)

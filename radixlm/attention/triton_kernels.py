@@ -176,8 +176,8 @@ MAX_DECODE_SPLITS = 16
 def decode_launch_config(batch: int, kv_heads: int, head_dim: int) -> tuple[int, int]:
     """(splits, block_n) for a plain decode of `batch` requests: split each sequence only as far
     as needed to give the GPU ~DECODE_PROGRAMS programs (at most MAX_DECODE_SPLITS parts), in
-    blocks of 8,192 K elements (128 keys of head dim 64, 64 of 128) at the most splits, else
-    32 keys. The choice cannot depend on the context (a CUDA graph serves every length), so it
+    blocks of 8,192 K elements (128 keys of head dim 64, 64 of 96 or 128: a power of two, as
+    `tl.arange` needs) at the most splits, else 32 keys. The choice cannot depend on the context (a CUDA graph serves every length), so it
     favours long ones. Measured on an H200 (bf16, CUDA graphs, cold K/V,
     `benchmarks/decode_sweep.py`, Llama-3.2-1B heads): at batch 1, 16 parts of 128 keys take
     5.8 us per layer at 2,048 tokens against 17.9 for 8 parts of 32 (5.1 vs 4.6 at 256
@@ -188,7 +188,7 @@ def decode_launch_config(batch: int, kv_heads: int, head_dim: int) -> tuple[int,
     request's output thus depends, by float rounding only, on the size of the batch it runs in."""
     want = -(-DECODE_PROGRAMS // (batch * kv_heads))
     splits = min(MAX_DECODE_SPLITS, triton.next_power_of_2(max(1, want)))
-    return splits, max(16, min(128, 8192 // head_dim)) if splits >= MAX_DECODE_SPLITS else 32
+    return splits, max(16, min(128, 8192 // triton.next_power_of_2(head_dim))) if splits >= MAX_DECODE_SPLITS else 32
 
 
 def decode_partials(q: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
