@@ -82,7 +82,8 @@ def settings(engine: tuple[int, int], smoke: bool, full: bool) -> list[tuple[int
     if smoke:
         grid = [(1, 16, 4, 2), (2, 32, 2, 1)]
     else:
-        grid = itertools.product((1, 2, 4, 8, 16), (16, 32, 64, 128), (2, 4) if full else (4,), (1, 2, 3) if full else (2,))
+        grid = itertools.product((1, 2, 4, 8, 16), (16, 32, 64, 128), (2, 4) if full else (4,),
+                                 (1, 2, 3) if full else (2,))
     return [first] + [s for s in grid if s != first]
 
 

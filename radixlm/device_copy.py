@@ -68,11 +68,7 @@ def to_device_rows(values: Sequence[int], rows: int, device: torch.device) -> to
     if n * rows != len(values):
         raise ValueError(f"{len(values)} values do not make {rows} equal rows")
     stride = n + (-n) % _ALIGN_ELEMS
-    host = host_tensor(values).view(rows, n)
-    if stride != n:
-        padded = torch.zeros((rows, stride), dtype=torch.int64)
-        padded[:, :n] = host
-        host = padded
+    host = torch.nn.functional.pad(host_tensor(values).view(rows, n), (0, stride - n))
     return pinned_to_device(host, device)[:, :n]
 
 

@@ -52,13 +52,23 @@ def attend_range(q, k_ptr, v_ptr, slots_ptr, start, end, kv_h, scale, stride_kt,
     m_i = tl.full([ROWS], -float("inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
+    m_i, l_i, acc = attend_blocks(q, k_ptr, v_ptr, slots_ptr, start, end, kv_h, scale, stride_kt, stride_kh,
+                                  m_i, l_i, acc, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION)
+    return attend_finish(m_i, l_i, acc, end > start)
+
+
+@triton.jit
+def attend_blocks(q, k_ptr, v_ptr, slots_ptr, start, end, kv_h, scale, stride_kt, stride_kh, m_i, l_i, acc,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """`attend_block` over the keys at positions [start, end) of one table row, BLOCK_N at a
+    time, from the online-softmax state (m_i, l_i, acc); returns the updated state."""
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
         slots = tl.load(slots_ptr + offs_n, mask=mask_n, other=0)
         m_i, l_i, acc = attend_block(q, k_ptr, v_ptr, slots, offs_n, mask_n, kv_h, scale, stride_kt, stride_kh,
                                      m_i, l_i, acc, HEAD_DIM, BLOCK_D, PRECISION)
-    return attend_finish(m_i, l_i, acc, end > start)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -109,12 +119,8 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, req_to_token_ptr, req_idx_ptr, seq
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     m_i, l_i, acc = attend_block(q, k_ptr, v_ptr, slots, offs_n, mask_n, kv_h, scale, stride_kt, stride_kh,
                                  m_i, l_i, acc, HEAD_DIM, BLOCK_D, PRECISION)
-    for n0 in range(start + BLOCK_N, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < end
-        slots = tl.load(slots_ptr + offs_n, mask=mask_n, other=0)
-        m_i, l_i, acc = attend_block(q, k_ptr, v_ptr, slots, offs_n, mask_n, kv_h, scale, stride_kt, stride_kh,
-                                     m_i, l_i, acc, HEAD_DIM, BLOCK_D, PRECISION)
+    m_i, l_i, acc = attend_blocks(q, k_ptr, v_ptr, slots_ptr, start + BLOCK_N, end, kv_h, scale, stride_kt,
+                                  stride_kh, m_i, l_i, acc, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION)
     out, lse = attend_finish(m_i, l_i, acc, end > start)
     tl.store(out_ptr + b * stride_ot + heads[:, None] * stride_oh + split * stride_os + offs_d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mask_gd)
@@ -174,21 +180,23 @@ MAX_DECODE_SPLITS = 16
 
 
 def decode_launch_config(batch: int, kv_heads: int, head_dim: int) -> tuple[int, int]:
-    """(splits, block_n) for a plain decode of `batch` requests: split each sequence only as far
-    as needed to give the GPU ~DECODE_PROGRAMS programs (at most MAX_DECODE_SPLITS parts), in
+    """(splits, block_n) for a plain decode of `batch` requests: split each sequence only as far as
+    needed to give the GPU ~DECODE_PROGRAMS programs (at most MAX_DECODE_SPLITS parts), in
     blocks of 8,192 K elements (128 keys of head dim 64, 64 of 96 or 128: a power of two, as
-    `tl.arange` needs) at the most splits, else 32 keys. The choice cannot depend on the context (a CUDA graph serves every length), so it
-    favours long ones. Measured on an H200 (bf16, CUDA graphs, cold K/V,
-    `benchmarks/decode_sweep.py`, Llama-3.2-1B heads): at batch 1, 16 parts of 128 keys take
-    5.8 us per layer at 2,048 tokens against 17.9 for 8 parts of 32 (5.1 vs 4.6 at 256
-    tokens); at batch 256 and 512 tokens one part of 32-key blocks takes 79 us against 87 for
-    64-key blocks. Whole batch-1 decode steps in the same run (`benchmarks/results/
+    `tl.arange` needs) at the most splits, else 32 keys. The choice cannot depend on the context
+    (a CUDA graph serves every length), so it favours long ones. Measured on an H200 (bf16, CUDA
+    graphs, cold K/V, `benchmarks/decode_sweep.py`, Llama-3.2-1B heads): at batch 1, 16 parts of
+    128 keys take 5.8 us per layer at 2,048 tokens against 17.9 for 8 parts of 32 (5.1 vs 4.6 at
+    256 tokens); at batch 256 and 512 tokens one part of 32-key blocks takes 79 us against 87
+    for 64-key blocks. Whole batch-1 decode steps in the same run (`benchmarks/results/
     decode_attn_ab2_h200_session7.txt`): Llama-3.2-1B 853 vs 1,036 us at 2,048 tokens with
     128-key blocks, Llama-3-8B 4,152 vs 4,548 us with 64-key blocks (4,259 with 128). A
     request's output thus depends, by float rounding only, on the size of the batch it runs in."""
     want = -(-DECODE_PROGRAMS // (batch * kv_heads))
     splits = min(MAX_DECODE_SPLITS, triton.next_power_of_2(max(1, want)))
-    return splits, max(16, min(128, 8192 // triton.next_power_of_2(head_dim))) if splits >= MAX_DECODE_SPLITS else 32
+    if splits < MAX_DECODE_SPLITS:
+        return splits, 32
+    return splits, max(16, min(128, 8192 // triton.next_power_of_2(head_dim)))
 
 
 def decode_partials(q: torch.Tensor, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
