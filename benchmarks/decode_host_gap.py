@@ -5,13 +5,16 @@ with CUDA events, for: the runner's whole `forward` (four input copies into the 
 buffers, then the replay), the graph replay alone, and the four copies alone. When the host
 time per call is below the GPU's, the host stays ahead and the GPU figure is the step's own
 time; `gpu_bench.py`'s older decode figure timed each step alone from an idle GPU, which adds
-the host's launch work to it.
+the host's launch work to it. "forward, one copy" is the same step with the batch's inputs
+as one [4, B] block (`ForwardBatch.decode_inputs`, as the scheduler builds it), which
+`CudaGraphRunner.load_inputs` takes in one copy instead of four.
 
     python benchmarks/decode_host_gap.py
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -37,12 +40,22 @@ def timed(fn: Callable[[], object], n: int = 200) -> tuple[float, float]:
     return (t1 - t0) / n * 1e6, s.elapsed_time(e) / n * 1e3
 
 
+def one_copy(decode: object) -> object:
+    """`decode` with its four graph inputs as the rows of one block, as `build_decode` makes it."""
+    block = torch.stack([decode.input_ids, decode.positions, decode.out_cache_loc, decode.req_pool_indices])
+    return dataclasses.replace(decode, input_ids=block[0], positions=block[1], out_cache_loc=block[2],
+                               req_pool_indices=block[3], decode_inputs=block)
+
+
 def main() -> None:
     for shape in ("llama-3.2-1b", "llama-3-8b"):
         runner, decode = decode_setup(model_dir(shape), 256, graphs=True)
         g = runner.graphs
         graph = next(iter(g.graphs.values())) if len(g.graphs) == 1 else g.graphs[1, False]
-        for name, fn in (("forward", lambda: runner.forward(decode)), ("replay only", graph.replay),
+        one = one_copy(decode)
+        for name, fn in (("forward", lambda: runner.forward(decode)), ("forward, one copy", lambda: runner.forward(one)),
+                         ("forward (again)", lambda: runner.forward(decode)),
+                         ("forward, one copy (again)", lambda: runner.forward(one)), ("replay only", graph.replay),
                          ("copy_ x4", lambda: [g.input_ids[:1].copy_(decode.input_ids) for _ in range(4)])):
             host, gpu = timed(fn)
             print(f"{shape} {name}: host {host:.1f} us/call, GPU (events) {gpu:.1f} us/call", flush=True)
