@@ -41,7 +41,7 @@ def opaque_attention(attention: Any) -> Iterator[None]:
     """Within the block the backend's per-layer calls run as they are, outside the trace (a graph
     break each): inductor re-generates user Triton kernels it traces and fails on ours (nested
     jit helpers); eager calls outside the block never pay for the wrapper."""
-    names = ("rotate_and_store", "forward")
+    names = ("rotate_and_store", "forward", "attend")
     for name in names:
         setattr(attention, name, torch.compiler.disable(getattr(type(attention), name).__get__(attention)))
     try:

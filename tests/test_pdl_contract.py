@@ -20,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "radixlm"
 # kernel -> pointer arguments it may load before the wait: memory no PDL kernel writes (weights;
 # also host-written metadata, since a non-PDL kernel completes before any PDL kernel after it launches)
 ALLOWED_BEFORE_WAIT = {"_gemv_kernel": {"w_ptr"},
-                       "_decode_split_kernel": {"seq_lens_ptr", "req_idx_ptr", "starts_ptr", "req_to_token_ptr"},
+                       "_decode_split_kernel": {"seq_lens_ptr", "req_idx_ptr", "starts_ptr", "req_to_token_ptr",
+                                                "loc_ptr", "cos_ptr", "sin_ptr"},
                        "_rope_store_kernel": {"loc_ptr", "pos_ptr", "cos_ptr", "sin_ptr"}}
 WAITS = {"pdl_wait", "pdl_enter"}
 PURE_TL = {"program_id", "arange", "zeros", "full", "cdiv", "minimum", "maximum", "where", "num_programs"}

@@ -99,19 +99,77 @@ def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype
             assert err < tol, (case, mode, err.item())
 
 
+def check_fused_decode(device: str, dtype: torch.dtype, kv_dtype: torch.dtype, tol: float) -> None:
+    """`TritonBackend.attend` on a decode batch (rotary, KV store and attention in the split
+    kernel's launch) against the torch-native backend's rotary, store, then attention: the
+    outputs, and both pools afterwards (the new tokens' rotated K and V at their slots)."""
+    from radixlm.attention.torch_native import TorchNativeBackend
+    from radixlm.attention.triton_backend import TritonBackend
+    from radixlm.forward_batch import ForwardBatch, ForwardMode
+    from radixlm.layers.basic import RotaryEmbedding
+    from radixlm.mem_cache.kv_pool import KVPool
+
+    gen = torch.Generator().manual_seed(11)
+    # (heads, KV heads, head dim, lengths, padded rows): 200 tokens put the new key in a later
+    # block of one split (the pipelined loop); 17 tokens in 16 splits make it split 8's; padded
+    # rows are a CUDA graph's (table row 0, length 1, reserved slot 0)
+    for heads, kv_heads, dim, lens, pad in ((8, 2, 32, [5, 40, 1], 0), (3, 1, 24, [17, 2], 2),
+                                            (4, 2, 80, [200, 17, 1], 1)):
+        rotary = RotaryEmbedding(dim, 256, {"rope_theta": 10000.0})
+        rotary.init_cache(torch.device(device))
+        size = sum(lens) + 16
+        slots = torch.randperm(size - 1, generator=gen)[:sum(lens)] + 1
+        table = torch.zeros((len(lens) + 1, max(lens)), dtype=torch.int64)
+        for i, n in enumerate(lens):
+            table[i + 1, :n] = slots[sum(lens[:i]):sum(lens[:i]) + n]
+        rows = torch.tensor(list(range(1, len(lens) + 1)) + [0] * pad)
+        lens = lens + [1] * pad
+        shape = KVPool(size, 1, 1, kv_heads, dim, kv_dtype, torch.device(device)).k_buffers[0].shape
+        k_init = torch.randn(shape, generator=gen)
+        v_init = torch.randn(shape, generator=gen)
+        qkv = torch.randn((len(lens), (heads + 2 * kv_heads) * dim), generator=gen)
+        qkv[len(lens) - pad:] = qkv[-1]  # padded rows: the same token at position 0 (same K/V into slot 0)
+        qkv = qkv.to(device, dtype)
+        positions = torch.tensor(lens) - 1
+        table = table.to(device)
+        fb = ForwardBatch(ForwardMode.DECODE, positions.to(device), positions.to(device),
+                          table[rows, positions].to(device), rows.to(device), torch.tensor(lens, device=device),
+                          lens, positions.tolist(), [1] * len(lens), torch.arange(len(lens), device=device), table)
+        results = []
+        for backend_cls, kw in ((TorchNativeBackend, {}), (TritonBackend, {"num_splits": 1}),
+                                (TritonBackend, {"num_splits": 4}), (TritonBackend, {})):
+            pool = KVPool(size, 1, 1, kv_heads, dim, kv_dtype, torch.device(device))
+            pool.k_buffers[0].copy_(k_init)
+            pool.v_buffers[0].copy_(v_init)
+            q, k, v = (x.view(len(lens), -1, dim).clone() for x in qkv.split([heads * dim, kv_heads * dim,
+                                                                              kv_heads * dim], -1))
+            backend = backend_cls(pool, **kw)
+            backend.init_forward_metadata(fb)
+            out = backend.attend(rotary, fb.positions, q, k, v, 0, dim ** -0.5, fb).float()
+            results.append((out, pool.k_buffers[0].float(), pool.v_buffers[0].float()))
+        for got in results[1:]:
+            for want, have in zip(results[0], got):
+                err = ((want - have).norm() / want.norm()).item()
+                assert err < tol, (heads, kv_heads, dim, dtype, kv_dtype, err)
+
+
 def test_triton_matches_torch_native() -> None:
     if torch.cuda.is_available():
         for case in CASES:
             _run_case(case, "cuda", torch.float32, 2e-3)  # tf32 dots
             _run_case(case, "cuda", torch.bfloat16, 2e-2)
             _run_case(case, "cuda", torch.bfloat16, 2e-2, torch.float8_e4m3fn)
+        check_fused_decode("cuda", torch.float32, torch.float32, 2e-3)
+        check_fused_decode("cuda", torch.bfloat16, torch.bfloat16, 2e-2)
+        check_fused_decode("cuda", torch.bfloat16, torch.float8_e4m3fn, 2e-2)
         check_decode_loops("cuda", torch.float32, 2e-3)
         check_decode_loops("cuda", torch.bfloat16, 2e-2)
         return
     code = ("import sys; sys.path.insert(0, %r); import test_triton_attention as t\n"
             "for c in t.CASES: t._run_case(c, 'cpu', torch.float32, 1e-4)\n"
             "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n"
-            "t.check_decode_loops('cpu', torch.float32, 1e-5)\n" % HERE)
+            "t.check_decode_loops('cpu', torch.float32, 1e-5)\n"
+            "t.check_fused_decode('cpu', torch.float32, torch.float32, 1e-5)\n" % HERE)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", "import torch\n" + code], env=env, capture_output=True,
                           text=True, timeout=600)

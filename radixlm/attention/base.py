@@ -51,6 +51,12 @@ class AttentionBackend(ABC):
     def forward_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         """Attention for exactly one new token per request."""
 
+    def attend(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
+        """A layer's whole attention step: `rotate_and_store`, then `forward`. Backends that can
+        do both in fewer launches override this; the result and the pool afterwards are the same."""
+        return self.forward(self.rotate_and_store(rotary, positions, q, k, v, layer_id, batch), layer_id, scale, batch)
+
     def forward(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         """Dispatch on the batch's mode (chosen once per batch, not per token). The layer's new
         K/V must already be in the pool (`rotate_and_store`)."""

@@ -17,7 +17,7 @@ import torch
 from radixlm.attention.base import AttentionBackend
 from radixlm.attention.rope_store import rope_and_store
 from radixlm.attention.triton_cascade import cascade_decode_attention
-from radixlm.attention.triton_kernels import decode_attention, decode_launch_config, extend_attention
+from radixlm.attention.triton_kernels import NewKV, decode_attention, decode_launch_config, extend_attention
 from radixlm.device_copy import to_device_split
 from radixlm.forward_batch import ForwardBatch, ForwardMode
 from radixlm.layers.basic import RotaryEmbedding
@@ -68,6 +68,19 @@ class TritonBackend(AttentionBackend):
         rope_and_store(q, k, v, self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.out_cache_loc,
                        positions, None if rotary is None else rotary.cos, None if rotary is None else rotary.sin)
         return q
+
+    def attend(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
+        """A plain decode (no shared-prefix plan) with the neox rotary: rotary, the KV store and
+        attention in the split kernel's launch (`NewKV`); anything else as the base class does."""
+        if batch.mode is not ForwardMode.DECODE or batch.prefix_plan is not None or type(rotary) is not RotaryEmbedding:
+            return super().attend(rotary, positions, q, k, v, layer_id, scale, batch)
+        k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
+        splits, block_n = ((self.num_splits, 64) if self.num_splits else
+                           decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2]))
+        return decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices, batch.seq_lens, scale,
+                                splits, block_n, num_warps=4, num_stages=2,
+                                new_kv=NewKV(k, v, batch.out_cache_loc, rotary.cos, rotary.sin))
 
     def forward_extend(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         meta: _ExtendMeta = batch.attn_metadata

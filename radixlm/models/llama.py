@@ -62,8 +62,7 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = self.backend.rotate_and_store(self.rotary, positions, q, k, v, self.layer_id, batch)
-        out = self.backend.forward(q, self.layer_id, self.scale, batch)
+        out = self.backend.attend(self.rotary, positions, q, k, v, self.layer_id, self.scale, batch)
         return self.o_proj(out.reshape(-1, q_size))
 
 
