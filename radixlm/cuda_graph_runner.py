@@ -2,11 +2,12 @@
 
 Requires an attention backend whose decode reads lengths from device tensors only (Triton).
 Padded rows point at the reserved slot 0 with length 1, so they never touch real KV. A coarser
-set of buckets (`plan_buckets`; each graph keeps its own logits buffer) has a second graph,
+set of buckets (`plan_buckets`) has a second graph,
 replayed when the batch has a shared-prefix plan (`radixlm.attention.shared_prefix`), whose
 static plan buffers are copied in like the inputs; batches without one replay the plain graph,
 which has no launch for it.
 With `compile_max_bs`, the buckets up to it capture a torch.compile'd forward (model_compile).
+All graphs write their logits into the first rows of one [max_bs, vocab] float32 buffer.
 """
 
 from __future__ import annotations
@@ -36,17 +37,15 @@ def plan_buckets(buckets: list[int]) -> list[int]:
 
 def logits_buffer_bytes(max_bs: int, vocab_size: int) -> int:
     """Bytes of the float32 logits that the captured graphs keep between replays: one
-    [bs, vocab] buffer per graph (every bucket, and the shared-prefix graphs' buckets). Each
-    graph's other activations come from the shared graph pool and are reused across graphs."""
-    buckets = default_buckets(max_bs)
-    rows = sum(buckets) + sum(plan_buckets([b for b in buckets if b >= 2]))
-    return rows * vocab_size * 4
+    [max_bs, vocab] buffer, which every graph writes its first bs rows of. Each graph's other
+    activations come from the shared graph pool and are reused across graphs."""
+    return max_bs * vocab_size * 4
 
 
 class CudaGraphRunner:
     """Invariant: `replay(batch)` returns exactly what the eager decode forward returns (up to
-    float rounding where a bucket runs a compiled forward). The logits it returns are the
-    graph's own buffer: valid until the next replay.
+    float rounding where a bucket runs a compiled forward). The logits it returns are rows of
+    the one logits buffer all graphs write: valid until the next replay of any graph.
 
     Static inputs live in one [4, max_bs] buffer (ids, positions, slots, table rows) so padding
     is one fill; `seq_lens` is computed inside the graph as positions + 1 (a decode invariant)."""
@@ -65,6 +64,7 @@ class CudaGraphRunner:
         self.plan_buffers = StaticPlanBuffers(max_bs, device)
         self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}  # (bs, with a shared-prefix plan)
         self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
+        self.logits: Optional[torch.Tensor] = None  # [max_bs, vocab] float32, made at the first capture
         self.pool = torch.cuda.graph_pool_handle()
         start = time.perf_counter()
         for bs in reversed(self.buckets):
@@ -81,11 +81,12 @@ class CudaGraphRunner:
                             self.logit_indices[:bs], self.req_to_token,
                             prefix_plan=self.plan_buffers.view(bs) if plan else None)
 
-    def _run(self, batch: ForwardBatch, forward: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def _run(self, batch: ForwardBatch, forward: Callable[..., torch.Tensor],
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
         torch.add(batch.positions, 1, out=batch.seq_lens)
         self.backend.init_forward_metadata(batch)
         hidden = forward(batch.input_ids, batch.positions, batch)
-        return self.model.compute_logits(logit_hidden(hidden, batch))
+        return self.model.compute_logits(logit_hidden(hidden, batch), out)
 
     @torch.inference_mode()
     def _capture(self, bs: int, plan: bool, forward: Callable[..., torch.Tensor]) -> None:
@@ -94,11 +95,16 @@ class CudaGraphRunner:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels, torch.compile traces
-                self._run(batch, forward)
+                logits = self._run(batch, forward)
         torch.cuda.current_stream().wait_stream(stream)
+        if self.logits is None:  # the largest bucket is captured first
+            self.logits = torch.empty((self.max_bs, logits.shape[1]), dtype=torch.float32, device=logits.device)
+        del logits
+        out = self.logits[:bs]
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self.outputs[bs, plan] = self._run(batch, forward)
+            self._run(batch, forward, out)
+        self.outputs[bs, plan] = out
         self.graphs[bs, plan] = graph
 
     def can_run(self, batch: ForwardBatch) -> bool:

@@ -116,9 +116,12 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None
     return F.linear(x, w, bias)
 
 
-def linear_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def linear_fp32(x: torch.Tensor, w: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """float32 `x @ w^T` on CUDA without a cast kernel (the LM head): a single row through the
-    GEMV kernel, more rows through `mm` with a float32 output."""
+    GEMV kernel, more rows through `mm` with a float32 output; into `out` [rows, N] (float32,
+    contiguous) when given (not under torch.compile: the custom op allocates its own)."""
     if supports(x, w):
-        return _gemv_op(x, w, None, True)
-    return torch.mm(x, w.t(), out_dtype=torch.float32)
+        return _gemv_op(x, w, None, True) if out is None else gemv_into(x, w, None, out)
+    if out is None:
+        return torch.mm(x, w.t(), out_dtype=torch.float32)
+    return torch.mm(x, w.t(), out_dtype=torch.float32, out=out)

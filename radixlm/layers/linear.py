@@ -190,23 +190,30 @@ def lm_head(vocab_size: int, hidden_size: int, tp: TPGroup) -> nn.Module:
 
 
 def logits_fn(vocab_size: int, tp: TPGroup,
-              device: Optional[torch.device] = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(hidden [N, H], this rank's head weight [V_local, H]) -> float32 logits [N, vocab_size],
-    every rank's block gathered at tp > 1. At tp 1 on CUDA the GEMM writes float32 itself (one
-    launch, no cast kernel; logits are not rounded to bf16/fp16 on the way)."""
+              device: Optional[torch.device] = None) -> Callable[..., torch.Tensor]:
+    """(hidden [N, H], this rank's head weight [V_local, H], out=None) -> float32 logits
+    [N, vocab_size], every rank's block gathered at tp > 1, written into `out` when given (a
+    buffer the caller keeps, e.g. one shared by all CUDA graphs). At tp 1 on CUDA the GEMM writes
+    float32 itself (one launch, no cast kernel; logits are not rounded to bf16/fp16 on the way)."""
     if tp.size == 1:
         return _local_logits_fp32_out if device is not None and device.type == "cuda" else _local_logits
 
-    def gathered(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return tp.all_gather_last(torch.matmul(hidden, weight.t()))[..., :vocab_size].float()
+    def gathered(hidden: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return _float_into(tp.all_gather_last(torch.matmul(hidden, weight.t()))[..., :vocab_size], out)
 
     return gathered
 
 
-def _local_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return torch.matmul(hidden, weight.t()).float()
+def _float_into(logits: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """logits as float32: a new tensor, or `out` (copy_ converts, no float32 temporary)."""
+    return logits.float() if out is None else out.copy_(logits)
 
 
-def _local_logits_fp32_out(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _local_logits(hidden: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return _float_into(torch.matmul(hidden, weight.t()), out)
+
+
+def _local_logits_fp32_out(hidden: torch.Tensor, weight: torch.Tensor,
+                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CUDA only (`mm` with `out_dtype` has no CPU kernel); hidden is 2-D."""
-    return gemv.linear_fp32(hidden, weight)
+    return gemv.linear_fp32(hidden, weight, out)

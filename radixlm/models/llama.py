@@ -8,7 +8,7 @@ each rank loads only its shard.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -156,9 +156,10 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.model(input_ids, positions, batch)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """float32 logits [N, vocab] of hidden [N, H], into `out` when given."""
         weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
-        return self._logits(hidden, weight)
+        return self._logits(hidden, weight, out)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Copy HF-named tensors (full tensors or lazy slices) into our (partly fused, possibly

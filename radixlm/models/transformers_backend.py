@@ -69,11 +69,11 @@ class TransformersForCausalLM(nn.Module):
                                  use_cache=False, **{STEP_KWARG: StepContext(self.backend, batch)})
         return out.last_hidden_state[0]
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         logits = self.hf.get_output_embeddings()(hidden)
         for fn in self._logit_fns:
             logits = fn(logits)
-        return logits.float()
+        return logits.float() if out is None else out.copy_(logits)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors into the model; every parameter and persistent buffer must be set
