@@ -1,0 +1,53 @@
+"""Where the host time of an eager (no CUDA graph) batch-1 decode step goes (Llama-3.2-1B shape,
+dummy bf16 weights, 256-token context): host and wall ms per step over 20 steps, then cProfile
+(sorted by own and by cumulative time) and torch.profiler's CPU op table over the same steps.
+Every extend/prefill forward runs this way, so this is the host cost a short prompt pays.
+
+    python benchmarks/eager_profile.py > benchmarks/results/eager_decode_profile_<device>.txt
+
+cProfile undercounts inside torch's custom-op and dynamo-disable wrappers (their frames are
+partly hidden from it); torch.profiler's "Self CPU" of `radixlm::gemv` is the cleaner figure.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gpu_bench import decode_setup, model_dir  # noqa: E402
+
+
+def main(steps: int = 20) -> None:
+    runner, decode = decode_setup(model_dir("llama-3.2-1b"), 256, graphs=False)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        runner.forward(decode)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    print(f"eager decode: host {1e3 * (t1 - t0) / steps:.2f} ms/step, wall {1e3 * (t2 - t0) / steps:.2f} ms/step")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        runner.forward(decode)
+    torch.cuda.synchronize()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    stats.sort_stats("tottime").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(60)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tprof:
+        for _ in range(5):
+            runner.forward(decode)
+        torch.cuda.synchronize()
+    print(tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+
+
+if __name__ == "__main__":
+    main()
