@@ -93,6 +93,38 @@ def test_cpu_tensors_go_to_torch() -> None:
     assert torch.equal(gemv.linear(x, w, b), F.linear(x, w, b))
 
 
+def test_custom_op_only_under_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eagerly `linear` / `linear_fp32` launch the kernel without the custom op's dispatch (host
+    time per call); a torch.compile trace still sees one opaque `radixlm::gemv` node. The kernel
+    is replaced by a float32 torch product so this runs on CPU tensors."""
+    from radixlm.layers import gemv
+
+    def kernel(x: torch.Tensor, w: torch.Tensor, bias, out: torch.Tensor, config=None) -> torch.Tensor:
+        return out.copy_(F.linear(x.float(), w.float(), None if bias is None else bias.float()))
+
+    def no_op(*args: object) -> torch.Tensor:
+        raise AssertionError("the custom op was dispatched eagerly")
+
+    x, w, b = torch.randn(1, 128), torch.randn(8, 128), torch.randn(8)
+    monkeypatch.setattr(gemv, "supports", lambda x, w: True)
+    monkeypatch.setattr(gemv, "gemv_into", kernel)
+    real_op = gemv._gemv_op
+    monkeypatch.setattr(gemv, "_gemv_op", no_op)
+    torch.testing.assert_close(gemv.linear(x, w, b), F.linear(x, w, b))
+    assert gemv.linear_fp32(x, w).dtype == torch.float32
+    monkeypatch.setattr(gemv, "_gemv_op", real_op)
+    targets: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return gm
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: gemv.linear(x, w, b) * 2, fullgraph=True, backend=backend)
+    torch.testing.assert_close(compiled(x), F.linear(x, w, b) * 2)
+    assert any("radixlm.gemv" in t for t in targets), targets
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_dispatch_on_cuda_one_row_kernel_more_rows_torch() -> None:
