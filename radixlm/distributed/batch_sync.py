@@ -1,12 +1,14 @@
 """Rank 0 mirrors each ForwardBatch to the follower ranks, which run the same forward on their shard.
 
 Wire format (int64, one or two broadcasts): a fixed-size first message `[kind, tokens, batch,
-logit rows, max_len, ...]` whose tail carries the body when it fits (most decode steps: one
-broadcast); otherwise the body follows in a second broadcast. Body: input ids, positions,
-out_cache_loc (one per token), req_pool_indices, seq_lens, extend prefix lens, extend lens
-(one per request), logit indices, then the request rows `req_to_token[req_pool_indices,
-:max_len]`: rank 0 owns slot allocation, so followers copy its rows into their own table and
-their KV pools hold the same tokens in the same slots.
+logit rows, max_len, plan groups, plan table length, ...]` whose tail carries the body when it
+fits (most decode steps: one broadcast); otherwise the body follows in a second broadcast.
+Body: input ids, positions, out_cache_loc (one per token), req_pool_indices, seq_lens, extend
+prefix lens, extend lens (one per request), logit indices, the request rows
+`req_to_token[req_pool_indices, :max_len]` (rank 0 owns slot allocation, so followers copy its
+rows into their own table and their KV pools hold the same tokens in the same slots), then,
+when plan groups > 0, the decode batch's shared-prefix plan (`prefix_lens`, then its packed
+`groups` table), so every rank runs the same attention path (and CUDA graph) as rank 0.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from radixlm.attention.shared_prefix import SharedPrefixPlan
 from radixlm.device_copy import to_device
 from radixlm.distributed.group import TPGroup
 from radixlm.forward_batch import ForwardBatch, ForwardMode
@@ -36,10 +39,14 @@ class BatchSender:
         bs, max_len = batch.batch_size, max(batch.seq_lens_cpu)
         lens = to_device(batch.seq_lens_cpu + batch.extend_prefix_lens_cpu + batch.extend_seq_lens_cpu, self.device)
         rows = batch.req_to_token[batch.req_pool_indices, :max_len]
-        body = torch.cat([batch.input_ids, batch.positions, batch.out_cache_loc.to(torch.int64),
-                          batch.req_pool_indices.to(torch.int64), lens, batch.logit_indices, rows.reshape(-1)])
-        header = [_MODES[batch.mode], batch.input_ids.numel(), bs, batch.logit_indices.numel(), max_len]
-        self._send_header(header, body)
+        parts = [batch.input_ids, batch.positions, batch.out_cache_loc.to(torch.int64),
+                 batch.req_pool_indices.to(torch.int64), lens, batch.logit_indices, rows.reshape(-1)]
+        plan = batch.prefix_plan
+        if plan is not None:
+            parts += [plan.prefix_lens, plan.groups]
+        header = [_MODES[batch.mode], batch.input_ids.numel(), bs, batch.logit_indices.numel(), max_len,
+                  0 if plan is None else plan.num_groups, 0 if plan is None else plan.groups.numel()]
+        self._send_header(header, torch.cat(parts))
 
     def send_idle(self) -> None:
         """A heartbeat while rank 0 has nothing to run: followers' waits never reach the timeout."""
@@ -74,25 +81,27 @@ class BatchReceiver:
         while True:
             self.tp.broadcast(self.first)
             first_cpu = self.first.cpu()  # the one wait for rank 0 in the usual (inline) case
-            kind, n, bs, n_logits, max_len = first_cpu[:5].tolist()
+            kind = int(first_cpu[0])
             if kind == KIND_STOP:
                 return None
             if kind != KIND_IDLE:
-                return self._unpack(kind, n, bs, n_logits, max_len, first_cpu)
+                return self._unpack(first_cpu)
 
-    def _unpack(self, kind: int, n: int, bs: int, n_logits: int, max_len: int, first_cpu: torch.Tensor) -> ForwardBatch:
-        size = 3 * n + 4 * bs + n_logits + bs * max_len
-        sizes = [n, n, n, bs, 3 * bs, n_logits, bs * max_len]
+    def _unpack(self, first_cpu: torch.Tensor) -> ForwardBatch:
+        kind, n, bs, n_logits, max_len, plan_groups, plan_table = first_cpu[:7].tolist()
+        sizes = [n, n, n, bs, 3 * bs, n_logits, bs * max_len, bs if plan_groups else 0, plan_table]
+        size = sum(sizes)
         if size <= FIRST - HEADER:
             body = self.first[HEADER:HEADER + size].clone()
             lens_cpu = first_cpu[HEADER:HEADER + size].split(sizes)[4].tolist()
         else:
             body = self.tp.broadcast(torch.empty(size, dtype=torch.int64, device=self.device))
             lens_cpu = body.split(sizes)[4].tolist()
-        ids, pos, locs, pool_idx, lens, logit_idx, rows = body.split(sizes)
+        ids, pos, locs, pool_idx, lens, logit_idx, rows, plan_lens, plan_table_t = body.split(sizes)
         self.req_to_token[pool_idx, :max_len] = rows.view(bs, max_len)
         mode = ForwardMode.EXTEND if kind == KIND_EXTEND else ForwardMode.DECODE
+        plan = SharedPrefixPlan(plan_groups, plan_lens, plan_table_t) if plan_groups else None
         return ForwardBatch(mode=mode, input_ids=ids, positions=pos, out_cache_loc=locs, req_pool_indices=pool_idx,
                             seq_lens=lens[:bs], seq_lens_cpu=lens_cpu[:bs], extend_prefix_lens_cpu=lens_cpu[bs:2 * bs],
                             extend_seq_lens_cpu=lens_cpu[2 * bs:], logit_indices=logit_idx,
-                            req_to_token=self.req_to_token)
+                            req_to_token=self.req_to_token, prefix_plan=plan)
