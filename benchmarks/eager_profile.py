@@ -6,7 +6,9 @@ Every extend/prefill forward runs this way, so this is the host cost a short pro
     python benchmarks/eager_profile.py > benchmarks/results/eager_decode_profile_<device>.txt
 
 cProfile undercounts inside torch's custom-op and dynamo-disable wrappers (their frames are
-partly hidden from it); torch.profiler's "Self CPU" of `radixlm::gemv` is the cleaner figure.
+partly hidden from it). The session-8 profile (before eager GEMVs stopped going through the
+`radixlm::gemv` custom op) read that op's "Self CPU" in torch.profiler's table; now only
+torch.compile traces dispatch it, so eager GEMV launches no longer show as an op there.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def check_same(got: ForwardBatch, want: ForwardBatch, follower_table: torch.Tens
         (want.seq_lens_cpu, want.extend_prefix_lens_cpu, want.extend_seq_lens_cpu)
     rows = want.req_pool_indices
     assert torch.equal(follower_table[rows, :max(want.seq_lens_cpu)], want.req_to_token[rows, :max(want.seq_lens_cpu)])
-    if want.prefix_plan is None:
+    if want.prefix_plan is None or want.prefix_plan.num_groups == 0:
         assert got.prefix_plan is None
     else:
         assert got.prefix_plan is not None
@@ -82,10 +82,13 @@ def test_follower_gets_rank0_batch_and_its_shared_prefix_plan(bs: int, ctx: int)
     receiver = BatchReceiver(WireEnd(wire), cpu, follower_table)
     table = torch.zeros(80, 64, dtype=torch.int64)
     groups = [(7, 16, [0, 2]), (9, 12, [1, 3])]
+    empty = make_batch(ForwardMode.DECODE, bs, ctx, table, seed=4)
+    empty.prefix_plan = pack_plan(bs, [], torch.device("cpu"))  # no groups: travels as no plan
     batches = [
         make_batch(ForwardMode.EXTEND, bs, ctx, table, seed=1),
         make_batch(ForwardMode.DECODE, bs, ctx, table, groups, seed=2),
         make_batch(ForwardMode.DECODE, bs, ctx, table, seed=3),  # no plan after one with a plan
+        empty,
     ]
     inline = []
     for batch in batches:

@@ -41,8 +41,8 @@ class BatchSender:
         rows = batch.req_to_token[batch.req_pool_indices, :max_len]
         parts = [batch.input_ids, batch.positions, batch.out_cache_loc.to(torch.int64),
                  batch.req_pool_indices.to(torch.int64), lens, batch.logit_indices, rows.reshape(-1)]
-        plan = batch.prefix_plan
-        if plan is not None:
+        plan = batch.prefix_plan if batch.prefix_plan is not None and batch.prefix_plan.num_groups > 0 else None
+        if plan is not None:  # sent exactly when the header's group count is > 0 (the receiver's test)
             parts += [plan.prefix_lens, plan.groups]
         header = [_MODES[batch.mode], batch.input_ids.numel(), bs, batch.logit_indices.numel(), max_len,
                   0 if plan is None else plan.num_groups, 0 if plan is None else plan.groups.numel()]
