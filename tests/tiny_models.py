@@ -85,8 +85,8 @@ def tiny_config(arch: str, vocab_size: int) -> object:
 
 
 def make_tiny_model(tmp_dir: str | os.PathLike, arch: str = "llama", seed: int = 0) -> str:
-    """Save a random tiny HF model of `arch` (safetensors, float32) with the tiny tokenizer
-    into one directory and return its path."""
+    """Save a random tiny HF model of `arch` (safetensors, float32; norm weights too) with the
+    tiny tokenizer into one directory and return its path."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,6 +96,10 @@ def make_tiny_model(tmp_dir: str | os.PathLike, arch: str = "llama", seed: int =
     config = tiny_config(arch, vocab_size=len(tokenizer))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # HF starts RMS norm weights at 1: random ones make a dropped norm weight show
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return str(out)
