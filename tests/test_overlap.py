@@ -33,7 +33,7 @@ def workload() -> tuple[list[list[int]], list[dict]]:
         prompt = (shared if i % 3 == 0 else []) + [rng.randrange(3, 400) for _ in range(rng.randrange(4, 30))]
         p: dict[str, Any] = {"temperature": 0, "max_new_tokens": rng.choice([1, 2, 5, 17, 40]), "ignore_eos": True}
         if i % 4 == 1:
-            p["stop_token_ids"] = rng.sample(range(3, 400), 40)  # ends early, mid-flight
+            p["stop_token_ids"] = rng.sample(range(3, 400), 120)  # ends early, mid-flight
         if i % 6 == 2:
             p.update(temperature=0.8, seed=i, top_k=20)
         if i == 5:
@@ -89,7 +89,8 @@ def test_overlap_changes_no_output(tiny_dir: str) -> None:
     assert sum(len(logprob_values(o)) for o in overlapped) > 100
     assert info_off["num_overlapped_steps"] == 0
     assert info_on["num_overlapped_steps"] > 0.5 * info_off["num_forward_steps"] > 0
-    stopped = [o for o, p in zip(overlapped, workload()[1]) if "stop_token_ids" in p]
+    per_output = [p for p in workload()[1] for _ in range(p.get("n", 1))]  # n > 1: n outputs in a row
+    stopped = [o for o, p in zip(overlapped, per_output) if "stop_token_ids" in p]
     assert any(o["meta_info"]["finish_reason"]["type"] == "stop" for o in stopped)  # finishes mid-flight happened
 
 
