@@ -75,12 +75,7 @@ class TritonBackend(AttentionBackend):
         attention in the split kernel's launch (`NewKV`); anything else as the base class does."""
         if batch.mode is not ForwardMode.DECODE or batch.prefix_plan is not None or type(rotary) is not RotaryEmbedding:
             return super().attend(rotary, positions, q, k, v, layer_id, scale, batch)
-        k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
-        splits, block_n = ((self.num_splits, 64) if self.num_splits else
-                           decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2]))
-        return decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices, batch.seq_lens, scale,
-                                splits, block_n, num_warps=4, num_stages=2,
-                                new_kv=NewKV(k, v, batch.out_cache_loc, rotary.cos, rotary.sin))
+        return self._plain_decode(q, layer_id, scale, batch, NewKV(k, v, batch.out_cache_loc, rotary.cos, rotary.sin))
 
     def forward_extend(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         meta: _ExtendMeta = batch.attn_metadata
@@ -92,10 +87,17 @@ class TritonBackend(AttentionBackend):
         """Requests in a shared-prefix group (`batch.prefix_plan`) attend to the prefix together."""
         k_buf, v_buf, plan = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.prefix_plan
         if plan is None:
-            splits, block_n = ((self.num_splits, 64) if self.num_splits else
-                               decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2]))
-            return decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices, batch.seq_lens,
-                                    scale, splits, block_n, num_warps=4, num_stages=2)
+            return self._plain_decode(q, layer_id, scale, batch)
         return cascade_decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices,
                                         batch.seq_lens, plan, scale, self.suffix_splits, self.prefix_splits,
                                         self.member_progs)
+
+    def _plain_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch,
+                      new_kv: Optional[NewKV] = None) -> torch.Tensor:
+        """Split-K decode attention over each request's whole sequence (`decode_launch_config`
+        unless `num_splits` is forced), storing the new K/V first when given (`NewKV`)."""
+        k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
+        splits, block_n = ((self.num_splits, 64) if self.num_splits else
+                           decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2]))
+        return decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices, batch.seq_lens, scale,
+                                splits, block_n, num_warps=4, num_stages=2, new_kv=new_kv)

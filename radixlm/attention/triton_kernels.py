@@ -213,15 +213,10 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
     With `new_kv`, q is unrotated and the last token's K/V is not in the pool yet: the split
     kernel rotates q and k at position seq_len - 1 and writes k and v into the pool first
     (`rope_and_store` + this, in one launch; q itself is left unrotated)."""
-    if num_splits == 1:
-        out = torch.empty_like(q)
-        launch_decode_splits(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, None, out, None, scale,
-                             1, block_n, num_warps, num_stages, new_kv)
-        return out
-    part, lse = decode_partials(q, num_splits)
+    part, lse = (torch.empty_like(q), None) if num_splits == 1 else decode_partials(q, num_splits)
     launch_decode_splits(q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, None, part, lse, scale,
                          num_splits, block_n, num_warps, num_stages, new_kv)
-    return reduce_partials(part, lse, q, None, num_splits, 0)
+    return part if lse is None else reduce_partials(part, lse, q, None, num_splits, 0)
 
 
 DECODE_PROGRAMS = 1024  # split-K target: about 8 programs per SM of an H100/H200
@@ -279,9 +274,7 @@ def launch_decode_splits(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tens
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim,
         BLOCK_D=triton.next_power_of_2(dim), BLOCK_N=block_n, NUM_SPLITS=num_splits,
         HAS_STARTS=starts is not None, DIRECT=direct, NEW_KV=new_kv is not None, PRECISION=precision_of(q),
-        num_warps=num_warps,
-        num_stages=num_stages,
-        **pdl_launch(q, batch))
+        num_warps=num_warps, num_stages=num_stages, **pdl_launch(q, batch))
 
 
 def _new_kv_args(new_kv: Optional[NewKV], k_buf: torch.Tensor) -> tuple:

@@ -199,18 +199,19 @@ def logits_fn(vocab_size: int, tp: TPGroup,
         return _local_logits_fp32_out if device is not None and device.type == "cuda" else _local_logits
 
     def gathered(hidden: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return _float_into(tp.all_gather_last(torch.matmul(hidden, weight.t()))[..., :vocab_size], out)
+        return float_into(tp.all_gather_last(torch.matmul(hidden, weight.t()))[..., :vocab_size], out)
 
     return gathered
 
 
-def _float_into(logits: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
-    """logits as float32: a new tensor, or `out` (copy_ converts, no float32 temporary)."""
+def float_into(logits: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """`logits` as float32: a new tensor, or written into `out` (copy_ converts, no float32
+    temporary). Every `compute_logits(hidden, out)` ends here."""
     return logits.float() if out is None else out.copy_(logits)
 
 
 def _local_logits(hidden: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return _float_into(torch.matmul(hidden, weight.t()), out)
+    return float_into(torch.matmul(hidden, weight.t()), out)
 
 
 def _local_logits_fp32_out(hidden: torch.Tensor, weight: torch.Tensor,

@@ -21,6 +21,7 @@ from torch import nn
 
 from radixlm.attention.base import AttentionBackend
 from radixlm.forward_batch import ForwardBatch
+from radixlm.layers.linear import float_into
 from radixlm.models.hf_attention import STEP_KWARG, StepContext, register_attention
 from radixlm.models.transformers_checks import check_config_supported, check_model_supported
 
@@ -73,7 +74,7 @@ class TransformersForCausalLM(nn.Module):
         logits = self.hf.get_output_embeddings()(hidden)
         for fn in self._logit_fns:
             logits = fn(logits)
-        return logits.float() if out is None else out.copy_(logits)
+        return float_into(logits, out)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors into the model; every parameter and persistent buffer must be set
