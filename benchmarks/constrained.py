@@ -31,20 +31,49 @@ SCHEMA = {
         "is_currently_employed_full_time": {"type": "boolean"},
         "number_of_years_of_professional_experience": {"type": "integer", "minimum": 0, "maximum": 60},
     },
-    "required": ["full_name_of_the_person", "year_of_birth_as_an_integer", "primary_email_address",
-                 "favorite_programming_language", "is_currently_employed_full_time",
-                 "number_of_years_of_professional_experience"],
+    "required": [
+        "full_name_of_the_person",
+        "year_of_birth_as_an_integer",
+        "primary_email_address",
+        "favorite_programming_language",
+        "is_currently_employed_full_time",
+        "number_of_years_of_professional_experience",
+    ],
     "additionalProperties": False,
 }
-NAMES = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Donald Knuth",
-         "Margaret Hamilton", "Ken Thompson", "Dennis Ritchie", "John McCarthy", "Frances Allen", "Leslie Lamport",
-         "Tony Hoare", "Niklaus Wirth", "Radia Perlman", "Guido van Rossum"]
+NAMES = [
+    "Ada Lovelace",
+    "Alan Turing",
+    "Grace Hopper",
+    "Edsger Dijkstra",
+    "Barbara Liskov",
+    "Donald Knuth",
+    "Margaret Hamilton",
+    "Ken Thompson",
+    "Dennis Ritchie",
+    "John McCarthy",
+    "Frances Allen",
+    "Leslie Lamport",
+    "Tony Hoare",
+    "Niklaus Wirth",
+    "Radia Perlman",
+    "Guido van Rossum",
+]
 
 
 def prompts(engine: Any, count: int) -> list[str]:
-    return [engine.apply_chat_template([{"role": "user", "content":
-            f"Describe {NAMES[i % len(NAMES)]} as a JSON record with name, birth year, email, "
-            "favorite language, employment and experience."}]) for i in range(count)]
+    return [
+        engine.apply_chat_template(
+            [
+                {
+                    "role": "user",
+                    "content": f"Describe {NAMES[i % len(NAMES)]} as a JSON record with name, birth year, email, "
+                    "favorite language, employment and experience.",
+                }
+            ]
+        )
+        for i in range(count)
+    ]
 
 
 def run(engine: Any, texts: list[str], params: dict) -> dict:
@@ -62,9 +91,16 @@ def run(engine: Any, texts: list[str], params: dict) -> dict:
         except (ValueError, jsonschema.ValidationError):
             pass
     forced = sum(o["meta_info"].get("jump_forward_tokens", 0) for o in outs)
-    return {"requests": len(outs), "output_tokens": tokens, "wall_s": round(wall, 2),
-            "tok_per_s": round(tokens / wall, 1), "forward_steps": steps, "tokens_per_step": round(tokens / steps, 2),
-            "jump_forward_tokens": forced, "schema_valid": valid}
+    return {
+        "requests": len(outs),
+        "output_tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tok_per_s": round(tokens / wall, 1),
+        "forward_steps": steps,
+        "tokens_per_step": round(tokens / steps, 2),
+        "jump_forward_tokens": forced,
+        "schema_valid": valid,
+    }
 
 
 def bench(count: int, max_new: int, threads: int) -> dict:
@@ -79,8 +115,9 @@ def bench(count: int, max_new: int, threads: int) -> dict:
             results[label] = run(engine, texts, json_params)
             if jump:
                 mean_len = max(1, results[label]["output_tokens"] // count)
-                results["unconstrained (peer)"] = run(engine, texts, {"temperature": 0, "max_new_tokens": mean_len,
-                                                                      "ignore_eos": True})
+                results["unconstrained (peer)"] = run(
+                    engine, texts, {"temperature": 0, "max_new_tokens": mean_len, "ignore_eos": True}
+                )
     return results
 
 
@@ -93,12 +130,16 @@ def main() -> None:
     args = parser.parse_args()
     count, max_new = (4, 128) if args.quick else (args.requests, args.max_new_tokens)
     results = bench(count, max_new, args.threads)
-    print("| run | requests | output tokens | wall s | tok/s | forward steps | tokens/step | "
-          "jump-forward tokens | schema-valid |")
+    print(
+        "| run | requests | output tokens | wall s | tok/s | forward steps | tokens/step | "
+        "jump-forward tokens | schema-valid |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
-        print(f"| {label} | {r['requests']} | {r['output_tokens']} | {r['wall_s']} | {r['tok_per_s']} | "
-              f"{r['forward_steps']} | {r['tokens_per_step']} | {r['jump_forward_tokens']} | {r['schema_valid']} |")
+        print(
+            f"| {label} | {r['requests']} | {r['output_tokens']} | {r['wall_s']} | {r['tok_per_s']} | "
+            f"{r['forward_steps']} | {r['tokens_per_step']} | {r['jump_forward_tokens']} | {r['schema_valid']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -39,13 +39,17 @@ def main() -> None:
             own = engine(1, cfg["num_key_value_heads"], cfg["hidden_size"] // cfg["num_attention_heads"])
             for context in a.contexts:
                 for setting in [None, *forced]:
-                    triton_backend.decode_launch_config = engine if setting is None else (
-                        lambda b, h, d, s=setting: s if b == 1 else engine(b, h, d))
+                    triton_backend.decode_launch_config = (
+                        engine if setting is None else (lambda b, h, d, s=setting: s if b == 1 else engine(b, h, d))
+                    )
                     alone, ms, weights = gpu_bench.radixlm_decode_step(path, context, graphs=True)
                     gbps = weights / (ms / 1e3) / 1e9
                     name = f"engine {own}" if setting is None else f"forced {setting}"
-                    print(f"{shape} context {context} {name}: {ms * 1e3:.0f} us back to back ({alone * 1e3:.0f} "
-                          f"alone) -> {gbps:.0f} GB/s = {100 * gbps / copy:.1f}% of copy", flush=True)
+                    print(
+                        f"{shape} context {context} {name}: {ms * 1e3:.0f} us back to back ({alone * 1e3:.0f} "
+                        f"alone) -> {gbps:.0f} GB/s = {100 * gbps / copy:.1f}% of copy",
+                        flush=True,
+                    )
     finally:
         triton_backend.decode_launch_config = engine
 

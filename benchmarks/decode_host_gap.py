@@ -43,8 +43,14 @@ def timed(fn: Callable[[], object], n: int = 200) -> tuple[float, float]:
 def one_copy(decode: object) -> object:
     """`decode` with its four graph inputs as the rows of one block, as `build_decode` makes it."""
     block = torch.stack([decode.input_ids, decode.positions, decode.out_cache_loc, decode.req_pool_indices])
-    return dataclasses.replace(decode, input_ids=block[0], positions=block[1], out_cache_loc=block[2],
-                               req_pool_indices=block[3], decode_inputs=block)
+    return dataclasses.replace(
+        decode,
+        input_ids=block[0],
+        positions=block[1],
+        out_cache_loc=block[2],
+        req_pool_indices=block[3],
+        decode_inputs=block,
+    )
 
 
 def main() -> None:
@@ -53,13 +59,17 @@ def main() -> None:
         g = runner.graphs
         graph = next(iter(g.graphs.values())) if len(g.graphs) == 1 else g.graphs[1, False]
         one = one_copy(decode)
-        for name, fn in (("forward", lambda: runner.forward(decode)), ("forward, one copy", lambda: runner.forward(one)),
-                         ("forward (again)", lambda: runner.forward(decode)),
-                         ("forward, one copy (again)", lambda: runner.forward(one)), ("replay only", graph.replay),
-                         ("copy_ x4", lambda: [g.input_ids[:1].copy_(decode.input_ids) for _ in range(4)])):
+        for name, fn in (
+            ("forward", lambda: runner.forward(decode)),
+            ("forward, one copy", lambda: runner.forward(one)),
+            ("forward (again)", lambda: runner.forward(decode)),
+            ("forward, one copy (again)", lambda: runner.forward(one)),
+            ("replay only", graph.replay),
+            ("copy_ x4", lambda: [g.input_ids[:1].copy_(decode.input_ids) for _ in range(4)]),
+        ):
             host, gpu = timed(fn)
             print(f"{shape} {name}: host {host:.1f} us/call, GPU (events) {gpu:.1f} us/call", flush=True)
-        del runner
+        runner = None  # free its GPU memory before the next shape
         torch.cuda.empty_cache()
 
 

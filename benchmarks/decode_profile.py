@@ -37,8 +37,11 @@ def kernel_table(runner: object, decode: object, steps: int) -> tuple[dict[str, 
         for _ in range(steps):
             runner.forward(decode)
         torch.cuda.synchronize()
-    kernels = sorted((ev.time_range.start, ev.time_range.end, ev.name) for ev in prof.events()
-                     if ev.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = sorted(
+        (ev.time_range.start, ev.time_range.end, ev.name)
+        for ev in prof.events()
+        if ev.device_type == torch.autograd.DeviceType.CUDA
+    )
     per: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
     done = float("-inf")
     for start, end, name in kernels:
@@ -62,13 +65,18 @@ def main() -> None:
         step_us = time_cuda(lambda: runner.forward(decode), 50) * 1e3
         table, span = kernel_table(runner, decode, a.steps)
         busy = sum(row[2] for row in table.values())
-        print(f"{shape}: step {step_us:.0f} us (events), profiled span {span:.0f} us, some kernel running "
-              f"{busy:.0f} us of it, {sum(row[0] for row in table.values()):.0f} launches per step")
-        print("| kernel | launches/step | duration us/step | critical-path us/step | share of step |\n|---|---|---|---|---|")
+        print(
+            f"{shape}: step {step_us:.0f} us (events), profiled span {span:.0f} us, some kernel running "
+            f"{busy:.0f} us of it, {sum(row[0] for row in table.values()):.0f} launches per step"
+        )
+        print(
+            "| kernel | launches/step | duration us/step | critical-path us/step | share of step |\n"
+            "|---|---|---|---|---|"
+        )
         for name, (n, us, crit) in sorted(table.items(), key=lambda kv: -kv[1][2]):
             print(f"| {name[:80]} | {n:.0f} | {us:.1f} | {crit:.1f} | {crit / span:.1%} |")
         print(f"| (idle) | | | {span - busy:.1f} | {(span - busy) / span:.1%} |")
-        del runner
+        runner = None  # free its GPU memory before the next shape
         torch.cuda.empty_cache()
 
 

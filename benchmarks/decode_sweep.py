@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.attention.triton_kernels import decode_attention, decode_launch_config
+from radixlm.kernels.attention import decode_attention, decode_launch_config
 
 sys.path.insert(0, os.path.dirname(__file__))
 SHAPES = {"1b": (32, 8, 64), "8b": (32, 8, 128)}  # query heads, KV heads, head dim
@@ -43,8 +43,9 @@ class Case:
     kv_bytes: int
 
 
-def make_case(batch: int, context: int, heads: tuple[int, int, int], device: str, dtype: torch.dtype,
-              copies: int) -> Case:
+def make_case(
+    batch: int, context: int, heads: tuple[int, int, int], device: str, dtype: torch.dtype, copies: int
+) -> Case:
     """`batch` requests of `context` tokens over a shuffled pool; `copies` distinct K/V pools."""
     hq, hkv, dim = heads
     slots = torch.randperm(batch * context, device=device).view(batch, context)
@@ -58,8 +59,19 @@ def make_case(batch: int, context: int, heads: tuple[int, int, int], device: str
 
 def run(case: Case, setting: tuple[int, int, int, int], copy: int = 0) -> torch.Tensor:
     splits, block_n, warps, stages = setting
-    return decode_attention(case.q, case.ks[copy], case.vs[copy], case.table, case.rows, case.seq_lens,
-                            case.q.shape[-1] ** -0.5, splits, block_n, warps, stages)
+    return decode_attention(
+        case.q,
+        case.ks[copy],
+        case.vs[copy],
+        case.table,
+        case.rows,
+        case.seq_lens,
+        case.q.shape[-1] ** -0.5,
+        splits,
+        block_n,
+        warps,
+        stages,
+    )
 
 
 def torch_reference(case: Case) -> torch.Tensor:
@@ -67,7 +79,7 @@ def torch_reference(case: Case) -> torch.Tensor:
     group = case.q.shape[1] // case.ks[0].shape[1]
     out = torch.empty(case.q.shape, dtype=torch.float32)
     for b in range(case.q.shape[0]):
-        slots = case.table[b, :int(case.seq_lens[b])]
+        slots = case.table[b, : int(case.seq_lens[b])]
         k = case.ks[0][slots].float().repeat_interleave(group, dim=1)
         v = case.vs[0][slots].float().repeat_interleave(group, dim=1)
         scores = torch.einsum("hd,khd->hk", case.q[b].float(), k) * case.q.shape[-1] ** -0.5
@@ -82,8 +94,9 @@ def settings(engine: tuple[int, int], smoke: bool, full: bool) -> list[tuple[int
     if smoke:
         grid = [(1, 16, 4, 2), (2, 32, 2, 1)]
     else:
-        grid = itertools.product((1, 2, 4, 8, 16), (16, 32, 64, 128), (2, 4) if full else (4,),
-                                 (1, 2, 3) if full else (2,))
+        grid = itertools.product(
+            (1, 2, 4, 8, 16), (16, 32, 64, 128), (2, 4) if full else (4,), (1, 2, 3) if full else (2,)
+        )
     return [first] + [s for s in grid if s != first]
 
 
@@ -96,8 +109,10 @@ def main() -> None:
     device, dtype = ("cpu", torch.float32) if a.smoke else ("cuda", torch.bfloat16)  # interpreter bf16 dot is off
     heads = (4, 2, 16) if a.smoke else SHAPES[a.shape]
     torch.manual_seed(0)
-    print(f"shape {heads} (query heads, KV heads, head dim), {dtype}, "
-          f"{'cpu' if a.smoke else torch.cuda.get_device_name()}")
+    print(
+        f"shape {heads} (query heads, KV heads, head dim), {dtype}, "
+        f"{'cpu' if a.smoke else torch.cuda.get_device_name()}"
+    )
     print("| batch | context | splits | block_n | warps | stages | us per layer | K/V GB/s | max diff vs engine's |")
     print("|---|---|---|---|---|---|---|---|---|")
     for batch, context in ((2, 40), (1, 7)) if a.smoke else CASES:
@@ -117,8 +132,11 @@ def main() -> None:
                 print(f"| {batch} | {context} | {' | '.join(map(str, setting))} | failed: {type(exc).__name__} | | |")
                 continue
             mark = "*" if setting[:2] == engine and setting[2:] == (4, 2) else ""
-            print(f"| {batch} | {context} | {' | '.join(map(str, setting))}{mark} | {us:.1f} | "
-                  f"{case.kv_bytes / us / 1e3:.0f} | {diff:.2e} |", flush=True)
+            print(
+                f"| {batch} | {context} | {' | '.join(map(str, setting))}{mark} | {us:.1f} | "
+                f"{case.kv_bytes / us / 1e3:.0f} | {diff:.2e} |",
+                flush=True,
+            )
         del case, one
         if not a.smoke:
             torch.cuda.empty_cache()

@@ -6,7 +6,7 @@ Run from the repository root (the engine spawns its scheduler processes, hence t
     python benchmarks/dp_routing.py --quick     # smoke test, < 1 minute
 
 Workload: G groups of requests; the requests of a group share a long random "system prompt" and
-differ in a short random question (`radixlm.bench_datasets.shared_prefix_requests`, shuffled).
+differ in a short random question (`radixlm.bench.datasets.shared_prefix_requests`, shuffled).
 Requests are sent by `--concurrency` client threads, greedy, `ignore_eos`, to one in-process Engine
 with `dp_size=2` per routing method. Both engines are started first and the methods alternate
 round by round (cache flushed before each run), so load drift on the machine hits both alike.
@@ -56,15 +56,19 @@ class RunResult:
         return self.cached_tokens / self.prompt_tokens
 
     def row(self) -> str:
-        return (f"{self.method:<12} {self.hit_rate:>8.1%} {self.prompt_tokens - self.cached_tokens:>9d} "
-                f"{self.seconds:>8.1f} {len(self.outputs) / self.seconds:>7.2f} "
-                f"{self.output_tokens / self.seconds:>8.1f} "
-                f"{(self.prompt_tokens + self.output_tokens) / self.seconds:>11.1f} {self.cpu_seconds:>7.1f} "
-                f"{(self.prompt_tokens + self.output_tokens) / self.cpu_seconds:>11.1f}   {self.routed}")
+        return (
+            f"{self.method:<12} {self.hit_rate:>8.1%} {self.prompt_tokens - self.cached_tokens:>9d} "
+            f"{self.seconds:>8.1f} {len(self.outputs) / self.seconds:>7.2f} "
+            f"{self.output_tokens / self.seconds:>8.1f} "
+            f"{(self.prompt_tokens + self.output_tokens) / self.seconds:>11.1f} {self.cpu_seconds:>7.1f} "
+            f"{(self.prompt_tokens + self.output_tokens) / self.cpu_seconds:>11.1f}   {self.routed}"
+        )
 
 
-HEADER = (f"{'method':<12} {'hit rate':>8} {'computed':>9} {'wall s':>8} {'req/s':>7} {'out tok/s':>8} "
-          f"{'total tok/s':>11} {'cpu s':>7} {'tok/cpu-s':>11}   requests per replica")
+HEADER = (
+    f"{'method':<12} {'hit rate':>8} {'computed':>9} {'wall s':>8} {'req/s':>7} {'out tok/s':>8} "
+    f"{'total tok/s':>11} {'cpu s':>7} {'tok/cpu-s':>11}   requests per replica"
+)
 
 
 def run_workload(engine: Any, method: str, requests: list[Any], concurrency: int) -> RunResult:
@@ -84,10 +88,16 @@ def run_workload(engine: Any, method: str, requests: list[Any], concurrency: int
     cpu = replicas_cpu_seconds(engine) - cpu_start
     after = engine.get_server_info()["router"]["routed"]
     engine.check_no_leak()
-    return RunResult(method, seconds, sum(r.prompt_len for r in requests),
-                     sum(r["meta_info"]["cached_tokens"] for r in results),
-                     sum(len(r["output_ids"]) for r in results), cpu, [a - b for a, b in zip(after, before)],
-                     [r["output_ids"] for r in results])
+    return RunResult(
+        method,
+        seconds,
+        sum(r.prompt_len for r in requests),
+        sum(r["meta_info"]["cached_tokens"] for r in results),
+        sum(len(r["output_ids"]) for r in results),
+        cpu,
+        [a - b for a, b in zip(after, before)],
+        [r["output_ids"] for r in results],
+    )
 
 
 def replicas_cpu_seconds(engine: Any) -> float:
@@ -138,27 +148,39 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     import radixlm
-    from radixlm.bench_datasets import TokenSource, shared_prefix_requests
+    from radixlm.bench.datasets import TokenSource, shared_prefix_requests
 
     args = parse_args()
-    cfg = {k: getattr(args, k) if getattr(args, k) is not None else v
-           for k, v in (QUICK if args.quick else FULL).items()}
+    cfg = {
+        k: getattr(args, k) if getattr(args, k) is not None else v for k, v in (QUICK if args.quick else FULL).items()
+    }
     print(f"start: {uptime()}")
     start = time.perf_counter()
-    engines = {m: radixlm.Engine(args.model_path, dp_size=args.dp, load_balance_method=m,
-                                 max_total_tokens=args.max_total_tokens, log_level="warning") for m in METHODS}
-    print(f"2 engines x dp {args.dp} started in {time.perf_counter() - start:.1f} s "
-          f"({engines[METHODS[0]].server_args.model_path})")
+    engines = {
+        m: radixlm.Engine(
+            args.model_path,
+            dp_size=args.dp,
+            load_balance_method=m,
+            max_total_tokens=args.max_total_tokens,
+            log_level="warning",
+        )
+        for m in METHODS
+    }
+    print(
+        f"2 engines x dp {args.dp} started in {time.perf_counter() - start:.1f} s "
+        f"({engines[METHODS[0]].server_args.model_path})"
+    )
     try:
         first = engines[METHODS[0]]
         source = TokenSource(first.tokenizer, None, random.Random(args.seed))
-        requests = shared_prefix_requests(source, cfg["groups"], cfg["per_group"], cfg["system_len"],
-                                          cfg["question_len"], cfg["output_len"])
+        requests = shared_prefix_requests(
+            source, cfg["groups"], cfg["per_group"], cfg["system_len"], cfg["question_len"], cfg["output_len"]
+        )
         for engine in engines.values():
             warm_up(engine, first.vocab_size)
         results = []
         for rnd in range(cfg["rounds"]):
-            for method in (METHODS if rnd % 2 == 0 else METHODS[::-1]):
+            for method in METHODS if rnd % 2 == 0 else METHODS[::-1]:
                 results.append(run_workload(engines[method], method, requests, cfg["concurrency"]))
                 print(f"  round {rnd + 1}: {results[-1].row()}", flush=True)
     finally:
@@ -170,11 +192,15 @@ def main() -> None:
 def report(cfg: dict, dp: int, results: list[RunResult]) -> None:
     ideal, rr_best = ceilings(cfg, dp)
     n = cfg["groups"] * cfg["per_group"]
-    print(f"\nworkload: {cfg['groups']} groups x {cfg['per_group']} requests = {n}, system prompt "
-          f"{cfg['system_len']} + question {cfg['question_len']} tokens, {cfg['output_len']} output tokens, "
-          f"{cfg['concurrency']} client threads, dp {dp}, {cfg['rounds']} round(s)")
-    print(f"hit-rate ceiling (each system prompt computed once): {ideal:.1%}; "
-          f"round robin at best (computed once per replica): {rr_best:.1%}")
+    print(
+        f"\nworkload: {cfg['groups']} groups x {cfg['per_group']} requests = {n}, system prompt "
+        f"{cfg['system_len']} + question {cfg['question_len']} tokens, {cfg['output_len']} output tokens, "
+        f"{cfg['concurrency']} client threads, dp {dp}, {cfg['rounds']} round(s)"
+    )
+    print(
+        f"hit-rate ceiling (each system prompt computed once): {ideal:.1%}; "
+        f"round robin at best (computed once per replica): {rr_best:.1%}"
+    )
     print(HEADER)
     for method in METHODS:
         mine = [r for r in results if r.method == method]
@@ -184,10 +210,12 @@ def report(cfg: dict, dp: int, results: list[RunResult]) -> None:
     speedup = by["round_robin"].seconds / by["cache_aware"].seconds
     cpu = {m: sum(r.cpu_seconds for r in results if r.method == m) for m in METHODS}
     same = all(r.outputs == results[0].outputs for r in results)
-    print(f"cache_aware vs round_robin: hit rate {by['cache_aware'].hit_rate:.1%} vs "
-          f"{by['round_robin'].hit_rate:.1%}; wall-clock throughput x{speedup:.2f} (best runs); round robin's "
-          f"replicas burn x{cpu['round_robin'] / cpu['cache_aware']:.2f} the CPU seconds; "
-          f"greedy outputs identical: {same}")
+    print(
+        f"cache_aware vs round_robin: hit rate {by['cache_aware'].hit_rate:.1%} vs "
+        f"{by['round_robin'].hit_rate:.1%}; wall-clock throughput x{speedup:.2f} (best runs); round robin's "
+        f"replicas burn x{cpu['round_robin'] / cpu['cache_aware']:.2f} the CPU seconds; "
+        f"greedy outputs identical: {same}"
+    )
     print(f"end: {uptime()}")
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.attention.triton_kernels import extend_attention
+from radixlm.kernels.attention import extend_attention
 
 SHAPES = {"1b": (32, 8, 64), "8b": (32, 8, 128)}  # query heads, KV heads, head dim
 DEFAULT = (32, 32, 4, 3)
@@ -41,15 +41,22 @@ class Case:
     flops: float
 
 
-def make_case(reqs: int, new: int, prefix: int, share: int, heads: tuple[int, int, int], device: str,
-              dtype: torch.dtype = torch.bfloat16) -> Case:
+def make_case(
+    reqs: int,
+    new: int,
+    prefix: int,
+    share: int,
+    heads: tuple[int, int, int],
+    device: str,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Case:
     """`reqs` requests of `new` tokens after a `prefix`-token prefix, groups of `share` requests
     reading the same prefix slots; slots are shuffled over the pool as a running server's are."""
     hq, hkv, dim = heads
     groups = -(-reqs // share)
     slots = torch.randperm(groups * prefix + reqs * new, device=device)
-    prefix_slots = slots[:groups * prefix].view(groups, prefix)
-    own = slots[groups * prefix:].view(reqs, new)
+    prefix_slots = slots[: groups * prefix].view(groups, prefix)
+    own = slots[groups * prefix :].view(reqs, new)
     table = torch.cat([prefix_slots.repeat_interleave(share, dim=0)[:reqs], own], dim=1)
     pool = slots.numel()
     k = torch.randn(pool, hkv, dim, device=device, dtype=dtype)
@@ -57,14 +64,38 @@ def make_case(reqs: int, new: int, prefix: int, share: int, heads: tuple[int, in
     q = torch.randn(reqs * new, hq, dim, device=device, dtype=dtype)
     full = lambda value: torch.full((reqs,), value, dtype=torch.int64, device=device)  # noqa: E731
     keys = sum(prefix + i + 1 for i in range(new)) * reqs  # causal (query, key) pairs
-    return Case(q, k, v, table, torch.arange(reqs, device=device), torch.arange(reqs, device=device) * new,
-                full(prefix), full(new), new, 4.0 * keys * hq * dim)
+    return Case(
+        q,
+        k,
+        v,
+        table,
+        torch.arange(reqs, device=device),
+        torch.arange(reqs, device=device) * new,
+        full(prefix),
+        full(new),
+        new,
+        4.0 * keys * hq * dim,
+    )
 
 
 def run(case: Case, setting: tuple[int, int, int, int]) -> torch.Tensor:
     block_m, block_n, warps, stages = setting
-    return extend_attention(case.q, case.k, case.v, case.table, case.rows, case.q_start, case.prefix, case.ext,
-                            case.max_ext, case.q.shape[-1] ** -0.5, block_m, block_n, warps, stages)
+    return extend_attention(
+        case.q,
+        case.k,
+        case.v,
+        case.table,
+        case.rows,
+        case.q_start,
+        case.prefix,
+        case.ext,
+        case.max_ext,
+        case.q.shape[-1] ** -0.5,
+        block_m,
+        block_n,
+        warps,
+        stages,
+    )
 
 
 def torch_reference(case: Case) -> torch.Tensor:
@@ -73,14 +104,14 @@ def torch_reference(case: Case) -> torch.Tensor:
     group = case.q.shape[1] // case.k.shape[1]
     for r in range(case.rows.numel()):
         prefix, new, q0 = int(case.prefix[r]), int(case.ext[r]), int(case.q_start[r])
-        slots = case.table[r, :prefix + new]
+        slots = case.table[r, : prefix + new]
         k = case.k[slots].float().repeat_interleave(group, dim=1)  # [keys, heads, dim]
         v = case.v[slots].float().repeat_interleave(group, dim=1)
-        q = case.q[q0:q0 + new].float()
+        q = case.q[q0 : q0 + new].float()
         scores = torch.einsum("qhd,khd->hqk", q, k) * q.shape[-1] ** -0.5
         visible = torch.arange(prefix + new)[None, :] <= (prefix + torch.arange(new))[:, None]
         probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-        out[q0:q0 + new] = torch.einsum("hqk,khd->qhd", probs, v)
+        out[q0 : q0 + new] = torch.einsum("hqk,khd->qhd", probs, v)
     return out
 
 
@@ -112,10 +143,18 @@ def main() -> None:
     device = "cpu" if a.smoke else "cuda"
     torch.manual_seed(0)
     heads = (4, 2, 16) if a.smoke else SHAPES[a.shape]
-    cases = {"cached": make_case(4, 8, 16, 2, heads, device, torch.float32),  # the interpreter's bf16 dot is off
-             "fresh": make_case(2, 24, 0, 1, heads, device, torch.float32)} if a.smoke else {"cached": make_case(128, 128, 2048, 64, heads, device),
-                         "fresh": make_case(8, 2048, 0, 1, heads, device)}
-    print(f"shape {heads} (query heads, KV heads, head dim), bf16, {torch.cuda.get_device_name() if not a.smoke else 'cpu'}")
+    cases = (
+        {
+            "cached": make_case(4, 8, 16, 2, heads, device, torch.float32),  # the interpreter's bf16 dot is off
+            "fresh": make_case(2, 24, 0, 1, heads, device, torch.float32),
+        }
+        if a.smoke
+        else {"cached": make_case(128, 128, 2048, 64, heads, device), "fresh": make_case(8, 2048, 0, 1, heads, device)}
+    )
+    print(
+        f"shape {heads} (query heads, KV heads, head dim), bf16, "
+        f"{torch.cuda.get_device_name() if not a.smoke else 'cpu'}"
+    )
     print("| case | block_m | block_n | warps | stages | us | TFLOP/s | max diff vs default |")
     print("|---|---|---|---|---|---|---|---|")
     for name, case in cases.items():
@@ -130,8 +169,10 @@ def main() -> None:
             except Exception as exc:  # a tile that does not fit (shared memory, registers)
                 print(f"| {name} | {' | '.join(map(str, setting))} | failed: {type(exc).__name__} | | |", flush=True)
                 continue
-            print(f"| {name} | {' | '.join(map(str, setting))} | {us:.0f} | {case.flops / us / 1e6:.0f} | {diff:.2e} |",
-                  flush=True)
+            print(
+                f"| {name} | {' | '.join(map(str, setting))} | {us:.0f} | {case.flops / us / 1e6:.0f} | {diff:.2e} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -15,12 +15,24 @@ from typing import Callable
 
 import torch
 
-from radixlm.layers.gemv import gemv_config, gemv_into
+from radixlm.kernels.gemv import gemv_config, gemv_into
 
-SHAPES = {"llama-3-8b": {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
-                         "down": (4096, 14336), "lm_head": (128256, 4096)},
-          "llama-3.2-1b": {"qkv": (3072, 2048), "o_proj": (2048, 2048), "gate_up": (16384, 2048),
-                           "down": (2048, 8192), "lm_head": (128256, 2048)}}
+SHAPES = {
+    "llama-3-8b": {
+        "qkv": (6144, 4096),
+        "o_proj": (4096, 4096),
+        "gate_up": (28672, 4096),
+        "down": (4096, 14336),
+        "lm_head": (128256, 4096),
+    },
+    "llama-3.2-1b": {
+        "qkv": (3072, 2048),
+        "o_proj": (2048, 2048),
+        "gate_up": (16384, 2048),
+        "down": (2048, 8192),
+        "lm_head": (128256, 2048),
+    },
+}
 
 
 def us_per_call(calls: list[Callable[[], object]], reps: int = 3) -> float:
@@ -65,8 +77,11 @@ def main() -> None:
             y = torch.empty(1, n, device="cuda", dtype=torch.bfloat16)
             cublas = us_per_call([lambda w=w: torch.mm(x, w.t(), out=y) for w in ws])
             ours = us_per_call([lambda w=w: gemv_into(x, w, None, y) for w in ws])
-            print(f"| {model} | {name} | {n} x {k} | {nbytes / 1e6:.1f} | {cublas:.1f} | {nbytes / cublas / 1e3:.0f} "
-                  f"| {ours:.1f} | {nbytes / ours / 1e3:.0f} | {cublas / ours:.2f}x |", flush=True)
+            print(
+                f"| {model} | {name} | {n} x {k} | {nbytes / 1e6:.1f} | {cublas:.1f} | {nbytes / cublas / 1e3:.0f} "
+                f"| {ours:.1f} | {nbytes / ours / 1e3:.0f} | {cublas / ours:.2f}x |",
+                flush=True,
+            )
             if a.sweep:
                 sweep(x, ws, y, n, k, nbytes)
             del ws
@@ -81,8 +96,11 @@ def sweep(x: torch.Tensor, ws: list[torch.Tensor], y: torch.Tensor, n: int, k: i
         us = us_per_call([lambda w=w: gemv_into(x, w, None, y, (rows, tile, warps)) for w in ws])
         res.append((us, rows, tile, warps))
     res.sort()
-    print(f"    sweep (default {gemv_config(n, k)}): " + ", ".join(
-        f"{r}x{t} w{wp} {nbytes / us / 1e3:.0f} GB/s" for us, r, t, wp in res[:4]), flush=True)
+    print(
+        f"    sweep (default {gemv_config(n, k)}): "
+        + ", ".join(f"{r}x{t} w{wp} {nbytes / us / 1e3:.0f} GB/s" for us, r, t, wp in res[:4]),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

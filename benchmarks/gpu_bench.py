@@ -22,12 +22,28 @@ import torch
 from gpu_trace import GpuTrace
 
 SHAPES = {
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
-                         max_position_embeddings=8192),
-    "llama-3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
-                       max_position_embeddings=8192),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
+    "llama-3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
 }
 
 
@@ -69,7 +85,7 @@ def radixlm_decode_step(path: str, context: int, graphs: bool, **server_kwargs) 
     ms = time_cuda(lambda: runner.forward(decode), 50)
     pipelined = time_back_to_back(lambda: runner.forward(decode), 200)
     weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
-    del runner
+    runner = None  # free its GPU memory before the next shape
     torch.cuda.empty_cache()
     return ms, pipelined, weights
 
@@ -89,25 +105,52 @@ def time_back_to_back(fn, iters: int) -> float:
 def decode_setup(path: str, context: int, graphs: bool, **server_kwargs) -> tuple[object, object]:
     """A ModelRunner with one request prefilled to `context` tokens, and its batch-1 decode
     batch, already run five times (graphs captured, kernels compiled)."""
-    from radixlm.forward_batch import ForwardBatch, ForwardMode
-    from radixlm.model_runner import ModelRunner
-    from radixlm.server_args import ServerArgs
+    from radixlm.config.server_args import ServerArgs
+    from radixlm.executor.model_runner import ModelRunner
+    from radixlm.forward.batch import ForwardBatch, ForwardMode
 
-    args = ServerArgs(model_path=path, load_format="dummy", dtype="bfloat16", max_total_tokens=8192,
-                      max_running_requests=8, cuda_graph_max_bs=8, disable_cuda_graph=not graphs,
-                      context_length=4096, **server_kwargs)
+    args = ServerArgs(
+        model_path=path,
+        load_format="dummy",
+        dtype="bfloat16",
+        max_total_tokens=8192,
+        max_running_requests=8,
+        cuda_graph_max_bs=8,
+        disable_cuda_graph=not graphs,
+        context_length=4096,
+        **server_kwargs,
+    )
     runner = ModelRunner(args)
     table = runner.req_to_token_pool.table
-    table[0, :context + 1] = torch.arange(1, context + 2, device="cuda")
+    table[0, : context + 1] = torch.arange(1, context + 2, device="cuda")
     dev = dict(device="cuda", dtype=torch.int64)
-    prefill = ForwardBatch(ForwardMode.EXTEND, torch.randint(0, 1000, (context,), **dev),
-                           torch.arange(context, **dev), table[0, :context], torch.zeros(1, **dev),
-                           torch.tensor([context], **dev), [context], [0], [context],
-                           torch.tensor([context - 1], **dev), table)
+    prefill = ForwardBatch(
+        ForwardMode.EXTEND,
+        torch.randint(0, 1000, (context,), **dev),
+        torch.arange(context, **dev),
+        table[0, :context],
+        torch.zeros(1, **dev),
+        torch.tensor([context], **dev),
+        [context],
+        [0],
+        [context],
+        torch.tensor([context - 1], **dev),
+        table,
+    )
     runner.forward(prefill)
-    decode = ForwardBatch(ForwardMode.DECODE, torch.tensor([5], **dev), torch.tensor([context], **dev),
-                          table[0, context:context + 1], torch.zeros(1, **dev), torch.tensor([context + 1], **dev),
-                          [context + 1], [context], [1], torch.zeros(1, **dev), table)
+    decode = ForwardBatch(
+        ForwardMode.DECODE,
+        torch.tensor([5], **dev),
+        torch.tensor([context], **dev),
+        table[0, context : context + 1],
+        torch.zeros(1, **dev),
+        torch.tensor([context + 1], **dev),
+        [context + 1],
+        [context],
+        [1],
+        torch.zeros(1, **dev),
+        table,
+    )
     for _ in range(5):
         runner.forward(decode)
     return runner, decode
@@ -120,7 +163,7 @@ def hf_generate(path: str, prompts: list[list[int]], out_len: int, batch: int) -
     torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(0, len(prompts), batch):
-        ids = torch.tensor(prompts[i:i + batch], device="cuda")
+        ids = torch.tensor(prompts[i : i + batch], device="cuda")
         model.generate(ids, max_new_tokens=out_len, min_new_tokens=out_len, do_sample=False, pad_token_id=0)
     torch.cuda.synchronize()
     rate = len(prompts) * out_len / (time.perf_counter() - start)
@@ -143,20 +186,33 @@ def radixlm_offline(path: str, prompts: list[list[int]], out_len: int, **kwargs)
     """Output tok/s of one Engine.generate call over all prompts (engine warmed up first)."""
     import radixlm
 
-    with radixlm.Engine(path, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True,
-                        context_length=4096, log_level="warning", **kwargs) as engine:
+    with radixlm.Engine(
+        path,
+        load_format="dummy",
+        dtype="bfloat16",
+        skip_tokenizer_init=True,
+        context_length=4096,
+        log_level="warning",
+        **kwargs,
+    ) as engine:
         engine.generate(input_ids=prompts[:2], sampling_params={"max_new_tokens": 4, "ignore_eos": True})
         engine.flush_cache()
         start = time.perf_counter()
-        outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": out_len, "ignore_eos": True,
-                                                                   "temperature": 0})
+        outs = engine.generate(
+            input_ids=prompts, sampling_params={"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0}
+        )
         elapsed = time.perf_counter() - start
         info = engine.get_server_info()
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
     cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
-    return tokens / elapsed, {"seconds": elapsed, "output_tokens": tokens, "cached_tokens": cached,
-                              "step_times": info["step_times"], "overlapped_steps": info["num_overlapped_steps"],
-                              "forward_steps": info["num_forward_steps"]}
+    return tokens / elapsed, {
+        "seconds": elapsed,
+        "output_tokens": tokens,
+        "cached_tokens": cached,
+        "step_times": info["step_times"],
+        "overlapped_steps": info["num_overlapped_steps"],
+        "forward_steps": info["num_forward_steps"],
+    }
 
 
 def random_prompts(n: int, length: int, seed: int = 0, prefix: list[int] | None = None) -> list[list[int]]:
@@ -183,8 +239,13 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[])
     ap.add_argument("--json", default=None)
     ap.add_argument("--sched-batch", type=int, default=256)
-    ap.add_argument("--offline-max-running", type=int, nargs="+", default=[None],
-                    help="offline runs at these --max-running-requests (CUDA graphs up to 512 rows; default: the engine's)")
+    ap.add_argument(
+        "--offline-max-running",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="offline runs at these --max-running-requests (CUDA graphs up to 512 rows; default: the engine's)",
+    )
     ap.add_argument("--decode-compile", action="store_true", help="also time batch-1 decode with torch.compile")
     a = ap.parse_args()
     results: dict = {"device": torch.cuda.get_device_name(), "copy_GBps": copy_bandwidth() / 1e9}
@@ -207,17 +268,26 @@ def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
         ms_eager, _, _ = radixlm_decode_step(path, 256, graphs=False)
         bw = weights / (ms / 1e3) / 1e9
         if a.decode_compile:
-            _, res["decode_compiled_ms"], _ = radixlm_decode_step(path, 256, graphs=True, enable_torch_compile=True,
-                                                               torch_compile_max_bs=8)
+            _, res["decode_compiled_ms"], _ = radixlm_decode_step(
+                path, 256, graphs=True, enable_torch_compile=True, torch_compile_max_bs=8
+            )
             print(f"{shape}: decode bs1 with --enable-torch-compile {res['decode_compiled_ms']:.2f} ms", flush=True)
-        res.update(decode_ms=ms, decode_one_step_ms=ms_one, decode_eager_ms=ms_eager, weight_GB=weights / 1e9, achieved_GBps=bw,
-                   fraction_of_copy_bw=bw / copy_gbps)
+        res.update(
+            decode_ms=ms,
+            decode_one_step_ms=ms_one,
+            decode_eager_ms=ms_eager,
+            weight_GB=weights / 1e9,
+            achieved_GBps=bw,
+            fraction_of_copy_bw=bw / copy_gbps,
+        )
         hf = hf_generate(path, random_prompts(1, 128), 128, 1)
         res.update(hf_batch1_tok_s=hf, hf_batch1_GBps=hf * weights / 1e9)
-        print(f"{shape}: decode bs1 {ms:.2f} ms per step back to back (one step from idle {ms_one:.2f}, "
-              f"eager {ms_eager:.2f}) -> {bw:.0f} GB/s = "
-              f"{100 * bw / copy_gbps:.0f}% of copy; HF generate bs1 {hf:.1f} tok/s = {hf * weights / 1e9:.0f} GB/s",
-              flush=True)
+        print(
+            f"{shape}: decode bs1 {ms:.2f} ms per step back to back (one step from idle {ms_one:.2f}, "
+            f"eager {ms_eager:.2f}) -> {bw:.0f} GB/s = "
+            f"{100 * bw / copy_gbps:.0f}% of copy; HF generate bs1 {hf:.1f} tok/s = {hf * weights / 1e9:.0f} GB/s",
+            flush=True,
+        )
     if "sched" not in a.skip:
         res["scheduling"] = run_sched(path, a.sched_batch)
     if "offline" not in a.skip:
@@ -226,15 +296,20 @@ def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
         for cap in a.offline_max_running:
             kw = {} if cap is None else {"max_running_requests": cap, "cuda_graph_max_bs": min(cap, 512)}
             runs[str(cap or "default")] = radixlm_offline(path, prompts, 256, **kw)
-            print(f"{shape}: offline max_running {cap or 'default'}: {runs[str(cap or 'default')][0]:.0f} tok/s",
-                  flush=True)
+            print(
+                f"{shape}: offline max_running {cap or 'default'}: {runs[str(cap or 'default')][0]:.0f} tok/s",
+                flush=True,
+            )
         ours, info = max(runs.values(), key=lambda r: r[0])
         info = {**info, "by_max_running": {k: r[0] for k, r in runs.items()}}
-        hf_rates = {b: hf_generate(path, prompts[:a.hf_prompts], 256, b) for b in a.hf_batches}
+        hf_rates = {b: hf_generate(path, prompts[: a.hf_prompts], 256, b) for b in a.hf_batches}
         best = max(hf_rates.values())
         res.update(offline_tok_s=ours, offline=info, hf_tok_s=hf_rates, ratio_vs_hf_best=ours / best)
-        print(f"{shape}: offline {a.num_prompts}x(512 in, 256 out): radixlm {ours:.0f} tok/s; HF best {best:.0f} "
-              f"tok/s {hf_rates}; ratio {ours / best:.1f}x", flush=True)
+        print(
+            f"{shape}: offline {a.num_prompts}x(512 in, 256 out): radixlm {ours:.0f} tok/s; HF best {best:.0f} "
+            f"tok/s {hf_rates}; ratio {ours / best:.1f}x",
+            flush=True,
+        )
     return res
 
 
@@ -245,14 +320,17 @@ def run_sched(path: str, batch: int) -> dict:
     out = {}
     for label, kwargs in (("serial", {"disable_overlap_schedule": True}), ("overlap", {})):
         with GpuTrace() as trace:  # SM clock and power: does one mode run the GPU slower?
-            _, info = radixlm_offline(path, prompts, 256, max_running_requests=batch, cuda_graph_max_bs=batch,
-                                      **kwargs)
+            _, info = radixlm_offline(path, prompts, 256, max_running_requests=batch, cuda_graph_max_bs=batch, **kwargs)
         dec = info["step_times"]["decode"]
         n = dec["steps"]
-        out[label] = {"decode_steps": n, "mean_batch": dec["rows"] / n,
-                      **{f"{k}_ms": 1e3 * dec[k] / n for k in ("schedule", "launch", "device_wait", "process")},
-                      "wall_ms": 1e3 * sum(dec[k] for k in ("schedule", "launch", "device_wait", "process")) / n,
-                      "overlapped_steps": info["overlapped_steps"], "gpu_trace": trace.summary()}
+        out[label] = {
+            "decode_steps": n,
+            "mean_batch": dec["rows"] / n,
+            **{f"{k}_ms": 1e3 * dec[k] / n for k in ("schedule", "launch", "device_wait", "process")},
+            "wall_ms": 1e3 * sum(dec[k] for k in ("schedule", "launch", "device_wait", "process")) / n,
+            "overlapped_steps": info["overlapped_steps"],
+            "gpu_trace": trace.summary(),
+        }
     serial, overlap = out["serial"], out["overlap"]
     cpu = serial["schedule_ms"] + serial["launch_ms"] + serial["process_ms"]
     hidden = (serial["wall_ms"] - overlap["wall_ms"]) / cpu if cpu else 0.0
@@ -260,12 +338,18 @@ def run_sched(path: str, batch: int) -> dict:
     for label in ("serial", "overlap"):
         gpu = out[label]["gpu_trace"]
         if gpu:
-            print(f"  {label}, {gpu['busy_samples']:.0f} samples at >= 90% utilization: SM clock mean "
-                  f"{gpu['sm_mhz_mean']:.0f} MHz (min {gpu['sm_mhz_min']:.0f}), power mean {gpu['power_w_mean']:.0f} W, "
-                  f"temperature mean {gpu['temp_c_mean']:.0f} C", flush=True)
-    print(f"scheduling at batch {batch}: CPU {cpu:.2f} ms/decode step (schedule {serial['schedule_ms']:.2f}, launch "
-          f"{serial['launch_ms']:.2f}, process {serial['process_ms']:.2f}); wall {serial['wall_ms']:.2f} ms serial vs "
-          f"{overlap['wall_ms']:.2f} ms overlapped -> {100 * hidden:.0f}% of the CPU time hidden", flush=True)
+            print(
+                f"  {label}, {gpu['busy_samples']:.0f} samples at >= 90% utilization: SM clock mean "
+                f"{gpu['sm_mhz_mean']:.0f} MHz (min {gpu['sm_mhz_min']:.0f}), power mean {gpu['power_w_mean']:.0f} W, "
+                f"temperature mean {gpu['temp_c_mean']:.0f} C",
+                flush=True,
+            )
+    print(
+        f"scheduling at batch {batch}: CPU {cpu:.2f} ms/decode step (schedule {serial['schedule_ms']:.2f}, launch "
+        f"{serial['launch_ms']:.2f}, process {serial['process_ms']:.2f}); wall {serial['wall_ms']:.2f} ms serial vs "
+        f"{overlap['wall_ms']:.2f} ms overlapped -> {100 * hidden:.0f}% of the CPU time hidden",
+        flush=True,
+    )
     return out
 
 
@@ -274,8 +358,11 @@ def run_shared(shape: str) -> dict:
     prompts = shared_prefix_prompts(16, 64, 2048, 128)
     on, info_on = radixlm_offline(path, prompts, 128)
     off, info_off = radixlm_offline(path, prompts, 128, disable_radix_cache=True)
-    print(f"shared prefix ({shape}, 16x64, 2048+128 in, 128 out): cache on {on:.0f} tok/s, off {off:.0f} tok/s, "
-          f"ratio {on / off:.1f}x", flush=True)
+    print(
+        f"shared prefix ({shape}, 16x64, 2048+128 in, 128 out): cache on {on:.0f} tok/s, off {off:.0f} tok/s, "
+        f"ratio {on / off:.1f}x",
+        flush=True,
+    )
     return {"on_tok_s": on, "off_tok_s": off, "ratio": on / off, "on": info_on, "off": info_off}
 
 

@@ -31,9 +31,17 @@ class GpuTrace:
     def __enter__(self) -> "GpuTrace":
         if shutil.which("nvidia-smi"):
             self._proc = subprocess.Popen(
-                ["nvidia-smi", f"--id={self.index}", f"--query-gpu={','.join(FIELDS)}",
-                 "--format=csv,noheader,nounits", f"-lms={self.period_ms}"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                [
+                    "nvidia-smi",
+                    f"--id={self.index}",
+                    f"--query-gpu={','.join(FIELDS)}",
+                    "--format=csv,noheader,nounits",
+                    f"-lms={self.period_ms}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         return self
 
     def __exit__(self, kind: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:

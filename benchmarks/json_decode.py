@@ -25,41 +25,60 @@ from typing import Any
 import jsonschema
 
 NAME = r"[A-Za-z ]{1,16}"
-CHARACTER = (r'\{\n  "name": "' + NAME + r'",\n'
-             r'  "house": "(Gryffindor|Slytherin|Ravenclaw|Hufflepuff)",\n'
-             r'  "blood status": "(Pure-blood|Half-blood|Muggle-born)",\n'
-             r'  "occupation": "(student|teacher|auror|ministry of magic|death eater|order of the phoenix)",\n'
-             r'  "wand": \{\n'
-             r'    "wood": "' + NAME + r'",\n'
-             r'    "core": "' + NAME + r'",\n'
-             r'    "length": [0-9]{1,2}\.[0-9]{1,2}\n'
-             r'  \},\n'
-             r'  "alive": "(Alive|Deceased)",\n'
-             r'  "patronus": "' + NAME + r'",\n'
-             r'  "bogart": "' + NAME + r'"\n'
-             r'\}')
+CHARACTER = (
+    r'\{\n  "name": "' + NAME + r'",\n'
+    r'  "house": "(Gryffindor|Slytherin|Ravenclaw|Hufflepuff)",\n'
+    r'  "blood status": "(Pure-blood|Half-blood|Muggle-born)",\n'
+    r'  "occupation": "(student|teacher|auror|ministry of magic|death eater|order of the phoenix)",\n'
+    r'  "wand": \{\n'
+    r'    "wood": "' + NAME + r'",\n'
+    r'    "core": "' + NAME + r'",\n'
+    r'    "length": [0-9]{1,2}\.[0-9]{1,2}\n'
+    r"  \},\n"
+    r'  "alive": "(Alive|Deceased)",\n'
+    r'  "patronus": "' + NAME + r'",\n'
+    r'  "bogart": "' + NAME + r'"\n'
+    r"\}"
+)
 SCHEMA = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "pattern": "^[A-Za-z ]{1,16}$"},
         "house": {"enum": ["Gryffindor", "Slytherin", "Ravenclaw", "Hufflepuff"]},
         "year_at_school": {"type": "integer", "minimum": 1, "maximum": 7},
-        "wand": {"type": "object", "properties": {
-            "wood": {"type": "string", "pattern": "^[A-Za-z ]{1,16}$"},
-            "length_in_inches": {"type": "integer", "minimum": 8, "maximum": 15}},
-            "required": ["wood", "length_in_inches"], "additionalProperties": False},
+        "wand": {
+            "type": "object",
+            "properties": {
+                "wood": {"type": "string", "pattern": "^[A-Za-z ]{1,16}$"},
+                "length_in_inches": {"type": "integer", "minimum": 8, "maximum": 15},
+            },
+            "required": ["wood", "length_in_inches"],
+            "additionalProperties": False,
+        },
         "alive": {"type": "boolean"},
     },
     "required": ["name", "house", "year_at_school", "wand", "alive"],
     "additionalProperties": False,
 }
-CHARACTERS = ["Hermione Granger", "Severus Snape", "Luna Lovegood", "Cedric Diggory", "Draco Malfoy",
-              "Minerva McGonagall", "Neville Longbottom", "Sirius Black"]
+CHARACTERS = [
+    "Hermione Granger",
+    "Severus Snape",
+    "Luna Lovegood",
+    "Cedric Diggory",
+    "Draco Malfoy",
+    "Minerva McGonagall",
+    "Neville Longbottom",
+    "Sirius Black",
+]
 
 
 def prompts(engine: Any, count: int, what: str) -> list[str]:
-    return [engine.apply_chat_template([{"role": "user", "content": f"Fill in {what} for {CHARACTERS[i % 8]}, "
-                                         "a Harry Potter character, in JSON."}]) for i in range(count)]
+    return [
+        engine.apply_chat_template(
+            [{"role": "user", "content": f"Fill in {what} for {CHARACTERS[i % 8]}, a Harry Potter character, in JSON."}]
+        )
+        for i in range(count)
+    ]
 
 
 def run(engine: Any, texts: list[str], params: Any, check: Any = None) -> dict:
@@ -71,11 +90,17 @@ def run(engine: Any, texts: list[str], params: Any, check: Any = None) -> dict:
     steps = after["num_forward_steps"] - before["num_forward_steps"]
     tokens = sum(len(o["output_ids"]) for o in outs)
     valid = sum(1 for o in outs if check is None or check(o["text"]))
-    return {"wall_s": wall, "tokens": tokens, "steps": steps, "tok_s": tokens / wall, "valid": valid,
-            "lengths": [len(o["output_ids"]) for o in outs],
-            "grammar_s": after["grammar_seconds"] - before["grammar_seconds"],
-            "masked_steps": after["grammar_masked_steps"] - before["grammar_masked_steps"],
-            "jump": sum(o["meta_info"].get("jump_forward_tokens", 0) for o in outs)}
+    return {
+        "wall_s": wall,
+        "tokens": tokens,
+        "steps": steps,
+        "tok_s": tokens / wall,
+        "valid": valid,
+        "lengths": [len(o["output_ids"]) for o in outs],
+        "grammar_s": after["grammar_seconds"] - before["grammar_seconds"],
+        "masked_steps": after["grammar_masked_steps"] - before["grammar_masked_steps"],
+        "jump": sum(o["meta_info"].get("jump_forward_tokens", 0) for o in outs),
+    }
 
 
 def schema_ok(text: str) -> bool:
@@ -90,9 +115,14 @@ def bench(count: int, threads: int, max_new: int) -> dict:
     import radixlm
 
     results: dict[str, dict] = {}
-    workloads = {"character regex": ({"regex": CHARACTER}, lambda t: re.fullmatch(CHARACTER, t) is not None,
-                                     "a character sheet"),
-                 "json schema": ({"json_schema": json.dumps(SCHEMA)}, schema_ok, "a short record")}
+    workloads = {
+        "character regex": (
+            {"regex": CHARACTER},
+            lambda t: re.fullmatch(CHARACTER, t) is not None,
+            "a character sheet",
+        ),
+        "json schema": ({"json_schema": json.dumps(SCHEMA)}, schema_ok, "a short record"),
+    }
     for jump in (True, False):
         with radixlm.Engine(log_level="warning", num_threads=threads, disable_jump_forward=not jump) as engine:
             for name, (spec, check, what) in workloads.items():
@@ -104,7 +134,8 @@ def bench(count: int, threads: int, max_new: int) -> dict:
                 peer = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in constrained["lengths"]]
                 peers = [run(engine, texts, peer) for _ in range(2)]  # the quicker of two: less load noise
                 results[f"{name}, unconstrained peer ({'jf engine' if jump else 'no-jf engine'})"] = min(
-                    peers, key=lambda r: r["wall_s"])
+                    peers, key=lambda r: r["wall_s"]
+                )
     return results
 
 
@@ -120,8 +151,10 @@ def main() -> None:
     print("| run | output tokens | wall s | tok/s | forward steps | ms/step | jump-forward tokens | valid |")
     print("|---|---|---|---|---|---|---|---|")
     for label, r in res.items():
-        print(f"| {label} | {r['tokens']} | {r['wall_s']:.2f} | {r['tok_s']:.1f} | {r['steps']} | "
-              f"{1000 * r['wall_s'] / max(1, r['steps']):.1f} | {r['jump']} | {r['valid']}/{args.requests} |")
+        print(
+            f"| {label} | {r['tokens']} | {r['wall_s']:.2f} | {r['tok_s']:.1f} | {r['steps']} | "
+            f"{1000 * r['wall_s'] / max(1, r['steps']):.1f} | {r['jump']} | {r['valid']}/{args.requests} |"
+        )
     print()
     for name in ("character regex", "json schema"):
         jf, nojf = res[f"{name}, jump-forward"], res[f"{name}, no jump-forward"]
@@ -132,13 +165,15 @@ def main() -> None:
         host = nojf["grammar_s"] / max(1, nojf["masked_steps"])  # measured inside the scheduler
         direct = host / step_u
         vs_free = res[f"{name}, unconstrained peer (jf engine)"]["wall_s"] / jf["wall_s"]
-        print(f"{name}: jump-forward end-to-end speedup {speedup:.2f}x "
-              f"(target >= 1.5x{' on this workload' if name == 'character regex' else ', informational'}: "
-              f"{'MET' if speedup >= 1.5 else 'NOT MET'}); constrained+jump-forward vs unconstrained same tokens: "
-              f"{vs_free:.2f}x; mask overhead per step: grammar host time {1000 * host:.2f} ms per constrained "
-              f"step = {100 * direct:.1f}% of an unconstrained step ({1000 * step_u:.1f} ms; target <= 15%: "
-              f"{'MET' if direct <= 0.15 else 'NOT MET'}); wall-clock difference {100 * overhead:+.1f}% "
-              f"({1000 * step_c:.1f} vs {1000 * step_u:.1f} ms/step, noisy under load)")
+        print(
+            f"{name}: jump-forward end-to-end speedup {speedup:.2f}x "
+            f"(target >= 1.5x{' on this workload' if name == 'character regex' else ', informational'}: "
+            f"{'MET' if speedup >= 1.5 else 'NOT MET'}); constrained+jump-forward vs unconstrained same tokens: "
+            f"{vs_free:.2f}x; mask overhead per step: grammar host time {1000 * host:.2f} ms per constrained "
+            f"step = {100 * direct:.1f}% of an unconstrained step ({1000 * step_u:.1f} ms; target <= 15%: "
+            f"{'MET' if direct <= 0.15 else 'NOT MET'}); wall-clock difference {100 * overhead:+.1f}% "
+            f"({1000 * step_c:.1f} vs {1000 * step_u:.1f} ms/step, noisy under load)"
+        )
     print(f"total bench wall {time.perf_counter() - started:.0f} s")
 
 

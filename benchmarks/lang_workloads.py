@@ -47,12 +47,13 @@ LETTERS = "ABCD"
 
 
 def format_question(question: str, choices: list[str]) -> str:
-    lines = [f"Question: {question}"] + [f"{l}. {c}" for l, c in zip(LETTERS, choices)]
+    lines = [f"Question: {question}"] + [f"{letter}. {c}" for letter, c in zip(LETTERS, choices)]
     return "\n".join(lines) + "\nAnswer:"
 
 
-FEW_SHOT_PROMPT = ("The following are multiple choice questions (with answers) about general knowledge.\n\n"
-                   + "".join(format_question(q, c) + f" {a}\n\n" for q, c, a in FEW_SHOT))
+FEW_SHOT_PROMPT = "The following are multiple choice questions (with answers) about general knowledge.\n\n" + "".join(
+    format_question(q, c) + f" {a}\n\n" for q, c, a in FEW_SHOT
+)
 
 
 @sgl.function
@@ -63,8 +64,10 @@ def mmlu(s, question, choices):
 
 @sgl.function
 def tree_of_thought(s, question):
-    s += ("You are a careful problem solver. Think about the question in several different ways, "
-          "then answer it.\n\nQuestion: " + question + "\n")
+    s += (
+        "You are a careful problem solver. Think about the question in several different ways, "
+        "then answer it.\n\nQuestion: " + question + "\n"
+    )
     approaches = s.fork(3)
     for i, a in enumerate(approaches):
         a += f"Approach {i + 1}:" + sgl.gen("plan", max_tokens=16, stop="\n") + "\n"
@@ -90,10 +93,12 @@ def mmlu_questions(n: int, seed: int) -> list[dict]:
     return out
 
 
-TOT_QUESTIONS = ["How many legs do three spiders and two ants have in total?",
-                 "A train leaves at 9:40 and arrives at 11:15. How long is the trip?",
-                 "What is the next number: 2, 6, 12, 20, 30?",
-                 "If a shirt costs 20 dollars after a 20 percent discount, what was the price?"]
+TOT_QUESTIONS = [
+    "How many legs do three spiders and two ants have in total?",
+    "A train leaves at 9:40 and arrives at 11:15. How long is the trip?",
+    "What is the next number: 2, 6, 12, 20, 30?",
+    "If a shirt costs 20 dollars after a 20 percent discount, what was the price?",
+]
 
 
 # -- server ---------------------------------------------------------------------------------------
@@ -136,8 +141,12 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def counters(url: str) -> dict[str, float]:
     """Cumulative prompt / cached / generated tokens and requests from the server's /metrics."""
-    names = {"radixlm_prompt_tokens_total": "prompt", "radixlm_cached_tokens_total": "cached",
-             "radixlm_generation_tokens_total": "generated", "radixlm_num_requests_total": "requests"}
+    names = {
+        "radixlm_prompt_tokens_total": "prompt",
+        "radixlm_cached_tokens_total": "cached",
+        "radixlm_generation_tokens_total": "generated",
+        "radixlm_num_requests_total": "requests",
+    }
     out = dict.fromkeys(names.values(), 0.0)
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         key = line.split(" ")[0]
@@ -150,8 +159,9 @@ def counters(url: str) -> dict[str, float]:
 def run_workload(name: str, program: Any, args: list[dict], backend: Any, url: str, linear_params: float) -> dict:
     before = counters(url)
     start = time.perf_counter()
-    states = program.run_batch([{k: v for k, v in a.items() if not k.startswith("_")} for a in args],
-                               backend=backend, temperature=0)
+    states = program.run_batch(
+        [{k: v for k, v in a.items() if not k.startswith("_")} for a in args], backend=backend, temperature=0
+    )
     wall = time.perf_counter() - start
     after = counters(url)
     errors = [s.error() for s in states if s.error() is not None]
@@ -159,10 +169,18 @@ def run_workload(name: str, program: Any, args: list[dict], backend: Any, url: s
         raise RuntimeError(f"{name}: {len(errors)} programs failed, first: {errors[0]}")
     delta = {k: after[k] - before[k] for k in after}
     computed = delta["prompt"] - delta["cached"] + delta["generated"]
-    row = {"workload": name, "programs": len(args), "wall_s": wall, "programs_per_s": len(args) / wall,
-           "requests": delta["requests"], "prompt_tokens": delta["prompt"], "cached_tokens": delta["cached"],
-           "cache_hit": delta["cached"] / delta["prompt"] if delta["prompt"] else 0.0,
-           "generated_tokens": delta["generated"], "gflops": 2 * linear_params * computed / wall / 1e9}
+    row = {
+        "workload": name,
+        "programs": len(args),
+        "wall_s": wall,
+        "programs_per_s": len(args) / wall,
+        "requests": delta["requests"],
+        "prompt_tokens": delta["prompt"],
+        "cached_tokens": delta["cached"],
+        "cache_hit": delta["cached"] / delta["prompt"] if delta["prompt"] else 0.0,
+        "generated_tokens": delta["generated"],
+        "gflops": 2 * linear_params * computed / wall / 1e9,
+    }
     if name == "mmlu":
         row["accuracy"] = sum(s["answer"].strip() == a["_answer"] for s, a in zip(states, args)) / len(args)
     return row
@@ -177,13 +195,13 @@ def gemm_ceiling(size: int = 2048, reps: int = 5) -> float:
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - t) / 1e9)
+        best = max(best, 2 * size**3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
 def linear_params(model_path: Optional[str]) -> float:
     """Non-embedding linear weights (q, k, v, o, gate, up, down of every layer)."""
-    from radixlm.bundled import bundled_model_path
+    from radixlm.config.bundled import bundled_model_path
     from radixlm.model_loader.loader import load_model_config
 
     cfg = load_model_config(model_path or bundled_model_path(), False)
@@ -243,16 +261,23 @@ def main() -> None:
             stop_server(proc)
     print(f"\nload average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"\nlinear params P = {params / 1e6:.1f} M; float32 GEMM ceiling in this process: {ceiling:.0f} GFLOP/s\n")
-    print("| config | workload | programs | programs/s | requests | prompt tok | cached | gen tok | GFLOP/s (of ceiling) |")
+    print(
+        "| config | workload | programs | programs/s | requests | prompt tok | cached | gen tok "
+        "| GFLOP/s (of ceiling) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         acc = f" (acc {r['accuracy']:.2f})" if "accuracy" in r else ""
-        print(f"| {r['config']} | {r['workload']}{acc} | {r['programs']} | {r['programs_per_s']:.2f} | "
-              f"{r['requests']:.0f} | {r['prompt_tokens']:.0f} | {r['cache_hit']:.0%} | {r['generated_tokens']:.0f} | "
-              f"{r['gflops']:.1f} ({r['gflops'] / ceiling:.0%}) |")
+        print(
+            f"| {r['config']} | {r['workload']}{acc} | {r['programs']} | {r['programs_per_s']:.2f} | "
+            f"{r['requests']:.0f} | {r['prompt_tokens']:.0f} | {r['cache_hit']:.0%} | {r['generated_tokens']:.0f} | "
+            f"{r['gflops']:.1f} ({r['gflops'] / ceiling:.0%}) |"
+        )
     for w in sorted({r["workload"] for r in rows}):
-        on, off = (next(r for r in rows if r["workload"] == w and r["config"] == c)
-                   for c in ("radix cache", "--disable-radix-cache"))
+        on, off = (
+            next(r for r in rows if r["workload"] == w and r["config"] == c)
+            for c in ("radix cache", "--disable-radix-cache")
+        )
         print(f"{w}: radix cache speed-up {on['programs_per_s'] / off['programs_per_s']:.2f}x")
     if opts.json:
         with open(opts.json, "w") as f:

@@ -33,10 +33,26 @@ from typing import Any, Callable, Optional
 
 import torch
 
-FULL = dict(num_prompts=64, input_len=128, output_len=64, shared_prefix_len=512, suffix_len=32,
-            cache_output_len=32, hf_batch_sizes=[8, 16, 32, 64], gemm_size=2048)
-QUICK = dict(num_prompts=8, input_len=32, output_len=16, shared_prefix_len=64, suffix_len=8,
-             cache_output_len=8, hf_batch_sizes=[4, 8], gemm_size=1024)
+FULL = dict(
+    num_prompts=64,
+    input_len=128,
+    output_len=64,
+    shared_prefix_len=512,
+    suffix_len=32,
+    cache_output_len=32,
+    hf_batch_sizes=[8, 16, 32, 64],
+    gemm_size=2048,
+)
+QUICK = dict(
+    num_prompts=8,
+    input_len=32,
+    output_len=16,
+    shared_prefix_len=64,
+    suffix_len=8,
+    cache_output_len=8,
+    hf_batch_sizes=[4, 8],
+    gemm_size=1024,
+)
 MIN_TOKEN_ID = 100  # keep clear of special and control tokens
 TARGET_VS_HF, TARGET_CACHE = 3.0, 2.0
 FLOPS_FORMULA = "(2*P*(computed prompt + fed-back output tokens) + 2*H*V*sampled tokens)"
@@ -70,8 +86,10 @@ class ModelShape:
 
     def flops(self, computed_prompt_tokens: int, fed_output_tokens: int, sampled_tokens: int) -> float:
         """Model FLOPs (see the module docstring)."""
-        return (2.0 * self.non_embedding_params * (computed_prompt_tokens + fed_output_tokens)
-                + 2.0 * self.hidden * self.vocab * sampled_tokens)
+        return (
+            2.0 * self.non_embedding_params * (computed_prompt_tokens + fed_output_tokens)
+            + 2.0 * self.hidden * self.vocab * sampled_tokens
+        )
 
 
 @dataclass
@@ -102,8 +120,9 @@ def random_prompts(count: int, length: int, vocab: int, rng: random.Random) -> l
     return [[rng.randrange(MIN_TOKEN_ID, vocab) for _ in range(length)] for _ in range(count)]
 
 
-def shared_prefix_prompts(count: int, prefix_len: int, suffix_len: int, vocab: int,
-                          rng: random.Random) -> list[list[int]]:
+def shared_prefix_prompts(
+    count: int, prefix_len: int, suffix_len: int, vocab: int, rng: random.Random
+) -> list[list[int]]:
     """One random prefix shared by all prompts, then a random unique suffix each."""
     prefix = random_prompts(1, prefix_len, vocab, rng)[0]
     return [prefix + suffix for suffix in random_prompts(count, suffix_len, vocab, rng)]
@@ -127,7 +146,7 @@ def gemm_ceiling(size: int, repeats: int = 5) -> float:
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best / 1e9
+    return 2.0 * size**3 / best / 1e9
 
 
 def load_average() -> str:
@@ -149,6 +168,7 @@ def proc_cpu_seconds(pid: int) -> Optional[float]:
 def build_hf_peer(path: str) -> Any:
     """HF LlamaForCausalLM on the very tensors radixlm loads (float32, eval, eos disabled)."""
     import transformers
+
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
     checkpoint = GGUFCheckpoint(path)
@@ -170,27 +190,47 @@ def hf_generate(model: Any, prompts: list[list[int]], output_len: int, batch_siz
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
-            ids = torch.tensor(prompts[start:start + batch_size])
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=output_len, min_new_tokens=output_len)
-            outputs += out[:, ids.shape[1]:].tolist()
+            ids = torch.tensor(prompts[start : start + batch_size])
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=output_len,
+                min_new_tokens=output_len,
+            )
+            outputs += out[:, ids.shape[1] :].tolist()
     return outputs
 
 
-def bench_hf(model: Any, prompts: list[list[int]], output_len: int, batch_size: int,
-             shape: ModelShape) -> tuple[RunResult, list[list[int]]]:
+def bench_hf(
+    model: Any, prompts: list[list[int]], output_len: int, batch_size: int, shape: ModelShape
+) -> tuple[RunResult, list[list[int]]]:
     """Time HF over all prompts at one batch size."""
     cpu0, start = time.process_time(), time.perf_counter()
     outputs = hf_generate(model, prompts, output_len, batch_size)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     n, prompt_tokens = len(prompts), sum(map(len, prompts))
     flops = shape.flops(prompt_tokens, n * (output_len - 1), n * output_len)
-    return RunResult(f"HF generate bs={batch_size}", seconds, cpu, n * output_len, prompt_tokens, 0,
-                     flops / 1e9, {"batch_size": batch_size}), outputs
+    return RunResult(
+        f"HF generate bs={batch_size}",
+        seconds,
+        cpu,
+        n * output_len,
+        prompt_tokens,
+        0,
+        flops / 1e9,
+        {"batch_size": batch_size},
+    ), outputs
 
 
-def bench_hf_sweep(path: str, prompts: list[list[int]], output_len: int, batch_sizes: list[int],
-                   shape: ModelShape, log: Callable[[str], None]) -> tuple[list[RunResult], list[list[int]]]:
+def bench_hf_sweep(
+    path: str,
+    prompts: list[list[int]],
+    output_len: int,
+    batch_sizes: list[int],
+    shape: ModelShape,
+    log: Callable[[str], None],
+) -> tuple[list[RunResult], list[list[int]]]:
     """HF at every batch size (after a small warm-up); returns all runs and the best run's outputs."""
     model = build_hf_peer(path)
     hf_generate(model, [p[:16] for p in prompts[:2]], 4, 2)
@@ -214,15 +254,21 @@ def warmup_prompts(prompts: list[list[int]], vocab: int) -> list[list[int]]:
 
 def engine_kwargs(cfg: BenchConfig, pool_tokens: int, **extra: Any) -> dict:
     """Engine arguments shared by every radixlm run (pool sized so nothing is ever retracted)."""
-    kwargs = dict(log_level="warning", num_threads=cfg.threads, max_running_requests=cfg.num_prompts,
-                  max_total_tokens=pool_tokens + 256, **extra)
+    kwargs = dict(
+        log_level="warning",
+        num_threads=cfg.threads,
+        max_running_requests=cfg.num_prompts,
+        max_total_tokens=pool_tokens + 256,
+        **extra,
+    )
     if cfg.max_prefill_tokens:
         kwargs["max_prefill_tokens"] = cfg.max_prefill_tokens
     return kwargs
 
 
-def timed_generate(engine: Any, name: str, batches: list[list[list[int]]], output_len: int,
-                   shape: ModelShape) -> tuple[RunResult, list[list[int]]]:
+def timed_generate(
+    engine: Any, name: str, batches: list[list[list[int]]], output_len: int, shape: ModelShape
+) -> tuple[RunResult, list[list[int]]]:
     """Time `generate` over each batch of prompts in turn (one call per batch) on a warm engine."""
     params = {"temperature": 0, "max_new_tokens": output_len, "ignore_eos": True}
     pid = engine.client.process.pid
@@ -238,12 +284,15 @@ def timed_generate(engine: Any, name: str, batches: list[list[list[int]]], outpu
     if completion != n * output_len:
         raise RuntimeError(f"{name}: expected {n * output_len} output tokens, got {completion}")
     flops = shape.flops(prompt_tokens - cached, n * (output_len - 1), completion)
-    return (RunResult(name, seconds, cpu, completion, prompt_tokens, cached, flops / 1e9, {"calls": len(batches)}),
-            [o["output_ids"] for o in outs])
+    return (
+        RunResult(name, seconds, cpu, completion, prompt_tokens, cached, flops / 1e9, {"calls": len(batches)}),
+        [o["output_ids"] for o in outs],
+    )
 
 
-def bench_radixlm(kwargs: dict, plans: list[tuple[str, list[list[list[int]]]]], output_len: int,
-                  shape: ModelShape) -> list[tuple[RunResult, list[list[int]]]]:
+def bench_radixlm(
+    kwargs: dict, plans: list[tuple[str, list[list[list[int]]]]], output_len: int, shape: ModelShape
+) -> list[tuple[RunResult, list[list[int]]]]:
     """One engine: warm up, then time each plan (name, batches), flushing the radix cache in between."""
     import radixlm
 
@@ -277,8 +326,12 @@ def bench_vs_hf(cfg: BenchConfig, path: str, shape: ModelShape, log: Callable[[s
         return result
     runs, hf_outputs = bench_hf_sweep(path, prompts, cfg.output_len, cfg.hf_batch_sizes, shape, log)
     best = min(runs, key=lambda r: r.seconds)
-    result.update(hf_runs=runs, hf_best=best, ratio=ours.tok_per_s / best.tok_per_s,
-                  hf_mismatches=mismatches(our_outputs, hf_outputs))
+    result.update(
+        hf_runs=runs,
+        hf_best=best,
+        ratio=ours.tok_per_s / best.tok_per_s,
+        hf_mismatches=mismatches(our_outputs, hf_outputs),
+    )
     return result
 
 
@@ -289,23 +342,34 @@ def bench_cache(cfg: BenchConfig, shape: ModelShape, log: Callable[[str], None])
     deduplicate a prefix shared inside one prefill batch, so this shows what doing so would give."""
     rng = random.Random(cfg.seed + 1)
     prompts = shared_prefix_prompts(cfg.num_prompts, cfg.shared_prefix_len, cfg.suffix_len, shape.vocab, rng)
-    log(f"[2] radix cache: {cfg.num_prompts} prompts = {cfg.shared_prefix_len} shared + {cfg.suffix_len} unique, "
-        f"{cfg.cache_output_len} out")
+    log(
+        f"[2] radix cache: {cfg.num_prompts} prompts = {cfg.shared_prefix_len} shared + {cfg.suffix_len} unique, "
+        f"{cfg.cache_output_len} out"
+    )
     pool = cfg.num_prompts * (cfg.shared_prefix_len + cfg.suffix_len + cfg.cache_output_len)
-    configs = [(False, [("radix cache on", [prompts]), ("cache on, primed", [prompts[:1], prompts[1:]])]),
-               (True, [("radix cache off", [prompts])])]
+    configs = [
+        (False, [("radix cache on", [prompts]), ("cache on, primed", [prompts[:1], prompts[1:]])]),
+        (True, [("radix cache off", [prompts])]),
+    ]
     runs, outputs = {}, {}
     for disable, plans in configs:
         kwargs = engine_kwargs(cfg, pool, disable_radix_cache=disable)
         for run, outs in bench_radixlm(kwargs, plans, cfg.cache_output_len, shape):
-            log(f"  {run.name}: {run.seconds:.2f} s, {run.tok_per_s:.1f} out tok/s, cached {run.cached_tokens} "
-                f"(load {load_average()})")
+            log(
+                f"  {run.name}: {run.seconds:.2f} s, {run.tok_per_s:.1f} out tok/s, cached {run.cached_tokens} "
+                f"(load {load_average()})"
+            )
             runs[run.name], outputs[run.name] = run, outs
     on, primed, off = runs["radix cache on"], runs["cache on, primed"], runs["radix cache off"]
-    return {"on": on, "primed": primed, "off": off, "ratio": on.tok_per_s / off.tok_per_s,
-            "primed_ratio": primed.tok_per_s / off.tok_per_s,
-            "mismatches": mismatches(outputs["radix cache on"], outputs["radix cache off"]),
-            "primed_mismatches": mismatches(outputs["cache on, primed"], outputs["radix cache off"])}
+    return {
+        "on": on,
+        "primed": primed,
+        "off": off,
+        "ratio": on.tok_per_s / off.tok_per_s,
+        "primed_ratio": primed.tok_per_s / off.tok_per_s,
+        "mismatches": mismatches(outputs["radix cache on"], outputs["radix cache off"]),
+        "primed_mismatches": mismatches(outputs["cache on, primed"], outputs["radix cache off"]),
+    }
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -316,24 +380,34 @@ def table_rows(vs_hf: dict, cache: dict) -> list[tuple[str, RunResult]]:
 
 def format_table(vs_hf: dict, cache: dict, ceiling: float, num_prompts: int) -> str:
     """The compact end-of-run table plus the ratios against their targets."""
-    header = f"{'part':<6} {'system':<20} {'time s':>8} {'out tok/s':>10} {'GFLOP/s':>8} {'% ceil':>7} " \
-             f"{'cached':>7} {'cpu s':>7}"
+    header = (
+        f"{'part':<6} {'system':<20} {'time s':>8} {'out tok/s':>10} {'GFLOP/s':>8} {'% ceil':>7} "
+        f"{'cached':>7} {'cpu s':>7}"
+    )
     lines = [header, "-" * len(header)]
     for part, r in table_rows(vs_hf, cache):
         cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.1f}"
-        lines.append(f"{part:<6} {r.name:<20} {r.seconds:>8.2f} {r.tok_per_s:>10.1f} {r.gflop_per_s:>8.1f} "
-                     f"{100 * r.gflop_per_s / ceiling:>6.0f}% {r.cached_tokens:>7} {cpu:>7}")
+        lines.append(
+            f"{part:<6} {r.name:<20} {r.seconds:>8.2f} {r.tok_per_s:>10.1f} {r.gflop_per_s:>8.1f} "
+            f"{100 * r.gflop_per_s / ceiling:>6.0f}% {r.cached_tokens:>7} {cpu:>7}"
+        )
     lines.append(f"GFLOP/s = {FLOPS_FORMULA}, over wall time; ceiling = best fp32 GEMM: {ceiling:.1f} GFLOP/s")
     if vs_hf["ratio"] is not None:
         best = vs_hf["hf_best"]
-        lines.append(f"radixlm / best HF ({best.name}): {vs_hf['ratio']:.2f}x  (target >= {TARGET_VS_HF:.0f}x: "
-                     f"{'met' if vs_hf['ratio'] >= TARGET_VS_HF else 'NOT met'}); greedy outputs differing "
-                     f"from HF: {vs_hf['hf_mismatches']}/{num_prompts}")
-    lines.append(f"radix cache on / off: {cache['ratio']:.2f}x  (target >= {TARGET_CACHE:.0f}x: "
-                 f"{'met' if cache['ratio'] >= TARGET_CACHE else 'NOT met'}); greedy outputs differing "
-                 f"on vs off: {cache['mismatches']}/{num_prompts}")
-    lines.append(f"radix cache primed / off: {cache['primed_ratio']:.2f}x; greedy outputs differing primed vs off: "
-                 f"{cache['primed_mismatches']}/{num_prompts}")
+        lines.append(
+            f"radixlm / best HF ({best.name}): {vs_hf['ratio']:.2f}x  (target >= {TARGET_VS_HF:.0f}x: "
+            f"{'met' if vs_hf['ratio'] >= TARGET_VS_HF else 'NOT met'}); greedy outputs differing "
+            f"from HF: {vs_hf['hf_mismatches']}/{num_prompts}"
+        )
+    lines.append(
+        f"radix cache on / off: {cache['ratio']:.2f}x  (target >= {TARGET_CACHE:.0f}x: "
+        f"{'met' if cache['ratio'] >= TARGET_CACHE else 'NOT met'}); greedy outputs differing "
+        f"on vs off: {cache['mismatches']}/{num_prompts}"
+    )
+    lines.append(
+        f"radix cache primed / off: {cache['primed_ratio']:.2f}x; greedy outputs differing primed vs off: "
+        f"{cache['primed_mismatches']}/{num_prompts}"
+    )
     lines.append(cpu_ratios(vs_hf, cache))
     return "\n".join(lines)
 
@@ -341,13 +415,17 @@ def format_table(vs_hf: dict, cache: dict, ceiling: float, num_prompts: int) -> 
 def cpu_ratios(vs_hf: dict, cache: dict) -> str:
     """The same ratios by CPU seconds of the computing process: less skewed by other load on the
     machine than wall time (fair with --threads 1; with more threads, spin-waits are counted too)."""
+
     def ratio(a: RunResult, b: Optional[RunResult]) -> str:
         if b is None or not a.cpu_seconds or not b.cpu_seconds:
             return "-"
         return f"{(a.output_tokens / a.cpu_seconds) / (b.output_tokens / b.cpu_seconds):.2f}x"
+
     best_hf = min(vs_hf["hf_runs"], key=lambda r: r.cpu_seconds or float("inf"), default=None)
-    return (f"by CPU seconds: radixlm / best HF {ratio(vs_hf['radixlm'], best_hf)}, cache on / off "
-            f"{ratio(cache['on'], cache['off'])}, primed / off {ratio(cache['primed'], cache['off'])}")
+    return (
+        f"by CPU seconds: radixlm / best HF {ratio(vs_hf['radixlm'], best_hf)}, cache on / off "
+        f"{ratio(cache['on'], cache['off'])}, primed / off {ratio(cache['primed'], cache['off'])}"
+    )
 
 
 def to_json(value: Any) -> Any:
@@ -372,15 +450,20 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[BenchConfig, Optional[
             parser.add_argument(flag, type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of under a minute")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads, for HF here and the radixlm scheduler alike")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads, for HF here and the radixlm scheduler alike",
+    )
     parser.add_argument("--max-prefill-tokens", type=int, default=None, help="radixlm engine knob (default: its own)")
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF baseline")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     ns = parser.parse_args(argv)
     sizes = {k: getattr(ns, k) if getattr(ns, k) is not None else (QUICK if ns.quick else FULL)[k] for k in FULL}
-    config = BenchConfig(**sizes, seed=ns.seed, threads=ns.threads, max_prefill_tokens=ns.max_prefill_tokens,
-                         skip_hf=ns.skip_hf)
+    config = BenchConfig(
+        **sizes, seed=ns.seed, threads=ns.threads, max_prefill_tokens=ns.max_prefill_tokens, skip_hf=ns.skip_hf
+    )
     return config, ns.json
 
 
@@ -392,13 +475,19 @@ def machine_info(cfg: BenchConfig) -> dict:
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return {"cpu": model, "cores": os.cpu_count(), "threads": cfg.threads, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": sys.version.split()[0]}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "threads": cfg.threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
     """Run both parts, print progress, the table, and optionally write JSON."""
-    from radixlm.bundled import bundled_model_path
+    from radixlm.config.bundled import bundled_model_path
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
     cfg, json_path = parse_args(argv)
@@ -410,8 +499,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     shape = model_shape(GGUFCheckpoint(path).config())
     info = {**machine_info(cfg), "load_start": load_average(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     log(f"machine: {info}")
-    log(f"model: bundled SmolLM2-135M fp32, non-embedding params {shape.non_embedding_params / 1e6:.1f} M, "
-        f"hidden {shape.hidden}, vocab {shape.vocab}")
+    log(
+        f"model: bundled SmolLM2-135M fp32, non-embedding params {shape.non_embedding_params / 1e6:.1f} M, "
+        f"hidden {shape.hidden}, vocab {shape.vocab}"
+    )
     ceiling = gemm_ceiling(cfg.gemm_size)
     log(f"GEMM ceiling: {ceiling:.1f} GFLOP/s ({cfg.gemm_size}^3 fp32, best of 5)")
     vs_hf = bench_vs_hf(cfg, path, shape, log)
@@ -421,8 +512,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     log(f"GEMM ceiling again at the end: {ceiling_end:.1f} GFLOP/s; load average {info['load_end']}")
     ceiling = max(ceiling, ceiling_end)
     print("\n" + format_table(vs_hf, cache, ceiling, cfg.num_prompts), flush=True)
-    results = {"config": asdict(cfg), "machine": info, "gemm_ceiling_gflops": ceiling, "vs_hf": vs_hf,
-               "radix_cache": cache, "flops_formula": FLOPS_FORMULA}
+    results = {
+        "config": asdict(cfg),
+        "machine": info,
+        "gemm_ceiling_gflops": ceiling,
+        "vs_hf": vs_hf,
+        "radix_cache": cache,
+        "flops_formula": FLOPS_FORMULA,
+    }
     if json_path:
         with open(json_path, "w") as f:
             json.dump(to_json(results), f, indent=2)

@@ -39,7 +39,7 @@ def shared_prefix_prompts(groups: int, per_group: int, prefix_len: int, own_len:
 
 def _counting_copies(counts: dict[str, int]) -> None:
     """Count calls of `device_copy.pinned_to_device` (every `to_device` / `to_device_split`) in `counts["now"]`."""
-    from radixlm import device_copy
+    from radixlm.forward import device_copy
 
     copy = device_copy.pinned_to_device
 
@@ -52,12 +52,14 @@ def _counting_copies(counts: dict[str, int]) -> None:
 
 def _attributing(step: Callable[[], Any], timer: Any, counts: dict[str, int]) -> Callable[[], Any]:
     """`step`, adding the copies it made to `counts["extend"]` when it launched an extend batch."""
+
     def wrapper() -> Any:
         counts["now"], before = 0, timer.totals.get("extend", {}).get("steps", 0)
         out = step()
         if timer.totals.get("extend", {}).get("steps", 0) > before:
             counts["extend"] += counts["now"]
         return out
+
     return wrapper
 
 
@@ -67,6 +69,7 @@ def _timed(fn: Callable[..., Any], totals: dict[str, float]) -> Callable[..., An
         out = fn(batch)
         totals[batch.mode.name.lower()] = totals.get(batch.mode.name.lower(), 0.0) + time.perf_counter() - start
         return out
+
     return wrapper
 
 
@@ -74,16 +77,23 @@ def measure(path: str, a: argparse.Namespace, copies: dict[str, int]) -> dict[st
     """One run; `copies` is the dict `_counting_copies` counts in."""
     from transformers import AutoTokenizer
 
-    from radixlm.io_struct import TokenizedGenerateReq
+    from radixlm.config.server_args import ServerArgs
+    from radixlm.ipc.messages import TokenizedGenerateReq
     from radixlm.sampling.sampling_params import SamplingParams
     from radixlm.scheduler.process import build_scheduler, freeze_startup_objects
-    from radixlm.server_args import ServerArgs
 
     n = a.groups * a.per_group
     # room for every prefix and every request's own tokens: nothing is evicted, as on the H200
     pool = a.groups * a.prefix_len + n * (a.own_len + a.out_len) + 2 * a.max_prefill_tokens
-    args = ServerArgs(model_path=path, dtype="float32", max_total_tokens=pool, max_running_requests=a.max_running,
-                      max_prefill_tokens=a.max_prefill_tokens, context_length=4096, log_level="warning")
+    args = ServerArgs(
+        model_path=path,
+        dtype="float32",
+        max_total_tokens=pool,
+        max_running_requests=a.max_running,
+        max_prefill_tokens=a.max_prefill_tokens,
+        context_length=4096,
+        log_level="warning",
+    )
     tok = AutoTokenizer.from_pretrained(path)
     sched = build_scheduler(args, tok, {tok.eos_token_id})
     forward = {}
@@ -130,8 +140,10 @@ def main() -> None:
     config["max_position_embeddings"] = 4096  # room for 2,048 + 128 + 128 positions
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
-    print("| run | extend steps | rows/step | schedule ms | launch ms (forward) | host launch ms | process ms | "
-          "host ms/step | host-to-device copies/step | load avg |")
+    print(
+        "| run | extend steps | rows/step | schedule ms | launch ms (forward) | host launch ms | process ms | "
+        "host ms/step | host-to-device copies/step | load avg |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     runs, copies = [], {"now": 0, "extend": 0}
     _counting_copies(copies)
@@ -141,9 +153,12 @@ def main() -> None:
         ms["host"] = ms["schedule"] + host_launch + ms["process"]
         ms["load"] = os.getloadavg()[0]
         runs.append(ms)
-        print(f"| {r} | {ms['steps']} | {ms['rows']:.0f} | {ms['schedule']:.2f} | {ms['launch']:.2f} "
-              f"({ms['forward']:.2f}) | {host_launch:.2f} | {ms['process']:.2f} | **{ms['host']:.2f}** | "
-              f"{ms['copies']:.0f} | {ms['load']:.2f} |", flush=True)
+        print(
+            f"| {r} | {ms['steps']} | {ms['rows']:.0f} | {ms['schedule']:.2f} | {ms['launch']:.2f} "
+            f"({ms['forward']:.2f}) | {host_launch:.2f} | {ms['process']:.2f} | **{ms['host']:.2f}** | "
+            f"{ms['copies']:.0f} | {ms['load']:.2f} |",
+            flush=True,
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(runs, f, indent=1)

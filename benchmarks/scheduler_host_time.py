@@ -24,20 +24,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 def measure(path: str, batch: int, steps: int) -> dict[str, float]:
     from transformers import AutoTokenizer
 
-    from radixlm.io_struct import TokenizedGenerateReq
+    from radixlm.config.server_args import ServerArgs
+    from radixlm.ipc.messages import TokenizedGenerateReq
     from radixlm.sampling.sampling_params import SamplingParams
     from radixlm.scheduler.process import build_scheduler, freeze_startup_objects
-    from radixlm.server_args import ServerArgs
 
-    args = ServerArgs(model_path=path, dtype="float32", max_total_tokens=batch * (32 + steps + 16),
-                      max_running_requests=batch, log_level="warning")
+    args = ServerArgs(
+        model_path=path,
+        dtype="float32",
+        max_total_tokens=batch * (32 + steps + 16),
+        max_running_requests=batch,
+        log_level="warning",
+    )
     tok = AutoTokenizer.from_pretrained(path)
     sched = build_scheduler(args, tok, {tok.eos_token_id})
     freeze_startup_objects()  # as the scheduler process does once it is built
     params = SamplingParams(temperature=0, max_new_tokens=steps + 10, ignore_eos=True)
     for i in range(batch):
-        sched.handle(TokenizedGenerateReq(rid=str(i), input_ids=[5 + (i * 7 + j) % 300 for j in range(32)],
-                                          params=params))
+        sched.handle(
+            TokenizedGenerateReq(rid=str(i), input_ids=[5 + (i * 7 + j) % 300 for j in range(32)], params=params)
+        )
     while sched.waiting:
         sched.step()
     for _ in range(3):
@@ -63,8 +69,11 @@ def main() -> None:
     for batch in a.batch:
         ms = measure(path, batch, a.steps)
         host = ms["schedule"] + ms["process"]
-        print(f"| {batch} | {ms['schedule']:.2f} | {ms['process']:.2f} | {host:.2f} | {1000 * host / batch:.1f} | "
-              f"{ms['launch']:.2f} |", flush=True)
+        print(
+            f"| {batch} | {ms['schedule']:.2f} | {ms['process']:.2f} | {host:.2f} | {1000 * host / batch:.1f} | "
+            f"{ms['launch']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

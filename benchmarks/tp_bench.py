@@ -20,11 +20,27 @@ from typing import Any
 
 import torch
 
-LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0,
-                 max_position_embeddings=8192)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False, max_position_embeddings=1024)
+LLAMA3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    tie_word_embeddings=False,
+    rope_theta=500000.0,
+    max_position_embeddings=8192,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    tie_word_embeddings=False,
+    max_position_embeddings=1024,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,10 +58,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args()
     small = a.tiny
-    defaults = dict(batches=[1, 8] if small else [1, 32], context=32 if small else 256,
-                    decode_steps=8 if small else 64, num_prompts=16 if small else 1000,
-                    input_len=32 if small else 512, output_len=16 if small else 256,
-                    max_total_tokens=4096 if small else None)
+    defaults = dict(
+        batches=[1, 8] if small else [1, 32],
+        context=32 if small else 256,
+        decode_steps=8 if small else 64,
+        num_prompts=16 if small else 1000,
+        input_len=32 if small else 512,
+        output_len=16 if small else 256,
+        max_total_tokens=4096 if small else None,
+    )
     for key, value in defaults.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
@@ -109,9 +130,16 @@ def decode_step_ms(engine: Any, a: argparse.Namespace, batch: int, vocab: int) -
 def run_tp(path: str, tp: int, a: argparse.Namespace, shape: dict, dtype: str) -> dict:
     import radixlm
 
-    kwargs = dict(load_format="dummy", dtype=dtype, skip_tokenizer_init=True, tp_size=tp, log_level="warning",
-                  max_total_tokens=a.max_total_tokens, disable_cuda_graph=a.disable_cuda_graph,
-                  context_length=max(a.context, a.input_len) + max(a.decode_steps, a.output_len) + 8)
+    kwargs = dict(
+        load_format="dummy",
+        dtype=dtype,
+        skip_tokenizer_init=True,
+        tp_size=tp,
+        log_level="warning",
+        max_total_tokens=a.max_total_tokens,
+        disable_cuda_graph=a.disable_cuda_graph,
+        context_length=max(a.context, a.input_len) + max(a.decode_steps, a.output_len) + 8,
+    )
     start = time.perf_counter()
     with radixlm.Engine(**{"model_path": path, **kwargs}) as engine:
         result: dict = {"start_s": round(time.perf_counter() - start, 1), "decode_step_ms": {}}
@@ -120,18 +148,27 @@ def run_tp(path: str, tp: int, a: argparse.Namespace, shape: dict, dtype: str) -
         work = prompts(a.num_prompts, a.input_len, shape["vocab_size"], seed=7)
         seconds = timed_generate(engine, work, a.output_len)
     out_tokens = a.num_prompts * a.output_len
-    result["offline"] = {"prompts": a.num_prompts, "input_len": a.input_len, "output_len": a.output_len,
-                         "seconds": round(seconds, 2), "output_tok_s": round(out_tokens / seconds, 1),
-                         "total_tok_s": round((out_tokens + a.num_prompts * a.input_len) / seconds, 1)}
+    result["offline"] = {
+        "prompts": a.num_prompts,
+        "input_len": a.input_len,
+        "output_len": a.output_len,
+        "seconds": round(seconds, 2),
+        "output_tok_s": round(out_tokens / seconds, 1),
+        "total_tok_s": round((out_tokens + a.num_prompts * a.input_len) / seconds, 1),
+    }
     return result
 
 
 def speedups(results: dict, base_tp: str) -> dict:
     """Per tp size: decode step time and offline throughput relative to `base_tp`."""
     base = results[base_tp]
-    return {tp: {"decode": {b: round(base["decode_step_ms"][b] / ms, 2) for b, ms in r["decode_step_ms"].items()},
-                 "offline": round(r["offline"]["output_tok_s"] / base["offline"]["output_tok_s"], 2)}
-            for tp, r in results.items()}
+    return {
+        tp: {
+            "decode": {b: round(base["decode_step_ms"][b] / ms, 2) for b, ms in r["decode_step_ms"].items()},
+            "offline": round(r["offline"]["output_tok_s"] / base["offline"]["output_tok_s"], 2),
+        }
+        for tp, r in results.items()
+    }
 
 
 def main() -> None:
@@ -141,20 +178,27 @@ def main() -> None:
     path = model_dir(shape)
     bandwidth = copy_bandwidth()
     weights = weight_bytes(shape, 4 if a.tiny else 2)
-    report: dict = {"shape": "tiny" if a.tiny else "llama-3-8b", "dtype": dtype, "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-                    "gpus": torch.cuda.device_count(), "weight_bytes": weights,
-                    "copy_bandwidth_gbps": None if bandwidth is None else round(bandwidth / 1e9, 1),
-                    "workload": {k: getattr(a, k) for k in ("batches", "context", "decode_steps", "num_prompts",
-                                                            "input_len", "output_len")},
-                    "tp": {}}
+    report: dict = {
+        "shape": "tiny" if a.tiny else "llama-3-8b",
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "gpus": torch.cuda.device_count(),
+        "weight_bytes": weights,
+        "copy_bandwidth_gbps": None if bandwidth is None else round(bandwidth / 1e9, 1),
+        "workload": {
+            k: getattr(a, k) for k in ("batches", "context", "decode_steps", "num_prompts", "input_len", "output_len")
+        },
+        "tp": {},
+    }
     for tp in a.tp:
         result = run_tp(path, tp, a, shape, dtype)
         if bandwidth:
             floor_ms = weights / tp / bandwidth * 1e3
             result["decode_floor_ms"] = round(floor_ms, 3)  # every rank reads its weight shard once
-            result["batch1_weight_gbps_per_gpu"] = round(weights / tp / (result["decode_step_ms"][str(a.batches[0])]
-                                                                          / 1e3) / 1e9, 1)
+            result["batch1_weight_gbps_per_gpu"] = round(
+                weights / tp / (result["decode_step_ms"][str(a.batches[0])] / 1e3) / 1e9, 1
+            )
         report["tp"][str(tp)] = result
         print(f"tp {tp}: {json.dumps(result)}", file=sys.stderr, flush=True)
     report[f"speedup_vs_tp{a.tp[0]}"] = speedups(report["tp"], str(a.tp[0]))

@@ -61,7 +61,7 @@ def gemm_ceiling(size: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 def _timed(fn: Any) -> float:
@@ -85,14 +85,17 @@ def _measure(engine: Any, prompts: list[list[int]], output_len: int) -> tuple[fl
     return wall, _cpu_seconds(pid) - cpu
 
 
-def run_both(model: str, workloads: list[tuple[int, int, int]], repeats: int, threads: int | None,
-             rng: random.Random) -> list[Result]:
+def run_both(
+    model: str, workloads: list[tuple[int, int, int]], repeats: int, threads: int | None, rng: random.Random
+) -> list[Result]:
     """Start one engine per implementation (an idle engine uses no CPU), warm both up, then time
     each workload on each engine in turn, so load from other processes hits both alike."""
     import radixlm
 
-    engines = {impl: radixlm.Engine(model, model_impl=impl, max_total_tokens=8192, num_threads=threads,
-                                    log_level="warning") for impl in IMPLS}
+    engines = {
+        impl: radixlm.Engine(model, model_impl=impl, max_total_tokens=8192, num_threads=threads, log_level="warning")
+        for impl in IMPLS
+    }
     try:
         params, hidden, vocab = linear_params(engines["radixlm"].model_config)
         best: dict[tuple[str, int], tuple[float, float]] = {}
@@ -112,14 +115,24 @@ def run_both(model: str, workloads: list[tuple[int, int, int]], repeats: int, th
     return [_result(impl, workloads[index], timing, params, hidden, vocab) for (impl, index), timing in best.items()]
 
 
-def _result(impl: str, workload: tuple[int, int, int], timing: tuple[float, float], params: int, hidden: int,
-            vocab: int) -> Result:
+def _result(
+    impl: str, workload: tuple[int, int, int], timing: tuple[float, float], params: int, hidden: int, vocab: int
+) -> Result:
     batch, input_len, output_len = workload
     seconds, cpu = timing
     flops = 2 * params * batch * (input_len + output_len - 1) + 2 * hidden * vocab * batch * output_len
     tokens = batch * output_len
-    return Result(impl, batch, input_len, output_len, seconds, cpu, tokens / seconds, tokens / max(cpu, 1e-9),
-                  flops / seconds / 1e9)
+    return Result(
+        impl,
+        batch,
+        input_len,
+        output_len,
+        seconds,
+        cpu,
+        tokens / seconds,
+        tokens / max(cpu, 1e-9),
+        flops / seconds / 1e9,
+    )
 
 
 def _prompts(count: int, length: int, vocab: int, rng: random.Random) -> list[list[int]]:
@@ -134,16 +147,20 @@ def report(results: list[Result], ceiling: float) -> list[dict]:
     """Print one row per workload: native and Transformers tok/s (wall and per CPU-second of the
     scheduler process, which other processes' load barely moves), GFLOP/s, and the ratios."""
     print(f"GEMM ceiling (float32, this process): {ceiling:.0f} GFLOP/s")
-    print(f"{'batch':>5} {'in/out':>7} | {'native tok/s':>12} {'tok/cpu-s':>9} {'GFLOP/s':>8} | "
-          f"{'transformers tok/s':>18} {'tok/cpu-s':>9} {'GFLOP/s':>8} | {'ratio wall':>10} {'ratio cpu':>9}")
+    print(
+        f"{'batch':>5} {'in/out':>7} | {'native tok/s':>12} {'tok/cpu-s':>9} {'GFLOP/s':>8} | "
+        f"{'transformers tok/s':>18} {'tok/cpu-s':>9} {'GFLOP/s':>8} | {'ratio wall':>10} {'ratio cpu':>9}"
+    )
     rows = []
     for n in (r for r in results if r.impl == "radixlm"):
         t = next(r for r in results if r.impl == "transformers" and (r.batch, r.input_len) == (n.batch, n.input_len))
         ratio, cpu_ratio = n.tok_per_s / t.tok_per_s, n.tok_per_cpu_s / t.tok_per_cpu_s
         verdict = "ok" if ratio <= TARGET_RATIO else f"over the {TARGET_RATIO}x target"
-        print(f"{n.batch:>5} {n.input_len:>3}/{n.output_len:<3} | {n.tok_per_s:>12.1f} {n.tok_per_cpu_s:>9.1f} "
-              f"{n.gflop_per_s:>8.1f} | {t.tok_per_s:>18.1f} {t.tok_per_cpu_s:>9.1f} {t.gflop_per_s:>8.1f} | "
-              f"{ratio:>9.2f}x {cpu_ratio:>8.2f}x {verdict}")
+        print(
+            f"{n.batch:>5} {n.input_len:>3}/{n.output_len:<3} | {n.tok_per_s:>12.1f} {n.tok_per_cpu_s:>9.1f} "
+            f"{n.gflop_per_s:>8.1f} | {t.tok_per_s:>18.1f} {t.tok_per_cpu_s:>9.1f} {t.gflop_per_s:>8.1f} | "
+            f"{ratio:>9.2f}x {cpu_ratio:>8.2f}x {verdict}"
+        )
         rows.append({"native": asdict(n), "transformers": asdict(t), "ratio_wall": ratio, "ratio_cpu": cpu_ratio})
     return rows
 
@@ -156,7 +173,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per engine (default: all cores)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    from radixlm.bundled import bundled_model_path
+    from radixlm.config.bundled import bundled_model_path
 
     model = args.model or bundled_model_path()
     workloads = WORKLOADS["quick" if args.quick else "full"]

@@ -4,22 +4,52 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from radixlm.engine import Engine
+    from radixlm.config.server_args import ServerArgs
+    from radixlm.entrypoints.engine import Engine
     from radixlm.sampling.sampling_params import SamplingParams
-    from radixlm.server_args import ServerArgs
 
 # Imported on first use, so `import radixlm` (and the frontend language) does not load torch.
-_RUNTIME_NAMES = {"Engine": "radixlm.engine", "SamplingParams": "radixlm.sampling.sampling_params",
-                  "ServerArgs": "radixlm.server_args"}
+_RUNTIME_NAMES = {
+    "Engine": "radixlm.entrypoints.engine",
+    "SamplingParams": "radixlm.sampling.sampling_params",
+    "ServerArgs": "radixlm.config.server_args",
+}
 
 # The frontend language (`import radixlm as sgl`), imported on first use of one of its names.
-_LANG_NAMES = frozenset((
-    "function", "gen", "gen_int", "gen_string", "select", "image", "system", "user", "assistant",
-    "system_begin", "system_end", "user_begin", "user_end", "assistant_begin", "assistant_end",
-    "set_default_backend", "get_default_backend", "flush_cache", "get_server_info", "RuntimeEndpoint",
-    "EngineBackend", "OpenAI", "Anthropic", "ProgramState", "ProgramStateGroup", "Function",
-    "LangError", "ProgramError", "BackendError", "UnsupportedFeatureError",
-))
+_LANG_NAMES = frozenset(
+    (
+        "function",
+        "gen",
+        "gen_int",
+        "gen_string",
+        "select",
+        "image",
+        "system",
+        "user",
+        "assistant",
+        "system_begin",
+        "system_end",
+        "user_begin",
+        "user_end",
+        "assistant_begin",
+        "assistant_end",
+        "set_default_backend",
+        "get_default_backend",
+        "flush_cache",
+        "get_server_info",
+        "RuntimeEndpoint",
+        "EngineBackend",
+        "OpenAI",
+        "Anthropic",
+        "ProgramState",
+        "ProgramStateGroup",
+        "Function",
+        "LangError",
+        "ProgramError",
+        "BackendError",
+        "UnsupportedFeatureError",
+    )
+)
 
 __all__ = ["Engine", "SamplingParams", "ServerArgs", *sorted(_LANG_NAMES)]
 __version__ = "0.1.0"

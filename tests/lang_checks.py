@@ -9,10 +9,19 @@ import re
 from typing import Any, Callable
 
 import pytest
+from lang_utils import (
+    CHARACTER_REGEX,
+    IP_REGEX,
+    character_gen,
+    image_qa,
+    multi_turn_question,
+    regular_expression_gen,
+    text_qa,
+    tip_suggestion,
+    tool_use,
+)
 
 import radixlm as sgl
-from lang_utils import (CHARACTER_REGEX, IP_REGEX, character_gen, image_qa, multi_turn_question, regular_expression_gen,
-                        text_qa, tip_suggestion, tool_use)
 
 Direct = Callable[..., Any]
 GREEDY = {"temperature": 0}
@@ -31,8 +40,7 @@ def run_constrained(program: Any, **kwargs: Any) -> Any:
 
 def check_multi_turn(backend: Any, direct: Direct, tokenizer: Any) -> None:
     """Role markers equal the chat template's; greedy answers equal direct /generate calls."""
-    s = multi_turn_question.run(question_1="hello world", question_2="the quick brown fox", backend=backend,
-                                **GREEDY)
+    s = multi_turn_question.run(question_1="hello world", question_2="the quick brown fox", backend=backend, **GREEDY)
     msgs = s.messages()
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
     assert msgs[2]["content"] == s["answer_1"] and msgs[4]["content"] == s["answer_2"]
@@ -77,9 +85,9 @@ def check_tip_suggestion(backend: Any, direct: Direct, tokenizer: Any) -> None:
     parent_tokens = len(tokenizer.encode(parent))
     for i, meta in enumerate(s["fork_meta"]):
         assert meta["cached_tokens"] >= parent_tokens - 1, meta
-        branch = parent + f"Now, expand tip {i+1} into a paragraph:\n"
+        branch = parent + f"Now, expand tip {i + 1} into a paragraph:\n"
         expected = direct(branch, {"max_new_tokens": 8, "stop": "\n\n", "temperature": 0})["text"]
-        assert f"Tip {i+1}:{expected}\n" in s.text()
+        assert f"Tip {i + 1}:{expected}\n" in s.text()
     assert "summary" in s
 
 
@@ -101,9 +109,15 @@ def check_character_json(backend: Any) -> None:
 
 def check_json_schema(backend: Any) -> None:
     """`json_schema` passes through to the runtime's structured output."""
-    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                               "population": {"type": "integer", "minimum": 0, "maximum": 99}},
-              "required": ["city", "population"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 12},
+            "population": {"type": "integer", "minimum": 0, "maximum": 99},
+        },
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
 
     @sgl.function
     def city_json(s):
@@ -114,8 +128,11 @@ def check_json_schema(backend: Any) -> None:
 
 
 def check_run_batch(backend: Any, direct: Direct) -> None:
-    questions = ["What is the capital of the United Kingdom?", "What is the capital of France?",
-                 "What is the capital of Japan?"]
+    questions = [
+        "What is the capital of the United Kingdom?",
+        "What is the capital of France?",
+        "What is the capital of Japan?",
+    ]
     states = text_qa.run_batch([{"question": q} for q in questions], backend=backend, progress_bar=True, **GREEDY)
     for q, s in zip(questions, states):
         assert s.error() is None

@@ -28,8 +28,10 @@ CHARACTER_REGEX = (
     + r"""    "bogart": "[\w\d\s]{1,16}"\n"""
     + r"""\}"""
 )
-SYSTEM_PROMPT = ("You are a helpful assistant who answers questions about world geography in one short "
-                 "sentence, names the capital city first, and never adds anything else to the answer.")
+SYSTEM_PROMPT = (
+    "You are a helpful assistant who answers questions about world geography in one short "
+    "sentence, names the capital city first, and never adds anything else to the answer."
+)
 
 
 @sgl.function
@@ -53,13 +55,10 @@ def tool_use(s, question):
 
 @sgl.function
 def tip_suggestion(s):
-    s += (
-        "Here are two tips for staying healthy: "
-        "1. Balanced Diet. 2. Regular Exercise.\n\n"
-    )
+    s += "Here are two tips for staying healthy: 1. Balanced Diet. 2. Regular Exercise.\n\n"
     forks = s.fork(2)
     for i, f in enumerate(forks):
-        f += f"Now, expand tip {i+1} into a paragraph:\n"
+        f += f"Now, expand tip {i + 1} into a paragraph:\n"
         f += sgl.gen("detailed_tip", max_tokens=8, stop="\n\n")
     s += "Tip 1:" + forks[0]["detailed_tip"] + "\n"
     s += "Tip 2:" + forks[1]["detailed_tip"] + "\n"
@@ -107,16 +106,16 @@ def make_char_model(tmp_dir: str | Path, seed: int = 0) -> str:
     any generated text tokenizes back to exactly the generated tokens: a prompt extended with
     the model's own greedy output continues as the longer generation did."""
     import torch
+    from tiny_models import TINY_CHAT_TEMPLATE, tiny_config
     from tokenizers import Tokenizer, decoders, models
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    from tiny_models import TINY_CHAT_TEMPLATE, tiny_config
 
     vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(CHAR_ALPHABET)}}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
     out = Path(tmp_dir) / "tiny_char_llama"
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Fixtures and helpers shared by the server test modules: one `radixlm.launch_server`
+"""Fixtures and helpers shared by the server test modules: one `radixlm.entrypoints.launch`
 subprocess per module serving the tiny Llama, httpx and official-openai clients whose every
 response status is recorded (each module ends by checking that none was a 5xx)."""
 
@@ -71,15 +71,16 @@ def native(http: httpx.Client, payload: dict) -> Any:
 
 
 def greedy(http: httpx.Client, text: str, max_new_tokens: int, **params: Any) -> dict:
-    return native(http, {"text": text, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0,
-                                                           **params}})
+    return native(
+        http, {"text": text, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, **params}}
+    )
 
 
 def sse_events(lines: Iterator[str]) -> Iterator[str]:
     """The payloads of `data: ...` lines of a server-sent-event stream."""
     for line in lines:
         if line.startswith("data: "):
-            yield line[len("data: "):]
+            yield line[len("data: ") :]
         else:
             assert line == "", f"unexpected stream line {line!r}"
 
@@ -90,17 +91,20 @@ def render_chat(tokenizer: Any, messages: list[dict]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-
 def wait_idle(http: httpx.Client, timeout: float = 30.0) -> dict:
     """Poll until nothing runs and every KV slot is free or held by the radix cache."""
     deadline = time.monotonic() + timeout
     while True:
         info = http.get("/get_server_info").json()
-        if (info["num_running_reqs"] == 0 and info["num_waiting_reqs"] == 0
-                and info["available_kv_tokens"] + info["cached_tokens"] == info["max_total_num_tokens"]):
+        if (
+            info["num_running_reqs"] == 0
+            and info["num_waiting_reqs"] == 0
+            and info["available_kv_tokens"] + info["cached_tokens"] == info["max_total_num_tokens"]
+        ):
             return info
         assert time.monotonic() < deadline, f"server not idle after {timeout} s: {info}"
         time.sleep(0.2)
+
 
 def assert_error(response: httpx.Response, status: int) -> dict:
     """`response` has `status` and an OpenAI-style error body; returns the error object."""
@@ -109,4 +113,3 @@ def assert_error(response: httpx.Response, status: int) -> dict:
     assert isinstance(error["message"], str) and error["message"]
     assert isinstance(error["type"], str) and error["code"] == status
     return error
-

@@ -1,4 +1,4 @@
-"""Start and stop a real `radixlm.launch_server` subprocess for HTTP tests."""
+"""Start and stop a real `radixlm.entrypoints.launch` subprocess for HTTP tests."""
 
 from __future__ import annotations
 
@@ -42,12 +42,25 @@ def launch_server(model_path: str, *extra_args: str, timeout: float = START_TIME
 
 def _launch_once(model_path: str, extra_args: tuple[str, ...], timeout: float) -> tuple[str, subprocess.Popen]:
     port = free_port()
-    cmd = [sys.executable, "-m", "radixlm.launch_server", "--model-path", model_path, "--host", "127.0.0.1",
-           "--port", str(port), "--max-total-tokens", "4096", "--num-threads", "1", *extra_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "radixlm.launch_server",
+        "--model-path",
+        model_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-total-tokens",
+        "4096",
+        "--num-threads",
+        "1",
+        *extra_args,
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: an unread pipe would block the server
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     _LOGS[proc.pid] = log
     base_url = f"http://127.0.0.1:{port}"
     try:

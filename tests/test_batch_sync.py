@@ -13,7 +13,7 @@ import torch
 
 from radixlm.attention.shared_prefix import GROUP_HEAD, pack_plan
 from radixlm.distributed.batch_sync import FIRST, BatchReceiver, BatchSender
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.forward.batch import ForwardBatch, ForwardMode
 
 
 class Wire:
@@ -38,19 +38,30 @@ class WireEnd:
         return x.copy_(got)
 
 
-def make_batch(mode: ForwardMode, bs: int, ctx: int, table: torch.Tensor, plan_groups: Optional[list] = None,
-               seed: int = 0) -> ForwardBatch:
+def make_batch(
+    mode: ForwardMode, bs: int, ctx: int, table: torch.Tensor, plan_groups: Optional[list] = None, seed: int = 0
+) -> ForwardBatch:
     """A batch of `bs` requests at `ctx` cached tokens (DECODE: one new token each; EXTEND: 3)."""
     gen = torch.Generator().manual_seed(seed)
     new = 1 if mode is ForwardMode.DECODE else 3
     pool_idx = torch.randperm(table.shape[0] - 1, generator=gen)[:bs] + 1
-    table[pool_idx, :ctx + new] = torch.randint(1, 10_000, (bs, ctx + new), generator=gen)
+    table[pool_idx, : ctx + new] = torch.randint(1, 10_000, (bs, ctx + new), generator=gen)
     n = bs * new
     plan = pack_plan(bs, plan_groups, torch.device("cpu")) if plan_groups else None
-    return ForwardBatch(mode, torch.randint(0, 1000, (n,), generator=gen), torch.arange(n) % (ctx + new),
-                        torch.randint(1, 10_000, (n,), generator=gen), pool_idx, torch.full((bs,), ctx + new),
-                        [ctx + new] * bs, [ctx] * bs, [new] * bs, torch.arange(n) if new == 1 else
-                        torch.arange(new - 1, n, new), table, prefix_plan=plan)
+    return ForwardBatch(
+        mode,
+        torch.randint(0, 1000, (n,), generator=gen),
+        torch.arange(n) % (ctx + new),
+        torch.randint(1, 10_000, (n,), generator=gen),
+        pool_idx,
+        torch.full((bs,), ctx + new),
+        [ctx + new] * bs,
+        [ctx] * bs,
+        [new] * bs,
+        torch.arange(n) if new == 1 else torch.arange(new - 1, n, new),
+        table,
+        prefix_plan=plan,
+    )
 
 
 FIELDS = ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens", "logit_indices")
@@ -60,10 +71,15 @@ def check_same(got: ForwardBatch, want: ForwardBatch, follower_table: torch.Tens
     assert got.mode is want.mode
     for name in FIELDS:
         assert torch.equal(getattr(got, name), getattr(want, name)), name
-    assert (got.seq_lens_cpu, got.extend_prefix_lens_cpu, got.extend_seq_lens_cpu) == \
-        (want.seq_lens_cpu, want.extend_prefix_lens_cpu, want.extend_seq_lens_cpu)
+    assert (got.seq_lens_cpu, got.extend_prefix_lens_cpu, got.extend_seq_lens_cpu) == (
+        want.seq_lens_cpu,
+        want.extend_prefix_lens_cpu,
+        want.extend_seq_lens_cpu,
+    )
     rows = want.req_pool_indices
-    assert torch.equal(follower_table[rows, :max(want.seq_lens_cpu)], want.req_to_token[rows, :max(want.seq_lens_cpu)])
+    assert torch.equal(
+        follower_table[rows, : max(want.seq_lens_cpu)], want.req_to_token[rows, : max(want.seq_lens_cpu)]
+    )
     if want.prefix_plan is None or want.prefix_plan.num_groups == 0:
         assert got.prefix_plan is None
     else:

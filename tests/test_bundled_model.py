@@ -59,9 +59,14 @@ def hf_model(engine: Any) -> Any:
 
 def hf_greedy_tokens(model: Any, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def test_default_engine_is_the_bundled_gguf(engine: Any) -> None:
@@ -79,8 +84,12 @@ def outputs(engine: Any) -> dict[str, Any]:
     params = [{**GREEDY, "max_new_tokens": 16}, {**GREEDY, "max_new_tokens": NEW_TOKENS}]
     params += [{**GREEDY, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}] * len(PROMPTS)
     results = engine.generate(input_ids=batch, sampling_params=params)
-    return {"capital": results[0], "chat_prompt": chat, "chat": results[1],
-            "compare": list(zip(compare_ids, results[2:]))}
+    return {
+        "capital": results[0],
+        "chat_prompt": chat,
+        "chat": results[1],
+        "compare": list(zip(compare_ids, results[2:])),
+    }
 
 
 def test_capital_of_france(outputs: dict[str, Any]) -> None:

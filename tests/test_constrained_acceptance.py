@@ -14,17 +14,23 @@ from typing import Any, Iterator
 
 import jsonschema
 import pytest
+from tiny_models import make_tiny_model
 
 import radixlm
-from tiny_models import make_tiny_model
 
 NUM_SCHEMAS = 52
 PROMPTS = [[5, 6, 7], [40, 41, 42, 43], [100, 7, 200], [9, 300, 12, 13, 14], [77, 78]]
-REGEXES = [r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", r"[A-Z][a-z]{1,5} (is|was) (red|blue|green)",
-           r"\((\d{1,3}, ){0,2}\d{1,3}\)", r"(true|false|null|-?[1-9]\d{0,2})"]
+REGEXES = [
+    r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])",
+    r"[A-Z][a-z]{1,5} (is|was) (red|blue|green)",
+    r"\((\d{1,3}, ){0,2}\d{1,3}\)",
+    r"(true|false|null|-?[1-9]\d{0,2})",
+]
 # Bounded arithmetic with one level of parentheses; checked by `parse_arith` below.
-EBNF = ('root ::= expr\nexpr ::= term (op term){0,3}\nop ::= "+" | "-" | "*"\n'
-        'term ::= num | "(" num op num ")"\nnum ::= [1-9] [0-9]{0,2} | "0"')
+EBNF = (
+    'root ::= expr\nexpr ::= term (op term){0,3}\nop ::= "+" | "-" | "*"\n'
+    'term ::= num | "(" num op num ")"\nnum ::= [1-9] [0-9]{0,2} | "0"'
+)
 PATTERNS = ["[a-z]{1,3}", "[A-Z][0-9]{2}", "(ab|cd)+x?", "[0-9a-f]{2,4}"]
 WORDS = ["red", "green", "blue", "cat", "dog", "x", "yes", "no"]
 
@@ -53,8 +59,12 @@ def value(rng: random.Random, depth: int) -> dict:
         return obj(rng, depth - 1)
     if roll < 0.45:
         low = rng.randint(0, 2)
-        return {"type": "array", "items": value(rng, depth - 1) if depth > 0 and rng.random() < 0.3 else leaf(rng),
-                "minItems": low, "maxItems": low + rng.randint(0, 2)}
+        return {
+            "type": "array",
+            "items": value(rng, depth - 1) if depth > 0 and rng.random() < 0.3 else leaf(rng),
+            "minItems": low,
+            "maxItems": low + rng.randint(0, 2),
+        }
     if roll < 0.55:
         return {"anyOf": [leaf(rng), leaf(rng)]}
     return leaf(rng)
@@ -142,8 +152,19 @@ def check_json(outs: list[dict], schemas: list[dict]) -> None:
 def test_schema_generator_is_varied() -> None:
     text = json.dumps(make_schemas())
     assert len(make_schemas()) >= 50 and make_schemas() == make_schemas()
-    for needle in ('"minItems"', '"maxItems"', '"enum"', '"minimum"', '"maximum"', '"pattern"', '"minLength"',
-                   '"maxLength"', '"anyOf"', '"type": "number"', '"type": "object", "properties": {"'):
+    for needle in (
+        '"minItems"',
+        '"maxItems"',
+        '"enum"',
+        '"minimum"',
+        '"maximum"',
+        '"pattern"',
+        '"minLength"',
+        '"maxLength"',
+        '"anyOf"',
+        '"type": "number"',
+        '"type": "object", "properties": {"',
+    ):
         assert needle in text, needle
     nested = [s for s in make_schemas() if any(v.get("type") == "object" for v in s["properties"].values())]
     optional = [s for s in make_schemas() if len(s["required"]) < len(s["properties"])]
@@ -154,17 +175,29 @@ def test_schema_generator_is_varied() -> None:
 def test_many_schemas_validate(engine: radixlm.Engine, bias: dict, mode: str) -> None:
     schemas = make_schemas()
     base = {"temperature": 0} if mode == "greedy" else {"temperature": 1.0}
-    params = [{**base, "max_new_tokens": 256, "logit_bias": bias, "json_schema": json.dumps(schema),
-               **({"seed": 1000 + i} if mode == "sampled" else {})} for i, schema in enumerate(schemas)]
-    outs = engine.generate(input_ids=[PROMPTS[i % len(PROMPTS)] for i in range(len(schemas))],
-                           sampling_params=params)
+    params = [
+        {
+            **base,
+            "max_new_tokens": 256,
+            "logit_bias": bias,
+            "json_schema": json.dumps(schema),
+            **({"seed": 1000 + i} if mode == "sampled" else {}),
+        }
+        for i, schema in enumerate(schemas)
+    ]
+    outs = engine.generate(input_ids=[PROMPTS[i % len(PROMPTS)] for i in range(len(schemas))], sampling_params=params)
     check_json(outs, schemas)
 
 
 def test_regex_and_ebnf(engine: radixlm.Engine) -> None:
-    params = [{"temperature": t, "seed": i, "max_new_tokens": 64, "regex": rx}
-              for i, rx in enumerate(REGEXES) for t in (0, 1.0)]
-    params += [{"temperature": t, "seed": 7 + i, "max_new_tokens": 64, "ebnf": EBNF} for i, t in enumerate((0, 1.0, 1.0))]
+    params = [
+        {"temperature": t, "seed": i, "max_new_tokens": 64, "regex": rx}
+        for i, rx in enumerate(REGEXES)
+        for t in (0, 1.0)
+    ]
+    params += [
+        {"temperature": t, "seed": 7 + i, "max_new_tokens": 64, "ebnf": EBNF} for i, t in enumerate((0, 1.0, 1.0))
+    ]
     outs = engine.generate(input_ids=[PROMPTS[i % len(PROMPTS)] for i in range(len(params))], sampling_params=params)
     for out, p in zip(outs, params):
         assert out["meta_info"]["finish_reason"]["type"] == "stop", out["text"]

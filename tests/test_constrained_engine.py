@@ -11,9 +11,9 @@ from typing import Any, Iterator
 import httpx
 import jsonschema
 import pytest
+from tiny_models import make_tiny_model
 
 import radixlm
-from tiny_models import make_tiny_model
 
 GREEDY = {"temperature": 0, "max_new_tokens": 64}
 PROMPTS = [[5, 6, 7], [40, 41, 42, 43], [100, 7, 200], [9, 300, 12, 13, 14]]
@@ -28,8 +28,11 @@ LONG_KEYS = {
         "second_property_with_a_long_name": {"enum": ["alpha", "beta"]},
         "third_long_key_holding_a_small_integer": {"type": "integer", "minimum": 0, "maximum": 99},
     },
-    "required": ["first_extremely_long_property_name", "second_property_with_a_long_name",
-                 "third_long_key_holding_a_small_integer"],
+    "required": [
+        "first_extremely_long_property_name",
+        "second_property_with_a_long_name",
+        "third_long_key_holding_a_small_integer",
+    ],
     "additionalProperties": False,
 }
 FORCED = {  # every character is determined: jump-forward must not change the text
@@ -70,8 +73,12 @@ def steps(engine: radixlm.Engine) -> int:
 @pytest.mark.parametrize("regex", [IP, DATE, ALTERNATION], ids=["ip", "date", "alternation"])
 def test_regex_outputs_match(engine: radixlm.Engine, regex: str) -> None:
     outs = engine.generate(input_ids=PROMPTS, sampling_params={**GREEDY, "regex": regex})
-    sampled = engine.generate(input_ids=PROMPTS, sampling_params=[
-        {"temperature": 1.0, "seed": i, "max_new_tokens": 64, "regex": regex} for i in range(len(PROMPTS))])
+    sampled = engine.generate(
+        input_ids=PROMPTS,
+        sampling_params=[
+            {"temperature": 1.0, "seed": i, "max_new_tokens": 64, "regex": regex} for i in range(len(PROMPTS))
+        ],
+    )
     for out in outs + sampled:
         assert out["meta_info"]["finish_reason"]["type"] == "stop"
         assert re.fullmatch(regex, out["text"]), out["text"]
@@ -84,15 +91,21 @@ def test_ebnf_outputs_match(engine: radixlm.Engine) -> None:
 
 
 def test_json_schema_object_param_and_n2(engine: radixlm.Engine) -> None:
-    outs = engine.generate(input_ids=PROMPTS[0], sampling_params={
-        "temperature": 1.0, "seed": 3, "n": 2, "max_new_tokens": 128, "json_schema": LONG_KEYS})
+    outs = engine.generate(
+        input_ids=PROMPTS[0],
+        sampling_params={"temperature": 1.0, "seed": 3, "n": 2, "max_new_tokens": 128, "json_schema": LONG_KEYS},
+    )
     for out in outs:
         jsonschema.validate(json.loads(out["text"]), LONG_KEYS)
 
 
 def test_json_object_admits_any_object(engine: radixlm.Engine) -> None:
-    outs = engine.generate(input_ids=PROMPTS * 2, sampling_params=[
-        {"temperature": 1.0, "seed": i, "max_new_tokens": 96, "json_schema": {"type": "object"}} for i in range(8)])
+    outs = engine.generate(
+        input_ids=PROMPTS * 2,
+        sampling_params=[
+            {"temperature": 1.0, "seed": i, "max_new_tokens": 96, "json_schema": {"type": "object"}} for i in range(8)
+        ],
+    )
     finished = [json.loads(o["text"]) for o in outs if o["meta_info"]["finish_reason"]["type"] == "stop"]
     assert finished and all(isinstance(obj, dict) for obj in finished)
 
@@ -101,8 +114,12 @@ def test_mixed_batch_keeps_unconstrained_outputs(engine: radixlm.Engine) -> None
     """Constrained rows (masked, some jumping forward, which turns decode steps into multi-token
     extends) must not change the unconstrained rows' greedy tokens."""
     alone = [engine.generate(input_ids=p, sampling_params={**GREEDY, "ignore_eos": True}) for p in PROMPTS[:2]]
-    params = [{**GREEDY, "ignore_eos": True}, {**GREEDY, "json_schema": LONG_KEYS, "max_new_tokens": 128},
-              {**GREEDY, "ignore_eos": True}, {**GREEDY, "regex": IP}]
+    params = [
+        {**GREEDY, "ignore_eos": True},
+        {**GREEDY, "json_schema": LONG_KEYS, "max_new_tokens": 128},
+        {**GREEDY, "ignore_eos": True},
+        {**GREEDY, "regex": IP},
+    ]
     mixed = engine.generate(input_ids=[PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[3]], sampling_params=params)
     assert mixed[0]["output_ids"] == alone[0]["output_ids"]
     assert mixed[2]["output_ids"] == alone[1]["output_ids"]
@@ -120,8 +137,9 @@ def test_jump_forward_saves_steps_and_keeps_forced_text(engine: radixlm.Engine, 
     for name, eng in (("jump", engine), ("plain", no_jump)):
         before = steps(eng)
         forced = eng.generate(input_ids=PROMPTS[0], sampling_params={**GREEDY, "json_schema": FORCED})
-        free = eng.generate(input_ids=PROMPTS[1], sampling_params={**GREEDY, "json_schema": LONG_KEYS,
-                                                                   "max_new_tokens": 256})
+        free = eng.generate(
+            input_ids=PROMPTS[1], sampling_params={**GREEDY, "json_schema": LONG_KEYS, "max_new_tokens": 256}
+        )
         results[name] = (forced, free, steps(eng) - before)
     (jump_forced, jump_free, jump_steps), (plain_forced, plain_free, plain_steps) = results["jump"], results["plain"]
     assert jump_forced["text"] == plain_forced["text"] == '{"a_long_constant_key": "a constant value", "version": 2}'
@@ -134,8 +152,9 @@ def test_jump_forward_saves_steps_and_keeps_forced_text(engine: radixlm.Engine, 
 
 
 def test_forced_tokens_have_no_logprob(engine: radixlm.Engine) -> None:
-    out = engine.generate(input_ids=PROMPTS[0], sampling_params={**GREEDY, "json_schema": FORCED},
-                          return_logprob=True, top_logprobs_num=2)
+    out = engine.generate(
+        input_ids=PROMPTS[0], sampling_params={**GREEDY, "json_schema": FORCED}, return_logprob=True, top_logprobs_num=2
+    )
     meta = out["meta_info"]
     assert len(meta["output_token_logprobs"]) == len(out["output_ids"]) == len(meta["output_top_logprobs"])
     forced = [lp for lp, _ in meta["output_token_logprobs"] if lp is None]
@@ -143,14 +162,17 @@ def test_forced_tokens_have_no_logprob(engine: radixlm.Engine) -> None:
     assert [t for _, t in meta["output_token_logprobs"]] == out["output_ids"]
 
 
-@pytest.mark.parametrize("params,needle", [
-    ({"regex": "(a"}, "regex"),
-    ({"regex": "a{1000000000}"}, "repetition"),
-    ({"json_schema": "{not json"}, "not valid JSON"),
-    ({"json_schema": {"type": "array", "contains": {"type": "integer"}}}, "contains"),
-    ({"json_schema": {"type": "string", "minLength": 5, "maxLength": 2}}, "minLength|admits no"),
-    ({"ebnf": "root ::= (\"a\""}, "EBNF"),
-])
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ({"regex": "(a"}, "regex"),
+        ({"regex": "a{1000000000}"}, "repetition"),
+        ({"json_schema": "{not json"}, "not valid JSON"),
+        ({"json_schema": {"type": "array", "contains": {"type": "integer"}}}, "contains"),
+        ({"json_schema": {"type": "string", "minLength": 5, "maxLength": 2}}, "minLength|admits no"),
+        ({"ebnf": 'root ::= ("a"'}, "EBNF"),
+    ],
+)
 def test_bad_specs_raise_and_the_engine_keeps_serving(engine: radixlm.Engine, params: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         engine.generate(input_ids=PROMPTS[0], sampling_params={**GREEDY, **params})
@@ -188,17 +210,24 @@ def test_http_response_format_and_400(model_dir: str) -> None:
     url, proc = launch_server(model_dir)
     try:
         schema_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": FORCED}}
-        body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "temperature": 0,
-                "max_tokens": 96, "response_format": schema_format}
+        body = {
+            "model": "default",
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0,
+            "max_tokens": 96,
+            "response_format": schema_format,
+        }
         ok = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert ok.status_code == 200, ok.text
         content = ok.json()["choices"][0]["message"]["content"]
         assert json.loads(content) == {"a_long_constant_key": "a constant value", "version": 2}
-        bad = httpx.post(f"{url}/v1/chat/completions", json={**body, "response_format": None, "regex": "(a"},
-                         timeout=60)
+        bad = httpx.post(
+            f"{url}/v1/chat/completions", json={**body, "response_format": None, "regex": "(a"}, timeout=60
+        )
         assert bad.status_code == 400 and "regex" in bad.json()["error"]["message"]
-        bad = httpx.post(f"{url}/generate", json={"input_ids": [5, 6], "sampling_params": {"json_schema": "{x"}},
-                         timeout=60)
+        bad = httpx.post(
+            f"{url}/generate", json={"input_ids": [5, 6], "sampling_params": {"json_schema": "{x"}}, timeout=60
+        )
         assert bad.status_code == 400 and "JSON" in bad.text
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
     finally:

@@ -14,12 +14,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+from tiny_models import make_tiny_model
 
 import radixlm
 from radixlm.constrained.base import UnsupportedSpec
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.spec import GrammarSpec
-from tiny_models import make_tiny_model
 
 SUITE = Path(__file__).parent / "data" / "json_schema_test_suite" / "draft2020-12-schemas.json"
 SAMPLE = 60
@@ -60,22 +60,33 @@ def triage(backend: str, tokenizer: Any) -> tuple[list[tuple[dict, str]], dict[s
 def test_suite_schemas_validate_or_are_refused(model_dir: str, tokenizer: Any, backend: str) -> None:
     accepted, refused = triage(backend, tokenizer)
     by_backend = collections.Counter(name for _, name in accepted)
-    print(f"\n[{backend}] accepted {len(accepted)}/{len(load_suite())} {dict(by_backend)}; refused: "
-          f"{len(refused['keyword'])} for a keyword, {len(refused['invalid'])} as invalid/unsatisfiable")
+    print(
+        f"\n[{backend}] accepted {len(accepted)}/{len(load_suite())} {dict(by_backend)}; refused: "
+        f"{len(refused['keyword'])} for a keyword, {len(refused['invalid'])} as invalid/unsatisfiable"
+    )
     assert len(accepted) >= MIN_ACCEPTED[backend]
     for message in refused["keyword"]:
         assert "keyword" in message or "Unimplemented keys" in message, message
     sample = random.Random(0).sample(accepted, min(SAMPLE, len(accepted)))
     closers = [i for i in range(len(tokenizer)) if tokenizer.decode([i]) in ('"', "}", "]")]
     bias = {str(t): 3.0 for t in closers + [tokenizer.eos_token_id]}  # a random model would ramble
-    params = [{"temperature": 1.0, "seed": i, "max_new_tokens": 192, "logit_bias": bias,
-               "json_schema": json.dumps(entry["schema"])} for i, (entry, _) in enumerate(sample)]
-    with radixlm.Engine(model_dir, log_level="warning", max_total_tokens=8192, num_threads=1,
-                        grammar_backend=backend) as engine:
+    params = [
+        {
+            "temperature": 1.0,
+            "seed": i,
+            "max_new_tokens": 192,
+            "logit_bias": bias,
+            "json_schema": json.dumps(entry["schema"]),
+        }
+        for i, (entry, _) in enumerate(sample)
+    ]
+    with radixlm.Engine(
+        model_dir, log_level="warning", max_total_tokens=8192, num_threads=1, grammar_backend=backend
+    ) as engine:
         outs = engine.generate(input_ids=[[5, 6, 7]] * len(sample), sampling_params=params)
         engine.check_no_leak()
     finished = 0
-    for (entry, name), out in zip(sample, outs):
+    for (entry, _name), out in zip(sample, outs):
         if out["meta_info"]["finish_reason"]["type"] != "stop":
             continue
         finished += 1
@@ -86,8 +97,11 @@ def test_suite_schemas_validate_or_are_refused(model_dir: str, tokenizer: Any, b
 
 
 def test_refused_schemas_raise_value_error_naming_the_keyword(model_dir: str, tokenizer: Any) -> None:
-    schemas = [{"type": "array", "contains": {"type": "integer"}}, {"not": {"type": "string"}},
-               {"type": "object", "propertyNames": {"maxLength": 3}}]
+    schemas = [
+        {"type": "array", "contains": {"type": "integer"}},
+        {"not": {"type": "string"}},
+        {"type": "object", "propertyNames": {"maxLength": 3}},
+    ]
     with radixlm.Engine(model_dir, log_level="warning", max_total_tokens=2048, num_threads=1) as engine:
         for schema, keyword in zip(schemas, ["contains", "not", "propertyNames"]):
             with pytest.raises(ValueError, match=keyword):

@@ -10,19 +10,19 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import make_tiny_tokenizer
 
 from radixlm.constrained.base import GrammarBackend
 from radixlm.constrained.jump_forward import JumpForwardStepper
 from radixlm.constrained.limits import check_regex_cost
-from radixlm.constrained.manager import GrammarManager
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.schema_audit import unenforced_keyword
 from radixlm.constrained.spec import GrammarSpec
 from radixlm.constrained.vocab_mask import VocabMask
 from radixlm.sampling.sampler import apply_vocab_mask
 from radixlm.sampling.sampling_params import SamplingParams
+from radixlm.scheduler.grammar_queue import GrammarManager
 from radixlm.scheduler.request import Req
-from tiny_models import make_tiny_tokenizer
 
 EOS = 1
 BACKENDS = ("xgrammar", "llguidance")
@@ -40,38 +40,57 @@ def router_for(name: str, tokenizer: Any) -> GrammarRouter:
 
 
 # -- limits and the schema audit ----------------------------------------------------------------
-@pytest.mark.parametrize("regex", [r"(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}",
-                                   r"\d{4}-\d{2}-\d{2}", r"((a|aa){50}){50}", r"a{100000}", r"[{(]{3}\{2\}"])
+@pytest.mark.parametrize(
+    "regex",
+    [
+        r"(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}",
+        r"\d{4}-\d{2}-\d{2}",
+        r"((a|aa){50}){50}",
+        r"a{100000}",
+        r"[{(]{3}\{2\}",
+    ],
+)
 def test_regex_cost_accepts_ordinary_counts(regex: str) -> None:
     check_regex_cost(regex)
 
 
-@pytest.mark.parametrize("regex", [r"a{1000000000}", r"(a{1000}){1000}", r"(((a?){100}){100}){100}",
-                                   r"x(y(z{400}){400})"])
+@pytest.mark.parametrize(
+    "regex", [r"a{1000000000}", r"(a{1000}){1000}", r"(((a?){100}){100}){100}", r"x(y(z{400}){400})"]
+)
 def test_regex_cost_refuses_explosive_counts(regex: str) -> None:
     with pytest.raises(ValueError, match="nested counted repetition"):
         check_regex_cost(regex)
 
 
-@pytest.mark.parametrize("schema,keyword", [
-    ({"not": {"type": "string"}}, "not"),
-    ({"type": "array", "contains": {"type": "integer"}}, "contains"),
-    ({"maximum": 3}, "maximum"),  # untyped: xgrammar would ignore it
-    ({"type": "object", "properties": {"a": {"type": "string", "format": "date", "minLength": 2.5}}},
-     "minLength"),
-    ({"$ref": "http://example.com/s.json"}, "$ref"),
-])
+@pytest.mark.parametrize(
+    "schema,keyword",
+    [
+        ({"not": {"type": "string"}}, "not"),
+        ({"type": "array", "contains": {"type": "integer"}}, "contains"),
+        ({"maximum": 3}, "maximum"),  # untyped: xgrammar would ignore it
+        ({"type": "object", "properties": {"a": {"type": "string", "format": "date", "minLength": 2.5}}}, "minLength"),
+        ({"$ref": "http://example.com/s.json"}, "$ref"),
+    ],
+)
 def test_audit_names_keywords_xgrammar_would_ignore(schema: dict, keyword: str) -> None:
     problem = unenforced_keyword(schema)
     assert problem is not None and problem.startswith(keyword)
 
 
 def test_audit_passes_typical_object_schemas() -> None:
-    schema = {"type": "object", "title": "Person", "$defs": {"age": {"type": "integer", "minimum": 0}},
-              "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"$ref": "#/$defs/age"},
-                             "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
-                             "kind": {"anyOf": [{"type": "null"}, {"const": "x"}]}},
-              "required": ["name"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "title": "Person",
+        "$defs": {"age": {"type": "integer", "minimum": 0}},
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"$ref": "#/$defs/age"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+            "kind": {"anyOf": [{"type": "null"}, {"const": "x"}]},
+        },
+        "required": ["name"],
+        "additionalProperties": False,
+    }
     assert unenforced_keyword(schema) is None
 
 
@@ -87,9 +106,13 @@ def test_router_falls_back_to_a_backend_that_enforces_the_keyword(tokenizer: Any
 
 def test_router_refusals_name_the_problem(tokenizer: Any) -> None:
     router = router_for("xgrammar", tokenizer)
-    cases = [("json_schema", '{"type": "array", "contains": {"type": "integer"}}', "contains"),
-             ("json_schema", "{bad", "not valid JSON"), ("regex", "(a", "regex"), ("ebnf", "root ::= ", "EBNF"),
-             ("regex", "a{1000000000}", "repetition")]
+    cases = [
+        ("json_schema", '{"type": "array", "contains": {"type": "integer"}}', "contains"),
+        ("json_schema", "{bad", "not valid JSON"),
+        ("regex", "(a", "regex"),
+        ("ebnf", "root ::= ", "EBNF"),
+        ("regex", "a{1000000000}", "repetition"),
+    ]
     for kind, text, needle in cases:
         with pytest.raises(ValueError, match=needle):
             router.resolve(GrammarSpec(kind, text))
@@ -170,8 +193,17 @@ def test_jump_forward_retokenizes_the_boundary(tokenizer: Any, backend: str) -> 
     assert tokens == tokenizer.encode(text, add_special_tokens=False)  # the tokenizer's own split
     assert req.jump_forward_tokens == len(tokens) - 1 > 0
     assert grammar.try_jump_forward() == ""  # the grammar has accepted exactly `tokens`
-    assert {tokenizer.decode([t]) for t in allowed(grammar, len(tokenizer) + 8)} <= {"t", "tr", "tru", "true",
-                                                                                     "f", "fa", "fal", "fals", "false"}
+    assert {tokenizer.decode([t]) for t in allowed(grammar, len(tokenizer) + 8)} <= {
+        "t",
+        "tr",
+        "tru",
+        "true",
+        "f",
+        "fa",
+        "fal",
+        "fals",
+        "false",
+    }
 
 
 def test_json_object_admits_members(tokenizer: Any) -> None:
@@ -201,6 +233,7 @@ class SlowBackend(GrammarBackend):
         class Anything:
             def fill_vocab_mask(self, bitmask: torch.Tensor, row: int) -> None:
                 bitmask[row] = -1
+
         return Anything()
 
 
@@ -215,8 +248,9 @@ class FixedRouter:
 def test_compile_pool_bounds_time_and_never_blocks_the_others() -> None:
     backend = SlowBackend()
     manager = GrammarManager(FixedRouter(backend), vocab_size=64, timeout_s=0.3, workers=1)  # fast queues behind slow
-    slow, fast, plain = (Req(rid, [3], SamplingParams(regex=text)) for rid, text in
-                         (("slow", "slow"), ("fast", "fast"), ("plain", None)))
+    slow, fast, plain = (
+        Req(rid, [3], SamplingParams(regex=text)) for rid, text in (("slow", "slow"), ("fast", "fast"), ("plain", None))
+    )
     assert manager.admit(slow) and manager.admit(fast) and not manager.admit(plain)
     deadline = time.monotonic() + 5
     ready: list = []
@@ -236,17 +270,20 @@ def test_compile_pool_bounds_time_and_never_blocks_the_others() -> None:
     manager.shutdown()
 
 
-@pytest.mark.parametrize("schema,problem", [
-    ({"type": "object", "required": ["a"]}, "required"),
-    ({"type": "string", "enum": ["a", 1]}, "type beside enum"),
-    ({"type": "string", "minLength": 2, "const": "abc"}, "minLength beside const"),
-])
+@pytest.mark.parametrize(
+    "schema,problem",
+    [
+        ({"type": "object", "required": ["a"]}, "required"),
+        ({"type": "string", "enum": ["a", 1]}, "type beside enum"),
+        ({"type": "string", "minLength": 2, "const": "abc"}, "minLength beside const"),
+    ],
+)
 def test_audit_catches_silently_dropped_siblings(schema: dict, problem: str) -> None:
     assert problem in (unenforced_keyword(schema) or "")
 
 
 def test_server_args_grammar_flags() -> None:
-    from radixlm.server_args import ServerArgs
+    from radixlm.config.server_args import ServerArgs
 
     assert ServerArgs(model_path="x").grammar_backend == "xgrammar"
     assert ServerArgs(model_path="x", grammar_backend="none", disable_jump_forward=True).disable_jump_forward
@@ -255,11 +292,16 @@ def test_server_args_grammar_flags() -> None:
 
 
 # -- schema rewrites for xgrammar ---------------------------------------------------------------
-BOUNDED = {"type": "object", "properties": {
-    "a": {"type": "string", "minLength": 1, "maxLength": 4},
-    "b": {"type": "array", "items": {"type": "string", "minLength": 2}},
-    "c": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]}},
-    "required": ["a", "b", "c"], "additionalProperties": False}
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "a": {"type": "string", "minLength": 1, "maxLength": 4},
+        "b": {"type": "array", "items": {"type": "string", "minLength": 2}},
+        "c": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]},
+    },
+    "required": ["a", "b", "c"],
+    "additionalProperties": False,
+}
 
 
 def xgrammar_accepts(schema: dict, text: str) -> bool:
@@ -269,16 +311,24 @@ def xgrammar_accepts(schema: dict, text: str) -> bool:
     from radixlm.constrained.schema_rewrite import bound_strings_as_patterns
 
     rewritten = json.dumps(bound_strings_as_patterns(schema))
-    return _is_grammar_accept_string(xgrammar.Grammar.from_json_schema(
-        rewritten, any_whitespace=False, separators=(",", ":")), text)
+    return _is_grammar_accept_string(
+        xgrammar.Grammar.from_json_schema(rewritten, any_whitespace=False, separators=(",", ":")), text
+    )
 
 
-@pytest.mark.parametrize("text,ok", [
-    ('{"a":"abcd","b":["xy","xyz"],"c":""}', True), ('{"a":"é","b":[],"c":null}', True),
-    ('{"a":"a\x15","b":[],"c":null}', False),  # raw control character: not JSON (xgrammar 0.2.8 admits it)
-    ('{"a":"a\nb","b":[],"c":null}', False), ('{"a":"","b":[],"c":null}', False),
-    ('{"a":"abcde","b":[],"c":null}', False), ('{"a":"a","b":["x"],"c":null}', False),
-    ('{"a":"a","b":[],"c":"x"}', False)])
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ('{"a":"abcd","b":["xy","xyz"],"c":""}', True),
+        ('{"a":"é","b":[],"c":null}', True),
+        ('{"a":"a\x15","b":[],"c":null}', False),  # raw control character: not JSON (xgrammar 0.2.8 admits it)
+        ('{"a":"a\nb","b":[],"c":null}', False),
+        ('{"a":"","b":[],"c":null}', False),
+        ('{"a":"abcde","b":[],"c":null}', False),
+        ('{"a":"a","b":["x"],"c":null}', False),
+        ('{"a":"a","b":[],"c":"x"}', False),
+    ],
+)
 def test_length_bounded_strings_are_strict_json(text: str, ok: bool) -> None:
     import jsonschema
 

@@ -11,10 +11,11 @@ import random
 
 import pytest
 import torch
+from tiny_models import make_tiny_tokenizer
 
-from radixlm.cuda_graph_runner import CudaGraphRunner
-from radixlm.device_copy import host_tensor, to_device_rows, to_device_split
-from radixlm.forward_batch import ForwardMode
+from radixlm.executor.cuda_graph_runner import CudaGraphRunner
+from radixlm.forward.batch import ForwardMode
+from radixlm.forward.device_copy import host_tensor, to_device_rows, to_device_split
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
@@ -23,15 +24,21 @@ from radixlm.scheduler.batch import ScheduledBatch, build_decode
 from radixlm.scheduler.output import PLACEHOLDER, LaunchedBatch, OutputProcessor
 from radixlm.scheduler.request import Req
 from radixlm.tokenizer.detokenizer import IncrementalDetokenizer, WindowDecoder
-from tiny_models import make_tiny_tokenizer
 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("values, dtype", [
-    ([3, -1, 2**40, 0], torch.int64), ([], torch.int64), ([True, False], torch.int64),
-    ([0.1, -2.5, 1e40, 3.0], torch.float32), ([], torch.float32), ([True, False], torch.bool),
-])
+@pytest.mark.parametrize(
+    "values, dtype",
+    [
+        ([3, -1, 2**40, 0], torch.int64),
+        ([], torch.int64),
+        ([True, False], torch.int64),
+        ([0.1, -2.5, 1e40, 3.0], torch.float32),
+        ([], torch.float32),
+        ([True, False], torch.bool),
+    ],
+)
 def test_host_tensor_equals_torch_tensor(values: list, dtype: torch.dtype) -> None:
     got, want = host_tensor(values, dtype), torch.tensor(values, dtype=dtype)
     assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
@@ -68,8 +75,7 @@ def test_to_device_rows_refuses_ragged_rows() -> None:
 
 
 def make_cache(page_size: int) -> KVCacheManager:
-    return KVCacheManager(SlotAllocator(2048, page_size), ReqToTokenPool(16, 256, CPU),
-                          RadixCache(page_size=page_size))
+    return KVCacheManager(SlotAllocator(2048, page_size), ReqToTokenPool(16, 256, CPU), RadixCache(page_size=page_size))
 
 
 def running_reqs(cache: KVCacheManager, rng: random.Random) -> list[Req]:
@@ -77,8 +83,9 @@ def running_reqs(cache: KVCacheManager, rng: random.Random) -> list[Req]:
     (their KV covers every token but the last, like a running request's before a decode)."""
     reqs = []
     for i in range(10):
-        req = Req(str(i), [rng.randrange(3, 400) for _ in range(rng.randrange(1, 20))],
-                  SamplingParams(max_new_tokens=100))
+        req = Req(
+            str(i), [rng.randrange(3, 400) for _ in range(rng.randrange(1, 20))], SamplingParams(max_new_tokens=100)
+        )
         cache.match(req, req.seq_len)
         assert cache.assign_row(req)
         outputs = [rng.randrange(3, 400) for _ in range(rng.randrange(0, 5))]
@@ -96,9 +103,17 @@ def reference_decode(reqs: list[Req], table: torch.Tensor, token_buf: torch.Tens
     pool = torch.tensor([r.req_pool_idx for r in reqs])
     ids = torch.tensor([r.last_token for r in reqs])
     ids = torch.where(ids < 0, token_buf[pool], ids)
-    return dict(input_ids=ids.tolist(), positions=positions, out_cache_loc=table[pool, torch.tensor(positions)].tolist(),
-                req_pool_indices=pool.tolist(), seq_lens=[p + 1 for p in positions], seq_lens_cpu=[p + 1 for p in positions],
-                extend_prefix_lens_cpu=positions, extend_seq_lens_cpu=[1] * len(reqs), logit_indices=list(range(len(reqs))))
+    return dict(
+        input_ids=ids.tolist(),
+        positions=positions,
+        out_cache_loc=table[pool, torch.tensor(positions)].tolist(),
+        req_pool_indices=pool.tolist(),
+        seq_lens=[p + 1 for p in positions],
+        seq_lens_cpu=[p + 1 for p in positions],
+        extend_prefix_lens_cpu=positions,
+        extend_seq_lens_cpu=[1] * len(reqs),
+        logit_indices=list(range(len(reqs))),
+    )
 
 
 @pytest.mark.parametrize("page_size", [1, 4])
@@ -114,7 +129,7 @@ def test_build_decode_equals_per_request_batch(page_size: int) -> None:
     cache.write_slots(fb.req_pool_indices, fb.positions, fb.out_cache_loc)
     for req, kv in zip(reqs, kv_before):
         assert req.kv_len == kv + 1 == req.seq_len
-        assert cache.req_pool.table[req.req_pool_idx, :req.kv_len].tolist() == req.kv_slots  # host copy == table
+        assert cache.req_pool.table[req.req_pool_idx, : req.kv_len].tolist() == req.kv_slots  # host copy == table
     want = reference_decode(reqs, cache.req_pool.table, token_buf)
     for name, value in want.items():
         got = getattr(fb, name)
@@ -176,11 +191,12 @@ def finish_both_ways(tokenizer, reqs: list[Req], tokens: list[int]) -> list[tupl
         batch_reqs = copy.deepcopy(reqs)
         for req in batch_reqs:
             out.init_req(req)
-            for token in req.output_ids[:len(req.output_ids) - req.pending_tokens]:
+            for token in req.output_ids[: len(req.output_ids) - req.pending_tokens]:
                 if req.detok is not None:
                     req.detok.append([token])
-        launched = LaunchedBatch(ScheduledBatch(ForwardMode.DECODE, batch_reqs, None, batch_reqs, None),
-                                 None, batch_reqs, None, list)
+        launched = LaunchedBatch(
+            ScheduledBatch(ForwardMode.DECODE, batch_reqs, None, batch_reqs, None), None, batch_reqs, None, list
+        )
         if fast:
             out.finish(launched, tokens)
         else:
@@ -194,10 +210,14 @@ def test_finish_in_place_equals_general_path(tokenizer) -> None:
     rng = random.Random(1)
     reqs, tokens = [], []
     for i in range(200):
-        params = SamplingParams(max_new_tokens=rng.choice([1, 3, 6, 100]), ignore_eos=i % 3 == 0,
-                                stop_token_ids=[7, 8] if i % 4 == 0 else None)
-        req = Req(str(i), [rng.randrange(3, 400) for _ in range(rng.choice([3, 30, 38]))], params,
-                  stream=i % 2 == 0)  # streaming: text token by token; else decoded once at the end
+        params = SamplingParams(
+            max_new_tokens=rng.choice([1, 3, 6, 100]),
+            ignore_eos=i % 3 == 0,
+            stop_token_ids=[7, 8] if i % 4 == 0 else None,
+        )
+        req = Req(
+            str(i), [rng.randrange(3, 400) for _ in range(rng.choice([3, 30, 38]))], params, stream=i % 2 == 0
+        )  # streaming: text token by token; else decoded once at the end
         done = rng.randrange(0, 4)
         req.pending_tokens = rng.randrange(1, 4)
         req.output_ids = [rng.randrange(3, 400) for _ in range(done)] + [PLACEHOLDER] * req.pending_tokens

@@ -12,21 +12,22 @@ from typing import Any, Callable, Optional
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import make_tiny_model
 
 import radixlm
-from radixlm.dp.dp_client import DataParallelClient, ReplicaProcesses, replica_args
-from radixlm.launch_server import warm_up
-from radixlm.dp.router import ApproxPrefixTree, CacheAwarePolicy, CacheAwareRouter, RoundRobinRouter
-from radixlm.io_struct import ReqOutput, TokenizedGenerateReq
-from radixlm.runtime_client import SchedulerDied
+from radixlm.config.server_args import ServerArgs
+from radixlm.entrypoints.launch import warm_up
+from radixlm.ipc.dp_client import DataParallelClient, ReplicaProcesses, replica_args
+from radixlm.ipc.dp_router import ApproxPrefixTree, CacheAwarePolicy, CacheAwareRouter, RoundRobinRouter
+from radixlm.ipc.messages import ReqOutput, TokenizedGenerateReq
+from radixlm.ipc.runtime_client import SchedulerDied
 from radixlm.sampling.sampling_params import SamplingParams
-from radixlm.server_args import ServerArgs
-from tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.timeout(180)
 
 
 # -- router ----------------------------------------------------------------------------------
+
 
 def test_round_robin_cycles_and_skips_dead_replicas() -> None:
     router = RoundRobinRouter(3)
@@ -99,8 +100,15 @@ def test_approx_tree_match_is_the_longest_common_prefix(prompts: list[list[int]]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.integers(0, 3), min_size=1, max_size=20),
-                          st.dictionaries(st.integers(0, 2), st.integers(0, 50), min_size=1)), max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 3), min_size=1, max_size=20),
+            st.dictionaries(st.integers(0, 2), st.integers(0, 50), min_size=1),
+        ),
+        max_size=30,
+    )
+)
 def test_cache_aware_always_picks_a_live_replica(steps: list[tuple[list[int], dict[int, int]]]) -> None:
     router = CacheAwareRouter([50, 50, 50])
     for prompt, loads in steps:
@@ -110,7 +118,7 @@ def test_cache_aware_always_picks_a_live_replica(steps: list[tuple[list[int], di
 
 
 def test_router_imports_no_torch() -> None:
-    code = "import sys, radixlm.dp.router; assert 'torch' not in sys.modules, 'router pulled in torch'"
+    code = "import sys, radixlm.ipc.dp_router; assert 'torch' not in sys.modules, 'router pulled in torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -122,6 +130,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 # -- configuration -----------------------------------------------------------------------------
+
 
 def test_server_args_data_parallel_fields() -> None:
     args = ServerArgs.from_kwargs(dp=2, load_balance_method="round_robin", load_format="dummy")
@@ -145,6 +154,7 @@ def test_replica_args_share_the_cores() -> None:
 
 # -- DataParallelClient over fake replicas ------------------------------------------------------
 
+
 class FakeProcess:
     def __init__(self) -> None:
         self.alive = True
@@ -161,8 +171,13 @@ class FakeReplica:
 
     def __init__(self, args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any) -> None:
         self.args = args
-        self.info = {"max_total_num_tokens": 100 * (args.dp_rank + 1), "context_length": 512, "vocab_size": 64,
-                     "available_kv_tokens": 90, "num_running_reqs": args.dp_rank}
+        self.info = {
+            "max_total_num_tokens": 100 * (args.dp_rank + 1),
+            "context_length": 512,
+            "vocab_size": 64,
+            "available_kv_tokens": 90,
+            "num_running_reqs": args.dp_rank,
+        }
         self.process = FakeProcess()
         self.callbacks: dict[str, Callable[[ReqOutput], None]] = {}
         self.aborted: list[str] = []
@@ -282,6 +297,7 @@ def test_dp_client_start_failure_stops_started_replicas() -> None:
 
 
 # -- end to end: dp 2 vs dp 1 on a tiny model -----------------------------------------------------
+
 
 def _prompts(vocab: int, count: int) -> list[list[int]]:
     """`count` prompts in 10 groups sharing a 24-token prefix, each with its own suffix."""

@@ -11,9 +11,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from tiny_models import make_tiny_model
 
 import radixlm
-from tiny_models import make_tiny_model
 
 EOS_ID = 1
 GREEDY = {"temperature": 0.0}
@@ -21,8 +21,10 @@ PROMPT = "hello world, the quick brown fox"
 REPLACEMENT = "\ufffd"
 
 # A crashed receiver thread would hang every later request: fail fast and loudly instead.
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")]
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def pick_stop_string(engine: Any, text: str, ids: list[int]) -> tuple[str, int]:
     bounds = token_boundaries(engine, ids)
     for start in list(range(len(text) // 2, len(text) - 3)) + list(range(1, len(text) // 2)):
         for length in (3, 4, 2, 5, 6):
-            stop = text[start:start + length]
+            stop = text[start : start + length]
             crosses = any(start < b < start + length for b in bounds)
             if len(stop) == length and REPLACEMENT not in stop and text.find(stop) == start and crosses:
                 return stop, start
@@ -123,7 +125,7 @@ def test_stop_token_id_ends_generation_right_after_it(engine: Any) -> None:
     ids = full["output_ids"]
     k = next(i for i in range(3, len(ids)) if ids.index(ids[i]) == i and ids[i] != EOS_ID)
     out = greedy(engine, PROMPT, 32, stop_token_ids=[ids[k]])
-    assert out["output_ids"] == ids[:k + 1]
+    assert out["output_ids"] == ids[: k + 1]
     assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": ids[k]}
     assert out["meta_info"]["completion_tokens"] == k + 1
 
@@ -155,8 +157,9 @@ def test_max_new_tokens_and_token_counts(engine: Any, max_new_tokens: int) -> No
     assert len(out["output_ids"]) == max_new_tokens == meta["completion_tokens"]
     assert meta["prompt_tokens"] == len(prompt_ids)
     assert meta["finish_reason"] == {"type": "length", "length": max_new_tokens}
-    by_ids = engine.generate(input_ids=prompt_ids, sampling_params={**GREEDY, "max_new_tokens": max_new_tokens,
-                                                                    "ignore_eos": True})
+    by_ids = engine.generate(
+        input_ids=prompt_ids, sampling_params={**GREEDY, "max_new_tokens": max_new_tokens, "ignore_eos": True}
+    )
     assert by_ids["output_ids"] == out["output_ids"]
     assert by_ids["meta_info"]["prompt_tokens"] == len(prompt_ids)
 
@@ -281,8 +284,13 @@ def test_concurrent_async_generate(engine: Any) -> None:
 
 def test_logprob_shapes_and_top_lists(engine: Any) -> None:
     prompt_ids = engine.tokenizer.encode(PROMPT)
-    out = engine.generate(PROMPT, {**GREEDY, "max_new_tokens": 8, "ignore_eos": True},
-                          return_logprob=True, top_logprobs_num=3, logprob_start_len=0)
+    out = engine.generate(
+        PROMPT,
+        {**GREEDY, "max_new_tokens": 8, "ignore_eos": True},
+        return_logprob=True,
+        top_logprobs_num=3,
+        logprob_start_len=0,
+    )
     meta = out["meta_info"]
     inputs = meta["input_token_logprobs"]
     assert len(inputs) == len(prompt_ids)
@@ -304,29 +312,35 @@ def test_logprob_shapes_and_top_lists(engine: Any) -> None:
 # -- validation ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"temperature": -1}, "temperature"),
-    ({"top_p": 0}, "top_p"),
-    ({"top_k": 0}, "top_k"),
-    ({"n": 0}, "n"),
-    ({"max_new_tokens": -1}, "max_new_tokens"),
-    ({"frequency_penalty": 3}, "frequency_penalty"),
-    ({"no_such_param": 1}, "no_such_param"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"n": 0}, "n"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"no_such_param": 1}, "no_such_param"),
+    ],
+)
 def test_bad_sampling_params_raise_naming_the_field(engine: Any, bad: dict, field: str) -> None:
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
         engine.generate(PROMPT, {**GREEDY, "max_new_tokens": 4, **bad})
     assert len(engine.generate(PROMPT, {**GREEDY, "max_new_tokens": 3})["output_ids"]) >= 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"prompt": ""}, "empty"),
-    ({"input_ids": []}, "empty"),
-    ({"input_ids": [5, 400]}, "input_ids"),
-    ({"input_ids": [5, -1]}, "input_ids"),
-    ({"input_ids": [5] * 600}, "context length"),
-    ({"input_ids": [5] * 512}, "context length"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": ""}, "empty"),
+        ({"input_ids": []}, "empty"),
+        ({"input_ids": [5, 400]}, "input_ids"),
+        ({"input_ids": [5, -1]}, "input_ids"),
+        ({"input_ids": [5] * 600}, "context length"),
+        ({"input_ids": [5] * 512}, "context length"),
+    ],
+)
 def test_bad_prompts_raise(engine: Any, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         engine.generate(sampling_params={**GREEDY, "max_new_tokens": 4}, **kwargs)

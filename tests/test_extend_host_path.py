@@ -45,8 +45,8 @@ def random_tree(page: int, rng: random.Random) -> tuple[RadixCache, list[list[in
     tree, keys, slot = RadixCache(page_size=page), [], 1
     base = [rng.randrange(3) for _ in range(40 * page)]
     for _ in range(12):
-        key = base[:rng.randrange(0, len(base))] + [rng.randrange(3) for _ in range(rng.randrange(0, 8 * page))]
-        key = key[:len(key) - len(key) % page]
+        key = base[: rng.randrange(0, len(base))] + [rng.randrange(3) for _ in range(rng.randrange(0, 8 * page))]
+        key = key[: len(key) - len(key) % page]
         keys.append(key)
         tree.insert(key, list(range(slot, slot + len(key))))
         slot += len(key)
@@ -61,7 +61,7 @@ def snapshot(tree: RadixCache) -> list[tuple]:
 def test_prefix_len_is_match_length_without_side_effects(page: int) -> None:
     rng = random.Random(page)
     tree, keys = random_tree(page, rng)
-    queries = keys + [k[:rng.randrange(0, len(k) + 1)] + [7, 7] for k in keys] + [[], [5] * page]
+    queries = keys + [k[: rng.randrange(0, len(k) + 1)] + [7, 7] for k in keys] + [[], [5] * page]
     for key in queries:
         before = snapshot(tree)
         got = tree.prefix_len(key)
@@ -96,7 +96,7 @@ def test_page_one_alloc_equals_popping_pages() -> None:
         assert alloc.alloc(rng.randrange(100), rng.randrange(9), count) == want
         assert alloc._free_pages == free
         if want and rng.random() < 0.5:
-            back = want[:rng.randrange(len(want) + 1)]
+            back = want[: rng.randrange(len(want) + 1)]
             alloc.free(back)
             free.extend(back)
 
@@ -122,11 +122,14 @@ def admit(cache: KVCacheManager, rid: str, ids: list[int]) -> tuple[Req, int]:
     return req, req.tree_len
 
 
-def shared_prompt_step(cache: KVCacheManager, systems: list[list[int]], rng: random.Random,
-                       step: int) -> list[tuple[Req, int]]:
+def shared_prompt_step(
+    cache: KVCacheManager, systems: list[list[int]], rng: random.Random, step: int
+) -> list[tuple[Req, int]]:
     """One step's requests on three system prompts, admitted before any of them is cached."""
-    return [admit(cache, f"{step}-{i}", systems[i % 3] + [rng.randrange(3, 400) for _ in range(rng.randrange(1, 30))])
-            for i in range(9)]
+    return [
+        admit(cache, f"{step}-{i}", systems[i % 3] + [rng.randrange(3, 400) for _ in range(rng.randrange(1, 30))])
+        for i in range(9)
+    ]
 
 
 @pytest.mark.parametrize("page", [1, 4])
@@ -144,7 +147,7 @@ def test_write_rows_fills_every_row_and_sends_shared_prefixes_once(page: int) ->
     cache._dev = lambda values: sent.append(len(values)) or dev(values)
     cache.write_rows([(req, 0, req.kv_len) for req, _ in second])
     for req, _ in first + second:
-        assert cache.req_pool.table[req.req_pool_idx, :req.kv_len].tolist() == req.kv_slots
+        assert cache.req_pool.table[req.req_pool_idx, : req.kv_len].tolist() == req.kv_slots
     prefixes = {id(req.last_node): tree_len for req, tree_len in second}
     assert all(tree_len > 0 for _, tree_len in second) and len(prefixes) == 3
     own = sum(req.kv_len - tree_len for req, tree_len in second)
@@ -156,11 +159,16 @@ def old_build_extend_fields(items: list[ExtendItem], table: torch.Tensor) -> dic
     ids, pos, locs = [], [], []
     for item in items:
         end = item.start + item.length
-        ids += item.req.fill_ids[item.start:end]
+        ids += item.req.fill_ids[item.start : end]
         pos += range(item.start, end)
-        locs += table[item.req.req_pool_idx, item.start:end].tolist()
-    return dict(input_ids=ids, positions=pos, out_cache_loc=locs,
-                req_pool_indices=[i.req.req_pool_idx for i in items], seq_lens=[i.start + i.length for i in items])
+        locs += table[item.req.req_pool_idx, item.start : end].tolist()
+    return dict(
+        input_ids=ids,
+        positions=pos,
+        out_cache_loc=locs,
+        req_pool_indices=[i.req.req_pool_idx for i in items],
+        seq_lens=[i.start + i.length for i in items],
+    )
 
 
 def test_build_extend_takes_the_slots_from_the_host_copy() -> None:
@@ -186,7 +194,7 @@ def test_a_prompt_cached_meanwhile_replaces_the_duplicate_slots() -> None:
     cache.cache_unfinished(b)
     assert b.kv_slots == a.kv_slots and b.last_node is a.last_node and b.tree_len == a.tree_len == len(ids)
     assert cache.allocator.available_size() == free_before + len(ids)
-    assert cache.req_pool.table[b.req_pool_idx, :b.kv_len].tolist() == b.kv_slots
+    assert cache.req_pool.table[b.req_pool_idx, : b.kv_len].tolist() == b.kv_slots
     for req in (a, b):
         cache.cache_finished(req)
     cache.check_no_leak()

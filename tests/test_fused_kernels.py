@@ -17,7 +17,7 @@ HERE = os.path.dirname(__file__)
 
 
 def check_all(device: str, dtype: torch.dtype, tol: float) -> None:
-    from radixlm.layers import fused_kernels as fk
+    from radixlm.kernels import fused as fk
     from radixlm.layers.basic import RMSNorm, RotaryEmbedding, silu_and_mul
 
     gen = torch.Generator().manual_seed(0)
@@ -53,7 +53,15 @@ def test_fused_kernels_match_eager() -> None:
         check_all("cuda", torch.float32, 1e-5)
         check_all("cuda", torch.bfloat16, 1e-2)
         return
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import torch, test_fused_kernels as t; t.check_all('cpu', torch.float32, 1e-5)"
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=600)
+    code = (
+        f"import sys; sys.path.insert(0, {HERE!r}); import torch, test_fused_kernels as t; "
+        "t.check_all('cpu', torch.float32, 1e-5)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

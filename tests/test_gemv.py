@@ -30,7 +30,7 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def check_kernel(device: str) -> None:
-    from radixlm.layers.gemv import gemv_into
+    from radixlm.kernels.gemv import gemv_into
 
     gen = torch.Generator().manual_seed(0)
     for n, k in SHAPES:
@@ -55,28 +55,41 @@ def test_gemv_kernel_matches_float64_product() -> None:
         check_kernel("cuda")
         return
     code = f"import sys; sys.path.insert(0, {HERE!r}); import test_gemv as t; t.check_kernel('cpu')"
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_config_divides_k_and_covers_the_tile_sizes() -> None:
-    from radixlm.layers.gemv import gemv_config
+    from radixlm.kernels.gemv import gemv_config
 
     for n, k in SHAPES:
         rows, tile, warps = gemv_config(n, k)
         assert k % tile == 0 and rows in (2, 4) and warps in (4, 8)
-    llama = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (128256, 4096),
-             (3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 2048))
+    llama = (
+        (6144, 4096),
+        (4096, 4096),
+        (28672, 4096),
+        (4096, 14336),
+        (128256, 4096),
+        (3072, 2048),
+        (2048, 2048),
+        (16384, 2048),
+        (2048, 8192),
+        (128256, 2048),
+    )
     assert all(gemv_config(n, k) in CONFIGS for n, k in llama)  # the kernel test runs each
 
 
 def test_pdl_only_for_cuda_tensors_on_hopper_or_newer() -> None:
     """Programmatic dependent launch is never asked of the CPU interpreter (it has no grid
     dependency instructions); on a GPU it follows the compute capability, for small launches."""
-    from radixlm.pdl import pdl_enabled
-
-    from radixlm.pdl import MAX_ROWS
+    from radixlm.kernels.pdl import MAX_ROWS, pdl_enabled
 
     assert not pdl_enabled(torch.zeros(1), 1)
     if torch.cuda.is_available():
@@ -86,7 +99,7 @@ def test_pdl_only_for_cuda_tensors_on_hopper_or_newer() -> None:
 
 
 def test_cpu_tensors_go_to_torch() -> None:
-    from radixlm.layers import gemv
+    from radixlm.kernels import gemv
 
     x, w, b = torch.randn(1, 256), torch.randn(32, 256), torch.randn(32)
     assert not gemv.supports(x, w)
@@ -97,7 +110,7 @@ def test_custom_op_only_under_torch_compile(monkeypatch: pytest.MonkeyPatch) -> 
     """Eagerly `linear` / `linear_fp32` launch the kernel without the custom op's dispatch (host
     time per call); a torch.compile trace still sees one opaque `radixlm::gemv` node. The kernel
     is replaced by a float32 torch product so this runs on CPU tensors."""
-    from radixlm.layers import gemv
+    from radixlm.kernels import gemv
 
     def kernel(x: torch.Tensor, w: torch.Tensor, bias, out: torch.Tensor, config=None) -> torch.Tensor:
         return out.copy_(F.linear(x.float(), w.float(), None if bias is None else bias.float()))
@@ -128,7 +141,7 @@ def test_custom_op_only_under_torch_compile(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_dispatch_on_cuda_one_row_kernel_more_rows_torch() -> None:
-    from radixlm.layers import gemv
+    from radixlm.kernels import gemv
 
     gen = torch.Generator(device="cuda").manual_seed(1)
     w = torch.randn(4096, 2048, device="cuda", dtype=torch.bfloat16, generator=gen)

@@ -80,9 +80,7 @@ def test_bundled_count_matches_iterator(bundled_path: str, bundled_tensors: dict
     assert all(t.dtype == torch.float32 for t in bundled_tensors.values())
 
 
-def test_bundled_matches_transformers_loader(
-    bundled_path: str, bundled_config: dict, bundled_tensors: dict
-) -> None:
+def test_bundled_matches_transformers_loader(bundled_path: str, bundled_config: dict, bundled_tensors: dict) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -112,7 +110,7 @@ def test_bundled_generates_paris(bundled_config: dict, bundled_tensors: dict) ->
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=12, do_sample=False)
-    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in text, text
 
 
@@ -129,8 +127,13 @@ def test_not_gguf_file(tmp_path: Path) -> None:
 
 
 def _write_gguf(
-    path: Path, arch: str, hidden: int, heads: int, kv_heads: int,
-    tensors: dict[str, np.ndarray], extra: Callable[[GGUFWriter], None] = lambda w: None,
+    path: Path,
+    arch: str,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    tensors: dict[str, np.ndarray],
+    extra: Callable[[GGUFWriter], None] = lambda w: None,
 ) -> str:
     """A minimal GGUF with the metadata read_gguf_config needs; `tensors` are float32 arrays
     in PyTorch shape, or (uint8 bytes, qtype) pairs for quantized ones."""
@@ -175,8 +178,7 @@ def _llama_cpp_permute(hf: np.ndarray, n_head: int) -> np.ndarray:
     return out
 
 
-def _llama3_rope_factors(head_dim: int, theta: float, factor: float, low: float,
-                         high: float, orig: int) -> np.ndarray:
+def _llama3_rope_factors(head_dim: int, theta: float, factor: float, low: float, high: float, orig: int) -> np.ndarray:
     """Per-frequency divisors as llama.cpp's converter writes them to rope_freqs.weight."""
     out = []
     for i in range(0, head_dim, 2):
@@ -226,12 +228,24 @@ def test_llama_unpermutes_qk_quantizes_and_infers_llama3_rope(tmp_path: Path) ->
     cfg = ckpt.config()
     assert cfg["tie_word_embeddings"] is False and cfg["attention_bias"] is True
     assert cfg["rope_scaling"] == {
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
     }
-    original = LlamaConfig(**{**cfg, "rope_scaling": {
-        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
+    original = LlamaConfig(
+        **{
+            **cfg,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        }
+    )
     want, _ = ROPE_INIT_FUNCTIONS["llama3"](original, "cpu")
     have, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**cfg), "cpu")
     assert torch.allclose(have, want, rtol=1e-6)
@@ -256,19 +270,25 @@ def test_qwen2_biases_not_permuted_and_yarn_metadata(tmp_path: Path) -> None:
     assert (cfg["head_dim"], cfg["num_key_value_heads"], cfg["vocab_size"]) == (16, 2, 32)
     assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["rms_norm_eps"]) == (5, 6, 1e-6)
     assert cfg["tie_word_embeddings"] is True
-    assert cfg["rope_scaling"] == {
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
 
 
 def test_qwen3_qk_norm_names_and_key_length(tmp_path: Path) -> None:
     qn, kn, emb = _rand(32), _rand(32, seed=1), _rand(32, 64)
-    files = {"blk.0.attn_q_norm.weight": qn, "blk.0.attn_k_norm.weight": kn,
-             "token_embd.weight": emb, "output_norm.weight": _rand(64)}
-    path = _write_gguf(tmp_path / "q3.gguf", "qwen3", 64, 4, 2, files,
-                       lambda w: w.add_key_length(32))
+    files = {
+        "blk.0.attn_q_norm.weight": qn,
+        "blk.0.attn_k_norm.weight": kn,
+        "token_embd.weight": emb,
+        "output_norm.weight": _rand(64),
+    }
+    path = _write_gguf(tmp_path / "q3.gguf", "qwen3", 64, 4, 2, files, lambda w: w.add_key_length(32))
     got = dict(iter_gguf_tensors(path))
-    assert sorted(got) == ["model.embed_tokens.weight", "model.layers.0.self_attn.k_norm.weight",
-                           "model.layers.0.self_attn.q_norm.weight", "model.norm.weight"]
+    assert sorted(got) == [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.k_norm.weight",
+        "model.layers.0.self_attn.q_norm.weight",
+        "model.norm.weight",
+    ]
     assert torch.equal(got["model.layers.0.self_attn.q_norm.weight"], torch.from_numpy(qn))
     assert torch.equal(got["model.embed_tokens.weight"], torch.from_numpy(emb))
     cfg = read_gguf_config(path)

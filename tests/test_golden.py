@@ -11,9 +11,9 @@ import random
 
 import pytest
 import torch
+from tiny_models import TINY_ARCHS, hf_greedy, hf_logprobs, load_hf_model, make_tiny_model
 
 import radixlm
-from tiny_models import TINY_ARCHS, hf_greedy, hf_logprobs, load_hf_model, make_tiny_model
 
 NEW_TOKENS = 32
 ON_GPU = torch.cuda.is_available()  # the engine runs on CUDA (Triton + CUDA graphs) when there is one
@@ -36,7 +36,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
 
 def run_engine(path: str, prompts: list[list[int]], params: dict = GREEDY, **kwargs) -> list[dict]:
     """Generate for all prompts in one batch, check the pool afterwards, shut down."""
-    with radixlm.Engine(path, log_level="warning", **{"max_total_tokens": 4096, "dtype": "float32", **kwargs}) as engine:
+    with radixlm.Engine(
+        path, log_level="warning", **{"max_total_tokens": 4096, "dtype": "float32", **kwargs}
+    ) as engine:
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         engine.check_no_leak()
     return outs
@@ -50,8 +52,9 @@ def test_greedy_tokens_and_logprobs_match_hf(tmp_path: pytest.TempPathFactory, a
     with radixlm.Engine(path, max_total_tokens=4096, dtype="float32", log_level="warning") as engine:
         batch = engine.generate(input_ids=prompts, sampling_params=GREEDY)
         single = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
-        scored = engine.generate(input_ids=prompts[:3], sampling_params=GREEDY, return_logprob=True,
-                                 top_logprobs_num=5, logprob_start_len=0)
+        scored = engine.generate(
+            input_ids=prompts[:3], sampling_params=GREEDY, return_logprob=True, top_logprobs_num=5, logprob_start_len=0
+        )
         engine.check_no_leak()
     for prompt, out in zip(prompts, batch):
         assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
@@ -129,15 +132,19 @@ def test_prefix_shared_within_one_batch_is_computed_once(tiny_dir: str) -> None:
         assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"chunked_prefill_size": 16},
-    {"page_size": 4},
-    {"page_size": 4, "chunked_prefill_size": 16},
-    {"disable_radix_cache": True},
-    {"disable_radix_cache": True, "chunked_prefill_size": 16},
-    {"schedule_policy": "fcfs"},
-    {"max_running_requests": 3},
-], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"chunked_prefill_size": 16},
+        {"page_size": 4},
+        {"page_size": 4, "chunked_prefill_size": 16},
+        {"disable_radix_cache": True},
+        {"disable_radix_cache": True, "chunked_prefill_size": 16},
+        {"schedule_policy": "fcfs"},
+        {"max_running_requests": 3},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
 def test_configurations_keep_outputs(tiny_dir: str, kwargs: dict) -> None:
     hf = load_hf_model(tiny_dir)
     base = [random.Random(3).randrange(3, 400) for _ in range(30)]
@@ -184,8 +191,12 @@ def test_fp8_kv_cache_stays_close_to_full_precision(tiny_dir: str) -> None:
     runs = {}
     for kv in ("auto", "fp8_e4m3"):
         with radixlm.Engine(tiny_dir, dtype="float32", kv_cache_dtype=kv, log_level="warning") as engine:
-            outs = engine.generate(input_ids=prompts, sampling_params={**GREEDY, "max_new_tokens": 4},
-                                   return_logprob=True, logprob_start_len=0)
+            outs = engine.generate(
+                input_ids=prompts,
+                sampling_params={**GREEDY, "max_new_tokens": 4},
+                return_logprob=True,
+                logprob_start_len=0,
+            )
             engine.check_no_leak()
         runs[kv] = [[lp for lp, _tok in o["meta_info"]["input_token_logprobs"][1:]] for o in outs]
     full = torch.tensor(sum(runs["auto"], []))

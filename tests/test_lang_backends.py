@@ -26,13 +26,19 @@ class FakeAnthropic:
         self.calls.append(kwargs)
         if kwargs.get("stream"):
             return iter(self._events())
-        return NS(content=[NS(type="text", text=self.reply)], stop_reason="end_turn",
-                  usage=NS(input_tokens=11, output_tokens=2))
+        return NS(
+            content=[NS(type="text", text=self.reply)],
+            stop_reason="end_turn",
+            usage=NS(input_tokens=11, output_tokens=2),
+        )
 
     def _events(self) -> list:
         deltas = [NS(type="content_block_delta", delta=NS(type="text_delta", text=ch)) for ch in self.reply]
-        return [NS(type="message_start", message=NS(usage=NS(input_tokens=11))), *deltas,
-                NS(type="message_delta", usage=NS(output_tokens=2), delta=NS(stop_reason="end_turn"))]
+        return [
+            NS(type="message_start", message=NS(usage=NS(input_tokens=11))),
+            *deltas,
+            NS(type="message_delta", usage=NS(output_tokens=2), delta=NS(stop_reason="end_turn")),
+        ]
 
 
 @sgl.function
@@ -56,8 +62,10 @@ def test_anthropic_message_mapping() -> None:
     assert image["source"]["type"] == "base64" and image["source"]["media_type"] == "image/png"
     assert text == {"type": "text", "text": "What is this?"}
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
-    assert second["messages"][1:] == [{"role": "assistant", "content": "Paris."},
-                                      {"role": "user", "content": "And https?"}]
+    assert second["messages"][1:] == [
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And https?"},
+    ]
     assert second["extra_body"]["top_k"] == 5
 
 
@@ -95,8 +103,12 @@ class FakeOpenAI:
 def test_openai_chat_request_mapping() -> None:
     client = FakeOpenAI()
     s = image_chat.run("What is this?", backend=sgl.OpenAI("gpt-test", client=client), min_p=0.1)
-    assert s.get_meta_info("answer") == {"finish_reason": "stop", "prompt_tokens": 7, "completion_tokens": 1,
-                                         "cached_tokens": 3}
+    assert s.get_meta_info("answer") == {
+        "finish_reason": "stop",
+        "prompt_tokens": 7,
+        "completion_tokens": 1,
+        "cached_tokens": 3,
+    }
     first = client.calls[0]
     assert first["messages"][0] == {"role": "system", "content": "You are terse."}
     assert first["messages"][1]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")

@@ -3,11 +3,11 @@ programs, compared with direct `Engine.generate` calls."""
 
 from __future__ import annotations
 
-import pytest
-
 import lang_checks as checks
-import radixlm as sgl
+import pytest
 from tiny_models import make_tiny_model
+
+import radixlm as sgl
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,10 @@ def test_default_backend_is_an_engine(engine: sgl.Engine) -> None:
     sgl.set_default_backend(engine)
     try:
         s = checks.text_qa("What is 1 + 1?", temperature=0)  # calling a program runs it
-        assert s["answer"] == engine.generate("Q: What is 1 + 1?\nA:", {"max_new_tokens": 8, "stop": "\n",
-                                                                         "temperature": 0})["text"]
+        assert (
+            s["answer"]
+            == engine.generate("Q: What is 1 + 1?\nA:", {"max_new_tokens": 8, "stop": "\n", "temperature": 0})["text"]
+        )
         assert isinstance(sgl.get_default_backend(), sgl.EngineBackend)
     finally:
         sgl.set_default_backend(None)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import collections
 
 import pytest
-
-import radixlm as sgl
 from lang_checks import GREEDY
 from lang_utils import make_char_model, metric, multi_turn_question, tool_use
 from server_utils import launch_server, stop
+
+import radixlm as sgl
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def test_chat_model_gets_messages(server, chat) -> None:
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
     direct = chat.client.chat.completions.create(model="default", messages=msgs[:4], max_tokens=12, temperature=0)
     assert s["answer_2"] == direct.choices[0].message.content
-    native = multi_turn_question.run(question_1="Hi there", question_2="And then?",
-                                     backend=sgl.RuntimeEndpoint(server), **GREEDY)
+    native = multi_turn_question.run(
+        question_1="Hi there", question_2="And then?", backend=sgl.RuntimeEndpoint(server), **GREEDY
+    )
     assert native["answer_2"] == s["answer_2"]  # same prompt through the chat template
 
 
@@ -49,7 +50,8 @@ def test_completion_model_select_matches_native_select(server, completion) -> No
     native = tool_use.run(question="What is 2 * 2?", backend=sgl.RuntimeEndpoint(server), **GREEDY)
     assert s["tool"] == native["tool"]
     assert s.get_meta_info("tool")["normalized_prompt_logprobs"] == pytest.approx(
-        native.get_meta_info("tool")["normalized_prompt_logprobs"], abs=1e-4)
+        native.get_meta_info("tool")["normalized_prompt_logprobs"], abs=1e-4
+    )
 
 
 def test_chat_model_limits_are_clear_errors(chat) -> None:
@@ -86,8 +88,13 @@ def test_speculative_completion_cuts_api_calls_with_identical_results(server, co
 
     def body(s):
         s += prompt
-        s += (sgl.gen("a", stop=sep, max_tokens=48) + sep + sgl.gen("b", stop=sep, max_tokens=48) + sep
-              + sgl.gen("c", stop=sep, max_tokens=48))
+        s += (
+            sgl.gen("a", stop=sep, max_tokens=48)
+            + sep
+            + sgl.gen("b", stop=sep, max_tokens=48)
+            + sep
+            + sgl.gen("c", stop=sep, max_tokens=48)
+        )
 
     results, calls = [], []
     for program in (sgl.function(body), sgl.function(num_api_spec_tokens=48)(body)):

@@ -1,4 +1,4 @@
-"""The frontend language on a live `radixlm.launch_server` (tiny random Llama) through
+"""The frontend language on a live `radixlm.entrypoints.launch` (tiny random Llama) through
 `RuntimeEndpoint`: SGLang's README programs compared with direct `/generate` calls, prefix
 sharing across a batch, and failures that raise instead of hanging."""
 
@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 
 import httpx
-import pytest
-
 import lang_checks as checks
-import radixlm as sgl
+import pytest
 from lang_utils import SYSTEM_PROMPT, geography_qa, metric, text_qa
 from server_utils import free_port, launch_server, stop
 from tiny_models import make_tiny_model
+
+import radixlm as sgl
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,7 @@ def _direct(base_url: str):
         resp = httpx.post(f"{base_url}/generate", json={"text": text, "sampling_params": params, **kw}, timeout=120)
         resp.raise_for_status()
         return resp.json()
+
     return call
 
 
@@ -88,8 +89,9 @@ def test_run_batch_computes_shared_system_prompt_once(server, backend) -> None:
     prefix += backend.chat_template.begin("user", False)
     prefix_tokens = len(tokenizer.encode(prefix))
     requests_before, cached_before = metric(base_url, "radixlm_num_requests"), metric(base_url, "radixlm_cached_tokens")
-    states = geography_qa.run_batch([{"question": f"What is the capital of country number {i}?"} for i in range(32)],
-                                    backend=backend, temperature=0)
+    states = geography_qa.run_batch(
+        [{"question": f"What is the capital of country number {i}?"} for i in range(32)], backend=backend, temperature=0
+    )
     assert all(s.error() is None for s in states)
     cached = [s.get_meta_info("answer")["cached_tokens"] for s in states]
     assert min(cached) >= prefix_tokens - 1, (cached, prefix_tokens)

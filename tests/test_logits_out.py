@@ -6,18 +6,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import make_tiny_model
 from transformers import AutoConfig
 
-from radixlm.model_runner import ModelRunner
-from radixlm.server_args import ServerArgs
-from tiny_models import make_tiny_model
+from radixlm.config.server_args import ServerArgs
+from radixlm.executor.model_runner import ModelRunner
 
 
 @pytest.mark.parametrize("impl", ["radixlm", "transformers"])
 def test_logits_into_a_shared_buffer(tmp_path_factory: pytest.TempPathFactory, impl: str) -> None:
     path = make_tiny_model(tmp_path_factory.mktemp("logits"), "llama")
-    runner = ModelRunner(ServerArgs(model_path=path, device="cpu", dtype="float32", max_total_tokens=128,
-                                    max_running_requests=2, model_impl=impl))
+    runner = ModelRunner(
+        ServerArgs(
+            model_path=path,
+            device="cpu",
+            dtype="float32",
+            max_total_tokens=128,
+            max_running_requests=2,
+            model_impl=impl,
+        )
+    )
     hidden_size = AutoConfig.from_pretrained(path).hidden_size
     hidden = torch.randn(3, hidden_size, generator=torch.Generator().manual_seed(0))
     want = runner.model.compute_logits(hidden)

@@ -13,9 +13,9 @@ import random
 from typing import Any
 
 import pytest
+from tiny_models import make_tiny_model
 
 import radixlm
-from tiny_models import make_tiny_model
 
 HAVE_XGRAMMAR = importlib.util.find_spec("xgrammar") is not None  # the device image lacks it
 
@@ -101,8 +101,14 @@ def test_chunks_of_a_cold_prompt_are_not_cache_hits(tiny_dir: str, overlap: bool
     prompt again reports the hit."""
     prompt = [random.Random(9).randrange(3, 400) for _ in range(40)]
     params = {"temperature": 0, "max_new_tokens": 3, "ignore_eos": True}
-    with radixlm.Engine(tiny_dir, dtype="float32", max_total_tokens=4096, chunked_prefill_size=16,
-                        disable_overlap_schedule=not overlap, log_level="warning") as engine:
+    with radixlm.Engine(
+        tiny_dir,
+        dtype="float32",
+        max_total_tokens=4096,
+        chunked_prefill_size=16,
+        disable_overlap_schedule=not overlap,
+        log_level="warning",
+    ) as engine:
         chunks = list(engine.generate(input_ids=prompt, sampling_params=params, stream=True))
         again = engine.generate(input_ids=prompt, sampling_params=params)
         engine.check_no_leak()

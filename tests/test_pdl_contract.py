@@ -1,4 +1,4 @@
-"""The programmatic-dependent-launch contract of `radixlm/pdl.py`, checked on the source of
+"""The programmatic-dependent-launch contract of `radixlm/kernels/pdl.py`, checked on the source of
 every Triton kernel that takes a `PDL` constexpr (the GPU is not needed; a kernel that broke
 the contract would read stale data only on Hopper, and only sometimes):
 
@@ -19,10 +19,19 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "radixlm"
 # kernel -> pointer arguments it may load before the wait: memory no PDL kernel writes (weights;
 # also host-written metadata, since a non-PDL kernel completes before any PDL kernel after it launches)
-ALLOWED_BEFORE_WAIT = {"_gemv_kernel": {"w_ptr"},
-                       "_decode_split_kernel": {"seq_lens_ptr", "req_idx_ptr", "starts_ptr", "req_to_token_ptr",
-                                                "loc_ptr", "cos_ptr", "sin_ptr"},
-                       "_rope_store_kernel": {"loc_ptr", "pos_ptr", "cos_ptr", "sin_ptr"}}
+ALLOWED_BEFORE_WAIT = {
+    "_gemv_kernel": {"w_ptr"},
+    "_decode_split_kernel": {
+        "seq_lens_ptr",
+        "req_idx_ptr",
+        "starts_ptr",
+        "req_to_token_ptr",
+        "loc_ptr",
+        "cos_ptr",
+        "sin_ptr",
+    },
+    "_rope_store_kernel": {"loc_ptr", "pos_ptr", "cos_ptr", "sin_ptr"},
+}
 WAITS = {"pdl_wait", "pdl_enter"}
 PURE_TL = {"program_id", "arange", "zeros", "full", "cdiv", "minimum", "maximum", "where", "num_programs"}
 
@@ -32,8 +41,12 @@ TREES = {path: ast.parse(path.read_text()) for path in sorted(ROOT.rglob("*.py")
 
 def _kernels() -> list[ast.FunctionDef]:
     """Every function (a Triton kernel) with a parameter named PDL, in any module."""
-    return [node for tree in TREES.values() for node in ast.walk(tree)
-            if isinstance(node, ast.FunctionDef) and any(a.arg == "PDL" for a in node.args.args)]
+    return [
+        node
+        for tree in TREES.values()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and any(a.arg == "PDL" for a in node.args.args)
+    ]
 
 
 def _name(call: ast.Call) -> str:
@@ -47,8 +60,12 @@ def _is_tl(call: ast.Call) -> bool:
 
 
 def _waits(stmt: ast.stmt) -> bool:
-    return (isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id == "PDL"
-            and any(isinstance(c, ast.Call) and _name(c) in WAITS for s in stmt.body for c in ast.walk(s)))
+    return (
+        isinstance(stmt, ast.If)
+        and isinstance(stmt.test, ast.Name)
+        and stmt.test.id == "PDL"
+        and any(isinstance(c, ast.Call) and _name(c) in WAITS for s in stmt.body for c in ast.walk(s))
+    )
 
 
 def _roots(expr: ast.AST, derived: dict[str, set[str]]) -> set[str]:
@@ -104,8 +121,14 @@ KERNELS = _kernels()
 
 def test_the_kernels_are_found() -> None:
     names = {k.name for k in KERNELS}
-    assert {"_gemv_kernel", "_rmsnorm_kernel", "_silu_mul_kernel", "_rope_store_kernel",
-            "_decode_split_kernel", "_decode_reduce_kernel"} <= names, names
+    assert {
+        "_gemv_kernel",
+        "_rmsnorm_kernel",
+        "_silu_mul_kernel",
+        "_rope_store_kernel",
+        "_decode_split_kernel",
+        "_decode_reduce_kernel",
+    } <= names, names
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=[k.name for k in KERNELS])
@@ -126,19 +149,27 @@ def test_nothing_touches_written_memory_before_the_wait(kernel: ast.FunctionDef)
             assert pointers, f"{kernel.name}: a load before the PDL wait from no known pointer argument"
             assert pointers <= allowed, f"{kernel.name} loads {pointers - allowed} before the PDL wait"
     first = body[waits_at].body[0]
-    assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call) and _name(first.value) in WAITS, \
+    assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call) and _name(first.value) in WAITS, (
         f"{kernel.name}: something runs in `if PDL:` before the wait"
+    )
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=[k.name for k in KERNELS])
 def test_every_launch_passes_pdl_launch(kernel: ast.FunctionDef) -> None:
-    launches = [(path, n) for path, tree in TREES.items() for n in ast.walk(tree) if isinstance(n, ast.Call)
-                and isinstance(n.func, ast.Subscript) and isinstance(n.func.value, ast.Name)
-                and n.func.value.id == kernel.name]
+    launches = [
+        (path, n)
+        for path, tree in TREES.items()
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Subscript)
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == kernel.name
+    ]
     assert launches, f"{kernel.name} is never launched"
     for path, call in launches:
-        assert any(k.arg is None and isinstance(k.value, ast.Call) and _name(k.value) == "pdl_launch"
-                   for k in call.keywords), f"{path.name}:{call.lineno} launches {kernel.name} without **pdl_launch"
+        assert any(
+            k.arg is None and isinstance(k.value, ast.Call) and _name(k.value) == "pdl_launch" for k in call.keywords
+        ), f"{path.name}:{call.lineno} launches {kernel.name} without **pdl_launch"
 
 
 def test_launch_pdl_only_through_pdl_launch() -> None:

@@ -13,13 +13,15 @@ from radixlm.scheduler.request import Req
 
 
 def make_cache(disable: bool = False) -> KVCacheManager:
-    return KVCacheManager(SlotAllocator(4096, 1), ReqToTokenPool(16, 512, torch.device("cpu")),
-                          RadixCache(disable=disable))
+    return KVCacheManager(
+        SlotAllocator(4096, 1), ReqToTokenPool(16, 512, torch.device("cpu")), RadixCache(disable=disable)
+    )
 
 
 def make_adder(cache: KVCacheManager) -> PrefillAdder:
-    budget = PrefillBudget(max_prefill_tokens=4096, chunk_size=None, max_running=16, reserved_tokens=0,
-                           new_token_ratio=0.0)
+    budget = PrefillBudget(
+        max_prefill_tokens=4096, chunk_size=None, max_running=16, reserved_tokens=0, new_token_ratio=0.0
+    )
     return PrefillAdder(cache, budget, num_running=0)
 
 

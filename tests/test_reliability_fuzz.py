@@ -12,8 +12,8 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 from server_utils import launch_server, server_log, stop
 from stress.server import shared_tiny_model
@@ -71,8 +71,12 @@ CASES: list[tuple[str, str, Any, bool]] = [  # name, path, body (bytes are sent 
     ("wrong-type-messages", "/v1/chat/completions", {"messages": "hi"}, True),
     ("nan-temperature", GEN, b'{"text": "a", "sampling_params": {"temperature": NaN}}', True),
     ("inf-top-p", "/v1/completions", b'{"prompt": "a", "top_p": Infinity}', True),
-    ("neg-inf-penalty", "/v1/chat/completions",
-     b'{"messages": [{"role": "user", "content": "a"}], "presence_penalty": -Infinity}', True),
+    (
+        "neg-inf-penalty",
+        "/v1/chat/completions",
+        b'{"messages": [{"role": "user", "content": "a"}], "presence_penalty": -Infinity}',
+        True,
+    ),
     ("negative-max-tokens", "/v1/completions", {"prompt": "a", "max_tokens": -1}, True),
     ("negative-n", GEN, {"text": "a", "sampling_params": {"n": -3}}, True),
     ("empty-prompt", "/v1/completions", {"prompt": ""}, True),
@@ -83,15 +87,31 @@ CASES: list[tuple[str, str, Any, bool]] = [  # name, path, body (bytes are sent 
     ("ids-negative", "/v1/completions", {"prompt": [-1, 5]}, True),
     ("huge-n-native", GEN, {"text": "a", "sampling_params": {"n": 10**9}}, True),
     ("huge-n-openai", "/v1/completions", {"prompt": "a", "n": 10**9}, True),
-    ("huge-max-tokens", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": "a"}], "max_tokens": 10**15}, True),
-    ("huge-top-logprobs", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": "a"}], "logprobs": True, "top_logprobs": 10**6}, True),
+    (
+        "huge-max-tokens",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "a"}], "max_tokens": 10**15},
+        True,
+    ),
+    (
+        "huge-top-logprobs",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "a"}], "logprobs": True, "top_logprobs": 10**6},
+        True,
+    ),
     ("deep-schema", GEN, {"text": "a", "sampling_params": {"json_schema": nested_schema(3000)}}, True),
-    ("deep-schema-object", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": "a"}],
-      "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": json.loads(nested_schema(600))}}},
-     True),
+    (
+        "deep-schema-object",
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "a"}],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": json.loads(nested_schema(600))},
+            },
+        },
+        True,
+    ),
     ("invalid-schema", GEN, {"text": "a", "sampling_params": {"json_schema": '{"type": 5}'}}, True),
     ("schema-not-json", GEN, {"text": "a", "sampling_params": {"json_schema": "{oops"}}, True),
     ("deep-regex", GEN, {"text": "a", "sampling_params": {"regex": "(" * 5000 + "a" + ")" * 5000}}, True),
@@ -99,19 +119,38 @@ CASES: list[tuple[str, str, Any, bool]] = [  # name, path, body (bytes are sent 
     ("invalid-regex", GEN, {"text": "a", "sampling_params": {"regex": "(a"}}, True),
     ("huge-stop", GEN, {"text": "a", "sampling_params": {"stop": ["x" * 100_000]}}, True),
     ("two-constraints", GEN, {"text": "a", "sampling_params": {"regex": "a", "ebnf": 'root ::= "a"'}}, True),
-    ("image-to-text-model", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
-     True),
+    (
+        "image-to-text-model",
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
+            ]
+        },
+        True,
+    ),
     # Valid but nasty: must be served (or refused) quickly, never crash.
     ("catastrophic-regex", GEN, {"text": "a", "sampling_params": {"regex": "(a+)+$", "max_new_tokens": 8}}, False),
     ("catastrophic-regex-2", GEN, {"text": "a", "sampling_params": {"regex": "(a|aa)*b", "max_new_tokens": 8}}, False),
     ("nested-star-regex", GEN, {"text": "a", "sampling_params": {"regex": "((a*)*)*$", "max_new_tokens": 8}}, False),
-    ("moderately-deep-schema", GEN,
-     {"text": "a", "sampling_params": {"json_schema": nested_schema(40), "max_new_tokens": 8}}, False),
-    ("huge-logprob-start", GEN,
-     {"text": "a", "return_logprob": True, "logprob_start_len": 10**9, "sampling_params": {"max_new_tokens": 1}}, False),
-    ("huge-top-logprobs-native", GEN,
-     {"text": "a", "return_logprob": True, "top_logprobs_num": 10**9, "sampling_params": {"max_new_tokens": 1}}, False),
+    (
+        "moderately-deep-schema",
+        GEN,
+        {"text": "a", "sampling_params": {"json_schema": nested_schema(40), "max_new_tokens": 8}},
+        False,
+    ),
+    (
+        "huge-logprob-start",
+        GEN,
+        {"text": "a", "return_logprob": True, "logprob_start_len": 10**9, "sampling_params": {"max_new_tokens": 1}},
+        False,
+    ),
+    (
+        "huge-top-logprobs-native",
+        GEN,
+        {"text": "a", "return_logprob": True, "top_logprobs_num": 10**9, "sampling_params": {"max_new_tokens": 1}},
+        False,
+    ),
 ]
 
 
@@ -125,14 +164,40 @@ def test_named_bad_input(http: httpx.Client, name: str, path: str, body: Any, re
 
 
 ANY_VALUE = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, 1, -1, 2**31, 2**63]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308]),
-    st.text(max_size=12), st.lists(st.integers(-5, 500), max_size=4), st.lists(st.text(max_size=4), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, -1, 2**31, 2**63]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308]),
+    st.text(max_size=12),
+    st.lists(st.integers(-5, 500), max_size=4),
+    st.lists(st.text(max_size=4), max_size=3),
     st.dictionaries(st.text(max_size=4), st.integers(-3, 3), max_size=3),
 )
-FIELDS = ["max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-          "frequency_penalty", "presence_penalty", "stop", "stop_token_ids", "ignore_eos", "n", "seed",
-          "logit_bias", "regex", "json_schema", "ebnf", "skip_special_tokens", "no_stop_trim", "bogus"]
+FIELDS = [
+    "max_new_tokens",
+    "min_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "n",
+    "seed",
+    "logit_bias",
+    "regex",
+    "json_schema",
+    "ebnf",
+    "skip_special_tokens",
+    "no_stop_trim",
+    "bogus",
+]
 SAMPLING = st.dictionaries(st.sampled_from(FIELDS), ANY_VALUE, max_size=5).map(lambda d: {"max_new_tokens": 4, **d})
 
 

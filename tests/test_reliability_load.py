@@ -57,8 +57,10 @@ def test_sigterm_during_load_finishes_or_fails_every_request(server: tuple[str, 
     children = child_pids(proc.pid)
     outcomes, wall, exit_s = sigterm_under_load(url, proc, requests=32, after_s=0.5)
     with capsys.disabled():
-        print("\n" + format_summary("SIGTERM during load (CI)", summarize(outcomes, wall)),
-              f"\nexit {proc.returncode} after {exit_s:.1f} s")
+        print(
+            "\n" + format_summary("SIGTERM during load (CI)", summarize(outcomes, wall)),
+            f"\nexit {proc.returncode} after {exit_s:.1f} s",
+        )
     assert len(outcomes) == 32  # none hung (run_all has a time limit)
     for o in outcomes:
         assert o.status == 200 or (o.error and not o.error.get("not_openai_style") and o.status != 500), o

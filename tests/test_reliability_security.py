@@ -22,8 +22,8 @@ import pytest
 from server_utils import free_port, stop
 from stress.server import shared_tiny_model
 
-from radixlm.server import app as server_app
-from radixlm.server.media import MediaPolicy, MediaRejected
+from radixlm.entrypoints.http import app as server_app
+from radixlm.entrypoints.http.media import MediaPolicy, MediaRejected
 
 KEY = "sk-rel-9f8e7d6c5b4a"
 WRONG = "sk-wrong-0a1b2c3d4e"
@@ -78,11 +78,31 @@ def server(media_dir: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     port = free_port()
     log_path = media_dir / "server.log"
     log = open(log_path, "w")
-    cmd = [sys.executable, "-m", "radixlm.launch_server", "--model-path", shared_tiny_model(), "--port", str(port),
-           "--max-total-tokens", "2048", "--num-threads", "1", "--api-key", KEY, "--log-requests",
-           "--allowed-local-media-path", str(media_dir / "allowed")]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "radixlm.launch_server",
+        "--model-path",
+        shared_tiny_model(),
+        "--port",
+        str(port),
+        "--max-total-tokens",
+        "2048",
+        "--num-threads",
+        "1",
+        "--api-key",
+        KEY,
+        "--log-requests",
+        "--allowed-local-media-path",
+        str(media_dir / "allowed"),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -134,8 +154,12 @@ def test_key_check_is_constant_time() -> None:
 def test_request_logs_never_print_the_key(server: Any) -> None:
     url, _, log_path = server
     with httpx.Client(base_url=url, timeout=60) as client:
-        assert client.post("/generate", headers=AUTH, json={"text": "a", "sampling_params": {"max_new_tokens": 2}}
-                           ).status_code == 200
+        assert (
+            client.post(
+                "/generate", headers=AUTH, json={"text": "a", "sampling_params": {"max_new_tokens": 2}}
+            ).status_code
+            == 200
+        )
         assert client.get("/v1/models", headers={"Authorization": f"Bearer {WRONG}"}).status_code == 401
         assert client.get("/v1/models", headers={"x-api-key": KEY}).status_code == 200
     time.sleep(0.5)
@@ -146,12 +170,15 @@ def test_request_logs_never_print_the_key(server: Any) -> None:
 
 # -- binding ----------------------------------------------------------------------------------------
 def test_server_binds_loopback_by_default(server: Any) -> None:
-    from radixlm.launch_server import parse_args
+    from radixlm.config.cli_args import parse_args
 
     assert parse_args([]).host == "127.0.0.1"
     port = int(server[0].rsplit(":", 1)[1])
-    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                 if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port]
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == port
+    ]
     assert listening == ["0100007F:%04X" % port]  # 127.0.0.1 only, not 0.0.0.0
     v6 = Path("/proc/net/tcp6").read_text() if Path("/proc/net/tcp6").exists() else ""
     assert ":%04X" % port not in v6
@@ -160,8 +187,12 @@ def test_server_binds_loopback_by_default(server: Any) -> None:
 # -- media policy ------------------------------------------------------------------------------------
 def chat_with_image(url: str, source: str) -> httpx.Response:
     content = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": source}}]
-    return httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=30,
-                      json={"messages": [{"role": "user", "content": content}], "max_tokens": 4})
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        headers=AUTH,
+        timeout=30,
+        json={"messages": [{"role": "user", "content": content}], "max_tokens": 4},
+    )
 
 
 def assert_400(response: httpx.Response, words: str) -> None:
@@ -176,15 +207,20 @@ def test_image_sources_follow_the_media_policy(server: Any, media_dir: Path, ima
     allowed = media_dir / "allowed" / "cat.png"
     for source in (str(allowed), allowed.as_uri(), "data:image/png;base64,iVBORw0KGgo="):
         assert_400(chat_with_image(url, source), "text only")  # allowed source, but a text-only model
-    for source in (str(media_dir / "secret.txt"), (media_dir / "secret.txt").as_uri(),
-                   str(media_dir / "allowed" / ".." / "secret.txt"), str(media_dir / "allowed" / "link.png"),
-                   "/etc/passwd"):
+    for source in (
+        str(media_dir / "secret.txt"),
+        (media_dir / "secret.txt").as_uri(),
+        str(media_dir / "allowed" / ".." / "secret.txt"),
+        str(media_dir / "allowed" / "link.png"),
+        "/etc/passwd",
+    ):
         assert_400(chat_with_image(url, source), "outside --allowed-local-media-path")
     assert_400(chat_with_image(url, f"{image_host}/cat.png"), "remote image URLs are disabled")
     assert_400(chat_with_image(url, "ftp://127.0.0.1/cat.png"), "not supported")
     assert_400(chat_with_image(url, "file://example.com/etc/passwd"), "no host")
-    native = httpx.post(f"{url}/generate", headers=AUTH, timeout=30,
-                        json={"text": "a", "image_data": [f"{image_host}/x.png"]})
+    native = httpx.post(
+        f"{url}/generate", headers=AUTH, timeout=30, json={"text": "a", "image_data": [f"{image_host}/x.png"]}
+    )
     assert_400(native, "remote image URLs are disabled")
     assert _Hits.hits == []  # no request made the server connect out
 
@@ -212,8 +248,10 @@ def test_media_policy_unit(media_dir: Path, image_host: str) -> None:
 
 # -- nothing received is executed ------------------------------------------------------------------------
 def test_server_never_unpickles_or_executes_request_data() -> None:
-    banned = re.compile(r"(?<![\w.])(pickle|marshal|dill|cloudpickle|eval|exec|compile|__import__)\s*[.(]|yaml\.load|"
-                        r"trust_remote_code\s*=\s*True")
+    banned = re.compile(
+        r"(?<![\w.])(pickle|marshal|dill|cloudpickle|eval|exec|compile|__import__)\s*[.(]|yaml\.load|"
+        r"trust_remote_code\s*=\s*True"
+    )
     imports = re.compile(r"\s*(import|from)\s+(pickle|marshal|dill|cloudpickle|shelve)\b")
     for path in sorted(SERVER_DIR.glob("*.py")):
         hits = [line for line in path.read_text().splitlines() if banned.search(line) or imports.match(line)]

@@ -8,12 +8,13 @@ import time
 from typing import Any
 
 import pytest
+from stress.server import shared_tiny_model
+
 import radixlm
-from radixlm import runtime_client
-from radixlm.request_output import RequestFailed
+from radixlm.entrypoints.request_output import RequestFailed
+from radixlm.ipc import runtime_client
 from radixlm.scheduler.process import run_scheduler_process
 from radixlm.scheduler.watchdog import WATCHDOG_EXIT_CODE, Watchdog, describe_exit
-from stress.server import shared_tiny_model
 
 
 def test_watchdog_fires_once_for_a_slow_step_only() -> None:
@@ -45,7 +46,7 @@ def test_watchdog_timeout_must_be_positive() -> None:
 
 def _hanging_scheduler(*args: Any) -> None:
     """The real scheduler process, with a model forward that hangs from the second step on."""
-    from radixlm.model_runner import ModelRunner
+    from radixlm.executor.model_runner import ModelRunner
 
     forward = ModelRunner.forward
     calls = [0]
@@ -63,8 +64,9 @@ def _hanging_scheduler(*args: Any) -> None:
 def test_stuck_forward_crashes_loudly_and_fails_pending_requests(monkeypatch: Any, capfd: Any) -> None:
     monkeypatch.setattr(runtime_client, "run_scheduler_process", _hanging_scheduler)
     model = shared_tiny_model()
-    with radixlm.Engine(model, watchdog_timeout=1.0, max_total_tokens=1024, num_threads=1,
-                        log_level="warning") as engine:
+    with radixlm.Engine(
+        model, watchdog_timeout=1.0, max_total_tokens=1024, num_threads=1, log_level="warning"
+    ) as engine:
         start = time.monotonic()
         with pytest.raises(RequestFailed, match="watchdog"):
             engine.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 8})

@@ -33,10 +33,18 @@ def check_all(device: str, dtypes: list[tuple[torch.dtype, torch.dtype, float]])
     check_backend_dispatch(gen, device)
 
 
-def check_case(gen: torch.Generator, device: str, heads: tuple[int, int, int], tokens: int, dtype: torch.dtype,
-               kv_dtype: torch.dtype, tol: float, hf_layout: bool) -> None:
+def check_case(
+    gen: torch.Generator,
+    device: str,
+    heads: tuple[int, int, int],
+    tokens: int,
+    dtype: torch.dtype,
+    kv_dtype: torch.dtype,
+    tol: float,
+    hf_layout: bool,
+) -> None:
     """Native models' layout: rotary on views of one fused qkv; HF's: store only, from [H, T, D] transposes."""
-    from radixlm.attention.rope_store import rope_and_store
+    from radixlm.kernels.rope_store import rope_and_store
     from radixlm.layers.basic import RotaryEmbedding
 
     nq, nk, dim = heads
@@ -65,7 +73,7 @@ def check_backend_dispatch(gen: torch.Generator, device: str) -> None:
     """TritonBackend.rotate_and_store (fused) leaves the pool and q as the reference does."""
     from radixlm.attention.torch_native import TorchNativeBackend
     from radixlm.attention.triton_backend import TritonBackend
-    from radixlm.forward_batch import ForwardBatch, ForwardMode
+    from radixlm.forward.batch import ForwardBatch, ForwardMode
     from radixlm.layers.basic import RotaryEmbedding
     from radixlm.mem_cache.kv_pool import KVPool
 
@@ -73,30 +81,44 @@ def check_backend_dispatch(gen: torch.Generator, device: str) -> None:
     rope = RotaryEmbedding(dim, 64, {"rope_theta": 500000.0})
     rope.init_cache(torch.device(device))
     i64 = dict(dtype=torch.int64, device=device)
-    batch = ForwardBatch(ForwardMode.EXTEND, torch.zeros(tokens, **i64), torch.arange(3, 3 + tokens, **i64),
-                         torch.arange(10, 10 + tokens, **i64), torch.zeros(1, **i64), torch.tensor([tokens + 3], **i64),
-                         [tokens + 3], [3], [tokens], torch.tensor([tokens - 1], **i64), torch.zeros(1, 16, **i64))
+    batch = ForwardBatch(
+        ForwardMode.EXTEND,
+        torch.zeros(tokens, **i64),
+        torch.arange(3, 3 + tokens, **i64),
+        torch.arange(10, 10 + tokens, **i64),
+        torch.zeros(1, **i64),
+        torch.tensor([tokens + 3], **i64),
+        [tokens + 3],
+        [3],
+        [tokens],
+        torch.tensor([tokens - 1], **i64),
+        torch.zeros(1, 16, **i64),
+    )
     results = []
     for cls in (TorchNativeBackend, TritonBackend):
         pool = KVPool(POOL, 1, 2, nk, dim, torch.float32, torch.device(device))
-        q, k, v = (x.clone() for x in qkv_views(torch.Generator().manual_seed(1), tokens, nq, nk, dim, device,
-                                                  torch.float32))
+        q, k, v = (
+            x.clone() for x in qkv_views(torch.Generator().manual_seed(1), tokens, nq, nk, dim, device, torch.float32)
+        )
         q = cls(pool).rotate_and_store(rope, batch.positions, q, k, v, 1, batch)
         results.append((q, pool.k_buffers[1], pool.v_buffers[1], pool.k_buffers[0]))
     for ref, out in zip(*results):
         assert close(out, ref, 1e-6)
 
 
-def qkv_views(gen: torch.Generator, tokens: int, nq: int, nk: int, dim: int, device: str,
-              dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def qkv_views(
+    gen: torch.Generator, tokens: int, nq: int, nk: int, dim: int, device: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     qkv = torch.randn(tokens, (nq + 2 * nk) * dim, generator=gen).to(device, dtype)
     return tuple(x.view(tokens, -1, dim) for x in qkv.split([nq * dim, nk * dim, nk * dim], dim=-1))
 
 
-def hf_views(gen: torch.Generator, tokens: int, nq: int, nk: int, dim: int, device: str,
-             dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.randn(1, n, tokens, dim, generator=gen).to(device, dtype)[0].transpose(0, 1)
-                 for n in (nq, nk, nk))
+def hf_views(
+    gen: torch.Generator, tokens: int, nq: int, nk: int, dim: int, device: str, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        torch.randn(1, n, tokens, dim, generator=gen).to(device, dtype)[0].transpose(0, 1) for n in (nq, nk, nk)
+    )
 
 
 def random_pool(gen: torch.Generator, nk: int, dim: int, kv_dtype: torch.dtype, device: str) -> list[torch.Tensor]:
@@ -127,13 +149,27 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
 
 def test_rope_store_matches_eager() -> None:
     if torch.cuda.is_available():
-        check_all("cuda", [(torch.float32, torch.float32, 1e-6), (torch.bfloat16, torch.bfloat16, 1e-2),
-                           (torch.float32, torch.float8_e4m3fn, 2e-2), (torch.bfloat16, torch.float8_e5m2, 4e-2)])
+        check_all(
+            "cuda",
+            [
+                (torch.float32, torch.float32, 1e-6),
+                (torch.bfloat16, torch.bfloat16, 1e-2),
+                (torch.float32, torch.float8_e4m3fn, 2e-2),
+                (torch.bfloat16, torch.float8_e5m2, 4e-2),
+            ],
+        )
         return
-    code = (f"import sys; sys.path.insert(0, {HERE!r}); import torch, test_rope_store as t\n"
-            "f8 = (torch.float8_e4m3fn, torch.float8_e5m2)\n"
-            "t.check_all('cpu', [(torch.float32, torch.float32, 0), (torch.bfloat16, torch.bfloat16, 1e-2),"
-            " (torch.float32, f8[0], 0), (torch.float32, f8[1], 0), (torch.bfloat16, f8[0], 4e-2)])")
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=600)
+    code = (
+        f"import sys; sys.path.insert(0, {HERE!r}); import torch, test_rope_store as t\n"
+        "f8 = (torch.float8_e4m3fn, torch.float8_e5m2)\n"
+        "t.check_all('cpu', [(torch.float32, torch.float32, 0), (torch.bfloat16, torch.bfloat16, 1e-2),"
+        " (torch.float32, f8[0], 0), (torch.float32, f8[1], 0), (torch.bfloat16, f8[0], 4e-2)])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,9 +6,9 @@ import dataclasses
 import math
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 from radixlm.sampling import (
     SamplingBatch,
@@ -64,8 +64,17 @@ _BAD = {
     "n": (0, -1, 1.5, True),
     "stop_token_ids": ([-1], [VOCAB], [True], ["3"], [1.0], "5", 5),
     "logit_bias": (
-        {VOCAB: 1.0}, {-1: 1.0}, {"x": 1.0}, {"-1": 1.0}, {True: 1.0}, {1.5: 1.0},
-        {1: math.nan}, {1: math.inf}, {1: "a"}, {1: True}, [1.0],
+        {VOCAB: 1.0},
+        {-1: 1.0},
+        {"x": 1.0},
+        {"-1": 1.0},
+        {True: 1.0},
+        {1.5: 1.0},
+        {1: math.nan},
+        {1: math.inf},
+        {1: "a"},
+        {1: True},
+        [1.0],
     ),
     "stop": (5, [5], [""], "", ["ok", None]),
     "seed": (1.5, True, "1"),
@@ -114,8 +123,11 @@ def test_deeply_nested_constraints_are_a_value_error_not_a_recursion_error() -> 
     for _ in range(5000):
         deep = {"type": "array", "items": deep}
     deep_text = '{"type": "array", "items": ' * 5000 + '{"type": "string"}' + "}" * 5000
-    cases = {"json_schema": [deep, deep_text], "regex": ["(" * 5000 + "a" + ")" * 5000],
-             "ebnf": ["root ::= " + "(" * 5000 + '"a"' + ")" * 5000]}
+    cases = {
+        "json_schema": [deep, deep_text],
+        "regex": ["(" * 5000 + "a" + ")" * 5000],
+        "ebnf": ["root ::= " + "(" * 5000 + '"a"' + ")" * 5000],
+    }
     for name, values in cases.items():
         for value in values:
             with pytest.raises(ValueError, match=f"{name}: .*nested"):
@@ -130,9 +142,20 @@ def test_deeply_nested_constraints_are_a_value_error_not_a_recursion_error() -> 
 
 def test_validation_accepts_boundaries_and_normalizes() -> None:
     p = SamplingParams(
-        temperature=0, top_p=1, top_k=10 * VOCAB, min_p=1, repetition_penalty=3, frequency_penalty=-2,
-        presence_penalty=2, max_new_tokens=0, min_new_tokens=0, stop="###",
-        stop_token_ids=(0, VOCAB - 1), logit_bias={"7": 1, 8: -2.5}, seed=-3, regex="a+",
+        temperature=0,
+        top_p=1,
+        top_k=10 * VOCAB,
+        min_p=1,
+        repetition_penalty=3,
+        frequency_penalty=-2,
+        presence_penalty=2,
+        max_new_tokens=0,
+        min_new_tokens=0,
+        stop="###",
+        stop_token_ids=(0, VOCAB - 1),
+        logit_bias={"7": 1, 8: -2.5},
+        seed=-3,
+        regex="a+",
     )
     p.validate(VOCAB)
     assert p.stop == ["###"] and p.stop_token_ids == [0, VOCAB - 1]
@@ -273,10 +296,14 @@ def test_filter_probs_matches_sort_reference() -> None:
     params = []
     for i in range(rows):
         kind = i % 4  # mix of stages per row, including rows with none of them
-        params.append(SamplingParams(
-            temperature=0.7, top_k=top_ks[i] if kind in (0, 1) else -1,
-            top_p=top_ps[i] if kind in (0, 2) else 1.0, min_p=min_ps[i] if kind in (1, 2) else 0.0,
-        ))
+        params.append(
+            SamplingParams(
+                temperature=0.7,
+                top_k=top_ks[i] if kind in (0, 1) else -1,
+                top_p=top_ps[i] if kind in (0, 2) else 1.0,
+                min_p=min_ps[i] if kind in (1, 2) else 0.0,
+            )
+        )
     batch = make_batch(params, vocab=vocab)
     probs = torch.softmax(logits / 0.7, dim=-1)
     kept = filter_probs(probs.clone(), batch) > 0
@@ -290,8 +317,12 @@ def test_seeded_rows_ignore_batch_composition() -> None:
     target = random_logits(1, vocab, seed=11, scale=1.0)
     others = random_logits(4, vocab, seed=12)
     mine = SamplingParams(temperature=0.9, top_p=0.95, top_k=500, seed=5)
-    other_params = [SamplingParams(temperature=0.0), SamplingParams(seed=9), SamplingParams(top_p=0.3),
-                    SamplingParams(min_p=0.2, temperature=1.3)]
+    other_params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(seed=9),
+        SamplingParams(top_p=0.3),
+        SamplingParams(min_p=0.2, temperature=1.3),
+    ]
     tokens = set()
     for step in range(30):
         seed = derive_step_seed(5, step)
@@ -321,8 +352,10 @@ PEN_OUTPUT = [1, 1, 2, 4]  # token 1 twice, tokens 2 and 4 once
         ({"repetition_penalty": 2.0}, [2.0, -2.0, 0.25, -3.0, 2.0, 0.0]),
         ({"frequency_penalty": 0.5}, [2.0, -2.0, 0.0, -3.0, 3.5, 0.0]),
         ({"presence_penalty": 0.25}, [2.0, -1.25, 0.25, -3.0, 3.75, 0.0]),
-        ({"repetition_penalty": 2.0, "frequency_penalty": 0.5, "presence_penalty": 0.25},
-         [2.0, -3.25, -0.5, -3.0, 1.25, 0.0]),
+        (
+            {"repetition_penalty": 2.0, "frequency_penalty": 0.5, "presence_penalty": 0.25},
+            [2.0, -3.25, -0.5, -3.0, 1.25, 0.0],
+        ),
         ({"logit_bias": {0: 1.5, "3": -2.0}}, [3.5, -1.0, 0.5, -5.0, 4.0, 0.0]),
         ({"repetition_penalty": 2.0, "logit_bias": {1: 0.5}}, [2.0, -1.5, 0.25, -3.0, 2.0, 0.0]),
     ],
@@ -371,8 +404,7 @@ def test_min_new_tokens_bans_eos_and_stop_ids_until_reached() -> None:
 
 def test_min_new_tokens_ban_holds_through_sampling() -> None:
     logits = torch.tensor([[0.0, 0.0, 9.0, 0.0, 0.0, 9.0]] * 64)
-    batch = make_batch([SamplingParams(min_new_tokens=1, stop_token_ids=[2]) for _ in range(64)],
-                       vocab=6, eos={5})
+    batch = make_batch([SamplingParams(min_new_tokens=1, stop_token_ids=[2]) for _ in range(64)], vocab=6, eos={5})
     out = sample(apply_penalties_and_bias(logits, batch), batch)
     assert not torch.isin(out, torch.tensor([2, 5])).any()
 
@@ -417,8 +449,10 @@ def test_sync_free_cutoffs_equal_the_cpu_ones() -> None:
 
     vocab, rows = 500, 16
     gen = torch.Generator().manual_seed(11)
-    params = [SamplingParams(temperature=0.9, top_k=[-1, 5, 40, 499][i % 4], top_p=[1.0, 0.9, 0.3][i % 3])
-              for i in range(rows)]
+    params = [
+        SamplingParams(temperature=0.9, top_k=[-1, 5, 40, 499][i % 4], top_p=[1.0, 0.9, 0.3][i % 3])
+        for i in range(rows)
+    ]
     batch = make_batch(params, vocab=vocab)
     probs = torch.softmax(torch.randn(rows, vocab, generator=gen) * 2, dim=-1)
     assert torch.equal(rank_cutoffs_all_rows(probs, batch), _rank_cutoffs(probs, batch))

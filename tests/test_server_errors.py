@@ -14,11 +14,24 @@ import httpx
 import openai
 import pytest
 from server_fixtures import (  # noqa: F401  (fixtures are used by name)
-    MODEL, PROMPT, STATUSES, _client, assert_error, greedy, http, model_path, native, oai, render_chat, server,
-    sse_events, tokenizer, url, wait_idle,
+    MODEL,
+    PROMPT,
+    STATUSES,
+    _client,
+    assert_error,
+    greedy,
+    http,
+    model_path,
+    native,
+    oai,
+    render_chat,
+    server,
+    sse_events,
+    tokenizer,
+    url,
+    wait_idle,
 )
 from server_utils import server_log
-
 
 # -- errors ----------------------------------------------------------------------------------------
 LONG = "hello world " * 400  # > 512 tokens
@@ -41,11 +54,19 @@ BAD_REQUESTS = [
     ("prompt-too-long-native", "/generate", {"text": LONG}, 400),
     ("prompt-too-long-chat", "/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400),
     ("max-tokens-past-context", "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 1000}, 400),
-    ("max-tokens-past-context-chat", "/v1/chat/completions",
-     {"messages": [{"role": "user", "content": "a"}], "max_tokens": 1000}, 400),
+    (
+        "max-tokens-past-context-chat",
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "a"}], "max_tokens": 1000},
+        400,
+    ),
     ("unknown-model", "/v1/completions", {"model": "gpt-9", "prompt": "a"}, 400),
-    ("unknown-model-chat", "/v1/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "a"}]},
-     400),
+    (
+        "unknown-model-chat",
+        "/v1/chat/completions",
+        {"model": "gpt-9", "messages": [{"role": "user", "content": "a"}]},
+        400,
+    ),
     ("ids-out-of-vocab", "/v1/completions", {"model": MODEL, "prompt": [[5, 99999]]}, 400),
     ("ids-out-of-vocab-native", "/generate", {"input_ids": [3, 400]}, 400),
     ("negative-id-native", "/generate", {"input_ids": [-1]}, 400),
@@ -60,10 +81,20 @@ BAD_REQUESTS = [
 
 
 # What the error message must name, for some of the cases above.
-HINTS = {"malformed-json": "JSON", "missing-prompt": "prompt", "temperature": "temperature", "top-p": "top_p",
-         "prompt-too-long": "prompt", "prompt-too-long-native": "prompt", "prompt-too-long-chat": "prompt",
-         "max-tokens-past-context": "max_tokens", "unknown-model": "gpt-9", "ids-out-of-vocab": "[0, 400)",
-         "batch-arg-length": "return_logprob", "one-rid-for-a-batch": "rid"}
+HINTS = {
+    "malformed-json": "JSON",
+    "missing-prompt": "prompt",
+    "temperature": "temperature",
+    "top-p": "top_p",
+    "prompt-too-long": "prompt",
+    "prompt-too-long-native": "prompt",
+    "prompt-too-long-chat": "prompt",
+    "max-tokens-past-context": "max_tokens",
+    "unknown-model": "gpt-9",
+    "ids-out-of-vocab": "[0, 400)",
+    "batch-arg-length": "return_logprob",
+    "one-rid-for-a-batch": "rid",
+}
 
 
 @pytest.mark.parametrize("name,path,body,status", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
@@ -93,8 +124,12 @@ def test_bad_request_mid_flight_does_not_disturb_others(http: httpx.Client, url:
     """A running request keeps its output while bad requests (also one reusing its rid) come and go."""
     ref = greedy(http, PROMPT, 480, ignore_eos=True)
     rid = f"busy-{uuid.uuid4().hex}"
-    payload = {"text": PROMPT, "rid": rid, "stream": True,
-               "sampling_params": {"max_new_tokens": 480, "temperature": 0, "ignore_eos": True}}
+    payload = {
+        "text": PROMPT,
+        "rid": rid,
+        "stream": True,
+        "sampling_params": {"max_new_tokens": 480, "temperature": 0, "ignore_eos": True},
+    }
     with _client(base_url=url) as other, http.stream("POST", "/generate", json=payload) as response:
         events = sse_events(response.iter_lines())
         next(events)
@@ -184,12 +219,9 @@ def test_200_concurrent_streams_match_solo_runs(http: httpx.Client, url: str) ->
     wait_idle(http)
 
 
-
-
 # -- last: nothing above made the server fail -----------------------------------------------------------------
 def test_no_internal_errors(server: tuple[str, Any], http: httpx.Client) -> None:
     assert greedy(http, PROMPT, 4)["meta_info"]["completion_tokens"] > 0  # still serving
     assert STATUSES and not [s for s in STATUSES if s >= 500]
     log = server_log(server[1])
     assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
-

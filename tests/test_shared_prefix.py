@@ -22,8 +22,7 @@ CPU = torch.device("cpu")
 
 
 def make_cache(page: int, disable: bool = False) -> KVCacheManager:
-    return KVCacheManager(SlotAllocator(16384, page), ReqToTokenPool(16, 1024, CPU),
-                          RadixCache(page, disable=disable))
+    return KVCacheManager(SlotAllocator(16384, page), ReqToTokenPool(16, 1024, CPU), RadixCache(page, disable=disable))
 
 
 def tokens(rng: random.Random, n: int) -> list[int]:
@@ -61,8 +60,14 @@ def workload(cache: KVCacheManager, seed: int = 0) -> list[Req]:
     with the same token (a BOS), so the tree's first node is shared by all of them."""
     rng = random.Random(seed)
     sys_a, sys_b = [0] + tokens(rng, SHARED - 1), [0] + tokens(rng, SHARED - 1)
-    prompts = {"a1": sys_a + tokens(rng, 20), "b1": sys_b + tokens(rng, 9), "x": [0] + tokens(rng, 400),
-               "a2": sys_a + tokens(rng, 31), "a3": sys_a + tokens(rng, 5), "b2": sys_b + tokens(rng, 17)}
+    prompts = {
+        "a1": sys_a + tokens(rng, 20),
+        "b1": sys_b + tokens(rng, 9),
+        "x": [0] + tokens(rng, 400),
+        "a2": sys_a + tokens(rng, 31),
+        "a3": sys_a + tokens(rng, 5),
+        "b2": sys_b + tokens(rng, 17),
+    }
     reqs = [prefill(cache, rid, ids) for rid, ids in prompts.items()]
     cache.alloc_decode(reqs)
     return reqs
@@ -84,7 +89,7 @@ def test_groups_follow_node_splits() -> None:
     reqs = workload(cache)
     a1 = reqs[0]
     # Shares a1's prompt and part of its question: splits a1's leaf below the shared node.
-    reqs.append(prefill(cache, "a1-twin", a1.origin_input_ids[:SHARED + 10] + [5, 6]))
+    reqs.append(prefill(cache, "a1-twin", a1.origin_input_ids[: SHARED + 10] + [5, 6]))
     assert groups_by_rid(reqs, cache) == {(SHARED, ("a1", "a2", "a3", "a1-twin")), (SHARED, ("b1", "b2"))}
     # Shares only the first MIN_SHARED_PREFIX + 4 tokens of system prompt b: splits b's shared node.
     # One more member at a slightly shorter prefix saves more reads (3 * 260 > 2 * 302): b's group moves up.
@@ -101,7 +106,10 @@ def test_the_deeper_group_wins_when_it_saves_more() -> None:
     reqs = [prefill(cache, f"r{i}", base + tokens(rng, 8)) for i in range(3)]
     reqs += [prefill(cache, f"q{i}", base + long_q + tokens(rng, 4)) for i in range(2)]
     reqs.append(prefill(cache, "alone", tokens(rng, MIN_SHARED_PREFIX + 50)))
-    assert groups_by_rid(reqs, cache) == {(MIN_SHARED_PREFIX + 600, ("q0", "q1")), (MIN_SHARED_PREFIX, ("r0", "r1", "r2"))}
+    assert groups_by_rid(reqs, cache) == {
+        (MIN_SHARED_PREFIX + 600, ("q0", "q1")),
+        (MIN_SHARED_PREFIX, ("r0", "r1", "r2")),
+    }
 
 
 @pytest.mark.parametrize("page", [1, 4])
@@ -114,7 +122,7 @@ def test_random_trees_give_valid_disjoint_groups(page: int) -> None:
         reqs = []
         for i in range(14):
             stem = rng.choice(stems)
-            ids = stem[:rng.randrange(len(stem) // 2, len(stem) + 1)] + tokens(rng, rng.randrange(1, 60))
+            ids = stem[: rng.randrange(len(stem) // 2, len(stem) + 1)] + tokens(rng, rng.randrange(1, 60))
             reqs.append(prefill(cache, f"r{i}", ids))
             if rng.random() < 0.3:
                 stems.append(ids)
@@ -146,8 +154,13 @@ def test_the_decode_batch_carries_the_plan() -> None:
     reqs = workload(cache)
     fresh = [prefill(cache, "late", reqs[0].origin_input_ids)]  # all cached but its last token
     slots = cache.alloc_decode(fresh)
-    batch = build_decode(reqs[3:] + fresh, [r.kv_slots[-1] for r in reqs[3:]] + slots, cache.req_pool.table, CPU,
-                         torch.zeros(16, dtype=torch.int64))
+    batch = build_decode(
+        reqs[3:] + fresh,
+        [r.kv_slots[-1] for r in reqs[3:]] + slots,
+        cache.req_pool.table,
+        CPU,
+        torch.zeros(16, dtype=torch.int64),
+    )
     plan = batch.forward.prefix_plan
     assert plan is not None and plan.num_groups == 1  # a2, a3 and late; b2 alone
     assert plan.prefix_lens.tolist() == [SHARED, SHARED, 0, SHARED]
@@ -159,8 +172,9 @@ def test_engine_with_shared_prompts_matches_no_cache(tmp_path: pytest.TempPathFa
     """Greedy tokens with grouped decode (radix cache on; CUDA graphs, then eager past their
     largest batch) equal those of the plain decode (cache off), in float32; a first difference
     must be a near-tie (top two within 1e-3) in the plain run's own logprobs."""
-    import radixlm
     from tiny_models import make_tiny_model
+
+    import radixlm
 
     path, rng = make_tiny_model(tmp_path, "llama"), random.Random(5)
     systems = [tokens(rng, SHARED) for _ in range(2)]
@@ -170,8 +184,9 @@ def test_engine_with_shared_prompts_matches_no_cache(tmp_path: pytest.TempPathFa
     for kwargs in ({"disable_radix_cache": True}, {}, {"cuda_graph_max_bs": 4}):
         with radixlm.Engine(path, dtype="float32", max_total_tokens=8192, log_level="warning", **kwargs) as engine:
             engine.generate(input_ids=systems[0] + [3], sampling_params=params)  # cached before the batch
-            runs.append(engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True,
-                                        top_logprobs_num=2))
+            runs.append(
+                engine.generate(input_ids=prompts, sampling_params=params, return_logprob=True, top_logprobs_num=2)
+            )
             engine.check_no_leak()
     for run in runs[1:]:
         for ref, out in zip(runs[0], run):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_models import make_tiny_tokenizer
 
 from radixlm.tokenizer import detokenizer as detok_mod
 from radixlm.tokenizer import loader
@@ -19,7 +20,6 @@ from radixlm.tokenizer.loader import (
     gguf_tokenizer_cache_path,
     load_tokenizer,
 )
-from tiny_models import make_tiny_tokenizer
 
 MULTIBYTE_TEXT = "héllo 世界 🙂 жук € naïve 😀🚀 ok"
 HYPO = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

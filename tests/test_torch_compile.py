@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import make_tiny_model
 
 import radixlm
-from radixlm.forward_batch import ForwardBatch, ForwardMode
-from radixlm.model_compile import compile_forward, native_layers
-from radixlm.model_runner import ModelRunner
-from radixlm.server_args import ServerArgs
-from tiny_models import make_tiny_model
+from radixlm.config.server_args import ServerArgs
+from radixlm.executor.model_compile import compile_forward, native_layers
+from radixlm.executor.model_runner import ModelRunner
+from radixlm.forward.batch import ForwardBatch, ForwardMode
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +33,39 @@ def _batches(runner: ModelRunner, prompt_len: int, bs: int) -> tuple[ForwardBatc
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, runner.vocab_size, (bs * prompt_len,), generator=gen)
     rows = torch.arange(1, bs + 1, **dev)
-    prefill = ForwardBatch(ForwardMode.EXTEND, ids, torch.arange(prompt_len, **dev).repeat(bs),
-                           table[1:bs + 1, :prompt_len].reshape(-1), rows, torch.full((bs,), prompt_len, **dev),
-                           [prompt_len] * bs, [0] * bs, [prompt_len] * bs,
-                           torch.arange(prompt_len - 1, bs * prompt_len, prompt_len, **dev), table)
-    decode = ForwardBatch(ForwardMode.DECODE, torch.randint(3, runner.vocab_size, (bs,), generator=gen),
-                          torch.full((bs,), prompt_len, **dev), table[1:bs + 1, prompt_len], rows,
-                          torch.full((bs,), n, **dev), [n] * bs, [prompt_len] * bs, [1] * bs,
-                          torch.arange(bs, **dev), table)
+    prefill = ForwardBatch(
+        ForwardMode.EXTEND,
+        ids,
+        torch.arange(prompt_len, **dev).repeat(bs),
+        table[1 : bs + 1, :prompt_len].reshape(-1),
+        rows,
+        torch.full((bs,), prompt_len, **dev),
+        [prompt_len] * bs,
+        [0] * bs,
+        [prompt_len] * bs,
+        torch.arange(prompt_len - 1, bs * prompt_len, prompt_len, **dev),
+        table,
+    )
+    decode = ForwardBatch(
+        ForwardMode.DECODE,
+        torch.randint(3, runner.vocab_size, (bs,), generator=gen),
+        torch.full((bs,), prompt_len, **dev),
+        table[1 : bs + 1, prompt_len],
+        rows,
+        torch.full((bs,), n, **dev),
+        [n] * bs,
+        [prompt_len] * bs,
+        [1] * bs,
+        torch.arange(bs, **dev),
+        table,
+    )
     return prefill, decode
 
 
 def test_compiled_decode_forward_equals_eager(model_path: str) -> None:
-    runner = ModelRunner(ServerArgs(model_path=model_path, device="cpu", dtype="float32", max_total_tokens=512,
-                                    max_running_requests=4))
+    runner = ModelRunner(
+        ServerArgs(model_path=model_path, device="cpu", dtype="float32", max_total_tokens=512, max_running_requests=4)
+    )
     prefill, decode = _batches(runner, 9, 3)
     runner.forward(prefill)
     eager = runner.forward(decode)
@@ -60,8 +79,9 @@ def test_compiled_decode_forward_equals_eager(model_path: str) -> None:
 
 
 def test_native_layers_switches_and_restores(model_path: str) -> None:
-    runner = ModelRunner(ServerArgs(model_path=model_path, device="cpu", dtype="float32", max_total_tokens=256,
-                                    max_running_requests=2))
+    runner = ModelRunner(
+        ServerArgs(model_path=model_path, device="cpu", dtype="float32", max_total_tokens=256, max_running_requests=2)
+    )
     layer = runner.model.model.layers[0]
     before = (layer.input_layernorm._impl, layer.mlp.act)
     with native_layers(runner.model):
@@ -80,9 +100,18 @@ def test_torch_compile_max_bs_is_checked() -> None:
 def test_compiled_cuda_graphs_match_eager_on_gpu(model_path: str) -> None:
     """Buckets up to torch_compile_max_bs replay a compiled forward: its logits equal the eager
     forward's within float32 rounding (inductor reorders reductions), the bigger ones exactly."""
-    runner = ModelRunner(ServerArgs(model_path=model_path, dtype="float32", enable_torch_compile=True,
-                                    torch_compile_max_bs=2, cuda_graph_max_bs=4, max_running_requests=4,
-                                    max_total_tokens=4096, log_level="warning"))
+    runner = ModelRunner(
+        ServerArgs(
+            model_path=model_path,
+            dtype="float32",
+            enable_torch_compile=True,
+            torch_compile_max_bs=2,
+            cuda_graph_max_bs=4,
+            max_running_requests=4,
+            max_total_tokens=4096,
+            log_level="warning",
+        )
+    )
     for bs, tol in ((2, 1e-4), (3, 0.0)):
         prefill, decode = (_to_cuda(b) for b in _batches(runner, 9, bs))
         runner.forward(prefill)
@@ -92,8 +121,15 @@ def test_compiled_cuda_graphs_match_eager_on_gpu(model_path: str) -> None:
         torch.testing.assert_close(graph, eager, rtol=tol, atol=tol)
     del runner
     torch.cuda.empty_cache()
-    with radixlm.Engine(model_path, dtype="float32", enable_torch_compile=True, torch_compile_max_bs=4,
-                        cuda_graph_max_bs=8, max_running_requests=8, log_level="warning") as engine:
+    with radixlm.Engine(
+        model_path,
+        dtype="float32",
+        enable_torch_compile=True,
+        torch_compile_max_bs=4,
+        cuda_graph_max_bs=8,
+        max_running_requests=8,
+        log_level="warning",
+    ) as engine:
         out = engine.generate(input_ids=[5, 6, 7, 8], sampling_params={"max_new_tokens": 8, "ignore_eos": True})
     assert len(out["output_ids"]) == 8
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import hf_greedy, load_hf_model, make_tiny_model, make_tiny_tokenizer
 
 import radixlm
+from radixlm.config.server_args import ServerArgs
 from radixlm.distributed.group import TPGroup
 from radixlm.distributed.setup import free_port, plan_local_ranks
 from radixlm.layers.linear import AttentionHeads
 from radixlm.model_loader.loader import build_model, load_model_config
-from radixlm.server_args import ServerArgs
-from tiny_models import hf_greedy, load_hf_model, make_tiny_model, make_tiny_tokenizer
 
 NEW_TOKENS = 16
 GREEDY = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
@@ -36,10 +36,20 @@ def make_qwen2_kv3(tmp: Path) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     tokenizer = AutoTokenizer.from_pretrained(make_tiny_tokenizer(tmp / "tok"))
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=512,
-                         initializer_range=0.15, bos_token_id=0, eos_token_id=1, pad_token_id=2,
-                         tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=96,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        max_position_embeddings=512,
+        initializer_range=0.15,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     out = str(tmp / "tiny_qwen2_kv3")
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
@@ -47,8 +57,10 @@ def make_qwen2_kv3(tmp: Path) -> str:
     return out
 
 
-@pytest.mark.parametrize("heads,kv,tp", [(32, 8, 2), (32, 8, 4), (4, 2, 2), (4, 1, 2), (6, 3, 2), (12, 3, 4),
-                                         (8, 8, 2), (6, 2, 3), (8, 2, 8)])
+@pytest.mark.parametrize(
+    "heads,kv,tp",
+    [(32, 8, 2), (32, 8, 4), (4, 2, 2), (4, 1, 2), (6, 3, 2), (12, 3, 4), (8, 8, 2), (6, 2, 3), (8, 2, 8)],
+)
 def test_attention_heads_cover_every_query_head_with_its_kv_head(heads: int, kv: int, tp: int) -> None:
     group = heads // kv
     starts = []
@@ -90,11 +102,12 @@ def test_rank_shards_reassemble_the_full_weights(tmp_path: Path, arch: str) -> N
     d, q, kv, inter = 16, 4 * 16, 2 * 16, 128
     layer = "model.layers.1."
     qkv = [r[layer + "self_attn.qkv_proj.weight"] for r in ranks]
-    assert torch.equal(torch.cat([w[:q // 2] for w in qkv]), full[layer + "self_attn.qkv_proj.weight"][:q])
-    assert torch.equal(torch.cat([w[q // 2:q // 2 + d] for w in qkv]),
-                       full[layer + "self_attn.qkv_proj.weight"][q:q + kv])
+    assert torch.equal(torch.cat([w[: q // 2] for w in qkv]), full[layer + "self_attn.qkv_proj.weight"][:q])
+    assert torch.equal(
+        torch.cat([w[q // 2 : q // 2 + d] for w in qkv]), full[layer + "self_attn.qkv_proj.weight"][q : q + kv]
+    )
     gate_up = [r[layer + "mlp.gate_up_proj.weight"] for r in ranks]
-    assert torch.equal(torch.cat([w[:inter // 2] for w in gate_up]), full[layer + "mlp.gate_up_proj.weight"][:inter])
+    assert torch.equal(torch.cat([w[: inter // 2] for w in gate_up]), full[layer + "mlp.gate_up_proj.weight"][:inter])
     for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
         assert torch.equal(torch.cat([r[layer + name] for r in ranks], dim=1), full[layer + name])
     vocab = config.vocab_size
@@ -112,18 +125,29 @@ def test_unsplittable_models_are_refused_before_any_process_starts(tmp_path: Pat
         radixlm.Engine(path, tp=3, log_level="warning")
     assert time.monotonic() - start < 5  # no rank was started and waited for
     with pytest.raises(ValueError, match="tp_size=1 only"):  # the same check where the model is built
-        build_model(load_model_config(path), _NoBackend(), path, "auto", torch.float32, torch.device("cpu"),
-                    model_impl="transformers", tp=TPGroup(0, 2))
+        build_model(
+            load_model_config(path),
+            _NoBackend(),
+            path,
+            "auto",
+            torch.float32,
+            torch.device("cpu"),
+            model_impl="transformers",
+            tp=TPGroup(0, 2),
+        )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"tp_size": 0}, "tp_size"),
-    ({"tp_size": 3, "nnodes": 2, "dist_init_addr": "h:1"}, "multiple of nnodes"),
-    ({"tp_size": 2, "nnodes": 2}, "dist_init_addr"),
-    ({"tp_size": 2, "dist_init_addr": "nohost"}, "host:port"),
-    ({"tp_size": 2, "node_rank": 1}, "node_rank"),
-    ({"tp_size": 2, "dist_timeout": 0}, "dist_timeout"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"tp_size": 0}, "tp_size"),
+        ({"tp_size": 3, "nnodes": 2, "dist_init_addr": "h:1"}, "multiple of nnodes"),
+        ({"tp_size": 2, "nnodes": 2}, "dist_init_addr"),
+        ({"tp_size": 2, "dist_init_addr": "nohost"}, "host:port"),
+        ({"tp_size": 2, "node_rank": 1}, "node_rank"),
+        ({"tp_size": 2, "dist_timeout": 0}, "dist_timeout"),
+    ],
+)
 def test_server_args_check_tensor_parallel_fields(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ServerArgs(**kwargs)
@@ -140,11 +164,18 @@ def test_two_node_tp2_llama_matches_hf_through_cache_hits_and_chunks(tmp_path: P
     shared = random_prompts(1, 200, 201, seed=3)[0]
     first = random_prompts(9, 150, 220, seed=1)  # 10 decoding rows x ~230 slots: a second broadcast
     second = [shared + [7, 8, 9], shared + [11]] + random_prompts(2, 3, 20, seed=2)
-    group = {"tp_size": 2, "nnodes": 2, "dist_init_addr": f"127.0.0.1:{free_port()}", "max_total_tokens": 4096,
-             "dtype": "float32", "log_level": "warning"}
+    group = {
+        "tp_size": 2,
+        "nnodes": 2,
+        "dist_init_addr": f"127.0.0.1:{free_port()}",
+        "max_total_tokens": 4096,
+        "dtype": "float32",
+        "log_level": "warning",
+    }
     flags = [arg for key, value in group.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
-    node1 = subprocess.Popen([sys.executable, "-m", "radixlm.distributed.launch", "--model-path", path, *flags,
-                              "--node-rank", "1"])
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "radixlm.distributed.launch", "--model-path", path, *flags, "--node-rank", "1"]
+    )
     try:
         with radixlm.Engine(path, node_rank=0, chunked_prefill_size=128, **group) as engine:
             out1 = engine.generate(input_ids=first + [shared], sampling_params=GREEDY)
@@ -182,8 +213,9 @@ def test_tp2_replicated_kv_heads_match_hf_and_a_killed_rank_fails_fast(tmp_path:
 
 def test_rank_plan_per_node_and_replica() -> None:
     """Node 1 of 2 holds ranks 2 and 3 of tp 4; data-parallel replica d rendezvous on port + d."""
-    args = ServerArgs(tp_size=4, nnodes=2, node_rank=1, dist_init_addr="10.0.0.1:5000", dp_size=2, dp_rank=1,
-                      dist_timeout=30)
+    args = ServerArgs(
+        tp_size=4, nnodes=2, node_rank=1, dist_init_addr="10.0.0.1:5000", dp_size=2, dp_rank=1, dist_timeout=30
+    )
     plan = plan_local_ranks(args)
     assert [(r.rank, r.local_rank, r.world_size) for r in plan] == [(2, 0, 4), (3, 1, 4)]
     assert {(r.host, r.port, r.timeout_s) for r in plan} == {("10.0.0.1", 5001, 30.0)}

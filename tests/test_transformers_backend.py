@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_hf_archs import TINY_HF_ARCHS, make_tiny_hf_model, tiny_hf_config
+from tiny_models import hf_greedy, load_hf_model, make_tiny_model
 
 import radixlm
 from radixlm.attention.torch_native import TorchNativeBackend
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.forward.batch import ForwardBatch, ForwardMode
 from radixlm.mem_cache.kv_pool import KVPool
 from radixlm.model_loader.loader import build_model, kv_heads_of
 from radixlm.models.llama import head_dim_of
 from radixlm.models.registry import resolve_model_impl
 from radixlm.models.transformers_backend import TransformersForCausalLM
 from radixlm.models.transformers_checks import check_config_supported
-from tiny_hf_archs import TINY_HF_ARCHS, make_tiny_hf_model, tiny_hf_config
-from tiny_models import hf_greedy, load_hf_model, make_tiny_model
 
 NEW_TOKENS = 12
 LOGIT_TOL = 1e-4
@@ -33,8 +33,11 @@ ENGINE_ARCHS = ("gemma2", "gemma3_text", "gpt_neox", "granite", "cohere", "phi")
 GREEDY = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
 # Some architectures also exercise chunked prefill and multi-token pages through HF layers;
 # phi leaves model_impl at "auto", which must fall back to the Transformers backend.
-ENGINE_KWARGS = {"gemma3_text": {"chunked_prefill_size": 16}, "phi": {"page_size": 4, "model_impl": "auto"},
-                 "cohere": {"chunked_prefill_size": 8, "page_size": 4}}
+ENGINE_KWARGS = {
+    "gemma3_text": {"chunked_prefill_size": 16},
+    "phi": {"page_size": 4, "model_impl": "auto"},
+    "cohere": {"chunked_prefill_size": 8, "page_size": 4},
+}
 
 
 def random_prompts(count: int, lo: int, hi: int, seed: int) -> list[list[int]]:
@@ -66,11 +69,19 @@ def _extend(tokens: list[int], prefix: int, table: torch.Tensor) -> ForwardBatch
     """One request whose first `prefix` tokens are already in the pool (slots 1..len)."""
     total, new = len(tokens), len(tokens) - prefix
     table[0, :total] = torch.arange(1, total + 1)
-    return ForwardBatch(mode=ForwardMode.EXTEND, input_ids=torch.tensor(tokens[prefix:]),
-                        positions=torch.arange(prefix, total), out_cache_loc=torch.arange(prefix + 1, total + 1),
-                        req_pool_indices=torch.tensor([0]), seq_lens=torch.tensor([total]), seq_lens_cpu=[total],
-                        extend_prefix_lens_cpu=[prefix], extend_seq_lens_cpu=[new], logit_indices=torch.arange(new),
-                        req_to_token=table)
+    return ForwardBatch(
+        mode=ForwardMode.EXTEND,
+        input_ids=torch.tensor(tokens[prefix:]),
+        positions=torch.arange(prefix, total),
+        out_cache_loc=torch.arange(prefix + 1, total + 1),
+        req_pool_indices=torch.tensor([0]),
+        seq_lens=torch.tensor([total]),
+        seq_lens_cpu=[total],
+        extend_prefix_lens_cpu=[prefix],
+        extend_seq_lens_cpu=[new],
+        logit_indices=torch.arange(new),
+        req_to_token=table,
+    )
 
 
 def _decode(tokens: list[int], table: torch.Tensor) -> ForwardBatch:
@@ -91,9 +102,11 @@ def test_arch_logits_match_hf_over_cached_prefix_and_decode(tmp_path: Path, arch
     table = torch.zeros((1, 64), dtype=torch.int64)
     with torch.no_grad():
         ref = hf(torch.tensor([tokens])).logits[0]
-        got = [_run(model, backend, _extend(tokens[:12], 0, table)),
-               _run(model, backend, _extend(tokens[:29], 12, table)),
-               _run(model, backend, _decode(tokens, table))]
+        got = [
+            _run(model, backend, _extend(tokens[:12], 0, table)),
+            _run(model, backend, _extend(tokens[:29], 12, table)),
+            _run(model, backend, _decode(tokens, table)),
+        ]
     assert torch.allclose(torch.cat(got), ref, atol=LOGIT_TOL, rtol=0)
 
 
@@ -140,12 +153,16 @@ def _create(config: object) -> TransformersForCausalLM:
     return TransformersForCausalLM.create(config, None, torch.float32, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("arch, overrides, reason", [
-    ("gemma2", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
-    ("gemma2", {"sliding_window": 64}, "sliding-window"),
-    ("gemma3_text", {"use_bidirectional_attention": True}, "bidirectional"),
-    ("smollm3", {"layer_types": ["full_attention", "linear_attention"]}, "recurrent state"),
-], ids=["softcap", "sliding_window", "bidirectional", "hybrid"])
+@pytest.mark.parametrize(
+    "arch, overrides, reason",
+    [
+        ("gemma2", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+        ("gemma2", {"sliding_window": 64}, "sliding-window"),
+        ("gemma3_text", {"use_bidirectional_attention": True}, "bidirectional"),
+        ("smollm3", {"layer_types": ["full_attention", "linear_attention"]}, "recurrent state"),
+    ],
+    ids=["softcap", "sliding_window", "bidirectional", "hybrid"],
+)
 def test_unsupported_configs_are_refused_with_reason(arch: str, overrides: dict, reason: str) -> None:
     config = tiny_hf_config(arch, vocab_size=400)
     for key, value in overrides.items():

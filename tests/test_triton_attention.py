@@ -27,14 +27,14 @@ CASES = [  # (batch, heads, kv_heads, head_dim, prefix lens, extend lens, page_s
 def check_decode_loops(device: str, dtype: torch.dtype, tol: float) -> None:
     """Splits that run several key blocks (the loop after the block prefetched before the PDL
     wait), with a reduce and written directly (one split), against a float64 softmax."""
-    from radixlm.attention.triton_kernels import decode_attention
+    from radixlm.kernels.attention import decode_attention
 
     gen = torch.Generator().manual_seed(5)
     heads, kv_heads, dim, lens = 4, 2, 32, [100, 37, 1]
-    slots = torch.randperm(sum(lens) + 8, generator=gen)[:sum(lens)] + 1
+    slots = torch.randperm(sum(lens) + 8, generator=gen)[: sum(lens)] + 1
     table = torch.zeros((len(lens), max(lens)), dtype=torch.int64)
     for i, n in enumerate(lens):
-        table[i, :n] = slots[sum(lens[:i]):sum(lens[:i]) + n]
+        table[i, :n] = slots[sum(lens[:i]) : sum(lens[:i]) + n]
     k = torch.randn(sum(lens) + 9, kv_heads, dim, generator=gen)
     v = torch.randn(sum(lens) + 9, kv_heads, dim, generator=gen)
     q = torch.randn(len(lens), heads, dim, generator=gen)
@@ -42,12 +42,14 @@ def check_decode_loops(device: str, dtype: torch.dtype, tol: float) -> None:
     for b, n in enumerate(lens):
         kk = k[table[b, :n]].double().repeat_interleave(heads // kv_heads, dim=1)
         vv = v[table[b, :n]].double().repeat_interleave(heads // kv_heads, dim=1)
-        scores = torch.einsum("hd,khd->hk", q[b].double(), kk) * dim ** -0.5
+        scores = torch.einsum("hd,khd->hk", q[b].double(), kk) * dim**-0.5
         want[b] = torch.einsum("hk,khd->hd", scores.softmax(-1), vv)
-    args = [x.to(device) for x in (q.to(dtype), k.to(dtype), v.to(dtype), table, torch.arange(len(lens)),
-                                   torch.tensor(lens))]
+    args = [
+        x.to(device)
+        for x in (q.to(dtype), k.to(dtype), v.to(dtype), table, torch.arange(len(lens)), torch.tensor(lens))
+    ]
     for splits in (1, 2, 16):
-        out = decode_attention(*args, dim ** -0.5, num_splits=splits, block_n=16).double().cpu()
+        out = decode_attention(*args, dim**-0.5, num_splits=splits, block_n=16).double().cpu()
         err = ((out - want).norm() / want.norm()).item()
         assert err < tol, (splits, err)
 
@@ -56,7 +58,7 @@ def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype
     """`kv_dtype` (default `dtype`): the pool's storage, e.g. fp8 read back into `dtype`."""
     from radixlm.attention.torch_native import TorchNativeBackend
     from radixlm.attention.triton_backend import TritonBackend
-    from radixlm.forward_batch import ForwardBatch, ForwardMode
+    from radixlm.forward.batch import ForwardBatch, ForwardMode
     from radixlm.mem_cache.kv_pool import KVPool
 
     batch, heads, kv_heads, dim, prefixes, exts, page = case
@@ -69,18 +71,27 @@ def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype
     table = torch.zeros((batch + 1, max(seq_lens) + 8), dtype=torch.int64)
     used = 0
     for i, n in enumerate(seq_lens):
-        table[i + 1, :n] = perm[used:used + n]
+        table[i + 1, :n] = perm[used : used + n]
         used += n
     table = table.to(device)
     for mode in (ForwardMode.EXTEND, ForwardMode.DECODE):
         e = exts if mode is ForwardMode.EXTEND else [1] * batch
         p = [s - n for s, n in zip(seq_lens, e)]
         total = sum(e)
-        locs = torch.cat([table[i + 1, p[i]:seq_lens[i]] for i in range(batch)])
-        fb = ForwardBatch(mode, torch.zeros(total, dtype=torch.int64, device=device),
-                          torch.zeros(total, dtype=torch.int64, device=device), locs,
-                          torch.arange(1, batch + 1, device=device), torch.tensor(seq_lens, device=device),
-                          seq_lens, p, e, torch.zeros(0, dtype=torch.int64), table)
+        locs = torch.cat([table[i + 1, p[i] : seq_lens[i]] for i in range(batch)])
+        fb = ForwardBatch(
+            mode,
+            torch.zeros(total, dtype=torch.int64, device=device),
+            torch.zeros(total, dtype=torch.int64, device=device),
+            locs,
+            torch.arange(1, batch + 1, device=device),
+            torch.tensor(seq_lens, device=device),
+            seq_lens,
+            p,
+            e,
+            torch.zeros(0, dtype=torch.int64),
+            table,
+        )
         # q/k/v are strided views of one fused qkv output, as the models pass them (never copied).
         qkv = torch.randn((total, (heads + 2 * kv_heads) * dim), generator=gen).to(device, dtype)
         q, k, v = (x.view(total, -1, dim) for x in qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], -1))
@@ -90,10 +101,14 @@ def _run_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype
         outs = []
         # num_splits=None: splits and block chosen from the batch size (decode_launch_config);
         # num_splits=1: one launch writes the output (64-key blocks, so the longer rows loop)
-        for backend in (TorchNativeBackend(pool), TritonBackend(pool, num_splits=4), TritonBackend(pool),
-                        TritonBackend(pool, num_splits=1)):
+        for backend in (
+            TorchNativeBackend(pool),
+            TritonBackend(pool, num_splits=4),
+            TritonBackend(pool),
+            TritonBackend(pool, num_splits=1),
+        ):
             backend.init_forward_metadata(fb)
-            outs.append(backend.forward(q, 0, dim ** -0.5, fb).float())
+            outs.append(backend.forward(q, 0, dim**-0.5, fb).float())
         for out in outs[1:]:
             err = (outs[0] - out).norm() / outs[0].norm()
             assert err < tol, (case, mode, err.item())
@@ -105,7 +120,7 @@ def check_fused_decode(device: str, dtype: torch.dtype, kv_dtype: torch.dtype, t
     outputs, and both pools afterwards (the new tokens' rotated K and V at their slots)."""
     from radixlm.attention.torch_native import TorchNativeBackend
     from radixlm.attention.triton_backend import TritonBackend
-    from radixlm.forward_batch import ForwardBatch, ForwardMode
+    from radixlm.forward.batch import ForwardBatch, ForwardMode
     from radixlm.layers.basic import RotaryEmbedding
     from radixlm.mem_cache.kv_pool import KVPool
 
@@ -113,39 +128,57 @@ def check_fused_decode(device: str, dtype: torch.dtype, kv_dtype: torch.dtype, t
     # (heads, KV heads, head dim, lengths, padded rows): 200 tokens put the new key in a later
     # block of one split (the pipelined loop); 17 tokens in 16 splits make it split 8's; padded
     # rows are a CUDA graph's (table row 0, length 1, reserved slot 0)
-    for heads, kv_heads, dim, lens, pad in ((8, 2, 32, [5, 40, 1], 0), (3, 1, 24, [17, 2], 2),
-                                            (4, 2, 80, [200, 17, 1], 1)):
+    for heads, kv_heads, dim, lens, pad in (
+        (8, 2, 32, [5, 40, 1], 0),
+        (3, 1, 24, [17, 2], 2),
+        (4, 2, 80, [200, 17, 1], 1),
+    ):
         rotary = RotaryEmbedding(dim, 256, {"rope_theta": 10000.0})
         rotary.init_cache(torch.device(device))
         size = sum(lens) + 16
-        slots = torch.randperm(size - 1, generator=gen)[:sum(lens)] + 1
+        slots = torch.randperm(size - 1, generator=gen)[: sum(lens)] + 1
         table = torch.zeros((len(lens) + 1, max(lens)), dtype=torch.int64)
         for i, n in enumerate(lens):
-            table[i + 1, :n] = slots[sum(lens[:i]):sum(lens[:i]) + n]
+            table[i + 1, :n] = slots[sum(lens[:i]) : sum(lens[:i]) + n]
         rows = torch.tensor(list(range(1, len(lens) + 1)) + [0] * pad)
         lens = lens + [1] * pad
         shape = KVPool(size, 1, 1, kv_heads, dim, kv_dtype, torch.device(device)).k_buffers[0].shape
         k_init = torch.randn(shape, generator=gen)
         v_init = torch.randn(shape, generator=gen)
         qkv = torch.randn((len(lens), (heads + 2 * kv_heads) * dim), generator=gen)
-        qkv[len(lens) - pad:] = qkv[-1]  # padded rows: the same token at position 0 (same K/V into slot 0)
+        qkv[len(lens) - pad :] = qkv[-1]  # padded rows: the same token at position 0 (same K/V into slot 0)
         qkv = qkv.to(device, dtype)
         positions = torch.tensor(lens) - 1
         table = table.to(device)
-        fb = ForwardBatch(ForwardMode.DECODE, positions.to(device), positions.to(device),
-                          table[rows, positions].to(device), rows.to(device), torch.tensor(lens, device=device),
-                          lens, positions.tolist(), [1] * len(lens), torch.arange(len(lens), device=device), table)
+        fb = ForwardBatch(
+            ForwardMode.DECODE,
+            positions.to(device),
+            positions.to(device),
+            table[rows, positions].to(device),
+            rows.to(device),
+            torch.tensor(lens, device=device),
+            lens,
+            positions.tolist(),
+            [1] * len(lens),
+            torch.arange(len(lens), device=device),
+            table,
+        )
         results = []
-        for backend_cls, kw in ((TorchNativeBackend, {}), (TritonBackend, {"num_splits": 1}),
-                                (TritonBackend, {"num_splits": 4}), (TritonBackend, {})):
+        for backend_cls, kw in (
+            (TorchNativeBackend, {}),
+            (TritonBackend, {"num_splits": 1}),
+            (TritonBackend, {"num_splits": 4}),
+            (TritonBackend, {}),
+        ):
             pool = KVPool(size, 1, 1, kv_heads, dim, kv_dtype, torch.device(device))
             pool.k_buffers[0].copy_(k_init)
             pool.v_buffers[0].copy_(v_init)
-            q, k, v = (x.view(len(lens), -1, dim).clone() for x in qkv.split([heads * dim, kv_heads * dim,
-                                                                              kv_heads * dim], -1))
+            q, k, v = (
+                x.view(len(lens), -1, dim).clone() for x in qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], -1)
+            )
             backend = backend_cls(pool, **kw)
             backend.init_forward_metadata(fb)
-            out = backend.attend(rotary, fb.positions, q, k, v, 0, dim ** -0.5, fb).float()
+            out = backend.attend(rotary, fb.positions, q, k, v, 0, dim**-0.5, fb).float()
             results.append((out, pool.k_buffers[0].float(), pool.v_buffers[0].float()))
         for got in results[1:]:
             for want, have in zip(results[0], got):
@@ -165,12 +198,15 @@ def test_triton_matches_torch_native() -> None:
         check_decode_loops("cuda", torch.float32, 2e-3)
         check_decode_loops("cuda", torch.bfloat16, 2e-2)
         return
-    code = ("import sys; sys.path.insert(0, %r); import test_triton_attention as t\n"
-            "for c in t.CASES: t._run_case(c, 'cpu', torch.float32, 1e-4)\n"
-            "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n"
-            "t.check_decode_loops('cpu', torch.float32, 1e-5)\n"
-            "t.check_fused_decode('cpu', torch.float32, torch.float32, 1e-5)\n" % HERE)
+    code = (
+        "import sys; sys.path.insert(0, %r); import test_triton_attention as t\n"
+        "for c in t.CASES: t._run_case(c, 'cpu', torch.float32, 1e-4)\n"
+        "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n"
+        "t.check_decode_loops('cpu', torch.float32, 1e-5)\n"
+        "t.check_fused_decode('cpu', torch.float32, torch.float32, 1e-5)\n" % HERE
+    )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", "import torch\n" + code], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch\n" + code], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

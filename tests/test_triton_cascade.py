@@ -43,7 +43,7 @@ def build_case(case: tuple, device: str, dtype: torch.dtype, kv_dtype: torch.dty
     for i, n in enumerate(seq_lens):
         for p0 in range(0, n, page):
             pg = free.pop()
-            table[i + 1, p0:p0 + page] = torch.arange(pg * page, pg * page + page)
+            table[i + 1, p0 : p0 + page] = torch.arange(pg * page, pg * page + page)
     for length, members in groups:  # members reuse the first member's prefix slots
         for i in members[1:]:
             table[i + 1, :length] = table[members[0] + 1, :length]
@@ -51,10 +51,16 @@ def build_case(case: tuple, device: str, dtype: torch.dtype, kv_dtype: torch.dty
     k = torch.randn((size, kv_heads, dim), generator=gen).to(kv_dtype)
     v = torch.randn((size, kv_heads, dim), generator=gen).to(kv_dtype)
     qkv = torch.randn((batch, heads + 2 * kv_heads, dim), generator=gen).to(device, dtype)
-    return {"q": qkv[:, :heads],  # a strided view, as the fused qkv projection gives it
-            "k": k.to(device), "v": v.to(device), "table": table.to(device),
-            "rows": torch.arange(1, batch + 1, device=device), "seq_lens": torch.tensor(seq_lens, device=device),
-            "groups": [(members[0] + 1, length, members) for length, members in groups], "block_r": case[-1]}
+    return {
+        "q": qkv[:, :heads],  # a strided view, as the fused qkv projection gives it
+        "k": k.to(device),
+        "v": v.to(device),
+        "table": table.to(device),
+        "rows": torch.arange(1, batch + 1, device=device),
+        "seq_lens": torch.tensor(seq_lens, device=device),
+        "groups": [(members[0] + 1, length, members) for length, members in groups],
+        "block_r": case[-1],
+    }
 
 
 def reference(c: dict) -> torch.Tensor:
@@ -72,8 +78,8 @@ def reference(c: dict) -> torch.Tensor:
 
 def check_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype: torch.dtype | None = None) -> None:
     from radixlm.attention.shared_prefix import StaticPlanBuffers, pack_plan
-    from radixlm.attention.triton_cascade import cascade_decode_attention
-    from radixlm.attention.triton_kernels import decode_attention
+    from radixlm.kernels.attention import decode_attention
+    from radixlm.kernels.cascade import cascade_decode_attention
 
     c = build_case(case, device, dtype, kv_dtype or dtype)
     args = (c["q"], c["k"], c["v"], c["table"], c["rows"], c["seq_lens"])
@@ -90,8 +96,9 @@ def check_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtyp
     static.load(plan, bs, bs + 1)
     pad = lambda t, value: torch.cat([t, torch.full_like(t[:1], value)])  # noqa: E731
     padded = (pad(c["q"], 0.0), c["k"], c["v"], c["table"], pad(c["rows"], 0), pad(c["seq_lens"], 1))
-    graphed = cascade_decode_attention(*padded, static.view(bs + 1), scale, suffix_splits=2, prefix_splits=8,
-                                       member_progs=1).float()
+    graphed = cascade_decode_attention(
+        *padded, static.view(bs + 1), scale, suffix_splits=2, prefix_splits=8, member_progs=1
+    ).float()
     assert rel(graphed[:bs], ref) < tol, (case, rel(graphed[:bs], ref))
 
 
@@ -111,9 +118,16 @@ def test_cascade_decode_on_gpu() -> None:
 def test_cascade_decode_interpreted() -> None:
     if torch.cuda.is_available():
         pytest.skip("the GPU test covers it")
-    code = ("import sys, torch; sys.path.insert(0, %r); import test_triton_cascade as t\n"
-            "for c in t.CASES: t.check_case(c, 'cpu', torch.float32, 1e-5)\n"
-            "t.check_case(t.CASES[1], 'cpu', torch.float32, 1e-5, torch.float8_e4m3fn)\n" % HERE)
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=600)
+    code = (
+        "import sys, torch; sys.path.insert(0, %r); import test_triton_cascade as t\n"
+        "for c in t.CASES: t.check_case(c, 'cpu', torch.float32, 1e-5)\n"
+        "t.check_case(t.CASES[1], 'cpu', torch.float32, 1e-5, torch.float8_e4m3fn)\n" % HERE
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,9 +14,17 @@ from typing import Any
 
 from tiny_models import make_tiny_tokenizer
 
-_COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               max_position_embeddings=512, initializer_range=0.15, bos_token_id=0, eos_token_id=1,
-               pad_token_id=2)
+_COMMON = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+    initializer_range=0.15,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=2,
+)
 _GQA = dict(num_key_value_heads=2)
 
 
@@ -26,16 +34,25 @@ def _gemma2(vocab: int) -> Any:
     # Attention soft-capping is off (our backends do not implement it; the check refuses it);
     # the window exceeds max_position_embeddings so alternating sliding layers attend fully.
     # Final-logit soft-capping stays on: the backend applies it in compute_logits.
-    return Gemma2Config(vocab_size=vocab, **_COMMON, **_GQA, head_dim=16, attn_logit_softcapping=None,
-                        final_logit_softcapping=30.0, sliding_window=1024, query_pre_attn_scalar=24)
+    return Gemma2Config(
+        vocab_size=vocab,
+        **_COMMON,
+        **_GQA,
+        head_dim=16,
+        attn_logit_softcapping=None,
+        final_logit_softcapping=30.0,
+        sliding_window=1024,
+        query_pre_attn_scalar=24,
+    )
 
 
 def _gemma3(vocab: int) -> Any:
     from transformers import Gemma3TextConfig
 
     # Window larger than max_position_embeddings, as for Gemma 2; per-layer-type rope stays.
-    return Gemma3TextConfig(vocab_size=vocab, **_COMMON, **_GQA, head_dim=16, sliding_window=1024,
-                            query_pre_attn_scalar=16)
+    return Gemma3TextConfig(
+        vocab_size=vocab, **_COMMON, **_GQA, head_dim=16, sliding_window=1024, query_pre_attn_scalar=16
+    )
 
 
 def _phi3(vocab: int) -> Any:
@@ -61,8 +78,15 @@ def _granite(vocab: int) -> Any:
     from transformers import GraniteConfig
 
     # Embedding / residual / attention multipliers and a logits divisor.
-    return GraniteConfig(vocab_size=vocab, **_COMMON, **_GQA, embedding_multiplier=2.0, residual_multiplier=0.5,
-                         attention_multiplier=0.3, logits_scaling=0.5)
+    return GraniteConfig(
+        vocab_size=vocab,
+        **_COMMON,
+        **_GQA,
+        embedding_multiplier=2.0,
+        residual_multiplier=0.5,
+        attention_multiplier=0.3,
+        logits_scaling=0.5,
+    )
 
 
 def _cohere(vocab: int) -> Any:
@@ -93,8 +117,16 @@ def _glm(vocab: int) -> Any:
 
 
 TINY_HF_CONFIGS = {
-    "gemma2": _gemma2, "gemma3_text": _gemma3, "phi3": _phi3, "olmo2": _olmo2, "gpt_neox": _gpt_neox,
-    "granite": _granite, "cohere": _cohere, "phi": _phi, "smollm3": _smollm3, "glm": _glm,
+    "gemma2": _gemma2,
+    "gemma3_text": _gemma3,
+    "phi3": _phi3,
+    "olmo2": _olmo2,
+    "gpt_neox": _gpt_neox,
+    "granite": _granite,
+    "cohere": _cohere,
+    "phi": _phi,
+    "smollm3": _smollm3,
+    "glm": _glm,
 }
 TINY_HF_ARCHS = tuple(TINY_HF_CONFIGS)
 

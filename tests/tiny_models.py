@@ -47,9 +47,7 @@ def make_tiny_tokenizer(tmp_dir: str | os.PathLike, vocab_size: int = 400) -> st
         show_progress=False,
     )
     tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     wrapped.chat_template = TINY_CHAT_TEMPLATE
     out = Path(tmp_dir) / "tiny_tokenizer"
     wrapped.save_pretrained(str(out))
@@ -66,12 +64,28 @@ def tiny_config(arch: str, vocab_size: int) -> object:
     choices are not decided by float rounding."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  initializer_range=0.15, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.15,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     if arch == "llama":
-        rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+        rope = {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+            "rope_theta": 10000.0,
+        }
         return LlamaConfig(**common, rope_parameters=rope, tie_word_embeddings=False)
     if arch == "llama_tied":
         return LlamaConfig(**common, tie_word_embeddings=True)
@@ -120,9 +134,14 @@ def hf_greedy(model: object, input_ids: list[int], max_new_tokens: int) -> list[
     import torch
 
     with torch.no_grad():
-        out = model.generate(torch.tensor([input_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                             min_new_tokens=max_new_tokens, pad_token_id=2)
-    return out[0, len(input_ids):].tolist()
+        out = model.generate(
+            torch.tensor([input_ids]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            min_new_tokens=max_new_tokens,
+            pad_token_id=2,
+        )
+    return out[0, len(input_ids) :].tolist()
 
 
 def hf_logprobs(model: object, token_ids: list[int]) -> object:

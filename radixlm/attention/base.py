@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.forward.batch import ForwardBatch, ForwardMode
 from radixlm.layers.basic import RotaryEmbedding
 from radixlm.mem_cache.kv_pool import KVPool
 
@@ -32,8 +32,16 @@ class AttentionBackend(ABC):
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         """Prepare per-forward indices shared by all layers."""
 
-    def rotate_and_store(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
-                         k: torch.Tensor, v: torch.Tensor, layer_id: int, batch: ForwardBatch) -> torch.Tensor:
+    def rotate_and_store(
+        self,
+        rotary: Optional[RotaryEmbedding],
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer_id: int,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
         """Rotate q and k at `positions` [T] with `rotary` (None: they are already rotated), write
         k and v into layer `layer_id`'s K/V buffers at `batch.out_cache_loc` (cast to the pool's
         dtype), and return the rotated q. q and k may be rotated in place.
@@ -51,8 +59,17 @@ class AttentionBackend(ABC):
     def forward_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         """Attention for exactly one new token per request."""
 
-    def attend(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
-               k: torch.Tensor, v: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
+    def attend(
+        self,
+        rotary: Optional[RotaryEmbedding],
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer_id: int,
+        scale: float,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
         """A layer's whole attention step: `rotate_and_store`, then `forward`. Backends that can
         do both in fewer launches override this; the result and the pool afterwards are the same."""
         return self.forward(self.rotate_and_store(rotary, positions, q, k, v, layer_id, batch), layer_id, scale, batch)

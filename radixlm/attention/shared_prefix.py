@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
-from radixlm.device_copy import to_device
+from radixlm.forward.device_copy import to_device
 
 if TYPE_CHECKING:
     from radixlm.mem_cache.radix_cache import TreeNode
@@ -44,8 +44,9 @@ class SharedPrefixPlan:
     groups: torch.Tensor
 
 
-def plan_shared_prefixes(reqs: Sequence[Req], device: torch.device,
-                         min_len: int = MIN_SHARED_PREFIX) -> Optional[SharedPrefixPlan]:
+def plan_shared_prefixes(
+    reqs: Sequence[Req], device: torch.device, min_len: int = MIN_SHARED_PREFIX
+) -> Optional[SharedPrefixPlan]:
     """The plan for a one-token-per-request decode batch, or None when no two requests share
     `min_len` cached tokens. Reads only the radix tree (each request's `last_node`, locked, and
     `tree_len`), so it is exact after node splits, whose upper halves the path walk just visits."""
@@ -56,8 +57,9 @@ def plan_shared_prefixes(reqs: Sequence[Req], device: torch.device,
     return pack_plan(len(reqs), groups, device)
 
 
-def find_groups(reqs: Sequence[Req], min_len: int = MIN_SHARED_PREFIX,
-                max_groups: int = MAX_GROUPS) -> list[tuple[int, list[int]]]:
+def find_groups(
+    reqs: Sequence[Req], min_len: int = MIN_SHARED_PREFIX, max_groups: int = MAX_GROUPS
+) -> list[tuple[int, list[int]]]:
     """(shared length, member batch indices) per group, at most `max_groups`, most reads saved first.
 
     Candidates are the tree nodes ending at >= `min_len` tokens that >= 2 of the requests pass
@@ -171,11 +173,11 @@ class StaticPlanBuffers:
 
     def view(self, bs: int) -> SharedPrefixPlan:
         """The plan a graph for `bs` rows captures: room for every group `bs` requests can form."""
-        return SharedPrefixPlan(min(MAX_GROUPS, bs // 2), self.prefix_lens[:bs], self.groups[:GROUP_HEAD + bs])
+        return SharedPrefixPlan(min(MAX_GROUPS, bs // 2), self.prefix_lens[:bs], self.groups[: GROUP_HEAD + bs])
 
     def load(self, plan: SharedPrefixPlan, bs: int, padded: int) -> None:
         """Copy `plan` (for `bs` requests) in; padding rows `bs..padded` join no group."""
         self.prefix_lens[:bs].copy_(plan.prefix_lens)
         if padded > bs:
             self.prefix_lens[bs:padded].zero_()
-        self.groups[:plan.groups.numel()].copy_(plan.groups)
+        self.groups[: plan.groups.numel()].copy_(plan.groups)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from radixlm.attention.base import AttentionBackend
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.forward.batch import ForwardBatch, ForwardMode
 
 
 @dataclass
@@ -68,13 +68,14 @@ class TorchNativeBackend(AttentionBackend):
         for i, ext in enumerate(batch.extend_seq_lens_cpu):
             # A leading batch dim of 1 matters: torch's CPU flash kernel only takes 4-D inputs;
             # 3-D ones fall back to the math path, which materializes [H, T, T] (~3x slower at T=544).
-            qi = q[start:start + ext].transpose(0, 1).unsqueeze(0)
+            qi = q[start : start + ext].transpose(0, 1).unsqueeze(0)
             ki = k_buf.index_select(0, meta.slots[i]).transpose(0, 1).unsqueeze(0).to(q.dtype)
             vi = v_buf.index_select(0, meta.slots[i]).transpose(0, 1).unsqueeze(0).to(q.dtype)
             mask = meta.masks[i]
-            oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, is_causal=mask is None,
-                                                scale=scale, enable_gqa=True)
-            out[start:start + ext] = oi[0].transpose(0, 1)
+            oi = F.scaled_dot_product_attention(
+                qi, ki, vi, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+            )
+            out[start : start + ext] = oi[0].transpose(0, 1)
             start += ext
         return out
 
@@ -82,8 +83,9 @@ class TorchNativeBackend(AttentionBackend):
         meta: _DecodeMeta = batch.attn_metadata
         keys = _gather(self.pool.k_buffers[layer_id], meta.slots).transpose(1, 2).to(q.dtype)
         values = _gather(self.pool.v_buffers[layer_id], meta.slots).transpose(1, 2).to(q.dtype)
-        out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=meta.mask,
-                                             scale=scale, enable_gqa=True)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2), keys, values, attn_mask=meta.mask, scale=scale, enable_gqa=True
+        )
         return out.squeeze(2)
 
 

@@ -15,11 +15,11 @@ from typing import Optional
 import torch
 
 from radixlm.attention.base import AttentionBackend
-from radixlm.attention.rope_store import rope_and_store
-from radixlm.attention.triton_cascade import cascade_decode_attention
-from radixlm.attention.triton_kernels import NewKV, decode_attention, decode_launch_config, extend_attention
-from radixlm.device_copy import to_device_split
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.forward.batch import ForwardBatch, ForwardMode
+from radixlm.forward.device_copy import to_device_split
+from radixlm.kernels.attention import NewKV, decode_attention, decode_launch_config, extend_attention
+from radixlm.kernels.cascade import cascade_decode_attention
+from radixlm.kernels.rope_store import rope_and_store
 from radixlm.layers.basic import RotaryEmbedding
 from radixlm.mem_cache.kv_pool import KVPool
 
@@ -35,8 +35,14 @@ class _ExtendMeta:
 class TritonBackend(AttentionBackend):
     """Same contract and results as the torch-native backend (up to float rounding)."""
 
-    def __init__(self, pool: KVPool, num_splits: Optional[int] = None, suffix_splits: int = 2, prefix_splits: int = 2,
-                 member_progs: int = 4) -> None:
+    def __init__(
+        self,
+        pool: KVPool,
+        num_splits: Optional[int] = None,
+        suffix_splits: int = 2,
+        prefix_splits: int = 2,
+        member_progs: int = 4,
+    ) -> None:
         """`num_splits`: parts of a decode request's sequence (None: chosen from the batch size by
         `decode_launch_config`); with a shared-prefix plan, a grouped
         request's own suffix gets `suffix_splits` parts, its group's prefix `prefix_splits`, each
@@ -55,22 +61,49 @@ class TritonBackend(AttentionBackend):
         for n in ext[:-1]:
             starts.append(starts[-1] + n)
         b = len(ext)  # the three lists in one host-to-device copy
-        q_start, prefix_lens, ext_lens = to_device_split(starts + batch.extend_prefix_lens_cpu + ext, (b, b, b),
-                                                         batch.input_ids.device)
+        q_start, prefix_lens, ext_lens = to_device_split(
+            starts + batch.extend_prefix_lens_cpu + ext, (b, b, b), batch.input_ids.device
+        )
         batch.attn_metadata = _ExtendMeta(q_start=q_start, prefix_lens=prefix_lens, ext_lens=ext_lens, max_ext=max(ext))
 
-    def rotate_and_store(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
-                         k: torch.Tensor, v: torch.Tensor, layer_id: int, batch: ForwardBatch) -> torch.Tensor:
+    def rotate_and_store(
+        self,
+        rotary: Optional[RotaryEmbedding],
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer_id: int,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
         """One launch: q rotated in place, rotated k and v cast into the pool (the neox
         `RotaryEmbedding`, or none); any other rotary goes through the reference."""
         if rotary is not None and not isinstance(rotary, RotaryEmbedding):
             return super().rotate_and_store(rotary, positions, q, k, v, layer_id, batch)
-        rope_and_store(q, k, v, self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.out_cache_loc,
-                       positions, None if rotary is None else rotary.cos, None if rotary is None else rotary.sin)
+        rope_and_store(
+            q,
+            k,
+            v,
+            self.pool.k_buffers[layer_id],
+            self.pool.v_buffers[layer_id],
+            batch.out_cache_loc,
+            positions,
+            None if rotary is None else rotary.cos,
+            None if rotary is None else rotary.sin,
+        )
         return q
 
-    def attend(self, rotary: Optional[RotaryEmbedding], positions: torch.Tensor, q: torch.Tensor,
-               k: torch.Tensor, v: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
+    def attend(
+        self,
+        rotary: Optional[RotaryEmbedding],
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer_id: int,
+        scale: float,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
         """A plain decode (no shared-prefix plan) with the neox rotary: rotary, the KV store and
         attention in the split kernel's launch (`NewKV`); anything else as the base class does."""
         if batch.mode is not ForwardMode.DECODE or batch.prefix_plan is not None or type(rotary) is not RotaryEmbedding:
@@ -79,25 +112,58 @@ class TritonBackend(AttentionBackend):
 
     def forward_extend(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         meta: _ExtendMeta = batch.attn_metadata
-        return extend_attention(q, self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id],
-                                batch.req_to_token, batch.req_pool_indices, meta.q_start, meta.prefix_lens,
-                                meta.ext_lens, meta.max_ext, scale)
+        return extend_attention(
+            q,
+            self.pool.k_buffers[layer_id],
+            self.pool.v_buffers[layer_id],
+            batch.req_to_token,
+            batch.req_pool_indices,
+            meta.q_start,
+            meta.prefix_lens,
+            meta.ext_lens,
+            meta.max_ext,
+            scale,
+        )
 
     def forward_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         """Requests in a shared-prefix group (`batch.prefix_plan`) attend to the prefix together."""
         k_buf, v_buf, plan = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.prefix_plan
         if plan is None:
             return self._plain_decode(q, layer_id, scale, batch)
-        return cascade_decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices,
-                                        batch.seq_lens, plan, scale, self.suffix_splits, self.prefix_splits,
-                                        self.member_progs)
+        return cascade_decode_attention(
+            q,
+            k_buf,
+            v_buf,
+            batch.req_to_token,
+            batch.req_pool_indices,
+            batch.seq_lens,
+            plan,
+            scale,
+            self.suffix_splits,
+            self.prefix_splits,
+            self.member_progs,
+        )
 
-    def _plain_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch,
-                      new_kv: Optional[NewKV] = None) -> torch.Tensor:
+    def _plain_decode(
+        self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch, new_kv: Optional[NewKV] = None
+    ) -> torch.Tensor:
         """Split-K decode attention over each request's whole sequence (`decode_launch_config`
         unless `num_splits` is forced), storing the new K/V first when given (`NewKV`)."""
         k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
-        splits, block_n = ((self.num_splits, 64) if self.num_splits else
-                           decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2]))
-        return decode_attention(q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices, batch.seq_lens, scale,
-                                splits, block_n, num_warps=4, num_stages=2, new_kv=new_kv)
+        splits, block_n = (
+            (self.num_splits, 64) if self.num_splits else decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2])
+        )
+        return decode_attention(
+            q,
+            k_buf,
+            v_buf,
+            batch.req_to_token,
+            batch.req_pool_indices,
+            batch.seq_lens,
+            scale,
+            splits,
+            block_n,
+            num_warps=4,
+            num_stages=2,
+            new_kv=new_kv,
+        )

@@ -74,9 +74,9 @@ class JumpForwardStepper(GrammarStepper):
         space); None when it is not whole characters."""
         before = self.tokenizer.decode([prev])
         both = self.tokenizer.decode([prev, token])
-        if not both.startswith(before) or "\ufffd" in both[len(before):]:
+        if not both.startswith(before) or "\ufffd" in both[len(before) :]:
             return None
-        return both[len(before):]
+        return both[len(before) :]
 
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)

@@ -77,8 +77,10 @@ def _check_product(stack: list[int], where: str) -> None:
     for factor in stack:
         product *= factor
     if product > MAX_REPEAT_PRODUCT:
-        raise ValueError(f"{where}: nested counted repetition expands to {product} repeats, more than "
-                         f"the limit of {MAX_REPEAT_PRODUCT}")
+        raise ValueError(
+            f"{where}: nested counted repetition expands to {product} repeats, more than "
+            f"the limit of {MAX_REPEAT_PRODUCT}"
+        )
 
 
 def check_ebnf_cost(grammar: str) -> None:

@@ -30,7 +30,7 @@ def ascii_classes(regex: str) -> str:
             if nxt in _ASCII:
                 out.append(_ASCII[nxt] if in_class else f"[{_ASCII[nxt]}]")
             else:
-                out.append(regex[i:i + 2])
+                out.append(regex[i : i + 2])
             i += 2
             continue
         if ch == "[" and not in_class:
@@ -67,7 +67,7 @@ class LLGuidanceGrammar(Grammar):
             try:
                 return forced.decode("utf-8")
             except UnicodeDecodeError as exc:
-                forced = forced[:exc.start]
+                forced = forced[: exc.start]
         return ""
 
     def copy(self) -> "LLGuidanceGrammar":
@@ -125,8 +125,9 @@ class LLGuidanceBackend(GrammarBackend):
             if self._lltok is None:
                 import llguidance.hf
 
-                self._lltok = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab_size,
-                                                           eos_token=sorted(self.eos_ids))
+                self._lltok = llguidance.hf.from_tokenizer(
+                    self.tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids)
+                )
             return self._lltok
 
     def new_grammar(self, compiled: Any) -> Grammar:

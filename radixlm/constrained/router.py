@@ -9,12 +9,14 @@ import threading
 from collections import OrderedDict
 from typing import Any, Union
 
+from radixlm.config.server_args import GRAMMAR_BACKENDS
 from radixlm.constrained.base import GrammarBackend, UnsupportedSpec
 from radixlm.constrained.spec import GrammarSpec
-from radixlm.server_args import GRAMMAR_BACKENDS
 
-_CLASSES = {"xgrammar": ("radixlm.constrained.xgrammar_backend", "XGrammarBackend"),
-            "llguidance": ("radixlm.constrained.llguidance_backend", "LLGuidanceBackend")}
+_CLASSES = {
+    "xgrammar": ("radixlm.constrained.xgrammar_backend", "XGrammarBackend"),
+    "llguidance": ("radixlm.constrained.llguidance_backend", "LLGuidanceBackend"),
+}
 _FALLBACKS = {"xgrammar": ("llguidance",), "llguidance": ()}
 CACHE_SIZE = 1024
 

@@ -12,9 +12,25 @@ from __future__ import annotations
 from typing import Any, Optional
 
 # Keywords that never constrain an instance.
-ANNOTATIONS = frozenset({"$schema", "$comment", "title", "description", "examples", "default", "deprecated",
-                         "readOnly", "writeOnly", "$defs", "definitions", "format", "contentMediaType",
-                         "contentEncoding", "contentSchema"})
+ANNOTATIONS = frozenset(
+    {
+        "$schema",
+        "$comment",
+        "title",
+        "description",
+        "examples",
+        "default",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$defs",
+        "definitions",
+        "format",
+        "contentMediaType",
+        "contentEncoding",
+        "contentSchema",
+    }
+)
 GENERIC = frozenset({"type", "enum", "const", "$ref", "anyOf"})
 BY_TYPE = {
     "string": frozenset({"minLength", "maxLength", "pattern"}),
@@ -62,8 +78,10 @@ def _own_keywords(schema: dict, path: str) -> Optional[str]:
             return f"{key} beside pattern (at {path})"  # xgrammar drops the length bound
         if key in BY_TYPE["integer"] and not _is_int(value):
             return f"{key} with a non-integer value (at {path})"
-        if key == "required" and not (isinstance(value, list) and all(
-                isinstance(name, str) and name in (schema.get("properties") or {}) for name in value)):
+        if key == "required" and not (
+            isinstance(value, list)
+            and all(isinstance(name, str) and name in (schema.get("properties") or {}) for name in value)
+        ):
             return f"required names missing from properties (at {path})"
     if _open_container(schema):
         return f"{types} with no properties/items listed (at {path})"
@@ -96,10 +114,15 @@ def _check_literals(schema: dict, path: str) -> Optional[str]:
 
 
 def _has_type(value: Any, types: Any) -> bool:
-    kinds = {"null": value is None, "boolean": isinstance(value, bool), "string": isinstance(value, str),
-             "integer": _is_int(value) or (isinstance(value, float) and value.is_integer()),
-             "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-             "array": isinstance(value, list), "object": isinstance(value, dict)}
+    kinds = {
+        "null": value is None,
+        "boolean": isinstance(value, bool),
+        "string": isinstance(value, str),
+        "integer": _is_int(value) or (isinstance(value, float) and value.is_integer()),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "array": isinstance(value, list),
+        "object": isinstance(value, dict),
+    }
     return any(kinds.get(t, False) for t in ([types] if isinstance(types, str) else types))
 
 

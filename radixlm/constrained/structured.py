@@ -48,8 +48,9 @@ class StructuredOutput:
         return tokens
 
 
-def build_structured_output(tokenizer: Any, model_vocab: int, eos_ids: set[int],
-                            jump_forward: bool) -> StructuredOutput:
+def build_structured_output(
+    tokenizer: Any, model_vocab: int, eos_ids: set[int], jump_forward: bool
+) -> StructuredOutput:
     tokenizer_vocab = len(tokenizer) if tokenizer is not None else model_vocab
     mask = VocabMask(model_vocab, min(tokenizer_vocab, model_vocab))
     if jump_forward and tokenizer is not None:

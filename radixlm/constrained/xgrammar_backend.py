@@ -78,8 +78,12 @@ class XGrammarBackend(GrammarBackend):
             problem = unenforced_keyword(schema)
             if problem:
                 raise UnsupportedSpec(f"json_schema keyword not enforced by xgrammar: {problem}")
-            self._convert(lambda: self.xgr.Grammar.from_json_schema(
-                json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS), "JSON schema")
+            self._convert(
+                lambda: self.xgr.Grammar.from_json_schema(
+                    json.dumps(schema), any_whitespace=False, separators=JSON_SEPARATORS
+                ),
+                "JSON schema",
+            )
 
     @staticmethod
     def _convert(build: Any, what: str) -> None:
@@ -104,7 +108,8 @@ class XGrammarBackend(GrammarBackend):
         with self._lock:  # built once, on first use (reading the vocabulary takes a while)
             if self._compiler is None:
                 info = self.xgr.TokenizerInfo.from_huggingface(
-                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=sorted(self.eos_ids))
+                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=sorted(self.eos_ids)
+                )
                 self._compiler = self.xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
             return self._compiler
 

@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 
 from radixlm.attention.shared_prefix import SharedPrefixPlan
-from radixlm.device_copy import to_device
 from radixlm.distributed.group import TPGroup
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.forward.batch import ForwardBatch, ForwardMode
+from radixlm.forward.device_copy import to_device
 
 HEADER = 8
 FIRST = 2048  # int64 entries in the first broadcast (16 KiB), header included
@@ -39,13 +39,27 @@ class BatchSender:
         bs, max_len = batch.batch_size, max(batch.seq_lens_cpu)
         lens = to_device(batch.seq_lens_cpu + batch.extend_prefix_lens_cpu + batch.extend_seq_lens_cpu, self.device)
         rows = batch.req_to_token[batch.req_pool_indices, :max_len]
-        parts = [batch.input_ids, batch.positions, batch.out_cache_loc.to(torch.int64),
-                 batch.req_pool_indices.to(torch.int64), lens, batch.logit_indices, rows.reshape(-1)]
+        parts = [
+            batch.input_ids,
+            batch.positions,
+            batch.out_cache_loc.to(torch.int64),
+            batch.req_pool_indices.to(torch.int64),
+            lens,
+            batch.logit_indices,
+            rows.reshape(-1),
+        ]
         plan = batch.prefix_plan if batch.prefix_plan is not None and batch.prefix_plan.num_groups > 0 else None
         if plan is not None:  # sent exactly when the header's group count is > 0 (the receiver's test)
             parts += [plan.prefix_lens, plan.groups]
-        header = [_MODES[batch.mode], batch.input_ids.numel(), bs, batch.logit_indices.numel(), max_len,
-                  0 if plan is None else plan.num_groups, 0 if plan is None else plan.groups.numel()]
+        header = [
+            _MODES[batch.mode],
+            batch.input_ids.numel(),
+            bs,
+            batch.logit_indices.numel(),
+            max_len,
+            0 if plan is None else plan.num_groups,
+            0 if plan is None else plan.groups.numel(),
+        ]
         self._send_header(header, torch.cat(parts))
 
     def send_idle(self) -> None:
@@ -60,10 +74,10 @@ class BatchSender:
             torch.cuda.synchronize(self.device)
 
     def _send_header(self, header: list[int], body: Optional[torch.Tensor]) -> None:
-        self.first[:len(header)] = to_device(header, self.device)  # never waits for the GPU
+        self.first[: len(header)] = to_device(header, self.device)  # never waits for the GPU
         inline = body is not None and body.numel() <= FIRST - HEADER
         if inline:
-            self.first[HEADER:HEADER + body.numel()] = body
+            self.first[HEADER : HEADER + body.numel()] = body
         self.tp.broadcast(self.first)
         if body is not None and not inline:
             self.tp.broadcast(body)
@@ -92,8 +106,8 @@ class BatchReceiver:
         sizes = [n, n, n, bs, 3 * bs, n_logits, bs * max_len, bs if plan_groups else 0, plan_table]
         size = sum(sizes)
         if size <= FIRST - HEADER:
-            body = self.first[HEADER:HEADER + size].clone()
-            lens_cpu = first_cpu[HEADER:HEADER + size].split(sizes)[4].tolist()
+            body = self.first[HEADER : HEADER + size].clone()
+            lens_cpu = first_cpu[HEADER : HEADER + size].split(sizes)[4].tolist()
         else:
             body = self.tp.broadcast(torch.empty(size, dtype=torch.int64, device=self.device))
             lens_cpu = body.split(sizes)[4].tolist()
@@ -101,7 +115,17 @@ class BatchReceiver:
         self.req_to_token[pool_idx, :max_len] = rows.view(bs, max_len)
         mode = ForwardMode.EXTEND if kind == KIND_EXTEND else ForwardMode.DECODE
         plan = SharedPrefixPlan(plan_groups, plan_lens, plan_table_t) if plan_groups else None
-        return ForwardBatch(mode=mode, input_ids=ids, positions=pos, out_cache_loc=locs, req_pool_indices=pool_idx,
-                            seq_lens=lens[:bs], seq_lens_cpu=lens_cpu[:bs], extend_prefix_lens_cpu=lens_cpu[bs:2 * bs],
-                            extend_seq_lens_cpu=lens_cpu[2 * bs:], logit_indices=logit_idx,
-                            req_to_token=self.req_to_token, prefix_plan=plan)
+        return ForwardBatch(
+            mode=mode,
+            input_ids=ids,
+            positions=pos,
+            out_cache_loc=locs,
+            req_pool_indices=pool_idx,
+            seq_lens=lens[:bs],
+            seq_lens_cpu=lens_cpu[:bs],
+            extend_prefix_lens_cpu=lens_cpu[bs : 2 * bs],
+            extend_seq_lens_cpu=lens_cpu[2 * bs :],
+            logit_indices=logit_idx,
+            req_to_token=self.req_to_token,
+            prefix_plan=plan,
+        )

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from radixlm.config.server_args import ServerArgs
 from radixlm.distributed.batch_sync import BatchReceiver
 from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
-from radixlm.server_args import ServerArgs
 
 
 def run_follower_process(args: ServerArgs, init: DistInit, model_config: Any) -> None:
     """Runs until rank 0 sends stop (exit code 0). Any error, a lost peer included (a collective
     fails after `dist_timeout`, or at once on gloo), raises and exits non-zero."""
-    from radixlm.model_runner import ModelRunner
+    from radixlm.executor.model_runner import ModelRunner
 
     logging.basicConfig(level=args.log_level.upper(), format=f"[radixlm tp{init.rank}] %(message)s")
     device = rank_device(args, init.local_rank)

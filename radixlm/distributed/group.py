@@ -92,4 +92,3 @@ def _teardown(group: Any) -> None:
         abort()
     else:
         dist.destroy_process_group()
-

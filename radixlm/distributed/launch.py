@@ -16,9 +16,9 @@ from multiprocessing.connection import wait as wait_for_any
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from radixlm.config.server_args import ServerArgs
 from radixlm.distributed.follower import run_follower_process
 from radixlm.distributed.setup import DistInit, plan_local_ranks
-from radixlm.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,12 @@ def start_followers(ctx: Any, args: ServerArgs, model_config: Any, inits: list[D
     """One daemon process per follower rank in `inits` (none of them rank 0)."""
     procs = []
     for init in inits:
-        proc = ctx.Process(target=run_follower_process, args=(args, init, model_config), daemon=True,
-                           name=f"radixlm-tp-rank{init.rank}")
+        proc = ctx.Process(
+            target=run_follower_process,
+            args=(args, init, model_config),
+            daemon=True,
+            name=f"radixlm-tp-rank{init.rank}",
+        )
         proc.start()
         procs.append(proc)
     return procs
@@ -51,7 +55,7 @@ def run_worker_node(args: ServerArgs) -> int:
 
 
 def main() -> None:
-    from radixlm.launch_server import parse_args
+    from radixlm.config.cli_args import parse_args
 
     logging.basicConfig(level="INFO", format="[radixlm node] %(message)s")
     sys.exit(run_worker_node(parse_args()))

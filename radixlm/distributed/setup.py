@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from radixlm.config.server_args import ServerArgs
 from radixlm.distributed.group import TPGroup
-from radixlm.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ def rank_device(args: ServerArgs, local_rank: int) -> Optional[torch.device]:
         return torch.device("cpu")
     index = dp_rank * ranks_per_node(args) + local_rank
     if index >= torch.cuda.device_count():
-        raise ValueError(f"tensor-parallel rank {local_rank} of replica {dp_rank} needs GPU {index}, but only "
-                         f"{torch.cuda.device_count()} are visible")
+        raise ValueError(
+            f"tensor-parallel rank {local_rank} of replica {dp_rank} needs GPU {index}, but only "
+            f"{torch.cuda.device_count()} are visible"
+        )
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
@@ -92,10 +94,17 @@ def init_tp_group(init: Optional[DistInit], device: Optional[torch.device]) -> T
     timeout = datetime.timedelta(seconds=init.timeout_s)
     # Rank 0 hosts the rendezvous store; holding it here lets ranks agree on an orderly exit.
     store = dist.TCPStore(init.host, init.port, init.world_size, is_master=init.rank == 0, timeout=timeout)
-    dist.init_process_group(backend, store=store, rank=init.rank, world_size=init.world_size, timeout=timeout,
-                            device_id=device if cuda else None)
-    logger.info("tensor-parallel rank %d/%d joined (%s, %s:%d)", init.rank, init.world_size, backend,
-                init.host, init.port)
+    dist.init_process_group(
+        backend,
+        store=store,
+        rank=init.rank,
+        world_size=init.world_size,
+        timeout=timeout,
+        device_id=device if cuda else None,
+    )
+    logger.info(
+        "tensor-parallel rank %d/%d joined (%s, %s:%d)", init.rank, init.world_size, backend, init.host, init.port
+    )
     return TPGroup(init.rank, init.world_size, dist.group.WORLD, store)
 
 
@@ -105,10 +114,14 @@ def check_p2p(local_rank: int, per_node: int, device: torch.device) -> None:
     if device.type != "cuda":
         return
     base = device.index - local_rank
-    missing = [base + r for r in range(per_node)
-               if base + r != device.index and not torch.cuda.can_device_access_peer(device.index, base + r)]
+    missing = [
+        base + r
+        for r in range(per_node)
+        if base + r != device.index and not torch.cuda.can_device_access_peer(device.index, base + r)
+    ]
     if missing:
-        logger.warning("GPU %d has no peer-to-peer access to GPUs %s; all-reduce goes through the host",
-                       device.index, missing)
+        logger.warning(
+            "GPU %d has no peer-to-peer access to GPUs %s; all-reduce goes through the host", device.index, missing
+        )
     else:
         logger.info("GPU %d: peer-to-peer access to every local peer", device.index)

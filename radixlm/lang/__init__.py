@@ -8,9 +8,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from radixlm.lang.api import (assistant, assistant_begin, assistant_end, flush_cache, function, gen, gen_int,
-                              gen_string, get_default_backend, get_server_info, image, select, set_default_backend,
-                              system, system_begin, system_end, user, user_begin, user_end)
+from radixlm.lang.api import (
+    assistant,
+    assistant_begin,
+    assistant_end,
+    flush_cache,
+    function,
+    gen,
+    gen_int,
+    gen_string,
+    get_default_backend,
+    get_server_info,
+    image,
+    select,
+    set_default_backend,
+    system,
+    system_begin,
+    system_end,
+    user,
+    user_begin,
+    user_end,
+)
 from radixlm.lang.errors import BackendError, LangError, ProgramError, UnsupportedFeatureError
 from radixlm.lang.program import Function
 from radixlm.lang.state import ProgramState, ProgramStateGroup
@@ -23,10 +41,35 @@ _LAZY = {
     "BaseBackend": "radixlm.lang.backend.base",
 }
 
-__all__ = ["assistant", "assistant_begin", "assistant_end", "flush_cache", "function", "gen", "gen_int",
-           "gen_string", "get_default_backend", "get_server_info", "image", "select", "set_default_backend",
-           "system", "system_begin", "system_end", "user", "user_begin", "user_end", "BackendError", "LangError",
-           "ProgramError", "UnsupportedFeatureError", "Function", "ProgramState", "ProgramStateGroup", *_LAZY]
+__all__ = [
+    "assistant",
+    "assistant_begin",
+    "assistant_end",
+    "flush_cache",
+    "function",
+    "gen",
+    "gen_int",
+    "gen_string",
+    "get_default_backend",
+    "get_server_info",
+    "image",
+    "select",
+    "set_default_backend",
+    "system",
+    "system_begin",
+    "system_end",
+    "user",
+    "user_begin",
+    "user_end",
+    "BackendError",
+    "LangError",
+    "ProgramError",
+    "UnsupportedFeatureError",
+    "Function",
+    "ProgramState",
+    "ProgramStateGroup",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

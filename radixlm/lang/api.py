@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Union
 
 from radixlm.lang.context import DEFAULT_CONTEXT
-from radixlm.lang.ir import (DTYPE_REGEX, Expr, ExprList, Gen, Image, RoleBegin, RoleEnd, SamplingSpec, Select,
-                             to_expr)
+from radixlm.lang.ir import DTYPE_REGEX, Expr, ExprList, Gen, Image, RoleBegin, RoleEnd, SamplingSpec, Select, to_expr
 from radixlm.lang.program import Function
 
 _DTYPE_NAMES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -19,15 +18,28 @@ def function(func: Optional[Callable] = None, *, num_api_spec_tokens: Optional[i
     return lambda f: Function(f, num_api_spec_tokens)
 
 
-def gen(name: Optional[str] = None, max_tokens: Optional[int] = None, min_tokens: Optional[int] = None,
-        stop: Optional[Union[str, list[str]]] = None, stop_token_ids: Optional[list[int]] = None,
-        temperature: Optional[float] = None, top_p: Optional[float] = None, top_k: Optional[int] = None,
-        min_p: Optional[float] = None, frequency_penalty: Optional[float] = None,
-        presence_penalty: Optional[float] = None, ignore_eos: Optional[bool] = None,
-        return_logprob: Optional[bool] = None, logprob_start_len: Optional[int] = None,
-        top_logprobs_num: Optional[int] = None, return_text_in_logprobs: Optional[bool] = None,
-        dtype: Optional[Union[type, str]] = None, choices: Optional[list[str]] = None,
-        regex: Optional[str] = None, json_schema: Optional[Union[str, dict]] = None) -> Expr:
+def gen(
+    name: Optional[str] = None,
+    max_tokens: Optional[int] = None,
+    min_tokens: Optional[int] = None,
+    stop: Optional[Union[str, list[str]]] = None,
+    stop_token_ids: Optional[list[int]] = None,
+    temperature: Optional[float] = None,
+    top_p: Optional[float] = None,
+    top_k: Optional[int] = None,
+    min_p: Optional[float] = None,
+    frequency_penalty: Optional[float] = None,
+    presence_penalty: Optional[float] = None,
+    ignore_eos: Optional[bool] = None,
+    return_logprob: Optional[bool] = None,
+    logprob_start_len: Optional[int] = None,
+    top_logprobs_num: Optional[int] = None,
+    return_text_in_logprobs: Optional[bool] = None,
+    dtype: Optional[Union[type, str]] = None,
+    choices: Optional[list[str]] = None,
+    regex: Optional[str] = None,
+    json_schema: Optional[Union[str, dict]] = None,
+) -> Expr:
     """Generate text into variable `name`. `choices=[...]` makes it a `select`; `dtype` (int,
     float, bool, str) constrains the text with a regex and converts the value."""
     if choices is not None:
@@ -38,12 +50,24 @@ def gen(name: Optional[str] = None, max_tokens: Optional[int] = None, min_tokens
             raise ValueError(f"dtype must be one of int, float, bool, str (got {dtype!r})")
         regex = regex or DTYPE_REGEX[dtype]
     params = SamplingSpec(
-        max_new_tokens=max_tokens, min_new_tokens=min_tokens, stop=tuple(stop) if isinstance(stop, list) else stop,
-        stop_token_ids=tuple(stop_token_ids) if stop_token_ids else None, temperature=temperature, top_p=top_p,
-        top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-        ignore_eos=ignore_eos, regex=regex, json_schema=json_schema, return_logprob=return_logprob,
-        logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num,
-        return_text_in_logprobs=return_text_in_logprobs)
+        max_new_tokens=max_tokens,
+        min_new_tokens=min_tokens,
+        stop=tuple(stop) if isinstance(stop, list) else stop,
+        stop_token_ids=tuple(stop_token_ids) if stop_token_ids else None,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        ignore_eos=ignore_eos,
+        regex=regex,
+        json_schema=json_schema,
+        return_logprob=return_logprob,
+        logprob_start_len=logprob_start_len,
+        top_logprobs_num=top_logprobs_num,
+        return_text_in_logprobs=return_text_in_logprobs,
+    )
     return Gen(name, params, dtype)
 
 

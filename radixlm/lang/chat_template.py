@@ -67,8 +67,11 @@ def derive_chat_template(render: Render) -> ChatTemplate:
 
 def _role_markers(render: Render, role: str) -> Optional[RoleMarkers]:
     first = _cut(render, [], role)
-    context = {"assistant": [("user", 1)], "user": [("user", 1), ("assistant", 2)],
-               "system": [("user", 1), ("assistant", 2)]}[role]
+    context = {
+        "assistant": [("user", 1)],
+        "user": [("user", 1), ("assistant", 2)],
+        "system": [("user", 1), ("assistant", 2)],
+    }[role]
     later = _cut(render, [{"role": r, "content": _SENTINEL.format(i)} for r, i in context], role)
     if first is None and later is None:
         return None
@@ -89,4 +92,4 @@ def _cut(render: Render, history: list[dict], role: str) -> Optional[tuple[str, 
     at = text.find(content)
     if at < 0 or not text.startswith(before) or at < len(before):
         return None
-    return text[len(before):at], text[at + len(content):]
+    return text[len(before) : at], text[at + len(content) :]

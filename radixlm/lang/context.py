@@ -40,7 +40,7 @@ class LangContext:
     def as_backend(self, obj: Any) -> BaseBackend:
         if isinstance(obj, BaseBackend):
             return obj
-        engine_module = sys.modules.get("radixlm.engine")  # an Engine exists only if this was imported
+        engine_module = sys.modules.get("radixlm.entrypoints.engine")  # an Engine exists only if this was imported
         if engine_module is not None and isinstance(obj, engine_module.Engine):
             with self._lock:
                 if obj not in self._engine_backends:

@@ -6,8 +6,7 @@ import base64
 from dataclasses import dataclass
 from typing import Optional, Union
 
-_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"),
-          (b"RIFF", "image/webp"))
+_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 from radixlm.lang.backend.base import BaseBackend, Message, Prompt
 from radixlm.lang.errors import LangError, ProgramError, UnsupportedFeatureError
 from radixlm.lang.images import load_image
-from radixlm.lang.ir import (Constant, Expr, ExprList, Gen, Image, RoleBegin, RoleEnd, SamplingSpec, Select,
-                             gen_names)
+from radixlm.lang.ir import Constant, Expr, ExprList, Gen, Image, RoleBegin, RoleEnd, SamplingSpec, Select, gen_names
 from radixlm.lang.speculative import chat_spec_items, consume_constant, cut_at_stop, match_reply
 
 _END = object()
@@ -39,8 +38,9 @@ class StreamExecutor:
     """Executes the expressions of one state stream. Thread-safe: the program's thread submits,
     the worker executes, any thread reads (under `cond`)."""
 
-    def __init__(self, backend: BaseBackend, defaults: SamplingSpec, stream: bool = False,
-                 spec_tokens: Optional[int] = None) -> None:
+    def __init__(
+        self, backend: BaseBackend, defaults: SamplingSpec, stream: bool = False, spec_tokens: Optional[int] = None
+    ) -> None:
         self.backend, self.defaults = backend, defaults
         self.stream = stream
         self.spec_tokens = spec_tokens if backend.speculative_execution else None
@@ -120,8 +120,9 @@ class StreamExecutor:
         with self.cond:
             if name not in self._declared and name not in self.variables:
                 known = sorted(set(self.variables) | self._declared)
-                raise KeyError(f"unknown variable {name!r}: no gen/select named {name!r} was added to this "
-                               f"state (known: {known})")
+                raise KeyError(
+                    f"unknown variable {name!r}: no gen/select named {name!r} was added to this state (known: {known})"
+                )
             self.cond.wait_for(lambda: self._pending.get(name, 0) == 0)
             if name in self.variables:
                 return self.variables[name]
@@ -195,8 +196,13 @@ class StreamExecutor:
 
     def _execute_one(self, expr: Expr) -> None:
         handlers: dict[type, Callable[[Any], None]] = {
-            Constant: self._fill, Gen: self._gen, Select: self._select, Image: self._image,
-            RoleBegin: self._role_begin, RoleEnd: self._role_end}
+            Constant: self._fill,
+            Gen: self._gen,
+            Select: self._select,
+            Image: self._image,
+            RoleBegin: self._role_begin,
+            RoleEnd: self._role_end,
+        }
         handler = handlers.get(type(expr))
         if handler is None:
             raise LangError(f"cannot execute {expr!r}")
@@ -224,7 +230,7 @@ class StreamExecutor:
 
     def _prompt(self) -> Prompt:
         with self.cond:
-            role_text = self.text[self.role_start:] if self.role else ""
+            role_text = self.text[self.role_start :] if self.role else ""
             return Prompt(self.text, list(self.messages), self.role, role_text, list(self.role_images))
 
     # -- expressions ---------------------------------------------------------------------------
@@ -244,14 +250,16 @@ class StreamExecutor:
         if self.role != expr.role:
             raise LangError(f"{expr.role}_end() without a matching {expr.role}_begin() (open: {self.role})")
         with self.cond:
-            self.messages.append(Message(expr.role, self.text[self.role_start:], self.role_images))
+            self.messages.append(Message(expr.role, self.text[self.role_start :], self.role_images))
             self.role, self.role_images = None, []
         self._append(self.backend.chat_template.end(expr.role))
 
     def _image(self, expr: Image) -> None:
         if not self.backend.supports_images:
-            raise UnsupportedFeatureError(f"image(): {type(self.backend).__name__} serves a text-only model; "
-                                          "images need a multimodal backend (e.g. OpenAI or Anthropic)")
+            raise UnsupportedFeatureError(
+                f"image(): {type(self.backend).__name__} serves a text-only model; "
+                "images need a multimodal backend (e.g. OpenAI or Anthropic)"
+            )
         if self.role is None:
             raise LangError("image() must be inside a message, e.g. user(image(path) + question)")
         with self.cond:
@@ -268,7 +276,7 @@ class StreamExecutor:
             self._append(value, expr.name)
         elif self.stream:
             value, meta = "", {}
-            for chunk, meta in self.backend.generate_stream(self._prompt(), spec):
+            for chunk, meta in self.backend.generate_stream(self._prompt(), spec):  # noqa: B007 (the last chunk's meta)
                 value += chunk
                 self._append(chunk, expr.name)
         else:
@@ -298,10 +306,17 @@ class StreamExecutor:
     def _chat_speculative(self, items: tuple[Expr, ...]) -> bool:
         """Run a whole `assistant(... gen ... gen ...)` of a chat model in one API call; False when
         this list is not such a message (it then runs expression by expression)."""
-        if not (self.spec_tokens and self.backend.is_chat_model and len(items) > 2 and not self.stream
-                and isinstance(items[0], RoleBegin) and items[0].role == "assistant"
-                and isinstance(items[-1], RoleEnd) and items[-1].role == "assistant"
-                and chat_spec_items(items[1:-1])):
+        if not (
+            self.spec_tokens
+            and self.backend.is_chat_model
+            and len(items) > 2
+            and not self.stream
+            and isinstance(items[0], RoleBegin)
+            and items[0].role == "assistant"
+            and isinstance(items[-1], RoleEnd)
+            and items[-1].role == "assistant"
+            and chat_spec_items(items[1:-1])
+        ):
             return False
         body = items[1:-1]
         self._execute_one(items[0])
@@ -309,8 +324,10 @@ class StreamExecutor:
         reply, meta = self.backend.generate(self._prompt(), spec)
         values = match_reply(reply, body, self.defaults)
         if values is None:
-            raise ProgramError(f"speculative execution: the reply does not follow the assistant message's "
-                               f"constants {[e.value for e in body if isinstance(e, Constant)]}: {reply!r}")
+            raise ProgramError(
+                f"speculative execution: the reply does not follow the assistant message's "
+                f"constants {[e.value for e in body if isinstance(e, Constant)]}: {reply!r}"
+            )
         found = iter(values)
         for item in body:
             if isinstance(item, Constant):
@@ -363,7 +380,7 @@ def stream_chunks(executor: StreamExecutor, var: Optional[str]) -> Iterator[str]
     pos = 0
     while True:
         with executor.cond:
-            executor.cond.wait_for(lambda: len(_source(executor, var)) > pos or _stream_done(executor, var))
+            executor.cond.wait_for(lambda: len(_source(executor, var)) > pos or _stream_done(executor, var))  # noqa: B023
             current, done = _source(executor, var), _stream_done(executor, var)
         if len(current) > pos:
             yield current[pos:]

@@ -75,6 +75,10 @@ class RoleEnd(Expr):
     role: str
 
 
+class StopTracing(Exception):
+    """The traced program reached something not known before it runs."""
+
+
 @dataclass(frozen=True, eq=False)
 class Argument(Expr):
     """A stand-in for a program argument while a program is traced (see `tracer.py`)."""
@@ -85,8 +89,6 @@ class Argument(Expr):
         return self.__str__()
 
     def __str__(self) -> str:
-        from radixlm.lang.tracer import StopTracing
-
         raise StopTracing(self.name)
 
 
@@ -109,8 +111,10 @@ def to_expr(value: Any) -> Expr:
         return value
     if isinstance(value, str):
         return Constant(value)
-    raise TypeError(f"cannot add a {type(value).__name__} to a program state: use a str or an expression "
-                    "(gen, select, image, a role)")
+    raise TypeError(
+        f"cannot add a {type(value).__name__} to a program state: use a str or an expression "
+        "(gen, select, image, a role)"
+    )
 
 
 def gen_names(expr: Expr) -> list[str]:
@@ -144,8 +148,7 @@ class SamplingSpec:
 
     def merged_over(self, defaults: "SamplingSpec") -> "SamplingSpec":
         """This spec with every `None` field taken from `defaults`."""
-        changes = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(self)
-                   if getattr(self, f.name) is None}
+        changes = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is None}
         return dataclasses.replace(self, **changes)
 
     @property
@@ -161,8 +164,18 @@ class SamplingSpec:
 
     def to_native(self) -> dict:
         """`sampling_params` for radixlm's / SGLang's native API and `Engine.generate`."""
-        names = ("max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p",
-                 "frequency_penalty", "presence_penalty", "ignore_eos", "regex")
+        names = (
+            "max_new_tokens",
+            "min_new_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "frequency_penalty",
+            "presence_penalty",
+            "ignore_eos",
+            "regex",
+        )
         out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         if self.stops:
             out["stop"] = self.stops
@@ -174,6 +187,14 @@ class SamplingSpec:
         return out
 
 
-RUN_DEFAULTS = SamplingSpec(max_new_tokens=128, temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0,
-                            frequency_penalty=0.0, presence_penalty=0.0, ignore_eos=False)
+RUN_DEFAULTS = SamplingSpec(
+    max_new_tokens=128,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=-1,
+    min_p=0.0,
+    frequency_penalty=0.0,
+    presence_penalty=0.0,
+    ignore_eos=False,
+)
 SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingSpec))

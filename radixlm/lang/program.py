@@ -25,8 +25,7 @@ class Function:
     `run(*args, **kwargs)` takes the program's arguments plus sampling defaults for every gen
     (`temperature`, `max_new_tokens`, `top_p`, ... SGLang's names), `stream` and `backend`."""
 
-    def __init__(self, func: Callable, num_api_spec_tokens: Optional[int] = None,
-                 bound: Optional[dict] = None) -> None:
+    def __init__(self, func: Callable, num_api_spec_tokens: Optional[int] = None, bound: Optional[dict] = None) -> None:
         self.func = func
         self.num_api_spec_tokens = num_api_spec_tokens
         self.bound = dict(bound or {})
@@ -53,9 +52,16 @@ class Function:
             raise state.error()
         return state
 
-    def run_batch(self, batch_kwargs: list[dict], *, backend: Any = None, num_threads: Union[int, str] = "auto",
-                  progress_bar: bool = False, generator_style: bool = False,
-                  **sampling: Any) -> Union[list[ProgramState], Iterator[ProgramState]]:
+    def run_batch(
+        self,
+        batch_kwargs: list[dict],
+        *,
+        backend: Any = None,
+        num_threads: Union[int, str] = "auto",
+        progress_bar: bool = False,
+        generator_style: bool = False,
+        **sampling: Any,
+    ) -> Union[list[ProgramState], Iterator[ProgramState]]:
         """Run once per argument dict, in parallel; errors are kept in each state's `error()`.
         The prefix every run starts with is cached once first, so it is computed once."""
         backend = DEFAULT_CONTEXT.resolve(backend)
@@ -84,22 +90,29 @@ class Function:
                 sampling[key] = value
             else:
                 raise TypeError(f"{self.__name__}() got an unexpected argument {key!r}")
-        missing = [n for n in self.arg_names if check_missing and n not in arguments
-                   and inspect.signature(self.func).parameters[n].default is inspect.Parameter.empty]
+        missing = [
+            n
+            for n in self.arg_names
+            if check_missing
+            and n not in arguments
+            and inspect.signature(self.func).parameters[n].default is inspect.Parameter.empty
+        ]
         if missing:
             raise TypeError(f"{self.__name__}() is missing arguments: {missing}")
         return arguments, sampling
 
 
-def run_program(function: Function, backend: BaseBackend, arguments: dict, defaults: SamplingSpec,
-                stream: bool) -> ProgramState:
+def run_program(
+    function: Function, backend: BaseBackend, arguments: dict, defaults: SamplingSpec, stream: bool
+) -> ProgramState:
     """Run the program body on a fresh state; errors are recorded in the state, never raised.
     With `stream`, the body runs on its own thread and this returns at once."""
     executor = StreamExecutor(backend, defaults, stream=stream, spec_tokens=function.num_api_spec_tokens)
     state = ProgramState(executor)
     if stream:
-        threading.Thread(target=_run_body, args=(function, state, arguments), daemon=True,
-                         name="radixlm-lang-program").start()
+        threading.Thread(
+            target=_run_body, args=(function, state, arguments), daemon=True, name="radixlm-lang-program"
+        ).start()
     else:
         _run_body(function, state, arguments)
         executor.sync_all()
@@ -118,7 +131,7 @@ def _run_body(function: Function, state: ProgramState, arguments: dict) -> None:
 def warm_prefix(function: Function, backend: BaseBackend, arg_names: list[str]) -> None:
     """Cache the text every run starts with (best effort: a failure here shows up in the runs)."""
     try:
-        prefix = trace_prefix(function, backend.chat_template, arg_names)
+        prefix = trace_prefix(function.func, function.bound, backend.chat_template, arg_names)
         if prefix:
             backend.cache_prefix(prefix)
     except Exception as exc:

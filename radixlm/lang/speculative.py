@@ -25,7 +25,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> Optional[tuple[str, str]]:
 
 def consume_constant(speculated: str, value: str) -> str:
     """What remains speculated after the program appends `value`: the rest on a match, else ''."""
-    return speculated[len(value):] if speculated.startswith(value) else ""
+    return speculated[len(value) :] if speculated.startswith(value) else ""
 
 
 def match_reply(reply: str, items: Sequence[Expr], defaults: SamplingSpec) -> Optional[list[str]]:

@@ -146,6 +146,6 @@ class ProgramStateGroup:
             for name in sorted(names):
                 self.parent.set_var(name, [s.executor.variables.get(name) for s in self.states])
         elif mode == "concate_and_append":
-            self.parent += "".join(s.text()[self._text_mark:] for s in self.states)
+            self.parent += "".join(s.text()[self._text_mark :] for s in self.states)
         else:
             raise ValueError(f"unknown join mode {mode!r}; use 'gather_variable' or 'concate_and_append'")

@@ -4,18 +4,11 @@ stops at the first part that depends on an argument or on the model."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from radixlm.lang.chat_template import ChatTemplate
-from radixlm.lang.ir import Argument, Constant, Expr, ExprList, RoleBegin, RoleEnd, to_expr
+from radixlm.lang.ir import Argument, Constant, Expr, ExprList, RoleBegin, RoleEnd, StopTracing, to_expr
 from radixlm.lang.state import RoleScope
-
-if TYPE_CHECKING:
-    from radixlm.lang.program import Function
-
-
-class StopTracing(Exception):
-    """The traced program reached something not known before it runs."""
 
 
 class TracerState:
@@ -62,12 +55,13 @@ class TracerState:
         raise StopTracing(name)
 
 
-def trace_prefix(function: "Function", template: ChatTemplate, arg_names: list[str]) -> str:
-    """The constant text (with role markers) every run of `function` starts with."""
+def trace_prefix(func: Callable[..., Any], bound: dict[str, Any], template: ChatTemplate, arg_names: list[str]) -> str:
+    """The constant text (with role markers) every run of the program `func` (with the arguments
+    already `bound`) starts with."""
     tracer = TracerState(template)
-    args = {**function.bound, **{name: Argument(name) for name in arg_names if name not in function.bound}}
+    args = {**bound, **{name: Argument(name) for name in arg_names if name not in bound}}
     try:
-        function.func(tracer, **args)
+        func(tracer, **args)
     except Exception:  # StopTracing, or a program that needs real values early: keep what was found
         pass
     return tracer.prefix

@@ -53,11 +53,15 @@ class RMSNorm(nn.Module):
         return out if residual is None else (out, residual)
 
     def _fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> Any:
-        from radixlm.layers.fused_kernels import rmsnorm
+        from radixlm.kernels.fused import rmsnorm
 
         shape = x.shape
-        out, res = rmsnorm(x.reshape(-1, shape[-1]), self.weight, self.eps,
-                           None if residual is None else residual.reshape(-1, shape[-1]).contiguous())
+        out, res = rmsnorm(
+            x.reshape(-1, shape[-1]),
+            self.weight,
+            self.eps,
+            None if residual is None else residual.reshape(-1, shape[-1]).contiguous(),
+        )
         return out.view(shape) if res is None else (out.view(shape), res.view(shape))
 
 
@@ -68,7 +72,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def fused_silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    from radixlm.layers.fused_kernels import silu_and_mul as fused
+    from radixlm.kernels.fused import silu_and_mul as fused
 
     return fused(gate_up)
 
@@ -135,7 +139,7 @@ class RotaryEmbedding(nn.Module):
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
     def _fused(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from radixlm.layers.fused_kernels import rotary_inplace
+        from radixlm.kernels.fused import rotary_inplace
 
         rotary_inplace(positions, q, k, self.cos, self.sin)  # in place, any token/head strides
         return q, k

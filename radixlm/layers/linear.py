@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixlm.distributed.group import TPGroup
-from radixlm.layers import gemv
+from radixlm.kernels import gemv
 
 
 def whole(tensor: Any) -> torch.Tensor:
@@ -63,8 +63,11 @@ class AttentionHeads:
         group = num_heads // num_kv_heads
         start = tp.rank * local
         kv_of_q = [(start + j) // group for j in range(local)]
-        local_group = next(g for g in range(local, 0, -1)
-                           if local % g == 0 and all(kv_of_q[j] == kv_of_q[j - j % g] for j in range(local)))
+        local_group = next(
+            g
+            for g in range(local, 0, -1)
+            if local % g == 0 and all(kv_of_q[j] == kv_of_q[j - j % g] for j in range(local))
+        )
         return cls(start, local, tuple(kv_of_q[::local_group]))
 
 
@@ -168,8 +171,8 @@ class VocabParallelEmbedding(nn.Module):
         if tensor.shape[0] != self.vocab_size:
             raise ValueError(f"vocabulary mismatch: checkpoint {tuple(tensor.shape)} vs vocab_size {self.vocab_size}")
         with torch.no_grad():
-            self.weight[self.num_real:].zero_()
-        copy_checked(self.weight[:self.num_real], tensor.narrow(0, self.start, self.num_real), attr)
+            self.weight[self.num_real :].zero_()
+        copy_checked(self.weight[: self.num_real], tensor.narrow(0, self.start, self.num_real), attr)
 
 
 def vocab_parallel_embedding(vocab_size: int, hidden_size: int, tp: TPGroup) -> nn.Module:
@@ -189,8 +192,7 @@ def lm_head(vocab_size: int, hidden_size: int, tp: TPGroup) -> nn.Module:
     return ParallelLMHead(vocab_size, hidden_size, tp)
 
 
-def logits_fn(vocab_size: int, tp: TPGroup,
-              device: Optional[torch.device] = None) -> Callable[..., torch.Tensor]:
+def logits_fn(vocab_size: int, tp: TPGroup, device: Optional[torch.device] = None) -> Callable[..., torch.Tensor]:
     """(hidden [N, H], this rank's head weight [V_local, H], out=None) -> float32 logits
     [N, vocab_size], every rank's block gathered at tp > 1, written into `out` when given (a
     buffer the caller keeps, e.g. one shared by all CUDA graphs). At tp 1 on CUDA the GEMM writes
@@ -214,7 +216,8 @@ def _local_logits(hidden: torch.Tensor, weight: torch.Tensor, out: Optional[torc
     return float_into(torch.matmul(hidden, weight.t()), out)
 
 
-def _local_logits_fp32_out(hidden: torch.Tensor, weight: torch.Tensor,
-                           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _local_logits_fp32_out(
+    hidden: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """CUDA only (`mm` with `out_dtype` has no CPU kernel); hidden is 2-D."""
     return gemv.linear_fp32(hidden, weight, out)

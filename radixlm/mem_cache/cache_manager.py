@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from radixlm.device_copy import to_device
+from radixlm.forward.device_copy import to_device
 from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
 from radixlm.scheduler.request import Req
@@ -102,7 +102,7 @@ class KVCacheManager:
             return
         src, table = self._dev(values), self.req_pool.table
         for row, column, length, offset in pieces:
-            table[row, column:column + length] = src[offset:offset + length]
+            table[row, column : column + length] = src[offset : offset + length]
 
     def alloc_decode(self, reqs: list[Req]) -> list[int]:
         """One slot for each request's next position (position `kv_len`, then `kv_len += 1`),
@@ -193,7 +193,7 @@ class KVCacheManager:
 
     def _free_own(self, req: Req) -> None:
         if req.kv_len > req.tree_len:
-            self.allocator.free(req.kv_slots[req.tree_len:req.kv_len])
+            self.allocator.free(req.kv_slots[req.tree_len : req.kv_len])
 
     def _drop(self, req: Req) -> None:
         if req.last_node is not None:

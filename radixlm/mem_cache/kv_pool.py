@@ -12,8 +12,16 @@ class KVPool:
     handed out, so padded index tensors may point at slot 0 harmlessly.
     """
 
-    def __init__(self, size: int, page_size: int, num_layers: int, num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        size: int,
+        page_size: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.size = size
         self.page_size = page_size
         total = size + page_size
@@ -65,8 +73,8 @@ class SlotAllocator:
         if p == 1:  # what popping `count` single pages gives, as one slice
             if count > len(self._free_pages):
                 return None
-            slots = self._free_pages[len(self._free_pages) - count:]
-            del self._free_pages[len(self._free_pages) - count:]
+            slots = self._free_pages[len(self._free_pages) - count :]
+            del self._free_pages[len(self._free_pages) - count :]
             slots.reverse()
             return slots
         in_page = min(count, (-start) % p)
@@ -84,8 +92,8 @@ class SlotAllocator:
         assert self.page_size == 1
         if count > len(self._free_pages):
             return None
-        slots = self._free_pages[len(self._free_pages) - count:]
-        del self._free_pages[len(self._free_pages) - count:]
+        slots = self._free_pages[len(self._free_pages) - count :]
+        del self._free_pages[len(self._free_pages) - count :]
         return slots
 
     def free(self, slots: list[int]) -> None:

@@ -430,12 +430,12 @@ def common_prefix_len(a: list[int], start: int, b: list[int], n: int) -> int:
     when the whole run matches (the usual case for a cached prefix), else a halving search for the
     first mismatch, O(n) element comparisons in O(log n) Python steps. ``a`` and ``b`` are lists:
     a tuple slice never equals a list slice."""
-    if a[start:start + n] == (b if n == len(b) else b[:n]):
+    if a[start : start + n] == (b if n == len(b) else b[:n]):
         return n
     lo, hi = 0, n  # a[start:start+lo] == b[:lo]; the first mismatch is in [lo, hi)
     while hi - lo > SCAN_BELOW:
         mid = (lo + hi) // 2
-        if a[start + lo:start + mid] == b[lo:mid]:
+        if a[start + lo : start + mid] == b[lo:mid]:
             lo = mid
         else:
             hi = mid

@@ -94,9 +94,7 @@ class GGUFCheckpoint:
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (HF name, float32 tensor) in file order; see the module docstring."""
         heads = _int_field(self._reader, f"{self.architecture}.attention.head_count")
-        kv_heads = _int_field(
-            self._reader, f"{self.architecture}.attention.head_count_kv", heads
-        )
+        kv_heads = _int_field(self._reader, f"{self.architecture}.attention.head_count_kv", heads)
         for tensor in self._reader.tensors:
             if tensor.name == _ROPE_FREQS:
                 continue
@@ -218,9 +216,7 @@ def _vocab_size(reader: GGUFReader, arch: str) -> int:
     return len(tokens.data)  # one data index per token; avoids decoding every string
 
 
-def _rope_scaling(
-    reader: GGUFReader, arch: str, head_dim: int, theta: float, path: str
-) -> dict[str, Any] | None:
+def _rope_scaling(reader: GGUFReader, arch: str, head_dim: int, theta: float, path: str) -> dict[str, Any] | None:
     """HF `rope_scaling` from `{arch}.rope.scaling.*` metadata, else from llama.cpp's
     `rope_freqs.weight` (how its converter stores llama3 scaling), else None."""
     kind = _field(reader, f"{arch}.rope.scaling.type")
@@ -246,9 +242,7 @@ def _scaling_from_metadata(reader: GGUFReader, arch: str, kind: str) -> dict[str
     return scaling
 
 
-def _infer_llama3_scaling(
-    factors: np.ndarray, head_dim: int, theta: float, path: str
-) -> dict[str, Any] | None:
+def _infer_llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, path: str) -> dict[str, Any] | None:
     """Recover llama3 `rope_scaling` from llama.cpp's per-frequency divisors.
 
     llama.cpp stores f_i = 1 (short wavelengths), `factor` (long ones) and, in between,
@@ -308,9 +302,7 @@ def _dequantize_tensor(tensor: Any) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def _unpermute_if_qk(
-    gguf_name: str, value: torch.Tensor, heads: int, kv_heads: int
-) -> torch.Tensor:
+def _unpermute_if_qk(gguf_name: str, value: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
     """Undo llama.cpp's llama-converter permutation of Q (heads) and K (kv_heads) rows."""
     if ".attn_q." in gguf_name:
         return unpermute_rope_rows(value, heads)

@@ -19,9 +19,14 @@ from radixlm.models.registry import resolve_model_class, resolve_model_impl, sup
 logger = logging.getLogger(__name__)
 
 _DTYPE_NAMES = {
-    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp16": torch.float16,
 }
 
 
@@ -78,10 +83,19 @@ def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
     return cfg_dtype if cfg_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
 
 
-def build_model(config: Any, backend: AttentionBackend, model_path: str, load_format: str,
-                dtype: torch.dtype, device: torch.device, seed: int = 0, model_impl: str = "auto",
-                trust_remote_code: bool = False, context_len: Optional[int] = None,
-                tp: Optional[TPGroup] = None) -> nn.Module:
+def build_model(
+    config: Any,
+    backend: AttentionBackend,
+    model_path: str,
+    load_format: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int = 0,
+    model_impl: str = "auto",
+    trust_remote_code: bool = False,
+    context_len: Optional[int] = None,
+    tp: Optional[TPGroup] = None,
+) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
     `model_impl` picks radixlm's native class or the Transformers backend (registry.resolve_model_impl);
@@ -120,8 +134,9 @@ def check_tensor_parallel(config: Any, model_impl: str, tp_size: int) -> None:
     split_evenly(config.intermediate_size, TPGroup(0, tp_size), "intermediate_size")
 
 
-def _build_native(cls: type, config: Any, backend: AttentionBackend, dtype: torch.dtype,
-                  device: torch.device, tp: TPGroup) -> nn.Module:
+def _build_native(
+    cls: type, config: Any, backend: AttentionBackend, dtype: torch.dtype, device: torch.device, tp: TPGroup
+) -> nn.Module:
     with torch.device("meta"):
         model = cls(config, backend, tp)
     model = model.to(dtype=dtype).to_empty(device=device)
@@ -156,7 +171,9 @@ def iter_weights(model_path: str, load_format: str, lazy: bool = False) -> Itera
         return
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {model_path!r} (use load_format='dummy' for random weights)")
+        raise FileNotFoundError(
+            f"no *.safetensors files in {model_path!r} (use load_format='dummy' for random weights)"
+        )
     from safetensors import safe_open
 
     for file in files:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from radixlm.attention.base import AttentionBackend
-from radixlm.forward_batch import ForwardBatch
+from radixlm.forward.batch import ForwardBatch
 
 ATTENTION_NAME = "radixlm_paged"
 STEP_KWARG = "radixlm_step"
@@ -32,9 +32,16 @@ class StepContext:
     batch: ForwardBatch
 
 
-def radixlm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
-                      dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def radixlm_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    scaling: Optional[float] = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature over radixlm's backend.
 
     In: query [1, H, T, D], key/value [1, Hkv, T, D] (one packed sequence of all the batch's
@@ -43,8 +50,10 @@ def radixlm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     """
     step: StepContext = kwargs.get(STEP_KWARG)
     if step is None:
-        raise RuntimeError(f"{type(module).__name__} ran without `{STEP_KWARG}`: this model's forward "
-                           "does not pass its kwargs down to the attention function")
+        raise RuntimeError(
+            f"{type(module).__name__} ran without `{STEP_KWARG}`: this model's forward "
+            "does not pass its kwargs down to the attention function"
+        )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     q, k, v = (_last_dim_contiguous(x[0].transpose(0, 1)) for x in (query, key, value))

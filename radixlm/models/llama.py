@@ -15,10 +15,19 @@ from torch import nn
 
 from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
-from radixlm.forward_batch import ForwardBatch
+from radixlm.forward.batch import ForwardBatch
 from radixlm.layers.basic import RMSNorm, RotaryEmbedding, fused_silu_and_mul, silu_and_mul, use_fused_kernels
-from radixlm.layers.linear import (AttentionHeads, ColumnParallelLinear, QKVParallelLinear, copy_checked, lm_head,
-                                   logits_fn, row_parallel_linear, vocab_parallel_embedding, whole)
+from radixlm.layers.linear import (
+    AttentionHeads,
+    ColumnParallelLinear,
+    QKVParallelLinear,
+    copy_checked,
+    lm_head,
+    logits_fn,
+    row_parallel_linear,
+    vocab_parallel_embedding,
+    whole,
+)
 
 
 def _rope_parameters(config: Any) -> dict[str, Any]:
@@ -44,7 +53,7 @@ class LlamaAttention(nn.Module):
         heads = AttentionHeads.split(config.num_attention_heads, config.num_key_value_heads, tp)
         self.num_heads, self.num_kv_heads = heads.num_heads, heads.num_kv_heads  # this rank's
         self.head_dim = head_dim_of(config)
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         bias = getattr(config, "attention_bias", False) or self.qkv_bias
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, heads, bias, tp)
         o_bias = getattr(config, "attention_bias", False)
@@ -98,8 +107,9 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
-                batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mlp output, residual stream before it); the caller adds them (fused into the next norm)."""
         if residual is None:
             residual, h = x, self.input_layernorm(x)
@@ -128,8 +138,11 @@ class LlamaModel(nn.Module):
 
 # HF name fragment -> (our parameter fragment, shard index) for fused projections.
 _STACKED = {
-    ".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1), ".v_proj.": (".qkv_proj.", 2),
-    ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1),
+    ".q_proj.": (".qkv_proj.", 0),
+    ".k_proj.": (".qkv_proj.", 1),
+    ".v_proj.": (".qkv_proj.", 2),
+    ".gate_proj.": (".gate_up_proj.", 0),
+    ".up_proj.": (".gate_up_proj.", 1),
 }
 
 

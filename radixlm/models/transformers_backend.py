@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from radixlm.attention.base import AttentionBackend
-from radixlm.forward_batch import ForwardBatch
+from radixlm.forward.batch import ForwardBatch
 from radixlm.layers.linear import float_into
 from radixlm.models.hf_attention import STEP_KWARG, StepContext, register_attention
 from radixlm.models.transformers_checks import check_config_supported, check_model_supported
@@ -48,8 +48,15 @@ class TransformersForCausalLM(nn.Module):
         self._logit_fns = _logit_postprocessing(hf_model)
 
     @classmethod
-    def create(cls, config: Any, backend: AttentionBackend, dtype: torch.dtype, device: torch.device,
-               trust_remote_code: bool = False, context_len: Optional[int] = None) -> "TransformersForCausalLM":
+    def create(
+        cls,
+        config: Any,
+        backend: AttentionBackend,
+        dtype: torch.dtype,
+        device: torch.device,
+        trust_remote_code: bool = False,
+        context_len: Optional[int] = None,
+    ) -> "TransformersForCausalLM":
         """Build on meta, materialize on `device` (weights uninitialized: load them next), re-tie
         tied weights and recompute non-persistent buffers (rotary `inv_freq`, embedding scales).
         ValueError, naming the reason, for models radixlm's attention cannot run exactly up to
@@ -61,13 +68,20 @@ class TransformersForCausalLM(nn.Module):
         hf_model.to_empty(device=device)
         hf_model.tie_weights()  # to_empty replaced each tied parameter with its own tensor
         _init_non_persistent_buffers(hf_model)
-        logger.info("Transformers backend: %s with attention through radixlm's %s", type(hf_model).__name__,
-                    type(backend).__name__)
+        logger.info(
+            "Transformers backend: %s with attention through radixlm's %s",
+            type(hf_model).__name__,
+            type(backend).__name__,
+        )
         return cls(hf_model.eval(), backend)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        out = self.hf.base_model(input_ids=input_ids.unsqueeze(0), position_ids=positions.unsqueeze(0),
-                                 use_cache=False, **{STEP_KWARG: StepContext(self.backend, batch)})
+        out = self.hf.base_model(
+            input_ids=input_ids.unsqueeze(0),
+            position_ids=positions.unsqueeze(0),
+            use_cache=False,
+            **{STEP_KWARG: StepContext(self.backend, batch)},
+        )
         return out.last_hidden_state[0]
 
     def compute_logits(self, hidden: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -92,8 +106,9 @@ class TransformersForCausalLM(nn.Module):
                         continue
                     raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self.hf).__name__}")
                 if target.shape != tensor.shape:
-                    raise ValueError(f"shape mismatch for {name!r}: model {tuple(target.shape)} "
-                                     f"vs checkpoint {tuple(tensor.shape)}")
+                    raise ValueError(
+                        f"shape mismatch for {name!r}: model {tuple(target.shape)} vs checkpoint {tuple(tensor.shape)}"
+                    )
                 target.copy_(tensor)
                 loaded.add(id(target))
         self._check_complete(targets, loaded)
@@ -110,15 +125,20 @@ def _from_config(config: Any, dtype: torch.dtype, attn_name: str, trust_remote_c
 
     try:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_name,
-                                                    trust_remote_code=trust_remote_code)
+            return AutoModelForCausalLM.from_config(
+                config, dtype=dtype, attn_implementation=attn_name, trust_remote_code=trust_remote_code
+            )
     except ValueError as exc:
         if "trust_remote_code" in str(exc) and not trust_remote_code:
-            raise ValueError(f"model_type {config.model_type!r} needs its own modeling code: "
-                             "set trust_remote_code=True (--trust-remote-code) to run it") from exc
+            raise ValueError(
+                f"model_type {config.model_type!r} needs its own modeling code: "
+                "set trust_remote_code=True (--trust-remote-code) to run it"
+            ) from exc
         if "Unrecognized configuration class" in str(exc):
-            raise ValueError(f"transformers has no causal-LM class for model_type {config.model_type!r} "
-                             "(encoder-decoder and non-generative models cannot be served)") from exc
+            raise ValueError(
+                f"transformers has no causal-LM class for model_type {config.model_type!r} "
+                "(encoder-decoder and non-generative models cannot be served)"
+            ) from exc
         raise
 
 
@@ -137,8 +157,10 @@ def _checkpoint_renamer(hf_model: nn.Module, targets: dict[str, torch.Tensor]) -
     def rename(name: str) -> str:
         new_name, converter = rename_source_key(name, renamings, converters, prefix, targets)
         if converter is not None:
-            raise ValueError(f"checkpoint tensor {name!r} needs transformers' weight conversion {converter!r} "
-                             "(tensors merged or split on load), which radixlm's loader does not apply")
+            raise ValueError(
+                f"checkpoint tensor {name!r} needs transformers' weight conversion {converter!r} "
+                "(tensors merged or split on load), which radixlm's loader does not apply"
+            )
         return new_name
 
     return rename

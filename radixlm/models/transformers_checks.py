@@ -27,14 +27,18 @@ def check_config_supported(config: Any, context_len: Optional[int] = None) -> No
         raise ValueError(
             f"{name} soft-caps attention logits (attn_logit_softcapping={softcap}), which radixlm's attention "
             "backends do not implement; to serve it without soft-capping set attn_logit_softcapping to null in "
-            "config.json (outputs then differ from the reference)")
+            "config.json (outputs then differ from the reference)"
+        )
     if getattr(text, "use_bidirectional_attention", False) or getattr(text, "alibi", False):
-        raise ValueError(f"{name} uses bidirectional or ALiBi attention, which radixlm's attention backends "
-                         "do not implement")
+        raise ValueError(
+            f"{name} uses bidirectional or ALiBi attention, which radixlm's attention backends do not implement"
+        )
     other = sorted(set(getattr(text, "layer_types", None) or []) - _ATTENTION_LAYER_TYPES)
     if other:
-        raise ValueError(f"{name} has {other} layers, which need a recurrent state cache radixlm does not have; "
-                         "only attention layers can be served")
+        raise ValueError(
+            f"{name} has {other} layers, which need a recurrent state cache radixlm does not have; "
+            "only attention layers can be served"
+        )
     _check_sliding_window(text, name, context_len or getattr(text, "max_position_embeddings", None))
 
 
@@ -50,7 +54,8 @@ def _check_sliding_window(text: Any, name: str, context_len: Optional[int]) -> N
         raise ValueError(
             f"{name} uses sliding-window attention (sliding_window={window}) and the context length is "
             f"{context_len}; radixlm's attention backends do not implement sliding windows, so serve it with "
-            f"context_length <= {window} (--context-length {window}), where full attention is exact")
+            f"context_length <= {window} (--context-length {window}), where full attention is exact"
+        )
 
 
 def check_model_supported(hf_model: nn.Module) -> None:
@@ -60,8 +65,10 @@ def check_model_supported(hf_model: nn.Module) -> None:
         raise ValueError(
             f"{cls.__name__} does not route attention through transformers' AttentionInterface, so "
             "model_impl='transformers' cannot drive it on radixlm's KV cache; it has no native radixlm "
-            "implementation either")
+            "implementation either"
+        )
     sinks = [n for n, _ in hf_model.named_parameters() if n.endswith(".sinks")]
     if sinks:
-        raise ValueError(f"{cls.__name__} uses attention sinks ({sinks[0]}), which radixlm's attention backends "
-                         "do not implement")
+        raise ValueError(
+            f"{cls.__name__} uses attention sinks ({sinks[0]}), which radixlm's attention backends do not implement"
+        )

@@ -129,8 +129,15 @@ def rank_cutoffs_all_rows(probs: torch.Tensor, batch: SamplingBatch) -> torch.Te
     return _cutoffs(vals, rows, batch.top_ks, batch.top_ps, batch, vocab, vocab)
 
 
-def _cutoffs(vals: torch.Tensor, rows: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.Tensor,
-             batch: SamplingBatch, vocab: int, length: int) -> torch.Tensor:
+def _cutoffs(
+    vals: torch.Tensor,
+    rows: torch.Tensor,
+    top_ks: torch.Tensor,
+    top_ps: torch.Tensor,
+    batch: SamplingBatch,
+    vocab: int,
+    length: int,
+) -> torch.Tensor:
     """Cut-offs of `rows` from their descending values `vals` [len(rows), length], as a [B] tensor."""
     k_on, p_on = top_ks < vocab, top_ps < 1.0
     last_k = (top_ks.clamp(max=length) - 1).unsqueeze(-1)
@@ -159,7 +166,7 @@ def _largest_sorted(x: torch.Tensor, n: int) -> torch.Tensor:
         # NumPy's SIMD sort is ~25x faster than torch.sort on CPU, and only
         # the values are needed (cut-offs are thresholds, not indices).
         ascending = torch.from_numpy(np.sort(x.contiguous().numpy(), axis=-1))
-        return ascending[:, x.shape[-1] - n:].flip(-1)
+        return ascending[:, x.shape[-1] - n :].flip(-1)
     return torch.sort(x, dim=-1, descending=True).values[:, :n]
 
 
@@ -172,9 +179,7 @@ def _draw_uniforms(batch: SamplingBatch, device: torch.device) -> torch.Tensor:
     return uniforms
 
 
-def _inverse_cdf_draw(
-    probs: torch.Tensor, uniforms: torch.Tensor, fallback: torch.Tensor
-) -> torch.Tensor:
+def _inverse_cdf_draw(probs: torch.Tensor, uniforms: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """Token whose CDF interval contains u * total mass, per row.
 
     float32 u < 1 makes u * total < total, so the first cdf entry > u * total
@@ -191,10 +196,7 @@ def _inverse_cdf_draw(
 
 def _check_shape(logits: torch.Tensor, batch: SamplingBatch) -> None:
     if logits.dim() != 2 or logits.shape != (batch.batch_size, batch.vocab_size):
-        raise ValueError(
-            f"logits must have shape ({batch.batch_size}, {batch.vocab_size}), "
-            f"got {tuple(logits.shape)}"
-        )
+        raise ValueError(f"logits must have shape ({batch.batch_size}, {batch.vocab_size}), got {tuple(logits.shape)}")
 
 
 def apply_vocab_mask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -207,7 +209,7 @@ def apply_vocab_mask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Te
     """
     table = _BYTE_BANS.to(logits.device)
     packed = bitmask.to(logits.device).view(torch.uint8).to(torch.int32)
-    banned = table[packed].view(bitmask.shape[0], -1)[:, :logits.shape[-1]]
+    banned = table[packed].view(bitmask.shape[0], -1)[:, : logits.shape[-1]]
     rows = rows.to(logits.device)
     return logits.index_copy_(0, rows, logits.index_select(0, rows).masked_fill_(banned, float("-inf")))
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.device_copy import pinned_to_device as _pinned
-from radixlm.device_copy import to_device
+from radixlm.forward.device_copy import pinned_to_device as _pinned
+from radixlm.forward.device_copy import to_device
 from radixlm.sampling.sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -151,8 +151,13 @@ def _penalty_fields(
     rows = [i for i in range(len(params)) if rep[i] != 1.0 or freq[i] != 0.0 or pres[i] != 0.0]
     pair_rows, pair_cols, counts = _distinct_tokens(output_ids, rows, vocab)
     if pair_rows.numel() == 0:
-        return dict(penalty_index=None, penalty_counts=None, repetition_penalties=None,
-                    frequency_penalties=None, presence_penalties=None)
+        return dict(
+            penalty_index=None,
+            penalty_counts=None,
+            repetition_penalties=None,
+            frequency_penalties=None,
+            presence_penalties=None,
+        )
     use_fp = any(freq[i] != 0.0 or pres[i] != 0.0 for i in rows)
     per_pair = functools.partial(_gather_rows, rows=pair_rows, device=device)
     return dict(
@@ -212,9 +217,7 @@ def _sparse_fields(
     )
 
 
-def _index_pair(
-    rows: list[int], cols: list[int], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _index_pair(rows: list[int], cols: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         to_device(rows, device),
         to_device(cols, device),

@@ -120,8 +120,7 @@ class SamplingParams:
             # Compare only against a valid max; a bad max is already reported.
             if max_ok and self.min_new_tokens > self.max_new_tokens:
                 errors.append(
-                    "min_new_tokens: must be <= max_new_tokens "
-                    f"({self.max_new_tokens}) (got {self.min_new_tokens})"
+                    f"min_new_tokens: must be <= max_new_tokens ({self.max_new_tokens}) (got {self.min_new_tokens})"
                 )
         if not (chk.is_int(self.top_k) and (self.top_k == -1 or self.top_k >= 1)):
             errors.append(f"top_k: must be -1 (off) or an integer >= 1 (got {self.top_k!r})")
@@ -129,8 +128,13 @@ class SamplingParams:
         chk.real_in(errors, "top_p", self.top_p, 0.0, 1.0, "a number in (0, 1]", low_open=True)
         chk.real_in(errors, "min_p", self.min_p, 0.0, 1.0, "a number in [0, 1]")
         chk.real_in(
-            errors, "repetition_penalty", self.repetition_penalty, 0.0, math.inf,
-            "a finite number > 0", low_open=True,
+            errors,
+            "repetition_penalty",
+            self.repetition_penalty,
+            0.0,
+            math.inf,
+            "a finite number > 0",
+            low_open=True,
         )
         for name in ("frequency_penalty", "presence_penalty"):
             chk.real_in(errors, name, getattr(self, name), -2.0, 2.0, "a number in [-2, 2]")
@@ -145,9 +149,7 @@ class SamplingParams:
             else:
                 bad = [t for t in ids if not (chk.is_int(t) and 0 <= t < vocab_size)]
                 if bad:
-                    errors.append(
-                        f"stop_token_ids: must be integers in [0, {vocab_size}) (bad ids: {bad!r})"
-                    )
+                    errors.append(f"stop_token_ids: must be integers in [0, {vocab_size}) (bad ids: {bad!r})")
         if self.logit_bias is not None:
             errors.extend(chk.logit_bias_errors(self.logit_bias, vocab_size))
 
@@ -172,9 +174,7 @@ class SamplingParams:
             elif value is not None:
                 set_constraints.append(name)
         if len(set_constraints) > 1:
-            errors.append(
-                f"{', '.join(set_constraints)}: at most one of regex, json_schema, ebnf may be set"
-            )
+            errors.append(f"{', '.join(set_constraints)}: at most one of regex, json_schema, ebnf may be set")
         for name in set_constraints:  # before anything parses or serializes them recursively
             error = nesting_error(name, getattr(self, name))
             if error:
@@ -184,8 +184,7 @@ class SamplingParams:
         # Only called after a clean validation, so every conversion is safe.
         if self.json_schema is not None and not isinstance(self.json_schema, str):
             self.json_schema = json.dumps(self.json_schema)
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty",
-                     "frequency_penalty", "presence_penalty"):
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
             setattr(self, name, float(getattr(self, name)))
         if isinstance(self.stop, str):
             self.stop = [self.stop]

@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 
 from radixlm.attention.shared_prefix import plan_shared_prefixes
-from radixlm.device_copy import to_device_rows, to_device_split
-from radixlm.forward_batch import ForwardBatch, ForwardMode
+from radixlm.forward.batch import ForwardBatch, ForwardMode
+from radixlm.forward.device_copy import to_device_rows, to_device_split
 from radixlm.scheduler.request import Req
 
 
@@ -55,7 +55,7 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
         req, end = item.req, item.start + item.length
         ids += req.fill_slice(item.start, end)
         positions += range(item.start, end)
-        locs += req.kv_slots[item.start:end]
+        locs += req.kv_slots[item.start : end]
         wanted = sorted(set(item.logit_positions) | ({end - 1} if item.sample else set()))
         row_map = {}
         for pos in wanted:
@@ -65,12 +65,20 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
         offset += item.length
     fb = _extend_forward_batch(items, ids, positions, locs, logit_idx, req_to_token, device)
     sampling = [(item.req, row_map[item.start + item.length - 1]) for item, row_map in zip(items, rows) if item.sample]
-    return ScheduledBatch(ForwardMode.EXTEND, [item.req for item in items], fb, [req for req, _ in sampling],
-                          [row for _, row in sampling], items, rows)
+    return ScheduledBatch(
+        ForwardMode.EXTEND,
+        [item.req for item in items],
+        fb,
+        [req for req, _ in sampling],
+        [row for _, row in sampling],
+        items,
+        rows,
+    )
 
 
-def build_decode(reqs: list[Req], slots: list[int], req_to_token: torch.Tensor, device: torch.device,
-                 token_buf: torch.Tensor) -> ScheduledBatch:
+def build_decode(
+    reqs: list[Req], slots: list[int], req_to_token: torch.Tensor, device: torch.device, token_buf: torch.Tensor
+) -> ScheduledBatch:
     """One token per request: the last token of each, at position `seq_len - 1`, whose KV goes to
     `slots[i]` (just allocated, see `KVCacheManager.alloc_decode`). A last token still being
     sampled on the device (a placeholder, id < 0) is read from `token_buf[req_pool_idx]`, where
@@ -90,16 +98,26 @@ def build_decode(reqs: list[Req], slots: list[int], req_to_token: torch.Tensor, 
     if lowest < 0:
         torch.where(dev_ids < 0, token_buf[dev_pool], dev_ids, out=dev_ids)
     fb = ForwardBatch(
-        mode=ForwardMode.DECODE, input_ids=dev_ids, positions=dev_pos, out_cache_loc=dev_slots,
-        req_pool_indices=dev_pool, seq_lens=dev_pos + 1, seq_lens_cpu=seq_lens, extend_prefix_lens_cpu=positions,
-        extend_seq_lens_cpu=[1] * n, logit_indices=torch.arange(n, device=device), req_to_token=req_to_token,
-        prefix_plan=plan_shared_prefixes(reqs, device), decode_inputs=inputs,
+        mode=ForwardMode.DECODE,
+        input_ids=dev_ids,
+        positions=dev_pos,
+        out_cache_loc=dev_slots,
+        req_pool_indices=dev_pool,
+        seq_lens=dev_pos + 1,
+        seq_lens_cpu=seq_lens,
+        extend_prefix_lens_cpu=positions,
+        extend_seq_lens_cpu=[1] * n,
+        logit_indices=torch.arange(n, device=device),
+        req_to_token=req_to_token,
+        prefix_plan=plan_shared_prefixes(reqs, device),
+        decode_inputs=inputs,
     )
     return ScheduledBatch(ForwardMode.DECODE, reqs, fb, reqs, None)
 
 
-def build_multi_token_decode(reqs: list[Req], starts: list[int], req_to_token: torch.Tensor,
-                             device: torch.device) -> ScheduledBatch:
+def build_multi_token_decode(
+    reqs: list[Req], starts: list[int], req_to_token: torch.Tensor, device: torch.device
+) -> ScheduledBatch:
     """A decode step in which some requests carry several new tokens (jump-forward appended
     forced text): request i runs its tokens from position `starts[i]` (its KV length before
     the slots were allocated) to its end. The model runs it as an EXTEND; the scheduler treats
@@ -108,14 +126,22 @@ def build_multi_token_decode(reqs: list[Req], starts: list[int], req_to_token: t
     return dataclasses.replace(build_extend(items, req_to_token, device), mode=ForwardMode.DECODE)
 
 
-def _extend_forward_batch(items: list[ExtendItem], ids: list[int], positions: list[int], locs: list[int],
-                          logit_idx: list[int], req_to_token: torch.Tensor, device: torch.device) -> ForwardBatch:
+def _extend_forward_batch(
+    items: list[ExtendItem],
+    ids: list[int],
+    positions: list[int],
+    locs: list[int],
+    logit_idx: list[int],
+    req_to_token: torch.Tensor,
+    device: torch.device,
+) -> ForwardBatch:
     """The tensors are views of one device buffer (one copy): nothing may write into them."""
     seq_lens = [item.start + item.length for item in items]
     pool_idx = [item.req.req_pool_idx for item in items]
     t, b = len(ids), len(items)
     dev_ids, dev_pos, dev_locs, dev_pool, dev_lens, dev_logit = to_device_split(
-        ids + positions + locs + pool_idx + seq_lens + logit_idx, (t, t, t, b, b, len(logit_idx)), device)
+        ids + positions + locs + pool_idx + seq_lens + logit_idx, (t, t, t, b, b, len(logit_idx)), device
+    )
     return ForwardBatch(
         mode=ForwardMode.EXTEND,
         input_ids=dev_ids,

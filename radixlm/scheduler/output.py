@@ -8,15 +8,14 @@ from typing import Any, Callable, Optional
 import torch
 
 from radixlm.constrained.structured import StructuredOutput, build_structured_output
-from radixlm.device_copy import to_device_split
-from radixlm.io_struct import ReqOutput
+from radixlm.forward.device_copy import to_device_split
+from radixlm.ipc.messages import ReqOutput
 from radixlm.sampling.sampler import apply_penalties_and_bias, sample
 from radixlm.sampling.sampling_batch import SamplingBatch
 from radixlm.scheduler.batch import ScheduledBatch
 from radixlm.scheduler.host_copy import make_host_copy
 from radixlm.scheduler.request import Req
 from radixlm.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher, WindowDecoder
-
 
 PLACEHOLDER = -1  # an output id sampled on the device whose value the host has not read yet
 
@@ -42,8 +41,15 @@ class OutputProcessor:
     queues the sampling and appends a placeholder per request, `finish` (possibly after the
     next batch was launched) reads the ids and does everything that needs their values."""
 
-    def __init__(self, tokenizer: Any, eos_ids: set[int], vocab_size: int, context_len: int,
-                 device: torch.device, structured: Optional[StructuredOutput] = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos_ids: set[int],
+        vocab_size: int,
+        context_len: int,
+        device: torch.device,
+        structured: Optional[StructuredOutput] = None,
+    ) -> None:
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.vocab_size, self.context_len, self.device = vocab_size, context_len, device
         self.structured = structured or build_structured_output(tokenizer, vocab_size, eos_ids, jump_forward=False)
@@ -82,8 +88,9 @@ class OutputProcessor:
             pool_idx = batch.forward.req_pool_indices
         else:
             k = len(reqs)  # logits rows and table rows in one copy (logits and token_buf share a device)
-            rows, pool_idx = to_device_split(batch.sample_rows + [r.req_pool_idx for r in reqs], (k, k),
-                                             token_buf.device)
+            rows, pool_idx = to_device_split(
+                batch.sample_rows + [r.req_pool_idx for r in reqs], (k, k), token_buf.device
+            )
             raw = logits[rows]
         ids = self._sample(reqs, raw)
         token_buf[pool_idx] = ids
@@ -104,7 +111,8 @@ class OutputProcessor:
                 self._prompt_logprobs(item.req, item.logit_positions, rows, launched.logits)
         takers = launched.takers
         want_lp = any([r.return_logprob for r in takers]) and any(
-            r.return_logprob and r.finished_reason is None for r in takers)
+            r.return_logprob and r.finished_reason is None for r in takers
+        )
         logprobs = torch.log_softmax(launched.raw, dim=-1) if want_lp else None
         check_finish = self._check_finish
         for i, (req, token) in enumerate(zip(takers, next_ids)):
@@ -130,7 +138,7 @@ class OutputProcessor:
     def _append_sampled(self, req: Req, token: int, lp: Optional[torch.Tensor]) -> None:
         """Replace the request's oldest placeholder by `token` and what its grammar forces after it."""
         later = req.pending_tokens - 1  # placeholders of batches launched after this one
-        del req.output_ids[len(req.output_ids) - req.pending_tokens:]
+        del req.output_ids[len(req.output_ids) - req.pending_tokens :]
         req.pending_tokens = 0
         tokens = self.structured.advance(req, token)
         self._append_all(req, tokens, lp)
@@ -155,8 +163,14 @@ class OutputProcessor:
         raw = self.structured.mask_logits(reqs, raw)
         if all(map(_plain_greedy, reqs)):
             return raw.argmax(dim=-1)  # skip building per-row sampling tensors
-        sb = SamplingBatch.build([r.params for r in reqs], [r.output_ids for r in reqs], self.vocab_size,
-                                 self.eos_ids, self.device, [r.step_seed() for r in reqs])
+        sb = SamplingBatch.build(
+            [r.params for r in reqs],
+            [r.output_ids for r in reqs],
+            self.vocab_size,
+            self.eos_ids,
+            self.device,
+            [r.step_seed() for r in reqs],
+        )
         if sb.all_greedy and not (sb.has_penalties or sb.has_logit_bias or sb.has_min_tokens_ban):
             return raw.argmax(dim=-1)
         return sample(apply_penalties_and_bias(raw.clone(), sb), sb)
@@ -208,9 +222,9 @@ class OutputProcessor:
         if not req.finished and not req.stream:
             return None
         text = self._visible_text(req)
-        delta_text = text[req.sent_text_len:]
+        delta_text = text[req.sent_text_len :]
         known = len(req.output_ids) - req.pending_tokens
-        new_ids = req.output_ids[req.sent_ids:known]
+        new_ids = req.output_ids[req.sent_ids : known]
         req.sent_text_len, req.sent_ids = len(text), known
         return ReqOutput(req.rid, new_ids, delta_text, req.finished_reason, self._meta(req))
 
@@ -218,15 +232,15 @@ class OutputProcessor:
         if req.detok is None:
             if req.final_decoder is None or not req.finished:
                 return ""
-            return req.final_decoder.decode(req.output_ids[:len(req.output_ids) - req.pending_tokens])
+            return req.final_decoder.decode(req.output_ids[: len(req.output_ids) - req.pending_tokens])
         if req.finished:
             text = req.detok.text + req.detok.flush()
             check = req.stop_matcher.process(text) if req.stop_matcher.stops else None
             if check is not None and check.stop_index is not None and not req.params.no_stop_trim:
-                text = text[:check.stop_index]
+                text = text[: check.stop_index]
             return text
         check = req.stop_matcher.feed("")
-        return req.detok.text[:len(req.detok.text) - check.hold_back]
+        return req.detok.text[: len(req.detok.text) - check.hold_back]
 
     def _meta(self, req: Req) -> dict:
         meta = {
@@ -242,8 +256,12 @@ class OutputProcessor:
             meta["jump_forward_tokens"] = req.jump_forward_tokens
         if req.return_logprob:
             lp = req.logprobs
-            meta.update(input_token_logprobs=lp.input_token_logprobs, input_top_logprobs=lp.input_top_logprobs,
-                        output_token_logprobs=lp.output_token_logprobs, output_top_logprobs=lp.output_top_logprobs)
+            meta.update(
+                input_token_logprobs=lp.input_token_logprobs,
+                input_top_logprobs=lp.input_top_logprobs,
+                output_token_logprobs=lp.output_token_logprobs,
+                output_top_logprobs=lp.output_top_logprobs,
+            )
         return meta
 
 

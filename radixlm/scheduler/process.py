@@ -8,23 +8,24 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
-from radixlm.constrained.manager import GrammarManager
+from radixlm.config.server_args import ServerArgs
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.structured import build_structured_output
-from radixlm.io_struct import BatchOutput, RpcOutput, RpcReq
+from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
+from radixlm.executor.model_runner import LeaderRunner, ModelRunner
+from radixlm.ipc.messages import BatchOutput, RpcOutput, RpcReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
-from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
-from radixlm.model_runner import LeaderRunner, ModelRunner
+from radixlm.scheduler.grammar_queue import GrammarManager
 from radixlm.scheduler.output import OutputProcessor
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.scheduler.watchdog import Watchdog
-from radixlm.server_args import ServerArgs
 
 
-def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None,
-                    dist_init: Optional[DistInit] = None) -> Scheduler:
+def build_scheduler(
+    args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None, dist_init: Optional[DistInit] = None
+) -> Scheduler:
     """Assemble runner, KV cache manager and output processor from the config. With `dist_init`
     (tensor parallelism) this is rank 0: its runner mirrors every batch to the follower ranks."""
     device = rank_device(args, 0)
@@ -40,11 +41,20 @@ def build_scheduler(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_c
     cache = KVCacheManager(allocator, req_pool, tree)
     structured = build_structured_output(tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward)
     outputs = OutputProcessor(tokenizer, eos_ids, runner.vocab_size, runner.context_len, runner.device, structured)
-    grammars = GrammarManager(GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids),
-                              runner.vocab_size)
-    return Scheduler(runner, cache, outputs, max_running, args.max_prefill_tokens,
-                     args.chunked_prefill_size, args.schedule_policy, grammars,
-                     overlap=not args.disable_overlap_schedule)
+    grammars = GrammarManager(
+        GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids), runner.vocab_size
+    )
+    return Scheduler(
+        runner,
+        cache,
+        outputs,
+        max_running,
+        args.max_prefill_tokens,
+        args.chunked_prefill_size,
+        args.schedule_policy,
+        grammars,
+        overlap=not args.disable_overlap_schedule,
+    )
 
 
 def freeze_startup_objects() -> None:
@@ -55,8 +65,15 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def run_scheduler_process(args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any,
-                          recv_conn: Connection, send_conn: Connection, dist_init: Optional[DistInit] = None) -> None:
+def run_scheduler_process(
+    args: ServerArgs,
+    tokenizer: Any,
+    eos_ids: set[int],
+    model_config: Any,
+    recv_conn: Connection,
+    send_conn: Connection,
+    dist_init: Optional[DistInit] = None,
+) -> None:
     """Reports ("ready", info) or ("error", traceback) first, then streams BatchOutput / RpcOutput."""
     logging.basicConfig(level=args.log_level.upper(), format="[radixlm scheduler] %(message)s")
     try:

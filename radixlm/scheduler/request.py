@@ -30,16 +30,27 @@ class Req:
     derived from them here, once, instead of on every step.
     """
 
-    def __init__(self, rid: str, input_ids: list[int], params: SamplingParams, *, stream: bool = False,
-                 return_logprob: bool = False, logprob_start_len: int = -1, top_logprobs_num: int = 0,
-                 prefix_group: Optional[str] = None, step_seed_base: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        rid: str,
+        input_ids: list[int],
+        params: SamplingParams,
+        *,
+        stream: bool = False,
+        return_logprob: bool = False,
+        logprob_start_len: int = -1,
+        top_logprobs_num: int = 0,
+        prefix_group: Optional[str] = None,
+        step_seed_base: Optional[int] = None,
+    ) -> None:
         self.rid = rid
         self.origin_input_ids = list(input_ids)
         self.prompt_len = len(self.origin_input_ids)  # never changes: seq_len is on every hot path
         self.params = params
         # Penalties read the previous tokens' values on the host; plain greedy is an argmax of the raw logits.
-        self.uses_penalties = bool(params.repetition_penalty != 1.0 or params.frequency_penalty
-                                   or params.presence_penalty)
+        self.uses_penalties = bool(
+            params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
+        )
         self.plain_greedy = params.is_greedy and not self.uses_penalties and not params.logit_bias
         self.stream = stream
         self.return_logprob = return_logprob
@@ -79,8 +90,8 @@ class Req:
         if end <= n:
             return self.origin_input_ids[start:end]
         if start >= n:
-            return self.output_ids[start - n:end - n]
-        return self.origin_input_ids[start:] + self.output_ids[:end - n]
+            return self.output_ids[start - n : end - n]
+        return self.origin_input_ids[start:] + self.output_ids[: end - n]
 
     @property
     def last_token(self) -> int:

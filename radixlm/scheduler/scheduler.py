@@ -7,12 +7,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from radixlm.constrained.manager import GrammarManager
-from radixlm.forward_batch import ForwardMode
-from radixlm.io_struct import AbortReq, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
+from radixlm.executor.model_runner import ModelRunner
+from radixlm.forward.batch import ForwardMode
+from radixlm.ipc.messages import AbortReq, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
-from radixlm.model_runner import ModelRunner
 from radixlm.scheduler.batch import ScheduledBatch, build_decode, build_extend, build_multi_token_decode
+from radixlm.scheduler.grammar_queue import GrammarManager
 from radixlm.scheduler.output import LaunchedBatch, OutputProcessor
 from radixlm.scheduler.prefill import PrefillAdder, PrefillBudget, order_waiting
 from radixlm.scheduler.request import Req
@@ -36,9 +36,18 @@ class Scheduler:
     needs the value on the host (grammars, penalties) or a retraction turn overlap off for that
     step: the previous batch is finished first."""
 
-    def __init__(self, runner: ModelRunner, cache: KVCacheManager, outputs: OutputProcessor,
-                 max_running: int, max_prefill_tokens: int, chunk_size: Optional[int], policy: str,
-                 grammars: GrammarManager, overlap: bool = True) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        cache: KVCacheManager,
+        outputs: OutputProcessor,
+        max_running: int,
+        max_prefill_tokens: int,
+        chunk_size: Optional[int],
+        policy: str,
+        grammars: GrammarManager,
+        overlap: bool = True,
+    ) -> None:
         self.runner, self.cache, self.outputs, self.grammars = runner, cache, outputs, grammars
         self.max_running, self.max_prefill_tokens = max_running, max_prefill_tokens
         self.chunk_size, self.policy = chunk_size, policy
@@ -55,7 +64,9 @@ class Scheduler:
         self.inflight: Optional[LaunchedBatch] = None
         self.token_buf = torch.zeros(cache.req_pool.table.shape[0], dtype=torch.int64, device=runner.device)
         self.rpc_handlers: dict[str, Callable[[], Any]] = {
-            "flush_cache": self.cache.flush, "get_info": self.info, "check_leak": self.check_leak,
+            "flush_cache": self.cache.flush,
+            "get_info": self.info,
+            "check_leak": self.check_leak,
         }
 
     # -- intake ------------------------------------------------------------------
@@ -75,9 +86,16 @@ class Scheduler:
         return None
 
     def _add_request(self, msg: TokenizedGenerateReq) -> None:
-        req = Req(msg.rid, msg.input_ids, msg.params, stream=msg.stream, return_logprob=msg.return_logprob,
-                  logprob_start_len=msg.logprob_start_len, top_logprobs_num=msg.top_logprobs_num,
-                  prefix_group=msg.prefix_group)
+        req = Req(
+            msg.rid,
+            msg.input_ids,
+            msg.params,
+            stream=msg.stream,
+            return_logprob=msg.return_logprob,
+            logprob_start_len=msg.logprob_start_len,
+            top_logprobs_num=msg.top_logprobs_num,
+            prefix_group=msg.prefix_group,
+        )
         self.outputs.init_req(req)
         error = self._reject_reason(req)
         if error:
@@ -124,8 +142,9 @@ class Scheduler:
 
     # -- one step -------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked or self.grammars.num_pending()
-                    or self.inflight is not None)
+        return bool(
+            self.waiting or self.running or self.chunked or self.grammars.num_pending() or self.inflight is not None
+        )
 
     def step(self) -> list[ReqOutput]:
         """Launch at most one batch and finish the previous one; returns the outputs to send."""
@@ -145,8 +164,10 @@ class Scheduler:
         if not self.overlap:
             self._finish_inflight()
         self.timer.mark("schedule")
-        self.timer.finish(batch.forward.mode.name.lower() if batch is not None else "idle",
-                          len(batch.reqs) if batch is not None else 0)
+        self.timer.finish(
+            batch.forward.mode.name.lower() if batch is not None else "idle",
+            len(batch.reqs) if batch is not None else 0,
+        )
         out, self.pending = self.pending, []
         return out
 
@@ -208,10 +229,10 @@ class Scheduler:
     def _prefill_batch(self) -> Optional[ScheduledBatch]:
         if not self.waiting and self.chunked is None:
             return None
-        reserved = sum(int((r.params.max_new_tokens - len(r.output_ids)) * self.new_token_ratio)
-                       for r in self.running)
-        budget = PrefillBudget(self.max_prefill_tokens, self.chunk_size, self.max_running, reserved,
-                               self.new_token_ratio)
+        reserved = sum(int((r.params.max_new_tokens - len(r.output_ids)) * self.new_token_ratio) for r in self.running)
+        budget = PrefillBudget(
+            self.max_prefill_tokens, self.chunk_size, self.max_running, reserved, self.new_token_ratio
+        )
         adder = PrefillAdder(self.cache, budget, len(self.running))
         if self.chunked is not None:
             chunked, self.chunked = self.chunked, None
@@ -252,8 +273,10 @@ class Scheduler:
 
     def _surely_done(self, req: Req) -> bool:
         """A request whose placeholder token will end it by length: no need to decode it again."""
-        return req.pending_tokens > 0 and (len(req.output_ids) >= req.params.max_new_tokens
-                                           or req.prompt_len + len(req.output_ids) >= self.runner.context_len)
+        return req.pending_tokens > 0 and (
+            len(req.output_ids) >= req.params.max_new_tokens
+            or req.prompt_len + len(req.output_ids) >= self.runner.context_len
+        )
 
     def _multi_token_decode(self, reqs: list[Req]) -> ScheduledBatch:
         """Some running requests got several tokens at once (jump-forward): give every request
@@ -301,8 +324,11 @@ class Scheduler:
     def _abort_starved(self) -> None:
         req = self.running.pop()
         logger.warning("aborted request %s: the KV pool has no slot for its next token", req.rid)
-        req.finished_reason = {"type": "abort", "message": "the KV pool is exhausted; request aborted",
-                               "status_code": 503}
+        req.finished_reason = {
+            "type": "abort",
+            "message": "the KV pool is exhausted; request aborted",
+            "status_code": 503,
+        }
         self.cache.cache_finished(req)
         self.pending.append(self.outputs.make_output(req) or _final(req))
 

@@ -45,8 +45,9 @@ class Watchdog:
 
     Invariant: only the step running now is timed; time between steps (idle waits) never counts."""
 
-    def __init__(self, timeout_s: float, on_timeout: Callable[[str], None] = crash_loudly,
-                 poll_s: Optional[float] = None) -> None:
+    def __init__(
+        self, timeout_s: float, on_timeout: Callable[[str], None] = crash_loudly, poll_s: Optional[float] = None
+    ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"watchdog timeout must be positive, got {timeout_s!r}")
         self.timeout_s, self.on_timeout = timeout_s, on_timeout
@@ -70,5 +71,4 @@ class Watchdog:
             started = self._started
             if started is not None and time.monotonic() - started > self.timeout_s:
                 self._fired = True
-                self.on_timeout(f"a scheduler step has run for more than {self.timeout_s:g} s "
-                                "(--watchdog-timeout)")
+                self.on_timeout(f"a scheduler step has run for more than {self.timeout_s:g} s (--watchdog-timeout)")

@@ -47,8 +47,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(
-            f"tokenizer path {str(p)!r} does not exist; expected a Hugging Face "
-            f"tokenizer directory or a .gguf file"
+            f"tokenizer path {str(p)!r} does not exist; expected a Hugging Face tokenizer directory or a .gguf file"
         )
     if p.is_dir():
         return _load_from_directory(p, trust_remote_code)
@@ -64,8 +63,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
 def _load_from_directory(p: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     if not any((p / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(
-            f"directory {str(p)!r} holds no tokenizer files; expected at least one "
-            f"of {', '.join(TOKENIZER_FILES)}"
+            f"directory {str(p)!r} holds no tokenizer files; expected at least one of {', '.join(TOKENIZER_FILES)}"
         )
     return AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
 
@@ -98,9 +96,7 @@ def gguf_tokenizer_cache_path(gguf_path: str) -> Path:
 
 def _convert_gguf_tokenizer(p: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:
     """Slow path: let transformers build a tokenizer from the GGUF metadata."""
-    return AutoTokenizer.from_pretrained(
-        str(p.parent), gguf_file=p.name, trust_remote_code=trust_remote_code
-    )
+    return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name, trust_remote_code=trust_remote_code)
 
 
 def _load_from_gguf(p: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:

@@ -59,18 +59,26 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> dict[str, Any]:
     done = [o for o in outcomes if o.status == 200]
     lat = [o.latency_s for o in done]
     tokens = sum(o.tokens for o in done)
-    return {"sent": len(outcomes), "completed": len(done),
-            "errors_by_code": {str(k): v for k, v in sorted(codes.items()) if k != 200},
-            "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99),
-            "mean_s": statistics.fmean(lat) if lat else float("nan"), "wall_s": wall_s,
-            "req_per_s": len(done) / wall_s if wall_s else 0.0, "output_tok_per_s": tokens / wall_s if wall_s else 0.0}
+    return {
+        "sent": len(outcomes),
+        "completed": len(done),
+        "errors_by_code": {str(k): v for k, v in sorted(codes.items()) if k != 200},
+        "p50_s": percentile(lat, 50),
+        "p99_s": percentile(lat, 99),
+        "mean_s": statistics.fmean(lat) if lat else float("nan"),
+        "wall_s": wall_s,
+        "req_per_s": len(done) / wall_s if wall_s else 0.0,
+        "output_tok_per_s": tokens / wall_s if wall_s else 0.0,
+    }
 
 
 def format_summary(title: str, s: dict[str, Any]) -> str:
     load = os.getloadavg()
-    return (f"== {title} ==\n"
-            f"requests sent {s['sent']}, completed {s['completed']}, errors by code {s['errors_by_code'] or '{}'}\n"
-            f"latency p50 {s['p50_s']:.3f} s, p99 {s['p99_s']:.3f} s, mean {s['mean_s']:.3f} s\n"
-            f"throughput {s['req_per_s']:.1f} req/s, {s['output_tok_per_s']:.1f} output tok/s "
-            f"over {s['wall_s']:.1f} s\n"
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+    return (
+        f"== {title} ==\n"
+        f"requests sent {s['sent']}, completed {s['completed']}, errors by code {s['errors_by_code'] or '{}'}\n"
+        f"latency p50 {s['p50_s']:.3f} s, p99 {s['p99_s']:.3f} s, mean {s['mean_s']:.3f} s\n"
+        f"throughput {s['req_per_s']:.1f} req/s, {s['output_tok_per_s']:.1f} output tok/s "
+        f"over {s['wall_s']:.1f} s\n"
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)"
+    )

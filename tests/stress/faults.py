@@ -1,6 +1,6 @@
 """Faults: clients that vanish at random points, SIGTERM under load, a killed scheduler.
 
-    cd tests && python -m stress.faults --disconnects 300
+cd tests && python -m stress.faults --disconnects 300
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ async def disconnect(client: httpx.AsyncClient, point: str, rng: random.Random) 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         return point
-    body = {"messages": [{"role": "user", "content": f"tell me {rng.random()}"}], "max_tokens": 400,
-            "stream": True, "ignore_eos": True}
+    body = {
+        "messages": [{"role": "user", "content": f"tell me {rng.random()}"}],
+        "max_tokens": 400,
+        "stream": True,
+        "ignore_eos": True,
+    }
     events_wanted = 0 if point == "before_first_token" else rng.randint(2, 20)
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
@@ -71,13 +75,21 @@ async def disconnect_storm(url: str, count: int, concurrency: int = 32, seed: in
     return Counter(done)
 
 
-def sigterm_under_load(url: str, proc: subprocess.Popen, requests: int = 64, after_s: float = 0.5,
-                       ) -> tuple[list[Outcome], float, float]:
+def sigterm_under_load(
+    url: str,
+    proc: subprocess.Popen,
+    requests: int = 64,
+    after_s: float = 0.5,
+) -> tuple[list[Outcome], float, float]:
     """Start `requests` long requests (streamed and not), SIGTERM the server after `after_s`.
     Returns every request's outcome (completed or failed; none may hang), the load's wall time
     and the seconds from SIGTERM to the server's exit."""
-    specs = [Spec(api="generate" if i % 2 else "chat", prompt=f"term {i}", max_tokens=400, ignore_eos=True,
-                  stream=i % 3 != 0) for i in range(requests)]
+    specs = [
+        Spec(
+            api="generate" if i % 2 else "chat", prompt=f"term {i}", max_tokens=400, ignore_eos=True, stream=i % 3 != 0
+        )
+        for i in range(requests)
+    ]
 
     async def go() -> tuple[list[Outcome], float, float]:
         start = time.monotonic()
@@ -125,6 +137,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--term-requests", type=int, default=128)
     ns = parser.parse_args(argv)
     from server_utils import child_pids, launch_server, pid_alive, stop
+
     from stress.server import tiny_model_dir
 
     with tiny_model_dir() as model:
@@ -150,8 +163,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         url, proc = launch_server(model)
         try:
             codes, exit_s, code = kill_scheduler(url, proc)
-            print(f"== scheduler SIGKILLed: /health answers {dict(Counter(codes))} (0 = refused); "
-                  f"server exited with code {code} after {exit_s:.1f} s")
+            print(
+                f"== scheduler SIGKILLed: /health answers {dict(Counter(codes))} (0 = refused); "
+                f"server exited with code {code} after {exit_s:.1f} s"
+            )
         finally:
             if proc.poll() is None:
                 stop(proc)

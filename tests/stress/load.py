@@ -20,12 +20,18 @@ import httpx
 
 from stress.common import Outcome, format_summary, summarize, wait_idle_and_check_leak
 
-WORDS = ("the quick brown fox jumps over the lazy dog hello world café naïve 世界 🙂 capital of France "
-         "Paris Tokyo def main print return STOP end section").split()
+WORDS = (
+    "the quick brown fox jumps over the lazy dog hello world café naïve 世界 🙂 capital of France "
+    "Paris Tokyo def main print return STOP end section"
+).split()
 APIS = ("generate", "completions", "chat")
 REGEX = r"(yes|no), [a-z ]{1,12}\."
-SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string", "maxLength": 6}},
-          "required": ["a", "b"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "integer"}, "b": {"type": "string", "maxLength": 6}},
+    "required": ["a", "b"],
+    "additionalProperties": False,
+}
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,14 @@ class Spec:
         if self.api == "generate":
             params = {"max_new_tokens": self.max_tokens, "temperature": 0, "n": self.n, **extra}
             return "/generate", {"text": self.prompt, "sampling_params": params, "stream": self.stream}
-        common = {"model": "default", "max_tokens": self.max_tokens, "temperature": 0, "n": self.n,
-                  "stream": self.stream, **extra}
+        common = {
+            "model": "default",
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+            "n": self.n,
+            "stream": self.stream,
+            **extra,
+        }
         if self.stream:
             common["stream_options"] = {"include_usage": True}
         if self.api == "completions":
@@ -69,8 +81,15 @@ def make_templates(count: int, seed: int = 0, long_tokens: int = 96) -> list[Spe
             constraint = ("regex", REGEX)
         elif i % 5 == 4:  # the native API takes the schema as a string; the OpenAI ones either way
             constraint = ("json_schema", json.dumps(SCHEMA) if api == "generate" else SCHEMA)
-        out.append(Spec(api=api, prompt=f"{i}: " + " ".join(words), n=3 if i % 7 == 3 else 1,
-                        max_tokens=long_tokens if i % 3 == 2 else rng.randint(4, 16), constraint=constraint))
+        out.append(
+            Spec(
+                api=api,
+                prompt=f"{i}: " + " ".join(words),
+                n=3 if i % 7 == 3 else 1,
+                max_tokens=long_tokens if i % 3 == 2 else rng.randint(4, 16),
+                constraint=constraint,
+            )
+        )
     return out
 
 
@@ -110,8 +129,9 @@ def _parse_whole(spec: Spec, response: httpx.Response) -> Outcome:
     body = response.json()
     if spec.api == "generate":
         items = body if isinstance(body, list) else [body]
-        return Outcome(200, [it["text"] for it in items], tokens=sum(it["meta_info"]["completion_tokens"]
-                                                                    for it in items))
+        return Outcome(
+            200, [it["text"] for it in items], tokens=sum(it["meta_info"]["completion_tokens"] for it in items)
+        )
     key = "text" if spec.api == "completions" else "message"
     texts = [c[key] if key == "text" else c[key]["content"] for c in sorted(body["choices"], key=lambda c: c["index"])]
     return Outcome(200, texts, tokens=body["usage"]["completion_tokens"])
@@ -170,17 +190,20 @@ async def run_all(url: str, specs: list[Spec], concurrency: int, timeout: float 
 
 def solo_outputs(url: str, templates: list[Spec]) -> list[list[str]]:
     """Each template alone (non-streamed), one after another: the reference outputs."""
+
     async def go() -> list[list[str]]:
         async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
             outs = [await send(client, replace(t, stream=False)) for t in templates]
         bad = [(t, o) for t, o in zip(templates, outs) if o.status != 200]
         assert not bad, f"solo requests failed: {bad[:2]}"
         return [o.texts for o in outs]
+
     return asyncio.run(go())
 
 
-def run_load(url: str, requests: int, concurrency: int, templates: int = 24,
-             long_tokens: int = 96) -> tuple[dict, list[str]]:
+def run_load(
+    url: str, requests: int, concurrency: int, templates: int = 24, long_tokens: int = 96
+) -> tuple[dict, list[str]]:
     """The whole check: solo references, the concurrent load, the leak check. Returns the
     summary and a list of problems (empty when every request matched its solo output)."""
     shapes = make_templates(templates, long_tokens=long_tokens)
@@ -195,8 +218,9 @@ def run_load(url: str, requests: int, concurrency: int, templates: int = 24,
         if out.status != 200:
             problems.append(f"request {i} ({spec.api}, stream={spec.stream}): HTTP {out.status} {out.error}")
         elif out.texts != expected:
-            problems.append(f"request {i} ({spec.api}, stream={spec.stream}, n={spec.n}): {out.texts!r} != "
-                            f"solo {expected!r}")
+            problems.append(
+                f"request {i} ({spec.api}, stream={spec.stream}, n={spec.n}): {out.texts!r} != solo {expected!r}"
+            )
     wait_idle_and_check_leak(url)
     summary["mismatches"] = sum(1 for p in problems if "!= solo" in p)
     summary["leaks"] = 0  # wait_idle_and_check_leak raised otherwise

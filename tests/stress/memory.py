@@ -27,8 +27,16 @@ def make_templates(count: int, seed: int = 0) -> list[Spec]:
     """Prompts of 60-150 tokens, 60-200 output tokens (EOS ignored), every other one n=4."""
     rng = random.Random(seed)
     apis = ("generate", "completions", "chat")
-    return [Spec(api=apis[i % 3], prompt=f"{i}: " + " ".join(rng.choices(WORDS, k=rng.randint(40, 100))),
-                 max_tokens=rng.randint(60, 200), n=4 if i % 2 else 1, ignore_eos=True) for i in range(count)]
+    return [
+        Spec(
+            api=apis[i % 3],
+            prompt=f"{i}: " + " ".join(rng.choices(WORDS, k=rng.randint(40, 100))),
+            max_tokens=rng.randint(60, 200),
+            n=4 if i % 2 else 1,
+            ignore_eos=True,
+        )
+        for i in range(count)
+    ]
 
 
 def never_fits(url: str) -> list[httpx.Response]:
@@ -38,8 +46,9 @@ def never_fits(url: str) -> list[httpx.Response]:
         return [
             client.post("/generate", json={"text": prompt, "sampling_params": {"max_new_tokens": 300}}),
             client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 300}),
-            client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}],
-                                                      "max_tokens": 300}),
+            client.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 300}
+            ),
             client.post("/generate", json={"text": prompt * 3, "sampling_params": {"max_new_tokens": 1}}),
         ]
 
@@ -52,8 +61,11 @@ def run_pressure(url: str, requests: int, concurrency: int, templates: int = 8) 
     start = time.perf_counter()
     outcomes = asyncio.run(run_all(url, specs, concurrency))
     summary = summarize(outcomes, time.perf_counter() - start)
-    problems = [f"request {i}: HTTP {o.status} {o.error}" if o.status != 200 else f"request {i}: differs from solo"
-                for i, o in enumerate(outcomes) if o.status != 200 or o.texts != reference[i % len(shapes)]]
+    problems = [
+        f"request {i}: HTTP {o.status} {o.error}" if o.status != 200 else f"request {i}: differs from solo"
+        for i, o in enumerate(outcomes)
+        if o.status != 200 or o.texts != reference[i % len(shapes)]
+    ]
     summary["retracted"] = server_info(url)["num_retracted_reqs"] - before
     wait_idle_and_check_leak(url)
     summary["leaks"] = 0

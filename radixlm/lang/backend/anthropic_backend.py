@@ -36,8 +36,11 @@ class Anthropic(BaseBackend):
             raise BackendError(f"Anthropic API call failed: {type(exc).__name__}: {exc}") from exc
         text = "".join(b.text for b in resp.content if getattr(b, "type", None) == "text")
         usage = resp.usage
-        return text, {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
-                      "finish_reason": resp.stop_reason}
+        return text, {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "finish_reason": resp.stop_reason,
+        }
 
     def generate_stream(self, prompt: Prompt, spec: SamplingSpec) -> Iterator[tuple[str, dict]]:
         args = self.request_args(prompt, spec)
@@ -64,8 +67,11 @@ class Anthropic(BaseBackend):
             args["system"] = system
         if spec.stops:
             args["stop_sequences"] = spec.stops
-        sampling = {"temperature": spec.temperature, "top_p": spec.top_p,
-                    "top_k": spec.top_k if spec.top_k is not None and spec.top_k > 0 else None}
+        sampling = {
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "top_k": spec.top_k if spec.top_k is not None and spec.top_k > 0 else None,
+        }
         sampling = {k: v for k, v in sampling.items() if v is not None}
         if sampling:
             args["extra_body"] = sampling  # accepted by every client version, unlike named arguments

@@ -98,7 +98,8 @@ class BaseBackend:
         """Raise `UnsupportedFeatureError` for a constraint this backend cannot honour."""
         if spec.constrained and not self.supports_constraints:
             raise UnsupportedFeatureError(
-                f"{type(self).__name__} cannot honour regex / json_schema / dtype constraints")
+                f"{type(self).__name__} cannot honour regex / json_schema / dtype constraints"
+            )
 
 
 def chat_messages(prompt: Prompt, backend: str) -> list[Message]:
@@ -108,7 +109,8 @@ def chat_messages(prompt: Prompt, backend: str) -> list[Message]:
         raise UnsupportedFeatureError(
             f"{backend} is a chat model: gen must come right after the assistant message opens, e.g. "
             "s += assistant(gen('answer')); for text and several gens in one assistant message use "
-            "@function(num_api_spec_tokens=N)")
+            "@function(num_api_spec_tokens=N)"
+        )
     return prompt.messages
 
 

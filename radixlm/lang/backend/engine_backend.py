@@ -11,7 +11,7 @@ from radixlm.lang.backend.native import NativeBackend
 from radixlm.lang.chat_template import ChatTemplate, derive_chat_template, plain_chat_template
 
 if TYPE_CHECKING:
-    from radixlm.engine import Engine
+    from radixlm.entrypoints.engine import Engine
 
 
 class EngineBackend(NativeBackend):
@@ -22,18 +22,38 @@ class EngineBackend(NativeBackend):
         super().__init__()
         self.engine = engine
 
-    def _generate_raw(self, text: Union[str, list[str]], sampling: Union[dict, list[dict]],
-                      return_logprob: bool = False, logprob_start_len: Optional[int] = None,
-                      top_logprobs_num: Optional[int] = None) -> Any:
-        return self.engine.generate(text, sampling, return_logprob=return_logprob,
-                                    logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num)
+    def _generate_raw(
+        self,
+        text: Union[str, list[str]],
+        sampling: Union[dict, list[dict]],
+        return_logprob: bool = False,
+        logprob_start_len: Optional[int] = None,
+        top_logprobs_num: Optional[int] = None,
+    ) -> Any:
+        return self.engine.generate(
+            text,
+            sampling,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+        )
 
-    def _stream_raw(self, text: str, sampling: dict, return_logprob: bool = False,
-                    logprob_start_len: Optional[int] = None,
-                    top_logprobs_num: Optional[int] = None) -> Iterator[tuple[str, dict]]:
-        chunks = self.engine.generate(text, sampling, return_logprob=return_logprob,
-                                      logprob_start_len=logprob_start_len, top_logprobs_num=top_logprobs_num,
-                                      stream=True)
+    def _stream_raw(
+        self,
+        text: str,
+        sampling: dict,
+        return_logprob: bool = False,
+        logprob_start_len: Optional[int] = None,
+        top_logprobs_num: Optional[int] = None,
+    ) -> Iterator[tuple[str, dict]]:
+        chunks = self.engine.generate(
+            text,
+            sampling,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            stream=True,
+        )
         for chunk in chunks:
             yield chunk["text"], chunk["meta_info"]
 

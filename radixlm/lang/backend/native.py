@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from radixlm.lang.backend.base import (BaseBackend, Prompt, SelectResult, choice_token_logprobs, normalized,
-                                       pick_choice)
+from radixlm.lang.backend.base import BaseBackend, Prompt, SelectResult, choice_token_logprobs, normalized, pick_choice
 from radixlm.lang.ir import SamplingSpec
 
 PREFILL_ONLY = {"max_new_tokens": 0}
@@ -19,15 +18,25 @@ class NativeBackend(BaseBackend):
     in one batch with `max_new_tokens=0` and prompt logprobs from one token before the
     prefix's end, and scores each choice by its mean token logprob."""
 
-    def _generate_raw(self, text: Union[str, list[str]], sampling: Union[dict, list[dict]],
-                      return_logprob: bool = False, logprob_start_len: Optional[int] = None,
-                      top_logprobs_num: Optional[int] = None) -> Any:
+    def _generate_raw(
+        self,
+        text: Union[str, list[str]],
+        sampling: Union[dict, list[dict]],
+        return_logprob: bool = False,
+        logprob_start_len: Optional[int] = None,
+        top_logprobs_num: Optional[int] = None,
+    ) -> Any:
         """One result dict for one text, a list for a list of texts."""
         raise NotImplementedError
 
-    def _stream_raw(self, text: str, sampling: dict, return_logprob: bool = False,
-                    logprob_start_len: Optional[int] = None,
-                    top_logprobs_num: Optional[int] = None) -> Iterator[tuple[str, dict]]:
+    def _stream_raw(
+        self,
+        text: str,
+        sampling: dict,
+        return_logprob: bool = False,
+        logprob_start_len: Optional[int] = None,
+        top_logprobs_num: Optional[int] = None,
+    ) -> Iterator[tuple[str, dict]]:
         """Incremental (text chunk, meta_info) pairs."""
         raise NotImplementedError
 
@@ -52,20 +61,32 @@ class NativeBackend(BaseBackend):
         if text:
             head = self._generate_raw(text, dict(PREFILL_ONLY))
             start = max(head["meta_info"]["prompt_tokens"] - 1, 0)
-        outs = self._generate_raw([text + c for c in choices], [dict(PREFILL_ONLY) for _ in choices],
-                                  return_logprob=True, logprob_start_len=start)
-        token_lps = [choice_token_logprobs(o["meta_info"].get("input_token_logprobs", []), text, self._token_text)
-                     for o in outs]
+        outs = self._generate_raw(
+            [text + c for c in choices],
+            [dict(PREFILL_ONLY) for _ in choices],
+            return_logprob=True,
+            logprob_start_len=start,
+        )
+        token_lps = [
+            choice_token_logprobs(o["meta_info"].get("input_token_logprobs", []), text, self._token_text) for o in outs
+        ]
         scores = [normalized(lps) for lps in token_lps]
         best = pick_choice(scores, temperature)
         metas = [o["meta_info"] for o in outs]
-        meta = {"normalized_prompt_logprobs": scores, "choice_token_logprobs": token_lps,
-                "cached_tokens": [m.get("cached_tokens", 0) for m in metas], "meta_info": metas}
+        meta = {
+            "normalized_prompt_logprobs": scores,
+            "choice_token_logprobs": token_lps,
+            "cached_tokens": [m.get("cached_tokens", 0) for m in metas],
+            "meta_info": metas,
+        }
         return SelectResult(choices[best], meta)
 
 
 def _logprob_options(spec: SamplingSpec) -> dict:
     if not spec.return_logprob:
         return {}
-    return {"return_logprob": True, "logprob_start_len": spec.logprob_start_len,
-            "top_logprobs_num": spec.top_logprobs_num}
+    return {
+        "return_logprob": True,
+        "logprob_start_len": spec.logprob_start_len,
+        "top_logprobs_num": spec.top_logprobs_num,
+    }

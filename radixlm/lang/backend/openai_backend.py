@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Optional, Sequence
 
-from radixlm.lang.backend.base import (BaseBackend, Prompt, SelectResult, chat_messages, normalized,
-                                       pick_choice)
+from radixlm.lang.backend.base import BaseBackend, Prompt, SelectResult, chat_messages, normalized, pick_choice
 from radixlm.lang.errors import BackendError, UnsupportedFeatureError
 from radixlm.lang.ir import RUN_DEFAULTS, SamplingSpec
 
@@ -27,8 +26,15 @@ class OpenAI(BaseBackend):
     supports_constraints = False
     speculative_execution = True
 
-    def __init__(self, model_name: str, base_url: Optional[str] = None, api_key: Optional[str] = None,
-                 is_chat_model: Optional[bool] = None, client: Any = None, **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        is_chat_model: Optional[bool] = None,
+        client: Any = None,
+        **client_kwargs: Any,
+    ) -> None:
         super().__init__()
         self.model_name = model_name
         if is_chat_model is None:
@@ -77,11 +83,19 @@ class OpenAI(BaseBackend):
 
     def select(self, prompt: Prompt, choices: Sequence[str], temperature: float) -> SelectResult:
         if self.is_chat_model:
-            raise UnsupportedFeatureError("select / gen(choices=...) needs a completion model on the OpenAI "
-                                          "backend (chat APIs return no prompt logprobs)")
+            raise UnsupportedFeatureError(
+                "select / gen(choices=...) needs a completion model on the OpenAI "
+                "backend (chat APIs return no prompt logprobs)"
+            )
         try:
-            resp = self.client.completions.create(model=self.model_name, prompt=[prompt.text + c for c in choices],
-                                                  max_tokens=0, echo=True, logprobs=0, temperature=0)
+            resp = self.client.completions.create(
+                model=self.model_name,
+                prompt=[prompt.text + c for c in choices],
+                max_tokens=0,
+                echo=True,
+                logprobs=0,
+                temperature=0,
+            )
         except Exception as exc:
             raise BackendError(f"OpenAI API call failed: {type(exc).__name__}: {exc}") from exc
         ordered = sorted(resp.choices, key=lambda c: c.index)
@@ -103,13 +117,21 @@ class OpenAI(BaseBackend):
 
 
 def _sampling(spec: SamplingSpec) -> dict:
-    args: dict = {"max_tokens": spec.max_new_tokens, "temperature": spec.temperature, "top_p": spec.top_p,
-                  "frequency_penalty": spec.frequency_penalty, "presence_penalty": spec.presence_penalty}
+    args: dict = {
+        "max_tokens": spec.max_new_tokens,
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "frequency_penalty": spec.frequency_penalty,
+        "presence_penalty": spec.presence_penalty,
+    }
     args = {k: v for k, v in args.items() if v is not None}
     if spec.stops:
         args["stop"] = spec.stops
-    extra = {k: getattr(spec, k) for k in _EXTRAS
-             if getattr(spec, k) is not None and getattr(spec, k) != getattr(RUN_DEFAULTS, k)}
+    extra = {
+        k: getattr(spec, k)
+        for k in _EXTRAS
+        if getattr(spec, k) is not None and getattr(spec, k) != getattr(RUN_DEFAULTS, k)
+    }
     if spec.stop_token_ids:
         extra["stop_token_ids"] = list(spec.stop_token_ids)
     if extra:

@@ -27,8 +27,7 @@ class RuntimeEndpoint(NativeBackend):
         super().__init__()
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers,
-                                  timeout=httpx.Timeout(timeout, connect=10.0))
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
         self.model_info = self._request("GET", "/get_model_info")
 
     # -- HTTP ----------------------------------------------------------------------------
@@ -46,15 +45,26 @@ class RuntimeEndpoint(NativeBackend):
         except ValueError:
             return resp.text
 
-    def _generate_raw(self, text: Union[str, list[str]], sampling: Union[dict, list[dict]],
-                      return_logprob: bool = False, logprob_start_len: Optional[int] = None,
-                      top_logprobs_num: Optional[int] = None) -> Any:
-        return self._request("POST", "/generate", _payload(text, sampling, return_logprob, logprob_start_len,
-                                                           top_logprobs_num))
+    def _generate_raw(
+        self,
+        text: Union[str, list[str]],
+        sampling: Union[dict, list[dict]],
+        return_logprob: bool = False,
+        logprob_start_len: Optional[int] = None,
+        top_logprobs_num: Optional[int] = None,
+    ) -> Any:
+        return self._request(
+            "POST", "/generate", _payload(text, sampling, return_logprob, logprob_start_len, top_logprobs_num)
+        )
 
-    def _stream_raw(self, text: str, sampling: dict, return_logprob: bool = False,
-                    logprob_start_len: Optional[int] = None,
-                    top_logprobs_num: Optional[int] = None) -> Iterator[tuple[str, dict]]:
+    def _stream_raw(
+        self,
+        text: str,
+        sampling: dict,
+        return_logprob: bool = False,
+        logprob_start_len: Optional[int] = None,
+        top_logprobs_num: Optional[int] = None,
+    ) -> Iterator[tuple[str, dict]]:
         """Turn the server's cumulative `text` events into incremental chunks."""
         import httpx
 
@@ -63,12 +73,14 @@ class RuntimeEndpoint(NativeBackend):
         try:
             with self._http.stream("POST", "/generate", json=body) as resp:
                 if resp.status_code >= 400:
-                    raise BackendError(f"POST /generate returned HTTP {resp.status_code}: "
-                                       f"{_error_message(resp.read().decode(errors='replace'))}")
+                    raise BackendError(
+                        f"POST /generate returned HTTP {resp.status_code}: "
+                        f"{_error_message(resp.read().decode(errors='replace'))}"
+                    )
                 for event in _sse_events(resp.iter_lines()):
                     if "error" in event:
                         raise BackendError(f"POST /generate stream failed: {_error_message(json.dumps(event))}")
-                    delta, sent = event["text"][len(sent):], event["text"]
+                    delta, sent = event["text"][len(sent) :], event["text"]
                     yield delta, event.get("meta_info", {})
         except httpx.HTTPError as exc:
             raise BackendError(f"POST {self.base_url}/generate (stream) failed: {type(exc).__name__}: {exc}") from exc
@@ -79,8 +91,9 @@ class RuntimeEndpoint(NativeBackend):
     # -- control -------------------------------------------------------------------------
     def load_chat_template(self) -> ChatTemplate:
         def render(messages: list[dict]) -> str:
-            return self._request("POST", "/apply_chat_template",
-                                 {"messages": messages, "add_generation_prompt": False})["text"]
+            return self._request(
+                "POST", "/apply_chat_template", {"messages": messages, "add_generation_prompt": False}
+            )["text"]
 
         try:
             render([{"role": "user", "content": "hi"}])
@@ -98,8 +111,13 @@ class RuntimeEndpoint(NativeBackend):
         self._http.close()
 
 
-def _payload(text: Union[str, list[str]], sampling: Union[dict, list[dict]], return_logprob: bool,
-             logprob_start_len: Optional[int], top_logprobs_num: Optional[int]) -> dict:
+def _payload(
+    text: Union[str, list[str]],
+    sampling: Union[dict, list[dict]],
+    return_logprob: bool,
+    logprob_start_len: Optional[int],
+    top_logprobs_num: Optional[int],
+) -> dict:
     body: dict = {"text": text, "sampling_params": sampling}
     if return_logprob:
         body.update(return_logprob=True, return_text_in_logprobs=True)

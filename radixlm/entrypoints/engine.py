@@ -1,0 +1,338 @@
+"""`radixlm.Engine`: the in-process API, in SGLang's shape.
+
+The engine tokenizes in the caller's process and runs the scheduler (model, KV cache,
+batching) in a child process, so a caller is never blocked by other requests' compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import uuid
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+
+from radixlm.config.server_args import ServerArgs
+from radixlm.constrained.router import GrammarRouter
+from radixlm.constrained.spec import GrammarSpec
+from radixlm.entrypoints.request_output import OutputAccumulator
+from radixlm.ipc.dp_client import DataParallelClient
+from radixlm.ipc.messages import ReqOutput, TokenizedGenerateReq
+from radixlm.ipc.runtime_client import RuntimeClient
+from radixlm.sampling.sampling_params import SamplingParams
+from radixlm.sampling.seeding import derive_step_seed
+from radixlm.tokenizer.chat_templates import resolve_chat_template
+from radixlm.tokenizer.loader import apply_chat_template, eos_token_ids, load_tokenizer
+
+Prompt = Union[str, list[str], None]
+Params = Union[dict, list[dict], None]
+
+
+class Engine:
+    """Engine(model_path=None, **server_args). No path = the bundled SmolLM2-135M-Instruct.
+
+    `generate` returns one dict for one prompt (n=1), a list for a list of prompts or n>1.
+    Invariant: after `shutdown()` (or leaving the `with` block) no child process remains.
+    """
+
+    def __init__(self, model_path: Optional[str] = None, **kwargs: Any) -> None:
+        from radixlm.model_loader.loader import load_model_config
+
+        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **kwargs)
+        args = self.server_args
+        self.model_config = load_model_config(args.model_path, args.trust_remote_code)
+        self.tokenizer = None
+        if not args.skip_tokenizer_init:
+            self.tokenizer = load_tokenizer(args.tokenizer_path or args.model_path, args.trust_remote_code)
+            if args.chat_template:
+                self.tokenizer.chat_template = resolve_chat_template(args.chat_template)
+        self.eos_ids = self._eos_ids()
+        client_cls = DataParallelClient if args.dp_size > 1 else RuntimeClient
+        self.client = client_cls(args, self.tokenizer, self.eos_ids, self.model_config)
+        self.info = self.client.info
+        self.vocab_size = self.info["vocab_size"]
+        self.grammars = GrammarRouter(args.grammar_backend, self.tokenizer, self.vocab_size, self.eos_ids)
+
+    def _eos_ids(self) -> set[int]:
+        cfg_eos = getattr(self.model_config, "eos_token_id", None)
+        if self.tokenizer is None:
+            return set([cfg_eos] if isinstance(cfg_eos, int) else (cfg_eos or []))
+        return eos_token_ids(self.tokenizer, cfg_eos)
+
+    # -- request preparation ------------------------------------------------------
+    def make_requests(
+        self,
+        prompt: Prompt,
+        sampling_params: Params,
+        input_ids: Any,
+        return_logprob: Any,
+        logprob_start_len: Any,
+        top_logprobs_num: Any,
+        stream: bool,
+        rid: Any = None,
+    ) -> tuple[list[TokenizedGenerateReq], bool]:
+        """Tokenize and validate (ValueError naming the problem); returns the requests to send
+        (n per prompt, rids "<rid>-<j>" when n>1) and whether the caller gave a batch."""
+        ids_list, batched = self._token_ids(prompt, input_ids)
+        params_list = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(ids_list)
+        if len(params_list) != len(ids_list):
+            raise ValueError(f"got {len(params_list)} sampling_params for {len(ids_list)} prompts")
+        _check_list_lengths(
+            len(ids_list),
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            rid=rid,
+        )
+        reqs = []
+        for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
+            params = SamplingParams.from_dict(raw or {})
+            params.validate(self.vocab_size)
+            self._check_constraint(params)
+            self._check_prompt(ids)
+            self._check_fits(ids, params)
+            base = _pick(rid, i, None) or uuid.uuid4().hex
+            group = base if params.n > 1 else None
+            for j in range(params.n):
+                reqs.append(
+                    TokenizedGenerateReq(
+                        rid=f"{base}-{j}" if params.n > 1 else base,
+                        input_ids=ids,
+                        params=_sibling_params(params, j),
+                        stream=stream,
+                        return_logprob=_pick(return_logprob, i, False),
+                        logprob_start_len=_pick(logprob_start_len, i, -1),
+                        top_logprobs_num=_pick(top_logprobs_num, i, 0),
+                        prefix_group=group,
+                    )
+                )
+            batched = batched or params.n > 1
+        self._check_rids(reqs)
+        return reqs, batched
+
+    def _check_rids(self, reqs: list[TokenizedGenerateReq]) -> None:
+        """Request ids route outputs and aborts: they must be unique, also against those in flight."""
+        rids = [r.rid for r in reqs]
+        if len(set(rids)) != len(rids):
+            raise ValueError("request ids (rid) must be distinct; pass one rid per prompt")
+        taken = [rid for rid in rids if self.client.has_request(rid)]
+        if taken:
+            raise ValueError(f"request id {taken[0]!r} is already in use by a running request")
+
+    def _check_constraint(self, params: SamplingParams) -> None:
+        """A bad regex / JSON schema / EBNF grammar, or one no backend would fully enforce, is a
+        ValueError naming the problem (checks are cheap and cached; compiling happens later, off
+        the scheduler loop)."""
+        spec = GrammarSpec.from_params(params)
+        if spec is not None:
+            self.grammars.resolve(spec)
+
+    def _token_ids(self, prompt: Prompt, input_ids: Any) -> tuple[list[list[int]], bool]:
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("pass exactly one of prompt or input_ids")
+        if input_ids is not None:
+            batched = bool(input_ids) and isinstance(input_ids[0], list)
+            return (input_ids if batched else [input_ids]), batched
+        if self.tokenizer is None:
+            raise ValueError("skip_tokenizer_init is set: pass input_ids, not text")
+        batched = isinstance(prompt, list)
+        prompts = prompt if batched else [prompt]
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a list of strings")
+        return [self.tokenizer.encode(p) for p in prompts], batched
+
+    def _check_prompt(self, ids: list[int]) -> None:
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in ids):
+            raise ValueError(f"input_ids must be integers in [0, {self.vocab_size})")
+        if len(ids) >= self.info["context_length"]:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the context length is {self.info['context_length']}")
+        if len(ids) + 1 > self.info["max_total_num_tokens"]:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens, more than the KV pool holds ({self.info['max_total_num_tokens']})"
+            )
+
+    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+        """A request that alone would outgrow the KV pool can never finish: refuse it now
+        (retraction only helps requests that fit the pool by themselves)."""
+        room = self.info["context_length"] - len(ids)
+        need = len(ids) + min(params.max_new_tokens, room)
+        pool = self.info["max_total_num_tokens"]
+        if need > pool:
+            raise ValueError(
+                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) needs "
+                f"{need} KV slots, more than the KV pool holds ({pool}): lower max_new_tokens "
+                f"to at most {pool - len(ids)}"
+            )
+
+    # -- generation ------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Prompt = None,
+        sampling_params: Params = None,
+        input_ids: Any = None,
+        return_logprob: Any = False,
+        logprob_start_len: Any = None,
+        top_logprobs_num: Any = None,
+        stream: bool = False,
+    ) -> Any:
+        """Generate for one prompt or a batch; with stream=True, an iterator of incremental chunks."""
+        reqs, batched = self.make_requests(
+            prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, stream
+        )
+        if stream:
+            return self._stream(reqs)
+        inbox: queue.Queue = queue.Queue()
+        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
+        for r in reqs:
+            self.client.submit(r, inbox.put)
+        pending = len(reqs)
+        while pending:
+            out: ReqOutput = inbox.get()
+            if accs[out.rid].add(out):
+                pending -= 1
+        results = [accs[r.rid].result() for r in reqs]
+        return results if batched else results[0]
+
+    def _stream(self, reqs: list[TokenizedGenerateReq]) -> Iterator[dict]:
+        inbox: queue.Queue = queue.Queue()
+        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
+        for r in reqs:
+            self.client.submit(r, inbox.put)
+        pending = len(reqs)
+        try:
+            while pending:
+                out: ReqOutput = inbox.get()
+                if accs[out.rid].add(out):
+                    pending -= 1
+                yield accs[out.rid].chunk(out, index=list(accs).index(out.rid))
+        finally:
+            for rid, acc in accs.items():
+                if not acc.done:
+                    self.client.abort(rid)
+
+    async def async_generate(
+        self,
+        prompt: Prompt = None,
+        sampling_params: Params = None,
+        input_ids: Any = None,
+        return_logprob: Any = False,
+        logprob_start_len: Any = None,
+        top_logprobs_num: Any = None,
+        stream: bool = False,
+    ) -> Any:
+        """Like `generate`, awaitable; with stream=True returns an async iterator of chunks."""
+        reqs, batched = self.make_requests(
+            prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, stream
+        )
+        if stream:
+            return self._astream(reqs)
+        results = {}
+        async for rid, acc in self.iterate_async(reqs):
+            if acc.done:
+                results[rid] = acc.result()
+        ordered = [results[r.rid] for r in reqs]
+        return ordered if batched else ordered[0]
+
+    async def _astream(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[dict]:
+        async for _, acc in self.iterate_async(reqs):
+            yield acc.last_chunk
+
+    async def iterate_async(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[tuple[str, OutputAccumulator]]:
+        """Submit `reqs` and yield (rid, accumulator) after every message; `acc.last_chunk` holds
+        the incremental chunk. Requests not finished when the iterator is closed are aborted."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
+        order = {r.rid: i for i, r in enumerate(reqs)}
+        submitted: list[str] = []
+        pending = len(reqs)
+        try:
+            for r in reqs:
+                self.client.submit(r, _loop_putter(loop, inbox))
+                submitted.append(r.rid)
+            while pending:
+                out: ReqOutput = await inbox.get()
+                acc = accs[out.rid]
+                if acc.add(out):
+                    pending -= 1
+                acc.last_chunk = acc.chunk(out, index=order[out.rid])
+                yield out.rid, acc
+        finally:
+            for rid in submitted:  # never abort an id we did not submit (it may be someone else's)
+                if not accs[rid].done:
+                    self.client.abort(rid)
+
+    # -- control -----------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return apply_chat_template(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
+
+    def flush_cache(self) -> bool:
+        return bool(self.client.rpc("flush_cache"))
+
+    def get_server_info(self) -> dict:
+        return {**self.client.rpc("get_info"), "model_path": self.server_args.model_path}
+
+    def check_no_leak(self) -> None:
+        """Raise AssertionError unless every KV slot is free or held by the radix tree (idle only)."""
+        try:
+            self.client.rpc("check_leak")
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
+
+    def shutdown(self) -> None:
+        self.client.shutdown()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None and client.process.is_alive():
+            client.process.kill()
+
+
+def _loop_putter(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Callable[[ReqOutput], None]:
+    """A callback (run on the receiver thread) that hands outputs to `inbox` on `loop`.
+
+    Outputs of an aborted request can still arrive after its caller's loop has closed (an
+    abandoned stream under `asyncio.run`); they are dropped, since raising here would kill
+    the receiver thread and hang every later request."""
+
+    def put(out: ReqOutput) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, out)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this output
+            pass
+
+    return put
+
+
+# Sibling seeds reuse the step-seed mix on "step numbers" far beyond any real step count.
+_SIBLING_SEED_DOMAIN = 1 << 62
+
+
+def _sibling_params(params: SamplingParams, j: int) -> SamplingParams:
+    """Params of sample j of an n>1 request. Sample 0 keeps the seed (so it equals the n=1
+    result); the others get distinct seeds derived from it, so seeded samples differ from
+    each other yet stay reproducible."""
+    if params.seed is None or j == 0:
+        return params
+    return dataclasses.replace(params, seed=derive_step_seed(params.seed, _SIBLING_SEED_DOMAIN + j))
+
+
+def _check_list_lengths(count: int, **per_prompt: Any) -> None:
+    """A per-prompt argument given as a list needs one entry per prompt."""
+    for name, value in per_prompt.items():
+        if isinstance(value, list) and len(value) != count:
+            raise ValueError(f"got {len(value)} values of {name} for {count} prompts")
+
+
+def _pick(value: Any, i: int, default: Any) -> Any:
+    if isinstance(value, list):
+        return value[i]
+    return default if value is None else value

@@ -1,0 +1,175 @@
+"""SGLang's native API: /generate, health, info, cache, abort, tokenize, metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from radixlm.entrypoints.http.errors import APIError, sse_error
+from radixlm.entrypoints.http.protocol import (
+    AbortRequest,
+    ApplyChatTemplateRequest,
+    DetokenizeRequest,
+    GenerateRequest,
+    TokenizeRequest,
+)
+from radixlm.entrypoints.http.state import ServerState
+from radixlm.entrypoints.request_output import OutputAccumulator
+
+
+def native_router(state: ServerState) -> APIRouter:
+    router = APIRouter()
+    engine = state.engine
+
+    @router.post("/generate")
+    async def generate(body: GenerateRequest, request: Request) -> Any:
+        state.vet_images(_image_sources(body.image_data), "image_data")
+        reqs, batched = await state.prepare(
+            state.make_requests,
+            prompt=body.text,
+            sampling_params=body.sampling_params,
+            input_ids=body.input_ids,
+            return_logprob=body.return_logprob,
+            logprob_start_len=body.logprob_start_len,
+            top_logprobs_num=body.top_logprobs_num,
+            stream=body.stream,
+            rid=body.rid,
+        )
+        texts = body.return_text_in_logprobs
+        if body.stream:
+            return StreamingResponse(_sse(state, reqs, texts), media_type="text/event-stream")
+        accs = await state.run(reqs, request)
+        results = [_result(state, acc, texts) for acc in accs]
+        return results if batched else results[0]
+
+    @router.get("/health")
+    async def health() -> Response:
+        if engine.client.dead or not engine.client.process.is_alive():
+            raise APIError(503, "scheduler is not running")
+        return Response(status_code=200)
+
+    @router.get("/health_generate")
+    async def health_generate(request: Request) -> Response:
+        reqs, _ = state.make_requests(
+            prompt=None,
+            input_ids=[0],
+            sampling_params={"max_new_tokens": 1},
+            return_logprob=False,
+            logprob_start_len=None,
+            top_logprobs_num=None,
+            stream=False,
+        )
+        await state.run(reqs, request)
+        return Response(status_code=200)
+
+    @router.get("/get_model_info")
+    async def model_info() -> dict:
+        cfg = engine.model_config
+        return {
+            "model_path": engine.server_args.model_path,
+            "tokenizer_path": engine.server_args.tokenizer_path,
+            "is_generation": True,
+            "served_model_name": state.model_name,
+            "architectures": getattr(cfg, "architectures", None),
+        }
+
+    @router.get("/get_server_info")
+    async def server_info() -> dict:
+        info = engine.get_server_info()
+        return {**_public_args(engine), **info}
+
+    @router.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache() -> Response:
+        if not engine.flush_cache():
+            raise APIError(400, "cache not flushed: requests are running")
+        return Response("Cache flushed.\n", status_code=200)
+
+    @router.post("/abort_request")
+    async def abort_request(body: AbortRequest) -> Response:
+        engine.client.abort(body.rid)
+        return Response(status_code=200)
+
+    @router.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict:
+        text = body.text if body.text is not None else body.prompt
+        if text is None:
+            raise APIError(400, "pass `text` (or `prompt`) to tokenize")
+        ids = await state.prepare(_tokenizer(state).encode, text, add_special_tokens=body.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.info["context_length"]}
+
+    @router.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict:
+        if any(not 0 <= t < engine.vocab_size for t in body.tokens):
+            raise APIError(400, f"token ids must be in [0, {engine.vocab_size})")
+        return {"text": await state.prepare(_tokenizer(state).decode, body.tokens)}
+
+    @router.post("/apply_chat_template")
+    async def apply_chat_template(body: ApplyChatTemplateRequest) -> dict:
+        tokenizer = _tokenizer(state)
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "the served model has no chat template")
+        try:
+            text = await state.prepare(
+                engine.apply_chat_template, body.messages, add_generation_prompt=body.add_generation_prompt
+            )
+        except Exception as exc:  # the template itself rejects these messages (e.g. role order)
+            raise APIError(400, f"chat template failed: {exc}") from exc
+        return {"text": text}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return router
+
+
+async def _sse(state: ServerState, reqs: list, texts: bool) -> AsyncIterator[str]:
+    """SGLang's stream: cumulative `text` per event, `index` for batches, then [DONE]."""
+    try:
+        async for i, acc in state.stream(reqs):
+            out = _result(state, acc, texts)
+            out["index"] = i
+            yield f"data: {json.dumps(out)}\n\n"
+    except APIError as exc:
+        yield sse_error(exc.status, exc.message)
+    yield "data: [DONE]\n\n"
+
+
+def _image_sources(image_data: Any) -> list[Any]:
+    """SGLang's `image_data`: one source, a list, or a list per prompt; None entries skipped."""
+    if image_data is None:
+        return []
+    items = image_data if isinstance(image_data, list) else [image_data]
+    flat = [x for item in items for x in (item if isinstance(item, list) else [item])]
+    return [x for x in flat if x is not None]
+
+
+def _result(state: ServerState, acc: OutputAccumulator, texts: bool) -> dict:
+    meta = dict(acc.meta)
+    for key in ("input_token_logprobs", "output_token_logprobs"):
+        if key in meta:
+            meta[key] = [_entry(state, e, texts) for e in meta[key]]
+    for key in ("input_top_logprobs", "output_top_logprobs"):
+        if key in meta:
+            meta[key] = [None if row is None else [_entry(state, e, texts) for e in row] for row in meta[key]]
+    return {"text": acc.text, "output_ids": list(acc.output_ids), "meta_info": meta}
+
+
+def _entry(state: ServerState, entry: tuple, texts: bool) -> list:
+    logprob, token = entry
+    return [logprob, token, _tokenizer(state).decode([token]) if texts else None]
+
+
+def _tokenizer(state: ServerState) -> Any:
+    if state.engine.tokenizer is None:
+        raise APIError(400, "the server runs with --skip-tokenizer-init: no tokenizer")
+    return state.engine.tokenizer
+
+
+def _public_args(engine: Any) -> dict:
+    args = vars(engine.server_args).copy()
+    args.pop("api_key", None)
+    return args

@@ -1,0 +1,53 @@
+"""Accumulates a request's streamed outputs into SGLang-shaped result dicts."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from radixlm.ipc.messages import ReqOutput
+
+
+class RequestFailed(RuntimeError):
+    """The runtime could not serve the request (e.g. the scheduler process died)."""
+
+
+class OutputAccumulator:
+    """Invariant: `text`/`output_ids` are the concatenation of every delta received;
+    `done` turns True exactly once, on the message carrying a finish_reason."""
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+        self.text = ""
+        self.output_ids: list[int] = []
+        self.meta: dict = {"id": rid}
+        self.done = False
+        self.last_chunk: Optional[dict] = None
+
+    def add(self, out: ReqOutput) -> bool:
+        """Take one message; returns True when it is the final one."""
+        self.text += out.text_delta
+        self.output_ids.extend(out.new_ids)
+        self.meta.update(out.meta)
+        if out.finish_reason is not None:
+            self.done = True
+            self.meta["finish_reason"] = out.finish_reason
+        return self.done
+
+    def result(self) -> dict:
+        """The whole result: {"text", "output_ids", "meta_info"}. A request the scheduler refused
+        as invalid (abort with status 400, e.g. a grammar that failed to compile) raises ValueError."""
+        self._raise_if_failed()
+        reason: Any = self.meta.get("finish_reason")
+        if isinstance(reason, dict) and reason.get("type") == "abort" and reason.get("status_code") == 400:
+            raise ValueError(reason.get("message", "invalid request"))
+        return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta)}
+
+    def chunk(self, out: ReqOutput, index: int = 0) -> dict:
+        """An incremental streaming chunk: only the new text and ids, with the latest meta_info."""
+        self._raise_if_failed()
+        return {"text": out.text_delta, "output_ids": list(out.new_ids), "meta_info": dict(self.meta), "index": index}
+
+    def _raise_if_failed(self) -> None:
+        reason: Any = self.meta.get("finish_reason")
+        if isinstance(reason, dict) and reason.get("type") == "abort" and reason.get("status_code", 0) >= 500:
+            raise RequestFailed(reason.get("message", "request failed"))
