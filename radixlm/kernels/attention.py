@@ -420,14 +420,11 @@ def decode_launch_config(batch: int, kv_heads: int, head_dim: int) -> tuple[int,
     needed to give the GPU ~DECODE_PROGRAMS programs (at most MAX_DECODE_SPLITS parts), in
     blocks of 8,192 K elements (128 keys of head dim 64, 64 of 96 or 128: a power of two, as
     `tl.arange` needs) at the most splits, else 32 keys. The choice cannot depend on the context
-    (a CUDA graph serves every length), so it favours long ones. Measured on an H200 (bf16, CUDA
-    graphs, cold K/V, `benchmarks/decode_sweep.py`, Llama-3.2-1B heads): at batch 1, 16 parts of
-    128 keys take 5.8 us per layer at 2,048 tokens against 17.9 for 8 parts of 32 (5.1 vs 4.6 at
-    256 tokens); at batch 256 and 512 tokens one part of 32-key blocks takes 79 us against 87
-    for 64-key blocks. Whole batch-1 decode steps in the same run (`benchmarks/results/
-    decode_attn_ab2_h200_session7.txt`): Llama-3.2-1B 853 vs 1,036 us at 2,048 tokens with
-    128-key blocks, Llama-3-8B 4,152 vs 4,548 us with 64-key blocks (4,259 with 128). A
-    request's output thus depends, by float rounding only, on the size of the batch it runs in."""
+    (a CUDA graph serves every length), so it favours long ones: at batch 1 and 2,048 tokens on an
+    H200, 16 parts of 128 keys take 5.8 us per layer against 17.9 for 8 parts of 32, and cost
+    little at short contexts (`benchmarks/decode_sweep.py` times each setting per layer,
+    `benchmarks/decode_attn_ab.py` in whole decode steps). A request's output thus depends, by
+    float rounding only, on the size of the batch it runs in."""
     want = -(-DECODE_PROGRAMS // (batch * kv_heads))
     splits = min(MAX_DECODE_SPLITS, triton.next_power_of_2(max(1, want)))
     if splits < MAX_DECODE_SPLITS:

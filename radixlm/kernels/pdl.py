@@ -23,11 +23,11 @@ kernels' source, and every launch site passes `**pdl_launch(tensor, rows)`,
 which sets the kernel's `PDL` constexpr and Triton's `launch_pdl` option together.
 
 Only small launches use it (at most `MAX_ROWS` tokens or requests): there kernels last a few
-microseconds and the launch gap is a large share of each. At batch 1 on an H200 it took the
-Llama-3-8B decode step from 4.32 to 4.13 ms and Llama-3.2-1B's from 1.05 to 0.94 ms; with it on
-at every size, the shared-prefix benchmark (batches of ~256) ran at 34.4k tok/s against 38.5k
-measured without it a session earlier (38.2k again with this limit, a session later), so large
-launches keep plain stream order until a same-run comparison says otherwise.
+microseconds and the launch gap is a large share of each (at batch 1 on an H200 it shortens the
+Llama-3-8B decode step by about 4 %; `benchmarks/gpu_bench.py --shapes llama-3-8b --skip sched
+offline shared`, run with `pdl_enabled` returning False and as is, re-derives it). Larger
+launches keep plain stream order: no same-run comparison has shown PDL helping them, and the
+shared-prefix run of `gpu_bench.py` (batches of ~256) is the one that would.
 """
 
 from __future__ import annotations
