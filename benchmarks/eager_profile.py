@@ -3,12 +3,12 @@ dummy bf16 weights, 256-token context): host and wall ms per step over 20 steps,
 (sorted by own and by cumulative time) and torch.profiler's CPU op table over the same steps.
 Every extend/prefill forward runs this way, so this is the host cost a short prompt pays.
 
-    python benchmarks/eager_profile.py > benchmarks/results/eager_decode_profile_<device>.txt
+    python benchmarks/eager_profile.py > eager_profile.txt
 
 cProfile undercounts inside torch's custom-op and dynamo-disable wrappers (their frames are
-partly hidden from it). The session-8 profile (before eager GEMVs stopped going through the
-`radixlm::gemv` custom op) read that op's "Self CPU" in torch.profiler's table; now only
-torch.compile traces dispatch it, so eager GEMV launches no longer show as an op there.
+partly hidden from it). Eager GEMV launches skip the `radixlm::gemv` custom op (only
+torch.compile traces dispatch it), so they do not show as an op in torch.profiler's table;
+their host time is in the Triton launcher's frames.
 """
 
 from __future__ import annotations
