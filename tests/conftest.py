@@ -22,8 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 collect_ignore = ["stress"]  # long reliability drivers, run by hand (tests/stress/__init__.py)
 
-# The shared tiny-Llama engine's arguments (float32 so HF references compare exactly on any device).
-SHARED_ENGINE_ARGS: dict[str, Any] = dict(max_total_tokens=4096, dtype="float32", num_threads=1, log_level="warning")
+# The shared tiny-Llama engines' arguments: float32 so HF references compare exactly on any device,
+# a pool large enough for the constrained-decoding batches.
+SHARED_ENGINE_ARGS: dict[str, Any] = dict(max_total_tokens=16384, dtype="float32", num_threads=1, log_level="warning")
 
 
 class EngineFactory:
@@ -139,17 +140,35 @@ def engine_factory() -> Iterator[EngineFactory]:
     factory.close()
 
 
-@pytest.fixture(scope="session")
-def llama_engine(engine_factory: EngineFactory, tiny_llama_dir: str) -> Any:
-    """The shared engine on the tiny Llama (SHARED_ENGINE_ARGS)."""
-    return engine_factory(tiny_llama_dir, **SHARED_ENGINE_ARGS)
-
-
 @pytest.fixture
 def no_leak(engine: Any) -> Iterator[None]:
     """After the test, every KV slot of the module's `engine` is free or held by the radix cache."""
     yield
     engine.check_no_leak()
+
+
+@pytest.fixture(scope="session")
+def shared_engine(engine_factory: EngineFactory, tiny_llama_dir: str) -> Callable[..., Any]:
+    """`shared_engine(**overrides)`: the shared tiny-Llama engine with SHARED_ENGINE_ARGS updated
+    by `overrides` (e.g. another grammar backend), started once per distinct set."""
+    import dataclasses
+
+    from radixlm.config.server_args import ServerArgs
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerArgs)}
+
+    def get(**overrides: Any) -> Any:
+        # an override equal to the ServerArgs default names the same engine as leaving it out
+        kwargs = {**SHARED_ENGINE_ARGS, **{k: v for k, v in overrides.items() if defaults.get(k, v) != v}}
+        return engine_factory(tiny_llama_dir, **kwargs)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def llama_engine(shared_engine: Callable[..., Any]) -> Any:
+    """The shared engine on the tiny Llama (SHARED_ENGINE_ARGS)."""
+    return shared_engine()
 
 
 @pytest.fixture(scope="session")

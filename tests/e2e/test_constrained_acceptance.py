@@ -121,10 +121,9 @@ def parse_arith(text: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llama_dir: str) -> Iterator[radixlm.Engine]:
-    with radixlm.Engine(tiny_llama_dir, log_level="warning", max_total_tokens=16384, num_threads=1) as eng:
-        yield eng
-        eng.check_no_leak()
+def engine(llama_engine: radixlm.Engine) -> Iterator[radixlm.Engine]:
+    yield llama_engine
+    llama_engine.check_no_leak()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import collections
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import pytest
@@ -44,7 +44,9 @@ def triage(backend: str, tokenizer: Any) -> tuple[list[tuple[dict, str]], dict[s
 
 
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
-def test_suite_schemas_validate_or_are_refused(tiny_llama_dir: str, tiny_tokenizer: Any, backend: str) -> None:
+def test_suite_schemas_validate_or_are_refused(
+    shared_engine: Callable[..., radixlm.Engine], tiny_tokenizer: Any, backend: str
+) -> None:
     accepted, refused = triage(backend, tiny_tokenizer)
     by_backend = collections.Counter(name for _, name in accepted)
     print(
@@ -67,11 +69,9 @@ def test_suite_schemas_validate_or_are_refused(tiny_llama_dir: str, tiny_tokeniz
         }
         for i, (entry, _) in enumerate(sample)
     ]
-    with radixlm.Engine(
-        tiny_llama_dir, log_level="warning", max_total_tokens=8192, num_threads=1, grammar_backend=backend
-    ) as engine:
-        outs = engine.generate(input_ids=[[5, 6, 7]] * len(sample), sampling_params=params)
-        engine.check_no_leak()
+    engine = shared_engine(grammar_backend=backend)
+    outs = engine.generate(input_ids=[[5, 6, 7]] * len(sample), sampling_params=params)
+    engine.check_no_leak()
     finished = 0
     for (entry, _name), out in zip(sample, outs):
         if out["meta_info"]["finish_reason"]["type"] != "stop":

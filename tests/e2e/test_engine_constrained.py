@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import jsonschema
@@ -47,16 +47,10 @@ def start(path: str, **kwargs: Any) -> radixlm.Engine:
 
 
 @pytest.fixture(scope="module", params=["xgrammar", "llguidance"])
-def engine(
-    tiny_llama_dir: str, llama_engine: radixlm.Engine, request: pytest.FixtureRequest
-) -> Iterator[radixlm.Engine]:
-    if request.param == llama_engine.server_args.grammar_backend:  # the shared engine's (default) backend
-        yield llama_engine
-        llama_engine.check_no_leak()
-        return
-    with start(tiny_llama_dir, grammar_backend=request.param) as eng:
-        yield eng
-        eng.check_no_leak()
+def engine(shared_engine: Callable[..., radixlm.Engine], request: pytest.FixtureRequest) -> Iterator[radixlm.Engine]:
+    eng = shared_engine(grammar_backend=request.param)
+    yield eng
+    eng.check_no_leak()
 
 
 @pytest.fixture(scope="module")
