@@ -108,7 +108,7 @@ def sigterm_under_load(
 
 def scheduler_pid(server_pid: int) -> int:
     """The server's scheduler child (a multiprocessing spawn child, not the resource tracker)."""
-    from server_utils import child_pids
+    from helpers.server_utils import child_pids
 
     for pid in child_pids(server_pid):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -136,7 +136,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--disconnects", type=int, default=300)
     parser.add_argument("--term-requests", type=int, default=128)
     ns = parser.parse_args(argv)
-    from server_utils import child_pids, launch_server, pid_alive, stop
+    from helpers.server_utils import child_pids, launch_server, pid_alive, stop
 
     from stress.server import tiny_model_dir
 
