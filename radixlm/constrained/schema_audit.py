@@ -3,7 +3,7 @@
 xgrammar compiles many schemas it does not fully enforce (it drops `not`, `if`/`then`,
 `contains`, `allOf`, numeric bounds on untyped schemas, ...). `unenforced_keyword` walks a
 schema and names the first keyword outside the set measured to be enforced (the JSON-Schema-Test-
-Suite run in tests/test_constrained_json_suite.py is the evidence); such schemas go to another
+Suite run in tests/e2e/test_constrained_json_suite.py is the evidence); such schemas go to another
 backend or are refused.
 """
 

@@ -18,7 +18,7 @@ the small kernels before it still run) and metadata written only by the host or 
 (non-PDL) kernels, which completed before any PDL kernel after them launched (decode
 attention reads its request's length, table row and first block of slots there; rotary + KV
 store its slot, position and cos/sin row). A kernel that broke the contract could read stale
-data, only on Hopper and only sometimes, so `tests/test_pdl_contract.py` checks it on the
+data, only on Hopper and only sometimes, so `tests/kernels/test_pdl.py` checks it on the
 kernels' source, and every launch site passes `**pdl_launch(tensor, rows)`,
 which sets the kernel's `PDL` constexpr and Triton's `launch_pdl` option together.
 
