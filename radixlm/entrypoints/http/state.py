@@ -56,7 +56,7 @@ class ServerState:
         with self._flight_lock:
             rids = list(self.in_flight)
         for rid in rids:
-            self.engine.client.abort(rid)
+            self.engine.abort(rid)
         return len(rids)
 
     def token_room(self, prompt_len: int) -> int:
