@@ -1,4 +1,4 @@
-"""The one frozen configuration tree shared by the Engine and (later) the CLI.
+"""The one frozen configuration tree shared by the Engine, the server and the command-line flags.
 
 Fields use SGLang's server-argument names so that command lines carry over. The
 object is validated once in ``__post_init__`` and never mutated afterwards; derive a
@@ -70,7 +70,7 @@ class ServerArgs:
     log_level: str = "info"
     log_requests: bool = False
     enable_metrics: bool = False
-    # Reliability and media access (issue 10).
+    # Reliability and media access.
     watchdog_timeout: float = 300.0  # seconds one scheduler step may take before the process crashes
     allowed_local_media_path: Optional[str] = None  # directory image files may be read from
     enable_remote_media: bool = False  # fetch http(s) image URLs (off: no request makes us connect out)
