@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -52,21 +53,21 @@ def test_engine_without_main_guard_raises_with_the_childs_message(tmp_path: Path
         )
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    output = proc.stdout + proc.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    output = stdout + stderr
     assert proc.returncode != 0, output
-    lines = [line for line in proc.stdout.splitlines() if "scheduler process exited during start-up" in line]
+    lines = [line for line in stdout.splitlines() if "scheduler process exited during start-up" in line]
     assert len(lines) == 1, output  # the parent's Engine(), not the child's
     elapsed = float(re.search(r"after ([0-9.]+) s", lines[0]).group(1))
     assert elapsed < 30.0, lines[0]
     assert "bootstrapping" in lines[0] and 'if __name__ == "__main__":' in lines[0]
-    assert not list(Path(_tempdir()).glob(f"radixlm-startup-{os.getpid()}-*")), "the error file is removed"
-
-
-def _tempdir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
+    assert not list(Path(tempfile.gettempdir()).glob(f"radixlm-startup-{proc.pid}-*")), "the parent removed it"
 
 
 def _failing_build(*args: Any, **kwargs: Any) -> Any:
