@@ -98,7 +98,7 @@ def native_router(state: ServerState) -> APIRouter:
         if text is None:
             raise APIError(400, "pass `text` (or `prompt`) to tokenize")
         ids = await state.prepare(_tokenizer(state).encode, text, add_special_tokens=body.add_special_tokens)
-        return {"tokens": ids, "count": len(ids), "max_model_len": engine.info["context_length"]}
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.limits.context_length}
 
     @router.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict:
