@@ -1,4 +1,4 @@
-"""The one frozen configuration tree shared by the Engine and (later) the CLI.
+"""The one frozen configuration tree shared by the Engine, the server and the command-line flags.
 
 Fields use SGLang's server-argument names so that command lines carry over. The
 object is validated once in ``__post_init__`` and never mutated afterwards; derive a

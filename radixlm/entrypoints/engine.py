@@ -19,6 +19,8 @@ from radixlm.entrypoints.request_output import OutputAccumulator
 from radixlm.ipc.dp_client import DataParallelClient
 from radixlm.ipc.messages import ReqOutput, TokenizedGenerateReq
 from radixlm.ipc.runtime_client import RuntimeClient
+from radixlm.ipc.startup import refuse_engine_during_bootstrap
+from radixlm.ipc.validation import RuntimeLimits, validate_request
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.sampling.seeding import derive_step_seed
 from radixlm.tokenizer.chat_templates import resolve_chat_template
@@ -29,16 +31,23 @@ Params = Union[dict, list[dict], None]
 
 
 class Engine:
-    """Engine(model_path=None, **server_args). No path = the bundled SmolLM2-135M-Instruct.
+    """Engine(model_path=None, **server_args) or Engine(server_args=ServerArgs(...)).
+    No path = the bundled SmolLM2-135M-Instruct.
 
     `generate` returns one dict for one prompt (n=1), a list for a list of prompts or n>1.
-    Invariant: after `shutdown()` (or leaving the `with` block) no child process remains.
+    Invariants: after `shutdown()` (or leaving the `with` block) no child process remains;
+    `__init__` returns only once the scheduler reported ready, and raises RuntimeError soon
+    after the scheduler process dies during start-up (also when the calling script lacks
+    `if __name__ == "__main__":`, see `radixlm.ipc.startup`).
     """
 
-    def __init__(self, model_path: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self, model_path: Optional[str] = None, *, server_args: Optional[ServerArgs] = None, **kwargs: Any
+    ) -> None:
+        refuse_engine_during_bootstrap()  # first: a child bootstrapping loads nothing
         from radixlm.model_loader.loader import load_model_config
 
-        self.server_args = ServerArgs.from_kwargs(model_path=model_path, **kwargs)
+        self.server_args = _server_args(model_path, server_args, kwargs)
         args = self.server_args
         self.model_config = load_model_config(args.model_path, args.trust_remote_code)
         self.tokenizer = None
@@ -51,6 +60,7 @@ class Engine:
         self.client = client_cls(args, self.tokenizer, self.eos_ids, self.model_config)
         self.info = self.client.info
         self.vocab_size = self.info["vocab_size"]
+        self.limits = RuntimeLimits.from_info(self.info)
         self.grammars = GrammarRouter(args.grammar_backend, self.tokenizer, self.vocab_size, self.eos_ids)
 
     def _eos_ids(self) -> set[int]:
@@ -87,10 +97,8 @@ class Engine:
         reqs = []
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
-            params.validate(self.vocab_size)
+            validate_request(ids, params, self.limits)
             self._check_constraint(params)
-            self._check_prompt(ids)
-            self._check_fits(ids, params)
             base = _pick(rid, i, None) or uuid.uuid4().hex
             group = base if params.n > 1 else None
             for j in range(params.n):
@@ -140,31 +148,6 @@ class Engine:
         if not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a string or a list of strings")
         return [self.tokenizer.encode(p) for p in prompts], batched
-
-    def _check_prompt(self, ids: list[int]) -> None:
-        if not ids:
-            raise ValueError("the prompt is empty")
-        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in ids):
-            raise ValueError(f"input_ids must be integers in [0, {self.vocab_size})")
-        if len(ids) >= self.info["context_length"]:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the context length is {self.info['context_length']}")
-        if len(ids) + 1 > self.info["max_total_num_tokens"]:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens, more than the KV pool holds ({self.info['max_total_num_tokens']})"
-            )
-
-    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
-        """A request that alone would outgrow the KV pool can never finish: refuse it now
-        (retraction only helps requests that fit the pool by themselves)."""
-        room = self.info["context_length"] - len(ids)
-        need = len(ids) + min(params.max_new_tokens, room)
-        pool = self.info["max_total_num_tokens"]
-        if need > pool:
-            raise ValueError(
-                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) needs "
-                f"{need} KV slots, more than the KV pool holds ({pool}): lower max_new_tokens "
-                f"to at most {pool - len(ids)}"
-            )
 
     # -- generation ------------------------------------------------------------------
     def generate(
@@ -265,6 +248,20 @@ class Engine:
                     self.client.abort(rid)
 
     # -- control -----------------------------------------------------------------------
+    def abort(self, rid: str) -> None:
+        """Finish request `rid` with finish_reason "abort" if it is running; otherwise nothing."""
+        self.client.abort(rid)
+
+    @property
+    def death_reason(self) -> Optional[str]:
+        """None while the engine can serve; once a process of it has exited outside `shutdown()`,
+        why (the first line names the exit). Read it before `shutdown()`, which ends them on purpose."""
+        return self.client.dead
+
+    def is_alive(self) -> bool:
+        """True while the engine can serve requests (no process died, the scheduler runs)."""
+        return self.client.dead is None and self.client.process.is_alive()
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         return apply_chat_template(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
@@ -294,6 +291,17 @@ class Engine:
         client = getattr(self, "client", None)
         if client is not None and client.process.is_alive():
             client.process.kill()
+
+
+def _server_args(model_path: Optional[str], server_args: Optional[ServerArgs], kwargs: dict) -> ServerArgs:
+    """The engine's config: `server_args` as given, or built from `model_path` and `kwargs`."""
+    if server_args is None:
+        return ServerArgs.from_kwargs(model_path=model_path, **kwargs)
+    if model_path is not None or kwargs:
+        raise TypeError("pass either server_args or model_path / keyword server arguments, not both")
+    if not isinstance(server_args, ServerArgs):
+        raise TypeError(f"server_args must be a ServerArgs, got {type(server_args).__name__}")
+    return server_args
 
 
 def _loop_putter(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Callable[[ReqOutput], None]:

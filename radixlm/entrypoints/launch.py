@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import sys
@@ -26,7 +25,7 @@ def serve(args: ServerArgs) -> None:
     from radixlm.entrypoints.http.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="[radixlm] %(message)s")
-    engine = Engine(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+    engine = Engine(server_args=args)
     stopping = threading.Event()
     try:
         warm_up(engine, args.dp_size)
@@ -44,7 +43,7 @@ def serve(args: ServerArgs) -> None:
         print(f"radixlm: serving {name!r} on http://{args.host}:{args.port} (ready)", flush=True)
         server.run()
     finally:
-        died = engine.client.dead  # read before shutdown(), which ends the scheduler on purpose
+        died = engine.death_reason  # read before shutdown(), which ends the scheduler on purpose
         stopping.set()
         engine.shutdown()
     if died:
@@ -65,8 +64,9 @@ def _watch(engine: Any, server: Any, state: Any, stopping: threading.Event) -> N
     still running after DRAIN_S so that each ends with finish_reason "abort" (a 200 and a
     final stream event) rather than being cut off when the grace period ends."""
     while not stopping.wait(ENGINE_POLL_S):
-        if engine.client.dead:
-            logging.getLogger(__name__).error("the engine died: %s", engine.client.dead)
+        died = engine.death_reason
+        if died:
+            logging.getLogger(__name__).error("the engine died: %s", died)
             server.should_exit = True
             return
         if server.should_exit:

@@ -57,3 +57,30 @@ class ReqOutput:
 @dataclass
 class BatchOutput:
     outputs: list[ReqOutput]
+
+
+# -- the scheduler process's reports about itself -------------------------------------------
+# The first message on the scheduler -> front pipe is SchedulerReady or SchedulerFailed;
+# after SchedulerReady come BatchOutput / RpcOutput, and SchedulerCrashed if the loop dies.
+
+
+@dataclass
+class SchedulerReady:
+    """The scheduler is built and serving. `info` is its `get_info` answer at start-up
+    (`vocab_size`, `context_length`, `max_total_num_tokens` bind every request)."""
+
+    info: dict
+
+
+@dataclass
+class SchedulerFailed:
+    """Building the scheduler raised; the process exits after sending this."""
+
+    traceback: str
+
+
+@dataclass
+class SchedulerCrashed:
+    """The serving loop raised; the process exits after sending this."""
+
+    traceback: str

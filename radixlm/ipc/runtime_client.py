@@ -13,13 +13,23 @@ from typing import Any, Callable, Optional
 from radixlm.config.server_args import ServerArgs
 from radixlm.distributed.launch import start_followers
 from radixlm.distributed.setup import plan_local_ranks
-from radixlm.ipc.messages import AbortReq, BatchOutput, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
+from radixlm.ipc.messages import (
+    AbortReq,
+    BatchOutput,
+    ReqOutput,
+    RpcOutput,
+    RpcReq,
+    SchedulerCrashed,
+    SchedulerFailed,
+    SchedulerReady,
+    TokenizedGenerateReq,
+)
+from radixlm.ipc.startup import UNGUARDED_MAIN_HINT, take_bootstrap_error
 from radixlm.model_loader.loader import check_tensor_parallel
 from radixlm.scheduler.process import run_scheduler_process
 from radixlm.scheduler.watchdog import describe_exit
 
 START_TIMEOUT_S = 600.0
-START_POLL_S = 0.5  # how often start-up checks that every tensor-parallel rank is still alive
 DEAD_GRACE_S = 1.0  # how long shutdown waits for survivors of a dead engine before killing them
 MONITOR_POLL_S = 1.0  # how often the monitor re-reads `processes` (others may join the list later)
 logger = logging.getLogger(__name__)
@@ -89,27 +99,42 @@ class RuntimeClient:
             raise
 
     def _read_ready(self) -> dict:
+        """The scheduler's start-up info, or RuntimeError within about a second of the scheduler
+        (or a follower rank) exiting without reporting SchedulerReady: the exit is watched
+        directly, since a child that dies while bootstrapping never received its pipe end."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._recv.poll(START_POLL_S):
-            gone = [p for p in self.processes[1:] if p.exitcode is not None]
-            if gone:
-                raise RuntimeError(
-                    f"{gone[0].name} exited during start-up ({describe_exit(gone[0].exitcode)}); "
-                    "its error is in the log above"
-                )
-            if time.monotonic() > deadline:
+        while not self._recv.poll(0):
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise RuntimeError("scheduler process did not start in time")
+            ready = wait_for_any([self._recv] + [p.sentinel for p in self.processes], timeout=left)
+            gone = [p for p in self.processes if p.sentinel in ready]
+            if gone and not self._recv.poll(0):  # a last message is read before the exit is reported
+                raise RuntimeError(self._startup_exit_message(gone[0]))
         try:
-            kind, payload = self._recv.recv()
+            msg = self._recv.recv()
         except EOFError:
+            raise RuntimeError(self._startup_exit_message(self.process)) from None
+        if isinstance(msg, SchedulerFailed):
             self.process.join(5)
-            raise RuntimeError(
-                f"scheduler process exited during start-up ({describe_exit(self.process.exitcode)})"
-            ) from None
-        if kind != "ready":
-            self.process.join(5)
-            raise RuntimeError(f"scheduler process failed to start:\n{payload}")
-        return payload
+            raise RuntimeError(f"scheduler process failed to start:\n{msg.traceback}")
+        if not isinstance(msg, SchedulerReady):
+            raise RuntimeError(f"scheduler process sent {type(msg).__name__} before SchedulerReady")
+        return msg.info
+
+    def _startup_exit_message(self, proc: mp.Process) -> str:
+        """Why start-up failed when `proc` exited without a report: its exit status and, for the
+        scheduler, the error it left while bootstrapping (see `radixlm.ipc.startup`)."""
+        status = describe_exit(settled_exit_code(proc, 5.0))
+        if proc is not self.process:
+            return f"{proc.name} exited during start-up ({status}); its error is in the log above"
+        child_error = take_bootstrap_error(proc.pid)
+        if child_error is not None:
+            return f"scheduler process exited during start-up ({status}): {child_error}"
+        return (
+            f"scheduler process exited during start-up ({status}) before reporting; its error is in "
+            f"the log above. If it mentions the bootstrapping phase: {UNGUARDED_MAIN_HINT}"
+        )
 
     def submit(self, req: TokenizedGenerateReq, callback: Callable[[ReqOutput], None]) -> None:
         """Raises ValueError if `req.rid` is in flight (its outputs would go to the wrong caller)."""
@@ -175,8 +200,8 @@ class RuntimeClient:
                     self._dispatch(msg.outputs)
                 elif isinstance(msg, RpcOutput):
                     self._answer(msg)
-                elif isinstance(msg, tuple) and msg[0] == "error":
-                    self._fail(f"scheduler crashed:\n{msg[1]}")
+                elif isinstance(msg, SchedulerCrashed):
+                    self._fail(f"scheduler crashed:\n{msg.traceback}")
                     return
         except (EOFError, OSError):
             code = settled_exit_code(self.process, 5.0)  # so the reason can name it

@@ -13,7 +13,7 @@ from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.structured import build_structured_output
 from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
 from radixlm.executor.model_runner import LeaderRunner, ModelRunner
-from radixlm.ipc.messages import BatchOutput, RpcOutput, RpcReq
+from radixlm.ipc.messages import BatchOutput, RpcOutput, RpcReq, SchedulerCrashed, SchedulerFailed, SchedulerReady
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
@@ -74,21 +74,23 @@ def run_scheduler_process(
     send_conn: Connection,
     dist_init: Optional[DistInit] = None,
 ) -> None:
-    """Reports ("ready", info) or ("error", traceback) first, then streams BatchOutput / RpcOutput."""
+    """The scheduler process's target. Its first message on `send_conn` is SchedulerReady or
+    SchedulerFailed (then it returns); after SchedulerReady it streams BatchOutput / RpcOutput
+    until told to shut down, and sends SchedulerCrashed before re-raising if the loop fails."""
     logging.basicConfig(level=args.log_level.upper(), format="[radixlm scheduler] %(message)s")
     try:
         scheduler = build_scheduler(args, tokenizer, eos_ids, model_config, dist_init)
     except BaseException:  # report any start-up failure to the parent instead of dying silently
-        send_conn.send(("error", traceback.format_exc()))
+        send_conn.send(SchedulerFailed(traceback.format_exc()))
         return
     freeze_startup_objects()
-    send_conn.send(("ready", scheduler.info()))
+    send_conn.send(SchedulerReady(scheduler.info()))
     try:
         _loop(scheduler, recv_conn, send_conn, Watchdog(args.watchdog_timeout))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
     except BaseException:
-        send_conn.send(("error", traceback.format_exc()))
+        send_conn.send(SchedulerCrashed(traceback.format_exc()))
         raise
     scheduler.runner.close()  # tensor parallelism: stop the follower ranks (not after a crash: a peer may be gone)
 

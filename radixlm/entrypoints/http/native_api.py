@@ -47,7 +47,7 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.get("/health")
     async def health() -> Response:
-        if engine.client.dead or not engine.client.process.is_alive():
+        if not engine.is_alive():
             raise APIError(503, "scheduler is not running")
         return Response(status_code=200)
 
@@ -89,7 +89,7 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.post("/abort_request")
     async def abort_request(body: AbortRequest) -> Response:
-        engine.client.abort(body.rid)
+        engine.abort(body.rid)
         return Response(status_code=200)
 
     @router.post("/tokenize")
@@ -98,7 +98,7 @@ def native_router(state: ServerState) -> APIRouter:
         if text is None:
             raise APIError(400, "pass `text` (or `prompt`) to tokenize")
         ids = await state.prepare(_tokenizer(state).encode, text, add_special_tokens=body.add_special_tokens)
-        return {"tokens": ids, "count": len(ids), "max_model_len": engine.info["context_length"]}
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.limits.context_length}
 
     @router.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict:

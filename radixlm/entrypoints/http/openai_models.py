@@ -18,7 +18,7 @@ def models_router(state: ServerState) -> APIRouter:
             "created": state.created,
             "owned_by": "radixlm",
             "root": state.engine.server_args.model_path,
-            "max_model_len": state.engine.info["context_length"],
+            "max_model_len": state.engine.limits.context_length,
         }
 
     @router.get("/v1/models")

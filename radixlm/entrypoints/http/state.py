@@ -56,14 +56,14 @@ class ServerState:
         with self._flight_lock:
             rids = list(self.in_flight)
         for rid in rids:
-            self.engine.client.abort(rid)
+            self.engine.abort(rid)
         return len(rids)
 
     def token_room(self, prompt_len: int) -> int:
         """How many tokens a prompt of `prompt_len` leaves for output: bounded by the context and,
         when it is smaller, the KV pool (a longer request could never finish)."""
-        info = self.engine.info
-        return min(info["context_length"], info["max_total_num_tokens"]) - prompt_len
+        limits = self.engine.limits
+        return min(limits.context_length, limits.kv_capacity) - prompt_len
 
     def vet_images(self, urls: list[str], param: str) -> None:
         """400 for an image source the media policy refuses, and for any image at all while the
