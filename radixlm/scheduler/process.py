@@ -18,15 +18,17 @@ from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
 from radixlm.scheduler.grammar_queue import GrammarManager
-from radixlm.scheduler.output import OutputProcessor
+from radixlm.scheduler.output import OutputBuilder
 from radixlm.scheduler.scheduler import Scheduler
+from radixlm.scheduler.text_tracker import TextTracker
+from radixlm.scheduler.token_sampler import TokenSampler
 from radixlm.scheduler.watchdog import Watchdog
 
 
 def build_scheduler(
     args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None, dist_init: Optional[DistInit] = None
 ) -> Scheduler:
-    """Assemble runner, KV cache manager and output processor from the config. With `dist_init`
+    """Assemble runner, KV cache manager, sampler, text tracker and output builder from the config. With `dist_init`
     (tensor parallelism) this is rank 0: its runner mirrors every batch to the follower ranks."""
     device = rank_device(args, 0)
     tp = init_tp_group(dist_init, device)
@@ -40,14 +42,17 @@ def build_scheduler(
     tree = RadixCache(page_size=args.page_size, disable=args.disable_radix_cache)
     cache = KVCacheManager(allocator, req_pool, tree)
     structured = build_structured_output(tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward)
-    outputs = OutputProcessor(tokenizer, eos_ids, runner.vocab_size, runner.context_len, runner.device, structured)
+    text = TextTracker(tokenizer, eos_ids, runner.context_len)
+    sampler = TokenSampler(text, structured, runner.vocab_size, eos_ids, runner.device)
     grammars = GrammarManager(
         GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids), runner.vocab_size
     )
     return Scheduler(
         runner,
         cache,
-        outputs,
+        text,
+        sampler,
+        OutputBuilder(text),
         max_running,
         args.max_prefill_tokens,
         args.chunked_prefill_size,

@@ -9,14 +9,17 @@ import torch
 
 from radixlm.executor.model_runner import ModelRunner
 from radixlm.forward.batch import ForwardMode
+from radixlm.ipc.finish import BAD_REQUEST, UNAVAILABLE, FinishAbort
 from radixlm.ipc.messages import AbortReq, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.scheduler.batch import ScheduledBatch, build_decode, build_extend, build_multi_token_decode
 from radixlm.scheduler.grammar_queue import GrammarManager
-from radixlm.scheduler.output import LaunchedBatch, OutputProcessor
+from radixlm.scheduler.output import OutputBuilder
 from radixlm.scheduler.prefill import PrefillAdder, PrefillBudget, order_waiting
 from radixlm.scheduler.request import Req
 from radixlm.scheduler.step_timer import StepTimer
+from radixlm.scheduler.text_tracker import TextTracker
+from radixlm.scheduler.token_sampler import LaunchedBatch, TokenSampler
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,9 @@ class Scheduler:
         self,
         runner: ModelRunner,
         cache: KVCacheManager,
-        outputs: OutputProcessor,
+        text: TextTracker,
+        sampler: TokenSampler,
+        outputs: OutputBuilder,
         max_running: int,
         max_prefill_tokens: int,
         chunk_size: Optional[int],
@@ -48,7 +53,8 @@ class Scheduler:
         grammars: GrammarManager,
         overlap: bool = True,
     ) -> None:
-        self.runner, self.cache, self.outputs, self.grammars = runner, cache, outputs, grammars
+        self.runner, self.cache, self.grammars = runner, cache, grammars
+        self.text, self.sampler, self.outputs = text, sampler, outputs
         self.max_running, self.max_prefill_tokens = max_running, max_prefill_tokens
         self.chunk_size, self.policy = chunk_size, policy
         self.waiting: list[Req] = []
@@ -96,11 +102,11 @@ class Scheduler:
             top_logprobs_num=msg.top_logprobs_num,
             prefix_group=msg.prefix_group,
         )
-        self.outputs.init_req(req)
+        self.text.init_req(req)
         error = self._reject_reason(req)
         if error:
             req.error = error
-            req.finished_reason = {"type": "abort", "message": error, "status_code": 400}
+            req.finished_reason = FinishAbort(error, BAD_REQUEST)
             self.pending.append(self.outputs.make_output(req))
             return
         if self.grammars.admit(req):
@@ -135,10 +141,10 @@ class Scheduler:
             self._finish_abort(req)
 
     def _finish_abort(self, req: Req) -> None:
-        req.finished_reason = {"type": "abort", "message": "aborted"}
+        req.finished_reason = FinishAbort("aborted")
         if req.req_pool_idx is not None or req.last_node is not None:
             self.cache.cache_finished(req)
-        self.pending.append(self.outputs.make_output(req) or _final(req))
+        self.pending.append(self.outputs.final_output(req))
 
     # -- one step -------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -175,7 +181,7 @@ class Scheduler:
         self.num_forward_steps += 1
         self.timer.mark("schedule")
         logits = self.runner.forward(batch.forward)
-        launched = self.outputs.launch(batch, logits, self.token_buf)
+        launched = self.sampler.launch(batch, logits, self.token_buf)
         if batch.mode is ForwardMode.EXTEND:  # prefilled prompts are shareable from now on
             for item in batch.items:
                 self.cache.cache_unfinished(item.req)
@@ -192,7 +198,7 @@ class Scheduler:
         self.timer.mark("schedule")
         next_ids = launched.next_ids()
         self.timer.mark("device_wait")
-        live = self.outputs.finish(launched, next_ids)
+        live = self.sampler.finish(launched, next_ids)
         done = [req for req in live if req.finished_reason is not None]
         for req in done:
             self.cache.cache_finished(req)
@@ -218,8 +224,8 @@ class Scheduler:
         ready, failed = self.grammars.collect()
         self.waiting.extend(ready)
         for req in failed:
-            req.finished_reason = {"type": "abort", "message": req.error, "status_code": 400}
-            self.pending.append(self.outputs.make_output(req))
+            req.finished_reason = FinishAbort(req.error, BAD_REQUEST)
+            self.pending.append(self.outputs.final_output(req))
 
     def _next_batch(self, need: Optional[int]) -> Optional[ScheduledBatch]:
         """`need`: the running requests' decode need if computed since the last finished batch."""
@@ -324,13 +330,9 @@ class Scheduler:
     def _abort_starved(self) -> None:
         req = self.running.pop()
         logger.warning("aborted request %s: the KV pool has no slot for its next token", req.rid)
-        req.finished_reason = {
-            "type": "abort",
-            "message": "the KV pool is exhausted; request aborted",
-            "status_code": 503,
-        }
+        req.finished_reason = FinishAbort("the KV pool is exhausted; request aborted", UNAVAILABLE)
         self.cache.cache_finished(req)
-        self.pending.append(self.outputs.make_output(req) or _final(req))
+        self.pending.append(self.outputs.final_output(req))
 
     # -- control ---------------------------------------------------------------------
     def info(self) -> dict:
@@ -344,8 +346,8 @@ class Scheduler:
             "num_forward_steps": self.num_forward_steps,
             "num_overlapped_steps": self.num_overlapped_steps,
             "num_grammar_pending_reqs": self.grammars.num_pending(),
-            "grammar_seconds": self.outputs.structured.seconds,
-            "grammar_masked_steps": self.outputs.structured.masked_steps,
+            "grammar_seconds": self.sampler.structured.seconds,
+            "grammar_masked_steps": self.sampler.structured.masked_steps,
             "step_times": self.timer.summary(),
             "context_length": self.runner.context_len,
             "vocab_size": self.runner.vocab_size,
@@ -366,7 +368,3 @@ def _new_pages(req: Req, page: int) -> int:
 def _lag_safe(req: Req) -> bool:
     """Can this request's next token be sampled before its previous one is read on the host?"""
     return req.grammar is None and not req.uses_penalties
-
-
-def _final(req: Req) -> ReqOutput:
-    return ReqOutput(req.rid, [], "", req.finished_reason, {"id": req.rid})
