@@ -32,12 +32,10 @@ class Scheduler:
     request decodes one token per step. When decode runs out of KV, the newest requests are
     retracted (their KV handed to the tree, themselves requeued) instead of failing.
 
-    Overlap (on unless `overlap=False`): a step launches its batch before finishing the previous
-    one, so the host work of finishing batch N and building batch N+2 runs while the device
-    computes batch N+1. A request's newest token may then be a placeholder (its id is still on
-    the device, where the next decode reads it from `token_buf`). Requests whose next step
-    needs the value on the host (grammars, penalties) or a retraction turn overlap off for that
-    step: the previous batch is finished first."""
+    A step is made of `begin_step`, `next_batch`, `run_batch`, `process_results` and `end_step`;
+    `scheduler.loop` composes them into the plain and the overlapped loop (`overlap`). At most
+    one launched batch is `inflight` (its results not processed yet); anything that needs every
+    result on the host (an abort, an RPC) processes it first."""
 
     def __init__(
         self,
@@ -152,32 +150,26 @@ class Scheduler:
             self.waiting or self.running or self.chunked or self.grammars.num_pending() or self.inflight is not None
         )
 
-    def step(self) -> list[ReqOutput]:
-        """Launch at most one batch and finish the previous one; returns the outputs to send."""
+    def begin_step(self) -> None:
+        """Start timing a step; requests whose grammar compiled join the waiting queue."""
         self.timer.start()
         self._take_compiled()
-        need = self._overlap_need() if self.inflight is not None else None
-        if self.inflight is not None and need is None:
-            self._finish_inflight()
-        batch = self._next_batch(need)
-        if batch is None and self.inflight is None and self.grammars.num_pending():
-            self.grammars.wait(GRAMMAR_POLL_S)  # idle but for compiles: wait a little, do not spin
-        launched = self._launch(batch) if batch is not None else None
-        if launched is not None and self.inflight is not None:
-            self.num_overlapped_steps += 1
-        self._finish_inflight()  # on a GPU this host work overlaps `launched`
-        self.inflight = launched
-        if not self.overlap:
-            self._finish_inflight()
-        self.timer.mark("schedule")
-        self.timer.finish(
-            batch.forward.mode.name.lower() if batch is not None else "idle",
-            len(batch.reqs) if batch is not None else 0,
-        )
-        out, self.pending = self.pending, []
-        return out
 
-    def _launch(self, batch: ScheduledBatch) -> LaunchedBatch:
+    def next_batch(self, need: Optional[int] = None) -> Optional[ScheduledBatch]:
+        """Prefill first, else decode; None when there is nothing to run (then, if only grammar
+        compiles are pending, it waits a little instead of spinning). `need`: the running
+        requests' decode KV need when computed since the last finished batch (`overlap_need`)."""
+        batch = self._prefill_batch()
+        if batch is None:
+            batch = self._decode_batch(need)
+        if batch is None and self.inflight is None and self.grammars.num_pending():
+            self.grammars.wait(GRAMMAR_POLL_S)
+        return batch
+
+    def run_batch(self, batch: Optional[ScheduledBatch]) -> Optional[LaunchedBatch]:
+        """Launch the forward and the sampling of `batch` without waiting for the device."""
+        if batch is None:
+            return None
         self.num_forward_steps += 1
         self.timer.mark("schedule")
         logits = self.runner.forward(batch.forward)
@@ -190,11 +182,19 @@ class Scheduler:
         self.timer.mark("launch")
         return launched
 
-    def _finish_inflight(self) -> None:
-        """Finish the launched batch, if any: read its tokens, set finish reasons, free the finished."""
-        if self.inflight is None:
+    def swap_inflight(self, launched: Optional[LaunchedBatch]) -> Optional[LaunchedBatch]:
+        """Make `launched` the batch in flight; returns the previous one, whose results are still
+        to be processed (counted as an overlapped step when both exist)."""
+        previous, self.inflight = self.inflight, launched
+        if launched is not None and previous is not None:
+            self.num_overlapped_steps += 1
+        return previous
+
+    def process_results(self, launched: Optional[LaunchedBatch]) -> None:
+        """Read the launched batch's tokens, set finish reasons, free the finished requests and
+        queue the outputs to send."""
+        if launched is None:
             return
-        launched, self.inflight = self.inflight, None
         self.timer.mark("schedule")
         next_ids = launched.next_ids()
         self.timer.mark("device_wait")
@@ -210,11 +210,25 @@ class Scheduler:
         self.pending.extend(out for out in map(self.outputs.make_output, speaking) if out is not None)
         self.timer.mark("process")
 
-    def _overlap_need(self) -> Optional[int]:
-        """When the next batch can be built before the in-flight one is finished: the running
+    def end_step(self, batch: Optional[ScheduledBatch]) -> list[ReqOutput]:
+        """Close the step's timing (by the kind of `batch`); returns the outputs to send."""
+        self.timer.mark("schedule")
+        self.timer.finish(
+            batch.forward.mode.name.lower() if batch is not None else "idle",
+            len(batch.reqs) if batch is not None else 0,
+        )
+        out, self.pending = self.pending, []
+        return out
+
+    def _finish_inflight(self) -> None:
+        """Process the results of the batch in flight, if any (before anything that needs them)."""
+        self.process_results(self.swap_inflight(None))
+
+    def overlap_need(self) -> Optional[int]:
+        """When the next batch can be built before the batch in flight is finished: the running
         requests' decode KV need (`_decode_need`, valid for this step's decode batch as long as
-        no batch is finished before it), else None."""
-        if not self.overlap or not all(map(_lag_safe, self.running)):
+        no batch is finished before it), else None (also when no batch is in flight)."""
+        if self.inflight is None or not all(map(_lag_safe, self.running)):
             return None
         need = self._decode_need()
         return need if need <= self.cache.available() else None
@@ -226,11 +240,6 @@ class Scheduler:
         for req in failed:
             req.finished_reason = FinishAbort(req.error, BAD_REQUEST)
             self.pending.append(self.outputs.final_output(req))
-
-    def _next_batch(self, need: Optional[int]) -> Optional[ScheduledBatch]:
-        """`need`: the running requests' decode need if computed since the last finished batch."""
-        batch = self._prefill_batch()
-        return batch if batch is not None else self._decode_batch(need)
 
     def _prefill_batch(self) -> Optional[ScheduledBatch]:
         if not self.waiting and self.chunked is None:
