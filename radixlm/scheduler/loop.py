@@ -39,6 +39,7 @@ class FrontChannel:
         return True
 
     def send(self, outputs: list[ReqOutput]) -> None:
+        """One BatchOutput for a step's outputs; nothing for a step that has none."""
         if outputs:
             self.send_conn.send(BatchOutput(outputs))
 
