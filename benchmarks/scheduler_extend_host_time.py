@@ -80,6 +80,7 @@ def measure(path: str, a: argparse.Namespace, copies: dict[str, int]) -> dict[st
     from radixlm.config.server_args import ServerArgs
     from radixlm.ipc.messages import TokenizedGenerateReq
     from radixlm.sampling.sampling_params import SamplingParams
+    from radixlm.scheduler.loop import step_function
     from radixlm.scheduler.process import build_scheduler, freeze_startup_objects
 
     n = a.groups * a.per_group
@@ -99,7 +100,7 @@ def measure(path: str, a: argparse.Namespace, copies: dict[str, int]) -> dict[st
     forward = {}
     copies.update(now=0, extend=0)
     sched.runner.forward = _timed(sched.runner.forward, forward)
-    sched.step = _attributing(sched.step, sched.timer, copies)
+    step = _attributing(step_function(sched), sched.timer, copies)
     prompts = shared_prefix_prompts(a.groups, a.per_group, a.prefix_len, a.own_len, len(tok))
     freeze_startup_objects()  # as the scheduler process does once it is built
     params = SamplingParams(temperature=0, max_new_tokens=a.out_len, ignore_eos=True)
@@ -108,7 +109,7 @@ def measure(path: str, a: argparse.Namespace, copies: dict[str, int]) -> dict[st
         sched.handle(TokenizedGenerateReq(rid=str(i), input_ids=ids, params=params))
     done = 0
     while sched.has_work():
-        done += sum(out.finish_reason is not None for out in sched.step())
+        done += sum(out.finish_reason is not None for out in step())
     wall = time.perf_counter() - start
     assert done == n, (done, n)
     ext = sched.timer.summary()["extend"]

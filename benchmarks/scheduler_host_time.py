@@ -27,6 +27,7 @@ def measure(path: str, batch: int, steps: int) -> dict[str, float]:
     from radixlm.config.server_args import ServerArgs
     from radixlm.ipc.messages import TokenizedGenerateReq
     from radixlm.sampling.sampling_params import SamplingParams
+    from radixlm.scheduler.loop import step_function
     from radixlm.scheduler.process import build_scheduler, freeze_startup_objects
 
     args = ServerArgs(
@@ -38,6 +39,7 @@ def measure(path: str, batch: int, steps: int) -> dict[str, float]:
     )
     tok = AutoTokenizer.from_pretrained(path)
     sched = build_scheduler(args, tok, {tok.eos_token_id})
+    step = step_function(sched)
     freeze_startup_objects()  # as the scheduler process does once it is built
     params = SamplingParams(temperature=0, max_new_tokens=steps + 10, ignore_eos=True)
     for i in range(batch):
@@ -45,12 +47,12 @@ def measure(path: str, batch: int, steps: int) -> dict[str, float]:
             TokenizedGenerateReq(rid=str(i), input_ids=[5 + (i * 7 + j) % 300 for j in range(32)], params=params)
         )
     while sched.waiting:
-        sched.step()
+        step()
     for _ in range(3):
-        sched.step()
+        step()
     sched.timer.totals.clear()
     for _ in range(steps):
-        sched.step()
+        step()
     dec = sched.timer.summary()["decode"]
     return {k: 1000 * dec[k] / dec["steps"] for k in ("schedule", "launch", "device_wait", "process")}
 

@@ -28,6 +28,11 @@ class AttentionBackend(ABC):
     def __init__(self, pool: KVPool) -> None:
         self.pool = pool
 
+    def bind_pool(self, pool: KVPool) -> None:
+        """Read and write `pool` from now on. The model runner builds the model with a scratch
+        pool, then binds the pool it sized from the memory left once the model was loaded."""
+        self.pool = pool
+
     @abstractmethod
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
         """Prepare per-forward indices shared by all layers."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from radixlm.constrained.limits import MAX_JUMP_FORWARD_CHARS
+from radixlm.ipc.finish import FinishAbort, FinishStop
 
 
 class GrammarStepper:
@@ -29,10 +30,10 @@ class GrammarStepper:
         """Accept `token`; False when the request must end here (its finish reason is set)."""
         grammar = req.grammar
         if not grammar.accept_token(token):
-            req.finished_reason = {"type": "abort", "message": f"the grammar does not allow token {token}"}
+            req.finished_reason = FinishAbort(f"the grammar does not allow token {token}")
             return False
         if grammar.is_terminated():
-            req.finished_reason = {"type": "stop", "matched": token if token in self.eos_ids else None}
+            req.finished_reason = FinishStop(token if token in self.eos_ids else None)
             return False
         return True
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
+from radixlm.ipc.finish import FinishAbort, FinishReason
 from radixlm.ipc.messages import ReqOutput
 
 
@@ -22,6 +23,7 @@ class OutputAccumulator:
         self.meta: dict = {"id": rid}
         self.done = False
         self.last_chunk: Optional[dict] = None
+        self.finish: Optional[FinishReason] = None
 
     def add(self, out: ReqOutput) -> bool:
         """Take one message; returns True when it is the final one."""
@@ -30,16 +32,16 @@ class OutputAccumulator:
         self.meta.update(out.meta)
         if out.finish_reason is not None:
             self.done = True
-            self.meta["finish_reason"] = out.finish_reason
+            self.finish = out.finish_reason
+            self.meta["finish_reason"] = out.finish_reason.to_json()
         return self.done
 
     def result(self) -> dict:
         """The whole result: {"text", "output_ids", "meta_info"}. A request the scheduler refused
         as invalid (abort with status 400, e.g. a grammar that failed to compile) raises ValueError."""
         self._raise_if_failed()
-        reason: Any = self.meta.get("finish_reason")
-        if isinstance(reason, dict) and reason.get("type") == "abort" and reason.get("status_code") == 400:
-            raise ValueError(reason.get("message", "invalid request"))
+        if isinstance(self.finish, FinishAbort) and self.finish.is_rejection:
+            raise ValueError(self.finish.message)
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta)}
 
     def chunk(self, out: ReqOutput, index: int = 0) -> dict:
@@ -48,6 +50,5 @@ class OutputAccumulator:
         return {"text": out.text_delta, "output_ids": list(out.new_ids), "meta_info": dict(self.meta), "index": index}
 
     def _raise_if_failed(self) -> None:
-        reason: Any = self.meta.get("finish_reason")
-        if isinstance(reason, dict) and reason.get("type") == "abort" and reason.get("status_code", 0) >= 500:
-            raise RequestFailed(reason.get("message", "request failed"))
+        if isinstance(self.finish, FinishAbort) and self.finish.is_failure:
+            raise RequestFailed(self.finish.message)

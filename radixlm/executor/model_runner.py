@@ -1,4 +1,8 @@
-"""Owns the model, the KV pool and the attention backend; runs one ForwardBatch to logits."""
+"""Owns the model, the KV pool and the attention backend; runs one ForwardBatch to logits.
+
+Start-up order: load the model (its attention backend bound to a scratch KV pool), size the KV
+pool (on CUDA from the memory measured after a warm-up forward, see `executor.memory_profile`),
+bind the backend to it, then capture CUDA graphs."""
 
 from __future__ import annotations
 
@@ -13,6 +17,13 @@ from radixlm.attention.registry import create_attention_backend
 from radixlm.config.server_args import ServerArgs
 from radixlm.distributed.batch_sync import BatchSender
 from radixlm.distributed.group import TPGroup
+from radixlm.executor.memory_profile import kv_pool_tokens as kv_pool_tokens  # the pool-sizing rule, re-exported
+from radixlm.executor.memory_profile import (
+    measure_after_warmup,
+    pool_tokens_from_profile,
+    warmup_batch,
+    warmup_shape,
+)
 from radixlm.forward.batch import ForwardBatch, logit_hidden
 from radixlm.layers.linear import AttentionHeads
 from radixlm.mem_cache.kv_pool import KVPool, ReqToTokenPool, kv_cache_dtype
@@ -33,7 +44,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class ModelRunner:
-    """Invariant: the pool, backend and model are built once and live as long as the runner.
+    """Invariant: once constructed, the pool, backend and model live as long as the runner and
+    the backend reads and writes `pool`.
 
     With tensor parallelism every rank has its own runner over its shard of the model; `tp`
     is this rank's group and `device` its device (None: resolved from `args.device`)."""
@@ -59,25 +71,32 @@ class ModelRunner:
         self.vocab_size = self.config.vocab_size
         self.context_len = args.context_length or self.config.max_position_embeddings
         self.max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
-        self.pool = self._make_pool()
         self.req_to_token_pool = ReqToTokenPool(self.max_running + 1, self.context_len + args.page_size, self.device)
-        self.backend = create_attention_backend(args.attention_backend, self.pool, self.device)
+        self.warmup_prefill = self._warmup_prefill()
+        scratch = self._new_pool(self._scratch_tokens())
+        self.backend = create_attention_backend(args.attention_backend, scratch, self.device)
+        self.model = self._load_model()
+        self.pool = self._new_pool(self._pool_tokens(scratch))
+        self.backend.bind_pool(self.pool)
+        self.graphs = self._maybe_capture_graphs()
+
+    def _load_model(self) -> Any:
         start = time.perf_counter()
-        self.model = build_model(
+        model = build_model(
             self.config,
             self.backend,
-            args.model_path,
-            args.load_format,
+            self.args.model_path,
+            self.args.load_format,
             self.dtype,
             self.device,
-            args.random_seed,
-            args.model_impl,
-            args.trust_remote_code,
+            self.args.random_seed,
+            self.args.model_impl,
+            self.args.trust_remote_code,
             self.context_len,
             self.tp,
         )
         logger.info("model loaded in %.1f s (%s, %s)", time.perf_counter() - start, self.dtype, self.device)
-        self.graphs = self._maybe_capture_graphs()
+        return model
 
     def _maybe_capture_graphs(self) -> Any:
         """CUDA graphs for decode when on CUDA with a graph-safe backend and not disabled."""
@@ -107,18 +126,44 @@ class ModelRunner:
         logger.info("CUDA graph capture took %.1f s", runner.capture_seconds)
         return runner
 
-    def _make_pool(self) -> KVPool:
-        cfg = self.config
-        kv_heads, head_dim, layers = self._local_kv_heads(), head_dim_of(cfg), cfg.num_hidden_layers
+    def _kv_shape(self) -> tuple[int, int, int, torch.dtype]:
+        """(layers, local KV heads, head dim, storage dtype) of this rank's KV pool."""
         kv_dtype = kv_cache_dtype(self.args.kv_cache_dtype, self.dtype)
-        per_token = 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=kv_dtype).element_size()
-        size = self.args.max_total_tokens or self._default_pool_tokens(per_token)
+        return self.config.num_hidden_layers, self._local_kv_heads(), head_dim_of(self.config), kv_dtype
+
+    def _bytes_per_token(self) -> int:
+        layers, kv_heads, head_dim, kv_dtype = self._kv_shape()
+        return 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=kv_dtype).element_size()
+
+    def _new_pool(self, size: int) -> KVPool:
+        return KVPool(size, self.args.page_size, *self._kv_shape(), self.device)
+
+    def _warmup_prefill(self) -> tuple[int, int] | None:
+        """(requests, tokens each) of the warm-up forward; None when the pool is not sized from
+        measured memory (CPU, or `--max-total-tokens` given)."""
+        if self.device.type != "cuda" or self.args.max_total_tokens:
+            return None
+        args = self.args
+        return warmup_shape(args.max_prefill_tokens, args.chunked_prefill_size, self.context_len, self.max_running)
+
+    def _scratch_tokens(self) -> int:
+        """Slots of the pool the model is built with: enough for the warm-up forward, else two pages."""
+        page = self.args.page_size
+        if self.warmup_prefill is None:
+            return 2 * page
+        requests, length = self.warmup_prefill
+        return -(-requests * length // page) * page
+
+    def _pool_tokens(self, scratch: KVPool) -> int:
+        """The KV pool's size in tokens (whole pages; the same on every tensor-parallel rank)."""
+        per_token = self._bytes_per_token()
+        size = self.args.max_total_tokens or self._default_pool_tokens(per_token, scratch)
         size = self.tp.min_int(size, self.device)  # rank 0 allocates slots every rank must hold
         size -= size % self.args.page_size
         if size < self.args.page_size * 2:
             raise ValueError(f"KV pool of {size} tokens is too small")
         logger.info("KV pool: %d tokens (%.2f GiB)", size, size * per_token / 2**30)
-        return KVPool(size, self.args.page_size, layers, kv_heads, head_dim, kv_dtype, self.device)
+        return size
 
     def _local_kv_heads(self) -> int:
         if self.tp.size == 1:
@@ -134,45 +179,47 @@ class ModelRunner:
             and self.args.attention_backend in ("auto", "triton")
         )
 
-    def _default_pool_tokens(self, per_token: int) -> int:
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            weights = self._estimate_weight_bytes()
-            graphs = 0
-            if self._uses_cuda_graphs():
-                from radixlm.executor.cuda_graph_runner import logits_buffer_bytes
+    def _default_pool_tokens(self, per_token: int, scratch: KVPool) -> int:
+        """On CPU a fixed budget; on CUDA what the memory measured after the warm-up leaves."""
+        if self.warmup_prefill is None:
+            return int(min(CPU_KV_BUDGET_BYTES // per_token, 64 * self.context_len))
+        profile = measure_after_warmup(self.device, self._warmup_forward, lambda: _release(scratch))
+        graphs = 0
+        if self._uses_cuda_graphs():
+            from radixlm.executor.cuda_graph_runner import logits_buffer_bytes
 
-                graphs = logits_buffer_bytes(min(self.args.cuda_graph_max_bs, self.max_running), self.vocab_size)
-            logger.info(
-                "KV pool budget: %.0f%% of %.1f GiB, less %.2f GiB in use, %.2f GiB of weights, "
-                "%.2f GiB of CUDA-graph logits",
-                100 * self.args.mem_fraction_static,
-                total / 2**30,
-                (total - free) / 2**30,
-                weights / 2**30,
-                graphs / 2**30,
-            )
-            return kv_pool_tokens(
-                total, free, self.args.mem_fraction_static, weights + graphs, per_token, self.args.page_size
-            )
-        return int(min(CPU_KV_BUDGET_BYTES // per_token, 64 * self.context_len))
+            graphs = logits_buffer_bytes(min(self.args.cuda_graph_max_bs, self.max_running), self.vocab_size)
+        logger.info(
+            "KV pool budget: %.0f%% of %.1f GiB, less %.2f GiB in use, %.2f GiB of activations at the "
+            "warm-up prefill (%d x %d tokens), %.2f GiB of CUDA-graph logits",
+            100 * self.args.mem_fraction_static,
+            profile.total / 2**30,
+            (profile.total - profile.free) / 2**30,
+            profile.activation_peak / 2**30,
+            *self.warmup_prefill,
+            graphs / 2**30,
+        )
+        return pool_tokens_from_profile(profile, self.args.mem_fraction_static, graphs, per_token, self.args.page_size)
 
-    def _estimate_weight_bytes(self) -> int:
-        cfg = self.config
-        h, i, layers, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
-        kv = kv_heads_of(cfg) * head_dim_of(cfg)
-        per_layer = h * (cfg.num_attention_heads * head_dim_of(cfg)) * 2 + 2 * h * kv + 3 * h * i
-        elems = layers * per_layer + 2 * v * h
-        return elems * torch.tensor([], dtype=self.dtype).element_size() // self.tp.size
+    @torch.inference_mode()
+    def _warmup_forward(self) -> None:
+        """One eager forward of the largest prefill on the scratch pool; its table rows are cleared after."""
+        requests, length = self.warmup_prefill
+        table = self.req_to_token_pool.table
+        self._run_eager(warmup_batch(table, requests, length, self.device))
+        table[:requests, :length] = 0
+
+    def _run_eager(self, batch: ForwardBatch) -> torch.Tensor:
+        self.backend.init_forward_metadata(batch)
+        hidden = self.model(batch.input_ids, batch.positions, batch)
+        return self.model.compute_logits(logit_hidden(hidden, batch))
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run the batch; returns float32 logits for the rows named by `batch.logit_indices`."""
         if self.graphs is not None and self.graphs.can_run(batch):
             return self.graphs.replay(batch)
-        self.backend.init_forward_metadata(batch)
-        hidden = self.model(batch.input_ids, batch.positions, batch)
-        return self.model.compute_logits(logit_hidden(hidden, batch))
+        return self._run_eager(batch)
 
     def heartbeat(self) -> None:
         """Called by an idle scheduler every `heartbeat_s` seconds (never at tp 1)."""
@@ -181,12 +228,11 @@ class ModelRunner:
         """Release what the runner shares with other processes (nothing at tp 1)."""
 
 
-def kv_pool_tokens(total: int, free: int, fraction: float, reserved: int, per_token: int, page_size: int) -> int:
-    """Tokens of KV that fit in `fraction` of a device's `total` bytes once what is already in
-    use (`total - free`) and `reserved` bytes still to come (weights, graph buffers) are taken
-    out; never fewer than two pages (the pool's own minimum, checked by the caller)."""
-    budget = total * fraction - (total - free) - reserved
-    return max(int(budget // per_token), page_size * 2)
+def _release(scratch: KVPool) -> None:
+    """Free the scratch pool's buffers now (the backend keeps the emptied object until it is
+    bound to the real pool), so the measured free memory does not count them."""
+    scratch.k_buffers.clear()
+    scratch.v_buffers.clear()
 
 
 class LeaderRunner(ModelRunner):

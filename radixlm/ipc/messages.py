@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from radixlm.ipc.finish import FinishReason
 from radixlm.sampling.sampling_params import SamplingParams
 
 
@@ -50,7 +51,7 @@ class ReqOutput:
     rid: str
     new_ids: list[int]
     text_delta: str
-    finish_reason: Optional[dict]
+    finish_reason: Optional[FinishReason]
     meta: dict = field(default_factory=dict)
 
 

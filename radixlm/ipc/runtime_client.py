@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 from radixlm.config.server_args import ServerArgs
 from radixlm.distributed.launch import start_followers
 from radixlm.distributed.setup import plan_local_ranks
+from radixlm.ipc.finish import SERVER_ERROR, FinishAbort
 from radixlm.ipc.messages import (
     AbortReq,
     BatchOutput,
@@ -249,7 +250,7 @@ class RuntimeClient:
             callbacks, self._callbacks = self._callbacks, {}
             rpcs, self._rpcs = self._rpcs, {}
         for rid, cb in callbacks.items():
-            cb(ReqOutput(rid, [], "", {"type": "abort", "message": reason, "status_code": 500}, {"error": reason}))
+            cb(ReqOutput(rid, [], "", FinishAbort(reason, SERVER_ERROR), {"error": reason}))
         for call_id, (event, box) in rpcs.items():
             box.append(RpcOutput(call_id, error=reason))
             event.set()

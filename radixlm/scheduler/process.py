@@ -13,20 +13,23 @@ from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.structured import build_structured_output
 from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
 from radixlm.executor.model_runner import LeaderRunner, ModelRunner
-from radixlm.ipc.messages import BatchOutput, RpcOutput, RpcReq, SchedulerCrashed, SchedulerFailed, SchedulerReady
+from radixlm.ipc.messages import SchedulerCrashed, SchedulerFailed, SchedulerReady
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
 from radixlm.scheduler.grammar_queue import GrammarManager
-from radixlm.scheduler.output import OutputProcessor
+from radixlm.scheduler.loop import run_loop
+from radixlm.scheduler.output import OutputBuilder
 from radixlm.scheduler.scheduler import Scheduler
+from radixlm.scheduler.text_tracker import TextTracker
+from radixlm.scheduler.token_sampler import TokenSampler
 from radixlm.scheduler.watchdog import Watchdog
 
 
 def build_scheduler(
     args: ServerArgs, tokenizer: Any, eos_ids: set[int], model_config: Any = None, dist_init: Optional[DistInit] = None
 ) -> Scheduler:
-    """Assemble runner, KV cache manager and output processor from the config. With `dist_init`
+    """Assemble runner, KV cache manager, sampler, text tracker and output builder from the config. With `dist_init`
     (tensor parallelism) this is rank 0: its runner mirrors every batch to the follower ranks."""
     device = rank_device(args, 0)
     tp = init_tp_group(dist_init, device)
@@ -40,14 +43,17 @@ def build_scheduler(
     tree = RadixCache(page_size=args.page_size, disable=args.disable_radix_cache)
     cache = KVCacheManager(allocator, req_pool, tree)
     structured = build_structured_output(tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward)
-    outputs = OutputProcessor(tokenizer, eos_ids, runner.vocab_size, runner.context_len, runner.device, structured)
+    text = TextTracker(tokenizer, eos_ids, runner.context_len)
+    sampler = TokenSampler(text, structured, runner.vocab_size, eos_ids, runner.device)
     grammars = GrammarManager(
         GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids), runner.vocab_size
     )
     return Scheduler(
         runner,
         cache,
-        outputs,
+        text,
+        sampler,
+        OutputBuilder(text),
         max_running,
         args.max_prefill_tokens,
         args.chunked_prefill_size,
@@ -60,7 +66,8 @@ def build_scheduler(
 def freeze_startup_objects() -> None:
     """Move everything built so far (model, tokenizer, imported modules) out of the garbage
     collector's reach: full collections would otherwise rescan those millions of objects during
-    serving, and at a batch of ~2,000 requests they doubled the host time per step."""
+    serving, on the scheduler's critical path (`benchmarks/scheduler_host_time.py` measures the
+    host time per step)."""
     gc.collect()
     gc.freeze()
 
@@ -96,29 +103,5 @@ def run_scheduler_process(
 
 
 def _loop(scheduler: Scheduler, recv_conn: Connection, send_conn: Connection, watchdog: Watchdog) -> None:
-    while True:
-        # Block only when idle, so running requests are never held up by an empty inbox.
-        if not scheduler.has_work():
-            while not recv_conn.poll(scheduler.runner.heartbeat_s):  # timeout None (tp 1): wait for input
-                scheduler.runner.heartbeat()
-        while recv_conn.poll(0):
-            msg = recv_conn.recv()
-            if isinstance(msg, RpcReq) and msg.method == "shutdown":
-                send_conn.send(RpcOutput(msg.call_id, result=True))
-                return
-            answer = _safe_handle(scheduler, msg)
-            if answer is not None:
-                send_conn.send(answer)
-        with watchdog.watch():  # a step stuck past --watchdog-timeout crashes the process loudly
-            outputs = scheduler.step()
-        if outputs:
-            send_conn.send(BatchOutput(outputs))
-
-
-def _safe_handle(scheduler: Scheduler, msg: Any) -> Any:
-    try:
-        return scheduler.handle(msg)
-    except Exception as exc:  # a bad control call must not kill the loop serving everyone else
-        if isinstance(msg, RpcReq):
-            return RpcOutput(msg.call_id, error=f"{type(exc).__name__}: {exc}")
-        raise
+    """Serve until the shutdown RPC (see `scheduler.loop`)."""
+    run_loop(scheduler, recv_conn, send_conn, watchdog)

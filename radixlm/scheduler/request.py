@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from radixlm.ipc.finish import FinishReason
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.sampling.seeding import derive_step_seed
 
@@ -64,7 +65,7 @@ class Req:
         self.kv_len = 0
         self.last_node: Any = None
         self.cached_tokens = 0
-        self.finished_reason: Optional[dict] = None
+        self.finished_reason: Optional[FinishReason] = None
         self.logprobs = LogprobState()
         self.detok: Any = None  # incremental detokenizer, for requests that need text before they finish
         self.final_decoder: Any = None  # the others' decoder: their text is decoded once, at the end

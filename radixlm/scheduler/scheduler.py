@@ -9,14 +9,17 @@ import torch
 
 from radixlm.executor.model_runner import ModelRunner
 from radixlm.forward.batch import ForwardMode
+from radixlm.ipc.finish import BAD_REQUEST, UNAVAILABLE, FinishAbort
 from radixlm.ipc.messages import AbortReq, ReqOutput, RpcOutput, RpcReq, TokenizedGenerateReq
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.scheduler.batch import ScheduledBatch, build_decode, build_extend, build_multi_token_decode
 from radixlm.scheduler.grammar_queue import GrammarManager
-from radixlm.scheduler.output import LaunchedBatch, OutputProcessor
+from radixlm.scheduler.output import OutputBuilder
 from radixlm.scheduler.prefill import PrefillAdder, PrefillBudget, order_waiting
 from radixlm.scheduler.request import Req
 from radixlm.scheduler.step_timer import StepTimer
+from radixlm.scheduler.text_tracker import TextTracker
+from radixlm.scheduler.token_sampler import LaunchedBatch, TokenSampler
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +32,18 @@ class Scheduler:
     request decodes one token per step. When decode runs out of KV, the newest requests are
     retracted (their KV handed to the tree, themselves requeued) instead of failing.
 
-    Overlap (on unless `overlap=False`): a step launches its batch before finishing the previous
-    one, so the host work of finishing batch N and building batch N+2 runs while the device
-    computes batch N+1. A request's newest token may then be a placeholder (its id is still on
-    the device, where the next decode reads it from `token_buf`). Requests whose next step
-    needs the value on the host (grammars, penalties) or a retraction turn overlap off for that
-    step: the previous batch is finished first."""
+    A step is made of `begin_step`, `next_batch`, `run_batch`, `process_results` and `end_step`;
+    `scheduler.loop` composes them into the plain and the overlapped loop (`overlap`). At most
+    one launched batch is `inflight` (its results not processed yet); anything that needs every
+    result on the host (an abort, an RPC) processes it first."""
 
     def __init__(
         self,
         runner: ModelRunner,
         cache: KVCacheManager,
-        outputs: OutputProcessor,
+        text: TextTracker,
+        sampler: TokenSampler,
+        outputs: OutputBuilder,
         max_running: int,
         max_prefill_tokens: int,
         chunk_size: Optional[int],
@@ -48,7 +51,8 @@ class Scheduler:
         grammars: GrammarManager,
         overlap: bool = True,
     ) -> None:
-        self.runner, self.cache, self.outputs, self.grammars = runner, cache, outputs, grammars
+        self.runner, self.cache, self.grammars = runner, cache, grammars
+        self.text, self.sampler, self.outputs = text, sampler, outputs
         self.max_running, self.max_prefill_tokens = max_running, max_prefill_tokens
         self.chunk_size, self.policy = chunk_size, policy
         self.waiting: list[Req] = []
@@ -98,7 +102,7 @@ class Scheduler:
             top_logprobs_num=msg.top_logprobs_num,
             prefix_group=msg.prefix_group,
         )
-        self.outputs.init_req(req)
+        self.text.init_req(req)
         if self.grammars.admit(req):
             return  # "grammar pending" until its grammar is compiled (see _take_compiled)
         self.waiting.append(req)
@@ -118,10 +122,10 @@ class Scheduler:
             self._finish_abort(req)
 
     def _finish_abort(self, req: Req) -> None:
-        req.finished_reason = {"type": "abort", "message": "aborted"}
+        req.finished_reason = FinishAbort("aborted")
         if req.req_pool_idx is not None or req.last_node is not None:
             self.cache.cache_finished(req)
-        self.pending.append(self.outputs.make_output(req) or _final(req))
+        self.pending.append(self.outputs.final_output(req))
 
     # -- one step -------------------------------------------------------------------
     def has_work(self) -> bool:
@@ -129,36 +133,30 @@ class Scheduler:
             self.waiting or self.running or self.chunked or self.grammars.num_pending() or self.inflight is not None
         )
 
-    def step(self) -> list[ReqOutput]:
-        """Launch at most one batch and finish the previous one; returns the outputs to send."""
+    def begin_step(self) -> None:
+        """Start timing a step; requests whose grammar compiled join the waiting queue."""
         self.timer.start()
         self._take_compiled()
-        need = self._overlap_need() if self.inflight is not None else None
-        if self.inflight is not None and need is None:
-            self._finish_inflight()
-        batch = self._next_batch(need)
-        if batch is None and self.inflight is None and self.grammars.num_pending():
-            self.grammars.wait(GRAMMAR_POLL_S)  # idle but for compiles: wait a little, do not spin
-        launched = self._launch(batch) if batch is not None else None
-        if launched is not None and self.inflight is not None:
-            self.num_overlapped_steps += 1
-        self._finish_inflight()  # on a GPU this host work overlaps `launched`
-        self.inflight = launched
-        if not self.overlap:
-            self._finish_inflight()
-        self.timer.mark("schedule")
-        self.timer.finish(
-            batch.forward.mode.name.lower() if batch is not None else "idle",
-            len(batch.reqs) if batch is not None else 0,
-        )
-        out, self.pending = self.pending, []
-        return out
 
-    def _launch(self, batch: ScheduledBatch) -> LaunchedBatch:
+    def next_batch(self, need: Optional[int] = None) -> Optional[ScheduledBatch]:
+        """Prefill first, else decode; None when there is nothing to run (then, if only grammar
+        compiles are pending, it waits a little instead of spinning). `need`: the running
+        requests' decode KV need when computed since the last finished batch (`overlap_need`)."""
+        batch = self._prefill_batch()
+        if batch is None:
+            batch = self._decode_batch(need)
+        if batch is None and self.inflight is None and self.grammars.num_pending():
+            self.grammars.wait(GRAMMAR_POLL_S)
+        return batch
+
+    def run_batch(self, batch: Optional[ScheduledBatch]) -> Optional[LaunchedBatch]:
+        """Launch the forward and the sampling of `batch` without waiting for the device."""
+        if batch is None:
+            return None
         self.num_forward_steps += 1
         self.timer.mark("schedule")
         logits = self.runner.forward(batch.forward)
-        launched = self.outputs.launch(batch, logits, self.token_buf)
+        launched = self.sampler.launch(batch, logits, self.token_buf)
         if batch.mode is ForwardMode.EXTEND:  # prefilled prompts are shareable from now on
             for item in batch.items:
                 self.cache.cache_unfinished(item.req)
@@ -167,15 +165,23 @@ class Scheduler:
         self.timer.mark("launch")
         return launched
 
-    def _finish_inflight(self) -> None:
-        """Finish the launched batch, if any: read its tokens, set finish reasons, free the finished."""
-        if self.inflight is None:
+    def swap_inflight(self, launched: Optional[LaunchedBatch]) -> Optional[LaunchedBatch]:
+        """Make `launched` the batch in flight; returns the previous one, whose results are still
+        to be processed (counted as an overlapped step when both exist)."""
+        previous, self.inflight = self.inflight, launched
+        if launched is not None and previous is not None:
+            self.num_overlapped_steps += 1
+        return previous
+
+    def process_results(self, launched: Optional[LaunchedBatch]) -> None:
+        """Read the launched batch's tokens, set finish reasons, free the finished requests and
+        queue the outputs to send."""
+        if launched is None:
             return
-        launched, self.inflight = self.inflight, None
         self.timer.mark("schedule")
         next_ids = launched.next_ids()
         self.timer.mark("device_wait")
-        live = self.outputs.finish(launched, next_ids)
+        live = self.sampler.finish(launched, next_ids)
         done = [req for req in live if req.finished_reason is not None]
         for req in done:
             self.cache.cache_finished(req)
@@ -187,11 +193,25 @@ class Scheduler:
         self.pending.extend(out for out in map(self.outputs.make_output, speaking) if out is not None)
         self.timer.mark("process")
 
-    def _overlap_need(self) -> Optional[int]:
-        """When the next batch can be built before the in-flight one is finished: the running
+    def end_step(self, batch: Optional[ScheduledBatch]) -> list[ReqOutput]:
+        """Close the step's timing (by the kind of `batch`); returns the outputs to send."""
+        self.timer.mark("schedule")
+        self.timer.finish(
+            batch.forward.mode.name.lower() if batch is not None else "idle",
+            len(batch.reqs) if batch is not None else 0,
+        )
+        out, self.pending = self.pending, []
+        return out
+
+    def _finish_inflight(self) -> None:
+        """Process the results of the batch in flight, if any (before anything that needs them)."""
+        self.process_results(self.swap_inflight(None))
+
+    def overlap_need(self) -> Optional[int]:
+        """When the next batch can be built before the batch in flight is finished: the running
         requests' decode KV need (`_decode_need`, valid for this step's decode batch as long as
-        no batch is finished before it), else None."""
-        if not self.overlap or not all(map(_lag_safe, self.running)):
+        no batch is finished before it), else None (also when no batch is in flight)."""
+        if self.inflight is None or not all(map(_lag_safe, self.running)):
             return None
         need = self._decode_need()
         return need if need <= self.cache.available() else None
@@ -201,13 +221,8 @@ class Scheduler:
         ready, failed = self.grammars.collect()
         self.waiting.extend(ready)
         for req in failed:
-            req.finished_reason = {"type": "abort", "message": req.error, "status_code": 400}
-            self.pending.append(self.outputs.make_output(req))
-
-    def _next_batch(self, need: Optional[int]) -> Optional[ScheduledBatch]:
-        """`need`: the running requests' decode need if computed since the last finished batch."""
-        batch = self._prefill_batch()
-        return batch if batch is not None else self._decode_batch(need)
+            req.finished_reason = FinishAbort(req.error, BAD_REQUEST)
+            self.pending.append(self.outputs.final_output(req))
 
     def _prefill_batch(self) -> Optional[ScheduledBatch]:
         if not self.waiting and self.chunked is None:
@@ -307,13 +322,9 @@ class Scheduler:
     def _abort_starved(self) -> None:
         req = self.running.pop()
         logger.warning("aborted request %s: the KV pool has no slot for its next token", req.rid)
-        req.finished_reason = {
-            "type": "abort",
-            "message": "the KV pool is exhausted; request aborted",
-            "status_code": 503,
-        }
+        req.finished_reason = FinishAbort("the KV pool is exhausted; request aborted", UNAVAILABLE)
         self.cache.cache_finished(req)
-        self.pending.append(self.outputs.make_output(req) or _final(req))
+        self.pending.append(self.outputs.final_output(req))
 
     # -- control ---------------------------------------------------------------------
     def info(self) -> dict:
@@ -327,8 +338,8 @@ class Scheduler:
             "num_forward_steps": self.num_forward_steps,
             "num_overlapped_steps": self.num_overlapped_steps,
             "num_grammar_pending_reqs": self.grammars.num_pending(),
-            "grammar_seconds": self.outputs.structured.seconds,
-            "grammar_masked_steps": self.outputs.structured.masked_steps,
+            "grammar_seconds": self.sampler.structured.seconds,
+            "grammar_masked_steps": self.sampler.structured.masked_steps,
             "step_times": self.timer.summary(),
             "context_length": self.runner.context_len,
             "vocab_size": self.runner.vocab_size,
@@ -349,7 +360,3 @@ def _new_pages(req: Req, page: int) -> int:
 def _lag_safe(req: Req) -> bool:
     """Can this request's next token be sampled before its previous one is read on the host?"""
     return req.grammar is None and not req.uses_penalties
-
-
-def _final(req: Req) -> ReqOutput:
-    return ReqOutput(req.rid, [], "", req.finished_reason, {"id": req.rid})

@@ -113,7 +113,7 @@ def _scheduler_with_crashing_step(*args: Any) -> None:
     """The real scheduler process target, whose first step with work raises."""
     from radixlm.scheduler.scheduler import Scheduler
 
-    Scheduler.step = _crashing_step
+    Scheduler.begin_step = _crashing_step
     from radixlm.scheduler.process import run_scheduler_process
 
     run_scheduler_process(*args)

@@ -1,7 +1,7 @@
 """The decode step's host fast paths give what the per-request code they replaced gave: one staged
 copy (`to_device_split`, `to_device_rows`), the vectorized `build_decode` + `alloc_decode`/`write_slots`
 (and the CUDA graph runner's one-copy input load from it), the in-place
-placeholder replacement in `OutputProcessor.finish`, and the shared detokenizer window lengths."""
+placeholder replacement in `TokenSampler.finish`, and the shared detokenizer window lengths."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 
+from radixlm.constrained.structured import build_structured_output
 from radixlm.executor.cuda_graph_runner import CudaGraphRunner
 from radixlm.forward.batch import ForwardMode
 from radixlm.forward.device_copy import host_tensor, to_device_rows, to_device_split
@@ -20,8 +21,9 @@ from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.scheduler.batch import ScheduledBatch, build_decode
-from radixlm.scheduler.output import PLACEHOLDER, LaunchedBatch, OutputProcessor
 from radixlm.scheduler.request import Req
+from radixlm.scheduler.text_tracker import TextTracker
+from radixlm.scheduler.token_sampler import PLACEHOLDER, LaunchedBatch, TokenSampler
 from radixlm.tokenizer.detokenizer import IncrementalDetokenizer, WindowDecoder
 
 CPU = torch.device("cpu")
@@ -179,10 +181,11 @@ def finish_both_ways(tiny_tokenizer, reqs: list[Req], tokens: list[int]) -> list
     requests' incremental text, the others' text decoded at the end once finished)."""
     ways = []
     for fast in (True, False):
-        out = OutputProcessor(tiny_tokenizer, {1}, 400, context_len=40, device=CPU)
+        text = TextTracker(tiny_tokenizer, {1}, context_len=40)
+        out = TokenSampler(text, build_structured_output(tiny_tokenizer, 400, {1}, False), 400, {1}, CPU)
         batch_reqs = copy.deepcopy(reqs)
         for req in batch_reqs:
-            out.init_req(req)
+            text.init_req(req)
             for token in req.output_ids[: len(req.output_ids) - req.pending_tokens]:
                 if req.detok is not None:
                     req.detok.append([token])
@@ -194,7 +197,7 @@ def finish_both_ways(tiny_tokenizer, reqs: list[Req], tokens: list[int]) -> list
         else:
             for req, token in zip(batch_reqs, tokens):
                 out._append_sampled(req, token, None)
-        ways.append([(r.output_ids, r.pending_tokens, r.finished_reason, out._visible_text(r)) for r in batch_reqs])
+        ways.append([(r.output_ids, r.pending_tokens, r.finished_reason, text.visible_text(r)) for r in batch_reqs])
     return ways
 
 
@@ -217,4 +220,4 @@ def test_finish_in_place_equals_general_path(tiny_tokenizer) -> None:
         tokens.append(rng.choice([1, 7, 8, rng.randrange(3, 400)]))
     fast, general = finish_both_ways(tiny_tokenizer, reqs, tokens)
     assert fast == general
-    assert {r[2]["type"] for r in fast if r[2]} == {"stop", "length"} and any(r[2] is None for r in fast)
+    assert {r[2].to_json()["type"] for r in fast if r[2]} == {"stop", "length"} and any(r[2] is None for r in fast)

@@ -11,6 +11,7 @@ from radixlm.entrypoints.http.errors import APIError
 from radixlm.entrypoints.http.protocol import _SamplingExtras
 from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.request_output import OutputAccumulator
+from radixlm.ipc.finish import FinishStop
 
 
 def check_model(state: ServerState, name: str) -> None:
@@ -71,13 +72,11 @@ def _schema_text(schema: Any) -> Optional[str]:
 
 
 def finish_reason(acc: OutputAccumulator) -> Optional[str]:
-    reason = acc.meta.get("finish_reason") or {}
-    kind = reason.get("type")
-    return {"stop": "stop", "length": "length", "abort": "abort"}.get(kind) if kind else None
+    return acc.finish.kind if acc.finish is not None else None
 
 
 def matched_stop(acc: OutputAccumulator) -> Any:
-    return (acc.meta.get("finish_reason") or {}).get("matched")
+    return acc.finish.matched if isinstance(acc.finish, FinishStop) else None
 
 
 def usage(accs: list[OutputAccumulator], n: int) -> dict:

@@ -20,6 +20,7 @@ from radixlm.entrypoints.http.limits import check_sampling_limits
 from radixlm.entrypoints.http.media import MediaPolicy, MediaRejected, vet_images
 from radixlm.entrypoints.http.metrics import Metrics
 from radixlm.entrypoints.request_output import OutputAccumulator, RequestFailed
+from radixlm.ipc.finish import FinishAbort
 from radixlm.ipc.messages import TokenizedGenerateReq
 from radixlm.ipc.runtime_client import SchedulerDied
 
@@ -139,6 +140,5 @@ class _Timer:
 
 
 def _raise_if_rejected(acc: OutputAccumulator) -> None:
-    reason = acc.meta.get("finish_reason") or {}
-    if reason.get("type") == "abort" and reason.get("status_code") == 400:
-        raise APIError(400, reason.get("message", "bad request"))
+    if isinstance(acc.finish, FinishAbort) and acc.finish.is_rejection:
+        raise APIError(400, acc.finish.message)
