@@ -29,7 +29,7 @@ serve: install
 	$(PY) -m radixlm.launch_server --host $(HOST) --port $(PORT)
 
 test: install-test
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2 --dist loadfile
 
 lint: install-test
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,8 @@ returns one `radixlm.Engine` per distinct set of arguments and `server_factory` 
 `radixlm.launch_server` subprocess per distinct model and flags, both stopped at the end of the
 session. A shared engine or server keeps its radix cache and counters between tests: a test whose
 assertion needs a cold cache flushes it first, and a test that kills or reconfigures its runtime
-starts a private one.
+starts a private one. `make test` runs two pytest-xdist workers, whole files each
+(`--dist loadfile`); each worker has its own session, so its own shared engines and servers.
 """
 
 from __future__ import annotations
