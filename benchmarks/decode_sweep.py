@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.kernels.attention import decode_attention, decode_launch_config
+from radixlm.kernels.decode_attention import decode_attention, decode_launch_config
 
 sys.path.insert(0, os.path.dirname(__file__))
 SHAPES = {"1b": (32, 8, 64), "8b": (32, 8, 128)}  # query heads, KV heads, head dim

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from radixlm.kernels.attention import extend_attention
+from radixlm.kernels.extend_attention import extend_attention
 
 SHAPES = {"1b": (32, 8, 64), "8b": (32, 8, 128)}  # query heads, KV heads, head dim
 DEFAULT = (32, 32, 4, 3)

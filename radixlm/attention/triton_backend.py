@@ -17,8 +17,9 @@ import torch
 from radixlm.attention.base import AttentionBackend
 from radixlm.forward.batch import ForwardBatch, ForwardMode
 from radixlm.forward.device_copy import to_device_split
-from radixlm.kernels.attention import NewKV, decode_attention, decode_launch_config, extend_attention
 from radixlm.kernels.cascade import cascade_decode_attention
+from radixlm.kernels.decode_attention import NewKV, decode_attention, decode_launch_config
+from radixlm.kernels.extend_attention import extend_attention
 from radixlm.kernels.rope_store import rope_and_store
 from radixlm.layers.basic import RotaryEmbedding
 from radixlm.mem_cache.kv_pool import KVPool

@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from radixlm.attention.shared_prefix import MAX_GROUPS, SharedPrefixPlan
-from radixlm.kernels.attention import attend_range, decode_partials, launch_decode_splits, precision_of, reduce_partials
+from radixlm.kernels.decode_attention import decode_partials, launch_decode_splits, reduce_partials
+from radixlm.kernels.online_softmax import attend_range, precision_of
 
 
 @triton.jit

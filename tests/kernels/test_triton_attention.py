@@ -27,7 +27,7 @@ CASES = [  # (batch, heads, kv_heads, head_dim, prefix lens, extend lens, page_s
 def check_decode_loops(device: str, dtype: torch.dtype, tol: float) -> None:
     """Splits that run several key blocks (the loop after the block prefetched before the PDL
     wait), with a reduce and written directly (one split), against a float64 softmax."""
-    from radixlm.kernels.attention import decode_attention
+    from radixlm.kernels.decode_attention import decode_attention
 
     gen = torch.Generator().manual_seed(5)
     heads, kv_heads, dim, lens = 4, 2, 32, [100, 37, 1]

@@ -78,8 +78,8 @@ def reference(c: dict) -> torch.Tensor:
 
 def check_case(case: tuple, device: str, dtype: torch.dtype, tol: float, kv_dtype: torch.dtype | None = None) -> None:
     from radixlm.attention.shared_prefix import StaticPlanBuffers, pack_plan
-    from radixlm.kernels.attention import decode_attention
     from radixlm.kernels.cascade import cascade_decode_attention
+    from radixlm.kernels.decode_attention import decode_attention
 
     c = build_case(case, device, dtype, kv_dtype or dtype)
     args = (c["q"], c["k"], c["v"], c["table"], c["rows"], c["seq_lens"])
