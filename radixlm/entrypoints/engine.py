@@ -166,19 +166,18 @@ class Engine:
         )
         if stream:
             return self._stream(reqs)
-        inbox: queue.Queue = queue.Queue()
-        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
-        for r in reqs:
-            self.client.submit(r, inbox.put)
-        pending = len(reqs)
-        while pending:
-            out: ReqOutput = inbox.get()
-            if accs[out.rid].add(out):
-                pending -= 1
+        accs = {rid: acc for rid, acc, _ in self._iterate(reqs)}
         results = [accs[r.rid].result() for r in reqs]
         return results if batched else results[0]
 
     def _stream(self, reqs: list[TokenizedGenerateReq]) -> Iterator[dict]:
+        index = {r.rid: i for i, r in enumerate(reqs)}
+        for rid, acc, out in self._iterate(reqs):
+            yield acc.chunk(out, index=index[rid])
+
+    def _iterate(self, reqs: list[TokenizedGenerateReq]) -> Iterator[tuple[str, OutputAccumulator, ReqOutput]]:
+        """Submit `reqs` and yield (rid, accumulator, message) after every message until all are
+        done; requests not finished when the iterator is closed are aborted."""
         inbox: queue.Queue = queue.Queue()
         accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
         for r in reqs:
@@ -189,7 +188,7 @@ class Engine:
                 out: ReqOutput = inbox.get()
                 if accs[out.rid].add(out):
                     pending -= 1
-                yield accs[out.rid].chunk(out, index=list(accs).index(out.rid))
+                yield out.rid, accs[out.rid], out
         finally:
             for rid, acc in accs.items():
                 if not acc.done:
