@@ -116,6 +116,7 @@ if triton is not None:
         BLOCK_M: tl.constexpr,
         E_POW2: tl.constexpr,
         CHUNK: tl.constexpr,
+        BLOCKS_CHUNK: tl.constexpr,
     ):
         """Every program fills its CHUNK of `sorted` with the pad value `num_rows`; program 0
         also counts the rows per expert and writes each expert's padded start into `cursor`,
@@ -136,8 +137,8 @@ if triton is not None:
             tl.store(cursor_ptr + experts, ends - padded)
             total = tl.sum(padded, axis=0)
             tl.store(num_padded_ptr, total)
-            for first in range(0, max_blocks, CHUNK):
-                blocks = first + tl.arange(0, CHUNK)
+            for first in range(0, max_blocks, BLOCKS_CHUNK):  # [BLOCKS_CHUNK, E_POW2] comparisons a step
+                blocks = first + tl.arange(0, BLOCKS_CHUNK)
                 row0 = blocks * BLOCK_M
                 owner = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
                 owner = tl.where(row0 < total, owner, -1)
@@ -338,6 +339,7 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
         block_m,
         e_pow2,
         _CHUNK,
+        max(16, 8192 // e_pow2),
         num_warps=4,
     )
     _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)

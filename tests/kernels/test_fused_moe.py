@@ -129,17 +129,18 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
 
 
 def check_interpreter_cases() -> None:
-    """The small cases, bf16 and float32, through `moe_config` and through explicit small tiles
-    (grouped program order, 32-row blocks)."""
+    """The small cases in bf16 through `moe_config` and through explicit small tiles (grouped
+    program order, 32-row blocks), two of them in float32."""
     from radixlm.kernels.fused_moe import GemmConfig, MoeConfig
 
     gen = torch.Generator().manual_seed(0)
     check_alignment("cpu", gen)
     tiles = MoeConfig(32, GemmConfig(16, 32, 2, 4, 1), GemmConfig(32, 16, 2, 4, 1))
-    for case in INTERP_CASES:
-        for dtype in (torch.bfloat16, torch.float32):
-            check_case(case, dtype, "cpu", gen)
+    for i, case in enumerate(INTERP_CASES):
+        check_case(case, torch.bfloat16, "cpu", gen)
         check_case(case, torch.bfloat16, "cpu", gen, tiles)
+        if i % 2:
+            check_case(case, torch.float32, "cpu", gen)
 
 
 def test_fused_experts_through_the_interpreter() -> None:
