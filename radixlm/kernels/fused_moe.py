@@ -11,8 +11,9 @@ CUDA graph can capture it; every buffer is sized from T, k, E and the block size
    `max_padded = T*k + min(E, T*k) * (BLOCK_M - 1)`. Rows whose id is outside [0, E) (another
    expert-parallel rank's experts) are in no block, and experts without rows have no block, so
    the GEMMs read only the selected experts' weights.
-2. `_gate_up_kernel`: per block, the gate and up tiles of the same columns of its expert's w13
-   against the block's token rows; the epilogue writes silu(gate) * up into `act` [T*k, I].
+2. `_gate_up_kernel`: per block, the gate and up rows of the same columns of its expert's w13
+   (interleaved into one tile of twice the width) against the block's token rows; the epilogue
+   writes silu(gate) * up into `act` [T*k, I].
 3. `_down_kernel`: per block, act @ w2[e]^T times the row's routing weight into `y` [T*k, H].
 4. `_sum_kernel`: out[t] = sum_j y[t*k + j] over the slots whose id is in [0, E) (float32 sum,
    in a fixed order: the result does not depend on the order of rows within an expert).
@@ -39,8 +40,9 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 @dataclass(frozen=True)
 class GemmConfig:
-    """One grouped GEMM's launch: tile sizes (N, K), programs sharing an M band (`group_m`,
-    for L2 reuse of the weight tiles), warps and pipeline stages."""
+    """One grouped GEMM's launch: tile sizes (N, K; the gate/up kernel's N counts output
+    columns, its weight tile is 2 * block_n wide), programs sharing an M band (`group_m`, for
+    L2 reuse of the weight tiles), warps and pipeline stages."""
 
     block_n: int
     block_k: int
@@ -78,7 +80,8 @@ def moe_config(num_rows: int, num_experts: int, hidden: int, inter: int) -> MoeC
     `hidden` and intermediate size `inter`. Chosen by the mean rows per selected expert:
     <= 16 (decode) BLOCK_M 16 with long K tiles and N tiles narrowed until the selected experts
     fill the GPU; <= 48 BLOCK_M 32; <= 384 BLOCK_M 64; beyond, 128 (large prefill of few
-    experts). The gate/up kernel holds two accumulators, so its N tile is half the down one's."""
+    experts). The gate/up kernel's `block_n` counts output columns: its weight tile and
+    accumulator are twice as wide (gate and up)."""
     active = max(1, min(num_experts, num_rows))
     per_expert = num_rows / active
     if per_expert <= 16:
@@ -190,7 +193,9 @@ if triton is not None:
         WIDEN: tl.constexpr,
     ):
         """act[r, n] = silu(x[r // k] . w[e, n]) * (x[r // k] . w[e, N + n]) for the rows r of one
-        block of expert e and N tile (w's last dimension contiguous)."""
+        block of expert e and BLOCK_N columns n (w's last dimension contiguous). One dot of
+        2 * BLOCK_N columns: gate and up rows interleaved (column 2c is gate row n0 + c, column
+        2c + 1 up row N + n0 + c), split apart in the epilogue."""
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -198,32 +203,29 @@ if triton is not None:
         rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         row_ok = rows < num_rows
         tokens = (rows // TOP_K).to(tl.int64)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        w_rows = (offs_n % N).to(tl.int64)  # wrapped, not masked: the extra columns are not stored
+        cols = tl.arange(0, 2 * BLOCK_N)
+        # wrapped, not masked: columns past N are computed from other rows and never stored
+        w_rows = ((pid_n * BLOCK_N + cols // 2) % N + (cols % 2) * N).to(tl.int64)
         offs_k = tl.arange(0, BLOCK_K)
         a_ptrs = x_ptr + tokens[:, None] * stride_x + offs_k[None, :]
-        g_ptrs = w_ptr + expert * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
-        u_ptrs = g_ptrs + N * stride_wn
-        gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        b_ptrs = w_ptr + expert * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
+        acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], dtype=tl.float32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
             if EVEN_K:
                 a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                g = tl.load(g_ptrs)
-                u = tl.load(u_ptrs)
+                b = tl.load(b_ptrs)
             else:
                 k_ok = offs_k < K - k * BLOCK_K
                 a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                g = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
-                u = tl.load(u_ptrs, mask=k_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
             if WIDEN:
-                a, g, u = a.to(tl.float32), g.to(tl.float32), u.to(tl.float32)
-            gate = tl.dot(a, g, gate, input_precision=PRECISION)
-            up = tl.dot(a, u, up, input_precision=PRECISION)
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
             a_ptrs += BLOCK_K
-            g_ptrs += BLOCK_K
-            u_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
+        gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N, 2]))
         h = gate * tl.sigmoid(gate) * up
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         out_ptrs = act_ptr + rows[:, None].to(tl.int64) * stride_act + offs_n[None, :]
         tl.store(out_ptrs, h.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
