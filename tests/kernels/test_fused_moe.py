@@ -24,7 +24,7 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 HERE = os.path.dirname(__file__)
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
 INTERP_TOL = {**TOL, torch.bfloat16: 2e-2}
@@ -181,6 +181,78 @@ def test_rejects_mismatched_shapes() -> None:
     ids, weights = torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 1)
     with pytest.raises(ValueError):
         fused_experts(x, w13, w2, weights, ids)  # w2's inter 16 != w13's 64 / 2
+
+
+_INT_POINTERS = ("ids_ptr", "sorted_ptr", "cursor_ptr", "block_expert_ptr", "num_padded_ptr")
+
+
+def compile_for_hopper(kernel, constexprs: dict, num_warps: int, num_stages: int):
+    """Compile a Triton kernel for sm_90 on this machine (no GPU needed), its pointers and
+    strides marked 16-divisible as the JIT would find them at model shapes: bf16 data, int32
+    ids and block tables, float32 routing weights."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        if name.endswith("_ptr"):
+            signature[name] = "*i32" if name in _INT_POINTERS else "*fp32" if name == "weights_ptr" else "*bf16"
+        else:
+            signature[name] = "i32"
+        if name.endswith("_ptr") or name.startswith("stride") or name in ("N", "K", "H"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(
+        fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
+    )
+    target = GPUTarget("cuda", 90, 32)
+    return triton.compile(source, target=target, options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+@pytest.mark.slow
+def test_gemm_kernels_compile_for_hopper_with_wgmma_and_pipelined_loads() -> None:
+    """Ahead of time, without a GPU: every block-size class `moe_config` picks for the
+    Qwen3-30B-A3B and Mixtral-8x7B shapes compiles for sm_90; the prefill classes multiply with
+    wgmma, and every GEMM's loads are pipelined (shared memory for more than one stage)."""
+    from radixlm.kernels import fused_moe as fm
+
+    configs = {
+        fm.moe_config(tokens * top_k, experts, hidden, inter)
+        for hidden, inter, experts, top_k in ((2048, 768, 128, 8), (4096, 14336, 8, 2))
+        for tokens in (1, 64, 4096)
+    }
+    for config in configs:
+        for kernel, gemm, extra in (
+            (fm._gate_up_kernel, config.gate_up, {"TOP_K": 8}),
+            (fm._down_kernel, config.down, {}),
+        ):
+            constexprs = dict(
+                extra,
+                BLOCK_M=config.block_m,
+                BLOCK_N=gemm.block_n,
+                BLOCK_K=gemm.block_k,
+                GROUP_M=gemm.group_m,
+                EVEN_K=True,
+                PRECISION="tf32",
+                WIDEN=False,
+            )
+            compiled = compile_for_hopper(kernel, constexprs, gemm.num_warps, gemm.num_stages)
+            ptx = compiled.asm["ptx"]
+            width = 2 * gemm.block_n if kernel is fm._gate_up_kernel else gemm.block_n
+            one_stage = 2 * (config.block_m + width) * gemm.block_k
+            assert compiled.metadata.shared > one_stage, (kernel.__name__, config)
+            assert "cp.async" in ptx, (kernel.__name__, config)
+            if config.block_m >= 64:
+                assert "wgmma.mma_async" in ptx, (kernel.__name__, config)
+    for kernel, constexprs in (
+        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64)),
+        (fm._scatter_kernel, dict(CHUNK=1024)),
+        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024)),
+    ):
+        compile_for_hopper(kernel, constexprs, 4, 3)
 
 
 # ---- GPU ----------------------------------------------------------------------------------------
