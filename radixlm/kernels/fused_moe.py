@@ -1,10 +1,11 @@
 """Fused mixture-of-experts on the GPU: `fused_experts`, the Triton path of the MoE layer.
 
 Same function as `radixlm.layers.moe.reference.experts_reference` (its docstring gives the weight
-layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]). Four launches, no host sync (so a
-CUDA graph can capture it; every buffer is sized from T, k, E and the block size alone):
+layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]). Four launches (five beyond 1,024
+rows), no host sync (so a CUDA graph can capture it; every buffer is sized from T, k, E and the
+block size alone):
 
-1. `_align_kernel` + `_scatter_kernel`: the T*k (token, slot) rows, numbered `r = t*k + j`, are
+1. `_align_kernel` (+ `_scatter_kernel` beyond 1,024 rows): the T*k (token, slot) rows, numbered `r = t*k + j`, are
    grouped by expert into blocks of BLOCK_M rows. Expert e's rows fill `ceil(count_e / BLOCK_M)`
    blocks starting at its padded offset; the tail of its last block holds the pad value T*k.
    `block_expert[b]` is the expert of block b; `num_padded` is the number of rows used, at most
@@ -106,6 +107,15 @@ def max_padded_rows(num_rows: int, num_experts: int, block_m: int) -> int:
 if triton is not None:
 
     @triton.jit
+    def _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, offs, num_rows, num_experts):
+        """Each row r in `offs` with a valid expert e takes the next slot of e's blocks (an
+        atomic on e's cursor) and writes r there."""
+        e = tl.load(ids_ptr + offs, mask=offs < num_rows, other=-1)
+        ok = (offs < num_rows) & (e >= 0) & (e < num_experts)
+        dest = tl.atomic_add(cursor_ptr + tl.where(ok, e, 0), 1, mask=ok, sem="relaxed")
+        tl.store(sorted_ptr + dest, offs, mask=ok)
+
+    @triton.jit
     def _align_kernel(
         ids_ptr,
         sorted_ptr,
@@ -120,13 +130,22 @@ if triton is not None:
         E_POW2: tl.constexpr,
         CHUNK: tl.constexpr,
         BLOCKS_CHUNK: tl.constexpr,
+        SCATTER: tl.constexpr,
     ):
-        """Every program fills its CHUNK of `sorted` with the pad value `num_rows`; program 0
-        also counts the rows per expert and writes each expert's padded start into `cursor`,
-        each block's expert into `block_expert` (-1 past the used blocks) and `num_padded`."""
+        """Fills `sorted` with the pad value `num_rows` (each program its CHUNK; with SCATTER
+        the single program all of it); program 0 also counts the rows per expert and writes each
+        expert's padded start into `cursor`, each block's expert into `block_expert` (-1 past
+        the used blocks) and `num_padded`. With SCATTER (one program, num_rows <= CHUNK) it then
+        scatters the rows itself, after a barrier, instead of `_scatter_kernel`."""
         pid = tl.program_id(0)
-        fill = pid * CHUNK + tl.arange(0, CHUNK)
-        tl.store(sorted_ptr + fill, tl.full([CHUNK], 0, tl.int32) + num_rows, mask=fill < max_padded)
+        pad = tl.full([CHUNK], 0, tl.int32) + num_rows
+        if SCATTER:
+            for first in range(0, max_padded, CHUNK):
+                fill = first + tl.arange(0, CHUNK)
+                tl.store(sorted_ptr + fill, pad, mask=fill < max_padded)
+        else:
+            fill = pid * CHUNK + tl.arange(0, CHUNK)
+            tl.store(sorted_ptr + fill, pad, mask=fill < max_padded)
         if pid == 0:
             counts = tl.zeros([E_POW2], dtype=tl.int32)
             for start in range(0, num_rows, CHUNK):
@@ -146,16 +165,15 @@ if triton is not None:
                 owner = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
                 owner = tl.where(row0 < total, owner, -1)
                 tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
+            if SCATTER:
+                tl.debug_barrier()  # the pad fill and the cursors, stored by other threads, come first
+                _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, tl.arange(0, CHUNK), num_rows, num_experts)
 
     @triton.jit
     def _scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, num_rows, num_experts, CHUNK: tl.constexpr):
-        """Each row r with a valid expert e takes the next slot of e's blocks (an atomic on
-        e's cursor) and writes r there."""
+        """`_scatter_rows` over this program's CHUNK of rows (after `_align_kernel`)."""
         offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
-        e = tl.load(ids_ptr + offs, mask=offs < num_rows, other=-1)
-        ok = (offs < num_rows) & (e >= 0) & (e < num_experts)
-        dest = tl.atomic_add(cursor_ptr + tl.where(ok, e, 0), 1, mask=ok, sem="relaxed")
-        tl.store(sorted_ptr + dest, offs, mask=ok)
+        _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, offs, num_rows, num_experts)
 
     @triton.jit
     def _tile(num_blocks, n, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
@@ -318,7 +336,8 @@ _CHUNK = 1024
 
 def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> ExpertBlocks:
     """Group the rows of `topk_ids` [T, k] (int32, contiguous) by expert into blocks of
-    `block_m` rows, on the device without a host sync (two launches)."""
+    `block_m` rows, on the device without a host sync: one launch for up to `_CHUNK` rows
+    (decode), else two (the fill and counts, then the scatter over many programs)."""
     num_rows = topk_ids.numel()
     max_padded = max_padded_rows(num_rows, num_experts, block_m)
     max_blocks = triton.cdiv(max_padded, block_m)
@@ -328,7 +347,8 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     cursor = torch.empty(e_pow2, dtype=torch.int32, device=dev)
-    _align_kernel[(triton.cdiv(max_padded, _CHUNK),)](
+    single = num_rows <= _CHUNK
+    _align_kernel[(1 if single else triton.cdiv(max_padded, _CHUNK),)](
         topk_ids,
         sorted_rows,
         cursor,
@@ -342,9 +362,11 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
         e_pow2,
         _CHUNK,
         max(16, 8192 // e_pow2),
+        single,
         num_warps=4,
     )
-    _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)
+    if not single:
+        _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)
     return ExpertBlocks(sorted_rows, block_expert, num_padded, block_m)
 
 
