@@ -17,7 +17,10 @@ block size alone):
    writes silu(gate) * up into `act` [T*k, I].
 3. `_down_kernel`: per block, act @ w2[e]^T times the row's routing weight into `y` [T*k, H].
 4. `_sum_kernel`: out[t] = sum_j y[t*k + j] over the slots whose id is in [0, E) (float32 sum,
-   in a fixed order: the result does not depend on the order of rows within an expert).
+   in a fixed order: the result does not depend on the order of rows within an expert). With
+   `MoeConfig.atomic_sum` the down kernel instead adds its rows into a zeroed float32 [T, H]
+   (atomics, order not fixed) that is then cast into `out`: [T*k, H] is neither written nor
+   read back, for a memset and a cast.
 
 Matmuls accumulate in float32; `act` and `y` are stored in x's dtype. Block sizes come from
 `moe_config` (decode-size batches BLOCK_M 16 with narrow N tiles so the few selected experts
@@ -54,11 +57,14 @@ class GemmConfig:
 
 @dataclass(frozen=True)
 class MoeConfig:
-    """The rows per block (shared by the alignment and both GEMMs) and each GEMM's launch."""
+    """The rows per block (shared by the alignment and both GEMMs) and each GEMM's launch;
+    `atomic_sum`: the down GEMM adds its rows into a zeroed float32 [T, H] buffer (atomics,
+    then a cast into `out`) instead of writing [T*k, H] for the reduction kernel."""
 
     block_m: int
     gate_up: GemmConfig
     down: GemmConfig
+    atomic_sum: bool = False
 
 
 # programs a launch should reach before its N tile stops being narrowed (about two waves of an
@@ -271,9 +277,12 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         PRECISION: tl.constexpr,
         WIDEN: tl.constexpr,
+        TOP_K: tl.constexpr,
+        ATOMIC: tl.constexpr,
     ):
         """y[r, n] = weights[r] * (act[r] . w[e, n]) for the rows r of one block of expert e and
-        N tile (w's last dimension contiguous)."""
+        N tile (w's last dimension contiguous); with ATOMIC, y is the float32 [T, H] sum instead
+        (zeroed beforehand) and the product is added to row r // TOP_K."""
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -300,8 +309,13 @@ if triton is not None:
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
         acc *= tl.load(weights_ptr + rows, mask=row_ok, other=0.0)[:, None]
-        out_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_y + offs_n[None, :]
-        tl.store(out_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
+        mask = row_ok[:, None] & (offs_n[None, :] < N)
+        if ATOMIC:
+            out_ptrs = y_ptr + (rows // TOP_K)[:, None].to(tl.int64) * stride_y + offs_n[None, :]
+            tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")
+        else:
+            out_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_y + offs_n[None, :]
+            tl.store(out_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _sum_kernel(
@@ -380,35 +394,19 @@ def _check_inputs(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids
         raise ValueError(f"fused_experts: {x.shape[0]} tokens but topk_ids {tuple(topk_ids.shape)}")
 
 
-def fused_experts_with_config(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    config: MoeConfig,
-    out: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
-    _check_inputs(x, w13, w2, topk_ids)
-    num_tokens, top_k = topk_ids.shape
-    num_experts, inter, hidden = w13.shape[0], w2.shape[2], w2.shape[1]
-    num_rows = num_tokens * top_k
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    ids = topk_ids.to(torch.int32).contiguous()
-    weights = topk_weights.to(torch.float32).contiguous()
-    if out is None:
-        out = torch.empty_like(x)
-    if num_rows == 0:
-        return out
-    blocks = align_by_expert(ids, num_experts, config.block_m)
+def _dot_modes(x: torch.Tensor) -> tuple[str, bool]:
+    """(input precision, widen): float32 inputs multiply in full precision; Triton's interpreter
+    multiplies bf16 dot operands as raw 16-bit integers, so on the CPU they are widened first."""
+    return ("ieee" if x.dtype == torch.float32 else "tf32"), (x.device.type == "cpu" and x.dtype == torch.bfloat16)
+
+
+def _gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, top_k: int, gemm: GemmConfig) -> torch.Tensor:
+    """act [T*k, I] = silu(gate) * up of each routed row (rows of no block are left unwritten)."""
+    num_rows, inter, hidden = x.shape[0] * top_k, w13.shape[1] // 2, w13.shape[2]
     max_blocks = blocks.block_expert.numel()
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    # Triton's interpreter multiplies bf16 dot operands as raw 16-bit integers: widen them on the CPU
-    widen = x.device.type == "cpu" and x.dtype == torch.bfloat16
     act = torch.empty((num_rows, inter), dtype=x.dtype, device=x.device)
-    g1 = config.gate_up
-    _gate_up_kernel[(max_blocks * triton.cdiv(inter, g1.block_n),)](
+    precision, widen = _dot_modes(x)
+    _gate_up_kernel[(max_blocks * triton.cdiv(inter, gemm.block_n),)](
         x,
         w13,
         act,
@@ -424,19 +422,36 @@ def fused_experts_with_config(
         w13.stride(1),
         act.stride(0),
         top_k,
-        config.block_m,
-        g1.block_n,
-        g1.block_k,
-        g1.group_m,
-        hidden % g1.block_k == 0,
+        blocks.block_m,
+        gemm.block_n,
+        gemm.block_k,
+        gemm.group_m,
+        hidden % gemm.block_k == 0,
         precision,
         widen,
-        num_warps=g1.num_warps,
-        num_stages=g1.num_stages,
+        num_warps=gemm.num_warps,
+        num_stages=gemm.num_stages,
     )
-    y = torch.empty((num_rows, hidden), dtype=x.dtype, device=x.device)
-    g2 = config.down
-    _down_kernel[(max_blocks * triton.cdiv(hidden, g2.block_n),)](
+    return act
+
+
+def _down(
+    act: torch.Tensor,
+    w2: torch.Tensor,
+    weights: torch.Tensor,
+    blocks: ExpertBlocks,
+    y: torch.Tensor,
+    top_k: int,
+    gemm: GemmConfig,
+    atomic: bool,
+) -> None:
+    """y [T*k, H] = weight * (act @ w2[e]^T) per routed row; with `atomic`, y is the zeroed
+    float32 [T, H] sum and each row adds into its token's row."""
+    num_rows, inter = act.shape
+    hidden = w2.shape[1]
+    max_blocks = blocks.block_expert.numel()
+    precision, widen = _dot_modes(act)
+    _down_kernel[(max_blocks * triton.cdiv(hidden, gemm.block_n),)](
         act,
         w2,
         y,
@@ -452,20 +467,59 @@ def fused_experts_with_config(
         w2.stride(0),
         w2.stride(1),
         y.stride(0),
-        config.block_m,
-        g2.block_n,
-        g2.block_k,
-        g2.group_m,
-        inter % g2.block_k == 0,
+        blocks.block_m,
+        gemm.block_n,
+        gemm.block_k,
+        gemm.group_m,
+        inter % gemm.block_k == 0,
         precision,
         widen,
-        num_warps=g2.num_warps,
-        num_stages=g2.num_stages,
+        top_k,
+        atomic,
+        num_warps=gemm.num_warps,
+        num_stages=gemm.num_stages,
     )
+
+
+def _sum_top_k(y: torch.Tensor, ids: torch.Tensor, num_experts: int, out: torch.Tensor) -> None:
+    """out[t] = sum over t's valid slots j of y[t*k + j] (float32, in slot order)."""
+    num_tokens, top_k = ids.shape
+    hidden = y.shape[1]
     block_h = min(1024, triton.next_power_of_2(hidden))
     _sum_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
         y, ids, out, hidden, num_experts, y.stride(0), out.stride(0), top_k, block_h, num_warps=4
     )
+
+
+def fused_experts_with_config(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    config: MoeConfig,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
+    _check_inputs(x, w13, w2, topk_ids)
+    num_tokens, top_k = topk_ids.shape
+    num_experts, hidden = w13.shape[0], w13.shape[2]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    ids = topk_ids.to(torch.int32).contiguous()
+    weights = topk_weights.to(torch.float32).contiguous()
+    if out is None:
+        out = torch.empty_like(x)
+    if ids.numel() == 0:
+        return out
+    blocks = align_by_expert(ids, num_experts, config.block_m)
+    act = _gate_up(x, w13, blocks, top_k, config.gate_up)
+    if config.atomic_sum:
+        total = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
+        _down(act, w2, weights, blocks, total, top_k, config.down, atomic=True)
+        return out.copy_(total)
+    y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)
+    _down(act, w2, weights, blocks, y, top_k, config.down, atomic=False)
+    _sum_top_k(y, ids, num_experts, out)
     return out
 
 

@@ -17,6 +17,8 @@ tokens 1-4096, the Qwen3-30B-A3B and a Mixtral-like shape) and a CUDA-graph capt
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -132,12 +134,12 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
 
 def check_interpreter_cases() -> None:
     """The small cases in bf16 through `moe_config` and through explicit small tiles (grouped
-    program order, 32-row blocks), two of them in float32."""
+    program order, 32-row blocks, the atomic top-k sum), two of them in float32."""
     from radixlm.kernels.fused_moe import GemmConfig, MoeConfig
 
     gen = torch.Generator().manual_seed(0)
     check_alignment("cpu", gen)
-    tiles = MoeConfig(32, GemmConfig(16, 32, 2, 4, 1), GemmConfig(32, 16, 2, 4, 1))
+    tiles = MoeConfig(32, GemmConfig(16, 32, 2, 4, 1), GemmConfig(32, 16, 2, 4, 1), atomic_sum=True)
     for i, case in enumerate(INTERP_CASES):
         check_case(case, torch.bfloat16, "cpu", gen)
         check_case(case, torch.bfloat16, "cpu", gen, tiles)
@@ -228,7 +230,8 @@ def check_hopper_compile() -> None:
     for config in configs:
         for kernel, gemm, extra in (
             (fm._gate_up_kernel, config.gate_up, {"TOP_K": 8}),
-            (fm._down_kernel, config.down, {}),
+            (fm._down_kernel, config.down, {"TOP_K": 8, "ATOMIC": False}),
+            (fm._down_kernel, config.down, {"TOP_K": 8, "ATOMIC": True}),
         ):
             constexprs = dict(
                 extra,
@@ -311,15 +314,16 @@ def test_fused_experts_fp16_fp32_and_alignment_on_gpu() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_every_config_class_on_one_shape() -> None:
-    """The four block-size classes of `moe_config` forced onto one routing (each must be right
-    whatever shape it later gets), with a strided `out` (a column slice of a wider tensor)."""
+    """The four block-size classes of `moe_config`, with either top-k sum, forced onto one
+    routing (each must be right whatever shape it later gets), into a strided `out` (a column
+    slice of a wider tensor)."""
     from radixlm.kernels.fused_moe import fused_experts_with_config, moe_config
 
     gen = torch.Generator().manual_seed(3)
     x, w13, w2, weights, ids = make_case(500, 32, 4, 512, 256, 30, 0.1, torch.bfloat16, "cuda", gen)
     want = reference64(x, w13, w2, weights, ids)
-    for rows in (8, 600, 4096, 40000):
-        config = moe_config(rows, 32, 512, 256)
+    for rows, atomic in itertools.product((8, 600, 4096, 40000), (False, True)):
+        config = dataclasses.replace(moe_config(rows, 32, 512, 256), atomic_sum=atomic)
         wide = torch.full((500, 600), float("nan"), dtype=torch.bfloat16, device="cuda")
         out = fused_experts_with_config(x, w13, w2, weights, ids, config, out=wide[:, 50:562])
         assert rel_err(out, want) <= TOL[torch.bfloat16], config
