@@ -1,21 +1,26 @@
 """Fused mixture-of-experts on the GPU: `fused_experts`, the Triton path of the MoE layer.
 
 Same function as `radixlm.layers.moe.reference.experts_reference` (its docstring gives the weight
-layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]). Four launches, no host sync (so a
-CUDA graph can capture it; every buffer is sized from T, k, E and the block size alone):
+layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]). Four launches (five beyond 1,024
+rows), no host sync (so a CUDA graph can capture it; every buffer is sized from T, k, E and the
+block size alone):
 
-1. `_align_kernel` + `_scatter_kernel`: the T*k (token, slot) rows, numbered `r = t*k + j`, are
+1. `_align_kernel` (+ `_scatter_kernel` beyond 1,024 rows): the T*k (token, slot) rows, numbered `r = t*k + j`, are
    grouped by expert into blocks of BLOCK_M rows. Expert e's rows fill `ceil(count_e / BLOCK_M)`
    blocks starting at its padded offset; the tail of its last block holds the pad value T*k.
    `block_expert[b]` is the expert of block b; `num_padded` is the number of rows used, at most
    `max_padded = T*k + min(E, T*k) * (BLOCK_M - 1)`. Rows whose id is outside [0, E) (another
    expert-parallel rank's experts) are in no block, and experts without rows have no block, so
    the GEMMs read only the selected experts' weights.
-2. `_gate_up_kernel`: per block, the gate and up tiles of the same columns of its expert's w13
-   against the block's token rows; the epilogue writes silu(gate) * up into `act` [T*k, I].
+2. `_gate_up_kernel`: per block, the gate and up rows of the same columns of its expert's w13
+   (interleaved into one tile of twice the width) against the block's token rows; the epilogue
+   writes silu(gate) * up into `act` [T*k, I].
 3. `_down_kernel`: per block, act @ w2[e]^T times the row's routing weight into `y` [T*k, H].
 4. `_sum_kernel`: out[t] = sum_j y[t*k + j] over the slots whose id is in [0, E) (float32 sum,
-   in a fixed order: the result does not depend on the order of rows within an expert).
+   in a fixed order: the result does not depend on the order of rows within an expert). With
+   `MoeConfig.atomic_sum` the down kernel instead adds its rows into a zeroed float32 [T, H]
+   (atomics, order not fixed) that is then cast into `out`: [T*k, H] is neither written nor
+   read back, for a memset and a cast.
 
 Matmuls accumulate in float32; `act` and `y` are stored in x's dtype. Block sizes come from
 `moe_config` (decode-size batches BLOCK_M 16 with narrow N tiles so the few selected experts
@@ -39,8 +44,9 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 @dataclass(frozen=True)
 class GemmConfig:
-    """One grouped GEMM's launch: tile sizes (N, K), programs sharing an M band (`group_m`,
-    for L2 reuse of the weight tiles), warps and pipeline stages."""
+    """One grouped GEMM's launch: tile sizes (N, K; the gate/up kernel's N counts output
+    columns, its weight tile is 2 * block_n wide), programs sharing an M band (`group_m`, for
+    L2 reuse of the weight tiles), warps and pipeline stages."""
 
     block_n: int
     block_k: int
@@ -51,11 +57,14 @@ class GemmConfig:
 
 @dataclass(frozen=True)
 class MoeConfig:
-    """The rows per block (shared by the alignment and both GEMMs) and each GEMM's launch."""
+    """The rows per block (shared by the alignment and both GEMMs) and each GEMM's launch;
+    `atomic_sum`: the down GEMM adds its rows into a zeroed float32 [T, H] buffer (atomics,
+    then a cast into `out`) instead of writing [T*k, H] for the reduction kernel."""
 
     block_m: int
     gate_up: GemmConfig
     down: GemmConfig
+    atomic_sum: bool = False
 
 
 # programs a launch should reach before its N tile stops being narrowed (about two waves of an
@@ -78,7 +87,8 @@ def moe_config(num_rows: int, num_experts: int, hidden: int, inter: int) -> MoeC
     `hidden` and intermediate size `inter`. Chosen by the mean rows per selected expert:
     <= 16 (decode) BLOCK_M 16 with long K tiles and N tiles narrowed until the selected experts
     fill the GPU; <= 48 BLOCK_M 32; <= 384 BLOCK_M 64; beyond, 128 (large prefill of few
-    experts). The gate/up kernel holds two accumulators, so its N tile is half the down one's."""
+    experts). The gate/up kernel's `block_n` counts output columns: its weight tile and
+    accumulator are twice as wide (gate and up)."""
     active = max(1, min(num_experts, num_rows))
     per_expert = num_rows / active
     if per_expert <= 16:
@@ -103,6 +113,15 @@ def max_padded_rows(num_rows: int, num_experts: int, block_m: int) -> int:
 if triton is not None:
 
     @triton.jit
+    def _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, offs, num_rows, num_experts):
+        """Each row r in `offs` with a valid expert e takes the next slot of e's blocks (an
+        atomic on e's cursor) and writes r there."""
+        e = tl.load(ids_ptr + offs, mask=offs < num_rows, other=-1)
+        ok = (offs < num_rows) & (e >= 0) & (e < num_experts)
+        dest = tl.atomic_add(cursor_ptr + tl.where(ok, e, 0), 1, mask=ok, sem="relaxed")
+        tl.store(sorted_ptr + dest, offs, mask=ok)
+
+    @triton.jit
     def _align_kernel(
         ids_ptr,
         sorted_ptr,
@@ -116,13 +135,23 @@ if triton is not None:
         BLOCK_M: tl.constexpr,
         E_POW2: tl.constexpr,
         CHUNK: tl.constexpr,
+        BLOCKS_CHUNK: tl.constexpr,
+        SCATTER: tl.constexpr,
     ):
-        """Every program fills its CHUNK of `sorted` with the pad value `num_rows`; program 0
-        also counts the rows per expert and writes each expert's padded start into `cursor`,
-        each block's expert into `block_expert` (-1 past the used blocks) and `num_padded`."""
+        """Fills `sorted` with the pad value `num_rows` (each program its CHUNK; with SCATTER
+        the single program all of it); program 0 also counts the rows per expert and writes each
+        expert's padded start into `cursor`, each block's expert into `block_expert` (-1 past
+        the used blocks) and `num_padded`. With SCATTER (one program, num_rows <= CHUNK) it then
+        scatters the rows itself, after a barrier, instead of `_scatter_kernel`."""
         pid = tl.program_id(0)
-        fill = pid * CHUNK + tl.arange(0, CHUNK)
-        tl.store(sorted_ptr + fill, tl.full([CHUNK], 0, tl.int32) + num_rows, mask=fill < max_padded)
+        pad = tl.full([CHUNK], 0, tl.int32) + num_rows
+        if SCATTER:
+            for first in range(0, max_padded, CHUNK):
+                fill = first + tl.arange(0, CHUNK)
+                tl.store(sorted_ptr + fill, pad, mask=fill < max_padded)
+        else:
+            fill = pid * CHUNK + tl.arange(0, CHUNK)
+            tl.store(sorted_ptr + fill, pad, mask=fill < max_padded)
         if pid == 0:
             counts = tl.zeros([E_POW2], dtype=tl.int32)
             for start in range(0, num_rows, CHUNK):
@@ -136,22 +165,21 @@ if triton is not None:
             tl.store(cursor_ptr + experts, ends - padded)
             total = tl.sum(padded, axis=0)
             tl.store(num_padded_ptr, total)
-            for first in range(0, max_blocks, CHUNK):
-                blocks = first + tl.arange(0, CHUNK)
+            for first in range(0, max_blocks, BLOCKS_CHUNK):  # [BLOCKS_CHUNK, E_POW2] comparisons a step
+                blocks = first + tl.arange(0, BLOCKS_CHUNK)
                 row0 = blocks * BLOCK_M
                 owner = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
                 owner = tl.where(row0 < total, owner, -1)
                 tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
+            if SCATTER:
+                tl.debug_barrier()  # the pad fill and the cursors, stored by other threads, come first
+                _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, tl.arange(0, CHUNK), num_rows, num_experts)
 
     @triton.jit
     def _scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, num_rows, num_experts, CHUNK: tl.constexpr):
-        """Each row r with a valid expert e takes the next slot of e's blocks (an atomic on
-        e's cursor) and writes r there."""
+        """`_scatter_rows` over this program's CHUNK of rows (after `_align_kernel`)."""
         offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
-        e = tl.load(ids_ptr + offs, mask=offs < num_rows, other=-1)
-        ok = (offs < num_rows) & (e >= 0) & (e < num_experts)
-        dest = tl.atomic_add(cursor_ptr + tl.where(ok, e, 0), 1, mask=ok, sem="relaxed")
-        tl.store(sorted_ptr + dest, offs, mask=ok)
+        _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, offs, num_rows, num_experts)
 
     @triton.jit
     def _tile(num_blocks, n, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
@@ -189,7 +217,9 @@ if triton is not None:
         WIDEN: tl.constexpr,
     ):
         """act[r, n] = silu(x[r // k] . w[e, n]) * (x[r // k] . w[e, N + n]) for the rows r of one
-        block of expert e and N tile (w's last dimension contiguous)."""
+        block of expert e and BLOCK_N columns n (w's last dimension contiguous). One dot of
+        2 * BLOCK_N columns: gate and up rows interleaved (column 2c is gate row n0 + c, column
+        2c + 1 up row N + n0 + c), split apart in the epilogue."""
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -197,32 +227,29 @@ if triton is not None:
         rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         row_ok = rows < num_rows
         tokens = (rows // TOP_K).to(tl.int64)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        w_rows = (offs_n % N).to(tl.int64)  # wrapped, not masked: the extra columns are not stored
+        cols = tl.arange(0, 2 * BLOCK_N)
+        # wrapped, not masked: columns past N are computed from other rows and never stored
+        w_rows = ((pid_n * BLOCK_N + cols // 2) % N + (cols % 2) * N).to(tl.int64)
         offs_k = tl.arange(0, BLOCK_K)
         a_ptrs = x_ptr + tokens[:, None] * stride_x + offs_k[None, :]
-        g_ptrs = w_ptr + expert * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
-        u_ptrs = g_ptrs + N * stride_wn
-        gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        b_ptrs = w_ptr + expert * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
+        acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], dtype=tl.float32)
         for k in range(0, tl.cdiv(K, BLOCK_K)):
             if EVEN_K:
                 a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                g = tl.load(g_ptrs)
-                u = tl.load(u_ptrs)
+                b = tl.load(b_ptrs)
             else:
                 k_ok = offs_k < K - k * BLOCK_K
                 a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                g = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
-                u = tl.load(u_ptrs, mask=k_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
             if WIDEN:
-                a, g, u = a.to(tl.float32), g.to(tl.float32), u.to(tl.float32)
-            gate = tl.dot(a, g, gate, input_precision=PRECISION)
-            up = tl.dot(a, u, up, input_precision=PRECISION)
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
             a_ptrs += BLOCK_K
-            g_ptrs += BLOCK_K
-            u_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
+        gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N, 2]))
         h = gate * tl.sigmoid(gate) * up
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         out_ptrs = act_ptr + rows[:, None].to(tl.int64) * stride_act + offs_n[None, :]
         tl.store(out_ptrs, h.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
@@ -250,9 +277,12 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         PRECISION: tl.constexpr,
         WIDEN: tl.constexpr,
+        TOP_K: tl.constexpr,
+        ATOMIC: tl.constexpr,
     ):
         """y[r, n] = weights[r] * (act[r] . w[e, n]) for the rows r of one block of expert e and
-        N tile (w's last dimension contiguous)."""
+        N tile (w's last dimension contiguous); with ATOMIC, y is the float32 [T, H] sum instead
+        (zeroed beforehand) and the product is added to row r // TOP_K."""
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -279,8 +309,13 @@ if triton is not None:
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
         acc *= tl.load(weights_ptr + rows, mask=row_ok, other=0.0)[:, None]
-        out_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_y + offs_n[None, :]
-        tl.store(out_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
+        mask = row_ok[:, None] & (offs_n[None, :] < N)
+        if ATOMIC:
+            out_ptrs = y_ptr + (rows // TOP_K)[:, None].to(tl.int64) * stride_y + offs_n[None, :]
+            tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")
+        else:
+            out_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_y + offs_n[None, :]
+            tl.store(out_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _sum_kernel(
@@ -315,7 +350,8 @@ _CHUNK = 1024
 
 def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> ExpertBlocks:
     """Group the rows of `topk_ids` [T, k] (int32, contiguous) by expert into blocks of
-    `block_m` rows, on the device without a host sync (two launches)."""
+    `block_m` rows, on the device without a host sync: one launch for up to `_CHUNK` rows
+    (decode), else two (the fill and counts, then the scatter over many programs)."""
     num_rows = topk_ids.numel()
     max_padded = max_padded_rows(num_rows, num_experts, block_m)
     max_blocks = triton.cdiv(max_padded, block_m)
@@ -325,7 +361,8 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     cursor = torch.empty(e_pow2, dtype=torch.int32, device=dev)
-    _align_kernel[(triton.cdiv(max_padded, _CHUNK),)](
+    single = num_rows <= _CHUNK
+    _align_kernel[(1 if single else triton.cdiv(max_padded, _CHUNK),)](
         topk_ids,
         sorted_rows,
         cursor,
@@ -338,9 +375,12 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
         block_m,
         e_pow2,
         _CHUNK,
+        max(16, 8192 // e_pow2),
+        single,
         num_warps=4,
     )
-    _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)
+    if not single:
+        _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)
     return ExpertBlocks(sorted_rows, block_expert, num_padded, block_m)
 
 
@@ -354,35 +394,19 @@ def _check_inputs(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids
         raise ValueError(f"fused_experts: {x.shape[0]} tokens but topk_ids {tuple(topk_ids.shape)}")
 
 
-def fused_experts_with_config(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    config: MoeConfig,
-    out: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
-    _check_inputs(x, w13, w2, topk_ids)
-    num_tokens, top_k = topk_ids.shape
-    num_experts, inter, hidden = w13.shape[0], w2.shape[2], w2.shape[1]
-    num_rows = num_tokens * top_k
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    ids = topk_ids.to(torch.int32).contiguous()
-    weights = topk_weights.to(torch.float32).contiguous()
-    if out is None:
-        out = torch.empty_like(x)
-    if num_rows == 0:
-        return out
-    blocks = align_by_expert(ids, num_experts, config.block_m)
+def _dot_modes(x: torch.Tensor) -> tuple[str, bool]:
+    """(input precision, widen): float32 inputs multiply in full precision; Triton's interpreter
+    multiplies bf16 dot operands as raw 16-bit integers, so on the CPU they are widened first."""
+    return ("ieee" if x.dtype == torch.float32 else "tf32"), (x.device.type == "cpu" and x.dtype == torch.bfloat16)
+
+
+def _gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, top_k: int, gemm: GemmConfig) -> torch.Tensor:
+    """act [T*k, I] = silu(gate) * up of each routed row (rows of no block are left unwritten)."""
+    num_rows, inter, hidden = x.shape[0] * top_k, w13.shape[1] // 2, w13.shape[2]
     max_blocks = blocks.block_expert.numel()
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    # Triton's interpreter multiplies bf16 dot operands as raw 16-bit integers: widen them on the CPU
-    widen = x.device.type == "cpu" and x.dtype == torch.bfloat16
     act = torch.empty((num_rows, inter), dtype=x.dtype, device=x.device)
-    g1 = config.gate_up
-    _gate_up_kernel[(max_blocks * triton.cdiv(inter, g1.block_n),)](
+    precision, widen = _dot_modes(x)
+    _gate_up_kernel[(max_blocks * triton.cdiv(inter, gemm.block_n),)](
         x,
         w13,
         act,
@@ -398,19 +422,36 @@ def fused_experts_with_config(
         w13.stride(1),
         act.stride(0),
         top_k,
-        config.block_m,
-        g1.block_n,
-        g1.block_k,
-        g1.group_m,
-        hidden % g1.block_k == 0,
+        blocks.block_m,
+        gemm.block_n,
+        gemm.block_k,
+        gemm.group_m,
+        hidden % gemm.block_k == 0,
         precision,
         widen,
-        num_warps=g1.num_warps,
-        num_stages=g1.num_stages,
+        num_warps=gemm.num_warps,
+        num_stages=gemm.num_stages,
     )
-    y = torch.empty((num_rows, hidden), dtype=x.dtype, device=x.device)
-    g2 = config.down
-    _down_kernel[(max_blocks * triton.cdiv(hidden, g2.block_n),)](
+    return act
+
+
+def _down(
+    act: torch.Tensor,
+    w2: torch.Tensor,
+    weights: torch.Tensor,
+    blocks: ExpertBlocks,
+    y: torch.Tensor,
+    top_k: int,
+    gemm: GemmConfig,
+    atomic: bool,
+) -> None:
+    """y [T*k, H] = weight * (act @ w2[e]^T) per routed row; with `atomic`, y is the zeroed
+    float32 [T, H] sum and each row adds into its token's row."""
+    num_rows, inter = act.shape
+    hidden = w2.shape[1]
+    max_blocks = blocks.block_expert.numel()
+    precision, widen = _dot_modes(act)
+    _down_kernel[(max_blocks * triton.cdiv(hidden, gemm.block_n),)](
         act,
         w2,
         y,
@@ -426,20 +467,59 @@ def fused_experts_with_config(
         w2.stride(0),
         w2.stride(1),
         y.stride(0),
-        config.block_m,
-        g2.block_n,
-        g2.block_k,
-        g2.group_m,
-        inter % g2.block_k == 0,
+        blocks.block_m,
+        gemm.block_n,
+        gemm.block_k,
+        gemm.group_m,
+        inter % gemm.block_k == 0,
         precision,
         widen,
-        num_warps=g2.num_warps,
-        num_stages=g2.num_stages,
+        top_k,
+        atomic,
+        num_warps=gemm.num_warps,
+        num_stages=gemm.num_stages,
     )
+
+
+def _sum_top_k(y: torch.Tensor, ids: torch.Tensor, num_experts: int, out: torch.Tensor) -> None:
+    """out[t] = sum over t's valid slots j of y[t*k + j] (float32, in slot order)."""
+    num_tokens, top_k = ids.shape
+    hidden = y.shape[1]
     block_h = min(1024, triton.next_power_of_2(hidden))
     _sum_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
         y, ids, out, hidden, num_experts, y.stride(0), out.stride(0), top_k, block_h, num_warps=4
     )
+
+
+def fused_experts_with_config(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    config: MoeConfig,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
+    _check_inputs(x, w13, w2, topk_ids)
+    num_tokens, top_k = topk_ids.shape
+    num_experts, hidden = w13.shape[0], w13.shape[2]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    ids = topk_ids.to(torch.int32).contiguous()
+    weights = topk_weights.to(torch.float32).contiguous()
+    if out is None:
+        out = torch.empty_like(x)
+    if ids.numel() == 0:
+        return out
+    blocks = align_by_expert(ids, num_experts, config.block_m)
+    act = _gate_up(x, w13, blocks, top_k, config.gate_up)
+    if config.atomic_sum:
+        total = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
+        _down(act, w2, weights, blocks, total, top_k, config.down, atomic=True)
+        return out.copy_(total)
+    y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)
+    _down(act, w2, weights, blocks, y, top_k, config.down, atomic=False)
+    _sum_top_k(y, ids, num_experts, out)
     return out
 
 

@@ -17,6 +17,8 @@ tokens 1-4096, the Qwen3-30B-A3B and a Mixtral-like shape) and a CUDA-graph capt
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 HERE = os.path.dirname(__file__)
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
 INTERP_TOL = {**TOL, torch.bfloat16: 2e-2}
@@ -102,7 +104,9 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
     the used rows within the static bound."""
     from radixlm.kernels.fused_moe import align_by_expert, max_padded_rows
 
+    # up to 1,024 rows one launch does it all; 1,200 rows take the fill-and-count and scatter launches
     for tokens, experts, top_k, used, invalid, block_m in (
+        (300, 16, 4, 16, 0.1, 16),
         (3, 8, 2, 8, 0.0, 16),
         (37, 16, 4, 5, 0.3, 16),
         (50, 8, 2, 8, 0.0, 32),
@@ -129,17 +133,18 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
 
 
 def check_interpreter_cases() -> None:
-    """The small cases, bf16 and float32, through `moe_config` and through explicit small tiles
-    (grouped program order, 32-row blocks)."""
+    """The small cases in bf16 through `moe_config` and through explicit small tiles (grouped
+    program order, 32-row blocks, the atomic top-k sum), two of them in float32."""
     from radixlm.kernels.fused_moe import GemmConfig, MoeConfig
 
     gen = torch.Generator().manual_seed(0)
     check_alignment("cpu", gen)
-    tiles = MoeConfig(32, GemmConfig(16, 32, 2, 4, 1), GemmConfig(32, 16, 2, 4, 1))
-    for case in INTERP_CASES:
-        for dtype in (torch.bfloat16, torch.float32):
-            check_case(case, dtype, "cpu", gen)
+    tiles = MoeConfig(32, GemmConfig(16, 32, 2, 4, 1), GemmConfig(32, 16, 2, 4, 1), atomic_sum=True)
+    for i, case in enumerate(INTERP_CASES):
+        check_case(case, torch.bfloat16, "cpu", gen)
         check_case(case, torch.bfloat16, "cpu", gen, tiles)
+        if i % 2:
+            check_case(case, torch.float32, "cpu", gen)
 
 
 def test_fused_experts_through_the_interpreter() -> None:
@@ -180,6 +185,88 @@ def test_rejects_mismatched_shapes() -> None:
     ids, weights = torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 1)
     with pytest.raises(ValueError):
         fused_experts(x, w13, w2, weights, ids)  # w2's inter 16 != w13's 64 / 2
+
+
+_INT_POINTERS = ("ids_ptr", "sorted_ptr", "cursor_ptr", "block_expert_ptr", "num_padded_ptr")
+
+
+def compile_for_hopper(kernel, constexprs: dict, num_warps: int, num_stages: int):
+    """Compile a Triton kernel for sm_90 on this machine (no GPU needed), its pointers and
+    strides marked 16-divisible as the JIT would find them at model shapes: bf16 data, int32
+    ids and block tables, float32 routing weights."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        if name.endswith("_ptr"):
+            signature[name] = "*i32" if name in _INT_POINTERS else "*fp32" if name == "weights_ptr" else "*bf16"
+        else:
+            signature[name] = "i32"
+        if name.endswith("_ptr") or name.startswith("stride") or name in ("N", "K", "H"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(
+        fn=kernel, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
+    )
+    target = GPUTarget("cuda", 90, 32)
+    return triton.compile(source, target=target, options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def check_hopper_compile() -> None:
+    """Ahead of time, without a GPU: every block-size class `moe_config` picks for the
+    Qwen3-30B-A3B and Mixtral-8x7B shapes compiles for sm_90; the prefill classes multiply with
+    wgmma, and every GEMM's loads are pipelined (shared memory for more than one stage)."""
+    from radixlm.kernels import fused_moe as fm
+
+    configs = {
+        fm.moe_config(tokens * top_k, experts, hidden, inter)
+        for hidden, inter, experts, top_k in ((2048, 768, 128, 8), (4096, 14336, 8, 2))
+        for tokens in (1, 64, 4096)
+    }
+    for config in configs:
+        for kernel, gemm, extra in (
+            (fm._gate_up_kernel, config.gate_up, {"TOP_K": 8}),
+            (fm._down_kernel, config.down, {"TOP_K": 8, "ATOMIC": False}),
+            (fm._down_kernel, config.down, {"TOP_K": 8, "ATOMIC": True}),
+        ):
+            constexprs = dict(
+                extra,
+                BLOCK_M=config.block_m,
+                BLOCK_N=gemm.block_n,
+                BLOCK_K=gemm.block_k,
+                GROUP_M=gemm.group_m,
+                EVEN_K=True,
+                PRECISION="tf32",
+                WIDEN=False,
+            )
+            compiled = compile_for_hopper(kernel, constexprs, gemm.num_warps, gemm.num_stages)
+            ptx = compiled.asm["ptx"]
+            width = 2 * gemm.block_n if kernel is fm._gate_up_kernel else gemm.block_n
+            one_stage = 2 * (config.block_m + width) * gemm.block_k
+            assert compiled.metadata.shared > one_stage, (kernel.__name__, config)
+            assert "cp.async" in ptx, (kernel.__name__, config)
+            if config.block_m >= 64:
+                assert "wgmma.mma_async" in ptx, (kernel.__name__, config)
+    for kernel, constexprs in (
+        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=False)),
+        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True)),
+        (fm._scatter_kernel, dict(CHUNK=1024)),
+        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024)),
+    ):
+        compile_for_hopper(kernel, constexprs, 4, 3)
+
+
+@pytest.mark.slow
+def test_gemm_kernels_compile_for_hopper_with_wgmma_and_pipelined_loads() -> None:
+    """`check_hopper_compile` in a subprocess with Triton's compiler (not its interpreter)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_fused_moe as t; t.check_hopper_compile()"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # ---- GPU ----------------------------------------------------------------------------------------
@@ -227,15 +314,16 @@ def test_fused_experts_fp16_fp32_and_alignment_on_gpu() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_every_config_class_on_one_shape() -> None:
-    """The four block-size classes of `moe_config` forced onto one routing (each must be right
-    whatever shape it later gets), with a strided `out` (a column slice of a wider tensor)."""
+    """The four block-size classes of `moe_config`, with either top-k sum, forced onto one
+    routing (each must be right whatever shape it later gets), into a strided `out` (a column
+    slice of a wider tensor)."""
     from radixlm.kernels.fused_moe import fused_experts_with_config, moe_config
 
     gen = torch.Generator().manual_seed(3)
     x, w13, w2, weights, ids = make_case(500, 32, 4, 512, 256, 30, 0.1, torch.bfloat16, "cuda", gen)
     want = reference64(x, w13, w2, weights, ids)
-    for rows in (8, 600, 4096, 40000):
-        config = moe_config(rows, 32, 512, 256)
+    for rows, atomic in itertools.product((8, 600, 4096, 40000), (False, True)):
+        config = dataclasses.replace(moe_config(rows, 32, 512, 256), atomic_sum=atomic)
         wide = torch.full((500, 600), float("nan"), dtype=torch.bfloat16, device="cuda")
         out = fused_experts_with_config(x, w13, w2, weights, ids, config, out=wide[:, 50:562])
         assert rel_err(out, want) <= TOL[torch.bfloat16], config
