@@ -10,16 +10,21 @@ and the torch reference, bf16 random weights, in one run.
     the calls are replayed in one CUDA graph, so a layer finds its experts' weights cold in L2.
 (c) the torch reference (`experts_reference`, a loop over experts) at the same shapes.
 
-    python benchmarks/moe_bench.py [--quick] [--shapes qwen3-30b-a3b mixtral-8x7b] [--sweep]
+    python benchmarks/moe_bench.py [--quick] [--shapes qwen3-30b-a3b mixtral-8x7b] [--sweep] [--profile]
 
-`--quick`: fewer repetitions and no reference at 4,096 tokens. `--sweep`: also time other block
-sizes (prefill) to tune `moe_config`'s table.
+Each row also times the other top-k sum (reduction kernel vs float32 atomics in the down GEMM)
+at the same block sizes. `--quick`: fewer repetitions, neither the other top-k sum nor the
+reference at 4,096 tokens.
+`--sweep`: also time other block sizes (prefill; decode at 1 and 32 tokens) to tune
+`moe_config`'s table. `--profile`: each kernel's device time in one call.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import itertools
 import sys
 from typing import Callable
 
@@ -109,6 +114,39 @@ def expert_weights(hidden: int, inter: int, experts: int, gen: torch.Generator) 
     return w13, w2
 
 
+def flip_sum(config: MoeConfig) -> MoeConfig:
+    """The same block sizes with the other top-k sum (reduction kernel <-> atomics)."""
+    return dataclasses.replace(config, atomic_sum=not config.atomic_sum)
+
+
+def sum_label(config: MoeConfig) -> str:
+    return "atomic" if config.atomic_sum else "reduce"
+
+
+def short(config: MoeConfig) -> str:
+    """e.g. `M64 gate_up N64 K64 g8 w4 s4, down N128 K64 g8 w4 s4, reduce`."""
+    gemms = ", ".join(
+        f"{label} N{g.block_n} K{g.block_k} g{g.group_m} w{g.num_warps} s{g.num_stages}"
+        for label, g in (("gate_up", config.gate_up), ("down", config.down))
+    )
+    return f"M{config.block_m} {gemms}, {sum_label(config)}"
+
+
+def kernel_breakdown(fn: Callable[[], object]) -> str:
+    """Device microseconds per kernel of one call of `fn` (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = sorted(
+        ((e.key, e.device_time_total) for e in prof.key_averages() if e.device_time_total > 0), key=lambda r: -r[1]
+    )
+    return ", ".join(f"{name[:40]} {us:.1f}" for name, us in rows[:8])
+
+
 def bench_prefill(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, args: argparse.Namespace) -> None:
     experts, two_i, hidden = w13.shape
     inter = two_i // 2
@@ -118,25 +156,31 @@ def bench_prefill(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, ar
     flops = 6 * PREFILL_TOKENS * top_k * hidden * inter
     dense = dense_tflops(PREFILL_TOKENS * top_k, hidden, inter, iters)
     out = torch.empty_like(x)
+    config = moe_config(PREFILL_TOKENS * top_k, experts, hidden, inter)
+
+    def run(c: MoeConfig) -> Callable[[], object]:
+        return lambda: fused_experts_with_config(x, w13, w2, weights, ids, c, out=out)
+
     ms = time_ms(lambda: fused_experts(x, w13, w2, weights, ids, out=out), iters)
+    other = "-" if args.quick else f"{time_ms(run(flip_sum(config)), iters):.3f} ({sum_label(flip_sum(config))})"
     ours = flops / ms / 1e9
     ref = "skipped (--quick)"
     if not args.quick:
         ref_ms = time_ms(lambda: experts_reference(x, w13, w2, weights, ids), 3)
         ref = f"{ref_ms:.2f} ms, {flops / ref_ms / 1e9:.0f} TFLOP/s"
-    config = moe_config(PREFILL_TOKENS * top_k, experts, hidden, inter)
     print(
-        f"| {name} | {PREFILL_TOKENS} | {ms:.3f} | {ours:.0f} | {dense:.0f} | {100 * ours / dense:.0f} % | {ref} "
+        f"| {name} | {PREFILL_TOKENS} | {ms:.3f} ({sum_label(config)}) | {ours:.0f} | {dense:.0f} "
+        f"| {100 * ours / dense:.0f} % | {other} | {ref} "
         f"| BLOCK_M {config.block_m} |",
         flush=True,
     )
+    if args.profile:
+        print(f"    kernels (us): {kernel_breakdown(run(config))}", flush=True)
     if args.sweep:
-        for config in SWEEP:
-            sweep_ms = time_ms(lambda: fused_experts_with_config(x, w13, w2, weights, ids, config, out=out), iters)
-            print(
-                f"    sweep {config}: {sweep_ms:.3f} ms, {100 * flops / sweep_ms / 1e9 / dense:.0f} % of dense",
-                flush=True,
-            )
+        for sweep_config in SWEEP:
+            sweep_ms = time_ms(run(sweep_config), iters)
+            ratio = 100 * flops / sweep_ms / 1e9 / dense
+            print(f"    sweep {short(sweep_config)}: {sweep_ms:.3f} ms, {ratio:.0f} % of dense", flush=True)
 
 
 def distinct_expert_bytes(ids: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> int:
@@ -145,34 +189,70 @@ def distinct_expert_bytes(ids: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
     return int(ids.unique().numel()) * per_expert
 
 
+def decode_sweep(rows: int, experts: int, hidden: int, inter: int) -> list[MoeConfig]:
+    """Other decode block sizes around `moe_config`'s: N tiles, K tiles and stages of both GEMMs."""
+    base = moe_config(rows, experts, hidden, inter)
+    out = []
+    for block_n, block_k, stages in itertools.product((16, 32, 64), (64, 128, 256), (3, 5)):
+        gemm = GemmConfig(block_n, block_k, 1, 4, stages)
+        out.append(dataclasses.replace(base, gate_up=gemm, down=dataclasses.replace(gemm, block_n=2 * block_n)))
+    return out
+
+
 def bench_decode(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, copy_bw: float, args) -> None:
-    experts, two_i, hidden = w13.shape
     gen = torch.Generator(device="cuda").manual_seed(2)
-    per_expert = w13[0].numel() * 2 + w2[0].numel() * 2
-    calls_n = max(4, min(32, (1 << 30) // (per_expert * top_k)))  # >= ~1 GB of expert reads
     for tokens in DECODE_TOKENS:
-        inputs = [routed_inputs(tokens, hidden, experts, top_k, gen) for _ in range(calls_n)]
-        outs = [torch.empty_like(x) for x, _, _ in inputs]
-        nbytes = sum(distinct_expert_bytes(ids, w13, w2) for _, _, ids in inputs) / calls_n
+        decode_row(name, w13, w2, top_k, tokens, copy_bw, gen, args)
+
+
+def decode_row(name: str, w13, w2, top_k: int, tokens: int, copy_bw: float, gen: torch.Generator, args) -> None:
+    """One decode row: enough calls, each with its own routing and input, for >= ~1 GB of
+    expert reads per graph replay."""
+    experts, two_i, hidden = w13.shape
+    inter = two_i // 2
+    per_expert = w13[0].numel() * 2 + w2[0].numel() * 2
+    calls_n = max(4, min(32, (1 << 30) // (per_expert * top_k)))
+    inputs = [routed_inputs(tokens, hidden, experts, top_k, gen) for _ in range(calls_n)]
+    outs = [torch.empty_like(x) for x, _, _ in inputs]
+    nbytes = sum(distinct_expert_bytes(ids, w13, w2) for _, _, ids in inputs) / calls_n
+    config = moe_config(tokens * top_k, experts, hidden, inter)
+    reps = 5 if args.quick else 11
+
+    def timed(c: MoeConfig) -> float:
         calls = [
-            lambda x=x, w=w, i=i, o=o: fused_experts(x, w13, w2, w, i, out=o) for (x, w, i), o in zip(inputs, outs)
+            lambda x=x, w=w, i=i, o=o: fused_experts_with_config(x, w13, w2, w, i, c, out=o)
+            for (x, w, i), o in zip(inputs, outs)
         ]
-        us = graph_us_per_call(calls, 5 if args.quick else 11)
-        x, w, i = inputs[0]
-        ref_us = time_ms(lambda: experts_reference(x, w13, w2, w, i), 3 if args.quick else 5) * 1e3
-        gbs = nbytes / us / 1e3
-        print(
-            f"| {name} | {tokens} | {nbytes / 1e6:.1f} | {us:.1f} | {gbs:.0f} | {100 * gbs * 1e9 / copy_bw:.0f} % "
-            f"| {ref_us:.0f} | BLOCK_M {moe_config(tokens * top_k, experts, hidden, two_i // 2).block_m} |",
-            flush=True,
+        return graph_us_per_call(calls, reps)
+
+    us = graph_us_per_call(
+        [lambda x=x, w=w, i=i, o=o: fused_experts(x, w13, w2, w, i, out=o) for (x, w, i), o in zip(inputs, outs)], reps
+    )
+    other = "-" if args.quick else f"{timed(flip_sum(config)):.1f} ({sum_label(flip_sum(config))})"
+    x, w, i = inputs[0]
+    ref_us = time_ms(lambda: experts_reference(x, w13, w2, w, i), 3 if args.quick else 5) * 1e3
+    gbs = nbytes / us / 1e3
+    print(
+        f"| {name} | {tokens} | {nbytes / 1e6:.1f} | {us:.1f} ({sum_label(config)}) | {gbs:.0f} "
+        f"| {100 * gbs * 1e9 / copy_bw:.0f} % | {other} | {ref_us:.0f} "
+        f"| BLOCK_M {config.block_m}, N {config.gate_up.block_n}/{config.down.block_n} |",
+        flush=True,
+    )
+    if args.profile:
+        print(f"    kernels (us): {kernel_breakdown(lambda: fused_experts(x, w13, w2, w, i))}", flush=True)
+    if args.sweep and tokens in (1, 32):
+        results = sorted(
+            ((timed(c), c) for c in decode_sweep(tokens * top_k, experts, hidden, inter)), key=lambda r: r[0]
         )
-        del inputs, outs, calls
+        for sweep_us, c in results[:3]:
+            print(f"    sweep best: {sweep_us:.1f} us, {nbytes / sweep_us / 1e3:.0f} GB/s: {short(c)}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="device time of each kernel of one call")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -181,15 +261,21 @@ def main() -> None:
     print(f"copy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s", flush=True)
     weights = {}
     print("\n(a) prefill: fused MoE vs dense bf16 GEMM (torch.mm) on the same FLOPs; (c) torch reference")
-    print("| shape | tokens | fused ms | fused TFLOP/s | dense TFLOP/s | ratio (>= 60 %) | torch reference | config |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| shape | tokens | fused ms | fused TFLOP/s | dense TFLOP/s | ratio (>= 60 %) | other top-k sum ms "
+        "| torch reference | config |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.shapes:
         hidden, inter, experts, top_k = SHAPES[name]
         weights[name] = expert_weights(hidden, inter, experts, torch.Generator(device="cuda").manual_seed(0))
         bench_prefill(name, *weights[name], top_k, args)
     print("\n(b) decode: bandwidth over the distinct selected experts' weights vs copy bandwidth; (c) torch reference")
-    print("| shape | tokens | expert MB | fused us | GB/s | of copy bw (>= 70 %) | torch reference us | config |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| shape | tokens | expert MB | fused us | GB/s | of copy bw (>= 70 %) | other top-k sum us "
+        "| torch reference us | config |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.shapes:
         bench_decode(name, *weights[name], SHAPES[name][3], copy_bw, args)
 

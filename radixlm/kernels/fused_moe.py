@@ -207,7 +207,7 @@ if triton is not None:
         stride_we,
         stride_wn,
         stride_act,
-        TOP_K: tl.constexpr,
+        top_k,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
@@ -226,7 +226,7 @@ if triton is not None:
         expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
         rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         row_ok = rows < num_rows
-        tokens = (rows // TOP_K).to(tl.int64)
+        tokens = (rows // top_k).to(tl.int64)
         cols = tl.arange(0, 2 * BLOCK_N)
         # wrapped, not masked: columns past N are computed from other rows and never stored
         w_rows = ((pid_n * BLOCK_N + cols // 2) % N + (cols % 2) * N).to(tl.int64)
@@ -277,12 +277,12 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         PRECISION: tl.constexpr,
         WIDEN: tl.constexpr,
-        TOP_K: tl.constexpr,
+        top_k,
         ATOMIC: tl.constexpr,
     ):
         """y[r, n] = weights[r] * (act[r] . w[e, n]) for the rows r of one block of expert e and
         N tile (w's last dimension contiguous); with ATOMIC, y is the float32 [T, H] sum instead
-        (zeroed beforehand) and the product is added to row r // TOP_K."""
+        (zeroed beforehand) and the product is added to row r // top_k."""
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -311,7 +311,7 @@ if triton is not None:
         acc *= tl.load(weights_ptr + rows, mask=row_ok, other=0.0)[:, None]
         mask = row_ok[:, None] & (offs_n[None, :] < N)
         if ATOMIC:
-            out_ptrs = y_ptr + (rows // TOP_K)[:, None].to(tl.int64) * stride_y + offs_n[None, :]
+            out_ptrs = y_ptr + (rows // top_k)[:, None].to(tl.int64) * stride_y + offs_n[None, :]
             tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")
         else:
             out_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_y + offs_n[None, :]
@@ -384,7 +384,9 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
     return ExpertBlocks(sorted_rows, block_expert, num_padded, block_m)
 
 
-def _check_inputs(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor) -> None:
+def _check_inputs(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, out: Optional[torch.Tensor]
+) -> None:
     e, two_i, h = w13.shape
     if x.dim() != 2 or x.shape[1] != h or w2.shape != (e, h, two_i // 2) or two_i % 2:
         raise ValueError(f"fused_experts: x {tuple(x.shape)}, w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
@@ -392,6 +394,8 @@ def _check_inputs(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids
         raise ValueError("fused_experts: weights must have x's dtype and a contiguous last dimension")
     if topk_ids.shape[0] != x.shape[0]:
         raise ValueError(f"fused_experts: {x.shape[0]} tokens but topk_ids {tuple(topk_ids.shape)}")
+    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1):
+        raise ValueError("fused_experts: out must be [T, H] in x's dtype with a contiguous last dimension")
 
 
 def _dot_modes(x: torch.Tensor) -> tuple[str, bool]:
@@ -501,7 +505,7 @@ def fused_experts_with_config(
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
-    _check_inputs(x, w13, w2, topk_ids)
+    _check_inputs(x, w13, w2, topk_ids, out)
     num_tokens, top_k = topk_ids.shape
     num_experts, hidden = w13.shape[0], w13.shape[2]
     x = x if x.stride(-1) == 1 else x.contiguous()
@@ -510,7 +514,7 @@ def fused_experts_with_config(
     if out is None:
         out = torch.empty_like(x)
     if ids.numel() == 0:
-        return out
+        return out.zero_()
     blocks = align_by_expert(ids, num_experts, config.block_m)
     act = _gate_up(x, w13, blocks, top_k, config.gate_up)
     if config.atomic_sum:

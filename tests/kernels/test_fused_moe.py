@@ -57,17 +57,19 @@ def make_case(
     device: str,
     gen: torch.Generator,
 ) -> tuple[torch.Tensor, ...]:
-    """(x, w13, w2, topk_weights, topk_ids) with each token's k distinct ids drawn from `used`
-    random experts, a share `invalid` of them set to -1, weights positive float32."""
-    x = torch.randn(tokens, hidden, generator=gen).to(device, dtype)
-    w13 = (torch.randn(experts, 2 * inter, hidden, generator=gen) / hidden**0.5).to(device, dtype)
-    w2 = (torch.randn(experts, hidden, inter, generator=gen) / inter**0.5).to(device, dtype)
-    subset = torch.randperm(experts, generator=gen)[:used]
-    pick = torch.rand(tokens, used, generator=gen).argsort(dim=1)[:, :top_k]
+    """(x, w13, w2, topk_weights, topk_ids) on `device`, drawn there by `gen` (a generator of that
+    device): each token's k distinct ids from `used` random experts, a share `invalid` of them set
+    to -1, weights positive float32."""
+    draw = dict(generator=gen, device=device)
+    x = torch.randn(tokens, hidden, **draw).to(dtype)
+    w13 = (torch.randn(experts, 2 * inter, hidden, **draw) / hidden**0.5).to(dtype)
+    w2 = (torch.randn(experts, hidden, inter, **draw) / inter**0.5).to(dtype)
+    subset = torch.randperm(experts, **draw)[:used]
+    pick = torch.rand(tokens, used, **draw).argsort(dim=1)[:, :top_k]
     ids = subset[pick].to(torch.int32)
-    ids[torch.rand(tokens, top_k, generator=gen) < invalid] = -1
-    weights = torch.rand(tokens, top_k, generator=gen) + 0.1
-    return x, w13, w2, weights.to(device), ids.to(device)
+    ids[torch.rand(tokens, top_k, **draw) < invalid] = -1
+    weights = torch.rand(tokens, top_k, **draw) + 0.1
+    return x, w13, w2, weights, ids
 
 
 def reference64(x, w13, w2, weights, ids) -> torch.Tensor:
@@ -178,6 +180,17 @@ def test_config_table() -> None:
             assert gemm.block_k >= 16 and gemm.group_m >= 1
 
 
+def test_no_routed_rows_give_zeros_without_a_launch() -> None:
+    """k = 0 (or no tokens): nothing to launch, so this runs on the CPU without the interpreter."""
+    from radixlm.kernels.fused_moe import fused_experts
+
+    x, w13, w2 = torch.randn(3, 64), torch.randn(4, 64, 64), torch.randn(4, 64, 32)
+    out = torch.full_like(x, float("nan"))
+    got = fused_experts(x, w13, w2, torch.ones(3, 0), torch.zeros(3, 0, dtype=torch.int32), out=out)
+    assert got is out and torch.equal(out, torch.zeros_like(x))
+    assert fused_experts(x[:0], w13, w2, torch.ones(0, 2), torch.zeros(0, 2, dtype=torch.int32)).shape == (0, 64)
+
+
 def test_rejects_mismatched_shapes() -> None:
     from radixlm.kernels.fused_moe import fused_experts
 
@@ -185,6 +198,8 @@ def test_rejects_mismatched_shapes() -> None:
     ids, weights = torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 1)
     with pytest.raises(ValueError):
         fused_experts(x, w13, w2, weights, ids)  # w2's inter 16 != w13's 64 / 2
+    with pytest.raises(ValueError):
+        fused_experts(x, w13, torch.zeros(4, 64, 32), weights, ids, out=torch.zeros(64, 2).t())  # strided out
 
 
 _INT_POINTERS = ("ids_ptr", "sorted_ptr", "cursor_ptr", "block_expert_ptr", "num_padded_ptr")
@@ -229,9 +244,9 @@ def check_hopper_compile() -> None:
     }
     for config in configs:
         for kernel, gemm, extra in (
-            (fm._gate_up_kernel, config.gate_up, {"TOP_K": 8}),
-            (fm._down_kernel, config.down, {"TOP_K": 8, "ATOMIC": False}),
-            (fm._down_kernel, config.down, {"TOP_K": 8, "ATOMIC": True}),
+            (fm._gate_up_kernel, config.gate_up, {}),
+            (fm._down_kernel, config.down, {"ATOMIC": False}),
+            (fm._down_kernel, config.down, {"ATOMIC": True}),
         ):
             constexprs = dict(
                 extra,
@@ -288,7 +303,7 @@ GPU_LARGE = (
     (1, 128, 8, 2048, 768, 128, 0.0),
     (64, 128, 8, 2048, 768, 128, 0.0),
     (4096, 8, 2, 1024, 3584, 8, 0.0),  # Mixtral-like proportions (128-row blocks)
-    (2, 8, 2, 4096, 14336, 8, 0.0),  # Mixtral-8x7B decode
+    (2, 8, 2, 4096, 4096, 8, 0.0),  # Mixtral-8x7B's hidden size at decode
     (100, 32, 4, 200, 72, 20, 0.1),  # K not a multiple of any tile
 )
 
@@ -297,14 +312,14 @@ GPU_LARGE = (
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fused_experts_grid_bf16(case: tuple) -> None:
-    gen = torch.Generator().manual_seed(hash(case) % 2**31)
+    gen = torch.Generator("cuda").manual_seed(hash(case) % 2**31)
     check_case(case, torch.bfloat16, "cuda", gen)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fused_experts_fp16_fp32_and_alignment_on_gpu() -> None:
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator("cuda").manual_seed(7)
     check_alignment("cuda", gen)
     for case in INTERP_CASES + ((300, 64, 6, 512, 384, 50, 0.1), (4096, 16, 2, 256, 128, 16, 0.0)):
         for dtype in (torch.float16, torch.float32):
@@ -319,7 +334,7 @@ def test_every_config_class_on_one_shape() -> None:
     slice of a wider tensor)."""
     from radixlm.kernels.fused_moe import fused_experts_with_config, moe_config
 
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator("cuda").manual_seed(3)
     x, w13, w2, weights, ids = make_case(500, 32, 4, 512, 256, 30, 0.1, torch.bfloat16, "cuda", gen)
     want = reference64(x, w13, w2, weights, ids)
     for rows, atomic in itertools.product((8, 600, 4096, 40000), (False, True)):
@@ -339,7 +354,7 @@ def test_cuda_graph_capture_replays_with_new_routing(tokens: int) -> None:
     match the reference on its own routing."""
     from radixlm.kernels.fused_moe import fused_experts
 
-    gen = torch.Generator().manual_seed(11)
+    gen = torch.Generator("cuda").manual_seed(11)
     experts, top_k, hidden, inter = 64, 4, 512, 256
     shape = (tokens, experts, top_k, hidden, inter)
     x, w13, w2, weights, ids = make_case(*shape, experts, 0.0, torch.bfloat16, "cuda", gen)
