@@ -2,17 +2,20 @@
 transformers' `generate` and prompt / output top-5 logprobs are within LOGPROB_TOL (float32,
 CPU), alone and batched, through radix-cache hits and chunked prefill, and split over two gloo
 ranks by tensor parallelism (a slice of every expert per rank) and by expert parallelism (whole
-experts per rank). The tiny models' routing is checked to really spread tokens over experts.
+experts per rank), and from a GGUF file. The tiny models' routing is checked to really spread
+tokens over experts.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
 from helpers.golden import GREEDY, NEW_TOKENS, assert_greedy_equal, check_logprobs, random_prompts
+from helpers.moe_gguf import write_moe_gguf
 from helpers.tiny_models import hf_greedy, load_hf_model
 from helpers.tiny_moe import TINY_MOE_ARCHS
 
@@ -100,3 +103,17 @@ def test_transformers_backend_refusal_names_the_native_class(tiny_model: Callabl
     native = config.architectures[0]
     with pytest.raises(ValueError, match=f"weight conversion.*native implementation.*{native}.*--model-impl radixlm"):
         build_model(config, None, path, "auto", torch.float32, torch.device("cpu"), model_impl="transformers")
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_gguf_checkpoint_generates_hf_tokens(tiny_model: Callable[[str], str], arch: str, tmp_path: Path) -> None:
+    """The same weights as a GGUF file (experts stacked as llama.cpp stores them) serve HF's tokens."""
+    path = tiny_model(arch)
+    hf = load_hf_model(path)
+    gguf_path = write_moe_gguf(path, tmp_path / f"{arch}.gguf")
+    prompts = random_prompts(3, 3, 40, seed=6)
+    with radixlm.Engine(gguf_path, tokenizer_path=path, **ENGINE_ARGS) as engine:
+        outs = engine.generate(input_ids=prompts, sampling_params=GREEDY)
+        engine.check_no_leak()
+    for prompt, out in zip(prompts, outs):
+        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
