@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from helpers.golden import GREEDY, NEW_TOKENS, assert_greedy_equal, check_logprobs, random_prompts
+from helpers.golden import GREEDY, LOGPROB_TOL, NEW_TOKENS, assert_greedy_equal, check_logprobs, random_prompts
 from helpers.moe_gguf import write_moe_gguf
-from helpers.tiny_models import hf_greedy, load_hf_model
+from helpers.tiny_models import hf_greedy, hf_logprobs, load_hf_model
 from helpers.tiny_moe import TINY_MOE_ARCHS
 
 import radixlm
@@ -79,19 +79,28 @@ def test_radix_hits_and_chunked_prefill_keep_outputs(tiny_model: Callable[[str],
         assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
 
 
-@pytest.mark.parametrize("split", [{"tp": 2}, {"tp": 2, "ep_size": 2}], ids=["tp2", "tp2-ep2"])
 @pytest.mark.parametrize("arch", TINY_MOE_ARCHS)
-def test_tensor_and_expert_parallel_match_hf(tiny_model: Callable[[str], str], arch: str, split: dict) -> None:
+def test_tensor_and_expert_parallel_match_hf(tiny_model: Callable[[str], str], arch: str) -> None:
     """Two gloo ranks: each holds half of every expert's intermediate dimension (tp2) or four
-    whole experts (ep2), plus its attention heads; greedy tokens equal HF's."""
+    whole experts (tp2-ep2), plus its attention heads; greedy tokens equal HF's and prompt
+    logprobs are within LOGPROB_TOL of HF's. The two splits round the experts' sums differently,
+    so their logprobs are not bit-identical: expert parallelism really reached the ranks."""
     path = tiny_model(arch)
     hf = load_hf_model(path)
     prompts = random_prompts(4, 3, 40, seed=4)
-    with radixlm.Engine(path, **split, **ENGINE_ARGS) as engine:
-        outs = engine.generate(input_ids=prompts, sampling_params=GREEDY)
-        engine.check_no_leak()
-    for prompt, out in zip(prompts, outs):
-        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
+    logprobs = []
+    for split in ({"tp": 2}, {"tp": 2, "ep_size": 2}):
+        with radixlm.Engine(path, **split, **ENGINE_ARGS) as engine:
+            outs = engine.generate(input_ids=prompts, sampling_params=GREEDY, return_logprob=True, logprob_start_len=0)
+            engine.check_no_leak()
+        for prompt, out in zip(prompts, outs):
+            assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
+        logprobs.append(torch.tensor([lp for o in outs for lp, _ in o["meta_info"]["input_token_logprobs"][1:]]))
+    for prompt, row in zip(prompts, logprobs[1].split([len(p) - 1 for p in prompts])):
+        ref = hf_logprobs(hf, prompt)
+        expected = ref[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+        assert (row - expected).abs().max() < LOGPROB_TOL
+    assert 0 < (logprobs[0] - logprobs[1]).abs().max() < LOGPROB_TOL
 
 
 @pytest.mark.parametrize("arch", TINY_MOE_ARCHS)

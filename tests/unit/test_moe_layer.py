@@ -4,6 +4,8 @@ per-expert and stacked checkpoint tensors load to the same weights; bad splits a
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 
@@ -136,3 +138,29 @@ def test_parallel_checks_before_any_process_starts() -> None:
     with pytest.raises(ValueError, match="must divide the number of experts"):
         check_tensor_parallel(mixtral, "auto", 4, 4)
     assert parse_args(["--tp", "2", "--ep-size", "2"]).ep_size == 2
+
+
+@pytest.mark.parametrize("ep", [1, 2])
+def test_rank_shards_of_a_checkpoint_reassemble_the_full_experts(tiny_model: Callable[[str], str], ep: int) -> None:
+    """Each of two ranks loads its shard of the tiny Qwen2-MoE: with ep 1 half of every expert's
+    intermediate rows (gate and up halves, down columns), with ep 2 four whole experts."""
+    from radixlm.model_loader.loader import build_model, load_model_config
+
+    path = tiny_model("qwen2_moe")
+    config = load_model_config(path)
+
+    def experts(tp: TPGroup, ep_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        model = build_model(config, None, path, "auto", torch.float32, torch.device("cpu"), tp=tp, ep_size=ep_size)
+        layer = model.model.layers[2].mlp.experts
+        return layer.w13_weight, layer.w2_weight
+
+    w13, w2 = experts(TPGroup.single(), 1)
+    ranks = [experts(TPGroup(r, 2), ep) for r in range(2)]
+    if ep == 2:
+        assert torch.equal(torch.cat([r[0] for r in ranks]), w13)
+        assert torch.equal(torch.cat([r[1] for r in ranks]), w2)
+        return
+    inter = w2.shape[-1]
+    halves = [r[0].split(inter // 2, dim=1) for r in ranks]  # each rank: [gate half, up half]
+    assert torch.equal(torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=1), w13)
+    assert torch.equal(torch.cat([r[1] for r in ranks], dim=2), w2)
