@@ -15,8 +15,12 @@ from typing import Any, Optional
 from radixlm.config.server_args import ServerArgs
 
 # SGLang spellings that differ from our field names.
-ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"]}
-HELP = {"model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)"}
+ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"], "ep_size": ["--ep", "--expert-parallel-size"]}
+HELP = {
+    "model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)",
+    "ep_size": "expert parallelism for MoE models: 1 (default: every rank holds a slice of every expert) "
+    "or equal to --tp (each rank holds whole experts, num_experts / tp of them)",
+}
 # ServerArgs fields that only the HTTP front reads.
 HTTP_ONLY = frozenset(
     {"host", "port", "api_key", "max_payload_size", "log_requests", "enable_metrics", "served_model_name"}

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
-from radixlm.layers.linear import AttentionHeads, split_evenly
+from radixlm.layers.linear import AttentionHeads
 from radixlm.models.registry import resolve_model_class, resolve_model_impl, supported_architectures
 
 logger = logging.getLogger(__name__)
@@ -95,18 +95,22 @@ def build_model(
     trust_remote_code: bool = False,
     context_len: Optional[int] = None,
     tp: Optional[TPGroup] = None,
+    ep_size: int = 1,
 ) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
     `model_impl` picks radixlm's native class or the Transformers backend (registry.resolve_model_impl);
     the latter refuses models it cannot run exactly for sequences of up to `context_len` tokens,
-    and tensor parallelism. With `tp`, only this rank's shard is built and read from the checkpoint."""
+    and tensor parallelism. With `tp`, only this rank's shard is built and read from the checkpoint;
+    `ep_size` (1 or tp's size, MoE models only) splits experts across the ranks instead of their
+    intermediate dimension."""
     tp = tp or TPGroup.single()
-    check_tensor_parallel(config, model_impl, tp.size)
+    check_tensor_parallel(config, model_impl, tp.size, ep_size)
     architectures = getattr(config, "architectures", None) or []
     native = resolve_model_impl(architectures, model_impl) != "transformers"
     if native:
-        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp)
+        extra = {"ep_size": ep_size} if ep_size > 1 else {}
+        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp, extra)
     else:
         from radixlm.models.transformers_backend import TransformersForCausalLM
 
@@ -118,9 +122,9 @@ def build_model(
     return model.eval()
 
 
-def check_tensor_parallel(config: Any, model_impl: str, tp_size: int) -> None:
-    """ValueError naming what to change when the model cannot be split `tp_size` ways (cheap:
-    the front calls it before starting any process)."""
+def check_tensor_parallel(config: Any, model_impl: str, tp_size: int, ep_size: int = 1) -> None:
+    """ValueError naming what to change when the model cannot be split `tp_size` ways, its
+    experts `ep_size` ways (cheap: the front calls it before starting any process)."""
     if tp_size == 1:
         return
     architectures = getattr(config, "architectures", None) or []
@@ -131,14 +135,20 @@ def check_tensor_parallel(config: Any, model_impl: str, tp_size: int) -> None:
             f"({', '.join(supported_architectures())})"
         )
     AttentionHeads.split(config.num_attention_heads, kv_heads_of(config), TPGroup(0, tp_size))
-    split_evenly(config.intermediate_size, TPGroup(0, tp_size), "intermediate_size")
+    resolve_model_class(architectures).check_mlp_split(config, tp_size, ep_size)
 
 
 def _build_native(
-    cls: type, config: Any, backend: AttentionBackend, dtype: torch.dtype, device: torch.device, tp: TPGroup
+    cls: type,
+    config: Any,
+    backend: AttentionBackend,
+    dtype: torch.dtype,
+    device: torch.device,
+    tp: TPGroup,
+    extra: dict[str, Any],
 ) -> nn.Module:
     with torch.device("meta"):
-        model = cls(config, backend, tp)
+        model = cls(config, backend, tp, **extra)
     model = model.to(dtype=dtype).to_empty(device=device)
     for module in model.modules():
         if hasattr(module, "init_cache"):
