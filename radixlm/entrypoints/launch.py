@@ -29,7 +29,8 @@ def serve(args: ServerArgs) -> None:
     stopping = threading.Event()
     try:
         warm_up(engine, args.dp_size)
-        name = args.served_model_name or _default_name(args.model_path)
+        resolved = engine.server_args  # a Hub id's name survives as served_model_name
+        name = resolved.served_model_name or _default_name(resolved.model_path)
         app = create_app(engine, name, args.api_key, args.max_payload_size, media_policy(args))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -105,7 +106,13 @@ def _uvicorn_level(args: ServerArgs) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    serve(parse_args(argv))
+    from radixlm.model_loader.hub import ModelNotFoundError
+
+    args = parse_args(argv)
+    try:
+        serve(args)
+    except ModelNotFoundError as exc:  # a wrong path or Hub id: its message, not a traceback
+        sys.exit(f"radixlm: {exc}")
 
 
 if __name__ == "__main__":
