@@ -13,9 +13,10 @@ import typing
 from typing import Any, Optional
 
 from radixlm.config.server_args import ServerArgs
+from radixlm.config.sglang_flags import add_sglang_spellings
 
 # SGLang spellings that differ from our field names.
-ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"]}
+ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"], "model_impl": ["--impl"]}
 HELP = {"model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)"}
 # ServerArgs fields that only the HTTP front reads.
 HTTP_ONLY = frozenset(
@@ -44,6 +45,7 @@ def add_server_args(
             parser.add_argument(
                 *names, dest=f.name, type=kind, default=default, help=HELP.get(f.name, f"default: {default}")
             )
+    add_sglang_spellings(parser, exclude)
 
 
 def build_parser() -> argparse.ArgumentParser:

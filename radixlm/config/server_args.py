@@ -121,7 +121,13 @@ class ServerArgs:
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "ServerArgs":
         """Build from keyword arguments, naming any unknown one (SGLang aliases accepted)."""
-        aliases = {"tp": "tp_size", "dp": "dp_size", "mem_fraction": "mem_fraction_static"}
+        aliases = {
+            "tp": "tp_size",
+            "dp": "dp_size",
+            "mem_fraction": "mem_fraction_static",
+            "impl": "model_impl",
+            "nccl_init": "dist_init_addr",
+        }
         fields = {f.name for f in dataclasses.fields(cls)}
         clean = {}
         for key, value in kwargs.items():

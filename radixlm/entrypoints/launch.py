@@ -110,6 +110,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     args = parse_args(argv)
     try:
+        if args.node_rank > 0:  # SGLang starts every node with launch_server: this one runs ranks only
+            from radixlm.distributed.launch import run_worker_node
+            from radixlm.model_loader.hub import resolve_server_args
+
+            sys.exit(run_worker_node(resolve_server_args(args)))
         serve(args)
     except ModelNotFoundError as exc:  # a wrong path or Hub id: its message, not a traceback
         sys.exit(f"radixlm: {exc}")
