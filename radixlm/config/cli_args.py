@@ -13,9 +13,15 @@ import typing
 from typing import Any, Optional
 
 from radixlm.config.server_args import ServerArgs
+from radixlm.config.sglang_flags import add_sglang_spellings
 
 # SGLang spellings that differ from our field names.
-ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"], "ep_size": ["--ep", "--expert-parallel-size"]}
+ALIASES = {
+    "tp_size": ["--tp"],
+    "dp_size": ["--dp"],
+    "ep_size": ["--ep", "--expert-parallel-size"],
+    "model_impl": ["--impl"],
+}
 HELP = {
     "model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)",
     "ep_size": "expert parallelism for MoE models: 1 (default: every rank holds a slice of every expert) "
@@ -48,6 +54,7 @@ def add_server_args(
             parser.add_argument(
                 *names, dest=f.name, type=kind, default=default, help=HELP.get(f.name, f"default: {default}")
             )
+    add_sglang_spellings(parser, exclude)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from radixlm.config.bundled import bundled_model_path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float", "bf16", "fp16", "fp32")
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 MODEL_IMPLS = ("auto", "radixlm", "transformers")
 GRAMMAR_BACKENDS = ("xgrammar", "llguidance", "none")
@@ -29,6 +29,7 @@ class ServerArgs:
 
     model_path: Optional[str] = None
     tokenizer_path: Optional[str] = None
+    revision: Optional[str] = None  # Hub branch, tag or commit of a model_path / tokenizer_path given as org/name
     skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
     load_format: str = "auto"
@@ -121,7 +122,14 @@ class ServerArgs:
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "ServerArgs":
         """Build from keyword arguments, naming any unknown one (SGLang aliases accepted)."""
-        aliases = {"tp": "tp_size", "dp": "dp_size", "ep": "ep_size", "mem_fraction": "mem_fraction_static"}
+        aliases = {
+            "tp": "tp_size",
+            "dp": "dp_size",
+            "ep": "ep_size",
+            "mem_fraction": "mem_fraction_static",
+            "impl": "model_impl",
+            "nccl_init": "dist_init_addr",
+        }
         fields = {f.name for f in dataclasses.fields(cls)}
         clean = {}
         for key, value in kwargs.items():

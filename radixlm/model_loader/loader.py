@@ -171,8 +171,9 @@ class LazySlice:
 
 
 def iter_weights(model_path: str, load_format: str, lazy: bool = False) -> Iterator[tuple[str, Any]]:
-    """(HF name, tensor) for every tensor of the checkpoint; with `lazy`, safetensors tensors come
-    as `LazySlice`s so a tensor-parallel rank reads only its shard (GGUF tensors are always full)."""
+    """(HF name, tensor) for every tensor of the checkpoint (safetensors, else pytorch_model*.bin);
+    with `lazy`, safetensors tensors come as `LazySlice`s so a tensor-parallel rank reads only its
+    shard (GGUF and .bin tensors are always full)."""
     if is_gguf(model_path) or load_format == "gguf":
         from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
@@ -180,16 +181,30 @@ def iter_weights(model_path: str, load_format: str, lazy: bool = False) -> Itera
         yield from tqdm(checkpoint.tensors(), total=len(checkpoint), desc="Loading weights", leave=False)
         return
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(
-            f"no *.safetensors files in {model_path!r} (use load_format='dummy' for random weights)"
-        )
+    if not files or load_format == "pt":
+        yield from _iter_bin_weights(model_path)
+        return
     from safetensors import safe_open
 
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in tqdm(list(f.keys()), desc=f"Loading {os.path.basename(file)}", leave=False):
                 yield name, LazySlice(f.get_slice(name)) if lazy else f.get_tensor(name)
+
+
+def _iter_bin_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """PyTorch `pytorch_model*.bin` checkpoints, unpickled with `weights_only=True` (tensors and plain
+    containers only: a checkpoint cannot run code) and memory-mapped, one shard at a time."""
+    files = sorted(glob.glob(os.path.join(model_path, "pytorch_model*.bin")))
+    if not files:
+        raise FileNotFoundError(
+            f"no *.safetensors or pytorch_model*.bin files in {model_path!r} "
+            "(use load_format='dummy' for random weights)"
+        )
+    for file in files:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        for name in tqdm(list(state), desc=f"Loading {os.path.basename(file)}", leave=False):
+            yield name, state.pop(name)
 
 
 def _init_dummy(model: nn.Module, seed: int) -> None:

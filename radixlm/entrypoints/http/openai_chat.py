@@ -20,6 +20,7 @@ from radixlm.entrypoints.http.openai_common import (
     usage,
 )
 from radixlm.entrypoints.http.protocol import ChatCompletionRequest
+from radixlm.entrypoints.http.sglext import sglext_field
 from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.request_output import OutputAccumulator
 from radixlm.ipc.messages import TokenizedGenerateReq
@@ -44,6 +45,7 @@ def chat_router(state: ServerState) -> APIRouter:
             "model": state.model_name,
             "choices": choices,
             "usage": usage(accs, body.n),
+            **sglext_field(body, accs),
         }
 
     return router
@@ -198,6 +200,7 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, reqs: list) -
                     {
                         **base,
                         "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason(acc)}],
+                        **sglext_field(body, [acc]),
                     }
                 )
     except APIError as exc:
