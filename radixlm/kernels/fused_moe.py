@@ -22,6 +22,11 @@ block size alone):
    (atomics, order not fixed) that is then cast into `out`: [T*k, H] is neither written nor
    read back, for a memset and a cast.
 
+At decode sizes (at most `pdl.MAX_ROWS` tokens, Hopper) the four kernels are launched with
+programmatic dependent launch, each entering `pdl_enter()` before it touches memory, so each
+launches under the previous one's tail (the GEMMs cannot start their weight stream early: which
+experts to read comes from the alignment).
+
 Matmuls accumulate in float32; `act` and `y` are stored in x's dtype. Block sizes come from
 `moe_config` (decode-size batches BLOCK_M 16 with narrow N tiles so the few selected experts
 still spread over every SM; prefill 64 or 128).
@@ -38,6 +43,8 @@ import torch
 try:
     import triton
     import triton.language as tl
+
+    from radixlm.kernels.pdl import pdl_enter, pdl_launch
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
@@ -137,12 +144,15 @@ if triton is not None:
         CHUNK: tl.constexpr,
         BLOCKS_CHUNK: tl.constexpr,
         SCATTER: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """Fills `sorted` with the pad value `num_rows` (each program its CHUNK; with SCATTER
         the single program all of it); program 0 also counts the rows per expert and writes each
         expert's padded start into `cursor`, each block's expert into `block_expert` (-1 past
         the used blocks) and `num_padded`. With SCATTER (one program, num_rows <= CHUNK) it then
         scatters the rows itself, after a barrier, instead of `_scatter_kernel`."""
+        if PDL:
+            pdl_enter()
         pid = tl.program_id(0)
         pad = tl.full([CHUNK], 0, tl.int32) + num_rows
         if SCATTER:
@@ -215,11 +225,14 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         PRECISION: tl.constexpr,
         WIDEN: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """act[r, n] = silu(x[r // k] . w[e, n]) * (x[r // k] . w[e, N + n]) for the rows r of one
         block of expert e and BLOCK_N columns n (w's last dimension contiguous). One dot of
         2 * BLOCK_N columns: gate and up rows interleaved (column 2c is gate row n0 + c, column
         2c + 1 up row N + n0 + c), split apart in the epilogue."""
+        if PDL:
+            pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -279,10 +292,13 @@ if triton is not None:
         WIDEN: tl.constexpr,
         top_k,
         ATOMIC: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """y[r, n] = weights[r] * (act[r] . w[e, n]) for the rows r of one block of expert e and
         N tile (w's last dimension contiguous); with ATOMIC, y is the float32 [T, H] sum instead
         (zeroed beforehand) and the product is added to row r // top_k."""
+        if PDL:
+            pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -319,9 +335,20 @@ if triton is not None:
 
     @triton.jit
     def _sum_kernel(
-        y_ptr, ids_ptr, out_ptr, H, num_experts, stride_y, stride_out, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr
+        y_ptr,
+        ids_ptr,
+        out_ptr,
+        H,
+        num_experts,
+        stride_y,
+        stride_out,
+        TOP_K: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """out[t, h] = sum over slots j with a valid expert of y[t*k + j, h], float32, j in order."""
+        if PDL:
+            pdl_enter()
         t = tl.program_id(0).to(tl.int64)
         offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         h_ok = offs < H
@@ -378,6 +405,7 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
         max(16, 8192 // e_pow2),
         single,
         num_warps=4,
+        **pdl_launch(topk_ids, topk_ids.shape[0]),
     )
     if not single:
         _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)
@@ -435,6 +463,7 @@ def _gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, top_k: in
         widen,
         num_warps=gemm.num_warps,
         num_stages=gemm.num_stages,
+        **pdl_launch(x, x.shape[0]),
     )
     return act
 
@@ -482,6 +511,7 @@ def _down(
         atomic,
         num_warps=gemm.num_warps,
         num_stages=gemm.num_stages,
+        **pdl_launch(act, num_rows // top_k),
     )
 
 
@@ -491,7 +521,17 @@ def _sum_top_k(y: torch.Tensor, ids: torch.Tensor, num_experts: int, out: torch.
     hidden = y.shape[1]
     block_h = min(1024, triton.next_power_of_2(hidden))
     _sum_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
-        y, ids, out, hidden, num_experts, y.stride(0), out.stride(0), top_k, block_h, num_warps=4
+        y,
+        ids,
+        out,
+        hidden,
+        num_experts,
+        y.stride(0),
+        out.stride(0),
+        top_k,
+        block_h,
+        num_warps=4,
+        **pdl_launch(y, num_tokens),
     )
 
 

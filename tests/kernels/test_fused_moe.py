@@ -257,6 +257,7 @@ def check_hopper_compile() -> None:
                 EVEN_K=True,
                 PRECISION="tf32",
                 WIDEN=False,
+                PDL=config.block_m == 16,
             )
             compiled = compile_for_hopper(kernel, constexprs, gemm.num_warps, gemm.num_stages)
             ptx = compiled.asm["ptx"]
@@ -267,10 +268,10 @@ def check_hopper_compile() -> None:
             if config.block_m >= 64:
                 assert "wgmma.mma_async" in ptx, (kernel.__name__, config)
     for kernel, constexprs in (
-        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=False)),
-        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True)),
+        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=False, PDL=False)),
+        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True, PDL=True)),
         (fm._scatter_kernel, dict(CHUNK=1024)),
-        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024)),
+        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024, PDL=True)),
     ):
         compile_for_hopper(kernel, constexprs, 4, 3)
 
