@@ -5,13 +5,13 @@ layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]). Four launches (fiv
 rows), no host sync (so a CUDA graph can capture it; every buffer is sized from T, k, E and the
 block size alone):
 
-1. `_align_kernel` (+ `_scatter_kernel` beyond 1,024 rows): the T*k (token, slot) rows, numbered `r = t*k + j`, are
-   grouped by expert into blocks of BLOCK_M rows. Expert e's rows fill `ceil(count_e / BLOCK_M)`
-   blocks starting at its padded offset; the tail of its last block holds the pad value T*k.
-   `block_expert[b]` is the expert of block b; `num_padded` is the number of rows used, at most
-   `max_padded = T*k + min(E, T*k) * (BLOCK_M - 1)`. Rows whose id is outside [0, E) (another
-   expert-parallel rank's experts) are in no block, and experts without rows have no block, so
-   the GEMMs read only the selected experts' weights.
+1. `_align_kernel` (+ `_scatter_kernel` beyond 1,024 rows): the T*k (token, slot) rows,
+   numbered `r = t*k + j`, are grouped by expert into blocks of BLOCK_M rows. Expert e's rows
+   fill `ceil(count_e / BLOCK_M)` blocks starting at its padded offset; the tail of its last
+   block holds the pad value T*k. `block_expert[b]` is the expert of block b; `num_padded` is
+   the number of rows used, at most `max_padded = T*k + min(E, T*k) * (BLOCK_M - 1)`. Rows
+   whose id is outside [0, E) (another expert-parallel rank's experts) are in no block, and
+   experts without rows have no block, so the GEMMs read only the selected experts' weights.
 2. `_gate_up_kernel`: per block, the gate and up rows of the same columns of its expert's w13
    (interleaved into one tile of twice the width) against the block's token rows; the epilogue
    writes silu(gate) * up into `act` [T*k, I].
@@ -389,7 +389,10 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     cursor = torch.empty(e_pow2, dtype=torch.int32, device=dev)
     single = num_rows <= _CHUNK
-    _align_kernel[(1 if single else triton.cdiv(max_padded, _CHUNK),)](
+    # beyond one chunk program 0 counts alone, so it takes 4 chunks a step with 16 warps (32,768
+    # rows: 8 dependent steps instead of 32)
+    chunk, warps = (_CHUNK, 4) if single else (4 * _CHUNK, 16)
+    _align_kernel[(1 if single else triton.cdiv(max_padded, chunk),)](
         topk_ids,
         sorted_rows,
         cursor,
@@ -401,10 +404,10 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
         max_blocks,
         block_m,
         e_pow2,
-        _CHUNK,
+        chunk,
         max(16, 8192 // e_pow2),
         single,
-        num_warps=4,
+        num_warps=warps,
         **pdl_launch(topk_ids, topk_ids.shape[0]),
     )
     if not single:

@@ -267,13 +267,13 @@ def check_hopper_compile() -> None:
             assert "cp.async" in ptx, (kernel.__name__, config)
             if config.block_m >= 64:
                 assert "wgmma.mma_async" in ptx, (kernel.__name__, config)
-    for kernel, constexprs in (
-        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=False, PDL=False)),
-        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True, PDL=True)),
-        (fm._scatter_kernel, dict(CHUNK=1024)),
-        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024, PDL=True)),
+    for kernel, constexprs, warps in (
+        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=4096, BLOCKS_CHUNK=64, SCATTER=False, PDL=False), 16),
+        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True, PDL=True), 4),
+        (fm._scatter_kernel, dict(CHUNK=1024), 4),
+        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024, PDL=True), 4),
     ):
-        compile_for_hopper(kernel, constexprs, 4, 3)
+        compile_for_hopper(kernel, constexprs, warps, 3)
 
 
 @pytest.mark.slow
