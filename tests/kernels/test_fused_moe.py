@@ -9,10 +9,12 @@ each; `experts_reference` in bf16 lands at 4e-3 to 7e-3), fp16 2e-3, float32 1e-
 Triton's interpreter truncates float32 to bf16 instead of rounding to nearest (twice the
 rounding error: its bf16 results land at 6e-3 to 9e-3), so bf16 through the interpreter gets 2e-2.
 
-Without a GPU a few small shapes run through Triton's interpreter (TRITON_INTERPRET=1, in a
-subprocess so other tests keep the compiled mode); the full grid (experts 8-128, top-k 1-8,
-tokens 1-4096, the Qwen3-30B-A3B and a Mixtral-like shape) and a CUDA-graph capture are marked
-`gpu`.
+A few small shapes run through Triton's interpreter (TRITON_INTERPRET=1, in a subprocess so
+other tests keep the compiled mode), and the GEMM kernels are compiled ahead of time for sm_90
+(no GPU needed: wgmma and pipelined loads checked on the PTX). The full grid (experts 8-128,
+top-k 1-8, tokens 1-4096, the Qwen3-30B-A3B and a Mixtral-like shape), fp16/fp32, every
+block-size class with either top-k sum, and a CUDA-graph capture replayed with new routing are
+marked `gpu`.
 """
 
 from __future__ import annotations
