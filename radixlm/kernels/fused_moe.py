@@ -416,15 +416,23 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
 
 
 def _check_inputs(
-    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, out: Optional[torch.Tensor]
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    out: Optional[torch.Tensor],
 ) -> None:
     e, two_i, h = w13.shape
     if x.dim() != 2 or x.shape[1] != h or w2.shape != (e, h, two_i // 2) or two_i % 2:
         raise ValueError(f"fused_experts: x {tuple(x.shape)}, w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
     if w13.dtype != x.dtype or w2.dtype != x.dtype or w13.stride(-1) != 1 or w2.stride(-1) != 1:
         raise ValueError("fused_experts: weights must have x's dtype and a contiguous last dimension")
-    if topk_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"fused_experts: {x.shape[0]} tokens but topk_ids {tuple(topk_ids.shape)}")
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0] or topk_weights.shape != topk_ids.shape:
+        raise ValueError(
+            f"fused_experts: {x.shape[0]} tokens, topk_ids {tuple(topk_ids.shape)}, "
+            f"topk_weights {tuple(topk_weights.shape)}"
+        )
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1):
         raise ValueError("fused_experts: out must be [T, H] in x's dtype with a contiguous last dimension")
 
@@ -548,7 +556,7 @@ def fused_experts_with_config(
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
-    _check_inputs(x, w13, w2, topk_ids, out)
+    _check_inputs(x, w13, w2, topk_weights, topk_ids, out)
     num_tokens, top_k = topk_ids.shape
     num_experts, hidden = w13.shape[0], w13.shape[2]
     x = x if x.stride(-1) == 1 else x.contiguous()

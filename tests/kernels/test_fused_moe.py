@@ -201,6 +201,8 @@ def test_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
         fused_experts(x, w13, w2, weights, ids)  # w2's inter 16 != w13's 64 / 2
     with pytest.raises(ValueError):
+        fused_experts(x, w13, torch.zeros(4, 64, 32), torch.ones(2, 2), ids)  # weights [T, 2], ids [T, 1]
+    with pytest.raises(ValueError):
         fused_experts(x, w13, torch.zeros(4, 64, 32), weights, ids, out=torch.zeros(64, 2).t())  # strided out
 
 
