@@ -27,6 +27,10 @@ programmatic dependent launch, each entering `pdl_enter()` before it touches mem
 launches under the previous one's tail (the GEMMs cannot start their weight stream early: which
 experts to read comes from the alignment).
 
+The batch-dependent integers (rows, blocks) are not specialised by the JIT, so a new batch size
+compiles nothing new unless it changes `moe_config`'s choice, PDL (T <= 16) or the one-launch
+alignment (<= 1,024 rows).
+
 Matmuls accumulate in float32; `act` and `y` are stored in x's dtype. Block sizes come from
 `moe_config` (decode-size batches BLOCK_M 16 with narrow N tiles so the few selected experts
 still spread over every SM; prefill 64 or 128).
@@ -128,7 +132,7 @@ if triton is not None:
         dest = tl.atomic_add(cursor_ptr + tl.where(ok, e, 0), 1, mask=ok, sem="relaxed")
         tl.store(sorted_ptr + dest, offs, mask=ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows", "max_padded", "max_blocks"])
     def _align_kernel(
         ids_ptr,
         sorted_ptr,
@@ -185,7 +189,7 @@ if triton is not None:
                 tl.debug_barrier()  # the pad fill and the cursors, stored by other threads, come first
                 _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, tl.arange(0, CHUNK), num_rows, num_experts)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows"])
     def _scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, num_rows, num_experts, CHUNK: tl.constexpr):
         """`_scatter_rows` over this program's CHUNK of rows (after `_align_kernel`)."""
         offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
@@ -201,7 +205,7 @@ if triton is not None:
         size_m = tl.minimum(num_blocks - first_m, GROUP_M)
         return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows", "max_blocks"])
     def _gate_up_kernel(
         x_ptr,
         w_ptr,
@@ -266,7 +270,7 @@ if triton is not None:
         out_ptrs = act_ptr + rows[:, None].to(tl.int64) * stride_act + offs_n[None, :]
         tl.store(out_ptrs, h.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows", "max_blocks"])
     def _down_kernel(
         act_ptr,
         w_ptr,

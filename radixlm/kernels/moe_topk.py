@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_tokens"])
     def _topk_kernel(
         logits_ptr,
         weights_ptr,
