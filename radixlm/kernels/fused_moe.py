@@ -570,10 +570,11 @@ def fused_experts_with_config(
         out = torch.empty_like(x)
     if ids.numel() == 0:
         return out.zero_()
+    if config.atomic_sum:  # zeroed before the first kernel: the PDL chain has no memset inside
+        total = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
     blocks = align_by_expert(ids, num_experts, config.block_m)
     act = _gate_up(x, w13, blocks, top_k, config.gate_up)
     if config.atomic_sum:
-        total = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
         _down(act, w2, weights, blocks, total, top_k, config.down, atomic=True)
         return out.copy_(total)
     y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)

@@ -335,19 +335,20 @@ def test_fused_experts_fp16_fp32_and_alignment_on_gpu() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_every_config_class_on_one_shape() -> None:
     """The four block-size classes of `moe_config`, with either top-k sum, forced onto one
-    routing (each must be right whatever shape it later gets), into a strided `out` (a column
-    slice of a wider tensor)."""
+    routing of 500 tokens and one of 8 (launched under PDL on Hopper; each class must be right
+    whatever shape it later gets), into a strided `out` (a column slice of a wider tensor)."""
     from radixlm.kernels.fused_moe import fused_experts_with_config, moe_config
 
     gen = torch.Generator("cuda").manual_seed(3)
-    x, w13, w2, weights, ids = make_case(500, 32, 4, 512, 256, 30, 0.1, torch.bfloat16, "cuda", gen)
-    want = reference64(x, w13, w2, weights, ids)
-    for rows, atomic in itertools.product((8, 600, 4096, 40000), (False, True)):
-        config = dataclasses.replace(moe_config(rows, 32, 512, 256), atomic_sum=atomic)
-        wide = torch.full((500, 600), float("nan"), dtype=torch.bfloat16, device="cuda")
-        out = fused_experts_with_config(x, w13, w2, weights, ids, config, out=wide[:, 50:562])
-        assert rel_err(out, want) <= TOL[torch.bfloat16], config
-        assert wide[:, :50].isnan().all() and wide[:, 562:].isnan().all()
+    for tokens in (500, 8):
+        x, w13, w2, weights, ids = make_case(tokens, 32, 4, 512, 256, 30, 0.1, torch.bfloat16, "cuda", gen)
+        want = reference64(x, w13, w2, weights, ids)
+        for rows, atomic in itertools.product((8, 600, 4096, 40000), (False, True)):
+            config = dataclasses.replace(moe_config(rows, 32, 512, 256), atomic_sum=atomic)
+            wide = torch.full((tokens, 600), float("nan"), dtype=torch.bfloat16, device="cuda")
+            out = fused_experts_with_config(x, w13, w2, weights, ids, config, out=wide[:, 50:562])
+            assert rel_err(out, want) <= TOL[torch.bfloat16], (tokens, config)
+            assert wide[:, :50].isnan().all() and wide[:, 562:].isnan().all()
 
 
 @pytest.mark.gpu
