@@ -9,6 +9,7 @@ and the torch reference, bf16 random weights, in one run.
     (bytes read + written); target >= 70 %. Each timed call has its own routing and input, and
     the calls are replayed in one CUDA graph, so a layer finds its experts' weights cold in L2.
 (c) the torch reference (`experts_reference`, a loop over experts) at the same shapes.
+(d) the router: `fused_topk` (one launch) against `select_experts` (torch), 1 to 4,096 tokens.
 
     python benchmarks/moe_bench.py [--quick] [--shapes qwen3-30b-a3b mixtral-8x7b] [--sweep] [--profile]
 
@@ -31,6 +32,7 @@ from typing import Callable
 import torch
 
 from radixlm.kernels.fused_moe import GemmConfig, MoeConfig, fused_experts, fused_experts_with_config, moe_config
+from radixlm.kernels.moe_topk import fused_topk
 from radixlm.layers.moe.reference import experts_reference
 from radixlm.layers.moe.routing import select_experts
 
@@ -278,6 +280,19 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.shapes:
         bench_decode(name, *weights[name], SHAPES[name][3], copy_bw, args)
+    print("\n(d) router: fused_topk (one launch) vs select_experts (torch), each in a CUDA graph")
+    print("| shape | tokens | fused_topk us | select_experts us |")
+    print("|---|---|---|---|")
+    for name in args.shapes:
+        bench_router(name, SHAPES[name][2], SHAPES[name][3])
+
+
+def bench_router(name: str, experts: int, top_k: int) -> None:
+    for tokens in (1, 64, PREFILL_TOKENS):
+        logits = [torch.randn(tokens, experts, device="cuda", dtype=torch.bfloat16) for _ in range(8)]
+        fused = graph_us_per_call([lambda g=g: fused_topk(g, top_k, True) for g in logits])
+        torch_us = graph_us_per_call([lambda g=g: select_experts(g, top_k, True) for g in logits])
+        print(f"| {name} | {tokens} | {fused:.1f} | {torch_us:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

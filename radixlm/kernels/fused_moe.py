@@ -5,13 +5,13 @@ layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]). Four launches (fiv
 rows), no host sync (so a CUDA graph can capture it; every buffer is sized from T, k, E and the
 block size alone):
 
-1. `_align_kernel` (+ `_scatter_kernel` beyond 1,024 rows): the T*k (token, slot) rows, numbered `r = t*k + j`, are
-   grouped by expert into blocks of BLOCK_M rows. Expert e's rows fill `ceil(count_e / BLOCK_M)`
-   blocks starting at its padded offset; the tail of its last block holds the pad value T*k.
-   `block_expert[b]` is the expert of block b; `num_padded` is the number of rows used, at most
-   `max_padded = T*k + min(E, T*k) * (BLOCK_M - 1)`. Rows whose id is outside [0, E) (another
-   expert-parallel rank's experts) are in no block, and experts without rows have no block, so
-   the GEMMs read only the selected experts' weights.
+1. `_align_kernel` (+ `_scatter_kernel` beyond 1,024 rows): the T*k (token, slot) rows,
+   numbered `r = t*k + j`, are grouped by expert into blocks of BLOCK_M rows. Expert e's rows
+   fill `ceil(count_e / BLOCK_M)` blocks starting at its padded offset; the tail of its last
+   block holds the pad value T*k. `block_expert[b]` is the expert of block b; `num_padded` is
+   the number of rows used, at most `max_padded = T*k + min(E, T*k) * (BLOCK_M - 1)`. Rows
+   whose id is outside [0, E) (another expert-parallel rank's experts) are in no block, and
+   experts without rows have no block, so the GEMMs read only the selected experts' weights.
 2. `_gate_up_kernel`: per block, the gate and up rows of the same columns of its expert's w13
    (interleaved into one tile of twice the width) against the block's token rows; the epilogue
    writes silu(gate) * up into `act` [T*k, I].
@@ -21,6 +21,15 @@ block size alone):
    `MoeConfig.atomic_sum` the down kernel instead adds its rows into a zeroed float32 [T, H]
    (atomics, order not fixed) that is then cast into `out`: [T*k, H] is neither written nor
    read back, for a memset and a cast.
+
+At decode sizes (at most `pdl.MAX_ROWS` tokens, Hopper) the four kernels are launched with
+programmatic dependent launch, each entering `pdl_enter()` before it touches memory, so each
+launches under the previous one's tail (the GEMMs cannot start their weight stream early: which
+experts to read comes from the alignment).
+
+The batch-dependent integers (rows, blocks) are not specialised by the JIT, so a new batch size
+compiles nothing new unless it changes `moe_config`'s choice, PDL (T <= 16) or the one-launch
+alignment (<= 1,024 rows).
 
 Matmuls accumulate in float32; `act` and `y` are stored in x's dtype. Block sizes come from
 `moe_config` (decode-size batches BLOCK_M 16 with narrow N tiles so the few selected experts
@@ -38,6 +47,8 @@ import torch
 try:
     import triton
     import triton.language as tl
+
+    from radixlm.kernels.pdl import pdl_enter, pdl_launch
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
@@ -121,7 +132,7 @@ if triton is not None:
         dest = tl.atomic_add(cursor_ptr + tl.where(ok, e, 0), 1, mask=ok, sem="relaxed")
         tl.store(sorted_ptr + dest, offs, mask=ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows", "max_padded", "max_blocks"])
     def _align_kernel(
         ids_ptr,
         sorted_ptr,
@@ -137,12 +148,15 @@ if triton is not None:
         CHUNK: tl.constexpr,
         BLOCKS_CHUNK: tl.constexpr,
         SCATTER: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """Fills `sorted` with the pad value `num_rows` (each program its CHUNK; with SCATTER
         the single program all of it); program 0 also counts the rows per expert and writes each
         expert's padded start into `cursor`, each block's expert into `block_expert` (-1 past
         the used blocks) and `num_padded`. With SCATTER (one program, num_rows <= CHUNK) it then
         scatters the rows itself, after a barrier, instead of `_scatter_kernel`."""
+        if PDL:
+            pdl_enter()
         pid = tl.program_id(0)
         pad = tl.full([CHUNK], 0, tl.int32) + num_rows
         if SCATTER:
@@ -175,7 +189,7 @@ if triton is not None:
                 tl.debug_barrier()  # the pad fill and the cursors, stored by other threads, come first
                 _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, tl.arange(0, CHUNK), num_rows, num_experts)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows"])
     def _scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, num_rows, num_experts, CHUNK: tl.constexpr):
         """`_scatter_rows` over this program's CHUNK of rows (after `_align_kernel`)."""
         offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
@@ -191,7 +205,7 @@ if triton is not None:
         size_m = tl.minimum(num_blocks - first_m, GROUP_M)
         return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows", "max_blocks"])
     def _gate_up_kernel(
         x_ptr,
         w_ptr,
@@ -215,11 +229,14 @@ if triton is not None:
         EVEN_K: tl.constexpr,
         PRECISION: tl.constexpr,
         WIDEN: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """act[r, n] = silu(x[r // k] . w[e, n]) * (x[r // k] . w[e, N + n]) for the rows r of one
         block of expert e and BLOCK_N columns n (w's last dimension contiguous). One dot of
         2 * BLOCK_N columns: gate and up rows interleaved (column 2c is gate row n0 + c, column
         2c + 1 up row N + n0 + c), split apart in the epilogue."""
+        if PDL:
+            pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -253,7 +270,7 @@ if triton is not None:
         out_ptrs = act_ptr + rows[:, None].to(tl.int64) * stride_act + offs_n[None, :]
         tl.store(out_ptrs, h.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_rows", "max_blocks"])
     def _down_kernel(
         act_ptr,
         w_ptr,
@@ -279,10 +296,13 @@ if triton is not None:
         WIDEN: tl.constexpr,
         top_k,
         ATOMIC: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """y[r, n] = weights[r] * (act[r] . w[e, n]) for the rows r of one block of expert e and
         N tile (w's last dimension contiguous); with ATOMIC, y is the float32 [T, H] sum instead
         (zeroed beforehand) and the product is added to row r // top_k."""
+        if PDL:
+            pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
             return
@@ -319,9 +339,20 @@ if triton is not None:
 
     @triton.jit
     def _sum_kernel(
-        y_ptr, ids_ptr, out_ptr, H, num_experts, stride_y, stride_out, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr
+        y_ptr,
+        ids_ptr,
+        out_ptr,
+        H,
+        num_experts,
+        stride_y,
+        stride_out,
+        TOP_K: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """out[t, h] = sum over slots j with a valid expert of y[t*k + j, h], float32, j in order."""
+        if PDL:
+            pdl_enter()
         t = tl.program_id(0).to(tl.int64)
         offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         h_ok = offs < H
@@ -362,7 +393,10 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     cursor = torch.empty(e_pow2, dtype=torch.int32, device=dev)
     single = num_rows <= _CHUNK
-    _align_kernel[(1 if single else triton.cdiv(max_padded, _CHUNK),)](
+    # beyond one chunk program 0 counts alone, so it takes 4 chunks a step with 16 warps (32,768
+    # rows: 8 dependent steps instead of 32)
+    chunk, warps = (_CHUNK, 4) if single else (4 * _CHUNK, 16)
+    _align_kernel[(1 if single else triton.cdiv(max_padded, chunk),)](
         topk_ids,
         sorted_rows,
         cursor,
@@ -374,10 +408,11 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
         max_blocks,
         block_m,
         e_pow2,
-        _CHUNK,
+        chunk,
         max(16, 8192 // e_pow2),
         single,
-        num_warps=4,
+        num_warps=warps,
+        **pdl_launch(topk_ids, topk_ids.shape[0]),
     )
     if not single:
         _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)
@@ -385,15 +420,23 @@ def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> E
 
 
 def _check_inputs(
-    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, out: Optional[torch.Tensor]
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    out: Optional[torch.Tensor],
 ) -> None:
     e, two_i, h = w13.shape
     if x.dim() != 2 or x.shape[1] != h or w2.shape != (e, h, two_i // 2) or two_i % 2:
         raise ValueError(f"fused_experts: x {tuple(x.shape)}, w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
     if w13.dtype != x.dtype or w2.dtype != x.dtype or w13.stride(-1) != 1 or w2.stride(-1) != 1:
         raise ValueError("fused_experts: weights must have x's dtype and a contiguous last dimension")
-    if topk_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"fused_experts: {x.shape[0]} tokens but topk_ids {tuple(topk_ids.shape)}")
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0] or topk_weights.shape != topk_ids.shape:
+        raise ValueError(
+            f"fused_experts: {x.shape[0]} tokens, topk_ids {tuple(topk_ids.shape)}, "
+            f"topk_weights {tuple(topk_weights.shape)}"
+        )
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1):
         raise ValueError("fused_experts: out must be [T, H] in x's dtype with a contiguous last dimension")
 
@@ -435,6 +478,7 @@ def _gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, top_k: in
         widen,
         num_warps=gemm.num_warps,
         num_stages=gemm.num_stages,
+        **pdl_launch(x, x.shape[0]),
     )
     return act
 
@@ -482,6 +526,7 @@ def _down(
         atomic,
         num_warps=gemm.num_warps,
         num_stages=gemm.num_stages,
+        **pdl_launch(act, num_rows // top_k),
     )
 
 
@@ -491,7 +536,17 @@ def _sum_top_k(y: torch.Tensor, ids: torch.Tensor, num_experts: int, out: torch.
     hidden = y.shape[1]
     block_h = min(1024, triton.next_power_of_2(hidden))
     _sum_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
-        y, ids, out, hidden, num_experts, y.stride(0), out.stride(0), top_k, block_h, num_warps=4
+        y,
+        ids,
+        out,
+        hidden,
+        num_experts,
+        y.stride(0),
+        out.stride(0),
+        top_k,
+        block_h,
+        num_warps=4,
+        **pdl_launch(y, num_tokens),
     )
 
 
@@ -505,7 +560,7 @@ def fused_experts_with_config(
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
-    _check_inputs(x, w13, w2, topk_ids, out)
+    _check_inputs(x, w13, w2, topk_weights, topk_ids, out)
     num_tokens, top_k = topk_ids.shape
     num_experts, hidden = w13.shape[0], w13.shape[2]
     x = x if x.stride(-1) == 1 else x.contiguous()
@@ -515,10 +570,11 @@ def fused_experts_with_config(
         out = torch.empty_like(x)
     if ids.numel() == 0:
         return out.zero_()
+    if config.atomic_sum:  # zeroed before the first kernel: the PDL chain has no memset inside
+        total = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
     blocks = align_by_expert(ids, num_experts, config.block_m)
     act = _gate_up(x, w13, blocks, top_k, config.gate_up)
     if config.atomic_sum:
-        total = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
         _down(act, w2, weights, blocks, total, top_k, config.down, atomic=True)
         return out.copy_(total)
     y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)

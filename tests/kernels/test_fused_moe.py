@@ -9,10 +9,12 @@ each; `experts_reference` in bf16 lands at 4e-3 to 7e-3), fp16 2e-3, float32 1e-
 Triton's interpreter truncates float32 to bf16 instead of rounding to nearest (twice the
 rounding error: its bf16 results land at 6e-3 to 9e-3), so bf16 through the interpreter gets 2e-2.
 
-Without a GPU a few small shapes run through Triton's interpreter (TRITON_INTERPRET=1, in a
-subprocess so other tests keep the compiled mode); the full grid (experts 8-128, top-k 1-8,
-tokens 1-4096, the Qwen3-30B-A3B and a Mixtral-like shape) and a CUDA-graph capture are marked
-`gpu`.
+A few small shapes run through Triton's interpreter (TRITON_INTERPRET=1, in a subprocess so
+other tests keep the compiled mode), and the GEMM kernels are compiled ahead of time for sm_90
+(no GPU needed: wgmma and pipelined loads checked on the PTX). The full grid (experts 8-128,
+top-k 1-8, tokens 1-4096, the Qwen3-30B-A3B and a Mixtral-like shape), fp16/fp32, every
+block-size class with either top-k sum, and a CUDA-graph capture replayed with new routing are
+marked `gpu`.
 """
 
 from __future__ import annotations
@@ -199,6 +201,8 @@ def test_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
         fused_experts(x, w13, w2, weights, ids)  # w2's inter 16 != w13's 64 / 2
     with pytest.raises(ValueError):
+        fused_experts(x, w13, torch.zeros(4, 64, 32), torch.ones(2, 2), ids)  # weights [T, 2], ids [T, 1]
+    with pytest.raises(ValueError):
         fused_experts(x, w13, torch.zeros(4, 64, 32), weights, ids, out=torch.zeros(64, 2).t())  # strided out
 
 
@@ -257,6 +261,7 @@ def check_hopper_compile() -> None:
                 EVEN_K=True,
                 PRECISION="tf32",
                 WIDEN=False,
+                PDL=config.block_m == 16,
             )
             compiled = compile_for_hopper(kernel, constexprs, gemm.num_warps, gemm.num_stages)
             ptx = compiled.asm["ptx"]
@@ -266,13 +271,13 @@ def check_hopper_compile() -> None:
             assert "cp.async" in ptx, (kernel.__name__, config)
             if config.block_m >= 64:
                 assert "wgmma.mma_async" in ptx, (kernel.__name__, config)
-    for kernel, constexprs in (
-        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=False)),
-        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True)),
-        (fm._scatter_kernel, dict(CHUNK=1024)),
-        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024)),
+    for kernel, constexprs, warps in (
+        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=4096, BLOCKS_CHUNK=64, SCATTER=False, PDL=False), 16),
+        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True, PDL=True), 4),
+        (fm._scatter_kernel, dict(CHUNK=1024), 4),
+        (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024, PDL=True), 4),
     ):
-        compile_for_hopper(kernel, constexprs, 4, 3)
+        compile_for_hopper(kernel, constexprs, warps, 3)
 
 
 @pytest.mark.slow
@@ -330,19 +335,20 @@ def test_fused_experts_fp16_fp32_and_alignment_on_gpu() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_every_config_class_on_one_shape() -> None:
     """The four block-size classes of `moe_config`, with either top-k sum, forced onto one
-    routing (each must be right whatever shape it later gets), into a strided `out` (a column
-    slice of a wider tensor)."""
+    routing of 500 tokens and one of 8 (launched under PDL on Hopper; each class must be right
+    whatever shape it later gets), into a strided `out` (a column slice of a wider tensor)."""
     from radixlm.kernels.fused_moe import fused_experts_with_config, moe_config
 
     gen = torch.Generator("cuda").manual_seed(3)
-    x, w13, w2, weights, ids = make_case(500, 32, 4, 512, 256, 30, 0.1, torch.bfloat16, "cuda", gen)
-    want = reference64(x, w13, w2, weights, ids)
-    for rows, atomic in itertools.product((8, 600, 4096, 40000), (False, True)):
-        config = dataclasses.replace(moe_config(rows, 32, 512, 256), atomic_sum=atomic)
-        wide = torch.full((500, 600), float("nan"), dtype=torch.bfloat16, device="cuda")
-        out = fused_experts_with_config(x, w13, w2, weights, ids, config, out=wide[:, 50:562])
-        assert rel_err(out, want) <= TOL[torch.bfloat16], config
-        assert wide[:, :50].isnan().all() and wide[:, 562:].isnan().all()
+    for tokens in (500, 8):
+        x, w13, w2, weights, ids = make_case(tokens, 32, 4, 512, 256, 30, 0.1, torch.bfloat16, "cuda", gen)
+        want = reference64(x, w13, w2, weights, ids)
+        for rows, atomic in itertools.product((8, 600, 4096, 40000), (False, True)):
+            config = dataclasses.replace(moe_config(rows, 32, 512, 256), atomic_sum=atomic)
+            wide = torch.full((tokens, 600), float("nan"), dtype=torch.bfloat16, device="cuda")
+            out = fused_experts_with_config(x, w13, w2, weights, ids, config, out=wide[:, 50:562])
+            assert rel_err(out, want) <= TOL[torch.bfloat16], (tokens, config)
+            assert wide[:, :50].isnan().all() and wide[:, 562:].isnan().all()
 
 
 @pytest.mark.gpu
