@@ -146,6 +146,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     if args.model_path is None:
         args.model_path = ServerArgs().model_path
+    from radixlm.model_loader.hub import resolve_model_path
+
+    args.model_path = resolve_model_path(args.model_path, args.revision)  # a Hub id: its local snapshot
     load_start = os.getloadavg()[0]
     with radixlm.Engine(**engine_kwargs(args)) as engine:
         requests = sample_requests(args, engine.tokenizer, engine.vocab_size)

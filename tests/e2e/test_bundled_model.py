@@ -66,6 +66,19 @@ def hf_greedy_tokens(model: Any, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids) :].tolist()
 
 
+def test_reported_tokenizer_path_is_the_exported_gguf_tokenizer(engine: Any) -> None:
+    """/model_info's tokenizer_path for a GGUF model: a directory `from_pretrained` loads (SGLang's
+    bench_serving loads it when run without --tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from radixlm.entrypoints.http.tokenizer_path import loadable_tokenizer_path
+
+    path = loadable_tokenizer_path(engine.server_args)
+    assert path is not None and path != engine.server_args.model_path
+    text = PROMPTS[0]
+    assert AutoTokenizer.from_pretrained(path).encode(text) == engine.tokenizer.encode(text)
+
+
 def test_default_engine_is_the_bundled_gguf(engine: Any) -> None:
     assert engine.server_args.model_path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert engine.get_server_info()["model_path"] == engine.server_args.model_path

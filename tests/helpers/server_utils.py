@@ -58,17 +58,36 @@ def _launch_once(model_path: str, extra_args: tuple[str, ...], timeout: float) -
         "1",
         *extra_args,
     ]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: an unread pipe would block the server
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    _LOGS[proc.pid] = log
     base_url = f"http://127.0.0.1:{port}"
+    return base_url, start_command(cmd, base_url, timeout=timeout)
+
+
+def start_command(
+    cmd: list[str], base_url: str, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT_S
+) -> subprocess.Popen:
+    """Run any server command line (in its own session, output captured for `server_log`) and
+    return once `base_url`/health answers 200; kills it and raises if it exits or times out first."""
+    env = {**(env or os.environ), "TOKENIZERS_PARALLELISM": "false"}
+    proc = start_logged(cmd, env)
     try:
         _wait_healthy(base_url, proc, timeout)
     except BaseException:
         _kill_group(proc)
         raise
-    return base_url, proc
+    return proc
+
+
+def start_logged(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start `cmd` in its own session with stdout + stderr captured for `server_log`."""
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: an unread pipe would block the server
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _LOGS[proc.pid] = log
+    return proc
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started by `start_logged` / `start_command` and its whole session."""
+    _kill_group(proc)
 
 
 def _wait_healthy(base_url: str, proc: subprocess.Popen, timeout: float) -> None:
