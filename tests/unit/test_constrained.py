@@ -77,7 +77,7 @@ def test_audit_passes_typical_object_schemas() -> None:
         "title": "Person",
         "$defs": {"age": {"type": "integer", "minimum": 0}},
         "properties": {
-            "name": {"type": "string", "maxLength": 20},
+            "name": {"type": "string"},
             "age": {"$ref": "#/$defs/age"},
             "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
             "kind": {"anyOf": [{"type": "null"}, {"const": "x"}]},
@@ -86,6 +86,9 @@ def test_audit_passes_typical_object_schemas() -> None:
         "additionalProperties": False,
     }
     assert unenforced_keyword(schema) is None
+    # xgrammar counts an overlong UTF-8 sequence as one character (it decodes to several U+FFFD)
+    bounded = {**schema, "properties": {**schema["properties"], "name": {"type": "string", "maxLength": 20}}}
+    assert unenforced_keyword(bounded).startswith("maxLength (at #/properties/name)")
 
 
 # -- routing ------------------------------------------------------------------------------------
