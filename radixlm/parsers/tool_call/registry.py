@@ -16,8 +16,8 @@ TOOL_CALL_PARSERS: dict[str, SplitFn] = {
     "llama3": llama3.split,
     "mistral": mistral.split,
 }
-# Formats whose markers are special tokens, which detokenizing must keep.
-NEEDS_SPECIAL_TOKENS = frozenset({"llama3", "mistral"})
+# Formats whose markers are special tokens, which the output text must keep to be parsed.
+SPECIAL_TOKEN_MARKERS = frozenset({"llama3", "mistral"})
 CONSTRAINED_SPLIT: SplitFn = json_array.split
 
 
