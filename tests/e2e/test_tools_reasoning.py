@@ -306,3 +306,36 @@ def test_auto_without_a_known_format_is_refused(http: httpx.Client) -> None:
         },
     )
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["tool_calls"]
+
+
+R1_TEMPLATE = TOOL_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}<|assistant|>", "{%- if add_generation_prompt %}<|assistant|><think>\n"
+)
+
+
+@pytest.fixture(scope="module")
+def r1_client(server_factory: Any, tiny_llama_dir: str, tmp_path_factory: pytest.TempPathFactory) -> openai.OpenAI:
+    """A DeepSeek-R1-style template (the prompt opens `<think>`) and `--reasoning-parser deepseek-r1`."""
+    path = tmp_path_factory.mktemp("r1_template") / "r1.jinja"
+    path.write_text(R1_TEMPLATE)
+    url, _ = server_factory(tiny_llama_dir, "--chat-template", str(path), "--reasoning-parser", "deepseek-r1")
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def test_output_opened_in_reasoning_is_reasoning_until_it_closes(r1_client: openai.OpenAI) -> None:
+    """The model's own sampled text (no `</think>` from a random model): all of it is reasoning,
+    whole and streamed, and separate_reasoning=false gives it back as content."""
+    kwargs = dict(model=MODEL, messages=ASK, temperature=1.0, seed=3, max_tokens=24, extra_body={"ignore_eos": True})
+    raw = r1_client.chat.completions.create(
+        **{**kwargs, "extra_body": {"ignore_eos": True, "separate_reasoning": False}}
+    )
+    text = raw.choices[0].message.content
+    assert "</think>" not in text and text.strip()
+    message = r1_client.chat.completions.create(**kwargs).choices[0].message
+    assert (message.reasoning_content, message.content) == (text.strip(), "")
+    streamed = ""
+    for chunk in r1_client.chat.completions.create(**kwargs, stream=True):
+        for choice in chunk.choices:
+            assert not choice.delta.content
+            streamed += getattr(choice.delta, "reasoning_content", None) or ""
+    assert streamed == message.reasoning_content
