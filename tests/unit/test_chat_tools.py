@@ -93,3 +93,16 @@ def test_stream_deltas_add_up_to_the_message(parallel: bool, data: st.DataObject
 def test_plain_plan_passes_text_unchanged() -> None:
     plan = OutputPlan()
     assert plan.message("  raw <think> text ") == {"role": "assistant", "content": "  raw <think> text "}
+
+
+def test_template_messages_carry_calls_as_objects() -> None:
+    from radixlm.entrypoints.http.chat_tools import template_message
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}}
+    msg = SimpleNamespace(name=None, tool_call_id=None, tool_calls=[call])
+    assert template_message("assistant", "", msg)["tool_calls"][0]["function"]["arguments"] == {"q": "x"}
+    for bad in ({"id": "c", "function": "search"}, {"function": {"name": "s", "arguments": "{oops"}}):
+        with pytest.raises(APIError):
+            template_message("assistant", "", SimpleNamespace(name=None, tool_call_id=None, tool_calls=[bad]))
+    answer = template_message("tool", "21", SimpleNamespace(name="search", tool_call_id="call_1", tool_calls=None))
+    assert answer == {"role": "tool", "content": "21", "name": "search", "tool_call_id": "call_1"}

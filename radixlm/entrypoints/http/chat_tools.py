@@ -120,7 +120,9 @@ def template_message(role: str, content: str, message: Any) -> dict:
 
 
 def _template_call(call: dict) -> dict:
-    fn = dict(call.get("function") or {})
+    if not isinstance(call.get("function"), dict):
+        raise APIError(400, "a tool call needs a function object", "messages")
+    fn = dict(call["function"])
     if isinstance(fn.get("arguments"), str):
         try:
             fn["arguments"] = json.loads(fn["arguments"])
