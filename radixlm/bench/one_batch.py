@@ -87,6 +87,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def build_runner(args: argparse.Namespace) -> ModelRunner:
     """A ModelRunner whose pool and table fit the largest batch of the longest requests."""
     longest = max(args.input_len) + max(args.output_len)
+    from radixlm.model_loader.hub import resolve_server_args
+
     server_args = ServerArgs(
         model_path=args.model_path,
         load_format=args.load_format,
@@ -101,7 +103,7 @@ def build_runner(args: argparse.Namespace) -> ModelRunner:
         cuda_graph_max_bs=max(args.batch_size),
         log_level="warning",
     )
-    return ModelRunner(server_args)
+    return ModelRunner(resolve_server_args(server_args))
 
 
 def sync(device: torch.device) -> None:

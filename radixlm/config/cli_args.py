@@ -13,10 +13,20 @@ import typing
 from typing import Any, Optional
 
 from radixlm.config.server_args import ServerArgs
+from radixlm.config.sglang_flags import add_sglang_spellings
 
 # SGLang spellings that differ from our field names.
-ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"]}
-HELP = {"model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)"}
+ALIASES = {
+    "tp_size": ["--tp"],
+    "dp_size": ["--dp"],
+    "ep_size": ["--ep", "--expert-parallel-size"],
+    "model_impl": ["--impl"],
+}
+HELP = {
+    "model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)",
+    "ep_size": "expert parallelism for MoE models: 1 (default: every rank holds a slice of every expert) "
+    "or equal to --tp (each rank holds whole experts, num_experts / tp of them)",
+}
 # ServerArgs fields that only the HTTP front reads.
 HTTP_ONLY = frozenset(
     {"host", "port", "api_key", "max_payload_size", "log_requests", "enable_metrics", "served_model_name"}
@@ -44,6 +54,7 @@ def add_server_args(
             parser.add_argument(
                 *names, dest=f.name, type=kind, default=default, help=HELP.get(f.name, f"default: {default}")
             )
+    add_sglang_spellings(parser, exclude)
 
 
 def build_parser() -> argparse.ArgumentParser:

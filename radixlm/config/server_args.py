@@ -15,7 +15,7 @@ from typing import Any, Optional
 from radixlm.config.bundled import bundled_model_path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float", "bf16", "fp16", "fp32")
-LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 MODEL_IMPLS = ("auto", "radixlm", "transformers")
 GRAMMAR_BACKENDS = ("xgrammar", "llguidance", "none")
@@ -29,6 +29,7 @@ class ServerArgs:
 
     model_path: Optional[str] = None
     tokenizer_path: Optional[str] = None
+    revision: Optional[str] = None  # Hub branch, tag or commit of a model_path / tokenizer_path given as org/name
     skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
     load_format: str = "auto"
@@ -82,6 +83,7 @@ class ServerArgs:
     dist_init_addr: Optional[str] = None  # host:port of rank 0's rendezvous (needed when nnodes > 1)
     enable_p2p_check: bool = False  # log which GPU pairs lack peer-to-peer access
     dist_timeout: Optional[int] = None  # seconds a collective may wait for a peer (None: 300)
+    ep_size: int = 1  # expert parallelism (MoE models): 1, or tp_size to split the experts across the ranks
     dp_size: int = 1
     dp_rank: int = 0  # this replica's index among dp_size (set per replica by the DP client)
     load_balance_method: str = "cache_aware"
@@ -123,7 +125,14 @@ class ServerArgs:
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "ServerArgs":
         """Build from keyword arguments, naming any unknown one (SGLang aliases accepted)."""
-        aliases = {"tp": "tp_size", "dp": "dp_size", "mem_fraction": "mem_fraction_static"}
+        aliases = {
+            "tp": "tp_size",
+            "dp": "dp_size",
+            "ep": "ep_size",
+            "mem_fraction": "mem_fraction_static",
+            "impl": "model_impl",
+            "nccl_init": "dist_init_addr",
+        }
         fields = {f.name for f in dataclasses.fields(cls)}
         clean = {}
         for key, value in kwargs.items():
@@ -159,6 +168,12 @@ def _check_tensor_parallel(args: ServerArgs) -> None:
             raise ValueError(f"dist_init_addr must be host:port, got {args.dist_init_addr!r}")
     if args.dist_timeout is not None:
         _check_positive("dist_timeout", args.dist_timeout)
+    _check_positive("ep_size", args.ep_size)
+    if args.ep_size not in (1, args.tp_size):
+        raise ValueError(
+            f"ep_size must be 1 or equal tp_size ({args.tp_size}), got {args.ep_size}: expert parallelism "
+            "divides the experts among the tensor-parallel ranks"
+        )
 
 
 def _check_parsers(args: ServerArgs) -> None:

@@ -56,9 +56,10 @@ def run_worker_node(args: ServerArgs) -> int:
 
 def main() -> None:
     from radixlm.config.cli_args import parse_args
+    from radixlm.model_loader.hub import resolve_server_args
 
     logging.basicConfig(level="INFO", format="[radixlm node] %(message)s")
-    sys.exit(run_worker_node(parse_args()))
+    sys.exit(run_worker_node(resolve_server_args(parse_args())))
 
 
 if __name__ == "__main__":

@@ -45,9 +45,10 @@ class Engine:
         self, model_path: Optional[str] = None, *, server_args: Optional[ServerArgs] = None, **kwargs: Any
     ) -> None:
         refuse_engine_during_bootstrap()  # first: a child bootstrapping loads nothing
+        from radixlm.model_loader.hub import resolve_server_args
         from radixlm.model_loader.loader import load_model_config
 
-        self.server_args = _server_args(model_path, server_args, kwargs)
+        self.server_args = resolve_server_args(_server_args(model_path, server_args, kwargs))
         args = self.server_args
         self.model_config = load_model_config(args.model_path, args.trust_remote_code)
         self.tokenizer = None

@@ -29,7 +29,8 @@ def serve(args: ServerArgs) -> None:
     stopping = threading.Event()
     try:
         warm_up(engine, args.dp_size)
-        name = args.served_model_name or _default_name(args.model_path)
+        resolved = engine.server_args  # a Hub id's name survives as served_model_name
+        name = resolved.served_model_name or _default_name(resolved.model_path)
         app = create_app(engine, name, args.api_key, args.max_payload_size, media_policy(args))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -105,7 +106,18 @@ def _uvicorn_level(args: ServerArgs) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    serve(parse_args(argv))
+    from radixlm.model_loader.hub import ModelNotFoundError
+
+    args = parse_args(argv)
+    try:
+        if args.node_rank > 0:  # SGLang starts every node with launch_server: this one runs ranks only
+            from radixlm.distributed.launch import run_worker_node
+            from radixlm.model_loader.hub import resolve_server_args
+
+            sys.exit(run_worker_node(resolve_server_args(args)))
+        serve(args)
+    except ModelNotFoundError as exc:  # a wrong path or Hub id: its message, not a traceback
+        sys.exit(f"radixlm: {exc}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ from radixlm.ipc.finish import FinishAbort, FinishReason
 from radixlm.ipc.messages import ReqOutput
 
 
+def cached_tokens_details(meta: dict) -> Optional[dict]:
+    """SGLang's breakdown of a request's cached prompt tokens by tier: all on the device here (no host
+    or storage tier); None when no prompt token came from the cache, as SGLang reports it."""
+    cached = meta.get("cached_tokens", 0)
+    return {"device": cached, "host": 0} if cached > 0 else None
+
+
 class RequestFailed(RuntimeError):
     """The runtime could not serve the request (e.g. the scheduler process died)."""
 
@@ -30,6 +37,9 @@ class OutputAccumulator:
         self.text += out.text_delta
         self.output_ids.extend(out.new_ids)
         self.meta.update(out.meta)
+        details = cached_tokens_details(self.meta)
+        if details is not None:
+            self.meta["cached_tokens_details"] = details
         if out.finish_reason is not None:
             self.done = True
             self.finish = out.finish_reason

@@ -94,6 +94,7 @@ class ModelRunner:
             self.args.trust_remote_code,
             self.context_len,
             self.tp,
+            self.args.ep_size,
         )
         logger.info("model loaded in %.1f s (%s, %s)", time.perf_counter() - start, self.dtype, self.device)
         return model

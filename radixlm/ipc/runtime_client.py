@@ -54,7 +54,7 @@ class RuntimeClient:
         if args.node_rank != 0:
             raise ValueError("node_rank > 0 runs no scheduler: start it with python -m radixlm.distributed.launch")
         if model_config is not None:
-            check_tensor_parallel(model_config, args.model_impl, args.tp_size)
+            check_tensor_parallel(model_config, args.model_impl, args.tp_size, args.ep_size)
         ranks = plan_local_ranks(args)  # tensor parallelism: rank 0 here, the followers beside it
         sched_recv, self._to_sched = ctx.Pipe(duplex=False)
         out_recv, self._from_sched_send = ctx.Pipe(duplex=False)

@@ -1,6 +1,7 @@
 """Read GGUF checkpoints (llama.cpp format) as Hugging Face-style config + float32 tensors.
 
-Supported architectures: `llama` (which llama.cpp also uses for Mistral), `qwen2`, `qwen3`.
+Supported architectures: `llama` (which llama.cpp also uses for Mistral, and for Mixtral: a
+`llama` file with `llama.expert_count`), `qwen2`, `qwen3`, `qwen2moe`.
 
 Invariants of what this module produces:
   * every tensor is float32, contiguous, writable, in the PyTorch/HF shape ([out, in] for
@@ -9,6 +10,10 @@ Invariants of what this module produces:
     layout, so a GGUF made from an unquantized HF checkpoint reproduces it exactly;
   * `rope_freqs.weight` (llama.cpp's precomputed llama3 rope factors) is never yielded: it
     is not an HF parameter; `read_gguf_config` turns it back into a llama3 `rope_scaling`.
+  * MoE experts stay stacked as llama.cpp stores them, under names the native MoE models
+    load (`mlp.experts.gate_proj` / `up_proj` [E, I, H], `mlp.experts.down_proj` [E, H, I]);
+    the router is `mlp.gate`, Qwen2-MoE's shared expert `mlp.shared_expert.*` and its gate
+    `mlp.shared_expert_gate` ([1, H]).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ SUPPORTED_ARCHITECTURES: MappingProxyType[str, tuple[str, str]] = MappingProxyTy
         "llama": ("LlamaForCausalLM", "llama"),
         "qwen2": ("Qwen2ForCausalLM", "qwen2"),
         "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+        "qwen2moe": ("Qwen2MoeForCausalLM", "qwen2_moe"),
     }
 )
 
@@ -58,6 +64,14 @@ _BLOCK_NAMES: MappingProxyType[str, str] = MappingProxyType(
         "ffn_gate": "mlp.gate_proj",
         "ffn_up": "mlp.up_proj",
         "ffn_down": "mlp.down_proj",
+        "ffn_gate_inp": "mlp.gate",
+        "ffn_gate_exps": "mlp.experts.gate_proj",
+        "ffn_up_exps": "mlp.experts.up_proj",
+        "ffn_down_exps": "mlp.experts.down_proj",
+        "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+        "ffn_up_shexp": "mlp.shared_expert.up_proj",
+        "ffn_down_shexp": "mlp.shared_expert.down_proj",
+        "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
     }
 )
 
@@ -102,6 +116,8 @@ class GGUFCheckpoint:
             value = _dequantize_tensor(tensor)
             if self.architecture == "llama":
                 value = _unpermute_if_qk(tensor.name, value, heads, kv_heads)
+            if tensor.name.endswith(".ffn_gate_inp_shexp.weight") and value.dim() == 1:
+                value = value.unsqueeze(0)  # llama.cpp keeps the shared expert's gate as a vector
             yield name, value
 
 
@@ -191,10 +207,39 @@ def _build_config(reader: GGUFReader, arch: str, path: str) -> dict[str, Any]:
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
         "torch_dtype": "float32",
     }
+    config.update(_moe_fields(reader, arch, names, config))
     scaling = _rope_scaling(reader, arch, head_dim, config["rope_theta"], path)
     if scaling is not None:
         config["rope_scaling"] = scaling
     return config
+
+
+def _moe_fields(reader: GGUFReader, arch: str, names: set[str], config: dict[str, Any]) -> dict[str, Any]:
+    """The MoE part of the config: none without `{arch}.expert_count`; a `llama` file with
+    experts is Mixtral (renormalised top-k); `qwen2moe` has per-expert and shared-expert sizes,
+    `expert_weights_norm` as `norm_topk_prob`, and the layers without a router are dense
+    (`mlp_only_layers`). Qwen2-MoE biases only q/k/v (`qkv_bias`), not the output projection."""
+    experts = _field(reader, f"{arch}.expert_count")
+    if not experts:
+        return {}
+    top_k = _int_field(reader, f"{arch}.expert_used_count")
+    if arch == "llama":
+        return {
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "num_local_experts": int(experts),
+            "num_experts_per_tok": top_k,
+        }
+    layers = config["num_hidden_layers"]
+    return {
+        "num_experts": int(experts),
+        "num_experts_per_tok": top_k,
+        "moe_intermediate_size": _int_field(reader, f"{arch}.expert_feed_forward_length"),
+        "shared_expert_intermediate_size": _int_field(reader, f"{arch}.expert_shared_feed_forward_length", 0),
+        "norm_topk_prob": bool(_field(reader, f"{arch}.expert_weights_norm", False)),
+        "mlp_only_layers": [i for i in range(layers) if f"blk.{i}.ffn_gate_inp.weight" not in names],
+        "qkv_bias": config.pop("attention_bias"),
+    }
 
 
 def _head_dim(reader: GGUFReader, arch: str, hidden: int, heads: int) -> int:

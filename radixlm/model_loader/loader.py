@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
-from radixlm.layers.linear import AttentionHeads, split_evenly
+from radixlm.layers.linear import AttentionHeads
 from radixlm.models.registry import resolve_model_class, resolve_model_impl, supported_architectures
 
 logger = logging.getLogger(__name__)
@@ -95,18 +95,22 @@ def build_model(
     trust_remote_code: bool = False,
     context_len: Optional[int] = None,
     tp: Optional[TPGroup] = None,
+    ep_size: int = 1,
 ) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
     `model_impl` picks radixlm's native class or the Transformers backend (registry.resolve_model_impl);
     the latter refuses models it cannot run exactly for sequences of up to `context_len` tokens,
-    and tensor parallelism. With `tp`, only this rank's shard is built and read from the checkpoint."""
+    and tensor parallelism. With `tp`, only this rank's shard is built and read from the checkpoint;
+    `ep_size` (1 or tp's size, MoE models only) splits experts across the ranks instead of their
+    intermediate dimension."""
     tp = tp or TPGroup.single()
-    check_tensor_parallel(config, model_impl, tp.size)
+    check_tensor_parallel(config, model_impl, tp.size, ep_size)
     architectures = getattr(config, "architectures", None) or []
     native = resolve_model_impl(architectures, model_impl) != "transformers"
     if native:
-        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp)
+        extra = {"ep_size": ep_size} if ep_size > 1 else {}
+        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp, extra)
     else:
         from radixlm.models.transformers_backend import TransformersForCausalLM
 
@@ -118,9 +122,9 @@ def build_model(
     return model.eval()
 
 
-def check_tensor_parallel(config: Any, model_impl: str, tp_size: int) -> None:
-    """ValueError naming what to change when the model cannot be split `tp_size` ways (cheap:
-    the front calls it before starting any process)."""
+def check_tensor_parallel(config: Any, model_impl: str, tp_size: int, ep_size: int = 1) -> None:
+    """ValueError naming what to change when the model cannot be split `tp_size` ways, its
+    experts `ep_size` ways (cheap: the front calls it before starting any process)."""
     if tp_size == 1:
         return
     architectures = getattr(config, "architectures", None) or []
@@ -131,14 +135,20 @@ def check_tensor_parallel(config: Any, model_impl: str, tp_size: int) -> None:
             f"({', '.join(supported_architectures())})"
         )
     AttentionHeads.split(config.num_attention_heads, kv_heads_of(config), TPGroup(0, tp_size))
-    split_evenly(config.intermediate_size, TPGroup(0, tp_size), "intermediate_size")
+    resolve_model_class(architectures).check_mlp_split(config, tp_size, ep_size)
 
 
 def _build_native(
-    cls: type, config: Any, backend: AttentionBackend, dtype: torch.dtype, device: torch.device, tp: TPGroup
+    cls: type,
+    config: Any,
+    backend: AttentionBackend,
+    dtype: torch.dtype,
+    device: torch.device,
+    tp: TPGroup,
+    extra: dict[str, Any],
 ) -> nn.Module:
     with torch.device("meta"):
-        model = cls(config, backend, tp)
+        model = cls(config, backend, tp, **extra)
     model = model.to(dtype=dtype).to_empty(device=device)
     for module in model.modules():
         if hasattr(module, "init_cache"):
@@ -161,8 +171,9 @@ class LazySlice:
 
 
 def iter_weights(model_path: str, load_format: str, lazy: bool = False) -> Iterator[tuple[str, Any]]:
-    """(HF name, tensor) for every tensor of the checkpoint; with `lazy`, safetensors tensors come
-    as `LazySlice`s so a tensor-parallel rank reads only its shard (GGUF tensors are always full)."""
+    """(HF name, tensor) for every tensor of the checkpoint (safetensors, else pytorch_model*.bin);
+    with `lazy`, safetensors tensors come as `LazySlice`s so a tensor-parallel rank reads only its
+    shard (GGUF and .bin tensors are always full)."""
     if is_gguf(model_path) or load_format == "gguf":
         from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
@@ -170,16 +181,30 @@ def iter_weights(model_path: str, load_format: str, lazy: bool = False) -> Itera
         yield from tqdm(checkpoint.tensors(), total=len(checkpoint), desc="Loading weights", leave=False)
         return
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(
-            f"no *.safetensors files in {model_path!r} (use load_format='dummy' for random weights)"
-        )
+    if not files or load_format == "pt":
+        yield from _iter_bin_weights(model_path)
+        return
     from safetensors import safe_open
 
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in tqdm(list(f.keys()), desc=f"Loading {os.path.basename(file)}", leave=False):
                 yield name, LazySlice(f.get_slice(name)) if lazy else f.get_tensor(name)
+
+
+def _iter_bin_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """PyTorch `pytorch_model*.bin` checkpoints, unpickled with `weights_only=True` (tensors and plain
+    containers only: a checkpoint cannot run code) and memory-mapped, one shard at a time."""
+    files = sorted(glob.glob(os.path.join(model_path, "pytorch_model*.bin")))
+    if not files:
+        raise FileNotFoundError(
+            f"no *.safetensors or pytorch_model*.bin files in {model_path!r} "
+            "(use load_format='dummy' for random weights)"
+        )
+    for file in files:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        for name in tqdm(list(state), desc=f"Loading {os.path.basename(file)}", leave=False):
+            yield name, state.pop(name)
 
 
 def _init_dummy(model: nn.Module, seed: int) -> None:

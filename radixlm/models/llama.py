@@ -25,6 +25,7 @@ from radixlm.layers.linear import (
     lm_head,
     logits_fn,
     row_parallel_linear,
+    split_evenly,
     vocab_parallel_embedding,
     whole,
 )
@@ -54,7 +55,7 @@ class LlamaAttention(nn.Module):
         self.num_heads, self.num_kv_heads = heads.num_heads, heads.num_kv_heads  # this rank's
         self.head_dim = head_dim_of(config)
         self.scale = self.head_dim**-0.5
-        bias = getattr(config, "attention_bias", False) or self.qkv_bias
+        bias = getattr(config, "attention_bias", False) or getattr(config, "qkv_bias", self.qkv_bias)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, heads, bias, tp)
         o_bias = getattr(config, "attention_bias", False)
         self.o_proj = row_parallel_linear(config.num_attention_heads * self.head_dim, config.hidden_size, o_bias, tp)
@@ -100,12 +101,16 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     attention_cls = LlamaAttention
 
-    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend, tp: TPGroup) -> None:
+    def __init__(self, config: Any, layer_id: int, backend: AttentionBackend, tp: TPGroup, **mlp_kwargs: Any) -> None:
         super().__init__()
         self.self_attn = self.attention_cls(config, layer_id, backend, tp)
-        self.mlp = LlamaMLP(config, tp)
+        self.mlp = self.make_mlp(config, layer_id, tp, **mlp_kwargs)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def make_mlp(self, config: Any, layer_id: int, tp: TPGroup) -> nn.Module:
+        """The layer's feed-forward block (MoE models return a sparse block here)."""
+        return LlamaMLP(config, tp)
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch
@@ -123,10 +128,12 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     layer_cls = LlamaDecoderLayer
 
-    def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup, **mlp_kwargs: Any) -> None:
         super().__init__()
         self.embed_tokens = vocab_parallel_embedding(config.vocab_size, config.hidden_size, tp)
-        self.layers = nn.ModuleList(self.layer_cls(config, i, backend, tp) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            self.layer_cls(config, i, backend, tp, **mlp_kwargs) for i in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
@@ -152,15 +159,23 @@ class LlamaForCausalLM(nn.Module):
 
     model_cls = LlamaModel
 
-    def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup | None = None) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup | None = None, **mlp_kwargs: Any) -> None:
+        """`mlp_kwargs` reach every layer's `make_mlp` (MoE models: `ep_size`)."""
         super().__init__()
         tp = tp or TPGroup.single()
         self.config, self.tp = config, tp
-        self.model = self.model_cls(config, backend, tp)
+        self.model = self.model_cls(config, backend, tp, **mlp_kwargs)
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
         if not self.tied:
             self.lm_head = lm_head(config.vocab_size, config.hidden_size, tp)
         self._logits = logits_fn(config.vocab_size, tp)
+
+    @classmethod
+    def check_mlp_split(cls, config: Any, tp_size: int, ep_size: int) -> None:
+        """ValueError when the MLPs cannot be split `tp_size` ways (expert parallelism: MoE only)."""
+        if ep_size != 1:
+            raise ValueError(f"ep_size={ep_size}: expert parallelism applies to MoE models only, not {cls.__name__}")
+        split_evenly(config.intermediate_size, TPGroup(0, tp_size), "intermediate_size")
 
     def init_cache(self, device: torch.device) -> None:
         """Pick the logits kernel for `device` once the model is materialized there."""
@@ -192,7 +207,7 @@ class LlamaForCausalLM(nn.Module):
                 module.load_shard(attr, tensor, shard)
             else:
                 copy_checked(params[target], whole(tensor), name)
-            loaded.add(name if shard is None else f"{target}#{shard}")
+            loaded.add(target if shard is None else f"{target}#{shard}")
         self._check_complete(params, loaded)
 
     def _target(self, name: str) -> tuple[str, int | None]:
@@ -202,14 +217,16 @@ class LlamaForCausalLM(nn.Module):
         return name, None
 
     def _check_complete(self, params: dict[str, nn.Parameter], loaded: set[str]) -> None:
-        missing = []
-        for name in params:
-            fused = ".qkv_proj." in name or ".gate_up_proj." in name
-            shards = 3 if ".qkv_proj." in name else 2
-            keys = [f"{name}#{i}" for i in range(shards)] if fused else [name]
-            missing += [k for k in keys if k not in loaded]
+        missing = [key for name in params for key in self._missing_keys(name, loaded)]
         if missing:
             raise ValueError(f"checkpoint is missing tensors for: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+    def _missing_keys(self, name: str, loaded: set[str]) -> list[str]:
+        """The load keys of parameter `name` (one per fused shard) that no checkpoint tensor set."""
+        fused = ".qkv_proj." in name or ".gate_up_proj." in name
+        shards = 3 if ".qkv_proj." in name else 2
+        keys = [f"{name}#{i}" for i in range(shards)] if fused else [name]
+        return [k for k in keys if k not in loaded]
 
 
 class MistralForCausalLM(LlamaForCausalLM):

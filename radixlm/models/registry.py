@@ -12,6 +12,9 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "MistralForCausalLM": ("radixlm.models.llama", "MistralForCausalLM"),
     "Qwen2ForCausalLM": ("radixlm.models.qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("radixlm.models.qwen3", "Qwen3ForCausalLM"),
+    "MixtralForCausalLM": ("radixlm.models.mixtral", "MixtralForCausalLM"),
+    "Qwen2MoeForCausalLM": ("radixlm.models.qwen2_moe", "Qwen2MoeForCausalLM"),
+    "Qwen3MoeForCausalLM": ("radixlm.models.qwen3_moe", "Qwen3MoeForCausalLM"),
 }
 
 

@@ -23,7 +23,7 @@ from radixlm.attention.base import AttentionBackend
 from radixlm.forward.batch import ForwardBatch
 from radixlm.layers.linear import float_into
 from radixlm.models.hf_attention import STEP_KWARG, StepContext, register_attention
-from radixlm.models.transformers_checks import check_config_supported, check_model_supported
+from radixlm.models.transformers_checks import check_config_supported, check_model_supported, pointing_to_native
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,10 @@ class TransformersForCausalLM(nn.Module):
         ValueError, naming the reason, for models radixlm's attention cannot run exactly up to
         `context_len` tokens (transformers_checks.py)."""
         config = copy.deepcopy(config)  # transformers writes dtype / attention choice into it
-        check_config_supported(config, context_len)
-        hf_model = _from_config(config, dtype, register_attention(), trust_remote_code)
-        check_model_supported(hf_model)
+        with pointing_to_native(config):
+            check_config_supported(config, context_len)
+            hf_model = _from_config(config, dtype, register_attention(), trust_remote_code)
+            check_model_supported(hf_model)
         hf_model.to_empty(device=device)
         hf_model.tie_weights()  # to_empty replaced each tied parameter with its own tensor
         _init_non_persistent_buffers(hf_model)
@@ -98,7 +99,7 @@ class TransformersForCausalLM(nn.Module):
         rename = _checkpoint_renamer(self.hf, targets)
         ignore_unexpected = _patterns(self.hf, "_keys_to_ignore_on_load_unexpected")
         loaded: set[int] = set()
-        with torch.no_grad():
+        with torch.no_grad(), pointing_to_native(self.config):
             for name, tensor in weights:
                 target = targets.get(rename(name))
                 if target is None:
@@ -111,7 +112,7 @@ class TransformersForCausalLM(nn.Module):
                     )
                 target.copy_(tensor)
                 loaded.add(id(target))
-        self._check_complete(targets, loaded)
+            self._check_complete(targets, loaded)
 
     def _check_complete(self, targets: dict[str, torch.Tensor], loaded: set[int]) -> None:
         ignore_missing = _patterns(self.hf, "_keys_to_ignore_on_load_missing")

@@ -8,9 +8,12 @@ A model needing any of these would silently give wrong tokens, so it is rejected
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 from torch import nn
+
+from radixlm.models.registry import supported_architectures
 
 _ATTENTION_LAYER_TYPES = {"full_attention", "sliding_attention"}
 
@@ -72,3 +75,19 @@ def check_model_supported(hf_model: nn.Module) -> None:
         raise ValueError(
             f"{cls.__name__} uses attention sinks ({sinks[0]}), which radixlm's attention backends do not implement"
         )
+
+
+@contextlib.contextmanager
+def pointing_to_native(config: Any) -> Iterator[None]:
+    """Re-raise a refusal (ValueError) of a model radixlm also implements natively with the
+    native class and the setting that selects it appended."""
+    try:
+        yield
+    except ValueError as exc:
+        native = [a for a in getattr(config, "architectures", None) or [] if a in supported_architectures()]
+        if not native:
+            raise
+        raise ValueError(
+            f"{exc}; radixlm has a native implementation of this model, {native[0]}: serve it with "
+            "--model-impl radixlm (model_impl='radixlm', or 'auto', the default)"
+        ) from exc

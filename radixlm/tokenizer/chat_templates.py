@@ -35,4 +35,10 @@ def resolve_chat_template(spec: str) -> str:
         return text
     if spec in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[spec]
-    raise ValueError(f"chat template {spec!r} is neither a file nor a built-in name ({sorted(BUILTIN_TEMPLATES)})")
+    from radixlm.tokenizer.named_templates import named_template, template_names
+
+    named = named_template(spec)
+    if named is not None:
+        return named
+    names = sorted([*BUILTIN_TEMPLATES, *template_names()])
+    raise ValueError(f"chat template {spec!r} is neither a file nor a built-in name ({names})")

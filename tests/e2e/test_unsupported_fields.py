@@ -33,6 +33,8 @@ UNSUPPORTED = [
     ("/generate", GENERATE, "return_hidden_states", True),
     ("/generate", GENERATE, "custom_logit_processor", "x"),
     ("/generate", GENERATE, "session_params", {"id": "s"}),
+    ("/generate", GENERATE, "return_routed_experts", True),
+    ("/v1/chat/completions", CHAT, "stream_reasoning", False),  # on by default in SGLang: false asks something
 ]
 
 
@@ -59,7 +61,7 @@ def test_unsupported_message_field(http: httpx.Client) -> None:
         ("/v1/chat/completions", CHAT, {"safety_identifier": "s", "prompt_cache_key": "k", "modalities": ["text"]}),
         ("/v1/chat/completions", CHAT, {"lora_path": None, "reasoning_effort": None, "function_call": None}),
         ("/v1/completions", COMPLETION, {"user": "u1", "best_of": 1, "suffix": None}),
-        ("/generate", GENERATE, {"lora_path": None}),
+        ("/generate", GENERATE, {"lora_path": None, "return_routed_experts": False, "return_hidden_states": False}),
     ],
 )
 def test_documented_noops_and_nulls_are_accepted(http: httpx.Client, path: str, base: dict, extra: dict) -> None:

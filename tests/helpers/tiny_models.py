@@ -58,12 +58,17 @@ TINY_ARCHS = ("llama", "llama_tied", "mistral", "qwen2", "qwen3")
 
 
 def tiny_config(arch: str, vocab_size: int) -> object:
-    """A 2-layer, hidden-64 config of `arch` with GQA (4 query heads, 2 KV heads).
+    """A 2-layer, hidden-64 config of `arch` with GQA (4 query heads, 2 KV heads) (the MoE
+    architectures: helpers.tiny_moe).
 
     `initializer_range` is raised from 0.02 so logits are peaked enough that greedy
     choices are not decided by float rounding."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
+    from helpers.tiny_moe import TINY_MOE_ARCHS, tiny_moe_config
+
+    if arch in TINY_MOE_ARCHS:
+        return tiny_moe_config(arch, vocab_size)
     common = dict(
         vocab_size=vocab_size,
         hidden_size=64,

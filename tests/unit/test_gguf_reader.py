@@ -299,7 +299,7 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     path = _write_gguf(tmp_path / "g.gguf", "gpt2", 64, 4, 4, {"blk.0.attn_qkv.weight": _rand(192, 64)})
     with pytest.raises(ValueError, match="gpt2") as info:
         read_gguf_config(path)
-    assert path in str(info.value) and "llama, qwen2, qwen3" in str(info.value)
+    assert path in str(info.value) and "llama, qwen2, qwen2moe, qwen3" in str(info.value)
 
 
 def test_unknown_tensor_name_is_an_error(tmp_path: Path) -> None:

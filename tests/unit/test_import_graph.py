@@ -13,6 +13,7 @@ TOP_LEVEL_MODULES = {
     "launch_server.py",
     "bench_serving.py",
     "bench_one_batch.py",
+    "bench_latency.py",
     "bench_offline_throughput.py",
 }
 

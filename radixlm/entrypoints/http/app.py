@@ -35,7 +35,7 @@ def create_app(
     state = ServerState(
         engine=engine,
         model_name=model_name,
-        metrics=Metrics(engine.get_server_info),
+        metrics=Metrics(engine.get_server_info, model_name if engine.server_args.enable_metrics else None),
         api_key=api_key,
         media=media or MediaPolicy(),
     )

@@ -4,7 +4,8 @@ Each body model declares what the route implements (pydantic fields) and keeps a
 (`extra="allow"`). `check_fields` then refuses every undeclared key except the few that are
 no-ops in OpenAI's own API (listed here and in the README as accepted and ignored), and the
 declared fields whose unimplemented values are refused by value (`suffix`, `best_of` > 1).
-A field sent as JSON null counts as absent, as OpenAI's API treats it."""
+An undeclared field sent as null, "" or `false` (an opt-in flag left off) asks for nothing and
+counts as absent."""
 
 from __future__ import annotations
 
@@ -38,10 +39,20 @@ VALUE_RULES: dict[str, dict[str, ValueRule]] = {
 }
 
 
+# Undeclared flags whose default is on, so that `false` would ask for something.
+DEFAULT_ON = frozenset({"stream_reasoning", "spaces_between_special_tokens"})
+
+
+def asks_nothing(name: str, value: Any) -> bool:
+    """null, an empty string, or `false` for an opt-in flag: the field asks for nothing (SGLang's
+    own clients send e.g. `"return_routed_experts": false`, `"lora_path": null`)."""
+    return value is None or value == "" or (value is False and name not in DEFAULT_ON)
+
+
 def check_fields(body: BaseModel, route: str, ignored: frozenset = OPENAI_NOOPS) -> None:
     """400 for the first field of `body` that `route` does not implement (see the module doc)."""
     for name, value in (body.model_extra or {}).items():
-        if value is not None and name not in ignored and name not in VALUE_RULES[route]:
+        if not asks_nothing(name, value) and name not in ignored and name not in VALUE_RULES[route]:
             raise APIError(400, f"field {name!r} is not supported by this server", name)
     for name, (ok, why) in VALUE_RULES[route].items():
         value = getattr(body, name, None) if name in type(body).model_fields else (body.model_extra or {}).get(name)

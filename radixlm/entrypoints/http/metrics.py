@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -12,9 +12,15 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class Metrics:
     """Counters updated by the routes; gauges read from the scheduler at scrape time."""
 
-    def __init__(self, info: Callable[[], dict]) -> None:
+    def __init__(self, info: Callable[[], dict], sglang_model_name: Optional[str] = None) -> None:
+        """With `sglang_model_name` (`--enable-metrics`), /metrics also shows SGLang's names."""
         self.registry = CollectorRegistry()
         self._info = info
+        self._mirror = None
+        if sglang_model_name is not None:
+            from radixlm.entrypoints.http.sglang_metrics import sglang_registry
+
+            self._mirror = sglang_registry(self.registry, sglang_model_name)
         r = self.registry
         self.requests = Counter("radixlm_num_requests", "Requests received", registry=r)
         self.finished = Counter("radixlm_num_finished_requests", "Requests finished", ["reason"], registry=r)
@@ -50,4 +56,5 @@ class Metrics:
         self.kv_usage.set((total - info["available_kv_tokens"]) / total if total else 0.0)
         prompt = self.prompt_tokens._value.get()
         self.hit_rate.set(self.cached_tokens._value.get() / prompt if prompt else 0.0)
-        return generate_latest(self.registry)
+        ours = generate_latest(self.registry)
+        return ours + generate_latest(self._mirror) if self._mirror is not None else ours

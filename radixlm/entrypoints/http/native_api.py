@@ -18,6 +18,7 @@ from radixlm.entrypoints.http.protocol import (
     TokenizeRequest,
 )
 from radixlm.entrypoints.http.state import ServerState
+from radixlm.entrypoints.http.tokenizer_path import loadable_tokenizer_path
 from radixlm.entrypoints.request_output import OutputAccumulator
 
 
@@ -67,21 +68,29 @@ def native_router(state: ServerState) -> APIRouter:
         await state.run(reqs, request)
         return Response(status_code=200)
 
+    @router.get("/model_info")  # SGLang 0.5's name; /get_model_info is the older one
     @router.get("/get_model_info")
     async def model_info() -> dict:
         cfg = engine.model_config
         return {
             "model_path": engine.server_args.model_path,
-            "tokenizer_path": engine.server_args.tokenizer_path,
+            "tokenizer_path": loadable_tokenizer_path(engine.server_args),
             "is_generation": True,
             "served_model_name": state.model_name,
+            "model_type": getattr(cfg, "model_type", None),
             "architectures": getattr(cfg, "architectures", None),
         }
 
+    @router.get("/server_info")  # SGLang 0.5's name; /get_server_info is the older one
     @router.get("/get_server_info")
     async def server_info() -> dict:
         info = engine.get_server_info()
-        return {**_public_args(engine), **info}
+        return {
+            **_public_args(engine),
+            **info,
+            "tokenizer_path": loadable_tokenizer_path(engine.server_args),
+            "internal_states": [info],
+        }
 
     @router.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> Response:

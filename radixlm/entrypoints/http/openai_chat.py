@@ -24,6 +24,7 @@ from radixlm.entrypoints.http.openai_common import (
     usage,
 )
 from radixlm.entrypoints.http.protocol import ChatCompletionRequest
+from radixlm.entrypoints.http.sglext import sglext_field
 from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.request_output import OutputAccumulator
 from radixlm.ipc.finish import FinishStop
@@ -58,6 +59,7 @@ def chat_router(state: ServerState) -> APIRouter:
             "model": state.model_name,
             "choices": choices,
             "usage": usage(accs, body.n),
+            **sglext_field(body, accs),
         }
 
     return router
@@ -249,7 +251,7 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, reqs: list, p
             for chunk in _delta_chunks(base, i, deltas, logprobs):
                 yield chunk
             if acc.done:
-                yield _chunk(base, i, {}, finish=_finish(acc, readers[i].has_calls))
+                yield _chunk(base, i, {}, finish=_finish(acc, readers[i].has_calls), extra=sglext_field(body, [acc]))
     except APIError as exc:
         yield sse_error(exc.status, exc.message)
         yield "data: [DONE]\n\n"
@@ -267,6 +269,13 @@ def _delta_chunks(base: dict, index: int, deltas: list[dict], logprobs: Optional
     return [_chunk(base, index, d, logprobs=logprobs if k == 0 else None) for k, d in enumerate(deltas)]
 
 
-def _chunk(base: dict, index: int, delta: dict, logprobs: Optional[dict] = None, finish: Optional[str] = None) -> str:
+def _chunk(
+    base: dict,
+    index: int,
+    delta: dict,
+    logprobs: Optional[dict] = None,
+    finish: Optional[str] = None,
+    extra: Optional[dict] = None,
+) -> str:
     choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-    return sse({**base, "choices": [choice]})
+    return sse({**base, "choices": [choice], **(extra or {})})

@@ -21,6 +21,7 @@ from radixlm.entrypoints.http.openai_common import (
     usage,
 )
 from radixlm.entrypoints.http.protocol import CompletionRequest
+from radixlm.entrypoints.http.sglext import sglext_field
 from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.request_output import OutputAccumulator
 from radixlm.ipc.messages import TokenizedGenerateReq
@@ -45,6 +46,7 @@ def completions_router(state: ServerState) -> APIRouter:
             "model": state.model_name,
             "choices": choices,
             "usage": usage(accs, body.n),
+            **sglext_field(body, accs),
         }
 
     return router
@@ -158,6 +160,7 @@ async def _stream(
                     "created": created,
                     "model": state.model_name,
                     "choices": [choice],
+                    **(sglext_field(body, [acc]) if acc.done else {}),
                 }
             )
     except APIError as exc:

@@ -90,6 +90,7 @@ class _SamplingExtras(_Body):
     json_schema: Optional[Any] = None
     ebnf: Optional[str] = None
     rid: Optional[str] = None
+    return_cached_tokens_details: bool = False  # SGLang's `sglext.cached_tokens_details` in the response
 
 
 class CompletionRequest(_SamplingExtras):

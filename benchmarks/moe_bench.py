@@ -1,0 +1,284 @@
+"""Fused MoE layer on the GPU: radixlm's Triton `fused_experts` against the device's own ceilings
+and the torch reference, bf16 random weights, in one run.
+
+(a) prefill, 4,096 tokens: TFLOP/s over the experts' FLOPs (6 T k H I) against the dense bf16
+    GEMM rate measured on the same FLOPs (`torch.mm` over the same M = T k, N, K: gate/up then
+    down); target >= 60 %.
+(b) decode, T = 1, 8, 32, 64: microseconds per layer and GB/s over the bytes of the distinct
+    selected experts' weights (each counted once) against the measured device copy bandwidth
+    (bytes read + written); target >= 70 %. Each timed call has its own routing and input, and
+    the calls are replayed in one CUDA graph, so a layer finds its experts' weights cold in L2.
+(c) the torch reference (`experts_reference`, a loop over experts) at the same shapes.
+
+    python benchmarks/moe_bench.py [--quick] [--shapes qwen3-30b-a3b mixtral-8x7b] [--sweep] [--profile]
+
+Each row also times the other top-k sum (reduction kernel vs float32 atomics in the down GEMM)
+at the same block sizes. `--quick`: fewer repetitions, neither the other top-k sum nor the
+reference at 4,096 tokens.
+`--sweep`: also time other block sizes (prefill; decode at 1 and 32 tokens) to tune
+`moe_config`'s table. `--profile`: each kernel's device time in one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import itertools
+import sys
+from typing import Callable
+
+import torch
+
+from radixlm.kernels.fused_moe import GemmConfig, MoeConfig, fused_experts, fused_experts_with_config, moe_config
+from radixlm.layers.moe.reference import experts_reference
+from radixlm.layers.moe.routing import select_experts
+
+SHAPES = {  # hidden, intermediate (per expert), experts, top-k
+    "qwen3-30b-a3b": (2048, 768, 128, 8),
+    "mixtral-8x7b": (4096, 14336, 8, 2),
+}
+PREFILL_TOKENS = 4096
+DECODE_TOKENS = (1, 8, 32, 64)
+SWEEP = (
+    MoeConfig(64, GemmConfig(64, 64, 8, 4, 4), GemmConfig(128, 64, 8, 4, 4)),
+    MoeConfig(64, GemmConfig(128, 64, 8, 8, 3), GemmConfig(128, 64, 8, 4, 4)),
+    MoeConfig(64, GemmConfig(64, 128, 8, 4, 3), GemmConfig(128, 128, 8, 8, 3)),
+    MoeConfig(128, GemmConfig(64, 64, 8, 8, 3), GemmConfig(128, 64, 8, 8, 3)),
+    MoeConfig(128, GemmConfig(128, 64, 8, 8, 3), GemmConfig(256, 64, 8, 8, 3)),
+    MoeConfig(128, GemmConfig(64, 64, 8, 4, 4), GemmConfig(128, 64, 8, 4, 4)),
+    MoeConfig(128, GemmConfig(128, 32, 8, 8, 4), GemmConfig(128, 64, 8, 8, 4)),
+)
+
+
+def time_ms(fn: Callable[[], object], iters: int) -> float:
+    """Median milliseconds of `fn` (after two warm-up calls), timed with CUDA events."""
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def graph_us_per_call(calls: list[Callable[[], object]], reps: int = 11) -> float:
+    """Median microseconds per call, the calls captured back to back in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    return time_ms(graph.replay, reps) * 1e3 / len(calls)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB, bytes read + written per second (the memory ceiling)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / (time_ms(lambda: dst.copy_(src), 20) / 1e3)
+
+
+def dense_tflops(m: int, hidden: int, inter: int, iters: int) -> float:
+    """TFLOP/s of torch.mm over the experts' FLOPs as two dense products: [M, H] x [H, 2I] then
+    [M, I] x [I, H], with the weights in the F.linear layout (N x K, transposed view)."""
+    a1 = torch.randn(m, hidden, device="cuda", dtype=torch.bfloat16)
+    b1 = torch.randn(2 * inter, hidden, device="cuda", dtype=torch.bfloat16)
+    a2 = torch.randn(m, inter, device="cuda", dtype=torch.bfloat16)
+    b2 = torch.randn(hidden, inter, device="cuda", dtype=torch.bfloat16)
+    ms = time_ms(lambda: torch.mm(a1, b1.t()), iters) + time_ms(lambda: torch.mm(a2, b2.t()), iters)
+    return 6 * m * hidden * inter / ms / 1e9
+
+
+def routed_inputs(tokens: int, hidden: int, experts: int, top_k: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """x [T, H] bf16 and (topk_weights, topk_ids) from random router logits (softmax, top-k,
+    renormalised)."""
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+    logits = torch.randn(tokens, experts, device="cuda", generator=gen)
+    return (x, *select_experts(logits, top_k, renormalize=True))
+
+
+def expert_weights(hidden: int, inter: int, experts: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    w13 = torch.randn(experts, 2 * inter, hidden, device="cuda", dtype=torch.bfloat16, generator=gen) * hidden**-0.5
+    w2 = torch.randn(experts, hidden, inter, device="cuda", dtype=torch.bfloat16, generator=gen) * inter**-0.5
+    return w13, w2
+
+
+def flip_sum(config: MoeConfig) -> MoeConfig:
+    """The same block sizes with the other top-k sum (reduction kernel <-> atomics)."""
+    return dataclasses.replace(config, atomic_sum=not config.atomic_sum)
+
+
+def sum_label(config: MoeConfig) -> str:
+    return "atomic" if config.atomic_sum else "reduce"
+
+
+def short(config: MoeConfig) -> str:
+    """e.g. `M64 gate_up N64 K64 g8 w4 s4, down N128 K64 g8 w4 s4, reduce`."""
+    gemms = ", ".join(
+        f"{label} N{g.block_n} K{g.block_k} g{g.group_m} w{g.num_warps} s{g.num_stages}"
+        for label, g in (("gate_up", config.gate_up), ("down", config.down))
+    )
+    return f"M{config.block_m} {gemms}, {sum_label(config)}"
+
+
+def kernel_breakdown(fn: Callable[[], object]) -> str:
+    """Device microseconds per kernel of one call of `fn` (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = sorted(
+        ((e.key, e.device_time_total) for e in prof.key_averages() if e.device_time_total > 0), key=lambda r: -r[1]
+    )
+    return ", ".join(f"{name[:40]} {us:.1f}" for name, us in rows[:8])
+
+
+def bench_prefill(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, args: argparse.Namespace) -> None:
+    experts, two_i, hidden = w13.shape
+    inter = two_i // 2
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x, weights, ids = routed_inputs(PREFILL_TOKENS, hidden, experts, top_k, gen)
+    iters = 5 if args.quick else 20
+    flops = 6 * PREFILL_TOKENS * top_k * hidden * inter
+    dense = dense_tflops(PREFILL_TOKENS * top_k, hidden, inter, iters)
+    out = torch.empty_like(x)
+    config = moe_config(PREFILL_TOKENS * top_k, experts, hidden, inter)
+
+    def run(c: MoeConfig) -> Callable[[], object]:
+        return lambda: fused_experts_with_config(x, w13, w2, weights, ids, c, out=out)
+
+    ms = time_ms(lambda: fused_experts(x, w13, w2, weights, ids, out=out), iters)
+    other = "-" if args.quick else f"{time_ms(run(flip_sum(config)), iters):.3f} ({sum_label(flip_sum(config))})"
+    ours = flops / ms / 1e9
+    ref = "skipped (--quick)"
+    if not args.quick:
+        ref_ms = time_ms(lambda: experts_reference(x, w13, w2, weights, ids), 3)
+        ref = f"{ref_ms:.2f} ms, {flops / ref_ms / 1e9:.0f} TFLOP/s"
+    print(
+        f"| {name} | {PREFILL_TOKENS} | {ms:.3f} ({sum_label(config)}) | {ours:.0f} | {dense:.0f} "
+        f"| {100 * ours / dense:.0f} % | {other} | {ref} "
+        f"| BLOCK_M {config.block_m} |",
+        flush=True,
+    )
+    if args.profile:
+        print(f"    kernels (us): {kernel_breakdown(run(config))}", flush=True)
+    if args.sweep:
+        for sweep_config in SWEEP:
+            sweep_ms = time_ms(run(sweep_config), iters)
+            ratio = 100 * flops / sweep_ms / 1e9 / dense
+            print(f"    sweep {short(sweep_config)}: {sweep_ms:.3f} ms, {ratio:.0f} % of dense", flush=True)
+
+
+def distinct_expert_bytes(ids: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> int:
+    """Bytes of the weights of the distinct experts in `ids` (valid ids only)."""
+    per_expert = w13[0].numel() * w13.element_size() + w2[0].numel() * w2.element_size()
+    return int(ids.unique().numel()) * per_expert
+
+
+def decode_sweep(rows: int, experts: int, hidden: int, inter: int) -> list[MoeConfig]:
+    """Other decode block sizes around `moe_config`'s: N tiles, K tiles and stages of both GEMMs."""
+    base = moe_config(rows, experts, hidden, inter)
+    out = []
+    for block_n, block_k, stages in itertools.product((16, 32, 64), (64, 128, 256), (3, 5)):
+        gemm = GemmConfig(block_n, block_k, 1, 4, stages)
+        out.append(dataclasses.replace(base, gate_up=gemm, down=dataclasses.replace(gemm, block_n=2 * block_n)))
+    return out
+
+
+def bench_decode(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, copy_bw: float, args) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    for tokens in DECODE_TOKENS:
+        decode_row(name, w13, w2, top_k, tokens, copy_bw, gen, args)
+
+
+def decode_row(name: str, w13, w2, top_k: int, tokens: int, copy_bw: float, gen: torch.Generator, args) -> None:
+    """One decode row: enough calls, each with its own routing and input, for >= ~1 GB of
+    expert reads per graph replay."""
+    experts, two_i, hidden = w13.shape
+    inter = two_i // 2
+    per_expert = w13[0].numel() * 2 + w2[0].numel() * 2
+    calls_n = max(4, min(32, (1 << 30) // (per_expert * top_k)))
+    inputs = [routed_inputs(tokens, hidden, experts, top_k, gen) for _ in range(calls_n)]
+    outs = [torch.empty_like(x) for x, _, _ in inputs]
+    nbytes = sum(distinct_expert_bytes(ids, w13, w2) for _, _, ids in inputs) / calls_n
+    config = moe_config(tokens * top_k, experts, hidden, inter)
+    reps = 5 if args.quick else 11
+
+    def timed(c: MoeConfig) -> float:
+        calls = [
+            lambda x=x, w=w, i=i, o=o: fused_experts_with_config(x, w13, w2, w, i, c, out=o)
+            for (x, w, i), o in zip(inputs, outs)
+        ]
+        return graph_us_per_call(calls, reps)
+
+    us = graph_us_per_call(
+        [lambda x=x, w=w, i=i, o=o: fused_experts(x, w13, w2, w, i, out=o) for (x, w, i), o in zip(inputs, outs)], reps
+    )
+    other = "-" if args.quick else f"{timed(flip_sum(config)):.1f} ({sum_label(flip_sum(config))})"
+    x, w, i = inputs[0]
+    ref_us = time_ms(lambda: experts_reference(x, w13, w2, w, i), 3 if args.quick else 5) * 1e3
+    gbs = nbytes / us / 1e3
+    print(
+        f"| {name} | {tokens} | {nbytes / 1e6:.1f} | {us:.1f} ({sum_label(config)}) | {gbs:.0f} "
+        f"| {100 * gbs * 1e9 / copy_bw:.0f} % | {other} | {ref_us:.0f} "
+        f"| BLOCK_M {config.block_m}, N {config.gate_up.block_n}/{config.down.block_n} |",
+        flush=True,
+    )
+    if args.profile:
+        print(f"    kernels (us): {kernel_breakdown(lambda: fused_experts(x, w13, w2, w, i))}", flush=True)
+    if args.sweep and tokens in (1, 32):
+        results = sorted(
+            ((timed(c), c) for c in decode_sweep(tokens * top_k, experts, hidden, inter)), key=lambda r: r[0]
+        )
+        for sweep_us, c in results[:3]:
+            print(f"    sweep best: {sweep_us:.1f} us, {nbytes / sweep_us / 1e3:.0f} GB/s: {short(c)}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="device time of each kernel of one call")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    args = ap.parse_args()
+    print(f"device {torch.cuda.get_device_name()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"command: python {' '.join(sys.argv)}")
+    copy_bw = copy_bandwidth()
+    print(f"copy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s", flush=True)
+    weights = {}
+    print("\n(a) prefill: fused MoE vs dense bf16 GEMM (torch.mm) on the same FLOPs; (c) torch reference")
+    print(
+        "| shape | tokens | fused ms | fused TFLOP/s | dense TFLOP/s | ratio (>= 60 %) | other top-k sum ms "
+        "| torch reference | config |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.shapes:
+        hidden, inter, experts, top_k = SHAPES[name]
+        weights[name] = expert_weights(hidden, inter, experts, torch.Generator(device="cuda").manual_seed(0))
+        bench_prefill(name, *weights[name], top_k, args)
+    print("\n(b) decode: bandwidth over the distinct selected experts' weights vs copy bandwidth; (c) torch reference")
+    print(
+        "| shape | tokens | expert MB | fused us | GB/s | of copy bw (>= 70 %) | other top-k sum us "
+        "| torch reference us | config |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.shapes:
+        bench_decode(name, *weights[name], SHAPES[name][3], copy_bw, args)
+
+
+if __name__ == "__main__":
+    main()
