@@ -106,3 +106,19 @@ def test_template_messages_carry_calls_as_objects() -> None:
             template_message("assistant", "", SimpleNamespace(name=None, tool_call_id=None, tool_calls=[bad]))
     answer = template_message("tool", "21", SimpleNamespace(name="search", tool_call_id="call_1", tool_calls=None))
     assert answer == {"role": "tool", "content": "21", "name": "search", "tool_call_id": "call_1"}
+
+
+def test_kept_special_tokens_lose_the_stop_token_text(tiny_tokenizer: Any) -> None:
+    """With a format whose markers are special tokens (llama3, mistral), the text keeps special
+    tokens, so the stop token's own text ends it: the message must not carry it."""
+    from radixlm.entrypoints.http.openai_chat import _text
+    from radixlm.ipc.finish import FinishLength, FinishStop
+
+    state = SimpleNamespace(engine=SimpleNamespace(tokenizer=tiny_tokenizer))
+    plan = OutputPlan(split=tool_split("mistral"), cut_stop_token=True)
+    stopped = SimpleNamespace(done=True, finish=FinishStop(1))  # id 1 is "</s>"
+    text = '[TOOL_CALLS] [{"name": "search", "arguments": {"q": "x"}}]</s>'
+    assert _text(state, plan, stopped, text) == text[: -len("</s>")]
+    assert plan.message(_text(state, plan, stopped, text))["tool_calls"][0]["function"]["name"] == "search"
+    assert _text(state, plan, SimpleNamespace(done=True, finish=FinishLength(5)), text) == text
+    assert _text(state, OutputPlan(), stopped, text) == text  # text without kept special tokens is left alone
