@@ -68,6 +68,8 @@ class ServerArgs:
     api_key: Optional[str] = None
     max_payload_size: int = 32 * 1024 * 1024
     chat_template: Optional[str] = None
+    tool_call_parser: Optional[str] = None  # format of tool calls in the output (None: guessed from the template)
+    reasoning_parser: Optional[str] = None  # splits <think>…</think> into reasoning_content
     log_level: str = "info"
     log_requests: bool = False
     enable_metrics: bool = False
@@ -112,6 +114,7 @@ class ServerArgs:
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError(f"mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
         _check_tensor_parallel(self)
+        _check_parsers(self)
         _check_positive("dp_size", self.dp_size)
         if isinstance(self.dp_rank, bool) or not isinstance(self.dp_rank, int) or self.dp_rank < 0:
             raise ValueError(f"dp_rank must be a non-negative integer, got {self.dp_rank!r}")
@@ -171,3 +174,13 @@ def _check_tensor_parallel(args: ServerArgs) -> None:
             f"ep_size must be 1 or equal tp_size ({args.tp_size}), got {args.ep_size}: expert parallelism "
             "divides the experts among the tensor-parallel ranks"
         )
+
+
+def _check_parsers(args: ServerArgs) -> None:
+    from radixlm.parsers.reasoning import REASONING_PARSERS
+    from radixlm.parsers.tool_call.registry import TOOL_CALL_PARSERS
+
+    if args.tool_call_parser is not None:
+        _check_choice("tool_call_parser", args.tool_call_parser, tuple(TOOL_CALL_PARSERS))
+    if args.reasoning_parser is not None:
+        _check_choice("reasoning_parser", args.reasoning_parser, tuple(REASONING_PARSERS))

@@ -85,7 +85,17 @@ def _own_keywords(schema: dict, path: str) -> Optional[str]:
             return f"required names missing from properties (at {path})"
     if _open_container(schema):
         return f"{types} with no properties/items listed (at {path})"
-    return _check_literals(schema, path)
+    return _check_literals(schema, path) or _utf8_length(schema, path)
+
+
+def _utf8_length(schema: dict, path: str) -> Optional[str]:
+    """xgrammar's UTF-8 matching admits overlong encodings (E0 82 92, F0 80 98 80), which the
+    tokenizer decodes to several U+FFFD: a string it counted as within maxLength comes out
+    longer (seen in tests/e2e/test_tools_reasoning.py), so length bounds go to llguidance."""
+    for key in ("minLength", "maxLength"):
+        if key in schema and schema.get("type") == "string":
+            return f"{key} (at {path}): xgrammar counts overlong UTF-8 as one character"
+    return None
 
 
 def _open_container(schema: dict) -> bool:

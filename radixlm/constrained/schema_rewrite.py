@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# One JSON string character written literally: not a quote, a backslash or a control character.
-LITERAL_CHAR = r'[^"\\\x00-\x1f]'
+# One JSON string character written literally: not a quote, a backslash or a control character,
+# nor a UTF-16 surrogate (xgrammar's negated class admits the bytes ED A0..BF xx of an encoded
+# surrogate, which is not UTF-8: the text then decodes to U+FFFD x 3, over maxLength).
+LITERAL_CHAR = r'[^"\\\x00-\x1f\ud800-\udfff]'
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "prefixItems")
 _SUBSCHEMAS = ("items", "additionalProperties")

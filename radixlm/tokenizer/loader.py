@@ -151,8 +151,13 @@ def apply_chat_template(
     messages: list[dict],
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
+    tools: list[dict] | None = None,
+    template_kwargs: dict | None = None,
 ) -> str:
     """Render ``messages`` with the tokenizer's chat template into a prompt string.
+
+    ``tools`` (OpenAI tool objects) and ``template_kwargs`` (extra template variables such as
+    ``enable_thinking``) reach the template as variables of those names.
 
     ``add_generation_prompt`` and ``continue_final_message`` are mutually exclusive
     (the first opens a new assistant turn, the second leaves the last one open).
@@ -172,6 +177,8 @@ def apply_chat_template(
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message,
+        tools=tools,
+        **(template_kwargs or {}),
     )
     if not isinstance(rendered, str):
         raise TypeError(f"chat template rendered {type(rendered).__name__}, expected str")

@@ -77,7 +77,7 @@ def test_audit_passes_typical_object_schemas() -> None:
         "title": "Person",
         "$defs": {"age": {"type": "integer", "minimum": 0}},
         "properties": {
-            "name": {"type": "string", "maxLength": 20},
+            "name": {"type": "string"},
             "age": {"$ref": "#/$defs/age"},
             "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
             "kind": {"anyOf": [{"type": "null"}, {"const": "x"}]},
@@ -86,6 +86,9 @@ def test_audit_passes_typical_object_schemas() -> None:
         "additionalProperties": False,
     }
     assert unenforced_keyword(schema) is None
+    # xgrammar counts an overlong UTF-8 sequence as one character (it decodes to several U+FFFD)
+    bounded = {**schema, "properties": {**schema["properties"], "name": {"type": "string", "maxLength": 20}}}
+    assert unenforced_keyword(bounded).startswith("maxLength (at #/properties/name)")
 
 
 # -- routing ------------------------------------------------------------------------------------
@@ -329,6 +332,25 @@ def test_length_bounded_strings_are_strict_json(text: str, ok: bool) -> None:
     assert xgrammar_accepts(BOUNDED, text) is ok
     if ok:  # the rewrite accepts only instances of the original schema
         jsonschema.validate(json.loads(text), BOUNDED)
+
+
+def test_length_bounded_strings_admit_only_utf8() -> None:
+    """An encoded surrogate (ED A0 80) is not UTF-8; xgrammar's own class admits it, so a sampled
+    string decoded to three U+FFFD and broke maxLength (seen in tests/e2e/test_tools_reasoning.py)."""
+    import xgrammar
+
+    from radixlm.constrained.schema_rewrite import bound_strings_as_patterns
+
+    schema = json.dumps(bound_strings_as_patterns({"type": "string", "maxLength": 1}))
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([bytes([b]) for b in range(256)]))
+    compiled = compiler.compile_grammar(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False))
+
+    def accepts(data: bytes) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiled)
+        return all(matcher.accept_token(b) for b in data)  # through the closing quote
+
+    assert accepts('"世"'.encode()) and accepts('"\U0001f642"'.encode())
+    assert not accepts(b'"\xed\xa0\x80"') and not accepts(b'"\xed\xbf\xbf"')
 
 
 def test_length_beside_pattern_goes_to_a_backend_that_enforces_both(tiny_tokenizer: Any) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from radixlm.entrypoints.http.errors import APIError, sse_error
+from radixlm.entrypoints.http.field_policy import check_fields
 from radixlm.entrypoints.http.protocol import (
     AbortRequest,
     ApplyChatTemplateRequest,
@@ -27,6 +28,7 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.post("/generate")
     async def generate(body: GenerateRequest, request: Request) -> Any:
+        check_fields(body, "generate", ignored=frozenset())
         state.vet_images(_image_sources(body.image_data), "image_data")
         reqs, batched = await state.prepare(
             state.make_requests,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from radixlm.entrypoints.http.chat_output import OutputPlan
+from radixlm.entrypoints.http.chat_tools import ToolPlan, plan_tools, template_message
 from radixlm.entrypoints.http.errors import APIError, sse_error
+from radixlm.entrypoints.http.field_policy import check_fields, check_message_fields
 from radixlm.entrypoints.http.openai_common import (
     check_model,
     finish_reason,
@@ -23,8 +27,16 @@ from radixlm.entrypoints.http.protocol import ChatCompletionRequest
 from radixlm.entrypoints.http.sglext import sglext_field
 from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.request_output import OutputAccumulator
+from radixlm.ipc.finish import FinishStop
 from radixlm.ipc.messages import TokenizedGenerateReq
+from radixlm.parsers.reasoning import starts_in_reasoning
+from radixlm.parsers.tool_call.registry import detect_tool_parser
 from radixlm.tokenizer.loader import apply_chat_template
+
+# Template variables the server sets itself; chat_template_kwargs may not override them.
+_RESERVED_TEMPLATE_VARS = frozenset(
+    {"messages", "tools", "documents", "add_generation_prompt", "continue_final_message", "tokenize", "chat_template"}
+)
 
 
 def chat_router(state: ServerState) -> APIRouter:
@@ -32,12 +44,14 @@ def chat_router(state: ServerState) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
+        check_fields(body, "chat")
+        check_message_fields(body.messages)
         check_model(state, body.model)
-        reqs = await state.prepare(_requests, state, body)
+        reqs, plan = await state.prepare(_requests, state, body)
         if body.stream:
-            return StreamingResponse(_stream(state, body, reqs), media_type="text/event-stream")
+            return StreamingResponse(_stream(state, body, reqs, plan), media_type="text/event-stream")
         accs = await state.run(reqs, request)
-        choices = [_choice(state, body, i, acc) for i, acc in enumerate(accs)]
+        choices = [_choice(state, body, plan, i, acc) for i, acc in enumerate(accs)]
         return {
             "id": new_id("chatcmpl"),
             "object": "chat.completion",
@@ -51,14 +65,19 @@ def chat_router(state: ServerState) -> APIRouter:
     return router
 
 
-def _requests(state: ServerState, body: ChatCompletionRequest) -> list[TokenizedGenerateReq]:
-    """The engine requests for a chat body: template, tokens, sampling params (on the
-    preparation thread: templates and tokenizing can be slow)."""
-    prompt_ids = _render(state, body)
+def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[TokenizedGenerateReq], OutputPlan]:
+    """The engine requests for a chat body (template, tokens, sampling params) and how to read
+    their output (on the preparation thread: templates and tokenizing can be slow)."""
+    tools = plan_tools(body, _tool_parser(state))
+    prompt_ids = _render(state, body, tools)
     room = state.token_room(len(prompt_ids))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     params = sampling_params(body, max_tokens, room)
     _response_format(body, params)
+    if tools.schema is not None:
+        params["json_schema"] = json.dumps(tools.schema)
+    if tools.keep_special_tokens:
+        params["skip_special_tokens"] = False
     reqs, _ = state.make_requests(
         prompt=None,
         input_ids=[prompt_ids],
@@ -69,22 +88,57 @@ def _requests(state: ServerState, body: ChatCompletionRequest) -> list[Tokenized
         stream=body.stream,
         rid=body.rid,
     )
-    return reqs
+    return reqs, _output_plan(state, body, tools, constrained=any(k in params for k in _CONSTRAINTS))
 
 
-def _render(state: ServerState, body: ChatCompletionRequest) -> list[int]:
+_CONSTRAINTS = ("regex", "json_schema", "ebnf")
+
+
+def _tool_parser(state: ServerState) -> Optional[str]:
+    """The served tool-call format: the flag, else the one the chat template writes."""
+    parser = state.engine.server_args.tool_call_parser
+    tokenizer = state.engine.tokenizer
+    return parser or detect_tool_parser(getattr(tokenizer, "chat_template", None) if tokenizer else None)
+
+
+def _output_plan(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan, constrained: bool) -> OutputPlan:
+    """Reasoning is separated when the server has a reasoning parser and the request keeps
+    `separate_reasoning`. A constraint applies from the first token, so constrained output
+    holds a reasoning section only when it begins with `<think>` itself (never assumed open)."""
+    name = state.engine.server_args.reasoning_parser
+    forced = None
+    if name is not None and body.separate_reasoning:
+        forced = starts_in_reasoning(name) and not constrained
+    return OutputPlan(
+        reasoning_forced=forced,
+        split=tools.split,
+        tool_names=tools.tool_names,
+        parallel=tools.parallel,
+        cut_stop_token=tools.keep_special_tokens,
+    )
+
+
+def _render(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan) -> list[int]:
     tokenizer = state.engine.tokenizer
     if tokenizer is None:
         raise APIError(400, "chat needs a tokenizer; the server runs with --skip-tokenizer-init")
     state.vet_images([url for m in body.messages for url in _image_urls(m.content)], "messages")
-    messages = [{"role": m.role, "content": _content(m.content)} for m in body.messages]
+    messages = [template_message(m.role, _content(m.content), m) for m in body.messages]
+    kwargs = body.chat_template_kwargs or {}
+    reserved = sorted(_RESERVED_TEMPLATE_VARS & set(kwargs))
+    if reserved:
+        raise APIError(400, f"chat_template_kwargs may not set {reserved[0]!r}", "chat_template_kwargs")
     try:
         text = apply_chat_template(
             tokenizer,
             messages,
             add_generation_prompt=not body.continue_final_message,
             continue_final_message=body.continue_final_message,
+            tools=tools.template_tools,
+            template_kwargs=kwargs,
         )
+    except APIError:
+        raise
     except Exception as exc:  # template errors (jinja, bad roles) are the client's to fix
         raise APIError(400, f"could not apply the chat template: {exc}", "messages") from None
     return tokenizer.encode(text, add_special_tokens=False)
@@ -123,19 +177,36 @@ def _response_format(body: ChatCompletionRequest, params: dict) -> None:
         schema = (fmt.json_schema or {}).get("schema")
         if schema is None:
             raise APIError(400, "response_format.json_schema.schema is required", "response_format")
-        import json
-
         params["json_schema"] = json.dumps(schema)
 
 
-def _choice(state: ServerState, body: ChatCompletionRequest, index: int, acc: OutputAccumulator) -> dict:
+def _choice(
+    state: ServerState, body: ChatCompletionRequest, plan: OutputPlan, index: int, acc: OutputAccumulator
+) -> dict:
+    message = plan.message(_text(state, plan, acc, acc.text))
     return {
         "index": index,
-        "message": {"role": "assistant", "content": acc.text},
+        "message": message,
         "logprobs": _logprobs(state, body, acc, 0),
-        "finish_reason": finish_reason(acc),
+        "finish_reason": _finish(acc, bool(message.get("tool_calls"))),
         "matched_stop": matched_stop(acc),
     }
+
+
+def _text(state: ServerState, plan: OutputPlan, acc: OutputAccumulator, text: str) -> str:
+    """`text` without the stop token's own text at the end of a finished output, when the plan
+    keeps special tokens (so a tool-call format's markers survive)."""
+    token = acc.finish.matched if plan.cut_stop_token and acc.done and isinstance(acc.finish, FinishStop) else None
+    if not isinstance(token, int) or state.engine.tokenizer is None:
+        return text
+    tail = state.engine.tokenizer.decode([token], skip_special_tokens=False)
+    return text[: len(text) - len(tail)] if tail and text.endswith(tail) else text
+
+
+def _finish(acc: OutputAccumulator, called: bool) -> Optional[str]:
+    """OpenAI's "tool_calls" when a choice that stopped by itself made calls."""
+    reason = finish_reason(acc)
+    return "tool_calls" if called and reason == "stop" else reason
 
 
 def _logprobs(state: ServerState, body: ChatCompletionRequest, acc: OutputAccumulator, start: int) -> Optional[dict]:
@@ -160,49 +231,27 @@ def _logprobs(state: ServerState, body: ChatCompletionRequest, acc: OutputAccumu
     return {"content": content}
 
 
-async def _stream(state: ServerState, body: ChatCompletionRequest, reqs: list) -> AsyncIterator[str]:
-    """First delta per choice carries the role; exactly one finish_reason per choice."""
+async def _stream(state: ServerState, body: ChatCompletionRequest, reqs: list, plan: OutputPlan) -> AsyncIterator[str]:
+    """First delta per choice carries the role; exactly one finish_reason per choice; content,
+    reasoning_content and tool_calls deltas as `ChoiceStream` reads them."""
     cid, created = new_id("chatcmpl"), now()
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": state.model_name}
     accs: dict[int, OutputAccumulator] = {}
     sent_lp = [0] * len(reqs)
+    readers = [plan.stream() for _ in reqs]
     try:
         for i in range(len(reqs)):
-            yield sse(
-                {
-                    **base,
-                    "choices": [
-                        {
-                            "index": i,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ],
-                }
-            )
+            yield _chunk(base, i, {"role": "assistant", "content": ""})
         async for i, acc in state.stream(reqs):
             accs[i] = acc
             logprobs = _logprobs(state, body, acc, sent_lp[i])
             sent_lp[i] = len(acc.meta.get("output_token_logprobs", []))
-            text = acc.last_chunk["text"]
-            if text or logprobs:
-                yield sse(
-                    {
-                        **base,
-                        "choices": [
-                            {"index": i, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
-                        ],
-                    }
-                )
+            deltas = readers[i].feed(_text(state, plan, acc, acc.last_chunk["text"]))
+            deltas += readers[i].finish() if acc.done else []
+            for chunk in _delta_chunks(base, i, deltas, logprobs):
+                yield chunk
             if acc.done:
-                yield sse(
-                    {
-                        **base,
-                        "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason(acc)}],
-                        **sglext_field(body, [acc]),
-                    }
-                )
+                yield _chunk(base, i, {}, finish=_finish(acc, readers[i].has_calls), extra=sglext_field(body, [acc]))
     except APIError as exc:
         yield sse_error(exc.status, exc.message)
         yield "data: [DONE]\n\n"
@@ -210,3 +259,23 @@ async def _stream(state: ServerState, body: ChatCompletionRequest, reqs: list) -
     if body.stream_options and body.stream_options.include_usage:
         yield sse({**base, "choices": [], "usage": usage([accs[i] for i in range(len(reqs))], body.n)})
     yield "data: [DONE]\n\n"
+
+
+def _delta_chunks(base: dict, index: int, deltas: list[dict], logprobs: Optional[dict]) -> list[str]:
+    """One chunk per delta; the step's logprobs ride on the first (an empty content delta
+    carries them when the step added no text)."""
+    if not deltas and logprobs:
+        deltas = [{"content": ""}]
+    return [_chunk(base, index, d, logprobs=logprobs if k == 0 else None) for k, d in enumerate(deltas)]
+
+
+def _chunk(
+    base: dict,
+    index: int,
+    delta: dict,
+    logprobs: Optional[dict] = None,
+    finish: Optional[str] = None,
+    extra: Optional[dict] = None,
+) -> str:
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    return sse({**base, "choices": [choice], **(extra or {})})

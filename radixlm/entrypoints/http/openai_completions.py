@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from radixlm.entrypoints.http.errors import APIError, sse_error
+from radixlm.entrypoints.http.field_policy import check_fields
 from radixlm.entrypoints.http.openai_common import (
     check_model,
     finish_reason,
@@ -31,6 +32,7 @@ def completions_router(state: ServerState) -> APIRouter:
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
+        check_fields(body, "completions")
         check_model(state, body.model)
         reqs, prompts = await state.prepare(_requests, state, body)
         if body.stream:

@@ -1,4 +1,5 @@
-"""Request bodies of the native and OpenAI-compatible APIs (pydantic; unknown fields ignored)."""
+"""Request bodies of the native and OpenAI-compatible APIs (pydantic). The generation routes keep
+undeclared keys so `field_policy` can refuse them by name; the other bodies ignore them."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def _encodable(value: Any) -> bool:
 class GenerateRequest(_Body):
     """SGLang's native `POST /generate`."""
 
+    model_config = ConfigDict(extra="allow")  # undeclared keys are refused by field_policy
+
     text: Optional[Union[str, list[str]]] = None
     input_ids: Optional[Union[list[int], list[list[int]]]] = None
     sampling_params: Optional[Union[dict[str, Any], list[dict[str, Any]]]] = None
@@ -60,6 +63,8 @@ class StreamOptions(_Body):
 
 class _SamplingExtras(_Body):
     """OpenAI sampling fields plus SGLang's extra-body fields, shared by both endpoints."""
+
+    model_config = ConfigDict(extra="allow")  # undeclared keys are refused by field_policy
 
     model: str = "default"
     n: int = Field(default=1, ge=1, le=128)  # OpenAI's cap; each sample is a request
@@ -98,8 +103,14 @@ class CompletionRequest(_SamplingExtras):
 
 
 class ChatMessage(_Body):
+    model_config = ConfigDict(extra="allow")  # undeclared keys are refused by field_policy
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: Optional[Union[str, list[dict[str, Any]]]] = None
+    name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None  # an assistant turn's calls, rendered back
+    tool_call_id: Optional[str] = None  # a tool message's answer to that call
+    reasoning_content: Optional[str] = None
 
 
 class ResponseFormat(_Body):
@@ -116,6 +127,12 @@ class ChatCompletionRequest(_SamplingExtras):
     response_format: Optional[ResponseFormat] = None
     continue_final_message: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    parallel_tool_calls: bool = True
+    separate_reasoning: bool = True
+    store: Optional[bool] = None
+    modalities: Optional[list[str]] = None
 
 
 class TokenizeRequest(_Body):
