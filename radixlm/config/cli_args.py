@@ -16,7 +16,10 @@ from radixlm.config.server_args import ServerArgs
 
 # SGLang spellings that differ from our field names.
 ALIASES = {"tp_size": ["--tp"], "dp_size": ["--dp"]}
-HELP = {"model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)"}
+HELP = {
+    "model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)",
+    "quantization": "fp8, awq, gptq or gguf (default: the checkpoint's quantization_config, else none)",
+}
 # ServerArgs fields that only the HTTP front reads.
 HTTP_ONLY = frozenset(
     {"host", "port", "api_key", "max_payload_size", "log_requests", "enable_metrics", "served_model_name"}

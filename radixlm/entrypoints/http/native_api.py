@@ -74,6 +74,8 @@ def native_router(state: ServerState) -> APIRouter:
             "is_generation": True,
             "served_model_name": state.model_name,
             "architectures": getattr(cfg, "architectures", None),
+            "quantization": engine.server_args.quantization
+            or (getattr(cfg, "quantization_config", None) or {}).get("quant_method"),
         }
 
     @router.get("/get_server_info")
