@@ -144,6 +144,10 @@ def quant_plan(
         return None
     from radixlm.layers.quantization.config import resolve_quantization
 
+    if quantization == "gguf" and load_format == "dummy":
+        from radixlm.layers.quantization.gguf import dummy_plan
+
+        return dummy_plan(device)
     if quantization == "gguf" and gguf:
         from radixlm.layers.quantization.gguf import gguf_plan
 

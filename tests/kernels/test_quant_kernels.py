@@ -78,8 +78,31 @@ def check_fp8(device: str) -> None:
             assert got.dtype == dtype and rel_err(got.cpu(), want) < tol, (n, k, group, dtype)
 
 
+def check_gguf(device: str) -> None:
+    """The GGUF GEMV and decode kernels against the torch decoders, every block type."""
+    import numpy as np
+    from test_gguf_quantized import random_blocks
+
+    from radixlm.kernels import gguf_gemv
+    from radixlm.layers.quantization import gguf_blocks
+
+    rng = np.random.default_rng(0)
+    for qtype in gguf_blocks.BLOCKS:
+        for n, k in ((10, 512), (3, 256)):
+            rows = torch.from_numpy(random_blocks(qtype, n, k, rng))
+            w = gguf_blocks.dequantize(rows, qtype, k).double()
+            assert torch.equal(gguf_gemv.dequantize_rows(rows.to(device), qtype, k, torch.float32).cpu(), w.float())
+            for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+                x = torch.randn(1, k, dtype=torch.float64).to(dtype)
+                bias = torch.randn(n, dtype=torch.float64).to(dtype)
+                got = gguf_gemv.gemv(x.to(device), rows.to(device), qtype, k, bias.to(device))
+                want = x.double() @ w.t() + bias.double()
+                assert got.dtype == dtype and rel_err(got.cpu(), want) < tol, (qtype, n, k, dtype)
+
+
 def run_interpreted(check: str) -> None:
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_quant_kernels as t; t.{check}('cpu')"
+    unit = os.path.join(os.path.dirname(HERE), "unit")
+    code = f"import sys; sys.path[:0] = [{HERE!r}, {unit!r}]; import test_quant_kernels as t; t.{check}('cpu')"
     proc = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "TRITON_INTERPRET": "1"},
@@ -90,9 +113,11 @@ def run_interpreted(check: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("check", ["check_int4", "check_fp8"])
+@pytest.mark.parametrize("check", ["check_int4", "check_fp8", "check_gguf"])
 def test_quant_kernels_match_float64_products(check: str) -> None:
     if torch.cuda.is_available():
+        if check == "check_gguf":
+            sys.path.insert(0, os.path.join(os.path.dirname(HERE), "unit"))
         globals()[check]("cuda")
         return
     run_interpreted(check)

@@ -143,6 +143,19 @@ def gguf_plan(model_path: str, device: torch.device) -> QuantPlan:
     )
 
 
+def dummy_plan(device: torch.device, qtype: int = gguf_blocks.Q4_K) -> QuantPlan:
+    """`--load-format dummy --quantization gguf`: every linear in random `qtype` blocks (no file;
+    for benchmarks of the kernels at real model shapes)."""
+    check_device("gguf", device)
+    fused = {"qkv_proj": 3, "gate_up_proj": 2}
+
+    def method_for(layer: str) -> LinearMethod:
+        return GGUFMethod((qtype,) * fused.get(layer.rpartition(".")[2], 1))
+
+    name = gguf_blocks.NAMES[qtype]
+    return QuantPlan("gguf", lambda model: method_for, {"quant_method": "gguf", "block_types": [name]})
+
+
 def _methods(raw: dict[str, int], types: dict[str, int], model: nn.Module) -> MethodFor:
     """Each linear layer's parts' block types, found by mapping HF names to the model's layers."""
     parts: dict[str, dict[int, Optional[int]]] = {}
