@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 
 import torch
@@ -142,7 +141,7 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--offline-shapes", nargs="+", default=None)
-    parser.add_argument("--result-file", default=os.path.join(os.path.dirname(__file__), "results", "quant_bench.json"))
+    parser.add_argument("--json", default=None, help="write every figure here")
     a = parser.parse_args()
     if a.quick:
         a.num_prompts, a.input_len, a.output_len = 128, 256, 64
@@ -164,10 +163,9 @@ def main() -> None:
         results[shape] = {"decode": rows, "kernels": kernels(shape, copy_gbps)}
     for shape in a.offline_shapes or a.shapes:
         results.setdefault(shape, {})["offline"] = offline(shape, a)
-    os.makedirs(os.path.dirname(a.result_file), exist_ok=True)
-    with open(a.result_file, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"results: {a.result_file}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
