@@ -78,6 +78,11 @@ class ModelRunner:
         self.model = self._load_model()
         plan = getattr(self.model, "quant_plan", None)
         self.quantization = None if plan is None else plan.info  # what get_server_info reports
+        if plan is not None and args.enable_torch_compile:
+            raise ValueError(
+                f"--enable-torch-compile with quantization {plan.name!r} is not supported yet: the quantized "
+                "matmuls launch Triton kernels torch.compile cannot trace; drop one of the two"
+            )
         self.weight_bytes = weight_bytes(self.model)
         self.pool = self._new_pool(self._pool_tokens(scratch))
         self.backend.bind_pool(self.pool)

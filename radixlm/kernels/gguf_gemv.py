@@ -4,8 +4,10 @@ W is uint8 [N, row_bytes] (rows self-contained; formats in `layers/quantization/
 Each program takes BLOCK_N rows and walks K in tiles of BLOCK_K elements; every element's byte
 (and its block's scale bytes, which neighbouring elements share and the cache serves) is addressed
 directly, decoded in registers and multiplied in float32, so the weight is read once, at its
-quantized size. `dequantize_rows` writes the same decoding to a [N, K] tensor (the matmul of more
-than one row: decode, then one GEMM).
+quantized size. Q4_K (the common llama.cpp choice) has its own kernel that reads whole
+super-blocks as tiles and applies the scales per 32-element sub-block, not per element.
+`dequantize_rows` writes the same decoding to a [N, K] tensor (the matmul of more than one row:
+decode, then one GEMM).
 """
 
 from __future__ import annotations
@@ -110,6 +112,34 @@ if triton is not None:
         tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
+    def _q4k_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, ROW_BYTES, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Q4_K by whole super-blocks: each row's 128 code bytes as one [4, 32] tile, the nibbles
+        dotted with x per 32-element sub-block, then scaled: sum_j d sc_j (q_j . x_j) - dmin m_j sum(x_j)."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        ok = rows < N
+        row_ptr = w_ptr + tl.where(ok, rows, 0)[:, None].to(tl.int64) * ROW_BYTES  # [BN, 1]
+        c4 = tl.arange(0, 4)
+        l32 = tl.arange(0, 32)
+        tile = (c4[:, None] * 32 + l32[None, :])[None, :, :]  # [1, 4, 32] byte offsets of the codes
+        x_off = c4[:, None] * 64 + l32[None, :]  # [4, 32]: sub-block 2c starts at 64c
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for s in range(0, K // 256):
+            base = row_ptr + s * 144
+            codes = tl.load(base[:, :, None] + 16 + tile).to(tl.int32)  # [BN, 4, 32]
+            x_lo = tl.load(x_ptr + s * 256 + x_off).to(tl.float32)  # [4, 32]
+            x_hi = tl.load(x_ptr + s * 256 + 32 + x_off).to(tl.float32)
+            dot_lo = tl.sum((codes & 0xF).to(tl.float32) * x_lo[None, :, :], axis=2)  # [BN, 4]
+            dot_hi = tl.sum((codes >> 4).to(tl.float32) * x_hi[None, :, :], axis=2)
+            sc_lo, mn_lo = _scale_min_k4(base + 4, (2 * c4)[None, :])  # [BN, 4]
+            sc_hi, mn_hi = _scale_min_k4(base + 4, (2 * c4 + 1)[None, :])
+            scaled = sc_lo * dot_lo + sc_hi * dot_hi
+            mins = mn_lo * tl.sum(x_lo, axis=1)[None, :] + mn_hi * tl.sum(x_hi, axis=1)[None, :]
+            acc += tl.sum(_f16_at(base) * scaled - _f16_at(base + 2) * mins, axis=1)  # d, dmin: [BN, 1]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows, mask=ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
     def _dequant_kernel(
         w_ptr, out_ptr, N, K, ROW_BYTES, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
     ):
@@ -136,6 +166,11 @@ def gemv(x: torch.Tensor, w: torch.Tensor, qtype: int, k: int, bias: Optional[to
     n = w.shape[0]
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     block_n = 8
+    if qtype == Q4_K:
+        _q4k_gemv_kernel[(triton.cdiv(n, block_n),)](
+            x, w, w if bias is None else bias, out, n, k, w.shape[1], bias is not None, block_n
+        )
+        return out
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, w if bias is None else bias, out, n, k, w.shape[1], qtype, bias is not None, block_n, _block_k(qtype, k)
     )

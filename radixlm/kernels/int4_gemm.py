@@ -48,16 +48,20 @@ if triton is not None:
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
+        rw = tl.arange(0, BLOCK_K // 8)
         m_ok, n_ok = rm < M, rn < N
-        shifts = (rk % 8) * 4
+        shifts = tl.arange(0, 8) * 4
         z_shift = (rn % 8) * 4
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         k_per_split = K // SPLIT_K
         for k0 in range(pid_k * k_per_split, (pid_k + 1) * k_per_split, BLOCK_K):
             k = k0 + rk
             x = tl.load(x_ptr + rm[:, None].to(tl.int64) * stride_xm + k[None, :], mask=m_ok[:, None], other=0.0)
-            words = tl.load(qw_ptr + (k[:, None] // 8).to(tl.int64) * N + rn[None, :], mask=n_ok[None, :], other=0)
-            q = (words >> shifts[:, None]) & 0xF
+            # each word once ([BLOCK_K / 8, BLOCK_N]), its 8 nibbles spread to rows 8r .. 8r + 7
+            words = tl.load(
+                qw_ptr + (k0 // 8 + rw)[:, None].to(tl.int64) * N + rn[None, :], mask=n_ok[None, :], other=0
+            )
+            q = tl.reshape((words[:, None, :] >> shifts[None, :, None]) & 0xF, (BLOCK_K, BLOCK_N))
             g = k0 // GROUP
             s = tl.load(s_ptr + g * N + rn, mask=n_ok, other=0.0).to(tl.float32)
             zw = tl.load(qz_ptr + g * (N // 8) + rn // 8, mask=n_ok, other=0)

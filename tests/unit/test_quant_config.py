@@ -73,3 +73,18 @@ def test_server_args_check_the_flag() -> None:
     assert ServerArgs(quantization="fp8", model_path="x").quantization == "fp8"
     with pytest.raises(ValueError, match="quantization must be one of"):
         ServerArgs(quantization="int8", model_path="x")
+
+
+def test_torch_compile_with_quantization_is_refused_at_start_up(tiny_llama_dir: str) -> None:
+    from radixlm.executor.model_runner import ModelRunner
+
+    args = ServerArgs(
+        model_path=tiny_llama_dir,
+        device="cpu",
+        quantization="fp8",
+        enable_torch_compile=True,
+        max_total_tokens=64,
+        max_running_requests=2,
+    )
+    with pytest.raises(ValueError, match="--enable-torch-compile with quantization 'fp8' is not supported"):
+        ModelRunner(args)
