@@ -10,9 +10,9 @@ as uint8 [N, row_bytes]. Formats (little-endian; d, dmin, m are float16):
     64c + 32h + l is nibble h of byte 32c + l, in sub-block j = 2c + h; w = d sc_j q - dmin m_j.
   * Q5_K (256 / 176): d, dmin, scales as Q4_K, qh[32], q[128]; Q4_K's nibble plus 16 x bit j of
     qh[l]; w = d sc_j q - dmin m_j.
-  * Q6_K (256 / 210): ql[128], qh[64], int8 sc[16], d; element 128 t + 32 u + l (t, u < 4... t < 2)
-    has low 4 bits from nibble u // 2 of ql[64 t + 32 (u % 2) + l], high 2 bits from bits 2u of
-    qh[32 t + l], scale sc[8 t + 2 u + l // 16]; w = d sc (q - 32).
+  * Q6_K (256 / 210): ql[128], qh[64], int8 sc[16], d; element 128 t + 32 u + l (t < 2, u < 4,
+    l < 32) has its low 4 bits in nibble u // 2 of ql[64 t + 32 (u % 2) + l], its high 2 bits at
+    bit 2u of qh[32 t + l], and scale sc[8 t + 2 u + l // 16]; w = d sc (q - 32).
 """
 
 from __future__ import annotations
