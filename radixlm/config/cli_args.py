@@ -26,6 +26,7 @@ HELP = {
     "model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)",
     "ep_size": "expert parallelism for MoE models: 1 (default: every rank holds a slice of every expert) "
     "or equal to --tp (each rank holds whole experts, num_experts / tp of them)",
+    "quantization": "fp8, awq, gptq or gguf (default: the checkpoint's quantization_config, else none)",
 }
 # ServerArgs fields that only the HTTP front reads.
 HTTP_ONLY = frozenset(

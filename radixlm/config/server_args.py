@@ -16,6 +16,7 @@ from radixlm.config.bundled import bundled_model_path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float", "bf16", "fp16", "fp32")
 LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
+QUANTIZATIONS = ("fp8", "awq", "gptq", "gguf")  # radixlm.layers.quantization; None: the checkpoint's own
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 MODEL_IMPLS = ("auto", "radixlm", "transformers")
 GRAMMAR_BACKENDS = ("xgrammar", "llguidance", "none")
@@ -34,6 +35,7 @@ class ServerArgs:
     trust_remote_code: bool = False
     load_format: str = "auto"
     dtype: str = "auto"
+    quantization: Optional[str] = None  # fp8 (online or checkpoint), awq, gptq, gguf (blocks kept)
     device: str = "auto"
     context_length: Optional[int] = None
     model_impl: str = "auto"
@@ -93,6 +95,8 @@ class ServerArgs:
             object.__setattr__(self, "model_path", bundled_model_path())
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("load_format", self.load_format, LOAD_FORMATS)
+        if self.quantization is not None:
+            _check_choice("quantization", self.quantization, QUANTIZATIONS)
         _check_choice("schedule_policy", self.schedule_policy, SCHEDULE_POLICIES)
         _check_choice("model_impl", self.model_impl, MODEL_IMPLS)
         _check_choice("grammar_backend", self.grammar_backend, GRAMMAR_BACKENDS)

@@ -76,6 +76,14 @@ class ModelRunner:
         scratch = self._new_pool(self._scratch_tokens())
         self.backend = create_attention_backend(args.attention_backend, scratch, self.device)
         self.model = self._load_model()
+        plan = getattr(self.model, "quant_plan", None)
+        self.quantization = None if plan is None else plan.info  # what get_server_info reports
+        if plan is not None and args.enable_torch_compile:
+            raise ValueError(
+                f"--enable-torch-compile with quantization {plan.name!r} is not supported yet: the quantized "
+                "matmuls launch Triton kernels torch.compile cannot trace; drop one of the two"
+            )
+        self.weight_bytes = weight_bytes(self.model)
         self.pool = self._new_pool(self._pool_tokens(scratch))
         self.backend.bind_pool(self.pool)
         self.graphs = self._maybe_capture_graphs()
@@ -95,8 +103,15 @@ class ModelRunner:
             self.context_len,
             self.tp,
             self.args.ep_size,
+            self.args.quantization,
         )
-        logger.info("model loaded in %.1f s (%s, %s)", time.perf_counter() - start, self.dtype, self.device)
+        logger.info(
+            "model loaded in %.1f s (%s, %s, %.2f GiB of weights)",
+            time.perf_counter() - start,
+            self.dtype,
+            self.device,
+            weight_bytes(model) / 2**30,
+        )
         return model
 
     def _maybe_capture_graphs(self) -> Any:
@@ -227,6 +242,11 @@ class ModelRunner:
 
     def close(self) -> None:
         """Release what the runner shares with other processes (nothing at tp 1)."""
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of this rank's parameters as stored (quantized weights count at their packed size)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _release(scratch: KVPool) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from radixlm.distributed.group import TPGroup
 from radixlm.kernels import gemv
+from radixlm.layers.quantization.base import LinearGeometry, Segment
 
 
 def whole(tensor: Any) -> torch.Tensor:
@@ -98,6 +99,17 @@ class ColumnParallelLinear(nn.Module):
         n = self.local_sizes[part]
         return tensor.narrow(0, self.tp.rank * n, n)
 
+    def out_segments(self, part: int) -> tuple[Segment, ...]:
+        """The rows of part `part`'s full checkpoint tensor this rank holds (what `_rows` reads)."""
+        n = self.local_sizes[part]
+        return ((self.tp.rank * n, n),)
+
+    def geometry(self) -> LinearGeometry:
+        """This rank's shard, for a quantization method (`radixlm.layers.quantization`)."""
+        k = self.weight.shape[1]
+        parts = range(len(self.local_sizes))
+        return LinearGeometry(k, k, tuple(self.local_sizes), tuple(self.out_segments(p) for p in parts))
+
 
 class QKVParallelLinear(ColumnParallelLinear):
     """Fused q/k/v projection: this rank's query heads and the KV heads they read (`AttentionHeads`)."""
@@ -117,6 +129,14 @@ class QKVParallelLinear(ColumnParallelLinear):
             return span
         span = span.reshape(hi - lo + 1, d, *span.shape[1:])
         return span[torch.tensor([h - lo for h in ids])].reshape(len(ids) * d, *span.shape[2:])
+
+    def out_segments(self, part: int) -> tuple[Segment, ...]:
+        d, ids = self.head_dim, self.heads.kv_ids
+        if part == 0:
+            return ((self.heads.q_start * d, self.heads.num_heads * d),)
+        if ids == tuple(range(min(ids), max(ids) + 1)):
+            return ((min(ids) * d, len(ids) * d),)
+        return tuple((h * d, d) for h in ids)
 
 
 class RowParallelLinear(nn.Module):
@@ -139,6 +159,12 @@ class RowParallelLinear(nn.Module):
             copy_checked(self.bias, whole(tensor), "bias")
         else:
             copy_checked(self.weight, tensor.narrow(1, self.tp.rank * self.local_in, self.local_in), attr)
+
+    def geometry(self) -> LinearGeometry:
+        """This rank's shard (input columns), for a quantization method."""
+        n = self.weight.shape[0]
+        in_segment = (self.tp.rank * self.local_in, self.local_in)
+        return LinearGeometry(self.local_in, self.local_in * self.tp.size, (n,), (((0, n),),), in_segment)
 
 
 def row_parallel_linear(in_features: int, out_features: int, bias: bool, tp: TPGroup) -> nn.Module:

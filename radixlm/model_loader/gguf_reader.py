@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -78,6 +79,17 @@ _BLOCK_NAMES: MappingProxyType[str, str] = MappingProxyType(
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
+@dataclass(frozen=True)
+class GGUFBlocks:
+    """A quantized tensor kept in llama.cpp's blocks (`tensors(raw_names)`): `data` uint8 rows
+    [N, row_bytes] (Q/K rows already un-permuted like the float tensors), `qtype` its
+    `GGMLQuantizationType` value, `shape` the logical (N, K)."""
+
+    data: torch.Tensor
+    qtype: int
+    shape: tuple[int, int]
+
+
 class GGUFCheckpoint:
     """One opened GGUF file of a supported architecture.
 
@@ -105,20 +117,33 @@ class GGUFCheckpoint:
         """Number of tensors `tensors()` yields (all of them except `rope_freqs.weight`)."""
         return sum(1 for t in self._reader.tensors if t.name != _ROPE_FREQS)
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (HF name, float32 tensor) in file order; see the module docstring."""
+    def tensors(self, raw_names: frozenset[str] = frozenset()) -> Iterator[tuple[str, Any]]:
+        """Yield (HF name, float32 tensor) in file order; see the module docstring. Tensors
+        named in `raw_names` (HF names) come as `GGUFBlocks` instead, not dequantized."""
         heads = _int_field(self._reader, f"{self.architecture}.attention.head_count")
         kv_heads = _int_field(self._reader, f"{self.architecture}.attention.head_count_kv", heads)
         for tensor in self._reader.tensors:
             if tensor.name == _ROPE_FREQS:
                 continue
             name = _hf_tensor_name(tensor.name, self.path)
-            value = _dequantize_tensor(tensor)
+            raw = name in raw_names
+            value = torch.from_numpy(np.array(tensor.data, order="C")) if raw else _dequantize_tensor(tensor)
             if self.architecture == "llama":
                 value = _unpermute_if_qk(tensor.name, value, heads, kv_heads)
             if tensor.name.endswith(".ffn_gate_inp_shexp.weight") and value.dim() == 1:
                 value = value.unsqueeze(0)  # llama.cpp keeps the shared expert's gate as a vector
+            if raw:
+                shape = tuple(int(d) for d in reversed(tensor.shape))
+                value = GGUFBlocks(value, int(tensor.tensor_type), (shape[0], shape[1]))
             yield name, value
+
+    def quant_types(self) -> dict[str, int]:
+        """HF name -> `GGMLQuantizationType` value of every tensor (rope_freqs excluded)."""
+        return {
+            _hf_tensor_name(t.name, self.path): int(t.tensor_type)
+            for t in self._reader.tensors
+            if t.name != _ROPE_FREQS
+        }
 
 
 def read_gguf_config(path: str) -> dict[str, Any]:

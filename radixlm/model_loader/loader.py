@@ -96,6 +96,7 @@ def build_model(
     context_len: Optional[int] = None,
     tp: Optional[TPGroup] = None,
     ep_size: int = 1,
+    quantization: Optional[str] = None,
 ) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
@@ -103,14 +104,24 @@ def build_model(
     the latter refuses models it cannot run exactly for sequences of up to `context_len` tokens,
     and tensor parallelism. With `tp`, only this rank's shard is built and read from the checkpoint;
     `ep_size` (1 or tp's size, MoE models only) splits experts across the ranks instead of their
-    intermediate dimension."""
+    intermediate dimension.
+
+    `quantization` (`--quantization`) or the checkpoint's `quantization_config` puts a quantization
+    method behind the linear layers (`radixlm.layers.quantization`); the chosen plan is kept as
+    `model.quant_plan` (None when unquantized)."""
     tp = tp or TPGroup.single()
     check_tensor_parallel(config, model_impl, tp.size, ep_size)
     architectures = getattr(config, "architectures", None) or []
     native = resolve_model_impl(architectures, model_impl) != "transformers"
+    plan = quant_plan(config, quantization, model_path, load_format, device)
+    if plan is not None and not native:
+        raise ValueError(
+            f"quantization {plan.name!r} needs a native model ({', '.join(supported_architectures())}); "
+            f"the Transformers backend runs unquantized weights only"
+        )
     if native:
         extra = {"ep_size": ep_size} if ep_size > 1 else {}
-        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp, extra)
+        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp, extra, plan)
     else:
         from radixlm.models.transformers_backend import TransformersForCausalLM
 
@@ -118,8 +129,35 @@ def build_model(
     if load_format == "dummy":
         _init_dummy(model, seed)
     else:
-        model.load_weights(iter_weights(model_path, load_format, lazy=native))
+        model.load_weights(iter_weights(model_path, load_format, lazy=native, keep_quantized=plan))
+    if plan is not None:
+        from radixlm.layers.quantization.layer import finish_loading
+
+        finish_loading(model, device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # online fp8 freed the float weights: measured memory must not count them
+    model.quant_plan = plan
     return model.eval()
+
+
+def quant_plan(
+    config: Any, quantization: Optional[str], model_path: str, load_format: str, device: torch.device
+) -> Any:
+    """The `QuantPlan` for this model (None: unquantized); raises naming the field at fault."""
+    gguf = is_gguf(model_path) or load_format == "gguf"
+    if quantization is None and getattr(config, "quantization_config", None) is None:
+        return None
+    from radixlm.layers.quantization.config import resolve_quantization
+
+    if quantization == "gguf" and load_format == "dummy":
+        from radixlm.layers.quantization.gguf import dummy_plan
+
+        return dummy_plan(device)
+    if quantization == "gguf" and gguf:
+        from radixlm.layers.quantization.gguf import gguf_plan
+
+        return gguf_plan(model_path, device)
+    return resolve_quantization(config, quantization, gguf, device)
 
 
 def check_tensor_parallel(config: Any, model_impl: str, tp_size: int, ep_size: int = 1) -> None:
@@ -146,10 +184,17 @@ def _build_native(
     device: torch.device,
     tp: TPGroup,
     extra: dict[str, Any],
+    plan: Any = None,
 ) -> nn.Module:
     with torch.device("meta"):
         model = cls(config, backend, tp, **extra)
-    model = model.to(dtype=dtype).to_empty(device=device)
+    model = model.to(dtype=dtype)
+    if plan is not None:  # after the dtype cast, which would turn fp8 weights and float32 scales into `dtype`
+        from radixlm.layers.quantization.layer import quantize_linears
+
+        count = quantize_linears(model, plan.methods(model), dtype)
+        logger.info("quantization %s: %d linear layers", plan.name, count)
+    model = model.to_empty(device=device)
     for module in model.modules():
         if hasattr(module, "init_cache"):
             module.init_cache(device)
@@ -167,18 +212,22 @@ class LazySlice:
         return self._handle[(slice(None),) * dim + (slice(start, start + length),)]
 
     def full(self) -> torch.Tensor:
-        return self._handle[:]
+        return self._handle[...]  # [:] cannot read a 0-dim tensor (an fp8 per-tensor scale)
 
 
-def iter_weights(model_path: str, load_format: str, lazy: bool = False) -> Iterator[tuple[str, Any]]:
-    """(HF name, tensor) for every tensor of the checkpoint (safetensors, else pytorch_model*.bin);
-    with `lazy`, safetensors tensors come as `LazySlice`s so a tensor-parallel rank reads only its
-    shard (GGUF and .bin tensors are always full)."""
+def iter_weights(
+    model_path: str, load_format: str, lazy: bool = False, keep_quantized: Any = None
+) -> Iterator[tuple[str, Any]]:
+    """(HF name, tensor) for every tensor of the checkpoint (safetensors, else pytorch_model*.bin); with `lazy`, safetensors tensors come
+    as `LazySlice`s so a tensor-parallel rank reads only its shard (GGUF and .bin tensors are always full).
+    A GGUF `keep_quantized` plan (a `QuantPlan`) gets its `raw_names` tensors as quantized blocks."""
     if is_gguf(model_path) or load_format == "gguf":
         from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
         checkpoint = GGUFCheckpoint(model_path)
-        yield from tqdm(checkpoint.tensors(), total=len(checkpoint), desc="Loading weights", leave=False)
+        raw = getattr(keep_quantized, "raw_names", frozenset())
+        tensors = checkpoint.tensors(raw) if raw else checkpoint.tensors()
+        yield from tqdm(tensors, total=len(checkpoint), desc="Loading weights", leave=False)
         return
     files = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
     if not files or load_format == "pt":
@@ -210,11 +259,17 @@ def _iter_bin_weights(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
 def _init_dummy(model: nn.Module, seed: int) -> None:
     """Random weights of the config's shape; norms at 1 so activations stay in range."""
     gen = None
+    quantized = [m for m in model.modules() if hasattr(m, "fill_dummy")]
+    own = {id(p) for m in quantized for p in m.parameters()}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if gen is None:  # generated on the parameters' device: fast for large shapes on GPU
                 gen = torch.Generator(device=param.device).manual_seed(seed)
+            if id(param) in own:
+                continue
             if "norm" in name:
                 param.fill_(1.0)
             else:
                 param.uniform_(-0.02, 0.02, generator=gen)
+        for module in quantized:  # quantization methods fill their own (integer, fp8) weights
+            module.fill_dummy(gen)

@@ -199,10 +199,10 @@ class LlamaForCausalLM(nn.Module):
             if "rotary_emb" in name or (self.tied and name.startswith("lm_head.")):
                 continue
             target, shard = self._target(name)
-            if target not in params:
-                raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
             module_name, attr = target.rsplit(".", 1)
-            module = modules[module_name]
+            module = modules.get(module_name)
+            if target not in params and attr not in getattr(module, "checkpoint_only", ()):
+                raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
             if hasattr(module, "load_shard"):
                 module.load_shard(attr, tensor, shard)
             else:

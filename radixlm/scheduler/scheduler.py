@@ -343,6 +343,8 @@ class Scheduler:
             "step_times": self.timer.summary(),
             "context_length": self.runner.context_len,
             "vocab_size": self.runner.vocab_size,
+            "quantization": self.runner.quantization,
+            "weight_bytes": self.runner.weight_bytes,
         }
 
     def check_leak(self) -> bool:

@@ -79,6 +79,8 @@ def native_router(state: ServerState) -> APIRouter:
             "served_model_name": state.model_name,
             "model_type": getattr(cfg, "model_type", None),
             "architectures": getattr(cfg, "architectures", None),
+            "quantization": engine.server_args.quantization
+            or (getattr(cfg, "quantization_config", None) or {}).get("quant_method"),
         }
 
     @router.get("/server_info")  # SGLang 0.5's name; /get_server_info is the older one

@@ -1,0 +1,1 @@
+"""Quantization methods behind the linear layers (see `base.LinearMethod`)."""

@@ -1,0 +1,180 @@
+"""GGUF weights kept in llama.cpp's blocks (`--quantization gguf` with a .gguf model).
+
+The linear layers' tensors of a supported block type (`gguf_blocks.BLOCKS`: Q8_0, Q4_0, Q4_1,
+Q4_K, Q5_K, Q6_K) are loaded as uint8 rows instead of being dequantized; the embedding, the norms
+and an untied LM head stay float. A fused layer's parts may have different types (Q4_K_M files
+keep v and some down projections in Q6_K): the layer's one `weight` parameter is a flat byte
+buffer with each part's rows in turn, and consecutive parts of one type are multiplied together.
+
+Matmul: CPU decodes the blocks in torch (`gguf_blocks.dequantize`) and multiplies in x's dtype
+(the reference); CUDA multiplies one row with the dequantize-in-the-loop GEMV
+(`kernels.gguf_gemv.gemv`), more rows by decoding to x's dtype and one GEMM.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixlm.layers.quantization import gguf_blocks
+from radixlm.layers.quantization.base import LinearGeometry, LinearMethod, MatmulFn, copy_into, register, take
+from radixlm.layers.quantization.config import MethodFor, QuantPlan, check_device
+
+_LINEAR = re.compile(r".*\.(q|k|v|o|gate|up|down)_proj\.weight")
+Group = tuple[torch.Tensor, int]  # (uint8 rows [n, row_bytes], block type)
+
+
+class GGUFMethod(LinearMethod):
+    """One layer's GGUF block types, one per logical part (see the module docstring)."""
+
+    name = "gguf"
+
+    def __init__(self, part_types: tuple[int, ...]) -> None:
+        self.part_types = part_types
+
+    def _part_bytes(self, geo: LinearGeometry, part: int) -> tuple[int, int]:
+        """(byte offset, row bytes) of part `part` in the layer's buffer."""
+        rows = [gguf_blocks.row_bytes(t, geo.in_features) for t in self.part_types]
+        return sum(n * r for n, r in zip(geo.out_sizes[:part], rows)), rows[part]
+
+    def create_weights(self, layer: nn.Module, geo: LinearGeometry, dtype: torch.dtype) -> None:
+        if len(self.part_types) != len(geo.out_sizes):
+            raise ValueError(f"gguf: {len(self.part_types)} part types for a layer of {len(geo.out_sizes)} parts")
+        end, _ = self._part_bytes(geo, len(geo.out_sizes) - 1)
+        last = gguf_blocks.row_bytes(self.part_types[-1], geo.in_features) * geo.out_sizes[-1]
+        register(layer, "weight", (end + last,), torch.uint8)
+
+    def load(self, layer: nn.Module, geo: LinearGeometry, attr: str, tensor: Any, part: int) -> None:
+        if attr != "weight" or not hasattr(tensor, "qtype"):
+            raise ValueError(f"gguf: expected quantized blocks for the weight, got {attr!r}")
+        if tensor.qtype != self.part_types[part]:
+            raise ValueError(f"gguf: part {part} has block type {tensor.qtype}, expected {self.part_types[part]}")
+        rows = take(tensor.data, 0, geo.out_segments[part], 1, "gguf weight")
+        if geo.in_segment is not None:
+            elements, size = gguf_blocks.BLOCKS[tensor.qtype]
+            start, length = geo.in_segment
+            if start % elements or length % elements:
+                raise ValueError(f"gguf: an input shard of {length} at {start} splits {elements}-element blocks")
+            rows = take(rows, 1, ((start // elements * size, length // elements * size),), 1, "gguf weight")
+        offset, row_bytes = self._part_bytes(geo, part)
+        dest = layer.weight.narrow(0, offset, geo.out_sizes[part] * row_bytes).view(-1, row_bytes)
+        copy_into(dest, rows, f"gguf weight part {part}")
+
+    def groups(self, layer: nn.Module, geo: LinearGeometry) -> list[Group]:
+        """Views of the buffer: consecutive parts of one block type as one [rows, row_bytes] tensor."""
+        out: list[Group] = []
+        part = 0
+        while part < len(self.part_types):
+            end = part
+            while end + 1 < len(self.part_types) and self.part_types[end + 1] == self.part_types[part]:
+                end += 1
+            offset, row_bytes = self._part_bytes(geo, part)
+            rows = sum(geo.out_sizes[part : end + 1])
+            out.append((layer.weight.narrow(0, offset, rows * row_bytes).view(rows, row_bytes), self.part_types[part]))
+            part = end + 1
+        return out
+
+    def finish_loading(self, layer: nn.Module, geo: LinearGeometry, device: torch.device) -> MatmulFn:
+        groups = self.groups(layer, geo)
+        if device.type != "cuda":
+            return partial(_cpu_matmul, groups, geo.in_features)
+        from radixlm.kernels import gguf_gemv
+
+        return partial(_cuda_matmul, gguf_gemv, groups, geo.in_features)
+
+    def fill_dummy(self, layer: nn.Module, gen: torch.Generator) -> None:
+        """Random codes with every block's float16 scales set to small values (a random float16
+        could be inf or NaN)."""
+        with torch.no_grad():
+            layer.weight.copy_(torch.randint(0, 256, layer.weight.shape, generator=gen, device=layer.weight.device))
+            for rows, qtype in self.groups(layer, layer.geo):
+                _dummy_scales(rows, qtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {"quant_method": "gguf"}
+
+
+def _dummy_scales(rows: torch.Tensor, qtype: int) -> None:
+    elements, size = gguf_blocks.BLOCKS[qtype]
+    blocks = rows.view(-1, size)
+    at = (
+        (208,)
+        if qtype == gguf_blocks.Q6_K
+        else (0, 2)
+        if qtype in (gguf_blocks.Q4_1, gguf_blocks.Q4_K, gguf_blocks.Q5_K)
+        else (0,)
+    )
+    scale = torch.full((blocks.shape[0], 1), 0.02 / 16, dtype=torch.float16, device=rows.device)
+    for offset in at:
+        blocks[:, offset : offset + 2] = scale.view(torch.uint8)
+
+
+def _cpu_matmul(groups: list[Group], k: int, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    w = torch.cat([gguf_blocks.dequantize(rows, qtype, k) for rows, qtype in groups])
+    return F.linear(x, w.to(x.dtype), bias)
+
+
+def _cuda_matmul(
+    kernels: Any, groups: list[Group], k: int, x: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    if x.shape[0] == 1 and x.is_contiguous():
+        outs = [kernels.gemv(x, rows, qtype, k) for rows, qtype in groups]
+    else:
+        outs = [F.linear(x, kernels.dequantize_rows(rows, qtype, k, x.dtype)) for rows, qtype in groups]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return out if bias is None else out + bias
+
+
+def gguf_plan(model_path: str, device: torch.device) -> QuantPlan:
+    """The plan for a .gguf file: its linear weights of a supported block type stay in blocks."""
+    from radixlm.model_loader.gguf_reader import GGUFCheckpoint
+
+    check_device("gguf", device)
+    types = GGUFCheckpoint(model_path).quant_types()
+    raw = {name: t for name, t in types.items() if _LINEAR.fullmatch(name) and t in gguf_blocks.BLOCKS}
+    kinds = sorted({gguf_blocks.NAMES[t] for t in raw.values()})
+    return QuantPlan(
+        "gguf", partial(_methods, raw, types), {"quant_method": "gguf", "block_types": kinds}, frozenset(raw)
+    )
+
+
+def dummy_plan(device: torch.device, qtype: int = gguf_blocks.Q4_K) -> QuantPlan:
+    """`--load-format dummy --quantization gguf`: every linear in random `qtype` blocks (no file;
+    for benchmarks of the kernels at real model shapes)."""
+    check_device("gguf", device)
+    fused = {"qkv_proj": 3, "gate_up_proj": 2}
+
+    def method_for(layer: str) -> LinearMethod:
+        return GGUFMethod((qtype,) * fused.get(layer.rpartition(".")[2], 1))
+
+    name = gguf_blocks.NAMES[qtype]
+    return QuantPlan("gguf", lambda model: method_for, {"quant_method": "gguf", "block_types": [name]})
+
+
+def _methods(raw: dict[str, int], types: dict[str, int], model: nn.Module) -> MethodFor:
+    """Each linear layer's parts' block types, found by mapping HF names to the model's layers."""
+    parts: dict[str, dict[int, Optional[int]]] = {}
+    for name in types:
+        if not _LINEAR.fullmatch(name):
+            continue
+        target, shard = model._target(name)
+        parts.setdefault(target.rsplit(".", 1)[0], {})[shard or 0] = raw.get(name)
+
+    def method_for(layer: str) -> Optional[LinearMethod]:
+        found = parts.get(layer)
+        if not found or all(t is None for t in found.values()):
+            return None
+        ordered = tuple(found[i] for i in sorted(found))
+        if None in ordered:
+            raise ValueError(
+                f"gguf: layer {layer} mixes float and quantized parts; "
+                "load it dequantized (without --quantization gguf)"
+            )
+        return GGUFMethod(ordered)
+
+    return method_for
