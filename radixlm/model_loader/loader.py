@@ -218,9 +218,10 @@ class LazySlice:
 def iter_weights(
     model_path: str, load_format: str, lazy: bool = False, keep_quantized: Any = None
 ) -> Iterator[tuple[str, Any]]:
-    """(HF name, tensor) for every tensor of the checkpoint (safetensors, else pytorch_model*.bin); with `lazy`, safetensors tensors come
-    as `LazySlice`s so a tensor-parallel rank reads only its shard (GGUF and .bin tensors are always full).
-    A GGUF `keep_quantized` plan (a `QuantPlan`) gets its `raw_names` tensors as quantized blocks."""
+    """(HF name, tensor) for every tensor of the checkpoint (safetensors, else pytorch_model*.bin);
+    with `lazy`, safetensors tensors come as `LazySlice`s so a tensor-parallel rank reads only its
+    shard (GGUF and .bin tensors are always full). A GGUF `keep_quantized` plan (a `QuantPlan`) gets
+    its `raw_names` tensors as quantized blocks."""
     if is_gguf(model_path) or load_format == "gguf":
         from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
