@@ -127,6 +127,9 @@ def _has_type(value: Any, types: Any) -> bool:
 
 
 def _children(schema: dict, path: str) -> Optional[str]:
+    for name, sub in (schema.get("properties") or {}).items():
+        if sub is False:
+            return f"a false schema for property {name!r} beside other allowed keys (at {path}/properties)"
     for key in _SUBSCHEMA_MAPS:
         for name, sub in (schema.get(key) or {}).items():
             problem = unenforced_keyword(sub, f"{path}/{key}/{name}")
