@@ -25,7 +25,6 @@ ANNOTATIONS = frozenset(
         "writeOnly",
         "$defs",
         "definitions",
-        "format",
         "contentMediaType",
         "contentEncoding",
         "contentSchema",

@@ -45,7 +45,10 @@ def unique_items(node: dict) -> Optional[Any]:
     if tuples is None:
         return _at_most_one(rest, low)
     base = {k: v for k, v in rest.items() if k not in ("items", "minItems", "maxItems")}
-    return {**base, "anyOf": [{"prefixItems": [{"const": v} for v in t], "items": False} for t in tuples]}
+    return {
+        **base,
+        "anyOf": [{"prefixItems": [{"const": v} for v in t], "items": False, "minItems": len(t)} for t in tuples],
+    }
 
 
 def _at_most_one(rest: dict, low: Any) -> Optional[dict]:

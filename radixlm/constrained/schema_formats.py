@@ -7,8 +7,9 @@ string passes `jsonschema`'s FormatChecker. Formats no checker knows (`int32`, `
 annotations and are ignored; known ones with no pattern here (`regex`, `uri-template`, ...) stay
 as `format` and are refused by the backend check.
 
-Subsets: years 1000–9999; no leap second; `T`/`Z` upper case; e-mail local parts of letters,
-digits and `._%+-`; host names of at most four labels; IPv6 without an embedded IPv4 tail or
+Subsets: years 1000–9999; no leap second; `T`/`Z` upper case; e-mail local parts of at most
+32 letters, digits and `._%+-`; host names of at most four labels of at most 22 characters
+(xgrammar compiles long counted repetition slowly); IPv6 without an embedded IPv4 tail or
 zone; URIs with a scheme and `//` authority (no IP literal); IRIs and IDN forms as their ASCII
 forms.
 """
@@ -21,9 +22,9 @@ DATE = f"([1-9][0-9]{{3}}-({_MONTH_DAY})|({_LEAP_YEAR})-02-29)"
 TIME = "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 _DUR_TIME = "T([0-9]+H([0-9]+M([0-9]+S)?)?|[0-9]+M([0-9]+S)?|[0-9]+S)"
 DURATION = f"P(([0-9]+Y([0-9]+M([0-9]+D)?)?|[0-9]+M([0-9]+D)?|[0-9]+D)({_DUR_TIME})?|{_DUR_TIME}|[0-9]+W)"
-_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,60}[A-Za-z0-9])?"
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,20}[A-Za-z0-9])?"
 HOSTNAME = f"{_LABEL}(\\.{_LABEL}){{0,3}}"
-EMAIL = f"[A-Za-z0-9]([A-Za-z0-9._%+-]{{0,62}}[A-Za-z0-9])?@{_LABEL}(\\.{_LABEL}){{1,3}}"
+EMAIL = f"[A-Za-z0-9]([A-Za-z0-9._%+-]{{0,30}}[A-Za-z0-9])?@{_LABEL}(\\.{_LABEL}){{1,3}}"
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4 = f"{_OCTET}(\\.{_OCTET}){{3}}"
 _H = "[0-9a-fA-F]{1,4}"
