@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's radixlm, and the tests' helpers
 
 from helpers.schema_checks import iter_errors  # noqa: E402
 
@@ -139,10 +140,7 @@ def run(args: argparse.Namespace) -> dict:
         for i in range(0, len(accepted), args.batch):
             chunk = accepted[i : i + args.batch]
             asks = [request(engine, s, i + k, args) for k, (_, _, s) in enumerate(chunk)]
-            if args.tiny:
-                outs = engine.generate(input_ids=[a[0] for a in asks], sampling_params=[a[1] for a in asks])
-            else:
-                outs = engine.generate([a[0] for a in asks], [a[1] for a in asks])
+            outs = generate(engine, asks, args.tiny)
             for (category, name, schema), out in zip(chunk, outs):
                 result = outcome(out, schema)
                 table[category]["accepted"] += result != "failed"
@@ -152,6 +150,28 @@ def run(args: argparse.Namespace) -> dict:
             print(f"  {min(i + args.batch, len(accepted))}/{len(accepted)} generated", file=sys.stderr, flush=True)
         wall = time.perf_counter() - start
     return {"table": table, "refusals": refusals, "invalid": invalid, "wall": wall}
+
+
+def generate(engine: Any, asks: list[tuple[Any, dict]], tiny: bool) -> list[dict]:
+    """One output per ask; a request the engine fails (a compile past its time bound) gets a
+    stand-in output whose finish type is "failed", so one such schema does not stop the run."""
+
+    def one_batch(batch: list[tuple[Any, dict]]) -> list[dict]:
+        prompts, params = [a[0] for a in batch], [a[1] for a in batch]
+        if tiny:
+            return engine.generate(input_ids=prompts, sampling_params=params)
+        return engine.generate(prompts, params)
+
+    try:
+        return one_batch(asks)
+    except ValueError:
+        outs = []
+        for ask in asks:
+            try:
+                outs.extend(one_batch([ask]))
+            except ValueError as exc:
+                outs.append({"text": str(exc), "meta_info": {"finish_reason": {"type": "failed"}}})
+        return outs
 
 
 def radixlm_spec(schema: Any) -> Any:

@@ -123,9 +123,30 @@ def property_names(node: dict) -> Optional[Any]:
     return {**rest, "properties": props, "additionalProperties": False}
 
 
+_IN_PLACE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$dynamicRef", "dependentSchemas")
+
+
+def unevaluated(node: dict) -> Optional[Any]:
+    """`unevaluatedProperties` / `unevaluatedItems` in a node with no in-place applicator (so only
+    its own keywords evaluate anything): the same as `additionalProperties` / `items` (exact);
+    dropped where those are present (then nothing is left unevaluated)."""
+    if any(key in node for key in _IN_PLACE):
+        return None
+    out = dict(node)
+    if "unevaluatedProperties" in out:
+        value = out.pop("unevaluatedProperties")
+        out.setdefault("additionalProperties", value)
+    if "unevaluatedItems" in out:
+        if "contains" in out:
+            return None
+        value = out.pop("unevaluatedItems")
+        out.setdefault("items", value)
+    return out
+
+
 def required_listed(node: dict) -> dict:
     required, props = node.get("required"), node.get("properties")
-    if not isinstance(required, list) or "patternProperties" in node or props is None:
+    if not isinstance(required, list) or props is None or {"patternProperties", "unevaluatedProperties"} & node.keys():
         return node
     props = dict(props or {})
     missing = [name for name in required if isinstance(name, str) and name not in props]

@@ -239,6 +239,8 @@ class Lowering:
             ("propertyNames", containers.property_names),
             ("minProperties", containers.min_max_properties),
             ("maxProperties", containers.min_max_properties),
+            ("unevaluatedProperties", containers.unevaluated),
+            ("unevaluatedItems", containers.unevaluated),
         )
         for key, step in steps:
             if isinstance(node, dict) and key in node:
@@ -272,6 +274,8 @@ class Lowering:
                 return node
             if isinstance(merged, dict) and "anyOf" in merged or isinstance(merged, dict) and "allOf" in merged:
                 merged = self.rewrite(merged)
+            if isinstance(merged, dict) and {"unevaluatedProperties", "unevaluatedItems"} & merged.keys():
+                merged = containers.unevaluated(merged) or merged  # a branch counts only its own evaluations
             if merged is not False:
                 branches.append(containers.required_listed(merged) if isinstance(merged, dict) else merged)
         return {**targets, "anyOf": branches} if branches else False

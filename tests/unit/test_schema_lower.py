@@ -112,6 +112,16 @@ EXACT = {
         "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
     },
     "type list with per-type keywords": {"type": ["string", "array"], "maxLength": 2, "items": {"type": "integer"}},
+    "unevaluatedProperties without applicators": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "unevaluatedProperties": {"type": "string"},
+    },
+    "unevaluatedItems without applicators": {
+        "type": "array",
+        "prefixItems": [{"type": "integer"}],
+        "unevaluatedItems": False,
+    },
     "maxProperties on a closed object": {
         "type": "object",
         "properties": {"a": {}, "b": {}},
@@ -120,6 +130,12 @@ EXACT = {
     },
 }
 SUBSET = {
+    "unevaluatedProperties beside anyOf (a branch counts only its own properties)": {
+        "type": "object",
+        "properties": {"a": {}},
+        "anyOf": [{"properties": {"b": {}}}, {"required": ["a"]}],
+        "unevaluatedProperties": False,
+    },
     "uniqueItems on strings (at most one item)": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
     "contains (matching items first)": {
         "type": "array",
@@ -154,6 +170,8 @@ def test_exact_rewrites_leave_no_refused_keyword_and_agree(name: str) -> None:
         "propertyNames",
         "allOf",
         "maxProperties",
+        "unevaluatedProperties",
+        "unevaluatedItems",
     }
     assert not left, f"{name}: {sorted(left)} still in {json.dumps(lowered)}"
 
@@ -354,8 +372,8 @@ def test_router_accepts_annotated_and_older_schemas_and_logs_the_route(
     [
         ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "minItems": 2}, "uniqueItems"),
         (
-            {"type": "object", "properties": {"a": {}}, "unevaluatedProperties": {"type": "integer"}},
-            "unevaluatedProperties",
+            {"type": "array", "unevaluatedItems": False, "contains": {"type": "integer"}, "maxContains": 1},
+            "(unevaluatedItems|contains)",
         ),
         ({"not": {"pattern": "^a"}}, "not"),
         ({"oneOf": [{"type": "integer"}, {"minimum": 2}]}, "oneOf"),
