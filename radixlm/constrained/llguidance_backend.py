@@ -12,6 +12,7 @@ import torch
 from radixlm.constrained import limits
 from radixlm.constrained.base import Grammar, GrammarBackend, UnsupportedSpec
 from radixlm.constrained.schema_lower import lower_schema
+from radixlm.constrained.schema_walk import non_pointer_ref
 from radixlm.constrained.spec import GrammarSpec
 
 # Same output shape as the xgrammar backend: compact JSON with ", " and ": ".
@@ -105,6 +106,9 @@ class LLGuidanceBackend(GrammarBackend):
             except Exception as exc:  # the GBNF converter raises its own error types
                 raise ValueError(f"invalid EBNF grammar: {exc}") from None
         schema = lower_schema(spec.schema())
+        ref = non_pointer_ref(schema)
+        if ref is not None:
+            raise UnsupportedSpec(f"json_schema $ref {ref!r} is not a local JSON pointer")
         for pattern in limits.schema_patterns(schema):
             limits.check_regex_cost(pattern, "json_schema pattern")
         return matcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_OPTIONS)

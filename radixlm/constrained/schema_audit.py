@@ -65,7 +65,7 @@ def _own_keywords(schema: dict, path: str) -> Optional[str]:
     for key, value in schema.items():
         if key not in allowed:
             return f"{key} (at {path})"
-        if key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
+        if key == "$ref" and not (isinstance(value, str) and (value == "#" or value.startswith("#/"))):
             return f"$ref to another document (at {path})"
         if key == "$ref" and len(schema.keys() - ANNOTATIONS) > 1:
             return f"keywords beside $ref (at {path})"

@@ -6,7 +6,7 @@ property *named* `description` is a property, never an annotation)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
@@ -149,7 +149,7 @@ def _resolve_local(root: Any, ref: str) -> Any:
     if ref.startswith("#/") or ref == "#":
         return resolve_pointer(root, ref)
     for node in _all_dicts(root):
-        if node.get("$anchor") == ref[1:]:
+        if ref[1:] in (node.get("$anchor"), node.get("$dynamicAnchor")):
             return node
     raise KeyError(ref)
 
@@ -188,3 +188,12 @@ def _redirect(node: Any, names: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [_redirect(v, names) for v in node]
     return node
+
+
+def non_pointer_ref(schema: Any) -> Optional[str]:
+    """The first `$ref` that is not a local JSON pointer (`#` or `#/...`): a remote document or a
+    name no anchor resolved; None when there is none."""
+    for ref in _all_refs(schema):
+        if ref != "#" and not ref.startswith("#/"):
+            return ref
+    return None

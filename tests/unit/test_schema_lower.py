@@ -233,9 +233,17 @@ def test_refs_into_unknown_keywords_are_hoisted_not_lost() -> None:
     assert ref.startswith("#/$defs/") and lowered["$defs"][ref.split("/")[-1]] == {"type": "integer"}
 
 
-def test_anchor_refs_resolve() -> None:
-    schema = {"$ref": "#num", "$defs": {"n": {"$anchor": "num", "type": "integer"}}}
-    assert not is_valid("s", lower_schema(schema)) and is_valid(3, lower_schema(schema))
+@pytest.mark.parametrize("anchor", ["$anchor", "$dynamicAnchor"])
+def test_anchor_refs_resolve(anchor: str) -> None:
+    schema = {"type": "array", "items": {"$ref": "#num"}, "$defs": {"n": {anchor: "num", "type": "integer"}}}
+    assert not is_valid(["s"], lower_schema(schema)) and is_valid([3], lower_schema(schema))
+
+
+def test_an_unresolved_anchor_is_refused_not_guessed(tiny_tokenizer: Any) -> None:
+    router = GrammarRouter("xgrammar", tiny_tokenizer, len(tiny_tokenizer), {tiny_tokenizer.eos_token_id})
+    schema = {"type": "array", "items": {"$ref": "#nowhere"}}
+    with pytest.raises(ValueError, match="nowhere"):
+        router.resolve(GrammarSpec("json_schema", json.dumps(schema)))
 
 
 # -- older drafts -----------------------------------------------------------------------------------
