@@ -3,6 +3,7 @@ refuses (rather than ignores) the JSON-schema keywords it does not implement."""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any, Optional
 
@@ -10,6 +11,8 @@ import torch
 
 from radixlm.constrained import limits
 from radixlm.constrained.base import Grammar, GrammarBackend, UnsupportedSpec
+from radixlm.constrained.schema_lower import lower_schema
+from radixlm.constrained.schema_walk import non_pointer_ref
 from radixlm.constrained.spec import GrammarSpec
 
 # Same output shape as the xgrammar backend: compact JSON with ", " and ": ".
@@ -102,10 +105,13 @@ class LLGuidanceBackend(GrammarBackend):
                 return self.llg.grammar_from("ebnf", spec.text)
             except Exception as exc:  # the GBNF converter raises its own error types
                 raise ValueError(f"invalid EBNF grammar: {exc}") from None
-        schema = spec.schema()
+        schema = lower_schema(spec.schema())
+        ref = non_pointer_ref(schema)
+        if ref is not None:
+            raise UnsupportedSpec(f"json_schema $ref {ref!r} is not a local JSON pointer")
         for pattern in limits.schema_patterns(schema):
             limits.check_regex_cost(pattern, "json_schema pattern")
-        return matcher.grammar_from_json_schema(spec.text, defaults=JSON_OPTIONS)
+        return matcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_OPTIONS)
 
     def check(self, spec: GrammarSpec) -> None:
         error = self.llg.LLMatcher.validate_grammar(self.to_grammar(spec), None)

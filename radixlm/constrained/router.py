@@ -5,6 +5,7 @@ anything runs) and by the scheduler (to compile)."""
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any, Union
@@ -19,6 +20,7 @@ _CLASSES = {
 }
 _FALLBACKS = {"xgrammar": ("llguidance",), "llguidance": ()}
 CACHE_SIZE = 1024
+logger = logging.getLogger(__name__)
 
 
 class GrammarRouter:
@@ -61,6 +63,7 @@ class GrammarRouter:
                 continue
             try:
                 backend.check(spec)
+                logger.debug("%s", routing_reason(spec, name, refusals))
                 return backend
             except UnsupportedSpec as exc:
                 refusals.append(str(exc))
@@ -79,3 +82,11 @@ class GrammarRouter:
             except ImportError:
                 self._backends[name] = None
         return self._backends[name]
+
+
+def routing_reason(spec: GrammarSpec, name: str, refusals: list[str]) -> str:
+    """The debug-log line saying why `spec` goes to backend `name`."""
+    digest = spec.text if len(spec.text) <= 80 else spec.text[:77] + "..."
+    if not refusals:
+        return f"{spec.kind} {digest!r} -> {name}: it enforces every keyword"
+    return f"{spec.kind} {digest!r} -> {name}: fallback, since {'; '.join(refusals)}"

@@ -25,7 +25,6 @@ ANNOTATIONS = frozenset(
         "writeOnly",
         "$defs",
         "definitions",
-        "format",
         "contentMediaType",
         "contentEncoding",
         "contentSchema",
@@ -66,7 +65,7 @@ def _own_keywords(schema: dict, path: str) -> Optional[str]:
     for key, value in schema.items():
         if key not in allowed:
             return f"{key} (at {path})"
-        if key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
+        if key == "$ref" and not (isinstance(value, str) and (value == "#" or value.startswith("#/"))):
             return f"$ref to another document (at {path})"
         if key == "$ref" and len(schema.keys() - ANNOTATIONS) > 1:
             return f"keywords beside $ref (at {path})"
@@ -137,6 +136,9 @@ def _has_type(value: Any, types: Any) -> bool:
 
 
 def _children(schema: dict, path: str) -> Optional[str]:
+    for name, sub in (schema.get("properties") or {}).items():
+        if sub is False:
+            return f"a false schema for property {name!r} beside other allowed keys (at {path}/properties)"
     for key in _SUBSCHEMA_MAPS:
         for name, sub in (schema.get(key) or {}).items():
             problem = unenforced_keyword(sub, f"{path}/{key}/{name}")

@@ -12,7 +12,7 @@ import torch
 from radixlm.constrained import limits
 from radixlm.constrained.base import Grammar, GrammarBackend, UnsupportedSpec
 from radixlm.constrained.schema_audit import unenforced_keyword
-from radixlm.constrained.schema_rewrite import bound_strings_as_patterns
+from radixlm.constrained.schema_rewrite import for_xgrammar
 from radixlm.constrained.spec import GrammarSpec
 
 # JSON is generated compactly ('{"a": 1, "b": 2}'): free whitespace lets a model loop on it.
@@ -72,7 +72,7 @@ class XGrammarBackend(GrammarBackend):
             limits.check_ebnf_cost(spec.text)
             self._convert(lambda: self.xgr.Grammar.from_ebnf(spec.text), "EBNF grammar")
         else:
-            schema = bound_strings_as_patterns(spec.schema())
+            schema = for_xgrammar(spec.schema())
             for pattern in limits.schema_patterns(schema):
                 limits.check_regex_cost(pattern, "json_schema pattern")
             problem = unenforced_keyword(spec.schema())  # as given: length bounds are refused there
@@ -99,7 +99,7 @@ class XGrammarBackend(GrammarBackend):
                 return compiler.compile_regex(spec.text)
             if spec.kind == "ebnf":
                 return compiler.compile_grammar(spec.text)
-            schema = json.dumps(bound_strings_as_patterns(spec.schema()))
+            schema = json.dumps(for_xgrammar(spec.schema()))
             return compiler.compile_json_schema(schema, any_whitespace=False, separators=JSON_SEPARATORS)
         except Exception as exc:
             raise ValueError(f"invalid {spec.describe()}: {clean_error(exc)}") from None

@@ -1,0 +1,247 @@
+"""Exact rewrites of the logic keywords into `anyOf` alternatives and plain keywords.
+
+Each function takes one schema node (children already lowered) and returns the alternatives to
+AND with the node (a list of schemas, one of which must hold), or a rewritten node, or None
+when no exact rewrite is known (the keyword then stays and the backend check refuses it).
+- `oneOf` whose branches are pairwise disjoint → `anyOf` (disjoint by type, by const/enum
+  values, by a required discriminator property with disjoint values, or by a key one branch
+  requires and the other forbids);
+- `dependentRequired` / `dependentSchemas` → "key absent" or "key present with its dependants";
+- `not` of `{type}`, `{enum}`/`{const}` (against a finite parent), `{required: [k]}`, `{}`/`true`;
+- `if`/`then`/`else` whose `if` tests one property against constants of a finite parent set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from radixlm.constrained.schema_merge import TYPES, canonical, merge, type_set
+
+Resolve = Callable[[Any], Any]  # a branch with its top-level $ref replaced by the target, if known
+
+
+def absent(key: str) -> dict:
+    return {"properties": {key: False}}
+
+
+def dependencies(node: dict) -> Optional[list[list[Any]]]:
+    """The conjuncts (each a list of alternatives) for dependentRequired / dependentSchemas."""
+    out: list[list[Any]] = []
+    for key, names in (node.get("dependentRequired") or {}).items():
+        if not isinstance(names, list):
+            return None
+        out.append([absent(key), {"required": list(dict.fromkeys([key, *names]))}])
+    for key, sub in (node.get("dependentSchemas") or {}).items():
+        present = merge({"required": [key]}, sub)
+        if present is None:
+            return None
+        out.append([absent(key)] if present is False else [absent(key), present])
+    return out
+
+
+def one_of(rest: dict, branches: list[Any], resolve: Resolve) -> Optional[list[Any]]:
+    """`anyOf` alternatives for `oneOf: branches` beside the keywords `rest`, or None.
+
+    Each branch is taken within `rest`. A pair that is provably disjoint needs nothing; otherwise
+    branch i keeps only instances lacking some key that branch j requires and i does not (so j
+    fails): exact when the branches only differ by required keys, else a subset."""
+    seen = [resolve(b) for b in branches]
+    within = [merge(rest, b) if isinstance(b, dict) else b for b in seen]
+    if any(w is None for w in within):
+        return None
+    out = []
+    for i, branch in enumerate(within):
+        alternatives: list[Any] = [branch]
+        for j, other in enumerate(within):
+            if i == j or disjoint(branch, other):
+                continue
+            keys = _required(other) - _required(branch)
+            if not keys or not isinstance(branch, dict) or not isinstance(other, dict):
+                return None
+            if not (_admitted_types(branch) <= {"object"} or _admitted_types(other) <= {"object"}):
+                return None  # a non-object could match both: required keys do not tell them apart
+            alternatives = [merge(a, absent(k)) for a in alternatives for k in sorted(keys)]
+            if len(alternatives) > 16 or any(a is None for a in alternatives):
+                return None
+        out.extend(a for a in alternatives if a is not False)
+    return out or [False]
+
+
+def _required(schema: Any) -> set:
+    return set(schema.get("required") or []) if isinstance(schema, dict) else set()
+
+
+def disjoint(a: Any, b: Any) -> bool:
+    """Provably no instance valid under both `a` and `b`."""
+    if a is False or b is False:
+        return True
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return False
+    left, right = _admitted_types(a), _admitted_types(b)
+    if not (left & right):
+        return True
+    values_a, values_b = literal_values(a), literal_values(b)
+    if values_a is not None and values_b is not None and not (values_a & values_b):
+        return True
+    both = left & right  # an instance valid under both has one of these types
+    if both <= {"string"} and _apart(a, b, "minLength", "maxLength"):
+        return True
+    if both <= {"integer", "number"} and _apart(a, b, "minimum", "maximum"):
+        return True
+    if both == {"array"} and _arrays_disjoint(a, b):
+        return True
+    return both == {"object"} and _objects_disjoint(a, b)
+
+
+def _apart(a: dict, b: dict, low: str, high: str) -> bool:
+    """The [low, high] ranges of the two schemas do not meet."""
+
+    def below(x: dict, y: dict) -> bool:
+        top, bottom = x.get(high), y.get(low)
+        return isinstance(top, (int, float)) and isinstance(bottom, (int, float)) and top < bottom
+
+    return below(a, b) or below(b, a)
+
+
+def _arrays_disjoint(a: dict, b: dict) -> bool:
+    """Both need a first item, and no value fits both item schemas."""
+    if a.get("minItems", 0) < 1 or b.get("minItems", 0) < 1 or "prefixItems" in a or "prefixItems" in b:
+        return False
+    return disjoint(a.get("items", True), b.get("items", True))
+
+
+def _admitted_types(schema: dict) -> set:
+    """The JSON types (number split as integer / non-integer "number") the schema may admit."""
+    found = set(TYPES) - {"integer"} | {"integer"}
+    declared = type_set(schema["type"]) if "type" in schema else None
+    if declared is not None:
+        found = set(declared) | ({"integer"} if "number" in declared else set())
+    values = literal_values(schema, raw=True)
+    if values is not None:
+        found &= {_type_of(v) for v in values} | {"number" for v in values if _type_of(v) == "integer"}
+    if isinstance(schema.get("anyOf"), list):
+        found &= set().union(*(_admitted_types(b) if isinstance(b, dict) else set(TYPES) for b in schema["anyOf"]))
+    return found
+
+
+def _type_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "integer" if float(value).is_integer() else "number"
+    return {str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def literal_values(schema: Any, raw: bool = False) -> Any:
+    """The finite set of values a schema allows (canonical JSON texts, or the values with
+    raw=True) from const / enum / boolean / null type; None when not finite or unknown."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        values = [schema["const"]]
+    elif isinstance(schema.get("enum"), list):
+        values = schema["enum"]
+    elif schema.get("type") == "boolean" and schema.keys() <= {"type"}:
+        values = [True, False]
+    elif schema.get("type") == "null":
+        values = [None]
+    else:
+        return None
+    return list(values) if raw else {canonical(v) for v in values}
+
+
+def _objects_disjoint(a: dict, b: dict) -> bool:
+    req_a, req_b = set(a.get("required") or []), set(b.get("required") or [])
+    props_a, props_b = a.get("properties") or {}, b.get("properties") or {}
+    for key in req_a & req_b:
+        left, right = literal_values(props_a.get(key)), literal_values(props_b.get(key))
+        if left is not None and right is not None and not (left & right):
+            return True
+    return any(_forbids(b, k) for k in req_a) or any(_forbids(a, k) for k in req_b)
+
+
+def _forbids(schema: dict, key: str) -> bool:
+    props = schema.get("properties") or {}
+    if key in props:
+        return props[key] is False
+    return schema.get("additionalProperties") is False and not schema.get("patternProperties")
+
+
+def negate(node: dict, inner: Any) -> Optional[Any]:
+    """`node` AND NOT `inner` as one schema, for the simple forms of `inner`; None otherwise."""
+    if inner is True or inner == {}:
+        return False
+    if inner is False:
+        return node
+    if not isinstance(inner, dict):
+        return None
+    if inner.keys() == {"type"}:
+        return _without_types(node, inner["type"])
+    if inner.keys() == {"required"} and isinstance(inner["required"], list) and inner["required"]:
+        keys = inner["required"]
+        if len(keys) == 1:
+            return merge(node, absent(keys[0]))
+        alternatives = {"anyOf": [absent(k) for k in keys]}
+        if "anyOf" in node:
+            return {**node, "allOf": [*node.get("allOf", []), alternatives]}
+        return {**node, **alternatives}
+    if inner.keys() in ({"enum"}, {"const"}):
+        return _without_values(node, literal_values(inner))
+    return None
+
+
+def _without_types(node: dict, types: Any) -> Optional[Any]:
+    removed = type_set(types)
+    current = type_set(node.get("type", list(TYPES)))
+    if removed is None or current is None:
+        return None
+    if "integer" in removed and "number" not in removed and "number" in current:
+        return None  # "a number that is not an integer" has no keyword
+    left = [t for t in TYPES if t in current and t not in removed and not (t == "integer" and "number" in removed)]
+    if not left:
+        return False
+    return {**node, "type": left[0] if len(left) == 1 else left}
+
+
+def _without_values(node: dict, removed: Optional[set]) -> Optional[Any]:
+    values = literal_values(node, raw=True)
+    if removed is None or values is None:
+        return None
+    kept = [v for v in values if canonical(v) not in removed]
+    if not kept:
+        return False
+    out = {k: v for k, v in node.items() if k not in ("const", "enum")}
+    if out.get("type") in ("boolean", "null"):
+        out.pop("type")
+    return {**out, "enum": kept}
+
+
+def conditional(node: dict) -> Optional[list[Any]]:
+    """The alternatives for `if`/`then`/`else` (absent branches are `true`), when `if` is
+    `{properties: {p: {const|enum}}, required?: [p]}` and the node's `properties[p]` is a finite set."""
+    test, then, other = node.get("if", True), node.get("then", True), node.get("else", True)
+    if "then" not in node and "else" not in node:
+        return [True]
+    if not isinstance(test, dict) or not test.keys() <= {"properties", "required"}:
+        return None
+    props = test.get("properties") or {}
+    required = test.get("required") or []
+    if len(props) != 1 or not set(required) <= set(props):
+        return None
+    ((key, sub),) = props.items()
+    chosen = literal_values(sub, raw=True)
+    universe = literal_values((node.get("properties") or {}).get(key), raw=True)
+    if chosen is None or universe is None:
+        return None
+    picked = {canonical(v) for v in chosen}
+    rest = [v for v in universe if canonical(v) not in picked]
+    branches = [merge(test, then)]
+    if rest:
+        branches.append(merge({"required": [key], "properties": {key: {"enum": rest}}}, other))
+    if required:
+        branches.append(merge(absent(key), other))
+    if any(b is None for b in branches):
+        return None
+    return [b for b in branches if b is not False] or [False]
