@@ -101,3 +101,22 @@ def test_encoder_models_are_refused_at_start(tiny_llama_dir: str, tmp_path: Path
     (bert / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
     with pytest.raises(ValueError, match="BERT"):
         radixlm.Engine(str(bert), is_embedding=True, log_level="warning")
+
+
+def test_tensor_parallel_followers_return_hidden_states_too(models: dict, hf: Any) -> None:
+    """At tp 2 the follower runs the same hidden-state output as rank 0 (a follower computing
+    logits would wait in the LM head's all-gather forever), chunked mean pooling included."""
+    import radixlm
+
+    with radixlm.Engine(
+        models["mean"],
+        is_embedding=True,
+        tp_size=2,
+        dtype="float32",
+        log_level="warning",
+        chunked_prefill_size=CHUNK,
+        max_total_tokens=2048,
+        watchdog_timeout=60,
+    ) as engine:
+        got = engine.encode(input_ids=PROMPTS)
+    assert _max_err([r["embedding"] for r in got], hf_embeddings(hf, PROMPTS, "mean", False)) < TOL
