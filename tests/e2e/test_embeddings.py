@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers.tiny_embedding import hf_embeddings, make_embedding_model
+from helpers.tiny_embedding import hf_embeddings, make_base_model_checkpoint, make_embedding_model
 from helpers.tiny_models import load_hf_model
 
 TOL = 1e-5
@@ -27,6 +27,8 @@ def models(tiny_model: Callable[[str], str], tmp_path_factory: pytest.TempPathFa
     base, root = tiny_model("qwen3"), tmp_path_factory.mktemp("embedding_models")
     dirs = {method: make_embedding_model(base, root / method, method, norm) for method, norm in MODES.items()}
     dirs["matryoshka"] = make_embedding_model(base, root / "matryoshka", "last", True, matryoshka=True)
+    dirs["bare"] = make_embedding_model(base, root / "bare", "last", True)
+    make_base_model_checkpoint(dirs["bare"])
     return dirs
 
 
@@ -80,6 +82,12 @@ def test_text_input_and_dimensions(models: dict, hf: Any, engine_factory: Any) -
     short = engine.encode(["hello world, embeddings", "x"], dimensions=16)
     ref = hf_embeddings(hf, [ids, engine.tokenizer.encode("x")], "last", True, dimensions=16)
     assert _max_err([r["embedding"] for r in short], ref) < TOL  # truncated, then normalised
+
+
+def test_base_model_checkpoint_loads(models: dict, hf: Any, engine_factory: Any) -> None:
+    """Qwen3-Embedding's layout: tensors without the `model.` prefix, no LM head (tied)."""
+    got = _engine(engine_factory, models["bare"]).encode(input_ids=PROMPTS)
+    assert _max_err([r["embedding"] for r in got], hf_embeddings(hf, PROMPTS, "last", True)) < TOL
 
 
 def test_mismatches_are_refused_on_the_engine(models: dict, engine_factory: Any, llama_engine: Any) -> None:

@@ -37,6 +37,20 @@ def make_embedding_model(
     return str(out)
 
 
+def make_base_model_checkpoint(model_dir: str) -> None:
+    """Rewrite `model_dir` in place as Qwen3-Embedding ships: tensors named as the bare
+    `Qwen3Model` saves them (no `model.` prefix), no `lm_head`, `tie_word_embeddings: true`."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(model_dir) / "model.safetensors"
+    tensors = load_file(str(path))
+    save_file({k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith("lm_head.")}, str(path))
+    config_path = Path(model_dir) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["tie_word_embeddings"] = True
+    config_path.write_text(json.dumps(config))
+
+
 def hf_embeddings(
     model: object, prompts: list[list[int]], method: str, normalize: bool, dimensions: Optional[int] = None
 ) -> list[list[float]]:
