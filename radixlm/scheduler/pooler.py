@@ -36,8 +36,8 @@ def _mean(item: ExtendItem, rows: torch.Tensor) -> None:
 
 
 def _cls(item: ExtendItem, rows: torch.Tensor) -> None:
-    if item.start == 0:
-        item.req.pool_state = rows[0]
+    if item.start == 0:  # a copy: a view would keep the chunk's whole hidden tensor alive until the last chunk
+        item.req.pool_state = rows[0].clone()
 
 
 ACCUMULATORS: dict[str, Accumulate] = {"last": _last, "mean": _mean, "cls": _cls}
