@@ -40,6 +40,7 @@ class ServerArgs:
     context_length: Optional[int] = None
     model_impl: str = "auto"
     served_model_name: Optional[str] = None
+    is_embedding: bool = False  # serve an embedding model: /v1/embeddings, /encode, Engine.encode (no generation)
     random_seed: int = 0
 
     # Memory and scheduling.

@@ -21,6 +21,12 @@ from radixlm.ipc.messages import ReqOutput, TokenizedGenerateReq
 from radixlm.ipc.runtime_client import RuntimeClient
 from radixlm.ipc.startup import refuse_engine_during_bootstrap
 from radixlm.ipc.validation import RuntimeLimits, validate_request
+from radixlm.model_loader.pooling_config import (
+    PoolingConfig,
+    check_dimensions,
+    check_embedding_architecture,
+    read_pooling_config,
+)
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.sampling.seeding import derive_step_seed
 from radixlm.tokenizer.chat_templates import resolve_chat_template
@@ -51,6 +57,7 @@ class Engine:
         self.server_args = resolve_server_args(_server_args(model_path, server_args, kwargs))
         args = self.server_args
         self.model_config = load_model_config(args.model_path, args.trust_remote_code)
+        self.pooling = embedding_pooling(args, self.model_config)  # None unless is_embedding
         self.tokenizer = None
         if not args.skip_tokenizer_init:
             self.tokenizer = load_tokenizer(args.tokenizer_path or args.model_path, args.trust_remote_code)
@@ -84,6 +91,11 @@ class Engine:
     ) -> tuple[list[TokenizedGenerateReq], bool]:
         """Tokenize and validate (ValueError naming the problem); returns the requests to send
         (n per prompt, rids "<rid>-<j>" when n>1) and whether the caller gave a batch."""
+        if self.pooling is not None:
+            raise ValueError(
+                "this server serves an embedding model (is_embedding / --is-embedding): generation is not "
+                "available; use /v1/embeddings, /encode or Engine.encode"
+            )
         ids_list, batched = self._token_ids(prompt, input_ids)
         params_list = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(ids_list)
         if len(params_list) != len(ids_list):
@@ -116,6 +128,25 @@ class Engine:
                     )
                 )
             batched = batched or params.n > 1
+        self._check_rids(reqs)
+        return reqs, batched
+
+    def make_embedding_requests(
+        self, prompt: Prompt, input_ids: Any, dimensions: Optional[int] = None, rid: Any = None
+    ) -> tuple[list[TokenizedGenerateReq], bool]:
+        """Like `make_requests`, for embeddings (prefill-only requests the scheduler pools); a
+        ValueError names the problem, also when this engine does not serve an embedding model."""
+        if self.pooling is None:
+            raise ValueError("embeddings need an embedding model served with is_embedding / --is-embedding")
+        check_dimensions(self.pooling, dimensions, self.model_config.hidden_size)
+        ids_list, batched = self._token_ids(prompt, input_ids)
+        _check_list_lengths(len(ids_list), rid=rid)
+        params = SamplingParams(max_new_tokens=0)
+        reqs = []
+        for i, ids in enumerate(ids_list):
+            validate_request(ids, params, self.limits)
+            base = _pick(rid, i, None) or uuid.uuid4().hex
+            reqs.append(TokenizedGenerateReq(rid=base, input_ids=ids, params=params, embed_dimensions=dimensions))
         self._check_rids(reqs)
         return reqs, batched
 
@@ -194,6 +225,17 @@ class Engine:
             for rid, acc in accs.items():
                 if not acc.done:
                     self.client.abort(rid)
+
+    def encode(
+        self, prompt: Prompt = None, input_ids: Any = None, dimensions: Optional[int] = None, rid: Any = None
+    ) -> Any:
+        """Embeddings of a text, a list of texts, token ids or a list of token-id lists (needs
+        is_embedding): `{"embedding": [float], "meta_info": {...}}` for one input, a list of them
+        for a list. `dimensions` truncates (Matryoshka models only) before any normalisation."""
+        reqs, batched = self.make_embedding_requests(prompt, input_ids, dimensions, rid)
+        accs = {rid: acc for rid, acc, _ in self._iterate(reqs)}
+        results = [accs[r.rid].embedding_result() for r in reqs]
+        return results if batched else results[0]
 
     async def async_generate(
         self,
@@ -302,6 +344,14 @@ def _server_args(model_path: Optional[str], server_args: Optional[ServerArgs], k
     if not isinstance(server_args, ServerArgs):
         raise TypeError(f"server_args must be a ServerArgs, got {type(server_args).__name__}")
     return server_args
+
+
+def embedding_pooling(args: ServerArgs, model_config: Any) -> Optional[PoolingConfig]:
+    """The served model's pooling with is_embedding (ValueError for a model that cannot embed), else None."""
+    if not args.is_embedding:
+        return None
+    check_embedding_architecture(model_config, args.model_impl)
+    return read_pooling_config(args.model_path, model_config)
 
 
 def _loop_putter(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Callable[[ReqOutput], None]:

@@ -56,7 +56,11 @@ def warm_up(engine: Any, dp_size: int) -> None:
     request pays for a replica's first-use work (kernel compiles, allocator growth). Distinct
     one-token prompts match no cached prefix, so the router sends each to the least loaded (or
     next) replica: a batch of `dp_size` reaches every replica once."""
-    engine.generate(input_ids=[[i] for i in range(max(1, dp_size))], sampling_params={"max_new_tokens": 1})
+    ids = [[i] for i in range(max(1, dp_size))]
+    if engine.server_args.is_embedding:
+        engine.encode(input_ids=ids)
+    else:
+        engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1})
 
 
 def _watch(engine: Any, server: Any, state: Any, stopping: threading.Event) -> None:

@@ -31,12 +31,15 @@ class OutputAccumulator:
         self.done = False
         self.last_chunk: Optional[dict] = None
         self.finish: Optional[FinishReason] = None
+        self.embedding: Optional[list[float]] = None
 
     def add(self, out: ReqOutput) -> bool:
         """Take one message; returns True when it is the final one."""
         self.text += out.text_delta
         self.output_ids.extend(out.new_ids)
         self.meta.update(out.meta)
+        if out.embedding is not None:
+            self.embedding = out.embedding
         details = cached_tokens_details(self.meta)
         if details is not None:
             self.meta["cached_tokens_details"] = details
@@ -53,6 +56,11 @@ class OutputAccumulator:
         if isinstance(self.finish, FinishAbort) and self.finish.is_rejection:
             raise ValueError(self.finish.message)
         return {"text": self.text, "output_ids": list(self.output_ids), "meta_info": dict(self.meta)}
+
+    def embedding_result(self) -> dict:
+        """An embedding request's result, SGLang's shape: {"embedding", "meta_info"}."""
+        self.result()  # raises as `result` does for a refused or failed request
+        return {"embedding": self.embedding, "meta_info": dict(self.meta)}
 
     def chunk(self, out: ReqOutput, index: int = 0) -> dict:
         """An incremental streaming chunk: only the new text and ids, with the latest meta_info."""

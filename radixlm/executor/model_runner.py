@@ -71,6 +71,9 @@ class ModelRunner:
         self.vocab_size = self.config.vocab_size
         self.context_len = args.context_length or self.config.max_position_embeddings
         self.max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
+        # What a forward returns, chosen once (followers build the same, so every rank agrees):
+        # logits, or with --is-embedding every row's final-norm hidden state (no LM head).
+        self.output = _hidden_states if args.is_embedding else self._logits
         self.req_to_token_pool = ReqToTokenPool(self.max_running + 1, self.context_len + args.page_size, self.device)
         self.warmup_prefill = self._warmup_prefill()
         scratch = self._new_pool(self._scratch_tokens())
@@ -193,6 +196,7 @@ class ModelRunner:
             self.device.type == "cuda"
             and not self.args.disable_cuda_graph
             and self.args.attention_backend in ("auto", "triton")
+            and not self.args.is_embedding  # prefill only: nothing to capture
         )
 
     def _default_pool_tokens(self, per_token: int, scratch: KVPool) -> int:
@@ -228,11 +232,15 @@ class ModelRunner:
     def _run_eager(self, batch: ForwardBatch) -> torch.Tensor:
         self.backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)
+        return self.output(hidden, batch)
+
+    def _logits(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.model.compute_logits(logit_hidden(hidden, batch))
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """Run the batch; returns float32 logits for the rows named by `batch.logit_indices`."""
+        """Run the batch; returns float32 logits for the rows named by `batch.logit_indices`
+        (with `--is-embedding`: the final-norm hidden states of every row, in the model dtype)."""
         if self.graphs is not None and self.graphs.can_run(batch):
             return self.graphs.replay(batch)
         return self._run_eager(batch)
@@ -247,6 +255,11 @@ class ModelRunner:
 def weight_bytes(model: Any) -> int:
     """Bytes of this rank's parameters as stored (quantized weights count at their packed size)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _hidden_states(hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    """Embedding mode's output: the model's final-norm hidden states [T, H], every row."""
+    return hidden
 
 
 def _release(scratch: KVPool) -> None:

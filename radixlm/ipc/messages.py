@@ -22,6 +22,7 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     prefix_group: Optional[str] = None
+    embed_dimensions: Optional[int] = None  # embedding requests: Matryoshka truncation of the vector
 
 
 @dataclass
@@ -46,13 +47,15 @@ class RpcOutput:
 
 @dataclass
 class ReqOutput:
-    """New output of one request since its last message. `finish_reason` set means final."""
+    """New output of one request since its last message. `finish_reason` set means final;
+    `embedding` is set on the final message of an embedding request."""
 
     rid: str
     new_ids: list[int]
     text_delta: str
     finish_reason: Optional[FinishReason]
     meta: dict = field(default_factory=dict)
+    embedding: Optional[list[float]] = None
 
 
 @dataclass

@@ -211,6 +211,9 @@ class LlamaForCausalLM(nn.Module):
         self._check_complete(params, loaded)
 
     def _target(self, name: str) -> tuple[str, int | None]:
+        if not name.startswith(("model.", "lm_head.")):
+            # A base-model checkpoint (saved from LlamaModel / Qwen3Model, as Qwen3-Embedding is) has no prefix.
+            name = f"model.{name}"
         for hf, (ours, shard) in _STACKED.items():
             if hf in name:
                 return name.replace(hf, ours), shard

@@ -34,7 +34,7 @@ class OutputBuilder:
         known = len(req.output_ids) - req.pending_tokens
         new_ids = req.output_ids[req.sent_ids : known]
         req.sent_text_len, req.sent_ids = len(text), known
-        return ReqOutput(req.rid, new_ids, delta_text, req.finished_reason, _meta(req))
+        return ReqOutput(req.rid, new_ids, delta_text, req.finished_reason, _meta(req), req.embedding)
 
 
 def _meta(req: Req) -> dict:

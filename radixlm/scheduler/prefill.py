@@ -38,7 +38,10 @@ def order_waiting(waiting: list[Req], policy: str, cache: KVCacheManager) -> lis
 
 def match_limit(req: Req) -> int:
     """How many leading tokens may come from the cache: never all (the last must run to get
-    logits), and none past the first position whose prompt logprob was asked for."""
+    logits), none past the first position whose prompt logprob was asked for, and none at all
+    for a request that needs every token computed (mean / CLS embedding pooling)."""
+    if req.full_prefill:
+        return 0
     limit = req.seq_len - 1
     if req.wants_prompt_logprobs():
         limit = min(limit, max(req.logprob_start_len - 1, 0))

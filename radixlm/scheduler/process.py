@@ -17,9 +17,11 @@ from radixlm.ipc.messages import SchedulerCrashed, SchedulerFailed, SchedulerRea
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
+from radixlm.model_loader.pooling_config import read_pooling_config
 from radixlm.scheduler.grammar_queue import GrammarManager
 from radixlm.scheduler.loop import run_loop
 from radixlm.scheduler.output import OutputBuilder
+from radixlm.scheduler.pooler import EmbeddingPooler
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.scheduler.text_tracker import TextTracker
 from radixlm.scheduler.token_sampler import TokenSampler
@@ -44,7 +46,7 @@ def build_scheduler(
     cache = KVCacheManager(allocator, req_pool, tree)
     structured = build_structured_output(tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward)
     text = TextTracker(tokenizer, eos_ids, runner.context_len)
-    sampler = TokenSampler(text, structured, runner.vocab_size, eos_ids, runner.device)
+    sampler = _sampler(args, text, structured, runner)
     grammars = GrammarManager(
         GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids), runner.vocab_size
     )
@@ -60,7 +62,15 @@ def build_scheduler(
         args.schedule_policy,
         grammars,
         overlap=not args.disable_overlap_schedule,
+        full_prefill=isinstance(sampler, EmbeddingPooler) and sampler.pooling.needs_every_token,
     )
+
+
+def _sampler(args: ServerArgs, text: TextTracker, structured: Any, runner: ModelRunner) -> Any:
+    """The token sampler, or with --is-embedding the pooler of the model's pooling config."""
+    if args.is_embedding:
+        return EmbeddingPooler(read_pooling_config(args.model_path, runner.config), structured)
+    return TokenSampler(text, structured, runner.vocab_size, text.eos_ids, runner.device)
 
 
 def freeze_startup_objects() -> None:

@@ -43,6 +43,8 @@ class Req:
         top_logprobs_num: int = 0,
         prefix_group: Optional[str] = None,
         step_seed_base: Optional[int] = None,
+        embed_dimensions: Optional[int] = None,
+        full_prefill: bool = False,
     ) -> None:
         self.rid = rid
         self.origin_input_ids = list(input_ids)
@@ -79,6 +81,12 @@ class Req:
         self.error: Optional[str] = None
         self.grammar: Any = None  # the request's matcher (radixlm.constrained) once compiled
         self.jump_forward_tokens = 0  # output tokens appended by jump-forward, not sampled
+        # Embedding mode (see scheduler.pooler): no cached prefix when every token's hidden state
+        # is pooled; the pooled state so far; the finished vector; its Matryoshka truncation.
+        self.full_prefill = full_prefill
+        self.pool_state: Any = None
+        self.embedding: Optional[list[float]] = None
+        self.embed_dimensions = embed_dimensions
 
     @property
     def fill_ids(self) -> list[int]:

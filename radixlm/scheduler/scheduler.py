@@ -35,7 +35,10 @@ class Scheduler:
     A step is made of `begin_step`, `next_batch`, `run_batch`, `process_results` and `end_step`;
     `scheduler.loop` composes them into the plain and the overlapped loop (`overlap`). At most
     one launched batch is `inflight` (its results not processed yet); anything that needs every
-    result on the host (an abort, an RPC) processes it first."""
+    result on the host (an abort, an RPC) processes it first.
+
+    In embedding mode `sampler` is a `scheduler.pooler.EmbeddingPooler` (same contract) and the
+    runner returns hidden states: every request is prefill-only (`max_new_tokens` 0)."""
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class Scheduler:
         policy: str,
         grammars: GrammarManager,
         overlap: bool = True,
+        full_prefill: bool = False,
     ) -> None:
         self.runner, self.cache, self.grammars = runner, cache, grammars
         self.text, self.sampler, self.outputs = text, sampler, outputs
@@ -64,6 +68,7 @@ class Scheduler:
         self.pending: list[ReqOutput] = []
         self.timer = StepTimer()
         self.overlap = overlap
+        self.full_prefill = full_prefill  # embedding mode with mean / CLS pooling: never reuse a cached prefix
         self.num_overlapped_steps = 0  # batches launched before the previous one was finished
         self.inflight: Optional[LaunchedBatch] = None
         self.token_buf = torch.zeros(cache.req_pool.table.shape[0], dtype=torch.int64, device=runner.device)
@@ -101,6 +106,8 @@ class Scheduler:
             logprob_start_len=msg.logprob_start_len,
             top_logprobs_num=msg.top_logprobs_num,
             prefix_group=msg.prefix_group,
+            embed_dimensions=msg.embed_dimensions,
+            full_prefill=self.full_prefill,
         )
         self.text.init_req(req)
         if self.grammars.admit(req):

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radixlm.entrypoints.engine import Engine
+from radixlm.entrypoints.http.embeddings import embeddings_router
 from radixlm.entrypoints.http.errors import error_response, install_error_handlers
 from radixlm.entrypoints.http.media import MediaPolicy
 from radixlm.entrypoints.http.metrics import Metrics
@@ -42,7 +43,13 @@ def create_app(
     app.state.radixlm = state
     install_error_handlers(app)
     app.add_middleware(_Guard, api_key=api_key, max_payload_size=max_payload_size)
-    for router in (native_router(state), completions_router(state), chat_router(state), models_router(state)):
+    for router in (
+        native_router(state),
+        completions_router(state),
+        chat_router(state),
+        models_router(state),
+        embeddings_router(state),
+    ):
         app.include_router(router)
     return app
 

@@ -36,6 +36,10 @@ VALUE_RULES: dict[str, dict[str, ValueRule]] = {
         "modalities": (lambda v: v is None or list(v) == ["text"], "only the text modality is supported"),
     },
     "generate": _LORA,
+    "embeddings": {
+        "encoding_format": (lambda v: v in ("float", "base64"), "only float and base64 are supported"),
+    },
+    "encode": {},
 }
 
 

@@ -56,15 +56,18 @@ def native_router(state: ServerState) -> APIRouter:
 
     @router.get("/health_generate")
     async def health_generate(request: Request) -> Response:
-        reqs, _ = state.make_requests(
-            prompt=None,
-            input_ids=[0],
-            sampling_params={"max_new_tokens": 1},
-            return_logprob=False,
-            logprob_start_len=None,
-            top_logprobs_num=None,
-            stream=False,
-        )
+        if engine.pooling is not None:  # an embedding model: one embedding instead
+            reqs, _ = engine.make_embedding_requests(None, [0])
+        else:
+            reqs, _ = state.make_requests(
+                prompt=None,
+                input_ids=[0],
+                sampling_params={"max_new_tokens": 1},
+                return_logprob=False,
+                logprob_start_len=None,
+                top_logprobs_num=None,
+                stream=False,
+            )
         await state.run(reqs, request)
         return Response(status_code=200)
 
@@ -75,7 +78,7 @@ def native_router(state: ServerState) -> APIRouter:
         return {
             "model_path": engine.server_args.model_path,
             "tokenizer_path": loadable_tokenizer_path(engine.server_args),
-            "is_generation": True,
+            "is_generation": engine.pooling is None,
             "served_model_name": state.model_name,
             "model_type": getattr(cfg, "model_type", None),
             "architectures": getattr(cfg, "architectures", None),

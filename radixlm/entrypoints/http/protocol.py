@@ -155,3 +155,27 @@ class ApplyChatTemplateRequest(_Body):
 
 class AbortRequest(_Body):
     rid: str
+
+
+class EmbeddingRequest(_Body):
+    """OpenAI's `POST /v1/embeddings`: `input` is a string, a list of strings, a list of token
+    ids or a list of token-id lists."""
+
+    model_config = ConfigDict(extra="allow")  # undeclared keys are refused by field_policy
+
+    input: Union[str, list[str], list[int], list[list[int]]]
+    model: str = "default"
+    encoding_format: str = "float"
+    dimensions: Optional[int] = None
+    rid: Optional[Union[str, list[str]]] = None
+
+
+class EncodeRequest(_Body):
+    """SGLang's native `POST /encode`: `text` (one or a list) or `input_ids` (one list or a list of lists)."""
+
+    model_config = ConfigDict(extra="allow")  # undeclared keys are refused by field_policy
+
+    text: Optional[Union[str, list[str]]] = None
+    input_ids: Optional[Union[list[int], list[list[int]]]] = None
+    dimensions: Optional[int] = None
+    rid: Optional[Union[str, list[str]]] = None
