@@ -118,7 +118,7 @@ def outcome(out: dict, schema: Any) -> str:
 def run(args: argparse.Namespace) -> dict:
     import radixlm
 
-    entries = load(args.suite)[: args.limit or None]
+    entries = [e for e in load(args.suite) if e[0].startswith(args.only)][: args.limit or None]
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     refusals: collections.Counter = collections.Counter()
     invalid: list[str] = []
@@ -206,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", action="store_true", help="the JSON-Schema-Test-Suite 2020-12 schemas")
     parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--only", default="", help="categories starting with this")
     parser.add_argument("--max-new-tokens", type=int, default=384)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)

@@ -12,7 +12,7 @@ import torch
 from radixlm.constrained import limits
 from radixlm.constrained.base import Grammar, GrammarBackend, UnsupportedSpec
 from radixlm.constrained.schema_lower import lower_schema
-from radixlm.constrained.schema_walk import non_pointer_ref
+from radixlm.constrained.schema_walk import non_pointer_ref, walk
 from radixlm.constrained.spec import GrammarSpec
 
 # Same output shape as the xgrammar backend: compact JSON with ", " and ": ".
@@ -108,7 +108,10 @@ class LLGuidanceBackend(GrammarBackend):
         schema = lower_schema(spec.schema())
         ref = non_pointer_ref(schema)
         if ref is not None:
-            raise UnsupportedSpec(f"json_schema $ref {ref!r} is not a local JSON pointer")
+            raise UnsupportedSpec(f"json_schema keyword $ref to {ref!r}, not a local JSON pointer")
+        if any(isinstance(n.get("multipleOf"), float) and not n["multipleOf"].is_integer() for n in walk(schema)):
+            # llguidance's decimal arithmetic and jsonschema's float division disagree (7815.19 / 0.0001)
+            raise UnsupportedSpec("json_schema keyword multipleOf with a fractional value")
         for pattern in limits.schema_patterns(schema):
             limits.check_regex_cost(pattern, "json_schema pattern")
         return matcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_OPTIONS)

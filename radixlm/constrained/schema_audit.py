@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from radixlm.constrained.limits import _skip_class as limits_skip_class
+
 # Keywords that never constrain an instance.
 ANNOTATIONS = frozenset(
     {
@@ -73,6 +75,8 @@ def _own_keywords(schema: dict, path: str) -> Optional[str]:
             return f"keywords beside anyOf (at {path})"
         if key in ("minLength", "maxLength", "minItems", "maxItems") and not _is_int(value):
             return f"{key} with a non-integer value (at {path})"
+        if key == "pattern" and isinstance(value, str) and repeat_in_quantified_group(value):
+            return f"pattern with a repeated part inside a quantified group (at {path})"  # xgrammar 0.2 drops the group
         if key in ("minLength", "maxLength") and "pattern" in schema:
             return f"{key} beside pattern (at {path})"  # xgrammar drops the length bound
         if key in BY_TYPE["integer"] and not _is_int(value):
@@ -159,3 +163,31 @@ def _children(schema: dict, path: str) -> Optional[str]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def repeat_in_quantified_group(regex: str) -> bool:
+    """True when a group followed by a quantifier (`?`, `*`, `+`, `{`) holds a repeated part
+    (`+`, `*`, `{m,n}`). xgrammar 0.2 compiles such a JSON-schema `pattern` wrongly: for
+    `^a(x[0-9]{1,3})?Z$` it accepts "a12Z" (its `from_regex` does not), so these go elsewhere."""
+    opens: list[bool] = []  # per open group: does it hold a repetition so far
+    i = 0
+    while i < len(regex):
+        ch = regex[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            i = limits_skip_class(regex, i)
+            continue
+        if ch == "(":
+            opens.append(False)
+        elif ch in "+*{" and opens:
+            opens[-1] = True
+        elif ch == ")" and opens:
+            inner = opens.pop()
+            if inner and i + 1 < len(regex) and regex[i + 1] in "?*+{":
+                return True
+            if inner and opens:
+                opens[-1] = True
+        i += 1
+    return False

@@ -394,3 +394,12 @@ def test_what_stays_unenforceable_is_refused_by_name_and_pointer(
     router = GrammarRouter("xgrammar", tiny_tokenizer, len(tiny_tokenizer), {tiny_tokenizer.eos_token_id})
     with pytest.raises(ValueError, match=rf"{keyword} \(at #"):
         router.resolve(GrammarSpec("json_schema", json.dumps(schema)))
+
+
+def test_patterns_xgrammar_misreads_go_to_another_backend(tiny_tokenizer: Any) -> None:
+    """xgrammar 0.2 accepts "a12Z" for the JSON-schema pattern ^a(x[0-9]{1,3})?Z$ (found when a
+    date-time's seconds came out as "146690"); such patterns, formats included, go to llguidance."""
+    router = GrammarRouter("xgrammar", tiny_tokenizer, len(tiny_tokenizer), {tiny_tokenizer.eos_token_id})
+    for schema in ({"type": "string", "pattern": "^a(x[0-9]{1,3})?Z$"}, {"type": "string", "format": "date-time"}):
+        assert router.resolve(GrammarSpec("json_schema", json.dumps(schema))).name == "llguidance"
+    assert router.resolve(GrammarSpec("json_schema", '{"type": "string", "format": "uuid"}')).name == "xgrammar"
