@@ -22,6 +22,7 @@ class TokenizedGenerateReq:
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     prefix_group: Optional[str] = None
+    images: Optional[list[Any]] = None  # ImageInputs (radixlm.multimodal.inputs) of a VLM prompt
 
 
 @dataclass

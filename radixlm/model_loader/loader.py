@@ -15,6 +15,7 @@ from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
 from radixlm.layers.linear import AttentionHeads
 from radixlm.models.registry import resolve_model_class, resolve_model_impl, supported_architectures
+from radixlm.multimodal.config import prepare_multimodal_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def load_model_config(model_path: str, trust_remote_code: bool = False) -> Any:
         raise FileNotFoundError(
             f"model path {model_path!r} has no config.json; expected a Hugging Face model directory or a .gguf file"
         )
-    return _with_architectures(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    config = _with_architectures(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    return prepare_multimodal_config(config)
 
 
 def _with_architectures(config: Any) -> Any:

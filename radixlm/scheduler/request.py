@@ -43,6 +43,7 @@ class Req:
         top_logprobs_num: int = 0,
         prefix_group: Optional[str] = None,
         step_seed_base: Optional[int] = None,
+        images: Optional[list[Any]] = None,
     ) -> None:
         self.rid = rid
         self.origin_input_ids = list(input_ids)
@@ -79,6 +80,7 @@ class Req:
         self.error: Optional[str] = None
         self.grammar: Any = None  # the request's matcher (radixlm.constrained) once compiled
         self.jump_forward_tokens = 0  # output tokens appended by jump-forward, not sampled
+        self.images = images  # ImageInputs whose spans the prompt's pad ids mark (radixlm.multimodal)
 
     @property
     def fill_ids(self) -> list[int]:

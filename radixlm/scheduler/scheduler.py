@@ -101,6 +101,7 @@ class Scheduler:
             logprob_start_len=msg.logprob_start_len,
             top_logprobs_num=msg.top_logprobs_num,
             prefix_group=msg.prefix_group,
+            images=msg.images,
         )
         self.text.init_req(req)
         if self.grammars.admit(req):
