@@ -145,9 +145,12 @@ class Engine:
         if not images:
             validate_request(ids, params, self.limits)
             return ids, None
-        if logprob_start_len not in (None, -1):
-            raise ValueError("prompt logprobs (logprob_start_len) are not supported for prompts with images")
         prepared = self.images.prepare(ids, images)
+        last = prepared.images[-1]
+        if logprob_start_len not in (None, -1) and logprob_start_len < last.offset + last.length:
+            raise ValueError(
+                f"prompt logprobs must start after the last image: logprob_start_len >= {last.offset + last.length}"
+            )
         validate_request(prepared.check_ids, params, self.limits)
         return prepared.input_ids, prepared.images
 

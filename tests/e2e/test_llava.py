@@ -161,3 +161,15 @@ def test_unsupported_vision_architecture_is_named(llava_dir: str, tmp_path: Path
 def test_text_only_model_refuses_images(llama_engine: Any) -> None:
     with pytest.raises(ValueError, match="accepts text only"):
         llama_engine.generate(input_ids=[5, 6], image_data=make_image(1))
+
+
+def test_prompt_logprobs_only_after_the_last_image(engine: Any) -> None:
+    ids = ids_of(engine, f"{IMAGE_TOKEN} score these words")
+    end = TOKENS_PER_IMAGE  # the image's span is the first 16 positions
+    with pytest.raises(ValueError, match=f"logprob_start_len >= {end}"):
+        engine.generate(input_ids=ids, image_data=make_image(1), return_logprob=True, logprob_start_len=3)
+    out = engine.generate(
+        input_ids=ids, image_data=make_image(1), return_logprob=True, logprob_start_len=end, sampling_params=GREEDY
+    )
+    scored = out["meta_info"]["input_token_logprobs"]
+    assert len(scored) == len(ids) - 1 and all(lp is not None and lp <= 0 for lp, _tok, *_ in scored)
