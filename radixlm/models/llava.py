@@ -32,6 +32,7 @@ _PREFIXES = (
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("lm_head.", "language_model.lm_head."),
+    ("model.image_newline", "image_newline"),
 )
 
 
@@ -103,15 +104,19 @@ class LlavaForConditionalGeneration(nn.Module):
         for s in slices:
             distinct.setdefault(id(s.image), len(distinct))
         images = list({id(s.image): s.image for s in slices}.values())
-        features = self.image_features(images).to(embeds.dtype)
+        features = self.image_features(images)
         for s in slices:
-            embeds[s.row : s.row + s.count] = features[distinct[id(s.image)], s.start : s.start + s.count]
+            embeds[s.row : s.row + s.count] = features[distinct[id(s.image)]][s.start : s.start + s.count]
         return embeds
 
-    def image_features(self, images: list[ImageInput]) -> torch.Tensor:
-        """[n_images, tokens_per_image, hidden]: vision tower, feature layer(s), projector."""
+    def image_features(self, images: list[ImageInput]) -> list[torch.Tensor]:
+        """Per image, its [length, hidden] embedding rows (one encoder call for all)."""
         param = self.multi_modal_projector.linear_1.weight
         pixels = torch.stack([torch.from_numpy(img.pixel_values) for img in images]).to(param.device, param.dtype)
+        return list(self.encode(pixels))
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[n, patches, hidden] of [n, 3, H, W] pixels: vision tower, feature layer(s), projector."""
         hidden = self.vision_tower(pixels, output_hidden_states=True).hidden_states
         layers = [self.feature_layer] if isinstance(self.feature_layer, int) else list(self.feature_layer)
         picked = [hidden[i][:, 1:] if self.drop_cls else hidden[i] for i in layers]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SUPPORTED_MULTIMODAL = ("LlavaForConditionalGeneration",)
+SUPPORTED_MULTIMODAL = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
 
 _LANGUAGE_FIELDS = (
     "vocab_size",
@@ -55,6 +55,11 @@ def image_token_id(config: Any) -> int:
     """The id of the image placeholder token in prompts."""
     value = getattr(config, "image_token_id", None)
     return value if value is not None else config.image_token_index
+
+
+def is_anyres(config: Any) -> bool:
+    """LLaVA-NeXT: the placeholder count depends on each image's size (`radixlm.multimodal.anyres`)."""
+    return getattr(config, "image_grid_pinpoints", None) is not None
 
 
 def tokens_per_image(config: Any) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -14,10 +15,11 @@ class ImageInput:
     `pad_value` >= the vocabulary size (it never names a real token) and is derived from the
     pixels' content hash, so the radix tree matches an image span only for the same image."""
 
-    pixel_values: np.ndarray  # [3, H, W] float32, as the model's HF image processor made it
+    pixel_values: np.ndarray  # [3, H, W] float32 ([tiles, 3, H, W] for LLaVA-NeXT), from the HF image processor
     offset: int
     length: int
     pad_value: int
+    image_size: Optional[tuple[int, int]] = None  # the original (height, width), where the layout depends on it
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from radixlm.multimodal.config import image_token_id, is_multimodal, tokens_per_image
+from radixlm.multimodal.anyres import anyres_token_count
+from radixlm.multimodal.config import image_token_id, is_anyres, is_multimodal, tokens_per_image
 from radixlm.multimodal.hashing import image_digest, pad_value
 from radixlm.multimodal.images import ImageError, decode_image, engine_image_bytes
 from radixlm.multimodal.inputs import ImageInput
@@ -31,8 +32,9 @@ class ImagePreprocessor:
 
     def __init__(self, processor: Any, config: Any, max_images: int) -> None:
         self.processor = processor
+        self.config = config
         self.token_id = image_token_id(config)
-        self.tokens_per_image = tokens_per_image(config)
+        self.tokens_per_image = None if is_anyres(config) else tokens_per_image(config)
         self.vocab_size = config.text_config.vocab_size
         self.max_images = max_images
 
@@ -61,23 +63,27 @@ class ImagePreprocessor:
         pixels = self._pixels(sources)
         check, padded, images = [], [], []
         prev = 0
-        for place, values in zip(places, pixels):
+        for place, (values, size) in zip(places, pixels):
             check += ids[prev:place]
             padded += ids[prev:place]
             pad = pad_value(image_digest(values), self.vocab_size)
-            images.append(ImageInput(values, len(padded), self.tokens_per_image, pad))
-            check += [self.token_id] * self.tokens_per_image
-            padded += [pad] * self.tokens_per_image
+            count = self.tokens_per_image or anyres_token_count(self.config, size)
+            images.append(ImageInput(values, len(padded), count, pad, size))
+            check += [self.token_id] * count
+            padded += [pad] * count
             prev = place + 1
         return PreparedPrompt(check + ids[prev:], padded + ids[prev:], images)
 
-    def _pixels(self, sources: list[Any]) -> list[np.ndarray]:
-        decoded = []
+    def _pixels(self, sources: list[Any]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        """(pixel values, original (height, width)) per image, each processed on its own (so
+        LLaVA-NeXT's tiles are not padded to another image's count)."""
+        out = []
         for i, source in enumerate(sources):
             data = engine_image_bytes(source, i)
-            decoded.append(decode_image(data, i) if isinstance(data, bytes) else data.convert("RGB"))
-        try:
-            out = self.processor(images=decoded, return_tensors="np")["pixel_values"]
-        except Exception as exc:  # the HF processor's own refusals (sizes, modes)
-            raise ImageError(f"the image processor refused the images: {exc}") from None
-        return [np.asarray(v, dtype=np.float32) for v in out]
+            image = decode_image(data, i) if isinstance(data, bytes) else data.convert("RGB")
+            try:
+                values = self.processor(images=[image], return_tensors="np")["pixel_values"][0]
+            except Exception as exc:  # the HF processor's own refusals (sizes, modes)
+                raise ImageError(f"the image processor refused image {i}: {exc}") from None
+            out.append((np.asarray(values, dtype=np.float32), (image.height, image.width)))
+        return out

@@ -19,9 +19,13 @@ LLAVA_TEMPLATE = (
 )
 
 
-def make_tiny_llava(tmp_dir: str | Path, tokenizer_dir: str) -> str:
+PINPOINTS = [[28, 56], [56, 28], [56, 56]]
+
+
+def make_tiny_llava(tmp_dir: str | Path, tokenizer_dir: str, next_: bool = False) -> str:
     """Save the model (seed 0, float32), the tokenizer with an `<image>` special token and a
-    small chat template, and a 28x28 CLIPImageProcessor; returns the directory."""
+    small chat template, and a 28x28 CLIPImageProcessor; returns the directory. `next_`:
+    LLaVA-NeXT instead, with 28-pixel tiles on grids of `PINPOINTS`."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -32,7 +36,7 @@ def make_tiny_llava(tmp_dir: str | Path, tokenizer_dir: str) -> str:
         LlavaForConditionalGeneration,
     )
 
-    out = Path(tmp_dir) / "tiny_llava"
+    out = Path(tmp_dir) / ("tiny_llava_next" if next_ else "tiny_llava")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.chat_template = LLAVA_TEMPLATE
@@ -60,15 +64,31 @@ def make_tiny_llava(tmp_dir: str | Path, tokenizer_dir: str) -> str:
         projection_dim=32,
         initializer_range=0.15,
     )
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id, vision_feature_layer=-2)
-    config.architectures = ["LlavaForConditionalGeneration"]
+    common = dict(vision_config=vision, text_config=text, image_token_index=image_id, vision_feature_layer=-2)
+    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if next_:
+        from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+        config = LlavaNextConfig(**common, image_grid_pinpoints=PINPOINTS)
+        config.architectures = ["LlavaNextForConditionalGeneration"]
+        model_cls = LlavaNextForConditionalGeneration
+        processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size=crop, image_grid_pinpoints=PINPOINTS
+        )
+    else:
+        config = LlavaConfig(**common)
+        config.architectures = ["LlavaForConditionalGeneration"]
+        model_cls = LlavaForConditionalGeneration
+        processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=crop)
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).to(torch.float32).eval()
+    model = model_cls(config).to(torch.float32).eval()
+    if next_:
+        with torch.no_grad():
+            model.model.image_newline.normal_(0, 1.0)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    ).save_pretrained(str(out))
+    processor.save_pretrained(str(out))
     return str(out)
 
 
@@ -98,14 +118,17 @@ def hf_llava_greedy(path: str, ids: list[int], images: list[bytes], new_tokens: 
     preprocessed by the directory's image processor."""
     import torch
     from PIL import Image
-    from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     processor = AutoImageProcessor.from_pretrained(path)
     kwargs = {}
     if images:
         decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-        kwargs["pixel_values"] = torch.from_numpy(processor(images=decoded, return_tensors="np")["pixel_values"])
+        processed = processor(images=decoded, return_tensors="np")
+        kwargs["pixel_values"] = torch.from_numpy(processed["pixel_values"])
+        if "image_sizes" in processed:
+            kwargs["image_sizes"] = torch.from_numpy(np.asarray(processed["image_sizes"]))
     with torch.no_grad():
         out = model.generate(
             input_ids=torch.tensor([ids]),
@@ -119,6 +142,15 @@ def hf_llava_greedy(path: str, ids: list[int], images: list[bytes], new_tokens: 
     return out[0, len(ids) :].tolist()
 
 
-def expand(ids: list[int], image_id: int) -> list[int]:
-    """`ids` with every image placeholder repeated TOKENS_PER_IMAGE times (HF's input form)."""
-    return [t for i in ids for t in ([i] * TOKENS_PER_IMAGE if i == image_id else [i])]
+def expand(ids: list[int], image_id: int, counts: list[int] | None = None) -> list[int]:
+    """`ids` with image placeholder k repeated `counts[k]` times (default TOKENS_PER_IMAGE each):
+    HF's input form."""
+    out: list[int] = []
+    k = 0
+    for t in ids:
+        if t == image_id:
+            out += [t] * (counts[k] if counts else TOKENS_PER_IMAGE)
+            k += 1
+        else:
+            out.append(t)
+    return out

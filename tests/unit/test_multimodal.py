@@ -56,3 +56,11 @@ def test_language_fields_are_lifted_from_text_config() -> None:
     assert (prepared.vocab_size, prepared.num_hidden_layers, prepared.eos_token_id) == (7, 2, 1)
     plain = SimpleNamespace(vocab_size=5)
     assert prepare_multimodal_config(plain) is plain
+
+
+def test_anyres_crop_keeps_the_image_aspect() -> None:
+    from radixlm.multimodal.anyres import cropped_shape
+
+    assert cropped_shape((30, 40), 8, 8) == (1, 6, 0, 8)  # wide: rows cut above and below
+    assert cropped_shape((40, 20), 8, 8) == (0, 8, 2, 4)  # tall: columns cut left and right
+    assert cropped_shape((64, 64), 8, 8) == (0, 8, 0, 8)
