@@ -15,7 +15,7 @@ from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
 from radixlm.layers.linear import AttentionHeads
 from radixlm.models.registry import resolve_model_class, resolve_model_impl, supported_architectures
-from radixlm.multimodal.config import prepare_multimodal_config
+from radixlm.multimodal.config import check_model_impl, prepare_multimodal_config
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def build_model(
     `ep_size` (1 or tp's size, MoE models only) splits experts across the ranks instead of their
     intermediate dimension."""
     tp = tp or TPGroup.single()
+    check_model_impl(config, model_impl)
     check_tensor_parallel(config, model_impl, tp.size, ep_size)
     architectures = getattr(config, "architectures", None) or []
     native = resolve_model_impl(architectures, model_impl) != "transformers"

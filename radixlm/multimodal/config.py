@@ -51,6 +51,16 @@ def prepare_multimodal_config(config: Any) -> Any:
     return config
 
 
+def check_model_impl(config: Any, model_impl: str) -> None:
+    """ValueError naming the architecture when a vision model is asked of the Transformers
+    backend (it serves causal LMs only: images would be silently unusable)."""
+    if is_multimodal(config) and model_impl == "transformers":
+        raise ValueError(
+            f"model_impl='transformers' cannot serve the vision model {list(config.architectures or [])}; "
+            "use model_impl='auto' or 'radixlm' (native)"
+        )
+
+
 def image_token_id(config: Any) -> int:
     """The id of the image placeholder token in prompts."""
     value = getattr(config, "image_token_id", None)

@@ -173,3 +173,13 @@ def test_prompt_logprobs_only_after_the_last_image(engine: Any) -> None:
     )
     scored = out["meta_info"]["input_token_logprobs"]
     assert len(scored) == len(ids) - 1 and all(lp is not None and lp <= 0 for lp, _tok, *_ in scored)
+
+
+def test_unsupported_settings_are_named(llava_dir: str) -> None:
+    from radixlm.model_loader.loader import check_tensor_parallel, load_model_config
+
+    config = load_model_config(llava_dir)
+    with pytest.raises(ValueError, match="LlavaForConditionalGeneration runs with tp_size=1"):
+        check_tensor_parallel(config, "auto", 2)
+    with pytest.raises(RuntimeError, match="model_impl='transformers' cannot serve the vision model"):
+        radixlm.Engine(llava_dir, **ARGS, model_impl="transformers")
