@@ -26,14 +26,19 @@ def decode_image(data: bytes, index: int, max_pixels: int = MAX_IMAGE_PIXELS) ->
         raise ImageError(f"image {index} is not an image (no known image format)") from None
     except Image.DecompressionBombError:
         raise ImageError(f"image {index} has too many pixels (at most {max_pixels})") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(f"image {index} is {width}x{height} pixels, more than the {max_pixels} allowed")
+    check_pixels(image, index, max_pixels)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image {index} is truncated or corrupt ({exc})") from None
     return image.convert("RGB")
+
+
+def check_pixels(image: Any, index: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """ImageError unless the (PIL) image has at most `max_pixels` pixels (read from its header)."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"image {index} is {width}x{height} pixels, more than the {max_pixels} allowed")
 
 
 def engine_image_bytes(source: Any, index: int) -> Any:

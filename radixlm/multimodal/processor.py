@@ -12,7 +12,7 @@ import numpy as np
 from radixlm.multimodal.anyres import anyres_token_count
 from radixlm.multimodal.config import image_token_id, is_anyres, is_multimodal, tokens_per_image
 from radixlm.multimodal.hashing import image_digest, pad_value
-from radixlm.multimodal.images import ImageError, decode_image, engine_image_bytes
+from radixlm.multimodal.images import ImageError, check_pixels, decode_image, engine_image_bytes
 from radixlm.multimodal.inputs import ImageInput
 
 
@@ -80,6 +80,8 @@ class ImagePreprocessor:
         out = []
         for i, source in enumerate(sources):
             data = engine_image_bytes(source, i)
+            if not isinstance(data, bytes):
+                check_pixels(data, i)  # a caller's PIL image is checked like decoded bytes
             image = decode_image(data, i) if isinstance(data, bytes) else data.convert("RGB")
             try:
                 values = self.processor(images=[image], return_tensors="np")["pixel_values"][0]

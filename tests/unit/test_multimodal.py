@@ -64,3 +64,14 @@ def test_anyres_crop_keeps_the_image_aspect() -> None:
     assert cropped_shape((30, 40), 8, 8) == (1, 6, 0, 8)  # wide: rows cut above and below
     assert cropped_shape((40, 20), 8, 8) == (0, 8, 2, 4)  # tall: columns cut left and right
     assert cropped_shape((64, 64), 8, 8) == (0, 8, 0, 8)
+
+
+def test_image_checks_name_the_problem() -> None:
+    from PIL import Image
+
+    from radixlm.multimodal.images import ImageError, check_pixels, decode_image
+
+    with pytest.raises(ImageError, match="image 2 is 100x100 pixels, more than the 9999 allowed"):
+        check_pixels(Image.new("RGB", (100, 100)), 2, max_pixels=9999)
+    with pytest.raises(ImageError, match="image 0 is not an image"):
+        decode_image(b"GIF? no", 0)
