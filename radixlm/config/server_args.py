@@ -80,6 +80,7 @@ class ServerArgs:
     watchdog_timeout: float = 300.0  # seconds one scheduler step may take before the process crashes
     allowed_local_media_path: Optional[str] = None  # directory image files may be read from
     enable_remote_media: bool = False  # fetch http(s) image URLs (off: no request makes us connect out)
+    max_images_per_request: int = 16  # vision models: more images in one prompt are refused (400)
     tp_size: int = 1
     nnodes: int = 1  # tensor parallelism across nodes: tp_size ranks, tp_size // nnodes per node
     node_rank: int = 0
@@ -105,6 +106,7 @@ class ServerArgs:
         _check_positive("page_size", self.page_size)
         _check_positive("max_prefill_tokens", self.max_prefill_tokens)
         _check_positive("torch_compile_max_bs", self.torch_compile_max_bs)
+        _check_positive("max_images_per_request", self.max_images_per_request)
         for name in ("max_total_tokens", "max_running_requests", "context_length", "num_threads"):
             value = getattr(self, name)
             if value is not None:

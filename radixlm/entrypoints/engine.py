@@ -27,6 +27,7 @@ from radixlm.model_loader.pooling_config import (
     check_embedding_architecture,
     read_pooling_config,
 )
+from radixlm.multimodal.processor import ImagePreprocessor
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.sampling.seeding import derive_step_seed
 from radixlm.tokenizer.chat_templates import resolve_chat_template
@@ -64,6 +65,7 @@ class Engine:
             if args.chat_template:
                 self.tokenizer.chat_template = resolve_chat_template(args.chat_template)
         self.eos_ids = self._eos_ids()
+        self.images = ImagePreprocessor.for_model(args.model_path, self.model_config, args.max_images_per_request)
         client_cls = DataParallelClient if args.dp_size > 1 else RuntimeClient
         self.client = client_cls(args, self.tokenizer, self.eos_ids, self.model_config)
         self.info = self.client.info
@@ -88,15 +90,19 @@ class Engine:
         top_logprobs_num: Any,
         stream: bool,
         rid: Any = None,
+        image_data: Any = None,
     ) -> tuple[list[TokenizedGenerateReq], bool]:
         """Tokenize and validate (ValueError naming the problem); returns the requests to send
-        (n per prompt, rids "<rid>-<j>" when n>1) and whether the caller gave a batch."""
+        (n per prompt, rids "<rid>-<j>" when n>1) and whether the caller gave a batch.
+        `image_data` (vision models): one prompt's image or list of images, or for a batch one
+        entry (None, an image or a list) per prompt; each image fills one placeholder token."""
         if self.pooling is not None:
             raise ValueError(
                 "this server serves an embedding model (is_embedding / --is-embedding): generation is not "
                 "available; use /v1/embeddings, /encode or Engine.encode"
             )
         ids_list, batched = self._token_ids(prompt, input_ids)
+        images_list = self._images_per_prompt(image_data, len(ids_list), batched)
         params_list = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(ids_list)
         if len(params_list) != len(ids_list):
             raise ValueError(f"got {len(params_list)} sampling_params for {len(ids_list)} prompts")
@@ -110,7 +116,7 @@ class Engine:
         reqs = []
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
-            validate_request(ids, params, self.limits)
+            ids, images = self._with_images(ids, images_list[i], params, _pick(logprob_start_len, i, -1))
             self._check_constraint(params)
             base = _pick(rid, i, None) or uuid.uuid4().hex
             group = base if params.n > 1 else None
@@ -125,6 +131,7 @@ class Engine:
                         logprob_start_len=_pick(logprob_start_len, i, -1),
                         top_logprobs_num=_pick(top_logprobs_num, i, 0),
                         prefix_group=group,
+                        images=images,
                     )
                 )
             batched = batched or params.n > 1
@@ -149,6 +156,34 @@ class Engine:
             reqs.append(TokenizedGenerateReq(rid=base, input_ids=ids, params=params, embed_dimensions=dimensions))
         self._check_rids(reqs)
         return reqs, batched
+
+    def _images_per_prompt(self, image_data: Any, count: int, batched: bool) -> list[list[Any]]:
+        """One list of images per prompt (empty when it has none)."""
+        if image_data is None:
+            return [[] for _ in range(count)]
+        if self.images is None:
+            raise ValueError("the served model accepts text only: image inputs need a vision model")
+        if not batched:
+            return [image_data if isinstance(image_data, list) else [image_data]]
+        if not isinstance(image_data, list) or len(image_data) != count:
+            raise ValueError(f"image_data for a batch of {count} prompts needs one entry per prompt")
+        return [[] if x is None else (x if isinstance(x, list) else [x]) for x in image_data]
+
+    def _with_images(
+        self, ids: list[int], images: list[Any], params: SamplingParams, logprob_start_len: Any
+    ) -> tuple[list[int], Optional[list]]:
+        """Validate a prompt, expanding and hash-padding its image placeholders when it has images."""
+        if not images:
+            validate_request(ids, params, self.limits)
+            return ids, None
+        prepared = self.images.prepare(ids, images)
+        last = prepared.images[-1]
+        if logprob_start_len not in (None, -1) and logprob_start_len < last.offset + last.length:
+            raise ValueError(
+                f"prompt logprobs must start after the last image: logprob_start_len >= {last.offset + last.length}"
+            )
+        validate_request(prepared.check_ids, params, self.limits)
+        return prepared.input_ids, prepared.images
 
     def _check_rids(self, reqs: list[TokenizedGenerateReq]) -> None:
         """Request ids route outputs and aborts: they must be unique, also against those in flight."""
@@ -191,10 +226,18 @@ class Engine:
         logprob_start_len: Any = None,
         top_logprobs_num: Any = None,
         stream: bool = False,
+        image_data: Any = None,
     ) -> Any:
         """Generate for one prompt or a batch; with stream=True, an iterator of incremental chunks."""
         reqs, batched = self.make_requests(
-            prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, stream
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            stream,
+            image_data=image_data,
         )
         if stream:
             return self._stream(reqs)
@@ -246,10 +289,18 @@ class Engine:
         logprob_start_len: Any = None,
         top_logprobs_num: Any = None,
         stream: bool = False,
+        image_data: Any = None,
     ) -> Any:
         """Like `generate`, awaitable; with stream=True returns an async iterator of chunks."""
         reqs, batched = self.make_requests(
-            prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, stream
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            stream,
+            image_data=image_data,
         )
         if stream:
             return self._astream(reqs)

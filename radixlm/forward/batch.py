@@ -30,7 +30,9 @@ class ForwardBatch:
     share a long cached prefix (see `radixlm.attention.shared_prefix`); backends may ignore it.
     `decode_inputs` (a DECODE batch built by the scheduler, else None): a [4, B] tensor whose
     rows are `input_ids`, `positions`, `out_cache_loc` and `req_pool_indices` (those fields are
-    its row views), so a CUDA graph takes the four in one copy."""
+    its row views), so a CUDA graph takes the four in one copy. `mm_inputs` (an EXTEND whose
+    new tokens cover image placeholders, else None): `ImageSlice`s naming the batch rows
+    whose embeddings come from an image encoder."""
 
     mode: ForwardMode
     input_ids: torch.Tensor
@@ -46,6 +48,7 @@ class ForwardBatch:
     attn_metadata: Optional[Any] = field(default=None)
     prefix_plan: Optional[SharedPrefixPlan] = field(default=None)
     decode_inputs: Optional[torch.Tensor] = field(default=None)
+    mm_inputs: Optional[list] = field(default=None)  # an EXTEND's image slices (radixlm.multimodal.inputs)
 
     @property
     def batch_size(self) -> int:

@@ -23,6 +23,7 @@ class TokenizedGenerateReq:
     top_logprobs_num: int = 0
     prefix_group: Optional[str] = None
     embed_dimensions: Optional[int] = None  # embedding requests: Matryoshka truncation of the vector
+    images: Optional[list[Any]] = None  # ImageInputs (radixlm.multimodal.inputs) of a VLM prompt
 
 
 @dataclass

@@ -264,6 +264,8 @@ class StreamExecutor:
             raise LangError("image() must be inside a message, e.g. user(image(path) + question)")
         with self.cond:
             self.role_images.append(load_image(expr.source))
+        if self.backend.image_token:
+            self._append(self.backend.image_token)
 
     def _gen(self, expr: Gen) -> None:
         spec = expr.params.merged_over(self.defaults)

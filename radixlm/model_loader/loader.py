@@ -15,6 +15,7 @@ from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
 from radixlm.layers.linear import AttentionHeads
 from radixlm.models.registry import resolve_model_class, resolve_model_impl, supported_architectures
+from radixlm.multimodal.config import check_model_impl, prepare_multimodal_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def load_model_config(model_path: str, trust_remote_code: bool = False) -> Any:
         raise FileNotFoundError(
             f"model path {model_path!r} has no config.json; expected a Hugging Face model directory or a .gguf file"
         )
-    return _with_architectures(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    config = _with_architectures(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    return prepare_multimodal_config(config)
 
 
 def _with_architectures(config: Any) -> Any:
@@ -110,6 +112,7 @@ def build_model(
     method behind the linear layers (`radixlm.layers.quantization`); the chosen plan is kept as
     `model.quant_plan` (None when unquantized)."""
     tp = tp or TPGroup.single()
+    check_model_impl(config, model_impl)
     check_tensor_parallel(config, model_impl, tp.size, ep_size)
     architectures = getattr(config, "architectures", None) or []
     native = resolve_model_impl(architectures, model_impl) != "transformers"

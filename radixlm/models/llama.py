@@ -137,7 +137,11 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        x, residual = self.embed_tokens(input_ids), None
+        return self.forward_embeds(self.embed_tokens(input_ids), positions, batch)
+
+    def forward_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """The decoder stack from input embeddings [T, hidden] (a VLM merges image rows into them)."""
+        x, residual = embeds, None
         for layer in self.layers:
             x, residual = layer(positions, x, residual, batch)
         return self.norm(x, residual)[0]

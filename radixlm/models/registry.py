@@ -15,6 +15,8 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "MixtralForCausalLM": ("radixlm.models.mixtral", "MixtralForCausalLM"),
     "Qwen2MoeForCausalLM": ("radixlm.models.qwen2_moe", "Qwen2MoeForCausalLM"),
     "Qwen3MoeForCausalLM": ("radixlm.models.qwen3_moe", "Qwen3MoeForCausalLM"),
+    "LlavaForConditionalGeneration": ("radixlm.models.llava", "LlavaForConditionalGeneration"),
+    "LlavaNextForConditionalGeneration": ("radixlm.models.llava_next", "LlavaNextForConditionalGeneration"),
 }
 
 

@@ -11,6 +11,7 @@ import torch
 from radixlm.attention.shared_prefix import plan_shared_prefixes
 from radixlm.forward.batch import ForwardBatch, ForwardMode
 from radixlm.forward.device_copy import to_device_rows, to_device_split
+from radixlm.multimodal.inputs import chunk_slices
 from radixlm.scheduler.request import Req
 
 
@@ -50,6 +51,7 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
     """Prefill/extend batch. Slots for the new tokens must already be in `req.kv_slots` (and be
     in `req_to_token` before the forward runs); every host list goes to the device in one copy."""
     ids, positions, locs, logit_idx, rows = [], [], [], [], []
+    image_slices: list = []
     offset = 0
     for item in items:
         req, end = item.req, item.start + item.length
@@ -62,8 +64,11 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
             row_map[pos] = len(logit_idx)
             logit_idx.append(offset + pos - item.start)
         rows.append(row_map)
+        if req.images:
+            image_slices += chunk_slices(req.images, item.start, end, offset)
         offset += item.length
     fb = _extend_forward_batch(items, ids, positions, locs, logit_idx, req_to_token, device)
+    fb.mm_inputs = image_slices or None
     sampling = [(item.req, row_map[item.start + item.length - 1]) for item, row_map in zip(items, rows) if item.sample]
     return ScheduledBatch(
         ForwardMode.EXTEND,

@@ -45,6 +45,7 @@ class Req:
         step_seed_base: Optional[int] = None,
         embed_dimensions: Optional[int] = None,
         full_prefill: bool = False,
+        images: Optional[list[Any]] = None,
     ) -> None:
         self.rid = rid
         self.origin_input_ids = list(input_ids)
@@ -87,6 +88,7 @@ class Req:
         self.pool_state: Any = None
         self.embedding: Optional[list[float]] = None
         self.embed_dimensions = embed_dimensions
+        self.images = images  # ImageInputs whose spans the prompt's pad ids mark (radixlm.multimodal)
 
     @property
     def fill_ids(self) -> list[int]:

@@ -108,6 +108,7 @@ class Scheduler:
             prefix_group=msg.prefix_group,
             embed_dimensions=msg.embed_dimensions,
             full_prefill=self.full_prefill,
+            images=msg.images,
         )
         self.text.init_req(req)
         if self.grammars.admit(req):

@@ -82,12 +82,12 @@ class MediaPolicy:
         return _fetch(source.location, max_bytes)
 
 
-def vet_images(policy: MediaPolicy, urls: list[str]) -> None:
+def vet_images(policy: MediaPolicy, urls: list[str], accepts_images: bool = False) -> None:
     """Every image source is checked against the policy first (so a refused source is named
-    as such), then refused because no served model takes images yet. Nothing is read."""
+    as such), then all are refused unless the served model `accepts_images`. Nothing is read."""
     for url in urls:
         policy.check(url)
-    if urls:
+    if urls and not accepts_images:
         raise MediaRejected(TEXT_ONLY)
 
 

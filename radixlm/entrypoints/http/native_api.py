@@ -40,6 +40,7 @@ def native_router(state: ServerState) -> APIRouter:
             top_logprobs_num=body.top_logprobs_num,
             stream=body.stream,
             rid=body.rid,
+            image_data=body.image_data,
         )
         texts = body.return_text_in_logprobs
         if body.stream:
@@ -84,6 +85,7 @@ def native_router(state: ServerState) -> APIRouter:
             "architectures": getattr(cfg, "architectures", None),
             "quantization": engine.server_args.quantization
             or (getattr(cfg, "quantization_config", None) or {}).get("quant_method"),
+            "image_token": _image_token(engine),
         }
 
     @router.get("/server_info")  # SGLang 0.5's name; /get_server_info is the older one
@@ -183,6 +185,13 @@ def _tokenizer(state: ServerState) -> Any:
     if state.engine.tokenizer is None:
         raise APIError(400, "the server runs with --skip-tokenizer-init: no tokenizer")
     return state.engine.tokenizer
+
+
+def _image_token(engine: Any) -> str | None:
+    """The placeholder a prompt holds where an image goes (None: a text-only model)."""
+    if engine.images is None or engine.tokenizer is None:
+        return None
+    return engine.tokenizer.convert_ids_to_tokens(engine.images.token_id)
 
 
 def _public_args(engine: Any) -> dict:

@@ -69,7 +69,7 @@ def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[Tok
     """The engine requests for a chat body (template, tokens, sampling params) and how to read
     their output (on the preparation thread: templates and tokenizing can be slow)."""
     tools = plan_tools(body, _tool_parser(state))
-    prompt_ids = _render(state, body, tools)
+    prompt_ids, images = _render(state, body, tools)
     room = state.token_room(len(prompt_ids))
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     params = sampling_params(body, max_tokens, room)
@@ -87,6 +87,7 @@ def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[Tok
         top_logprobs_num=body.top_logprobs or 0,
         stream=body.stream,
         rid=body.rid,
+        image_data=[images] if images else None,
     )
     return reqs, _output_plan(state, body, tools, constrained=any(k in params for k in _CONSTRAINTS))
 
@@ -118,12 +119,16 @@ def _output_plan(state: ServerState, body: ChatCompletionRequest, tools: ToolPla
     )
 
 
-def _render(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan) -> list[int]:
+def _render(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan) -> tuple[list[int], list[str]]:
+    """The prompt's ids and its image sources in prompt order (each image part renders as the
+    model's image placeholder token)."""
     tokenizer = state.engine.tokenizer
     if tokenizer is None:
         raise APIError(400, "chat needs a tokenizer; the server runs with --skip-tokenizer-init")
-    state.vet_images([url for m in body.messages for url in _image_urls(m.content)], "messages")
-    messages = [template_message(m.role, _content(m.content), m) for m in body.messages]
+    images = [url for m in body.messages for url in _image_urls(m.content)]
+    state.vet_images(images, "messages")
+    marker = tokenizer.convert_ids_to_tokens(state.engine.images.token_id) if images else ""
+    messages = [template_message(m.role, _content(m.content, marker), m) for m in body.messages]
     kwargs = body.chat_template_kwargs or {}
     reserved = sorted(_RESERVED_TEMPLATE_VARS & set(kwargs))
     if reserved:
@@ -141,7 +146,10 @@ def _render(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan) ->
         raise
     except Exception as exc:  # template errors (jinja, bad roles) are the client's to fix
         raise APIError(400, f"could not apply the chat template: {exc}", "messages") from None
-    return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(text, add_special_tokens=False), images
+
+
+_DETAILS = (None, "auto", "low", "high")
 
 
 def _image_urls(content: Any) -> list[str]:
@@ -152,18 +160,27 @@ def _image_urls(content: Any) -> list[str]:
     for part in content:
         if part.get("type") == "image_url":
             image = part.get("image_url")
+            if isinstance(image, dict) and image.get("detail") not in _DETAILS:
+                detail = image.get("detail")
+                raise APIError(400, f"image_url.detail must be auto, low or high, got {detail!r}", "messages")
             urls.append(image.get("url") if isinstance(image, dict) else image)
     return urls
 
 
-def _content(content: Any) -> str:
+def _content(content: Any, image_marker: str = "") -> str:
+    """A message's text; an `image_url` part becomes `image_marker` (only set when the served
+    model takes images: the parts were vetted first) followed by a newline."""
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
     for part in content:
-        if part.get("type") != "text":
-            raise APIError(400, f"message content of type {part.get('type')!r} is not supported", "messages")
-        parts.append(str(part.get("text", "")))
+        kind = part.get("type")
+        if kind == "image_url" and image_marker:
+            parts.append(image_marker + "\n")
+        elif kind != "text":
+            raise APIError(400, f"message content of type {kind!r} is not supported", "messages")
+        else:
+            parts.append(str(part.get("text", "")))
     return "".join(parts)
 
 

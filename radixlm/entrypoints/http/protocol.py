@@ -54,7 +54,7 @@ class GenerateRequest(_Body):
     top_logprobs_num: Optional[Union[int, list[int]]] = None
     return_text_in_logprobs: bool = False
     rid: Optional[Union[str, list[str]]] = None
-    image_data: Optional[Union[str, list[Any]]] = None  # vetted by the media policy, then refused: text-only
+    image_data: Optional[Union[str, list[Any]]] = None  # per prompt: a source or a list (media policy applies)
 
 
 class StreamOptions(_Body):

@@ -16,6 +16,7 @@ from fastapi import Request
 
 from radixlm.entrypoints.engine import Engine
 from radixlm.entrypoints.http.errors import APIError
+from radixlm.entrypoints.http.image_sources import bare_base64, load_image_sources
 from radixlm.entrypoints.http.limits import check_sampling_limits
 from radixlm.entrypoints.http.media import MediaPolicy, MediaRejected, vet_images
 from radixlm.entrypoints.http.metrics import Metrics
@@ -68,15 +69,20 @@ class ServerState:
 
     def vet_images(self, urls: list[str], param: str) -> None:
         """400 for an image source the media policy refuses, and for any image at all while the
-        served model is text-only. Never reads a file or opens a connection."""
+        served model is text-only (bare base64 carries its bytes: nothing to vet). Never reads a
+        file or opens a connection."""
         try:
-            vet_images(self.media, urls)
+            urls = [u for u in urls if not (isinstance(u, str) and bare_base64(u) is not None)]
+            vet_images(self.media, urls, accepts_images=self.engine.images is not None)
         except MediaRejected as exc:
             raise APIError(400, str(exc), param) from None
 
     def make_requests(self, **kwargs: Any) -> tuple[list[TokenizedGenerateReq], bool]:
-        """Engine.make_requests after the front's limits (see `limits`), ValueError turned into a 400."""
+        """Engine.make_requests after the front's limits (see `limits`), ValueError turned into a 400.
+        `image_data` sources (already vetted by `vet_images`) are read here, under the media policy."""
         try:
+            if kwargs.get("image_data") is not None:
+                kwargs["image_data"] = load_image_sources(self.media, kwargs["image_data"])
             check_sampling_limits(kwargs.get("sampling_params"))
             return self.engine.make_requests(**kwargs)
         except (ValueError, TypeError) as exc:

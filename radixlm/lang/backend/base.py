@@ -40,6 +40,10 @@ class Prompt:
     role_text: str = ""
     role_images: list = field(default_factory=list)
 
+    def images(self) -> list:
+        """Every image of the prompt in text order (finished messages', then the open one's)."""
+        return [img for m in self.messages for img in m.images] + list(self.role_images)
+
 
 @dataclass
 class SelectResult:
@@ -55,6 +59,7 @@ class BaseBackend:
 
     is_chat_model = False  # chat models get messages, completion models get text
     supports_images = False
+    image_token = ""  # native VLM backends: the placeholder written into the text where an image sits
     supports_constraints = True  # regex / json_schema / dtype
     speculative_execution = False  # honours @function(num_api_spec_tokens=N) (pay-per-call APIs)
 

@@ -21,6 +21,10 @@ class EngineBackend(NativeBackend):
     def __init__(self, engine: "Engine") -> None:
         super().__init__()
         self.engine = engine
+        images = getattr(engine, "images", None)
+        if images is not None and engine.tokenizer is not None:  # a vision model: image() works
+            self.supports_images = True
+            self.image_token = engine.tokenizer.convert_ids_to_tokens(images.token_id)
 
     def _generate_raw(
         self,
@@ -29,6 +33,7 @@ class EngineBackend(NativeBackend):
         return_logprob: bool = False,
         logprob_start_len: Optional[int] = None,
         top_logprobs_num: Optional[int] = None,
+        image_data: Optional[list] = None,
     ) -> Any:
         return self.engine.generate(
             text,
@@ -36,6 +41,7 @@ class EngineBackend(NativeBackend):
             return_logprob=return_logprob,
             logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num,
+            image_data=image_data,
         )
 
     def _stream_raw(
@@ -45,6 +51,7 @@ class EngineBackend(NativeBackend):
         return_logprob: bool = False,
         logprob_start_len: Optional[int] = None,
         top_logprobs_num: Optional[int] = None,
+        image_data: Optional[list] = None,
     ) -> Iterator[tuple[str, dict]]:
         chunks = self.engine.generate(
             text,
@@ -53,6 +60,7 @@ class EngineBackend(NativeBackend):
             logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num,
             stream=True,
+            image_data=image_data,
         )
         for chunk in chunks:
             yield chunk["text"], chunk["meta_info"]

@@ -25,8 +25,10 @@ class NativeBackend(BaseBackend):
         return_logprob: bool = False,
         logprob_start_len: Optional[int] = None,
         top_logprobs_num: Optional[int] = None,
+        image_data: Optional[list] = None,
     ) -> Any:
-        """One result dict for one text, a list for a list of texts."""
+        """One result dict for one text, a list for a list of texts; `image_data` as the
+        native API takes it (one list of image URLs per text for a list)."""
         raise NotImplementedError
 
     def _stream_raw(
@@ -36,6 +38,7 @@ class NativeBackend(BaseBackend):
         return_logprob: bool = False,
         logprob_start_len: Optional[int] = None,
         top_logprobs_num: Optional[int] = None,
+        image_data: Optional[list] = None,
     ) -> Iterator[tuple[str, dict]]:
         """Incremental (text chunk, meta_info) pairs."""
         raise NotImplementedError
@@ -45,27 +48,32 @@ class NativeBackend(BaseBackend):
         raise NotImplementedError
 
     def generate(self, prompt: Prompt, spec: SamplingSpec) -> tuple[str, dict]:
-        out = self._generate_raw(prompt.text, spec.to_native(), **_logprob_options(spec))
+        out = self._generate_raw(prompt.text, spec.to_native(), **_logprob_options(spec), **_images(prompt))
         return out["text"], out["meta_info"]
 
     def generate_stream(self, prompt: Prompt, spec: SamplingSpec) -> Iterator[tuple[str, dict]]:
-        yield from self._stream_raw(prompt.text, spec.to_native(), **_logprob_options(spec))
+        yield from self._stream_raw(prompt.text, spec.to_native(), **_logprob_options(spec), **_images(prompt))
 
     def cache_prefix(self, text: str) -> None:
-        if text:
+        """Prefill `text` into the cache; a prefix holding image placeholders (whose images are
+        not known here) is skipped."""
+        if text and not (self.image_token and self.image_token in text):
             self._generate_raw(text, dict(PREFILL_ONLY))
 
     def select(self, prompt: Prompt, choices: Sequence[str], temperature: float) -> SelectResult:
         text = prompt.text
+        images = _images(prompt)
         start = 0
         if text:
-            head = self._generate_raw(text, dict(PREFILL_ONLY))
+            head = self._generate_raw(text, dict(PREFILL_ONLY), **images)
             start = max(head["meta_info"]["prompt_tokens"] - 1, 0)
+        many = {"image_data": [images["image_data"]] * len(choices)} if images else {}
         outs = self._generate_raw(
             [text + c for c in choices],
             [dict(PREFILL_ONLY) for _ in choices],
             return_logprob=True,
             logprob_start_len=start,
+            **many,
         )
         token_lps = [
             choice_token_logprobs(o["meta_info"].get("input_token_logprobs", []), text, self._token_text) for o in outs
@@ -80,6 +88,12 @@ class NativeBackend(BaseBackend):
             "meta_info": metas,
         }
         return SelectResult(choices[best], meta)
+
+
+def _images(prompt: Prompt) -> dict:
+    """`{"image_data": [...]}` (data URLs or the URLs given) when the prompt has images, else {}."""
+    images = prompt.images()
+    return {"image_data": [img.data_url() for img in images]} if images else {}
 
 
 def _logprob_options(spec: SamplingSpec) -> dict:

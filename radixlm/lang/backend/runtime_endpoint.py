@@ -29,6 +29,8 @@ class RuntimeEndpoint(NativeBackend):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
         self.model_info = self._request("GET", "/get_model_info")
+        if isinstance(self.model_info, dict) and self.model_info.get("image_token"):  # a vision model
+            self.supports_images, self.image_token = True, self.model_info["image_token"]
 
     # -- HTTP ----------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Optional[dict] = None) -> Any:
@@ -52,10 +54,10 @@ class RuntimeEndpoint(NativeBackend):
         return_logprob: bool = False,
         logprob_start_len: Optional[int] = None,
         top_logprobs_num: Optional[int] = None,
+        image_data: Optional[list] = None,
     ) -> Any:
-        return self._request(
-            "POST", "/generate", _payload(text, sampling, return_logprob, logprob_start_len, top_logprobs_num)
-        )
+        body = _payload(text, sampling, return_logprob, logprob_start_len, top_logprobs_num)
+        return self._request("POST", "/generate", {**body, **({"image_data": image_data} if image_data else {})})
 
     def _stream_raw(
         self,
@@ -64,11 +66,14 @@ class RuntimeEndpoint(NativeBackend):
         return_logprob: bool = False,
         logprob_start_len: Optional[int] = None,
         top_logprobs_num: Optional[int] = None,
+        image_data: Optional[list] = None,
     ) -> Iterator[tuple[str, dict]]:
         """Turn the server's cumulative `text` events into incremental chunks."""
         import httpx
 
         body = {**_payload(text, sampling, return_logprob, logprob_start_len, top_logprobs_num), "stream": True}
+        if image_data:
+            body["image_data"] = image_data
         sent = ""
         try:
             with self._http.stream("POST", "/generate", json=body) as resp:

@@ -1,0 +1,44 @@
+"""Processed images as they travel from the front to the model (pure data, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class ImageInput:
+    """One image of a prompt. Invariant: the prompt's ids hold `pad_value` at positions
+    [offset, offset + length), one per embedding row the encoder produces for `pixel_values`;
+    `pad_value` >= the vocabulary size (it never names a real token) and is derived from the
+    pixels' content hash, so the radix tree matches an image span only for the same image."""
+
+    pixel_values: np.ndarray  # [3, H, W] float32 ([tiles, 3, H, W] for LLaVA-NeXT), from the HF image processor
+    offset: int
+    length: int
+    pad_value: int
+    image_size: Optional[tuple[int, int]] = None  # the original (height, width), where the layout depends on it
+
+
+@dataclass(frozen=True)
+class ImageSlice:
+    """Embedding rows [start, start + count) of `image` go to rows [row, row + count) of a
+    forward batch (a chunk of a prefill may hold only part of an image's span)."""
+
+    image: ImageInput
+    row: int
+    start: int
+    count: int
+
+
+def chunk_slices(images: list[ImageInput], start: int, end: int, row: int) -> list[ImageSlice]:
+    """The parts of `images` inside prompt positions [start, end), whose first position is
+    batch row `row`."""
+    out = []
+    for image in images:
+        lo, hi = max(start, image.offset), min(end, image.offset + image.length)
+        if lo < hi:
+            out.append(ImageSlice(image, row + lo - start, lo - image.offset, hi - lo))
+    return out

@@ -1,0 +1,91 @@
+"""The front's image path for a served vision-language model: sources → checked images →
+pixel values from the model's own HF image processor → a prompt whose image placeholders are
+expanded to one token per embedding row and padded with the image's hash id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from radixlm.multimodal.anyres import anyres_token_count
+from radixlm.multimodal.config import image_token_id, is_anyres, is_multimodal, tokens_per_image
+from radixlm.multimodal.hashing import image_digest, pad_value
+from radixlm.multimodal.images import ImageError, check_pixels, decode_image, engine_image_bytes
+from radixlm.multimodal.inputs import ImageInput
+
+
+@dataclass
+class PreparedPrompt:
+    """`check_ids`: the expanded prompt with the placeholder token id (what the runtime's
+    limits are checked against); `input_ids`: the same with each image's span holding its pad
+    id (what the scheduler and its radix tree see); `images` in prompt order."""
+
+    check_ids: list[int]
+    input_ids: list[int]
+    images: list[ImageInput]
+
+
+class ImagePreprocessor:
+    """Built once per Engine for a vision model; `prepare` is pure apart from the HF processor."""
+
+    def __init__(self, processor: Any, config: Any, max_images: int) -> None:
+        self.processor = processor
+        self.config = config
+        self.token_id = image_token_id(config)
+        self.tokens_per_image = None if is_anyres(config) else tokens_per_image(config)
+        self.vocab_size = config.text_config.vocab_size
+        self.max_images = max_images
+
+    @classmethod
+    def for_model(cls, model_path: str, config: Any, max_images: int) -> "ImagePreprocessor | None":
+        """None for a text-only model; else the model directory's HF image processor."""
+        if not is_multimodal(config):
+            return None
+        from transformers import AutoImageProcessor
+
+        return cls(AutoImageProcessor.from_pretrained(model_path), config, max_images)
+
+    def prepare(self, ids: list[int], sources: list[Any]) -> PreparedPrompt:
+        """Decode and preprocess `sources` (ImageError naming a bad one) and expand each
+        placeholder of `ids`; their counts must agree."""
+        if len(sources) > self.max_images:
+            raise ImageError(
+                f"the request has {len(sources)} images; this server takes at most {self.max_images} "
+                "per request (--max-images-per-request)"
+            )
+        places = [i for i, t in enumerate(ids) if t == self.token_id]
+        if len(places) != len(sources):
+            raise ImageError(
+                f"the prompt has {len(places)} image placeholders (token id {self.token_id}) for {len(sources)} images"
+            )
+        pixels = self._pixels(sources)
+        check, padded, images = [], [], []
+        prev = 0
+        for place, (values, size) in zip(places, pixels):
+            check += ids[prev:place]
+            padded += ids[prev:place]
+            pad = pad_value(image_digest(values), self.vocab_size)
+            count = self.tokens_per_image or anyres_token_count(self.config, size)
+            images.append(ImageInput(values, len(padded), count, pad, size))
+            check += [self.token_id] * count
+            padded += [pad] * count
+            prev = place + 1
+        return PreparedPrompt(check + ids[prev:], padded + ids[prev:], images)
+
+    def _pixels(self, sources: list[Any]) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        """(pixel values, original (height, width)) per image, each processed on its own (so
+        LLaVA-NeXT's tiles are not padded to another image's count)."""
+        out = []
+        for i, source in enumerate(sources):
+            data = engine_image_bytes(source, i)
+            if not isinstance(data, bytes):
+                check_pixels(data, i)  # a caller's PIL image is checked like decoded bytes
+            image = decode_image(data, i) if isinstance(data, bytes) else data.convert("RGB")
+            try:
+                values = self.processor(images=[image], return_tensors="np")["pixel_values"][0]
+            except Exception as exc:  # the HF processor's own refusals (sizes, modes)
+                raise ImageError(f"the image processor refused image {i}: {exc}") from None
+            out.append((np.asarray(values, dtype=np.float32), (image.height, image.width)))
+        return out

@@ -1,0 +1,53 @@
+"""LLaVA-NeXT (any-resolution tiling) on the Engine: greedy tokens equal HF `generate` with
+the same pixel inputs and image sizes (float32, CPU); HF itself checks that each image's
+placeholder count equals its feature rows, so a wrong count fails there too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers.tiny_llava import IMAGE_TOKEN, expand, hf_llava_greedy, make_image, make_tiny_llava
+from helpers.tiny_models import make_tiny_tokenizer
+
+import radixlm
+from radixlm.multimodal.anyres import anyres_token_count
+
+GREEDY = {"max_new_tokens": 16, "temperature": 0.0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def next_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("llava_next")
+    return make_tiny_llava(root, make_tiny_tokenizer(root), next_=True)
+
+
+@pytest.fixture(scope="module")
+def engine(next_dir: str) -> Any:
+    with radixlm.Engine(next_dir, dtype="float32", max_total_tokens=4096, log_level="warning") as eng:
+        yield eng
+        eng.check_no_leak()
+
+
+def _counts(engine: Any, sizes: list[tuple[int, int]]) -> list[int]:
+    return [anyres_token_count(engine.model_config, (h, w)) for w, h in sizes]
+
+
+@pytest.mark.parametrize("size", [(40, 30), (20, 50), (64, 64)], ids=["wide", "tall", "square"])
+def test_one_image_matches_hf(engine: Any, next_dir: str, size: tuple[int, int]) -> None:
+    ids = engine.tokenizer.encode(f"see {IMAGE_TOKEN} now")
+    image = make_image(41, size=size)
+    out = engine.generate(input_ids=ids, image_data=image, sampling_params=GREEDY)
+    counts = _counts(engine, [size])
+    assert out["meta_info"]["prompt_tokens"] == len(ids) - 1 + counts[0]
+    image_id = engine.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert out["output_ids"] == hf_llava_greedy(next_dir, expand(ids, image_id, counts), [image], 16)
+
+
+def test_two_images_of_different_sizes(engine: Any, next_dir: str) -> None:
+    ids = engine.tokenizer.encode(f"{IMAGE_TOKEN} and {IMAGE_TOKEN}?")
+    sizes = [(40, 30), (20, 50)]
+    images = [make_image(42, size=sizes[0]), make_image(43, size=sizes[1])]
+    out = engine.generate(input_ids=ids, image_data=images, sampling_params=GREEDY)
+    image_id = engine.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert out["output_ids"] == hf_llava_greedy(next_dir, expand(ids, image_id, _counts(engine, sizes)), images, 16)
