@@ -85,7 +85,7 @@ if triton is not None:
             return _f16_at(base + 208) * sc * ((low | (high << 4)) - 32).to(tl.float32)
 
     @triton.jit
-    def _gemv_kernel(
+    def _gguf_gemv_kernel(
         x_ptr,
         w_ptr,
         b_ptr,
@@ -171,7 +171,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, qtype: int, k: int, bias: Optional[to
             x, w, w if bias is None else bias, out, n, k, w.shape[1], bias is not None, block_n
         )
         return out
-    _gemv_kernel[(triton.cdiv(n, block_n),)](
+    _gguf_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, w if bias is None else bias, out, n, k, w.shape[1], qtype, bias is not None, block_n, _block_k(qtype, k)
     )
     return out
