@@ -13,7 +13,13 @@ from typing import Callable, ContextManager
 
 import pytest
 import torch
-from helpers.golden import GREEDY, NEW_TOKENS, assert_greedy_equal, check_logprobs, random_prompts
+from helpers.golden import (
+    GREEDY,
+    NEW_TOKENS,
+    assert_greedy_equal,
+    check_batch_single_and_logprobs,
+    random_prompts,
+)
 from helpers.tiny_models import TINY_ARCHS, hf_greedy, load_hf_model
 
 import radixlm
@@ -44,18 +50,7 @@ def test_greedy_tokens_and_logprobs_match_hf(
     hf = load_hf_model(tiny_model(arch))
     prompts = random_prompts(8, 3, 48, seed=1)
     with engine_for(arch, tiny_model, llama_engine) as engine:
-        batch = engine.generate(input_ids=prompts, sampling_params=GREEDY)
-        single = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
-        scored = engine.generate(
-            input_ids=prompts[:3], sampling_params=GREEDY, return_logprob=True, top_logprobs_num=5, logprob_start_len=0
-        )
-        engine.check_no_leak()
-    for prompt, out in zip(prompts, batch):
-        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
-        assert out["meta_info"]["completion_tokens"] == NEW_TOKENS
-    assert_greedy_equal(hf, prompts[0], single["output_ids"], batch[0]["output_ids"])
-    for prompt, out in zip(prompts[:3], scored):
-        check_logprobs(hf, prompt, out)  # HF scores our own tokens, so this holds even past a GPU tie
+        check_batch_single_and_logprobs(hf, engine, prompts)
 
 
 def test_radix_cache_hit_gives_same_tokens(tiny_llama_dir: str, llama_engine: radixlm.Engine) -> None:

@@ -14,7 +14,14 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from helpers.golden import GREEDY, LOGPROB_TOL, NEW_TOKENS, assert_greedy_equal, check_logprobs, random_prompts
+from helpers.golden import (
+    GREEDY,
+    LOGPROB_TOL,
+    NEW_TOKENS,
+    assert_greedy_equal,
+    check_batch_single_and_logprobs,
+    random_prompts,
+)
 from helpers.moe_gguf import write_moe_gguf
 from helpers.tiny_models import hf_greedy, hf_logprobs, load_hf_model
 from helpers.tiny_moe import TINY_MOE_ARCHS
@@ -46,18 +53,7 @@ def test_greedy_tokens_and_logprobs_match_hf(tiny_model: Callable[[str], str], a
     hf = load_hf_model(path)
     prompts = random_prompts(6, 3, 48, seed=1)
     with radixlm.Engine(path, **ENGINE_ARGS) as engine:
-        batch = engine.generate(input_ids=prompts, sampling_params=GREEDY)
-        single = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
-        scored = engine.generate(
-            input_ids=prompts[:3], sampling_params=GREEDY, return_logprob=True, top_logprobs_num=5, logprob_start_len=0
-        )
-        engine.check_no_leak()
-    for prompt, out in zip(prompts, batch):
-        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
-        assert out["meta_info"]["completion_tokens"] == NEW_TOKENS
-    assert_greedy_equal(hf, prompts[0], single["output_ids"], batch[0]["output_ids"])
-    for prompt, out in zip(prompts[:3], scored):
-        check_logprobs(hf, prompt, out)
+        check_batch_single_and_logprobs(hf, engine, prompts)
 
 
 @pytest.mark.parametrize("arch", TINY_MOE_ARCHS)

@@ -8,7 +8,7 @@ import random
 
 import torch
 
-from helpers.tiny_models import hf_logprobs
+from helpers.tiny_models import hf_greedy, hf_logprobs
 
 NEW_TOKENS = 32
 ON_GPU = torch.cuda.is_available()  # the engine runs on CUDA (Triton + CUDA graphs) when there is one
@@ -59,3 +59,21 @@ def check_top(top: list, ref_row: torch.Tensor) -> None:
     for (logprob, token), ref_value in zip(top, values.tolist()):
         assert abs(logprob - ref_value) < LOGPROB_TOL
         assert abs(ref_row[token].item() - logprob) < LOGPROB_TOL  # same token (ties allowed)
+
+
+def check_batch_single_and_logprobs(hf: object, engine: object, prompts: list[list[int]]) -> None:
+    """The golden check shared by every family: greedy tokens of a batch and of its first prompt
+    alone equal HF's, every request runs NEW_TOKENS, and the first three prompts' prompt and
+    output top-5 logprobs match HF's scoring of our own tokens (holds even past a GPU tie)."""
+    batch = engine.generate(input_ids=prompts, sampling_params=GREEDY)
+    single = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
+    scored = engine.generate(
+        input_ids=prompts[:3], sampling_params=GREEDY, return_logprob=True, top_logprobs_num=5, logprob_start_len=0
+    )
+    engine.check_no_leak()
+    for prompt, out in zip(prompts, batch):
+        assert_greedy_equal(hf, prompt, out["output_ids"], hf_greedy(hf, prompt, NEW_TOKENS))
+        assert out["meta_info"]["completion_tokens"] == NEW_TOKENS
+    assert_greedy_equal(hf, prompts[0], single["output_ids"], batch[0]["output_ids"])
+    for prompt, out in zip(prompts[:3], scored):
+        check_logprobs(hf, prompt, out)
