@@ -163,6 +163,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, no HF bf16 sweep")
     ap.add_argument("--skip-llama-cpp", action="store_true")
+    ap.add_argument("--skip-cache", action="store_true", help="leave out (c) (the cache-off prefill takes minutes)")
     ap.add_argument("--llama-flags", default=os.environ.get("CMAKE_ARGS", "?"), help="the CMAKE_ARGS it was built with")
     ap.add_argument("--quant-flag", default=None, help="an extra radixlm run with this ServerArgs field=value")
     return ap.parse_args()
@@ -190,9 +191,14 @@ def main() -> None:
     lines.append(f"ceilings: GEMM float32 {gemm32:.0f} GFLOP/s, bfloat16 {gemm16:.0f} GFLOP/s; copy {bw:.1f} GB/s")
 
     plans = [("radixlm (a)", [prompts_a], OUT_A), ("radixlm (b)", [[prompt_b]], OUT_B)]
-    plans.append(("radixlm (c) cache on", [prompts_c], OUT_C))
+    if not args.skip_cache:
+        plans.append(("radixlm (c) cache on", [prompts_c], OUT_C))
     ours = radixlm_runs(plans)
-    off = radixlm_runs([("radixlm (c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True)
+    off = (
+        []
+        if args.skip_cache
+        else radixlm_runs([("radixlm (c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True)
+    )
     extra = []
     if args.quant_flag:
         key, value = args.quant_flag.split("=", 1)
@@ -240,10 +246,11 @@ def main() -> None:
             f"({gguf_bytes / 1e6:.0f} MB file); radixlm / llama.cpp = {b.tok_s / best_llama.tok_s:.2f} "
             f"(target {TARGET_B_LLAMA})"
         )
-    on, cold = by_name["radixlm (c) cache on"], by_name["radixlm (c) cache off"]
-    lines.append(f"(c) {len(prompts_c)} prompts = {len(prefix)} shared + {SUFFIX_C} unique, {OUT_C} out")
-    report(lines, [on, cold])
-    lines.append(f"  radix cache gain: {on.tok_s / cold.tok_s:.2f}x")
+    if not args.skip_cache:
+        on, cold = by_name["radixlm (c) cache on"], by_name["radixlm (c) cache off"]
+        lines.append(f"(c) {len(prompts_c)} prompts = {len(prefix)} shared + {SUFFIX_C} unique, {OUT_C} out")
+        report(lines, [on, cold])
+        lines.append(f"  radix cache gain: {on.tok_s / cold.tok_s:.2f}x")
     lines.append(f"load average at end: {os.getloadavg()[0]:.2f}")
     print("\n".join(lines))
 
