@@ -16,19 +16,30 @@ def _torch_native(pool: KVPool) -> AttentionBackend:
     return TorchNativeBackend(pool)
 
 
+def _cpu(pool: KVPool) -> AttentionBackend:
+    from radixlm.attention.cpu_backend import CpuBackend
+
+    return CpuBackend(pool)
+
+
 def _triton(pool: KVPool) -> AttentionBackend:
     from radixlm.attention.triton_backend import TritonBackend
 
     return TritonBackend(pool)
 
 
-_BACKENDS: dict[str, Callable[[KVPool], AttentionBackend]] = {"torch_native": _torch_native, "triton": _triton}
+_BACKENDS: dict[str, Callable[[KVPool], AttentionBackend]] = {
+    "torch_native": _torch_native,
+    "cpu": _cpu,
+    "triton": _triton,
+}
 
 
 def create_attention_backend(name: str, pool: KVPool, device: torch.device) -> AttentionBackend:
-    """Pick the backend once at start-up. `auto`: Triton on CUDA, torch-native elsewhere."""
+    """Pick the backend once at start-up. `auto`: Triton on CUDA, the CPU backend on CPU,
+    torch-native elsewhere."""
     if name == "auto":
-        name = "triton" if device.type == "cuda" else "torch_native"
+        name = {"cuda": "triton", "cpu": "cpu"}.get(device.type, "torch_native")
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}")
     return _BACKENDS[name](pool)

@@ -13,9 +13,11 @@ from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_d
 def run_follower_process(args: ServerArgs, init: DistInit, model_config: Any) -> None:
     """Runs until rank 0 sends stop (exit code 0). Any error, a lost peer included (a collective
     fails after `dist_timeout`, or at once on gloo), raises and exits non-zero."""
+    from radixlm.executor.cpu_process import keep_triton_out
     from radixlm.executor.model_runner import ModelRunner
 
     logging.basicConfig(level=args.log_level.upper(), format=f"[radixlm tp{init.rank}] %(message)s")
+    keep_triton_out(args.device)
     device = rank_device(args, init.local_rank)
     tp = init_tp_group(init, device)
     try:

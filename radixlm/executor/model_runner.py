@@ -119,9 +119,7 @@ class ModelRunner:
 
     def _maybe_capture_graphs(self) -> Any:
         """CUDA graphs for decode when on CUDA with a graph-safe backend and not disabled."""
-        from radixlm.attention.triton_backend import TritonBackend
-
-        if not self._uses_cuda_graphs() or not isinstance(self.backend, TritonBackend):
+        if not self._uses_cuda_graphs() or not _is_triton(self.backend):
             if self.args.enable_torch_compile:
                 logger.warning("--enable-torch-compile applies to CUDA-graph decode only: ignored here")
             return None
@@ -260,6 +258,13 @@ def weight_bytes(model: Any) -> int:
 def _hidden_states(hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
     """Embedding mode's output: the model's final-norm hidden states [T, H], every row."""
     return hidden
+
+
+def _is_triton(backend: Any) -> bool:
+    """Imports the Triton backend only when asked (on CUDA): a CPU process never loads Triton."""
+    from radixlm.attention.triton_backend import TritonBackend
+
+    return isinstance(backend, TritonBackend)
 
 
 def _release(scratch: KVPool) -> None:

@@ -19,14 +19,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-try:
-    import triton
-    import triton.language as tl
-
-    from radixlm.kernels.pdl import pdl_launch, pdl_release, pdl_wait
-except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
-    triton = None
-
 _HALF = (torch.bfloat16, torch.float16)
 
 
@@ -66,44 +58,6 @@ def supports(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
-if triton is not None:
-
-    @triton.jit
-    def _gemv_kernel(
-        x_ptr,
-        w_ptr,
-        b_ptr,
-        y_ptr,
-        N,
-        K: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        PDL: tl.constexpr,
-    ):
-        """One program = BLOCK_N output rows over all of K (K % BLOCK_K == 0); fp32 accumulation.
-        The first weight tile is loaded before the PDL wait (no kernel writes weights), so with
-        PDL the weight stream starts while the kernels before this one finish."""
-        if PDL:
-            pdl_release()
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_K)
-        row_ok = rows < N
-        w_tile = w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :]
-        w = tl.load(w_tile, mask=row_ok[:, None], other=0.0)
-        if PDL:
-            pdl_wait()
-        acc = w.to(tl.float32) * tl.load(x_ptr + cols).to(tl.float32)[None, :]
-        for k in range(BLOCK_K, K, BLOCK_K):
-            w = tl.load(w_tile + k, mask=row_ok[:, None], other=0.0)
-            x = tl.load(x_ptr + k + cols)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        y = tl.sum(acc, axis=1)
-        if HAS_BIAS:
-            y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
-
-
 def gemv_into(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -113,25 +67,15 @@ def gemv_into(
 ) -> torch.Tensor:
     """out[1, N] = x[1, K] @ w[N, K]^T (+ bias), in out's dtype; `supports(x, w)` must hold
     (or, on the CPU, TRITON_INTERPRET=1 with contiguous tensors). `config`: `gemv_config`'s
-    triple (its K tile must divide K); None takes `gemv_config(N, K)`."""
+    triple (its K tile must divide K); None takes `gemv_config(N, K)`. Triton is imported here,
+    on the first call, so that importing this module (every linear layer does) never loads it."""
+    from radixlm.kernels.gemv_kernel import gemv_into as launch
+
     n, k = w.shape
-    block_n, block_k, warps = config or gemv_config(n, k)
-    if k % block_k:
-        raise ValueError(f"GEMV K tile {block_k} does not divide K = {k}")
-    _gemv_kernel[(triton.cdiv(n, block_n),)](
-        x,
-        w,
-        w if bias is None else bias,
-        out,
-        n,
-        k,
-        bias is not None,
-        block_n,
-        block_k,
-        num_warps=warps,
-        **pdl_launch(x, 1),
-    )
-    return out
+    config = config or gemv_config(n, k)
+    if k % config[1]:
+        raise ValueError(f"GEMV K tile {config[1]} does not divide K = {k}")
+    return launch(x, w, bias, out, config)
 
 
 def _gemv_new(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], fp32_out: bool) -> torch.Tensor:

@@ -74,11 +74,14 @@ def kv_heads_of(config: Any) -> int:
 
 
 def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
-    """`auto`: float32 on CPU (bf16 matmuls are slow there), the checkpoint's dtype elsewhere."""
+    """`auto`: on CPU bfloat16 where the cores have native bf16 dot products, else float32
+    (`cpu_dtype.cpu_auto_dtype`); the checkpoint's dtype elsewhere."""
     if name != "auto":
         return _DTYPE_NAMES[name]
     if device.type == "cpu":
-        return torch.float32
+        from radixlm.model_loader.cpu_dtype import cpu_auto_dtype
+
+        return cpu_auto_dtype()
     cfg_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(cfg_dtype, str):
         cfg_dtype = _DTYPE_NAMES.get(cfg_dtype)

@@ -12,6 +12,7 @@ from radixlm.config.server_args import ServerArgs
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.structured import build_structured_output
 from radixlm.distributed.setup import DistInit, check_p2p, init_tp_group, rank_device, ranks_per_node
+from radixlm.executor.cpu_process import keep_triton_out
 from radixlm.executor.model_runner import LeaderRunner, ModelRunner
 from radixlm.ipc.messages import SchedulerCrashed, SchedulerFailed, SchedulerReady, SchedulerStartup
 from radixlm.mem_cache.cache_manager import KVCacheManager
@@ -93,6 +94,7 @@ def run_scheduler_process(
     SchedulerFailed (then it returns); after SchedulerReady it streams BatchOutput / RpcOutput
     until told to shut down, and sends SchedulerCrashed before re-raising if the loop fails."""
     logging.basicConfig(level=args.log_level.upper(), format="[radixlm scheduler] %(message)s")
+    keep_triton_out(args.device)
     try:
         startup: SchedulerStartup = recv_conn.recv()
     except (EOFError, OSError):

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.usefixtures("no_leak")  # every test leaves the KV pool
 
 @pytest.fixture(scope="module")
 def engine() -> Any:
-    eng = radixlm.Engine(max_total_tokens=4096, log_level="warning")
+    # float32 explicitly: `auto` is bfloat16 on CPUs with native bf16, and HF here runs float32.
+    eng = radixlm.Engine(max_total_tokens=4096, dtype="float32", log_level="warning")
     yield eng
     eng.shutdown()
 

@@ -51,7 +51,7 @@ def test_arch_greedy_matches_hf_batched_single_and_cached(tiny_hf_model: Callabl
     hf = load_hf_model(path)
     prompts = random_prompts(4, 3, 40, seed=1)
     shared = max(prompts, key=len)[:20] + [7, 8, 9]  # every prompt has at most 39 tokens
-    kwargs = {"max_total_tokens": 2048, "model_impl": "transformers", **ENGINE_KWARGS.get(arch, {})}
+    kwargs = {"max_total_tokens": 2048, "dtype": "float32", "model_impl": "transformers", **ENGINE_KWARGS.get(arch, {})}
     with radixlm.Engine(path, log_level="warning", **kwargs) as engine:
         batch = engine.generate(input_ids=prompts, sampling_params=GREEDY)
         single = engine.generate(input_ids=prompts[0], sampling_params=GREEDY)
@@ -120,7 +120,8 @@ def test_llama_through_transformers_equals_native(tiny_llama_dir: str) -> None:
     prompts = random_prompts(3, 5, 40, seed=2)
     outs = {}
     for impl in ("radixlm", "transformers"):
-        with radixlm.Engine(path, model_impl=impl, max_total_tokens=2048, log_level="warning") as engine:
+        kwargs = dict(model_impl=impl, max_total_tokens=2048, dtype="float32", log_level="warning")
+        with radixlm.Engine(path, **kwargs) as engine:
             outs[impl] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=GREEDY)]
             engine.check_no_leak()
     assert outs["transformers"] == outs["radixlm"]
