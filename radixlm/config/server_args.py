@@ -91,6 +91,14 @@ class ServerArgs:
     dp_size: int = 1
     dp_rank: int = 0  # this replica's index among dp_size (set per replica by the DP client)
     load_balance_method: str = "cache_aware"
+    # Speculative decoding (radixlm.speculative.args: conventions and checks).
+    speculative_algorithm: Optional[str] = None  # NGRAM or STANDALONE (EAGLE / EAGLE3: start-up error)
+    speculative_draft_model_path: Optional[str] = None  # STANDALONE's draft model (same tokenizer)
+    speculative_num_steps: Optional[int] = None  # draft tokens per verify step
+    speculative_num_draft_tokens: Optional[int] = None  # positions one verify scores (num_steps + 1)
+    speculative_eagle_topk: Optional[int] = None  # only 1 (a chain) is supported
+    speculative_ngram_min_match_window_size: int = 1
+    speculative_ngram_max_match_window_size: int = 4
 
     def __post_init__(self) -> None:
         if self.model_path is None:
@@ -128,6 +136,13 @@ class ServerArgs:
         _check_choice("load_balance_method", self.load_balance_method, LOAD_BALANCE_METHODS)
         if self.chunked_prefill_size is not None and self.chunked_prefill_size % self.page_size:
             raise ValueError("chunked_prefill_size must be a multiple of page_size")
+        self.speculative_plan()  # raises on unsupported speculative flags
+
+    def speculative_plan(self) -> Any:
+        """The resolved `radixlm.speculative.args.SpecPlan`, or None when speculation is off."""
+        from radixlm.speculative.args import check_speculative
+
+        return check_speculative(self)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "ServerArgs":

@@ -143,6 +143,19 @@ class KVCacheManager:
             req.last_slot = slots[-1]
         return slots
 
+    def trim(self, req: Req, kv_len: int) -> None:
+        """Forget the request's KV past `kv_len` (rejected draft tokens): whole pages past it go
+        back to the free list; a partly kept page stays the request's (its next slots continue it).
+        Requires `tree_len <= kv_len <= req.kv_len`."""
+        assert req.tree_len <= kv_len <= req.kv_len, (req.tree_len, kv_len, req.kv_len)
+        if kv_len == req.kv_len:
+            return
+        kept_pages_end = -(-kv_len // self.page_size) * self.page_size
+        self.allocator.free(req.kv_slots[kept_pages_end : req.kv_len])
+        del req.kv_slots[kv_len:]
+        req.kv_len = kv_len
+        req.last_slot = req.kv_slots[-1] if kv_len else 0
+
     def evict(self, num_tokens: int) -> None:
         if self.allocator.available_size() < num_tokens:
             self.tree.evict(num_tokens - self.allocator.available_size(), self.allocator.free)

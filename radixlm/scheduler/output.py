@@ -50,6 +50,9 @@ def _meta(req: Req) -> dict:
         meta["error"] = req.error
     if req.grammar is not None:
         meta["jump_forward_tokens"] = req.jump_forward_tokens
+    if req.spec_verify_ct:
+        meta.update(spec_verify_ct=req.spec_verify_ct, spec_accepted_tokens=req.spec_accepted_tokens)
+        meta["spec_accept_length"] = req.spec_decode_tokens / req.spec_verify_ct
     if req.return_logprob:
         lp = req.logprobs
         meta.update(

@@ -27,6 +27,7 @@ from radixlm.scheduler.scheduler import Scheduler
 from radixlm.scheduler.text_tracker import TextTracker
 from radixlm.scheduler.token_sampler import TokenSampler
 from radixlm.scheduler.watchdog import Watchdog
+from radixlm.speculative.setup import build_speculative
 
 
 def build_scheduler(
@@ -48,6 +49,7 @@ def build_scheduler(
     structured = build_structured_output(tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward)
     text = TextTracker(tokenizer, eos_ids, runner.context_len)
     sampler = _sampler(args, text, structured, runner)
+    spec, sampler = build_speculative(args, runner, cache, sampler)
     grammars = GrammarManager(
         GrammarRouter(args.grammar_backend, tokenizer, runner.vocab_size, eos_ids), runner.vocab_size
     )
@@ -62,8 +64,9 @@ def build_scheduler(
         args.chunked_prefill_size,
         args.schedule_policy,
         grammars,
-        overlap=not args.disable_overlap_schedule,
+        overlap=not args.disable_overlap_schedule and spec is None,
         full_prefill=isinstance(sampler, EmbeddingPooler) and sampler.pooling.needs_every_token,
+        spec=spec,
     )
 
 

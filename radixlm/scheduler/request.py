@@ -82,6 +82,8 @@ class Req:
         self.error: Optional[str] = None
         self.grammar: Any = None  # the request's matcher (radixlm.constrained) once compiled
         self.jump_forward_tokens = 0  # output tokens appended by jump-forward, not sampled
+        # Speculative decoding (radixlm.speculative.stats): verify steps, drafts kept, tokens they emitted.
+        self.spec_verify_ct = self.spec_accepted_tokens = self.spec_decode_tokens = 0
         # Embedding mode (see scheduler.pooler): no cached prefix when every token's hidden state
         # is pooled; the pooled state so far; the finished vector; its Matryoshka truncation.
         self.full_prefill = full_prefill

@@ -54,6 +54,7 @@ class Scheduler:
         grammars: GrammarManager,
         overlap: bool = True,
         full_prefill: bool = False,
+        spec: Optional[Any] = None,
     ) -> None:
         self.runner, self.cache, self.grammars = runner, cache, grammars
         self.text, self.sampler, self.outputs = text, sampler, outputs
@@ -68,6 +69,7 @@ class Scheduler:
         self.pending: list[ReqOutput] = []
         self.timer = StepTimer()
         self.overlap = overlap
+        self.spec = spec  # radixlm.speculative.decoder.SpecDecoder: decode steps verify drafts
         self.full_prefill = full_prefill  # embedding mode with mean / CLS pooling: never reuse a cached prefix
         self.num_overlapped_steps = 0  # batches launched before the previous one was finished
         self.inflight: Optional[LaunchedBatch] = None
@@ -269,6 +271,10 @@ class Scheduler:
         reqs = [r for r in self.running if not self._surely_done(r)]
         if not reqs:
             return None  # every running request ends with the batch in flight
+        if self.spec is not None:
+            verify = self.spec.decode_batch(reqs)
+            if verify is not None:
+                return verify
         if any([r.prompt_len + len(r.output_ids) - r.kv_len > 1 for r in reqs]):  # seq_len - kv_len
             return self._multi_token_decode(reqs)
         slots = self.cache.alloc_decode(reqs)
@@ -353,6 +359,7 @@ class Scheduler:
             "vocab_size": self.runner.vocab_size,
             "quantization": self.runner.quantization,
             "weight_bytes": self.runner.weight_bytes,
+            **(self.spec.info() if self.spec is not None else {}),
         }
 
     def check_leak(self) -> bool:

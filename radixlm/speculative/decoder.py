@@ -1,0 +1,61 @@
+"""`SpecDecoder`: the scheduler's speculative collaborator. For a decode step it asks the drafter
+for each running request's draft tokens, takes KV slots for them and builds the verify batch."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Protocol
+
+import torch
+
+from radixlm.mem_cache.cache_manager import KVCacheManager
+from radixlm.scheduler.request import Req
+from radixlm.speculative.stats import SpecStats
+from radixlm.speculative.verify_batch import VerifyBatch, build_verify
+
+
+class Drafter(Protocol):
+    """Proposes draft tokens: at most `limits[i]` for request i (fewer, or none, is fine)."""
+
+    def propose(self, reqs: list[Req], limits: list[int]) -> list[list[int]]: ...
+
+
+class SpecDecoder:
+    """Invariant: a verify batch is built only when the KV pool can hold every request's tokens
+    and drafts at once; otherwise (or when nothing was drafted) `decode_batch` returns None and
+    the scheduler runs its plain decode. A request with a grammar gets no drafts (it decodes one
+    token per step inside the verify batch); drafts never run a request past `max_new_tokens`
+    or the context."""
+
+    def __init__(self, drafter: Drafter, cache: KVCacheManager, context_len: int, device: torch.device) -> None:
+        self.drafter, self.cache = drafter, cache
+        self.context_len, self.device = context_len, device
+        self.stats = SpecStats()
+
+    def decode_batch(self, reqs: list[Req]) -> Optional[VerifyBatch]:
+        """The verify batch of `reqs` (running requests whose next decode KV is available), or None."""
+        drafts = self.drafter.propose(reqs, [self._limit(req) for req in reqs])
+        if not any(drafts) or self._need(reqs, drafts) > self.cache.available():
+            return None
+        starts = [req.kv_len for req in reqs]
+        for req, chain in zip(reqs, drafts):
+            if self.cache.alloc_slots(req, req.seq_len - req.kv_len + len(chain)) is None:
+                raise RuntimeError("KV pool exhausted while taking slots for draft tokens")
+        self.cache.write_rows([(req, start, req.kv_len) for req, start in zip(reqs, starts)])
+        self.stats.proposed += sum(map(len, drafts))
+        return build_verify(reqs, starts, drafts, self.cache.req_pool.table, self.device)
+
+    def info(self) -> dict[str, Any]:
+        return self.stats.info()
+
+    def _limit(self, req: Req) -> int:
+        """How many drafts `req` may take: none with a grammar, and never past its limits."""
+        if req.grammar is not None:
+            return 0
+        left = req.params.max_new_tokens - len(req.output_ids) - 1
+        return max(0, min(left, self.context_len - req.seq_len - 1))
+
+    def _need(self, reqs: list[Req], drafts: list[list[int]]) -> int:
+        """Slots (whole pages) the verify step takes beyond what the requests hold."""
+        page = self.cache.page_size
+        pages = sum(-(-(r.seq_len + len(d)) // page) - -(-r.kv_len // page) for r, d in zip(reqs, drafts))
+        return pages * page

@@ -1,0 +1,66 @@
+"""The verify step's batch: each request's tokens without KV (its last token, or more after a
+jump-forward) followed by its draft tokens, run as one extend over the paged KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from radixlm.forward.batch import ForwardBatch, ForwardMode
+from radixlm.forward.device_copy import to_device_split
+from radixlm.scheduler.batch import ScheduledBatch
+from radixlm.scheduler.request import Req
+
+
+@dataclass
+class VerifyBatch(ScheduledBatch):
+    """A decode step that scores drafts. `drafts[i]` are request i's draft tokens; its logits rows
+    are `len(drafts[i]) + 1` consecutive rows (positions `seq_len - 1` .. `seq_len - 1 + k`), in
+    request order. The scheduler sees a DECODE of running requests; the model runs an EXTEND."""
+
+    drafts: list[list[int]] = field(default_factory=list)
+
+    def row_reqs(self) -> list[Req]:
+        """The request of every logits row, in row order."""
+        return [req for req, chain in zip(self.reqs, self.drafts) for _ in range(len(chain) + 1)]
+
+
+def build_verify(
+    reqs: list[Req], starts: list[int], drafts: list[list[int]], req_to_token: torch.Tensor, device: torch.device
+) -> VerifyBatch:
+    """Request i runs positions `starts[i]` (its KV length before its slots were allocated) to
+    `seq_len + len(drafts[i])`; those slots are in `req.kv_slots` and in the table already.
+    All host lists go to the device in one copy."""
+    ids: list[int] = []
+    positions: list[int] = []
+    locs: list[int] = []
+    logit_idx: list[int] = []
+    seq_lens: list[int] = []
+    for req, start, chain in zip(reqs, starts, drafts):
+        end = req.seq_len + len(chain)
+        first = len(ids) + req.seq_len - 1 - start  # row of the last real token
+        ids += req.fill_slice(start, req.seq_len) + chain
+        positions += range(start, end)
+        locs += req.kv_slots[start:end]
+        logit_idx += range(first, first + len(chain) + 1)
+        seq_lens.append(end)
+    pool_idx = [req.req_pool_idx for req in reqs]
+    t, b = len(ids), len(reqs)
+    dev_ids, dev_pos, dev_locs, dev_pool, dev_lens, dev_logit = to_device_split(
+        ids + positions + locs + pool_idx + seq_lens + logit_idx, (t, t, t, b, b, len(logit_idx)), device
+    )
+    fb = ForwardBatch(
+        mode=ForwardMode.EXTEND,
+        input_ids=dev_ids,
+        positions=dev_pos,
+        out_cache_loc=dev_locs,
+        req_pool_indices=dev_pool,
+        seq_lens=dev_lens,
+        seq_lens_cpu=seq_lens,
+        extend_prefix_lens_cpu=list(starts),
+        extend_seq_lens_cpu=[end - start for end, start in zip(seq_lens, starts)],
+        logit_indices=dev_logit,
+        req_to_token=req_to_token,
+    )
+    return VerifyBatch(ForwardMode.DECODE, list(reqs), fb, list(reqs), None, drafts=drafts)

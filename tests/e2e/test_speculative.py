@@ -1,0 +1,133 @@
+"""Speculative decoding end to end on tiny random models, with the scheduler built in-process:
+greedy outputs equal the plain scheduler's exactly (NGRAM drafts, and an oracle drafter whose
+drafts are mostly right so long runs are accepted and then cut by stop tokens, stop strings and
+max_new_tokens); logprobs of accepted tokens equal the plain ones; page size 4; constrained
+requests mixed in; the pool leak check after every run (`generate` does it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from helpers.inproc_scheduler import generate, make_scheduler
+
+from radixlm.sampling.sampling_params import SamplingParams
+from radixlm.speculative.verify_batch import VerifyBatch
+
+PROMPTS = [[5 + (i * 7 + j) % 50 for j in range(20)] * 2 for i in range(3)] + [[9, 8, 7, 6, 5, 4, 3] * 3]
+
+
+class OracleDrafter:
+    """Drafts the reference continuation of each request, with every `bad`-th draft token
+    replaced by a wrong one, so some runs are accepted whole and others cut."""
+
+    def __init__(self, reference: dict[tuple[int, ...], list[int]], bad: int = 5) -> None:
+        self.reference, self.bad, self.calls = reference, bad, 0
+
+    def propose(self, reqs: list[Any], limits: list[int]) -> list[list[int]]:
+        out = []
+        for req, limit in zip(reqs, limits):
+            ref = self.reference[tuple(req.origin_input_ids)]
+            chain = list(ref[len(req.output_ids) : len(req.output_ids) + min(limit, 6)])
+            self.calls += 1
+            if chain and self.calls % self.bad == 0:
+                chain[len(chain) // 2] = (chain[len(chain) // 2] + 1) % 300
+            out.append(chain)
+        return out
+
+
+def _greedy(n: int = 30, **kw: Any) -> SamplingParams:
+    return SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama_dir: str) -> dict[tuple[int, ...], list[int]]:
+    """The plain scheduler's greedy continuation (40 tokens) of every prompt."""
+    runs = generate(make_scheduler(tiny_llama_dir), PROMPTS, [_greedy(40)] * len(PROMPTS))
+    return {tuple(p): r["ids"] for p, r in zip(PROMPTS, runs)}
+
+
+def _oracle(path: str, reference: dict, **kw: Any) -> Any:
+    sched = make_scheduler(path, speculative_algorithm="NGRAM", **kw)
+    sched.spec.drafter = OracleDrafter(reference)
+    return sched
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_ngram_greedy_equals_plain(tiny_model: Any, arch: str) -> None:
+    path = tiny_model(arch)
+    params = [_greedy(n) for n in (30, 12, 25, 1)]  # mixed lengths: requests leave the batch mid-run
+    plain = generate(make_scheduler(path), PROMPTS, params)
+    sched = make_scheduler(path, speculative_algorithm="NGRAM", speculative_num_draft_tokens=5)
+    spec = generate(sched, PROMPTS, params)
+    assert [r["ids"] for r in spec] == [r["ids"] for r in plain]
+    info = sched.info()
+    assert info["spec_draft_tokens"] > 0 and info["spec_verify_steps"] > 0
+    assert spec[0]["meta"]["spec_verify_ct"] >= 1
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_oracle_long_runs_equal_plain(tiny_llama_dir: str, reference: dict, page_size: int) -> None:
+    sched = _oracle(tiny_llama_dir, reference, page_size=page_size)
+    spec = generate(sched, PROMPTS, [_greedy(40)] * len(PROMPTS))
+    assert [r["ids"] for r in spec] == [reference[tuple(p)] for p in PROMPTS]
+    info = sched.info()
+    assert info["avg_spec_accept_length"] > 2.5, info  # long runs were accepted
+    assert info["spec_accepted_tokens"] < info["spec_draft_tokens"]  # and some drafts rejected
+    assert spec[0]["meta"]["spec_accept_length"] > 2.0
+
+
+def test_stops_inside_accepted_runs(tiny_llama_dir: str, reference: dict) -> None:
+    """A stop token or max_new_tokens met in the middle of an accepted run ends the request there."""
+    ref = reference[tuple(PROMPTS[0])]
+    stop_tok = ref[17]
+    first = ref.index(stop_tok)
+    params = [_greedy(40, stop_token_ids=[stop_tok]), _greedy(13), _greedy(40), _greedy(7)]
+    spec = generate(_oracle(tiny_llama_dir, reference), PROMPTS, params)
+    assert spec[0]["ids"] == ref[: first + 1] and spec[0]["finish"].to_json()["type"] == "stop"
+    assert spec[1]["ids"] == reference[tuple(PROMPTS[1])][:13]
+    assert spec[3]["ids"] == reference[tuple(PROMPTS[3])][:7]
+
+
+def test_stop_string_inside_accepted_run(tiny_llama_dir: str, tiny_tokenizer: Any, reference: dict) -> None:
+    ref = reference[tuple(PROMPTS[2])]
+    text = tiny_tokenizer.decode(ref)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    plain = generate(make_scheduler(tiny_llama_dir, tokenizer=tiny_tokenizer), PROMPTS, [_greedy(40, stop=stop)] * 4)
+    sched = _oracle(tiny_llama_dir, reference, tokenizer=tiny_tokenizer)
+    spec = generate(sched, PROMPTS, [_greedy(40, stop=stop)] * 4)
+    assert [r["ids"] for r in spec] == [r["ids"] for r in plain]
+    assert len(spec[2]["ids"]) < 40 and spec[2]["finish"].to_json()["matched"] == stop
+
+
+def test_logprobs_of_accepted_tokens(tiny_llama_dir: str, reference: dict) -> None:
+    kw = dict(return_logprob=True, top_logprobs_num=3)
+    plain = generate(make_scheduler(tiny_llama_dir), PROMPTS[:2], [_greedy(20)] * 2, **kw)
+    spec = generate(_oracle(tiny_llama_dir, reference), PROMPTS[:2], [_greedy(20)] * 2, **kw)
+    for a, b in zip(plain, spec):
+        got, want = b["meta"]["output_token_logprobs"], a["meta"]["output_token_logprobs"]
+        assert [t for _, t in got] == [t for _, t in want] == b["ids"]
+        torch.testing.assert_close([lp for lp, _ in got], [lp for lp, _ in want], atol=1e-4, rtol=0)
+        tops = [[t for _, t in row] for row in b["meta"]["output_top_logprobs"]]
+        assert tops == [[t for _, t in row] for row in a["meta"]["output_top_logprobs"]]
+
+
+def test_constrained_request_mixed_with_speculating_ones(tiny_llama_dir: str, tiny_tokenizer: Any) -> None:
+    """A request with a grammar gets no drafts but decodes in the same verify batches."""
+    params = [_greedy(20), SamplingParams(temperature=0, max_new_tokens=20, regex="(ab|cd){3,8}"), _greedy(20)]
+    prompts = PROMPTS[:3]
+    plain = generate(make_scheduler(tiny_llama_dir, tokenizer=tiny_tokenizer), prompts, params)
+    sched = make_scheduler(tiny_llama_dir, tokenizer=tiny_tokenizer, speculative_algorithm="NGRAM")
+    seen: list[bool] = []
+    build = sched.spec.decode_batch
+    sched.spec.decode_batch = lambda reqs: _note(build(reqs), seen)
+    spec = generate(sched, prompts, params)
+    assert [r["ids"] for r in spec] == [r["ids"] for r in plain]
+    assert any(seen), "no verify batch held the constrained request"
+
+
+def _note(batch: Any, seen: list[bool]) -> Any:
+    if isinstance(batch, VerifyBatch):
+        seen.append(any(r.grammar is not None for r in batch.reqs))
+    return batch
