@@ -366,6 +366,8 @@ class Scheduler:
         if self.has_work():
             raise RuntimeError("check_leak called while requests are in flight")
         self.cache.check_no_leak()
+        if self.spec is not None:
+            self.spec.check_leak()
         return True
 
 

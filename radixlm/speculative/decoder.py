@@ -18,6 +18,9 @@ class Drafter(Protocol):
 
     def propose(self, reqs: list[Req], limits: list[int]) -> list[list[int]]: ...
 
+    def check_leak(self) -> None:
+        """Raise unless the drafter holds no memory for any request (called when idle)."""
+
 
 class SpecDecoder:
     """Invariant: a verify batch is built only when the KV pool can hold every request's tokens
@@ -46,6 +49,10 @@ class SpecDecoder:
 
     def info(self) -> dict[str, Any]:
         return self.stats.info()
+
+    def check_leak(self) -> None:
+        """Raise unless the drafter's own memory (a draft model's KV pool) is all free (idle only)."""
+        self.drafter.check_leak()
 
     def _limit(self, req: Req) -> int:
         """How many drafts `req` may take: none with a grammar, and never past its limits."""

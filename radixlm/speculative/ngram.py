@@ -21,6 +21,9 @@ class NgramDrafter:
             for req, limit in zip(reqs, limits)
         ]
 
+    def check_leak(self) -> None:
+        """Nothing to leak: the drafter keeps no state between steps."""
+
     def lookup(self, tokens: list[int], count: int) -> list[int]:
         """Up to `count` tokens following the most recent earlier match of the longest suffix of
         `tokens` (between `max_n` and `min_n` tokens long) that occurs earlier; [] if none does."""
