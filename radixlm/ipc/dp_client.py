@@ -18,6 +18,7 @@ from radixlm.config.server_args import ServerArgs
 from radixlm.ipc.dp_router import Router, make_router
 from radixlm.ipc.messages import ReqOutput, TokenizedGenerateReq
 from radixlm.ipc.runtime_client import RuntimeClient, SchedulerDied
+from radixlm.speculative.stats import SPEC_COUNTERS, spec_ratios
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ SUMMED_INFO = (
     "num_retracted_reqs",
     "num_forward_steps",
     "num_grammar_pending_reqs",
+    *SPEC_COUNTERS,
 )
 # Start-up info limits that bind a single request: the smallest replica's value applies.
 PER_REQUEST_LIMITS = ("max_total_num_tokens", "context_length")
@@ -258,5 +260,7 @@ def aggregate_info(infos: Sequence[dict], routing: dict) -> dict:
     for key in SUMMED_INFO:
         if key in out:
             out[key] = sum(info.get(key, 0) for info in infos)
+    if "spec_verify_steps" in out:
+        out.update(spec_ratios(out))
     out.update(dp_size=len(infos), replicas=list(infos), router=routing)
     return out

@@ -27,19 +27,24 @@ class SpecStats:
         req.spec_decode_tokens += emitted
 
     def info(self) -> dict[str, Any]:
-        return {
-            "avg_spec_accept_length": self.emitted / self.verify_steps if self.verify_steps else None,
+        """The counters and the two ratios made of them (`spec_ratios`)."""
+        counts = {
             "spec_verify_steps": self.verify_steps,
+            "spec_emitted_tokens": self.emitted,
             "spec_draft_tokens": self.proposed,
             "spec_accepted_tokens": self.accepted,
         }
+        return {**counts, **spec_ratios(counts)}
 
 
-def request_meta(req: Any) -> dict[str, Any]:
-    """A speculating request's meta info: verify steps, accepted drafts, tokens per step."""
-    steps = req.spec_verify_ct
+SPEC_COUNTERS = ("spec_verify_steps", "spec_emitted_tokens", "spec_draft_tokens", "spec_accepted_tokens")
+
+
+def spec_ratios(counts: dict[str, Any]) -> dict[str, Any]:
+    """`avg_spec_accept_length` (tokens per verify step) and `spec_accept_rate` (accepted /
+    proposed drafts) of `SPEC_COUNTERS` values, None while their denominator is 0."""
+    steps, drafts = counts["spec_verify_steps"], counts["spec_draft_tokens"]
     return {
-        "spec_verify_ct": steps,
-        "spec_accepted_tokens": req.spec_accepted_tokens,
-        "spec_accept_length": req.spec_decode_tokens / steps if steps else None,
+        "avg_spec_accept_length": counts["spec_emitted_tokens"] / steps if steps else None,
+        "spec_accept_rate": counts["spec_accepted_tokens"] / drafts if drafts else None,
     }

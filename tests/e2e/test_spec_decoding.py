@@ -178,3 +178,23 @@ def test_sampled_distribution_matches_plain(small_vocab_model: str, kw: dict) ->
     for col in (1, 2, 3):
         assert two_sample_p(a[:, col], b[:, col], 12) > 1e-3
     assert two_sample_p(a[:, 1] * 12 + a[:, 2], b[:, 1] * 12 + b[:, 2], 144) > 1e-3
+
+
+def test_engine_reports_acceptance_per_request_and_server_wide(shared_engine: Any) -> None:
+    """Through the Engine (scheduler process): the meta info of a speculating request and
+    get_server_info count the same verify steps; every token after the prefill's came from one."""
+    plain = shared_engine()
+    engine = shared_engine(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4)
+    params = {"temperature": 0, "max_new_tokens": 60, "ignore_eos": True}
+    out = engine.generate(input_ids=PROMPTS[3], sampling_params=params)
+    assert out["output_ids"] == plain.generate(input_ids=PROMPTS[3], sampling_params=params)["output_ids"]
+    meta = out["meta_info"]
+    decoded = meta["completion_tokens"] - 1  # the first token comes from the prefill
+    assert meta["spec_accept_length"] == pytest.approx(decoded / meta["spec_verify_ct"])
+    assert meta["spec_accept_length"] > 1.0  # this prompt's output repeats itself: some drafts kept
+    info = engine.get_server_info()
+    assert (info["spec_verify_steps"], info["spec_emitted_tokens"]) == (meta["spec_verify_ct"], decoded)
+    assert info["avg_spec_accept_length"] == pytest.approx(meta["spec_accept_length"])
+    assert info["spec_accepted_tokens"] == meta["spec_accepted_tokens"] > 0
+    assert info["spec_accept_rate"] == pytest.approx(info["spec_accepted_tokens"] / info["spec_draft_tokens"])
+    engine.check_no_leak()

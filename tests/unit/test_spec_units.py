@@ -157,3 +157,32 @@ def test_trim_frees_whole_pages_past_the_kept_length(page: int) -> None:
     req.output_ids = [1] * (req.kv_len - req.prompt_len)
     cache.cache_finished(req)
     cache.check_no_leak()
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def _spec_info(steps: int, emitted: int, drafts: int, accepted: int) -> dict:
+    from radixlm.speculative.stats import SpecStats
+
+    stats = SpecStats(verify_steps=steps, emitted=emitted, proposed=drafts, accepted=accepted)
+    return {
+        **dict(num_running_reqs=0, num_waiting_reqs=0, max_total_num_tokens=100, available_kv_tokens=100),
+        **stats.info(),
+    }
+
+
+def test_prometheus_reports_accept_length_and_rate_under_both_names() -> None:
+    from radixlm.entrypoints.http.metrics import Metrics
+
+    text = Metrics(lambda: _spec_info(10, 35, 40, 25), "m").render().decode()
+    assert "radixlm_spec_accept_length 3.5" in text and "radixlm_spec_accept_rate 0.625" in text
+    assert 'sglang:spec_accept_length{model_name="m"} 3.5' in text
+    off = {k: v for k, v in _spec_info(0, 0, 0, 0).items() if not k.startswith(("spec_", "avg_spec"))}
+    assert "radixlm_spec_accept_length 0.0" in Metrics(lambda: off).render().decode()
+
+
+def test_data_parallel_info_recomputes_the_ratios_from_summed_counters() -> None:
+    from radixlm.ipc.dp_client import aggregate_info
+
+    out = aggregate_info([_spec_info(10, 30, 40, 20), _spec_info(30, 50, 60, 10)], {})
+    assert (out["spec_verify_steps"], out["spec_emitted_tokens"]) == (40, 80)
+    assert out["avg_spec_accept_length"] == 2.0 and out["spec_accept_rate"] == 0.3

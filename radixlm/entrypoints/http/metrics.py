@@ -37,6 +37,12 @@ class Metrics:
         self.queued = Gauge("radixlm_num_queue_reqs", "Requests waiting", registry=r)
         self.kv_usage = Gauge("radixlm_token_usage", "Fraction of KV slots in use or cached", registry=r)
         self.hit_rate = Gauge("radixlm_cache_hit_rate", "Cached prompt tokens / prompt tokens", registry=r)
+        self.spec_accept_length = Gauge(
+            "radixlm_spec_accept_length", "Speculative decoding: tokens per verify step (0: off)", registry=r
+        )
+        self.spec_accept_rate = Gauge(
+            "radixlm_spec_accept_rate", "Speculative decoding: accepted / proposed draft tokens (0: off)", registry=r
+        )
 
     def on_submit(self, count: int) -> None:
         self.requests.inc(count)
@@ -56,5 +62,7 @@ class Metrics:
         self.kv_usage.set((total - info["available_kv_tokens"]) / total if total else 0.0)
         prompt = self.prompt_tokens._value.get()
         self.hit_rate.set(self.cached_tokens._value.get() / prompt if prompt else 0.0)
+        self.spec_accept_length.set(info.get("avg_spec_accept_length") or 0.0)
+        self.spec_accept_rate.set(info.get("spec_accept_rate") or 0.0)
         ours = generate_latest(self.registry)
         return ours + generate_latest(self._mirror) if self._mirror is not None else ours
