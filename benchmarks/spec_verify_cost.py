@@ -1,0 +1,154 @@
+"""Cost of a speculative verify step against a plain decode step, dummy weights.
+
+At batch B, every request has `--context` tokens of KV; a plain decode step runs one token per
+request (as the scheduler runs it: CUDA graphs on a GPU unless --disable-cuda-graph; the eager
+step is printed too), a verify step runs k draft tokens plus the last token per request as one
+extend (eager, as `radixlm.speculative` runs it) with logits for all k + 1 rows. The ratio
+verify / decode is the break-even acceptance length: a verify emitting more tokens per step on
+average than that ratio is a net win.
+
+    python benchmarks/spec_verify_cost.py                          # GPU: Llama-3-8B shape, bf16
+    python benchmarks/spec_verify_cost.py --shape tiny --device cpu --iters 3   # CPU dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # radixlm from this checkout
+
+SHAPES = {
+    "llama-3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=False,
+        max_position_embeddings=2048,
+    ),
+}
+
+
+def model_dir(shape: str) -> str:
+    from transformers import LlamaConfig
+
+    path = tempfile.mkdtemp(prefix=f"{shape}-")
+    LlamaConfig(**SHAPES[shape], torch_dtype="bfloat16").save_pretrained(path)
+    return path
+
+
+def make_runner(path: str, device: str, max_bs: int, context: int, graphs: bool) -> Any:
+    from radixlm.config.server_args import ServerArgs
+    from radixlm.executor.model_runner import ModelRunner
+
+    args = ServerArgs(
+        model_path=path,
+        load_format="dummy",
+        device=device,
+        dtype="bfloat16" if device == "cuda" else "float32",
+        max_total_tokens=max_bs * (context + 32) + 64,
+        max_running_requests=max_bs,
+        cuda_graph_max_bs=max_bs,
+        disable_cuda_graph=not graphs,
+        context_length=context + 64,
+        num_threads=1 if device == "cpu" else None,
+        log_level="warning",
+    )
+    return ModelRunner(args)
+
+
+def step_batch(runner: Any, bs: int, context: int, new: int) -> Any:
+    """`bs` requests with `context` cached tokens each (rows of distinct slots) running `new`
+    tokens: DECODE for one, else an EXTEND with logits for every new row."""
+    from radixlm.forward.batch import ForwardBatch, ForwardMode
+
+    dev = runner.device
+    table = runner.req_to_token_pool.table
+    span = context + new
+    for i in range(bs):  # slot 0 is the padding slot
+        table[i, :span] = torch.arange(1 + i * span, 1 + (i + 1) * span, device=dev)
+    i64 = dict(device=dev, dtype=torch.int64)
+    rows = torch.arange(bs, **i64)
+    pos = (context + torch.arange(new, **i64)).repeat(bs)
+    locs = table[rows.repeat_interleave(new), pos]
+    mode = ForwardMode.DECODE if new == 1 else ForwardMode.EXTEND
+    return ForwardBatch(
+        mode=mode,
+        input_ids=torch.randint(0, 500, (bs * new,), **i64),
+        positions=pos,
+        out_cache_loc=locs,
+        req_pool_indices=rows,
+        seq_lens=torch.full((bs,), span, **i64),
+        seq_lens_cpu=[span] * bs,
+        extend_prefix_lens_cpu=[context] * bs,
+        extend_seq_lens_cpu=[new] * bs,
+        logit_indices=torch.arange(bs * new, **i64),
+        req_to_token=table,
+    )
+
+
+def time_ms(fn: Callable[[], Any], iters: int, device: torch.device) -> float:
+    """Median milliseconds of `fn` (synchronised on a GPU), after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=list(SHAPES), default="llama-3-8b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--drafts", type=int, nargs="+", default=[4, 8], help="draft tokens per request (k)")
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--disable-cuda-graph", action="store_true")
+    a = ap.parse_args()
+    path = model_dir(a.shape)
+    graphs = a.device == "cuda" and not a.disable_cuda_graph
+    runner = make_runner(path, a.device, max(a.batch_sizes), a.context, graphs)
+    print(f"{a.shape}, {runner.dtype}, {runner.device}, context {a.context}, CUDA graphs for decode: {graphs}")
+    print("| batch | plain decode ms | eager decode ms | k drafts | verify ms (k+1 rows each) | verify / decode |")
+    print("|---|---|---|---|---|---|")
+    for bs in a.batch_sizes:
+        decode = step_batch(runner, bs, a.context, 1)
+        plain = time_ms(lambda: runner.forward(decode), a.iters, runner.device)
+        eager = time_ms(lambda: runner._run_eager(decode), a.iters, runner.device)
+        for k in a.drafts:
+            verify = step_batch(runner, bs, a.context, k + 1)
+            ms = time_ms(lambda: runner.forward(verify), a.iters, runner.device)
+            print(f"| {bs} | {plain:.3f} | {eager:.3f} | {k} | {ms:.3f} | {ms / plain:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
