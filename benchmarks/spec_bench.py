@@ -1,8 +1,9 @@
-"""Speculative decoding on the CPU: decode tok/s of NGRAM vs off, batch 1, on input-copying
-prompts ("rewrite this paragraph with one word changed", "continue this code"), the bundled
-SmolLM2-135M-Instruct, greedy. Both schedulers are built in this process from the same weights
-and run alternately (off, NGRAM, off, NGRAM, ...) so a load change on the box hits both; every
-round's figures are printed, then the median of each. The outputs must be identical.
+"""Speculative decoding: decode tok/s of NGRAM vs off, batch 1, on input-copying prompts
+("rewrite this paragraph with one word changed", "continue this code"), the bundled
+SmolLM2-135M-Instruct (or --model-path) on the CPU (or --device cuda), greedy. Both schedulers
+are built in this process from the same weights and run alternately (which one goes first
+alternates too) so a load change on the box hits both; every pair's figures are printed, then
+the median speed-up and the totals. The outputs must be identical.
 
 Decode tok/s of a request = (completion tokens - 1) / (time from its first token to its last):
 the prefill is the same with and without speculation and is left out. The same tokens per
@@ -10,6 +11,7 @@ CPU-second of this process (one thread) is printed too: it moves far less than w
 other work shares the cores.
 
     python benchmarks/spec_bench.py [--rounds 3] [--max-new-tokens 128] [--draft-tokens 8]
+    python benchmarks/spec_bench.py --device cuda --max-new-tokens 256
 """
 
 from __future__ import annotations
@@ -58,11 +60,14 @@ TASKS = [
 ]
 
 
-def build(path: str, tokenizer: Any, spec: dict, threads: int) -> Any:
+def build(path: str, tokenizer: Any, spec: dict, a: argparse.Namespace) -> Any:
     from radixlm.config.server_args import ServerArgs
     from radixlm.scheduler.process import build_scheduler
 
-    args = ServerArgs(model_path=path, max_total_tokens=8192, num_threads=threads, log_level="warning", **spec)
+    threads = a.threads if a.device == "cpu" else None
+    args = ServerArgs(
+        model_path=path, device=a.device, max_total_tokens=8192, num_threads=threads, log_level="warning", **spec
+    )
     return build_scheduler(args, tokenizer, {tokenizer.eos_token_id})
 
 
@@ -108,21 +113,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--draft-tokens", type=int, default=8, help="--speculative-num-draft-tokens")
+    ap.add_argument("--model-path", default=None, help="default: the bundled SmolLM2-135M-Instruct GGUF")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no oversubscription on a shared box)")
     a = ap.parse_args()
-    path = bundled_model_path()
+    path = a.model_path or bundled_model_path()
     tok = load_tokenizer(path)
     prompts = [apply_chat_template(tok, [{"role": "user", "content": t}]) for t in TASKS]
     prompts = [tok.encode(p, add_special_tokens=False) for p in prompts]
     scheds = {
-        "off": build(path, tok, {"disable_overlap_schedule": True}, a.threads),
+        "off": build(path, tok, {"disable_overlap_schedule": True}, a),
         "ngram": build(
-            path, tok, {"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": a.draft_tokens}, a.threads
+            path, tok, {"speculative_algorithm": "NGRAM", "speculative_num_draft_tokens": a.draft_tokens}, a
         ),
     }
     print(
-        f"bundled model, batch 1, greedy, {a.threads} thread(s), max_new_tokens {a.max_new_tokens}, "
-        f"NGRAM {a.draft_tokens} tokens/verify"
+        f"{os.path.basename(path)} on {a.device}, batch 1, greedy, {a.threads} thread(s), "
+        f"max_new_tokens {a.max_new_tokens}, NGRAM {a.draft_tokens} tokens/verify"
     )
     print(
         "| round | prompt | tokens | off tok/s | NGRAM tok/s | speed-up | off tok/CPU-s | NGRAM tok/CPU-s "

@@ -65,6 +65,7 @@ def test_ngram_greedy_equals_plain(tiny_model: Any, arch: str) -> None:
     assert [r["ids"] for r in spec] == [r["ids"] for r in plain]
     info = sched.info()
     assert info["spec_draft_tokens"] > 0 and info["spec_verify_steps"] > 0
+    assert not sched.overlap  # speculation runs the plain loop (overlap was not disabled here)
     assert spec[0]["meta"]["spec_verify_ct"] >= 1
 
 
