@@ -9,6 +9,7 @@ import torch
 
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.scheduler.request import Req
+from radixlm.speculative.grammar_drafts import prune_drafts
 from radixlm.speculative.stats import SpecStats
 from radixlm.speculative.verify_batch import VerifyBatch, build_verify
 
@@ -25,9 +26,9 @@ class Drafter(Protocol):
 class SpecDecoder:
     """Invariant: a verify batch is built only when the KV pool can hold every request's tokens
     and drafts at once; otherwise (or when nothing was drafted) `decode_batch` returns None and
-    the scheduler runs its plain decode. A request with a grammar gets no drafts (it decodes one
-    token per step inside the verify batch); drafts never run a request past `max_new_tokens`
-    or the context."""
+    the scheduler runs its plain decode. A request with a grammar keeps only the drafts its
+    constrained decoder could have sampled (`grammar_drafts.prune_drafts`); drafts never run a
+    request past `max_new_tokens` or the context."""
 
     def __init__(self, drafter: Drafter, cache: KVCacheManager, context_len: int, device: torch.device) -> None:
         self.drafter, self.cache = drafter, cache
@@ -37,6 +38,7 @@ class SpecDecoder:
     def decode_batch(self, reqs: list[Req]) -> Optional[VerifyBatch]:
         """The verify batch of `reqs` (running requests whose next decode KV is available), or None."""
         drafts = self.drafter.propose(reqs, [self._limit(req) for req in reqs])
+        drafts = [prune_drafts(r.grammar, d) if r.grammar is not None and d else d for r, d in zip(reqs, drafts)]
         if not any(drafts) or self._need(reqs, drafts) > self.cache.available():
             return None
         starts = [req.kv_len for req in reqs]
@@ -55,9 +57,7 @@ class SpecDecoder:
         self.drafter.check_leak()
 
     def _limit(self, req: Req) -> int:
-        """How many drafts `req` may take: none with a grammar, and never past its limits."""
-        if req.grammar is not None:
-            return 0
+        """How many drafts `req` may take: never past its limits."""
         left = req.params.max_new_tokens - len(req.output_ids) - 1
         return max(0, min(left, self.context_len - req.seq_len - 1))
 

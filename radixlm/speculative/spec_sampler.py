@@ -11,9 +11,11 @@ import torch
 
 from radixlm.forward.batch import ForwardMode
 from radixlm.mem_cache.cache_manager import KVCacheManager
+from radixlm.sampling.sampler import apply_vocab_mask
 from radixlm.scheduler.request import Req
 from radixlm.scheduler.token_sampler import LaunchedBatch, TokenSampler
 from radixlm.speculative.acceptance import accept_drafts
+from radixlm.speculative.grammar_drafts import verify_masks
 from radixlm.speculative.stats import SpecStats
 from radixlm.speculative.verify_batch import VerifyBatch
 
@@ -31,10 +33,17 @@ class SpeculativeSampler:
     def launch(self, batch, logits: torch.Tensor, token_buf: torch.Tensor) -> LaunchedBatch:  # noqa: ANN001
         if not isinstance(batch, VerifyBatch):
             return self.plain.launch(batch, logits, token_buf)
-        masked = self.structured.mask_logits(batch.row_reqs(), logits)
+        masked = self._mask(batch, logits)
         tokens = accept_drafts(masked, batch.reqs, batch.drafts, self.plain.vocab_size, self.plain.eos_ids)
         raw = logits if any([r.return_logprob for r in batch.reqs]) else None
         return LaunchedBatch(batch, logits, batch.reqs, raw, lambda: tokens)
+
+    def _mask(self, batch: VerifyBatch, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` with every constrained row masked by its grammar state after the drafts before it."""
+        filled = verify_masks(batch.reqs, batch.drafts, self.structured.mask)
+        if filled is None:
+            return logits
+        return apply_vocab_mask(logits.clone(), *filled)
 
     def finish(self, launched: LaunchedBatch, next_ids: list) -> list[Req]:
         batch = launched.batch
@@ -57,19 +66,32 @@ class SpeculativeSampler:
     def _append(self, req: Req, tokens: list[int], num_drafts: int, lp: Optional[torch.Tensor]) -> None:
         """Append the accepted run (the drafts kept, then the target's token) until the request
         finishes, then give back the KV past its new length."""
-        if req.grammar is not None:  # no drafts: one sampled token, plus any forced text
-            tokens = self.structured.advance(req, tokens[0])
+        sampled = len(tokens)  # the model's tokens; a grammar may force more after them
+        if req.grammar is not None:
+            tokens = self._advance_grammar(req, tokens)
+        grammar_end, req.finished_reason = req.finished_reason, None  # the grammar's verdict on the last token
         emitted = 0
         for j, token in enumerate(tokens):
             if lp is not None:
-                _record_logprob(req, lp[j] if j <= num_drafts and (req.grammar is None or j == 0) else None, token)
+                _record_logprob(req, lp[j] if j < sampled else None, token)
             req.output_ids.append(token)
             emitted += 1
+            if j == len(tokens) - 1:
+                req.finished_reason = grammar_end  # as the plain sampler: stop checks may override it
             self.text.check_finish(req, token, len(req.output_ids))
             if req.finished_reason is not None:
                 break
         self.cache.trim(req, min(req.kv_len, req.seq_len - 1))
-        self.stats.record(req, emitted, min(emitted, len(tokens) - 1) if req.grammar is None else 0)
+        self.stats.record(req, emitted, min(emitted, sampled - 1))
+
+    def _advance_grammar(self, req: Req, tokens: list[int]) -> list[int]:
+        """Accept the drafts kept, then the target's token with any text the grammar forces
+        after it; shorter when the grammar ends the request on the way (its finish reason set)."""
+        stepper = self.structured.stepper
+        for j, token in enumerate(tokens[:-1]):
+            if not stepper.accept(req, token):
+                return tokens[: j + 1]
+        return tokens[:-1] + self.structured.advance(req, tokens[-1])
 
 
 def _record_logprob(req: Req, lp: Optional[torch.Tensor], token: int) -> None:

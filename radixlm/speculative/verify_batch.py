@@ -21,10 +21,6 @@ class VerifyBatch(ScheduledBatch):
 
     drafts: list[list[int]] = field(default_factory=list)
 
-    def row_reqs(self) -> list[Req]:
-        """The request of every logits row, in row order."""
-        return [req for req, chain in zip(self.reqs, self.drafts) for _ in range(len(chain) + 1)]
-
 
 def build_verify(
     reqs: list[Req], starts: list[int], drafts: list[list[int]], req_to_token: torch.Tensor, device: torch.device

@@ -37,6 +37,9 @@ class OracleDrafter:
             out.append(chain)
         return out
 
+    def check_leak(self) -> None:
+        """Stateless between steps."""
+
 
 def _greedy(n: int = 30, **kw: Any) -> SamplingParams:
     return SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True, **kw)
@@ -129,6 +132,21 @@ def test_constrained_request_mixed_with_speculating_ones(tiny_llama_dir: str, ti
     assert any(seen), "no verify batch held the constrained request"
 
 
+@pytest.mark.parametrize("regex", ["[a-d ]{10,40}", "(ab|cd){3,12}"])
+def test_constrained_drafts_pruned_by_the_grammar(tiny_llama_dir: str, tiny_tokenizer: Any, regex: str) -> None:
+    """Drafts of constrained requests (the plain constrained output, every fifth chain with a
+    wrong token) are kept while the grammar allows them: outputs equal the plain ones and drafts
+    were accepted; the second pattern forces text (jump-forward) after every 'a' and 'c'."""
+    prompts = PROMPTS[:3]
+    params = [SamplingParams(temperature=0, max_new_tokens=30, regex=regex)] * 2 + [_greedy(30)]
+    plain = generate(make_scheduler(tiny_llama_dir, tokenizer=tiny_tokenizer), prompts, params)
+    sched = make_scheduler(tiny_llama_dir, tokenizer=tiny_tokenizer, speculative_algorithm="NGRAM")
+    sched.spec.drafter = OracleDrafter({tuple(p): r["ids"] for p, r in zip(prompts, plain)})
+    spec = generate(sched, prompts, params)
+    assert [r["ids"] for r in spec] == [r["ids"] for r in plain]
+    assert all(r["meta"]["spec_accepted_tokens"] > 0 for r in spec[:2]), [r["meta"] for r in spec]
+
+
 def _note(batch: Any, seen: list[bool]) -> Any:
     if isinstance(batch, VerifyBatch):
         seen.append(any(r.grammar is not None for r in batch.reqs))
@@ -143,6 +161,9 @@ class FixedDrafter:
 
     def propose(self, reqs: list[Any], limits: list[int]) -> list[list[int]]:
         return [self.chain[:limit] for limit in limits]
+
+    def check_leak(self) -> None:
+        """Stateless between steps."""
 
 
 @pytest.fixture(scope="module")
