@@ -59,11 +59,11 @@ class SpeculativeSampler:
             if req.finished_reason is None:
                 live.append(req)
                 lp = logprobs[row : row + len(chain) + 1] if logprobs is not None and req.return_logprob else None
-                self._append(req, tokens, len(chain), lp)
+                self._append(req, tokens, lp)
             row += len(chain) + 1
         return live
 
-    def _append(self, req: Req, tokens: list[int], num_drafts: int, lp: Optional[torch.Tensor]) -> None:
+    def _append(self, req: Req, tokens: list[int], lp: Optional[torch.Tensor]) -> None:
         """Append the accepted run (the drafts kept, then the target's token) until the request
         finishes, then give back the KV past its new length."""
         sampled = len(tokens)  # the model's tokens; a grammar may force more after them

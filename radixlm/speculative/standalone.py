@@ -82,7 +82,7 @@ class StandaloneDrafter:
             rows = [(i, shadow) for (i, shadow), token in zip(rows, step_tokens) if limits[i] > depth]
             if not rows:
                 break
-            step_tokens = self._extend_by_one(rows, drafts)
+            rows, step_tokens = self._extend_by_one(rows, drafts)
         return drafts
 
     def check_leak(self) -> None:
@@ -126,16 +126,19 @@ class StandaloneDrafter:
         shadow.output_ids = list(req.output_ids)
         return shadow
 
-    def _extend_by_one(self, rows: list[tuple[int, Req]], drafts: list[list[int]]) -> list[int]:
-        """Append each row's newest draft to its shadow and run the one-token forward."""
-        spans = []
+    def _extend_by_one(self, rows: list[tuple[int, Req]], drafts: list[list[int]]) -> tuple[list, list[int]]:
+        """Append each row's newest draft to its shadow and run the one-token forward: (the rows
+        that ran, their next tokens). A row the draft pool cannot grow stops drafting here."""
+        ran, spans = [], []
         for i, shadow in rows:
             shadow.output_ids.append(drafts[i][-1])
             if self.cache.alloc_slots(shadow, 1) is None:
-                raise RuntimeError("draft KV pool exhausted")  # never: sized for every running token
+                shadow.output_ids.pop()
+                continue
+            ran.append((i, shadow))
             spans.append((shadow, shadow.kv_len - 1, shadow.kv_len))
         self.cache.write_rows(spans)
-        return self._forward([shadow for _, shadow in rows], [start for _, start, _ in spans])
+        return ran, self._forward([shadow for _, shadow in ran], [start for _, start, _ in spans])
 
     def _forward(self, shadows: list[Req], starts: list[int]) -> list[int]:
         """Greedy next token of each shadow, running its tokens `[starts[i], seq_len)` (their

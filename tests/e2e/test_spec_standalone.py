@@ -64,3 +64,18 @@ def test_abort_mid_decode_frees_draft_kv(tiny_llama_dir: str) -> None:
         step()
     sched.check_leak()
     assert not sched.spec.drafter.shadows
+
+
+def test_full_draft_pool_means_fewer_drafts_not_errors(tiny_llama_dir: str, plain_runs: list) -> None:
+    """A draft pool of 60 slots for four 18-token prompts: some requests get no drafts, others
+    run out mid-chain; the outputs are still the plain ones and nothing leaks."""
+    from radixlm.mem_cache.cache_manager import KVCacheManager
+    from radixlm.mem_cache.kv_pool import SlotAllocator
+    from radixlm.mem_cache.radix_cache import RadixCache
+
+    sched = _standalone(tiny_llama_dir, tiny_llama_dir, speculative_num_steps=4)
+    drafter = sched.spec.drafter
+    drafter.cache = KVCacheManager(SlotAllocator(60, 1), drafter.cache.req_pool, RadixCache(1, disable=True))
+    spec = generate(sched, PROMPTS, [_greedy(n) for n in (24, 9, 30, 17)])
+    assert [r["ids"] for r in spec] == plain_runs
+    assert sched.info()["spec_accepted_tokens"] > 0
