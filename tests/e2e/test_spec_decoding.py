@@ -13,7 +13,9 @@ import torch
 from helpers.chi_square import two_sample_p
 from helpers.inproc_scheduler import generate, make_scheduler
 
+from radixlm.ipc.messages import TokenizedGenerateReq
 from radixlm.sampling.sampling_params import SamplingParams
+from radixlm.scheduler.loop import step_function
 from radixlm.speculative.verify_batch import VerifyBatch
 
 PROMPTS = [[5 + (i * 7 + j) % 50 for j in range(20)] * 2 for i in range(3)] + [[9, 8, 7, 6, 5, 4, 3] * 3]
@@ -70,6 +72,37 @@ def test_ngram_greedy_equals_plain(tiny_model: Any, arch: str) -> None:
     assert info["spec_draft_tokens"] > 0 and info["spec_verify_steps"] > 0
     assert not sched.overlap  # speculation runs the plain loop (overlap was not disabled here)
     assert spec[0]["meta"]["spec_verify_ct"] >= 1
+
+
+def test_chunked_prefill_beside_verify_steps(tiny_llama_dir: str, reference: dict) -> None:
+    """Two requests verify drafts; two 40-token prompts then arrive and are prefilled in chunks
+    of 16 between their verify steps. Every output is the plain one."""
+    sched = _oracle(tiny_llama_dir, reference, chunked_prefill_size=16)
+    got: dict[str, list[int]] = {str(i): [] for i in range(len(PROMPTS))}
+    kinds: list[str] = []
+    choose = sched.next_batch
+    sched.next_batch = lambda *a: _kind(choose(*a), kinds)
+    step = step_function(sched)
+    for i in (0, 1, 2, 3):
+        sched.handle(TokenizedGenerateReq(rid=str(i), input_ids=PROMPTS[i], params=_greedy(40)))
+        while i == 1 and "verify" not in kinds:  # the first two verify before the others arrive
+            for out in step():
+                got[out.rid] += out.new_ids
+    while sched.has_work():
+        for out in step():
+            got[out.rid] += out.new_ids
+    sched.check_leak()
+    assert [got[str(i)] for i in range(len(PROMPTS))] == [reference[tuple(p)] for p in PROMPTS]
+    assert sched.info()["spec_accepted_tokens"] > 0 and len(got["0"]) == 40
+    first_verify = kinds.index("verify")
+    chunks = -(-sum(map(len, PROMPTS[2:])) // 16)  # the late prompts' tokens in chunks of 16
+    assert kinds[first_verify:].count("extend") == chunks, kinds
+
+
+def _kind(batch: Any, kinds: list[str]) -> Any:
+    if batch is not None:
+        kinds.append("verify" if isinstance(batch, VerifyBatch) else batch.mode.value)
+    return batch
 
 
 @pytest.mark.parametrize("page_size", [1, 4])
