@@ -10,8 +10,9 @@ import torch
 
 from radixlm.attention.shared_prefix import plan_shared_prefixes
 from radixlm.forward.batch import ForwardBatch, ForwardMode
-from radixlm.forward.device_copy import to_device_rows, to_device_split
+from radixlm.forward.device_copy import pinned_to_device, to_device, to_device_rows, to_device_split
 from radixlm.multimodal.inputs import chunk_slices
+from radixlm.multimodal.mrope import batch_mrope
 from radixlm.scheduler.request import Req
 
 
@@ -69,6 +70,10 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
         offset += item.length
     fb = _extend_forward_batch(items, ids, positions, locs, logit_idx, req_to_token, device)
     fb.mm_inputs = image_slices or None
+    mrope = batch_mrope([(item.req.images, item.start, item.start + item.length) for item in items])
+    if mrope is not None:
+        fb.mrope_positions = pinned_to_device(torch.from_numpy(mrope[0]), device)
+        fb.rope_deltas = to_device(mrope[1], device)
     sampling = [(item.req, row_map[item.start + item.length - 1]) for item, row_map in zip(items, rows) if item.sample]
     return ScheduledBatch(
         ForwardMode.EXTEND,

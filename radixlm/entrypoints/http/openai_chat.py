@@ -127,7 +127,7 @@ def _render(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan) ->
         raise APIError(400, "chat needs a tokenizer; the server runs with --skip-tokenizer-init")
     images = [url for m in body.messages for url in _image_urls(m.content)]
     state.vet_images(images, "messages")
-    marker = tokenizer.convert_ids_to_tokens(state.engine.images.token_id) if images else ""
+    marker = state.engine.images.chat_marker(tokenizer) if images else ""
     messages = [template_message(m.role, _content(m.content, marker), m) for m in body.messages]
     kwargs = body.chat_template_kwargs or {}
     reserved = sorted(_RESERVED_TEMPLATE_VARS & set(kwargs))
@@ -168,15 +168,15 @@ def _image_urls(content: Any) -> list[str]:
 
 
 def _content(content: Any, image_marker: str = "") -> str:
-    """A message's text; an `image_url` part becomes `image_marker` (only set when the served
-    model takes images: the parts were vetted first) followed by a newline."""
+    """A message's text; an `image_url` part becomes `image_marker`, the model family's image
+    text (only set when the served model takes images: the parts were vetted first)."""
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
     for part in content:
         kind = part.get("type")
         if kind == "image_url" and image_marker:
-            parts.append(image_marker + "\n")
+            parts.append(image_marker)
         elif kind != "text":
             raise APIError(400, f"message content of type {kind!r} is not supported", "messages")
         else:
