@@ -119,7 +119,7 @@ class LlavaForConditionalGeneration(nn.Module):
         params = dict(self.named_parameters())
         language, loaded = [], set()
         for name, tensor in weights:
-            name = _canonical(name)
+            name = tower_param_name(_canonical(name), params)
             if name.startswith("language_model."):
                 language.append((name[len("language_model.") :], tensor))
             elif name in params:
@@ -153,6 +153,17 @@ def merge_image_rows(
     for s in slices:
         embeds[s.row : s.row + s.count] = features[distinct[id(s.image)]][s.start : s.start + s.count]
     return embeds
+
+
+def tower_param_name(name: str, params: dict[str, Any]) -> str:
+    """A vision tower tensor's parameter name with or without the `vision_model.` level, as the
+    installed transformers builds the tower (newer CLIP / SigLIP vision models have none);
+    other names unchanged."""
+    if name in params or not name.startswith("vision_tower."):
+        return name
+    rest = name[len("vision_tower.") :]
+    inner = rest[len("vision_model.") :] if rest.startswith("vision_model.") else "vision_model." + rest
+    return "vision_tower." + inner if "vision_tower." + inner in params else name
 
 
 def _canonical(name: str) -> str:

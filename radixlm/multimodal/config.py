@@ -14,6 +14,7 @@ SUPPORTED_MULTIMODAL = (
     "LlavaNextForConditionalGeneration",
     "Qwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration",
+    "LlavaLlamaForCausalLM",
 )
 
 _LANGUAGE_FIELDS = (

@@ -21,13 +21,15 @@ from radixlm.multimodal.config import (
 from radixlm.multimodal.hashing import image_digest, pad_value
 from radixlm.multimodal.images import ImageError, check_pixels, decode_image, engine_image_bytes
 from radixlm.multimodal.inputs import ImageInput
+from radixlm.multimodal.llava_original import original_image_processor
 
 
 @dataclass
 class PreparedPrompt:
-    """`check_ids`: the expanded prompt with the placeholder token id (what the runtime's
-    limits are checked against); `input_ids`: the same with each image's span holding its pad
-    id (what the scheduler and its radix tree see); `images` in prompt order."""
+    """`check_ids`: the expanded prompt with the placeholder token id, or id 0 where that id is
+    past the language vocabulary (what the runtime's limits are checked against); `input_ids`:
+    the same with each image's span holding its pad id (what the scheduler and its radix tree
+    see); `images` in prompt order."""
 
     check_ids: list[int]
     input_ids: list[int]
@@ -45,13 +47,17 @@ class ImagePreprocessor:
         fixed = self.merge is None and not is_anyres(config)
         self.tokens_per_image = tokens_per_image(config) if fixed else None
         self.vocab_size = config.text_config.vocab_size
+        self.check_id = self.token_id if self.token_id < self.vocab_size else 0
         self.max_images = max_images
 
     @classmethod
     def for_model(cls, model_path: str, config: Any, max_images: int) -> "ImagePreprocessor | None":
-        """None for a text-only model; else the model directory's HF image processor."""
+        """None for a text-only model; else the model directory's HF image processor (the
+        vision tower's for the original LLaVA layout)."""
         if not is_multimodal(config):
             return None
+        if getattr(config, "mm_vision_tower_dir", None):
+            return cls(original_image_processor(config), config, max_images)
         from transformers import AutoImageProcessor
 
         return cls(AutoImageProcessor.from_pretrained(model_path), config, max_images)
@@ -82,7 +88,7 @@ class ImagePreprocessor:
             pad = pad_value(image_digest(values, grid or ()), self.vocab_size)
             images.append(self._image_input(values, len(padded), pad, size, grid))
             count = images[-1].length
-            check += [self.token_id] * count
+            check += [self.check_id] * count
             padded += [pad] * count
             prev = place + 1
         return PreparedPrompt(check + ids[prev:], padded + ids[prev:], images)
