@@ -113,10 +113,11 @@ class Engine:
             top_logprobs_num=top_logprobs_num,
             rid=rid,
         )
+        prepared = self.images.prepare_all(ids_list, images_list) if self.images else [None] * len(ids_list)
         reqs = []
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
-            ids, images = self._with_images(ids, images_list[i], params, _pick(logprob_start_len, i, -1))
+            ids, images = self._with_images(ids, prepared[i], params, _pick(logprob_start_len, i, -1))
             self._check_constraint(params)
             base = _pick(rid, i, None) or uuid.uuid4().hex
             group = base if params.n > 1 else None
@@ -170,13 +171,13 @@ class Engine:
         return [[] if x is None else (x if isinstance(x, list) else [x]) for x in image_data]
 
     def _with_images(
-        self, ids: list[int], images: list[Any], params: SamplingParams, logprob_start_len: Any
+        self, ids: list[int], prepared: Any, params: SamplingParams, logprob_start_len: Any
     ) -> tuple[list[int], Optional[list]]:
-        """Validate a prompt, expanding and hash-padding its image placeholders when it has images."""
-        if not images:
+        """Validate a prompt, with its image placeholders expanded and hash-padded where it has
+        images (`prepared`: its `PreparedPrompt`, else None)."""
+        if prepared is None:
             validate_request(ids, params, self.limits)
             return ids, None
-        prepared = self.images.prepare(ids, images)
         last = prepared.images[-1]
         if logprob_start_len not in (None, -1) and logprob_start_len < last.offset + last.length:
             raise ValueError(

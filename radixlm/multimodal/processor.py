@@ -4,6 +4,8 @@ expanded to one token per embedding row and padded with the image's hash id."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,6 +24,8 @@ from radixlm.multimodal.hashing import image_digest, pad_value
 from radixlm.multimodal.images import ImageError, check_pixels, decode_image, engine_image_bytes
 from radixlm.multimodal.inputs import ImageInput
 from radixlm.multimodal.llava_original import original_image_processor
+
+_PREP_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -92,6 +96,17 @@ class ImagePreprocessor:
             padded += [pad] * count
             prev = place + 1
         return PreparedPrompt(check + ids[prev:], padded + ids[prev:], images)
+
+    def prepare_all(self, ids_list: list[list[int]], sources_list: list[list[Any]]) -> list[Optional[PreparedPrompt]]:
+        """`prepare` of each prompt that has images (None for one without); the prompts of a
+        batch are prepared on threads (the HF processors' array work releases the GIL). The
+        first failing prompt's ImageError is raised."""
+        jobs = [i for i, sources in enumerate(sources_list) if sources]
+        if len(jobs) <= 1:
+            return [self.prepare(ids, s) if s else None for ids, s in zip(ids_list, sources_list)]
+        with ThreadPoolExecutor(min(len(jobs), _PREP_THREADS)) as pool:
+            futures = {i: pool.submit(self.prepare, ids_list[i], sources_list[i]) for i in jobs}
+            return [futures[i].result() if i in futures else None for i in range(len(ids_list))]
 
     def _image_input(
         self, values: np.ndarray, offset: int, pad: int, size: tuple[int, int], grid: Optional[tuple[int, int, int]]
