@@ -123,7 +123,8 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         param = self.visual.patch_embed.proj.weight
         pixels = torch.cat([torch.from_numpy(img.pixel_values) for img in images]).to(param.device, param.dtype)
         grid = torch.tensor([img.grid_thw for img in images], dtype=torch.int64, device=param.device)
-        merged = self.visual(pixels, grid_thw=grid).pooler_output
+        out = self.visual(pixels, grid_thw=grid)
+        merged = out if isinstance(out, torch.Tensor) else out.pooler_output  # older transformers: the tensor
         return list(torch.split(merged, [img.length for img in images]))
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
