@@ -79,14 +79,21 @@ def is_dynamic_resolution(config: Any) -> bool:
     return getattr(config.vision_config, "spatial_merge_size", None) is not None
 
 
-def image_chat_marker(config: Any, tokenizer: Any) -> str:
-    """The text an image part of a chat message renders as: Qwen2-VL's chat template puts
-    `<|vision_start|><|image_pad|><|vision_end|>`; LLaVA's put the image token and a newline."""
+def image_placeholder_text(config: Any, tokenizer: Any) -> str:
+    """The text one image takes in a prompt (one placeholder token inside): Qwen2-VL's vision
+    span `<|vision_start|><|image_pad|><|vision_end|>`; LLaVA's image token."""
     token = tokenizer.convert_ids_to_tokens(image_token_id(config))
     if is_dynamic_resolution(config):
         start, end = tokenizer.convert_ids_to_tokens([config.vision_start_token_id, config.vision_end_token_id])
         return f"{start}{token}{end}"
-    return token + "\n"
+    return token
+
+
+def image_chat_marker(config: Any, tokenizer: Any) -> str:
+    """The text an image part of a chat message renders as: Qwen2-VL's chat template puts its
+    vision span; LLaVA's put the image token and a newline."""
+    text = image_placeholder_text(config, tokenizer)
+    return text if is_dynamic_resolution(config) else text + "\n"
 
 
 def is_anyres(config: Any) -> bool:

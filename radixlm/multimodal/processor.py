@@ -14,6 +14,7 @@ import numpy as np
 from radixlm.multimodal.anyres import anyres_token_count
 from radixlm.multimodal.config import (
     image_chat_marker,
+    image_placeholder_text,
     image_token_id,
     is_anyres,
     is_dynamic_resolution,
@@ -69,6 +70,10 @@ class ImagePreprocessor:
     def chat_marker(self, tokenizer: Any) -> str:
         """The text a chat message's image part renders as (one placeholder token inside)."""
         return image_chat_marker(self.config, tokenizer)
+
+    def placeholder_text(self, tokenizer: Any) -> str:
+        """The text one image takes in a prompt (`sgl.image` writes it; one placeholder token inside)."""
+        return image_placeholder_text(self.config, tokenizer)
 
     def prepare(self, ids: list[int], sources: list[Any]) -> PreparedPrompt:
         """Decode and preprocess `sources` (ImageError naming a bad one) and expand each

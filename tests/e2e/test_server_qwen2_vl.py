@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 from helpers.server_utils import launch_server, stop
-from helpers.tiny_llava import make_image
+from helpers.tiny_llava import huge_png_header, make_image
 from helpers.tiny_models import make_tiny_tokenizer
 from helpers.tiny_qwen2vl import IMAGE, make_tiny_qwen2vl, tokens_for
 
@@ -74,9 +74,11 @@ def test_openai_image_url_answers_as_generate_does(base_url: str, http: httpx.Cl
     "image_data, problem",
     [
         (data_url(b"plain text, no picture"), "image 0 is not an image"),
+        (data_url(make_image(24)[:60]), "image 0 is truncated or corrupt"),
+        (data_url(huge_png_header()), "image 0 has too many pixels"),
         ([data_url(make_image(i)) for i in range(3)], "3 images; this server takes at most 2"),
     ],
-    ids=["not-an-image", "too-many"],
+    ids=["not-an-image", "truncated-png", "50k-by-50k", "too-many"],
 )
 def test_bad_images_are_400s_and_the_server_keeps_serving(http: httpx.Client, image_data: Any, problem: str) -> None:
     count = len(image_data) if isinstance(image_data, list) else 1

@@ -188,10 +188,11 @@ def _tokenizer(state: ServerState) -> Any:
 
 
 def _image_token(engine: Any) -> str | None:
-    """The placeholder a prompt holds where an image goes (None: a text-only model)."""
+    """The text a prompt holds where an image goes, one placeholder token inside (Qwen2-VL:
+    its vision span); None for a text-only model."""
     if engine.images is None or engine.tokenizer is None:
         return None
-    return engine.tokenizer.convert_ids_to_tokens(engine.images.token_id)
+    return engine.images.placeholder_text(engine.tokenizer)
 
 
 def _public_args(engine: Any) -> dict:
