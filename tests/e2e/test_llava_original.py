@@ -89,3 +89,63 @@ def test_unsupported_variants_are_start_up_errors_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=f"{field}={value!r} is not supported"):
         load_model_config(_with_config(original, tmp_path, **{field: value}))
+
+
+SEED_IDS = {  # the README's LLaVA-1.5 command line, and the vision tower its config names
+    "model": "liuhaotian/llava-v1.5-7b",
+    "tokenizer": "llava-hf/llava-1.5-7b-hf",
+    "tower": "openai/clip-vit-large-patch14-336",
+}
+
+
+def test_readme_command_serves_an_image_chat_from_an_offline_hub_cache(
+    original: OriginalLlava, engine: Any, tmp_path: Path
+) -> None:
+    """`--model-path liuhaotian/llava-v1.5-7b --tokenizer-path llava-hf/llava-1.5-7b-hf
+    --chat-template vicuna_v1.1` with the three ids in the local Hub cache (offline): the
+    config's `mm_vision_tower` Hub id resolves there; an OpenAI image chat answers as the
+    Engine does on the rendered prompt."""
+    import base64
+    import os
+    import shutil
+    import sys
+
+    import openai
+    from helpers.hub_cache import add_to_hub_cache
+    from helpers.server_utils import free_port, start_command, stop
+
+    staged = tmp_path / "staged"
+    shutil.copytree(original.model_dir, staged)
+    raw = json.loads((staged / "config.json").read_text())
+    (staged / "config.json").write_text(json.dumps({**raw, "mm_vision_tower": SEED_IDS["tower"]}))
+    cache = tmp_path / "hub"
+    for key, source in (("model", staged), ("tokenizer", original.tokenizer_dir), ("tower", original.clip_dir)):
+        add_to_hub_cache(cache, SEED_IDS[key], source)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    port = free_port()
+    cmd = [sys.executable, "-m", "radixlm.launch_server", "--model-path", SEED_IDS["model"]]
+    cmd += ["--tokenizer-path", SEED_IDS["tokenizer"], "--chat-template", "vicuna_v1.1", "--port", str(port)]
+    cmd += ["--dtype", "float32", "--max-total-tokens", "2048", "--num-threads", "1"]
+    proc = start_command(cmd, f"http://127.0.0.1:{port}", env)
+    try:
+        picture = make_image(51, size=(30, 44))
+        url = "data:image/png;base64," + base64.b64encode(picture).decode()
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what is this"}]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY")
+        reply = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": content}], temperature=0, max_tokens=8
+        )
+    finally:
+        stop(proc)
+    from transformers import AutoTokenizer
+
+    from radixlm.tokenizer.chat_templates import resolve_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(original.tokenizer_dir)
+    tokenizer.chat_template = resolve_chat_template("vicuna_v1.1")
+    messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\nwhat is this"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert reply.usage.prompt_tokens == len(ids) - 1 + TOKENS_PER_IMAGE
+    direct = engine.generate(input_ids=ids, image_data=picture, sampling_params={"max_new_tokens": 8, "temperature": 0})
+    assert reply.choices[0].message.content == direct["text"]
