@@ -21,10 +21,13 @@ _NOT_TEXT = ("architectures", "model_type", "_name_or_path", "transformers_versi
 def read_original_llava(model_path: str) -> Optional[Any]:
     """The LlavaConfig of an original-layout LLaVA directory; None for any other directory.
     ValueError naming the field for what radixlm does not run (another projector, image
-    start/end tokens, any-resolution images) and for a vision tower not available locally."""
+    start/end tokens, any-resolution images, another language model's layout) and for a
+    vision tower not available locally."""
     with open(os.path.join(model_path, "config.json")) as f:
         raw = json.load(f)
-    if not set(raw.get("architectures") or []) & set(ORIGINAL_LLAVA):
+    architectures = list(raw.get("architectures") or [])
+    if not set(architectures) & set(ORIGINAL_LLAVA):
+        _refuse_other_original_layouts(architectures)
         return None
     _check_supported(raw)
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
@@ -45,6 +48,17 @@ def read_original_llava(model_path: str) -> Optional[Any]:
     config.mm_vision_tower_dir = vision_dir
     config.image_aspect_ratio = raw.get("image_aspect_ratio", "square")
     return config
+
+
+def _refuse_other_original_layouts(architectures: list[str]) -> None:
+    """The original layouts over other language models (`LlavaMistralForCausalLM`, ...), which
+    transformers cannot read either, are refused by name."""
+    others = [a for a in architectures if a.startswith("Llava") and a.endswith("ForCausalLM")]
+    if others:
+        raise ValueError(
+            f"original LLaVA checkpoint layout {others[0]} is not supported (supported: {list(ORIGINAL_LLAVA)}); "
+            "serve its llava-hf conversion (LlavaForConditionalGeneration / LlavaNextForConditionalGeneration)"
+        )
 
 
 def _check_supported(raw: dict) -> None:

@@ -80,6 +80,12 @@ def test_missing_vision_tower_is_a_start_up_error_naming_it(original: OriginalLl
         load_model_config(path)
 
 
+def test_other_original_layouts_are_refused_by_name(original: OriginalLlava, tmp_path: Path) -> None:
+    path = _with_config(original, tmp_path, architectures=["LlavaMistralForCausalLM"], model_type="llava_mistral")
+    with pytest.raises(ValueError, match="LlavaMistralForCausalLM is not supported"):
+        load_model_config(path)
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("mm_projector_type", "linear"), ("mm_use_im_start_end", True), ("image_aspect_ratio", "anyres")],
