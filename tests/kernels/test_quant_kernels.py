@@ -56,6 +56,9 @@ def check_fp8(device: str) -> None:
     # torch's round-to-nearest e4m3 cast: ~2.6 % rms error on Gaussian data; the interpreter's
     # cast truncates (~5.5 %); the GPU's cvt.rn rounds to nearest
     quant_tol = 0.035 if device == "cuda" else 0.08
+    # sm_90's fp8 MMA sums a K tile with ~14 mantissa bits before the float32 accumulator (Triton's
+    # default there), so the compiled block GEMM is held to 5e-4; the interpreter sums in float32
+    gemm_tol = 5e-4 if device == "cuda" else 1e-5
     for m, n, k, group in ((1, 72, 512, 128), (5, 130, 256, 128), (33, 64, 384, 384), (2, 40, 256, 256)):
         w = (torch.randn(n, k, generator=gen) * 100).clamp(-448, 448).to(FP8)
         ws = torch.rand(n, -(-k // group), generator=gen) * 0.01
@@ -69,7 +72,7 @@ def check_fp8(device: str) -> None:
         assert rel_err(x_got.view(m, k), x) < quant_tol
         got = fp8_gemm.block_gemm(xq, xs, w.to(device), ws.to(device), group, torch.float32)
         want = x_got.view(m, k).double() @ w_ref.double().t()
-        assert rel_err(got.cpu(), want) < 1e-5, (m, n, k, group)
+        assert rel_err(got.cpu(), want) < gemm_tol, (m, n, k, group, rel_err(got.cpu(), want))
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
             row = x[:1].to(dtype)
             bias = torch.randn(n, generator=gen).to(dtype)
