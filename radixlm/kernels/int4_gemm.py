@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from radixlm.kernels.int4_gemv import w4a16_gemv
+
 try:
     import triton
     import triton.language as tl
@@ -24,6 +26,7 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
 _TARGET_PROGRAMS = 264  # about two per SM on an H100 (132 SMs)
+GEMV_ROWS = 1  # batches of at most this many rows take the GEMV kernel (`int4_gemv`)
 
 
 if triton is not None:
@@ -103,11 +106,14 @@ def w4a16_matmul(
     bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """x [M, K] (half precision or float32, unit stride along K) times the int4 weight: [M, N] in
-    x's dtype (+ bias)."""
+    x's dtype (+ bias); single rows go through the GEMV kernel."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, k = x.shape
     n = qweight.shape[1]
+    if m <= GEMV_ROWS:
+        out = w4a16_gemv(qweight, qzeros, scales, group, x)
+        return out if bias is None else out + bias
     block_m, block_n, block_k, split = plan(m, n, k, group)
     if k % block_k or group % block_k:
         raise ValueError(f"int4 GEMM: K = {k} and group {group} need a common tile of at least 16")

@@ -47,6 +47,26 @@ def check_int4(device: str) -> None:
             want = x.to(dtype).double() @ w + bias.to(dtype).double()
             assert got.dtype == dtype and got.shape == (m, n)
             assert rel_err(got.cpu(), want) < tol, (m, n, k, group, dtype, rel_err(got.cpu(), want))
+    check_int4_gemv(device, gen)
+
+
+def check_int4_gemv(device: str, gen: torch.Generator) -> None:
+    """The GEMV kernel called directly with several rows, a ragged N tile and a K split."""
+    from radixlm.kernels.int4_gemv import w4a16_gemv
+    from radixlm.layers.quantization.int4 import dequantize, pack
+
+    for m, n, k, group in ((3, 200, 256, 32), (2, 72, 1024, 64)):
+        q = torch.randint(0, 16, (k, n), generator=gen)
+        z = torch.randint(0, 16, (k // group, n), generator=gen)
+        s = torch.rand(k // group, n, generator=gen) * 0.01
+        qw, qz = pack(q, 0).to(device), pack(z, 1).to(device)
+        w = dequantize(qw.cpu(), qz.cpu(), s, group).double()
+        halves = (torch.bfloat16, torch.float16) if device == "cuda" else (torch.float16,)
+        for dtype, tol in ((torch.float32, 1e-5),) + tuple((h, 1e-2) for h in halves):
+            x = torch.randn(m, k, generator=gen)
+            got = w4a16_gemv(qw, qz, s.to(device, dtype), group, x.to(device, dtype))
+            want = x.to(dtype).double() @ w
+            assert got.dtype == dtype and rel_err(got.cpu(), want) < tol, (m, n, k, group, dtype)
 
 
 def check_fp8(device: str) -> None:
@@ -91,7 +111,7 @@ def check_gguf(device: str) -> None:
 
     rng = np.random.default_rng(0)
     for qtype in gguf_blocks.BLOCKS:
-        for n, k in ((10, 512), (3, 256)):
+        for n, k in ((10, 512), (3, 256), (5, 1024)):  # 1024: the Q4_K kernel splits K
             rows = torch.from_numpy(random_blocks(qtype, n, k, rng))
             w = gguf_blocks.dequantize(rows, qtype, k).double()
             assert torch.equal(gguf_gemv.dequantize_rows(rows.to(device), qtype, k, torch.float32).cpu(), w.float())
