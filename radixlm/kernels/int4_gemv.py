@@ -8,10 +8,10 @@ one quantization group, so per tile
     sum_k x[k] (q[k, n] - z[n]) s[n] = s[n] (sum_k x[k] q[k, n] - z[n] sum_k x[k]).
 
 Each nibble plane i of the [BLOCK_W, BLOCK_N] word tile meets the strided activations
-x[8r + i]; the products accumulate in float32 and the zero point and scale are applied once per
-tile. Without a tensor-core layout there is no register shuffle between unpacking and the sum,
-which is what holds the `tl.dot` kernel far below copy bandwidth at one row. K is split over
-SPLIT_K programs that add their float32 partial sums atomically.
+x[8r + i]; the products accumulate in float32, the zero point and scale are applied per tile
+elementwise, and the sum over K's rows runs once at the end. Unlike the `tl.dot` kernel there
+is no shuffle of the unpacked weights into a tensor-core layout. K is split over SPLIT_K
+programs that add their float32 partial sums atomically.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ if triton is not None:
         n_ok = rn < N
         z_shift = (rn % 8) * 4
         x_row = x_ptr + row.to(tl.int64) * stride_xm
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_W, BLOCK_N), dtype=tl.float32)
         k_per_split = K // SPLIT_K
         for k0 in range(pid_k * k_per_split, (pid_k + 1) * k_per_split, BLOCK_W * 8):
             words = tl.load(
@@ -65,12 +65,13 @@ if triton is not None:
             g = k0 // GROUP
             s = tl.load(s_ptr + g * N + rn, mask=n_ok, other=0.0).to(tl.float32)
             z = ((tl.load(qz_ptr + g * (N // 8) + rn // 8, mask=n_ok, other=0) >> z_shift) & 0xF).to(tl.float32)
-            acc += (tl.sum(part, axis=0) - z * tl.sum(x_sum, axis=0)) * s
+            acc += (part - z[None, :] * x_sum[:, None]) * s[None, :]
+        y = tl.sum(acc, axis=0)  # one cross-thread reduction per program, not per K tile
         out = y_ptr + row.to(tl.int64) * N + rn
         if SPLIT_K == 1:
-            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
+            tl.store(out, y.to(y_ptr.dtype.element_ty), mask=n_ok)
         else:
-            tl.atomic_add(out, acc, mask=n_ok)
+            tl.atomic_add(out, y, mask=n_ok)
 
 
 def plan_gemv(m: int, n: int, k: int, group: int) -> tuple[int, int, int]:
