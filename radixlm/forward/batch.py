@@ -32,7 +32,9 @@ class ForwardBatch:
     rows are `input_ids`, `positions`, `out_cache_loc` and `req_pool_indices` (those fields are
     its row views), so a CUDA graph takes the four in one copy. `mm_inputs` (an EXTEND whose
     new tokens cover image placeholders, else None): `ImageSlice`s naming the batch rows
-    whose embeddings come from an image encoder."""
+    whose embeddings come from an image encoder. `lora_ids` (a server with LoRA adapters, else
+    None): request i's adapter uid, 0 for the base model; the LoRA manager turns it into each
+    row's device slot (-1 for the base) before the forward (`radixlm.lora.manager`)."""
 
     mode: ForwardMode
     input_ids: torch.Tensor
@@ -49,6 +51,7 @@ class ForwardBatch:
     prefix_plan: Optional[SharedPrefixPlan] = field(default=None)
     decode_inputs: Optional[torch.Tensor] = field(default=None)
     mm_inputs: Optional[list] = field(default=None)  # an EXTEND's image slices (radixlm.multimodal.inputs)
+    lora_ids: Optional[list[int]] = field(default=None)  # per request: adapter uid, 0 = base
 
     @property
     def batch_size(self) -> int:
