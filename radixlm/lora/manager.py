@@ -80,6 +80,10 @@ class LoraManager:
     def names(self) -> list[str]:
         return list(self.uids)
 
+    def paths(self) -> dict[str, str]:
+        """{name: adapter directory} of the loaded adapters, in load order."""
+        return {name: adapter.path for name, adapter in self.by_name.items()}
+
     # -- per forward -------------------------------------------------------------------
     def prepare(self, batch: ForwardBatch) -> None:
         """Make the batch's adapters resident and point every row at its adapter's slot."""

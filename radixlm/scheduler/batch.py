@@ -69,6 +69,7 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
         offset += item.length
     fb = _extend_forward_batch(items, ids, positions, locs, logit_idx, req_to_token, device)
     fb.mm_inputs = image_slices or None
+    fb.lora_ids = _lora_ids([item.req for item in items])
     sampling = [(item.req, row_map[item.start + item.length - 1]) for item, row_map in zip(items, rows) if item.sample]
     return ScheduledBatch(
         ForwardMode.EXTEND,
@@ -116,8 +117,15 @@ def build_decode(
         req_to_token=req_to_token,
         prefix_plan=plan_shared_prefixes(reqs, device),
         decode_inputs=inputs,
+        lora_ids=_lora_ids(reqs),
     )
     return ScheduledBatch(ForwardMode.DECODE, reqs, fb, reqs, None)
+
+
+def _lora_ids(reqs: list[Req]) -> Optional[list[int]]:
+    """Each request's adapter uid, or None when every request is on the base model."""
+    ids = [req.lora_uid for req in reqs]
+    return ids if any(ids) else None
 
 
 def build_multi_token_decode(

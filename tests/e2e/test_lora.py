@@ -1,0 +1,120 @@
+"""LoRA adapters through the Engine: a tiny random Llama with two PEFT adapters of different
+ranks and target modules (built in-test, lora_B randomized), greedy tokens against HF + peft in
+float32, mixed batches, radix-cache isolation between adapters, refusals, and adapters loaded
+and unloaded at run time while requests run."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+pytest.importorskip("peft")
+pytestmark = pytest.mark.slow  # one engine start plus HF + peft references: about a minute
+
+from helpers.tiny_lora import load_hf_with_adapter, make_adapter  # noqa: E402
+from helpers.tiny_models import hf_greedy, load_hf_model  # noqa: E402
+
+PROMPTS = ([5, 17, 33, 99, 120, 7], [201, 3, 88, 45, 10, 11, 12, 300, 250])
+NEW = 10
+GREEDY = {"max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}
+# A: rank 8 on attention (q/k/v/o); B: rank 4 on the MLP plus v_proj; C (loaded at run time): rank 2 on o_proj.
+ADAPTERS = {
+    "A": (8, ["q_proj", "k_proj", "v_proj", "o_proj"], 1),
+    "B": (4, ["gate_proj", "up_proj", "down_proj", "v_proj"], 2),
+    "C": (2, ["o_proj"], 3),
+}
+
+
+@pytest.fixture(scope="module")
+def lora_setup(tiny_model: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The base model, the adapters' directories and HF (+ peft) greedy references per adapter."""
+    base = tiny_model("llama")
+    out = tmp_path_factory.mktemp("lora")
+    paths = {name: make_adapter(base, out / name, r, t, seed) for name, (r, t, seed) in ADAPTERS.items()}
+    models = {name: load_hf_with_adapter(base, path) for name, path in paths.items()}
+    models[None] = load_hf_model(base)
+    refs = {(name, i): hf_greedy(m, p, NEW) for name, m in models.items() for i, p in enumerate(PROMPTS)}
+    return {"base": base, "paths": paths, "refs": refs, "out": out}
+
+
+@pytest.fixture(scope="module")
+def engine(engine_factory: Any, lora_setup: dict[str, Any]) -> Any:
+    paths = lora_setup["paths"]
+    return engine_factory(
+        lora_setup["base"],
+        lora_paths=[f"A={paths['A']}", f"B={paths['B']}"],
+        max_lora_rank=8,
+        max_loras_per_batch=2,
+        dtype="float32",
+        max_total_tokens=4096,
+        num_threads=1,
+        log_level="warning",
+    )
+
+
+def _gen(engine: Any, i: int, lora: Any) -> dict:
+    return engine.generate(input_ids=PROMPTS[i], sampling_params=GREEDY, lora_path=lora)
+
+
+def test_greedy_tokens_equal_hf_peft_per_adapter(engine: Any, lora_setup: dict[str, Any]) -> None:
+    refs = lora_setup["refs"]
+    assert refs["A", 0] != refs[None, 0] and refs["B", 0] != refs[None, 0]  # the adapters do change the output
+    for name in ("A", "B", None):
+        for i in range(len(PROMPTS)):
+            assert _gen(engine, i, name)["output_ids"] == refs[name, i], (name, i)
+
+
+def test_one_batch_mixing_adapters_and_base(engine: Any, lora_setup: dict[str, Any]) -> None:
+    """Four requests, A / base / B / A (more than max_loras_per_batch=2 adapters can't be in one
+    batch, so the scheduler staggers them), each equal to its own reference."""
+    refs = lora_setup["refs"]
+    names, idx = ["A", None, "B", "A"], [0, 1, 0, 1]
+    outs = engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=GREEDY, lora_path=names)
+    assert [o["output_ids"] for o in outs] == [refs[n, i] for n, i in zip(names, idx)]
+
+
+def test_prefix_cache_is_namespaced_by_adapter(engine: Any, lora_setup: dict[str, Any]) -> None:
+    refs = lora_setup["refs"]
+    assert engine.flush_cache()
+    first = _gen(engine, 1, "A")
+    assert first["meta_info"]["cached_tokens"] == 0
+    for other in ("B", None):  # same prompt, other adapter / base: nothing reused, right tokens
+        out = _gen(engine, 1, other)
+        assert out["meta_info"]["cached_tokens"] == 0 and out["output_ids"] == refs[other, 1], other
+    again = _gen(engine, 1, "A")  # same adapter: the prompt's KV is reused
+    assert again["meta_info"]["cached_tokens"] == len(PROMPTS[1]) - 1
+    assert again["output_ids"] == refs["A", 1]
+
+
+def test_unknown_adapter_is_refused(engine: Any) -> None:
+    with pytest.raises(ValueError, match="'nope' is not loaded"):
+        _gen(engine, 0, "nope")
+    with pytest.raises(ValueError, match="2 values of lora_path for 1 prompts"):
+        engine.generate(input_ids=[PROMPTS[0]], sampling_params=GREEDY, lora_path=["A", "B"])
+    assert _gen(engine, 0, "A")["output_ids"]  # still serving
+
+
+def test_load_and_unload_while_requests_run(engine: Any, lora_setup: dict[str, Any]) -> None:
+    refs, paths = lora_setup["refs"], lora_setup["paths"]
+    long_run = engine.generate(
+        input_ids=PROMPTS[0], sampling_params={**GREEDY, "max_new_tokens": 400}, lora_path="A", stream=True
+    )
+    streamed = list(next(long_run)["output_ids"])  # submitted and decoding under A
+    assert set(engine.load_lora_adapter("C", paths["C"])) == {"A", "B", "C"}
+    assert _gen(engine, 0, "C")["output_ids"] == refs["C", 0]
+    with pytest.raises(ValueError, match="'A' is in use by 1 request"):
+        engine.unload_lora_adapter("A")
+    with pytest.raises(ValueError, match="'C' is already loaded"):
+        engine.load_lora_adapter("C", paths["C"])
+    for chunk in long_run:
+        streamed += chunk["output_ids"]
+    # C took a slot mid-run (evicting B, unused): A's rows kept their adapter throughout.
+    assert len(streamed) == 400 and streamed[:NEW] == refs["A", 0]
+    assert set(engine.unload_lora_adapter("A")) == {"B", "C"}
+    with pytest.raises(ValueError, match="'A' is not loaded"):
+        _gen(engine, 0, "A")
+    engine.load_lora_adapter("A", paths["A"])  # a new uid: nothing cached under the old one is reused
+    out = _gen(engine, 0, "A")
+    assert out["output_ids"] == refs["A", 0] and out["meta_info"]["cached_tokens"] == 0
+    engine.unload_lora_adapter("C")
