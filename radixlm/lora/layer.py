@@ -93,8 +93,10 @@ class LoraLinear(nn.Module):
         self.register_buffer("b", torch.zeros(slots, out_local, width, dtype=dtype, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        return self.kernels.delta_add(out, x, self.a, self.b, self.scales, self.info, self.reduce)
+        out = self.base(x)  # rows of x (and out) are the forward's rows, in order, whatever the leading dims
+        flat = out.view(-1, out.shape[-1])
+        self.kernels.delta_add(flat, x.reshape(-1, x.shape[-1]), self.a, self.b, self.scales, self.info, self.reduce)
+        return out
 
     def targets(self) -> set[str]:
         return {p.module for p in self.parts}

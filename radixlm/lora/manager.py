@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from radixlm.forward.batch import ForwardBatch
-from radixlm.lora.adapter import LoraAdapter, ModelShapes, load_adapter
+from radixlm.lora.adapter import LoraAdapter, load_adapter
 from radixlm.lora.batch_info import LoraBatchInfo
 from radixlm.lora.config import parse_lora_paths, read_adapter_config
 from radixlm.lora.layer import LoraKernels
@@ -34,12 +34,13 @@ class LoraManager:
         max_tokens: int,
         device: torch.device,
     ) -> None:
-        self.max_rank, self.max_loras, self.shapes = max_rank, max_loras, ModelShapes.of(config)
+        self.max_rank, self.max_loras = max_rank, max_loras
         self.info = LoraBatchInfo(max_tokens, device)
         self._scale_dev = torch.zeros(max_loras, dtype=torch.float32, device=device)
         self._scale_host = [0.0] * max_loras
-        self.layers = wrap_model(
-            model, self.info, LoraKernels(device), (self._scale_dev, self._scale_host), max_loras, max_rank
+        scales = (self._scale_dev, self._scale_host)
+        self.layers, self.shapes = wrap_model(
+            model, config, self.info, LoraKernels(device), scales, max_loras, max_rank
         )
         self.targets = model_targets(self.layers)
         self.by_name: dict[str, LoraAdapter] = {}

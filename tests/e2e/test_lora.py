@@ -118,3 +118,23 @@ def test_load_and_unload_while_requests_run(engine: Any, lora_setup: dict[str, A
     out = _gen(engine, 0, "A")
     assert out["output_ids"] == refs["A", 0] and out["meta_info"]["cached_tokens"] == 0
     engine.unload_lora_adapter("C")
+
+
+def test_transformers_backend_applies_the_adapters(engine_factory: Any, lora_setup: dict[str, Any]) -> None:
+    """The same adapters on the Transformers backend (its nn.Linear q/k/v/o/gate/up/down wrapped):
+    each adapter alone and a batch mixing A, base and B equal HF + peft."""
+    paths, refs = lora_setup["paths"], lora_setup["refs"]
+    hf_engine = engine_factory(
+        lora_setup["base"],
+        lora_paths=[f"A={paths['A']}", f"B={paths['B']}"],
+        model_impl="transformers",
+        dtype="float32",
+        max_total_tokens=2048,
+        num_threads=1,
+        log_level="warning",
+    )
+    for name in ("A", "B"):
+        assert _gen(hf_engine, 0, name)["output_ids"] == refs[name, 0], name
+    names, idx = ["A", None, "B"], [1, 0, 1]
+    outs = hf_engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=GREEDY, lora_path=names)
+    assert [o["output_ids"] for o in outs] == [refs[n, i] for n, i in zip(names, idx)]
