@@ -12,30 +12,17 @@ import pytest
 pytest.importorskip("peft")
 pytestmark = pytest.mark.slow  # one engine start plus HF + peft references: about a minute
 
-from helpers.tiny_lora import load_hf_with_adapter, make_adapter  # noqa: E402
-from helpers.tiny_models import hf_greedy, load_hf_model  # noqa: E402
+from helpers.tiny_lora import NEW, PROMPTS, lora_references  # noqa: E402
 
-PROMPTS = ([5, 17, 33, 99, 120, 7], [201, 3, 88, 45, 10, 11, 12, 300, 250])
-NEW = 10
 GREEDY = {"max_new_tokens": NEW, "temperature": 0, "ignore_eos": True}
-# A: rank 8 on attention (q/k/v/o); B: rank 4 on the MLP plus v_proj; C (loaded at run time): rank 2 on o_proj.
-ADAPTERS = {
-    "A": (8, ["q_proj", "k_proj", "v_proj", "o_proj"], 1),
-    "B": (4, ["gate_proj", "up_proj", "down_proj", "v_proj"], 2),
-    "C": (2, ["o_proj"], 3),
-}
 
 
 @pytest.fixture(scope="module")
 def lora_setup(tiny_model: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The base model, the adapters' directories and HF (+ peft) greedy references per adapter."""
     base = tiny_model("llama")
-    out = tmp_path_factory.mktemp("lora")
-    paths = {name: make_adapter(base, out / name, r, t, seed) for name, (r, t, seed) in ADAPTERS.items()}
-    models = {name: load_hf_with_adapter(base, path) for name, path in paths.items()}
-    models[None] = load_hf_model(base)
-    refs = {(name, i): hf_greedy(m, p, NEW) for name, m in models.items() for i, p in enumerate(PROMPTS)}
-    return {"base": base, "paths": paths, "refs": refs, "out": out}
+    paths, refs = lora_references(base, tmp_path_factory.mktemp("lora"))
+    return {"base": base, "paths": paths, "refs": refs}
 
 
 @pytest.fixture(scope="module")
