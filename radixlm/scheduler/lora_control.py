@@ -13,8 +13,14 @@ class LoraControl:
     """Invariant: an adapter is unloaded only when no request in `live()` uses it, so every
     request in a batch names a loaded adapter."""
 
-    def __init__(self, manager: LoraManager, live: Callable[[], Iterable[Req]]) -> None:
-        self.manager, self.live = manager, live
+    def __init__(self, manager: LoraManager, live: Callable[[], Iterable[Req]], tp_size: int = 1) -> None:
+        self.manager, self.live, self.tp_size = manager, live, tp_size
+
+    def _check_runtime_change(self, what: str) -> None:
+        """Followers load their start-up adapters themselves and hear of no later change: under
+        tensor parallelism the served adapters are fixed at start-up."""
+        if self.tp_size > 1:
+            raise ValueError(f"{what} LoRA adapters at run time is not supported with tp_size > 1 (use --lora-paths)")
 
     def uid_for(self, name: str | None) -> int:
         """The uid of adapter `name` (BASE for None); ValueError naming an unknown one."""
@@ -22,11 +28,13 @@ class LoraControl:
 
     def load(self, lora_name: str, lora_path: str) -> dict[str, str]:
         """Load an adapter; returns {name: path} of those loaded (ValueError: bad adapter or name taken)."""
+        self._check_runtime_change("loading")
         self.manager.load(lora_name, lora_path)
         return self.manager.paths()
 
     def unload(self, lora_name: str) -> dict[str, str]:
         """Unload an adapter no request uses; returns {name: path} of those still loaded."""
+        self._check_runtime_change("unloading")
         uid = self.manager.uid_of(lora_name)
         users = sum(1 for req in self.live() if req.lora_uid == uid)
         if users:

@@ -80,7 +80,7 @@ class Scheduler:
         }
         self.lora_uid: Callable[[Optional[str]], int] = no_lora
         if runner.lora is not None:
-            control = LoraControl(runner.lora, self._live_reqs)
+            control = LoraControl(runner.lora, self._live_reqs, runner.tp.size)
             self.lora_uid = control.uid_for
             self.rpc_handlers.update(load_lora_adapter=control.load, unload_lora_adapter=control.unload)
 

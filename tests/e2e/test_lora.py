@@ -125,3 +125,25 @@ def test_transformers_backend_applies_the_adapters(engine_factory: Any, lora_set
     names, idx = ["A", None, "B"], [1, 0, 1]
     outs = hf_engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=GREEDY, lora_path=names)
     assert [o["output_ids"] for o in outs] == [refs[n, i] for n, i in zip(names, idx)]
+
+
+def test_tensor_parallel_tp2(engine_factory: Any, lora_setup: dict[str, Any]) -> None:
+    """tp 2 on CPU (gloo): the followers get each batch's adapter uids with the batch; column-
+    parallel B and row-parallel A are sharded (the shrunk rows all-reduced). A mixed batch of
+    A, base and B equals HF + peft; adapters are fixed at start-up under TP (a load is a 400-style
+    ValueError naming the limitation)."""
+    paths, refs = lora_setup["paths"], lora_setup["refs"]
+    tp_engine = engine_factory(
+        lora_setup["base"],
+        lora_paths=[f"A={paths['A']}", f"B={paths['B']}"],
+        tp=2,
+        dtype="float32",
+        max_total_tokens=2048,
+        log_level="warning",
+    )
+    names, idx = ["A", None, "B", "B"], [0, 0, 1, 0]
+    outs = tp_engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=GREEDY, lora_path=names)
+    assert [o["output_ids"] for o in outs] == [refs[n, i] for n, i in zip(names, idx)]
+    with pytest.raises(ValueError, match="not supported with tp_size > 1"):
+        tp_engine.load_lora_adapter("C", paths["C"])
+    assert _gen(tp_engine, 1, "A")["output_ids"] == refs["A", 1]
