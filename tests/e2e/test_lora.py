@@ -147,3 +147,25 @@ def test_tensor_parallel_tp2(engine_factory: Any, lora_setup: dict[str, Any]) ->
     with pytest.raises(ValueError, match="not supported with tp_size > 1"):
         tp_engine.load_lora_adapter("C", paths["C"])
     assert _gen(tp_engine, 1, "A")["output_ids"] == refs["A", 1]
+
+
+def test_constrained_rows_and_overlap_beside_adapters(engine: Any, lora_setup: dict[str, Any]) -> None:
+    """Regex-constrained requests under A and B share batches with unconstrained A / base ones
+    (a grammar step turns overlap off for that step): the free rows keep their reference tokens,
+    the constrained ones match the regex and equal their solo runs; overlap did run."""
+    import re
+
+    refs = lora_setup["refs"]
+    regex = r"(yes|no)-[0-9]{2,6}"
+    constrained = {**GREEDY, "regex": regex, "max_new_tokens": 16}
+    del constrained["ignore_eos"]
+    before = engine.get_server_info()["num_overlapped_steps"]
+    names, idx = ["A", "B", "A", None], [0, 1, 1, 0]
+    params = [constrained, constrained, GREEDY, GREEDY]
+    outs = engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=params, lora_path=names)
+    assert [o["output_ids"] for o in outs[2:]] == [refs["A", 1], refs[None, 0]]
+    for out, name, i in zip(outs[:2], names, idx):
+        assert re.fullmatch(regex, out["text"]), out["text"]
+        alone = engine.generate(input_ids=PROMPTS[i], sampling_params=constrained, lora_path=name)
+        assert alone["output_ids"] == out["output_ids"]
+    assert engine.get_server_info()["num_overlapped_steps"] > before
