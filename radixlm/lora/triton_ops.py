@@ -2,9 +2,13 @@
 
 A program handles one segment's block of BLOCK_M rows and BLOCK_N output columns: it reads the
 segment's slot, returns at once for slot -1 (base rows), and multiplies the rows by that slot's
-A (shrink) or B (expand) tile by tile. The grid depends only on the segment count and the
-longest segment, so a decode batch (one row per segment, from static buffers) is captured in a
-CUDA graph once per batch size. Triton is imported by this module: only CUDA processes (and the
+A (shrink) or B (expand) tile by tile. When the batch has few segments of short rows (small
+decode batches) the shrink also splits K over SPLIT programs, each writing a float32 partial
+product that a sum adds up (deterministic: no atomics), so one row's long K loop does not run
+on a single program. The grid depends only on the segment count, the longest segment and the
+shapes, so a decode batch (one row per segment, from static buffers) is captured in a CUDA
+graph once per batch size. The shrink's rows of base-model segments are left unwritten: the
+expand never reads them. Triton is imported by this module: only CUDA processes (and the
 interpreter tests) import it.
 """
 
@@ -17,16 +21,19 @@ import triton.language as tl
 from radixlm.lora.batch_info import Segments
 
 BLOCK_M = 16  # tl.dot's smallest M; a decode segment is one row of it
+K_PER_SPLIT = 256  # K elements per program of a split shrink (two BLOCK_K tiles)
+TARGET_PROGRAMS = 264  # enough programs to fill a large GPU twice over (132 SMs on an H100)
 
 
 @triton.jit
 def _shrink_kernel(
     x_ptr, a_ptr, s_ptr, starts_ptr, lens_ptr, slots_ptr,
-    K, R, stride_x, stride_as, stride_ar, stride_s,
+    K, R, SPLIT, K_PER, stride_x, stride_as, stride_ar, stride_split, stride_s,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
     WIDEN: tl.constexpr,
 ):  # fmt: skip
-    seg, mblock, nblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seg, mblock, pid2 = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nblock, part = pid2 // SPLIT, pid2 % SPLIT
     slot = tl.load(slots_ptr + seg)
     length = tl.load(lens_ptr + seg)
     if slot < 0 or mblock * BLOCK_M >= length:
@@ -37,9 +44,11 @@ def _shrink_kernel(
     cols = nblock * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < R
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_lo = part * K_PER
+    k_hi = tl.minimum(k_lo + K_PER, K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
+        k_ok = ks < k_hi
         x = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         a = tl.load(
             a_ptr + slot * stride_as + cols[None, :] * stride_ar + ks[:, None],
@@ -49,7 +58,7 @@ def _shrink_kernel(
         if WIDEN:
             x, a = x.to(tl.float32), a.to(tl.float32)
         acc = tl.dot(x, a, acc, input_precision=PRECISION)
-    ptrs = s_ptr + rows[:, None] * stride_s + cols[None, :]
+    ptrs = s_ptr + part * stride_split + rows[:, None] * stride_s + cols[None, :]
     tl.store(ptrs, acc.to(s_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -96,23 +105,36 @@ def _dot_modes(x: torch.Tensor) -> tuple[str, bool]:
     return ("ieee" if x.dtype == torch.float32 else "tf32"), (x.device.type == "cpu" and x.dtype == torch.bfloat16)
 
 
-def _grid(seg: Segments, n: int, block_n: int) -> tuple[int, int, int]:
-    return seg.count, triton.cdiv(max(seg.max_len, 1), BLOCK_M), triton.cdiv(n, block_n)
+def _grid(seg: Segments, n: int, block_n: int, split: int = 1) -> tuple[int, int, int]:
+    return seg.count, triton.cdiv(max(seg.max_len, 1), BLOCK_M), triton.cdiv(n, block_n) * split
+
+
+def split_k(seg: Segments, k: int, n_blocks: int) -> int:
+    """How many programs share one row block's K loop: 1 unless the batch is a few short
+    segments (one M block each) that would leave most of the GPU idle."""
+    if seg.max_len > BLOCK_M:
+        return 1
+    want = triton.cdiv(TARGET_PROGRAMS, max(seg.count * n_blocks, 1))
+    return max(1, min(want, triton.cdiv(k, K_PER_SPLIT)))
 
 
 def shrink(x: torch.Tensor, a: torch.Tensor, seg: Segments) -> torch.Tensor:
-    """s [T, R] = x @ A[slot]^T per segment (zero on base rows); x [T, K] contiguous, A [S, R, K]."""
-    s = torch.zeros((x.shape[0], a.shape[1]), dtype=x.dtype, device=x.device)
+    """s [T, R] = x @ A[slot]^T on the rows of adapter segments (base rows: unspecified, never
+    read by `expand_add`); x [T, K] contiguous, A [S, R, K]."""
+    t, k, r = x.shape[0], x.shape[1], a.shape[1]
     if seg.count == 0:
-        return s
-    k, r = x.shape[1], a.shape[1]
+        return torch.empty((t, r), dtype=x.dtype, device=x.device)
     block_n = max(16, triton.next_power_of_2(min(r, 64)))
+    split = split_k(seg, k, triton.cdiv(r, block_n))
+    out_dtype = x.dtype if split == 1 else torch.float32
+    s = torch.empty((split, t, r), dtype=out_dtype, device=x.device)
     precision, widen = _dot_modes(x)
-    _shrink_kernel[_grid(seg, r, block_n)](
-        x, a, s, seg.starts, seg.lens, seg.slots, k, r, x.stride(0), a.stride(0), a.stride(1), s.stride(0),
+    _shrink_kernel[_grid(seg, r, block_n, split)](
+        x, a, s, seg.starts, seg.lens, seg.slots, k, r, split, triton.cdiv(k, split * 128) * 128,
+        x.stride(0), a.stride(0), a.stride(1), s.stride(0), s.stride(1),
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=128, PRECISION=precision, WIDEN=widen,
     )  # fmt: skip
-    return s
+    return s[0] if split == 1 else s.sum(0).to(x.dtype)
 
 
 def expand_add(
