@@ -41,14 +41,16 @@ def load_hf_with_adapter(base_dir: str, adapter_dir: str) -> object:
 
 
 # Shared by the Engine and HTTP LoRA tests: prompts (token ids of the tiny Llama), greedy length,
-# and adapters {name: (rank, target modules, seed)}. A: rank 8 on attention; B: rank 4 on the MLP
-# plus v_proj; C (loaded at run time): rank 2 on o_proj.
+# and adapters {name: (rank, target modules, seed, extra LoraConfig fields)}. A: rank 8 on attention;
+# B: rank 4 on the MLP plus v_proj; C (loaded at run time): rank 2 on o_proj; D: rank 4 rsLoRA
+# (scaled by alpha / sqrt(r)) on q_proj and down_proj.
 PROMPTS = ([5, 17, 33, 99, 120, 7], [201, 3, 88, 45, 10, 11, 12, 300, 250])
 NEW = 10
 ADAPTERS = {
-    "A": (8, ["q_proj", "k_proj", "v_proj", "o_proj"], 1),
-    "B": (4, ["gate_proj", "up_proj", "down_proj", "v_proj"], 2),
-    "C": (2, ["o_proj"], 3),
+    "A": (8, ["q_proj", "k_proj", "v_proj", "o_proj"], 1, {}),
+    "B": (4, ["gate_proj", "up_proj", "down_proj", "v_proj"], 2, {}),
+    "C": (2, ["o_proj"], 3, {}),
+    "D": (4, ["q_proj", "down_proj"], 4, {"use_rslora": True}),
 }
 
 
@@ -57,7 +59,10 @@ def lora_references(base_dir: str, out_dir: str | os.PathLike) -> tuple[dict[str
     HF + peft greedy tokens of NEW tokens}) for every adapter and the base model (None)."""
     from helpers.tiny_models import hf_greedy, load_hf_model
 
-    paths = {name: make_adapter(base_dir, Path(out_dir) / name, r, t, seed) for name, (r, t, seed) in ADAPTERS.items()}
+    paths = {
+        name: make_adapter(base_dir, Path(out_dir) / name, r, t, seed, **extra)
+        for name, (r, t, seed, extra) in ADAPTERS.items()
+    }
     models: dict = {name: load_hf_with_adapter(base_dir, path) for name, path in paths.items()}
     models[None] = load_hf_model(base_dir)
     refs = {(name, i): hf_greedy(m, p, NEW) for name, m in models.items() for i, p in enumerate(PROMPTS)}
