@@ -1,19 +1,23 @@
 """Which adapter slot each row of the current forward uses, in the form the LoRA kernels read.
 
-Rows of one request are consecutive and share an adapter, so the batch is cut into segments:
-maximal runs of rows with the same slot (-1: the base model, no LoRA term). Two layouts:
+Rows of one request are consecutive and share an adapter. Two device layouts:
 
-* per-token (every request has one row: decode): the slots live in a static device buffer
-  (`token_slots`, padded with -1), so a CUDA graph captured once reads each replay's slots;
-  segment i is row i, and a layer takes the first `x.shape[0]` rows of the static views.
-* segmented (prefill / extend): fresh device tensors of segment starts, lengths and slots.
+* grouped (every request has one row: decode): one segment per adapter slot, over a static
+  permutation `rows` that lists the rows of slot 0, then slot 1, ... (base rows in none), so a
+  program's BLOCK_M rows share one adapter's weight tiles however the batch interleaves its
+  adapters. Starts, lengths and the permutation live in static device buffers (a CUDA graph
+  captured once reads each replay's); the segment count is the slot count and the longest
+  segment is bounded by the layer's row count, so the grid is fixed per batch size.
+* segmented (prefill / extend): maximal runs of consecutive rows with one slot (-1: the base
+  model, no LoRA term), as fresh device tensors of starts, lengths and slots; rows are direct.
 
-`host_segments` (start, end, slot) is what the torch reference reads, in both layouts.
+`host_segments` (start, end, slot) of the runs is what the torch reference reads, in both layouts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -22,35 +26,39 @@ from radixlm.forward.device_copy import to_device, to_device_split
 
 @dataclass
 class Segments:
-    """Device view of a batch's segments for one layer call."""
+    """Device view of a batch's segments for one layer call. Segment i covers `lens[i]` rows on
+    slot `slots[i]`: rows `starts[i] + j`, or with `rows` given, rows `rows[starts[i] + j]`."""
 
     starts: torch.Tensor
     lens: torch.Tensor
     slots: torch.Tensor
     count: int
     max_len: int
+    rows: Optional[torch.Tensor] = None
 
 
 @dataclass
 class LoraBatchInfo:
-    """Owned by the LoRA manager, read by every LoRA layer. Invariant: after `set_rows`, the
-    segments cover rows [0, T) of the forward in order."""
+    """Owned by the LoRA manager, read by every LoRA layer. Invariant: after `set_rows`, every
+    row of the forward on an adapter is in exactly one segment, with its slot; base rows in none."""
 
     max_tokens: int
     device: torch.device
+    num_slots: int = 1
     per_token: bool = True
     host_segments: list[tuple[int, int, int]] = field(default_factory=list)
     _segmented: Segments | None = None
 
     def __post_init__(self) -> None:
-        n = self.max_tokens
-        self.token_slots = torch.full((n,), -1, dtype=torch.int64, device=self.device)
-        self.token_starts = torch.arange(n, dtype=torch.int64, device=self.device)
-        self.token_lens = torch.ones(n, dtype=torch.int64, device=self.device)
+        n, s = self.max_tokens, self.num_slots
+        # one buffer, one copy per forward: [permutation (max_tokens) | starts (slots) | lengths (slots)]
+        self._plan = torch.zeros(n + 2 * s, dtype=torch.int64, device=self.device)
+        self.token_rows, self.slot_starts, self.slot_lens = self._plan.split((n, s, s))
+        self.slot_ids = torch.arange(s, dtype=torch.int64, device=self.device)
 
     def reset(self) -> None:
-        """Every row on the base model, per-token layout (before CUDA-graph capture)."""
-        self.token_slots.fill_(-1)
+        """Every row on the base model, grouped layout (before CUDA-graph capture)."""
+        self._plan.zero_()
         self.per_token, self.host_segments = True, []
 
     def set_rows(self, row_slots: list[int], rows_per_req: list[int]) -> None:
@@ -59,8 +67,7 @@ class LoraBatchInfo:
         self.host_segments = segments
         if len(rows_per_req) <= self.max_tokens and all(n == 1 for n in rows_per_req):
             self.per_token = True
-            padded = row_slots + [-1] * (self.max_tokens - len(row_slots))
-            self.token_slots.copy_(to_device(padded, self.device), non_blocking=True)
+            self._plan.copy_(to_device(_grouped_plan(row_slots, self.max_tokens, self.num_slots), self.device))
             return
         self.per_token = False
         starts = [s for s, _, _ in segments]
@@ -72,11 +79,23 @@ class LoraBatchInfo:
     def segments(self, num_rows: int) -> Segments:
         """The segments of a forward of `num_rows` rows (the layer's `x.shape[0]`)."""
         if self.per_token:
-            return Segments(
-                self.token_starts[:num_rows], self.token_lens[:num_rows], self.token_slots[:num_rows], num_rows, 1
-            )
+            return Segments(self.slot_starts, self.slot_lens, self.slot_ids, self.num_slots, num_rows, self.token_rows)
         assert self._segmented is not None
         return self._segmented
+
+
+def _grouped_plan(row_slots: list[int], max_tokens: int, num_slots: int) -> list[int]:
+    """[rows by slot, padded to max_tokens | each slot's start | each slot's row count]."""
+    by_slot: list[list[int]] = [[] for _ in range(num_slots)]
+    for row, slot in enumerate(row_slots):
+        if slot >= 0:
+            by_slot[slot].append(row)
+    rows, starts, lens = [], [], []
+    for group in by_slot:
+        starts.append(len(rows))
+        lens.append(len(group))
+        rows += group
+    return rows + [0] * (max_tokens - len(rows)) + starts + lens
 
 
 def _runs(row_slots: list[int], rows_per_req: list[int]) -> list[tuple[int, int, int]]:

@@ -35,7 +35,7 @@ class LoraManager:
         device: torch.device,
     ) -> None:
         self.max_rank, self.max_loras = max_rank, max_loras
-        self.info = LoraBatchInfo(max_tokens, device)
+        self.info = LoraBatchInfo(max_tokens, device, max_loras)
         self._scale_dev = torch.zeros(max_loras, dtype=torch.float32, device=device)
         self._scale_host = [0.0] * max_loras
         scales = (self._scale_dev, self._scale_host)

@@ -1,15 +1,18 @@
 """Segmented LoRA shrink and expand as Triton kernels (the CUDA path; same contract as `ops_torch`).
 
 A program handles one segment's block of BLOCK_M rows and BLOCK_N output columns: it reads the
-segment's slot, returns at once for slot -1 (base rows), and multiplies the rows by that slot's
-A (shrink) or B (expand) tile by tile. When the batch has few segments of short rows (small
-decode batches) the shrink also splits K over SPLIT programs, each writing a float32 partial
-product that a sum adds up (deterministic: no atomics), so one row's long K loop does not run
-on a single program. The grid depends only on the segment count, the longest segment and the
-shapes, so a decode batch (one row per segment, from static buffers) is captured in a CUDA
-graph once per batch size. The shrink's rows of base-model segments are left unwritten: the
-expand never reads them. Triton is imported by this module: only CUDA processes (and the
-interpreter tests) import it.
+segment's slot, returns at once for slot -1 (base rows) or past the segment's end, and
+multiplies the rows by that slot's A (shrink) or B (expand) tile by tile. A decode batch's
+segments are per slot over a row permutation (`Segments.rows`, see batch_info.py), so its rows
+of one adapter share each weight tile load however requests interleave their adapters.
+
+When few row blocks have work (small decode batches) the shrink also splits K over SPLIT
+programs, each writing a float32 partial product that a sum adds up (deterministic: no
+atomics), so one row block's long K loop does not run on a single program. The grid depends
+only on the layout, the slot count, the layer's row count and the shapes, so a decode batch
+(static buffers) is captured in a CUDA graph once per batch size. The shrink's rows of base
+rows are left unwritten: the expand never reads them. Triton is imported by this module: only
+CUDA processes (and the interpreter tests) import it.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ TARGET_PROGRAMS = 264  # enough programs to fill a large GPU twice over (132 SMs
 
 @triton.jit
 def _shrink_kernel(
-    x_ptr, a_ptr, s_ptr, starts_ptr, lens_ptr, slots_ptr,
+    x_ptr, a_ptr, s_ptr, starts_ptr, lens_ptr, slots_ptr, rows_ptr,
     K, R, SPLIT, K_PER, stride_x, stride_as, stride_ar, stride_split, stride_s,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    WIDEN: tl.constexpr,
+    WIDEN: tl.constexpr, INDIRECT: tl.constexpr,
 ):  # fmt: skip
     seg, mblock, pid2 = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nblock, part = pid2 // SPLIT, pid2 % SPLIT
@@ -41,6 +44,8 @@ def _shrink_kernel(
     rows = mblock * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < length
     rows = tl.load(starts_ptr + seg) + rows
+    if INDIRECT:
+        rows = tl.load(rows_ptr + rows, mask=row_ok, other=0)
     cols = nblock * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < R
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -64,10 +69,10 @@ def _shrink_kernel(
 
 @triton.jit
 def _expand_kernel(
-    s_ptr, b_ptr, out_ptr, scales_ptr, starts_ptr, lens_ptr, slots_ptr,
+    s_ptr, b_ptr, out_ptr, scales_ptr, starts_ptr, lens_ptr, slots_ptr, rows_ptr,
     N, R, stride_s, stride_bs, stride_bn, stride_out,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr,
-    WIDEN: tl.constexpr,
+    WIDEN: tl.constexpr, INDIRECT: tl.constexpr,
 ):  # fmt: skip
     seg, mblock, nblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     slot = tl.load(slots_ptr + seg)
@@ -77,6 +82,8 @@ def _expand_kernel(
     rows = mblock * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < length
     rows = tl.load(starts_ptr + seg) + rows
+    if INDIRECT:
+        rows = tl.load(rows_ptr + rows, mask=row_ok, other=0)
     cols = nblock * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -105,16 +112,26 @@ def _dot_modes(x: torch.Tensor) -> tuple[str, bool]:
     return ("ieee" if x.dtype == torch.float32 else "tf32"), (x.device.type == "cpu" and x.dtype == torch.bfloat16)
 
 
+def _rows(seg: Segments) -> torch.Tensor:
+    """The row permutation of a grouped layout; a direct one passes any tensor (never read)."""
+    return seg.rows if seg.rows is not None else seg.starts
+
+
 def _grid(seg: Segments, n: int, block_n: int, split: int = 1) -> tuple[int, int, int]:
     return seg.count, triton.cdiv(max(seg.max_len, 1), BLOCK_M), triton.cdiv(n, block_n) * split
 
 
 def split_k(seg: Segments, k: int, n_blocks: int) -> int:
-    """How many programs share one row block's K loop: 1 unless the batch is a few short
-    segments (one M block each) that would leave most of the GPU idle."""
-    if seg.max_len > BLOCK_M:
-        return 1
-    want = triton.cdiv(TARGET_PROGRAMS, max(seg.count * n_blocks, 1))
+    """How many programs share one row block's K loop, from a bound on the row blocks with work
+    (a function of the layout and row count only: fixed per CUDA graph): 1 for a segmented
+    batch of long segments (a prefill has blocks enough), else enough to fill the GPU."""
+    if seg.rows is None:
+        if seg.max_len > BLOCK_M:
+            return 1
+        busy = seg.count
+    else:  # grouped: at most cdiv(rows, BLOCK_M) full blocks plus one partial block per slot
+        busy = triton.cdiv(seg.max_len, BLOCK_M) + seg.count
+    want = triton.cdiv(TARGET_PROGRAMS, max(busy * n_blocks, 1))
     return max(1, min(want, triton.cdiv(k, K_PER_SPLIT)))
 
 
@@ -130,9 +147,10 @@ def shrink(x: torch.Tensor, a: torch.Tensor, seg: Segments) -> torch.Tensor:
     s = torch.empty((split, t, r), dtype=out_dtype, device=x.device)
     precision, widen = _dot_modes(x)
     _shrink_kernel[_grid(seg, r, block_n, split)](
-        x, a, s, seg.starts, seg.lens, seg.slots, k, r, split, triton.cdiv(k, split * 128) * 128,
+        x, a, s, seg.starts, seg.lens, seg.slots, _rows(seg), k, r, split, triton.cdiv(k, split * 128) * 128,
         x.stride(0), a.stride(0), a.stride(1), s.stride(0), s.stride(1),
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=128, PRECISION=precision, WIDEN=widen,
+        INDIRECT=seg.rows is not None,
     )  # fmt: skip
     return s[0] if split == 1 else s.sum(0).to(x.dtype)
 
@@ -147,7 +165,8 @@ def expand_add(
     block_r = max(16, triton.next_power_of_2(min(r, 64)))
     precision, widen = _dot_modes(out)
     _expand_kernel[_grid(seg, n, 64)](
-        s, b, out, scales, seg.starts, seg.lens, seg.slots, n, r, s.stride(0), b.stride(0), b.stride(1),
-        out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=64, BLOCK_R=block_r, PRECISION=precision, WIDEN=widen,
+        s, b, out, scales, seg.starts, seg.lens, seg.slots, _rows(seg), n, r, s.stride(0), b.stride(0),
+        b.stride(1), out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=64, BLOCK_R=block_r, PRECISION=precision,
+        WIDEN=widen, INDIRECT=seg.rows is not None,
     )  # fmt: skip
     return out

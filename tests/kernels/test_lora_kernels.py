@@ -38,7 +38,7 @@ def _case(gen: torch.Generator, rows_per_req: list[int], req_slots: list[int], d
     b = torch.randn(SLOTS, N, R, generator=gen).to(device, dtype)
     out = torch.randn(t, N, generator=gen).to(device, dtype)
     scales = [0.5, 2.0, 1.25]
-    info = LoraBatchInfo(max_tokens=8, device=torch.device(device))
+    info = LoraBatchInfo(max_tokens=64, device=torch.device(device), num_slots=SLOTS)
     info.set_rows(req_slots, rows_per_req)
     row_slots = [s for s, n in zip(req_slots, rows_per_req) for _ in range(n)]
     return x, a, b, out, scales, info, row_slots
@@ -46,7 +46,8 @@ def _case(gen: torch.Generator, rows_per_req: list[int], req_slots: list[int], d
 
 CASES = (
     ([5, 1, 20, 3, 2], [0, -1, 2, 2, 1]),  # prefill: runs merged (2, 2), a base request, a 20-row segment
-    ([1, 1, 1, 1, 1], [1, -1, 0, 1, 1]),  # decode: one row each (static per-token buffers)
+    ([1, 1, 1, 1, 1], [1, -1, 0, 1, 1]),  # decode: one row each (grouped by slot, static buffers)
+    ([1] * 40, [1 if i % 3 else (i // 3) % 3 - 1 for i in range(40)]),  # decode, interleaved: slot 1 > BLOCK_M rows
 )
 
 

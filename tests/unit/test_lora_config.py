@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from radixlm.lora.adapter import ModelShapes, load_adapter
-from radixlm.lora.batch_info import _runs
+from radixlm.lora.batch_info import LoraBatchInfo, _runs
 from radixlm.lora.config import config_from_dict, parse_lora_paths, read_adapter_config
 from radixlm.lora.pool import SlotPool
 
@@ -121,3 +121,23 @@ def test_slot_pool_evicts_least_recently_used_unused() -> None:
 
 def test_segments_merge_runs_of_one_slot() -> None:
     assert _runs([0, 0, -1, 1, 1], [2, 3, 1, 0, 4]) == [(0, 5, 0), (5, 6, -1), (6, 10, 1)]
+
+
+def test_decode_rows_are_grouped_by_slot_in_static_buffers() -> None:
+    """One row per request (decode): per slot, a segment over the rows of that slot (base rows
+    in none), written into the same static buffers every time (what a CUDA graph reads)."""
+    info = LoraBatchInfo(max_tokens=8, device=torch.device("cpu"), num_slots=3)
+    buffers = (info.token_rows.data_ptr(), info.slot_starts.data_ptr(), info.slot_lens.data_ptr())
+    info.set_rows([1, -1, 0, 1, 2, 1], [1] * 6)
+    seg = info.segments(8)  # a CUDA-graph bucket of 8 rows: rows 6 and 7 are padding
+    assert info.per_token and (seg.count, seg.max_len) == (3, 8) and seg.slots.tolist() == [0, 1, 2]
+    assert seg.rows is not None and seg.rows.data_ptr() == buffers[0]
+    got = {slot: seg.rows[start : start + n].tolist() for slot, start, n in zip([0, 1, 2], seg.starts, seg.lens)}
+    assert got == {0: [2], 1: [0, 3, 5], 2: [4]}
+    info.set_rows([-1, -1], [1, 1])
+    assert info.segments(2).lens.tolist() == [0, 0, 0]
+    info.set_rows([0, 2], [3, 1])  # a prefill: direct runs, no permutation
+    assert not info.per_token and info.segments(4).rows is None
+    info.reset()
+    assert info.per_token and info.slot_lens.tolist() == [0, 0, 0]
+    assert (info.token_rows.data_ptr(), info.slot_starts.data_ptr(), info.slot_lens.data_ptr()) == buffers
