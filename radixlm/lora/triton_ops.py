@@ -1,4 +1,5 @@
-"""Segmented LoRA shrink and expand as Triton kernels (the CUDA path; same contract as `ops_torch`).
+"""Segmented LoRA shrink and expand as Triton kernels (the CUDA path; `ops_torch`'s contract,
+except that `shrink` returns split-K partial products that `expand_add` sums).
 
 A program handles one segment's block of BLOCK_M rows and BLOCK_N output columns: it reads the
 segment's slot, returns at once for slot -1 (base rows) or past the segment's end, and
@@ -7,12 +8,12 @@ segments are per slot over a row permutation (`Segments.rows`, see batch_info.py
 of one adapter share each weight tile load however requests interleave their adapters.
 
 When few row blocks have work (small decode batches) the shrink also splits K over SPLIT
-programs, each writing a float32 partial product that a sum adds up (deterministic: no
-atomics), so one row block's long K loop does not run on a single program. The grid depends
-only on the layout, the slot count, the layer's row count and the shapes, so a decode batch
-(static buffers) is captured in a CUDA graph once per batch size. The shrink's rows of base
-rows are left unwritten: the expand never reads them. Triton is imported by this module: only
-CUDA processes (and the interpreter tests) import it.
+programs, each writing a float32 partial product that the expand adds up as it reads them
+(deterministic: no atomics, no extra kernel), so one row block's long K loop does not run on a
+single program. The grid depends only on the layout, the slot count, the layer's row count and
+the shapes, so a decode batch (static buffers) is captured in a CUDA graph once per batch size.
+The shrink leaves base rows unwritten: the expand never reads them. Triton is imported by this
+module: only CUDA processes (and the interpreter tests) import it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _shrink_kernel(
 @triton.jit
 def _expand_kernel(
     s_ptr, b_ptr, out_ptr, scales_ptr, starts_ptr, lens_ptr, slots_ptr, rows_ptr,
-    N, R, stride_s, stride_bs, stride_bn, stride_out,
+    N, R, SPLIT, stride_split, stride_s, stride_bs, stride_bn, stride_out,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr,
     WIDEN: tl.constexpr, INDIRECT: tl.constexpr,
 ):  # fmt: skip
@@ -90,14 +91,20 @@ def _expand_kernel(
     for r0 in range(0, R, BLOCK_R):
         rs = r0 + tl.arange(0, BLOCK_R)
         r_ok = rs < R
-        s = tl.load(s_ptr + rows[:, None] * stride_s + rs[None, :], mask=row_ok[:, None] & r_ok[None, :], other=0.0)
+        s_ptrs = s_ptr + rows[:, None] * stride_s + rs[None, :]
+        s_ok = row_ok[:, None] & r_ok[None, :]
+        s = tl.load(s_ptrs, mask=s_ok, other=0.0).to(tl.float32)
+        for part in range(1, SPLIT):  # the shrink's split-K partial products
+            s += tl.load(s_ptrs + part * stride_split, mask=s_ok, other=0.0).to(tl.float32)
         b = tl.load(
             b_ptr + slot * stride_bs + cols[None, :] * stride_bn + rs[:, None],
             mask=col_ok[None, :] & r_ok[:, None],
             other=0.0,
         )
         if WIDEN:
-            s, b = s.to(tl.float32), b.to(tl.float32)
+            b = b.to(tl.float32)
+        else:
+            s = s.to(b.dtype)
         acc = tl.dot(s, b, acc, input_precision=PRECISION)
     acc = acc * tl.load(scales_ptr + slot)
     ptrs = out_ptr + rows[:, None] * stride_out + cols[None, :]
@@ -136,11 +143,12 @@ def split_k(seg: Segments, k: int, n_blocks: int) -> int:
 
 
 def shrink(x: torch.Tensor, a: torch.Tensor, seg: Segments) -> torch.Tensor:
-    """s [T, R] = x @ A[slot]^T on the rows of adapter segments (base rows: unspecified, never
-    read by `expand_add`); x [T, K] contiguous, A [S, R, K]."""
+    """s [SPLIT, T, R]: split-K partial products whose sum over dim 0 is x @ A[slot]^T on the
+    rows of adapter segments (base rows: unspecified, never read by `expand_add`, which adds
+    the partials up); SPLIT 1 in x's dtype, else float32. x [T, K] contiguous, A [S, R, K]."""
     t, k, r = x.shape[0], x.shape[1], a.shape[1]
     if seg.count == 0:
-        return torch.empty((t, r), dtype=x.dtype, device=x.device)
+        return torch.empty((1, t, r), dtype=x.dtype, device=x.device)
     block_n = max(16, triton.next_power_of_2(min(r, 64)))
     split = split_k(seg, k, triton.cdiv(r, block_n))
     out_dtype = x.dtype if split == 1 else torch.float32
@@ -152,21 +160,22 @@ def shrink(x: torch.Tensor, a: torch.Tensor, seg: Segments) -> torch.Tensor:
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=128, PRECISION=precision, WIDEN=widen,
         INDIRECT=seg.rows is not None,
     )  # fmt: skip
-    return s[0] if split == 1 else s.sum(0).to(x.dtype)
+    return s
 
 
 def expand_add(
     out: torch.Tensor, s: torch.Tensor, b: torch.Tensor, scales: torch.Tensor, seg: Segments
 ) -> torch.Tensor:
-    """out[rows] += (s[rows] @ B[slot]^T) * scales[slot] per segment, in place; B [S, N, R]."""
+    """out[rows] += (sum of s's partials [rows] @ B[slot]^T) * scales[slot] per segment, in place;
+    s [SPLIT, T, R] from `shrink`, B [S, N, R]."""
     if seg.count == 0:
         return out
     n, r = b.shape[1], b.shape[2]
     block_r = max(16, triton.next_power_of_2(min(r, 64)))
     precision, widen = _dot_modes(out)
     _expand_kernel[_grid(seg, n, 64)](
-        s, b, out, scales, seg.starts, seg.lens, seg.slots, _rows(seg), n, r, s.stride(0), b.stride(0),
-        b.stride(1), out.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=64, BLOCK_R=block_r, PRECISION=precision,
-        WIDEN=widen, INDIRECT=seg.rows is not None,
+        s, b, out, scales, seg.starts, seg.lens, seg.slots, _rows(seg), n, r, s.shape[0], s.stride(0),
+        s.stride(1), b.stride(0), b.stride(1), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=64, BLOCK_R=block_r, PRECISION=precision, WIDEN=widen, INDIRECT=seg.rows is not None,
     )  # fmt: skip
     return out
