@@ -393,7 +393,11 @@ class Engine:
         return self._lora_call("load_lora_adapter", lora_name=lora_name, lora_path=lora_path)
 
     def unload_lora_adapter(self, lora_name: str) -> dict[str, str]:
-        """Unload adapter `lora_name`; ValueError when it is unknown or still used by a request."""
+        """Unload adapter `lora_name`; ValueError when it is unknown or still used by a request,
+        or with dp_size > 1 (a replica still running a request on it would refuse while the
+        others unload, leaving the replicas disagreeing on the served adapters)."""
+        if self.server_args.dp_size > 1:
+            raise ValueError("unloading LoRA adapters at run time is not supported with dp_size > 1 yet")
         return self._lora_call("unload_lora_adapter", lora_name=lora_name)
 
     def _lora_call(self, method: str, **kwargs: str) -> dict[str, str]:

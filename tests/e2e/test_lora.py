@@ -194,3 +194,28 @@ def test_cuda_graphs_replay_each_batch_adapters(engine_factory: Any, lora_setup:
         outs[graphs] = [o["output_ids"] for o in got]
     assert outs[True] == outs[False]
     assert outs[True][1] not in (outs[True][0], outs[True][4])  # base vs A and B on prompt 0
+
+
+def test_data_parallel_replicas_serve_the_adapters(engine_factory: Any, lora_setup: dict[str, Any]) -> None:
+    """dp 2: requests spread over both replicas keep their adapters; an adapter loaded at run
+    time reaches every replica; unloading is refused (replicas could disagree)."""
+    paths, refs = lora_setup["paths"], lora_setup["refs"]
+    dp_engine = engine_factory(
+        lora_setup["base"],
+        lora_paths=[f"A={paths['A']}"],
+        max_lora_rank=8,
+        dp=2,
+        load_balance_method="round_robin",
+        dtype="float32",
+        max_total_tokens=2048,
+        num_threads=1,
+        log_level="warning",
+    )
+    names, idx = ["A", None, "A", None], [0, 1, 1, 0]
+    outs = dp_engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=GREEDY, lora_path=names)
+    assert [o["output_ids"] for o in outs] == [refs[n, i] for n, i in zip(names, idx)]
+    assert set(dp_engine.load_lora_adapter("C", paths["C"])) == {"A", "C"}
+    outs = dp_engine.generate(input_ids=[PROMPTS[0]] * 2, sampling_params=GREEDY, lora_path=["C", "C"])
+    assert [o["output_ids"] for o in outs] == [refs["C", 0]] * 2  # round robin: one on each replica
+    with pytest.raises(ValueError, match="not supported with dp_size > 1"):
+        dp_engine.unload_lora_adapter("C")
