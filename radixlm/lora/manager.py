@@ -118,6 +118,8 @@ def build_lora_manager(
     paths = parse_lora_paths(args.lora_paths)
     if not paths and not args.enable_lora:
         return None
+    if args.enable_torch_compile:
+        raise ValueError("LoRA adapters with --enable-torch-compile are not supported yet: drop one of the two")
     rank = args.max_lora_rank
     if rank is None:
         if not paths:

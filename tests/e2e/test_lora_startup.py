@@ -57,6 +57,8 @@ def test_bad_lora_flags(adapters: dict[str, Any]) -> None:
         ServerArgs(model_path=adapters["base"], max_loras_per_batch=0)
     with pytest.raises(ValueError, match="enable_lora without lora_paths needs max_lora_rank"):
         ModelRunner(ServerArgs(model_path=adapters["base"], enable_lora=True, **ARGS))
+    with pytest.raises(ValueError, match="LoRA adapters with --enable-torch-compile are not supported"):
+        ModelRunner(ServerArgs(model_path=adapters["base"], enable_lora=True, enable_torch_compile=True, **ARGS))
 
 
 @pytest.mark.slow
