@@ -17,6 +17,7 @@ from radixlm.entrypoints.http.field_policy import check_fields, check_message_fi
 from radixlm.entrypoints.http.openai_common import (
     check_model,
     finish_reason,
+    lora_of,
     matched_stop,
     new_id,
     now,
@@ -50,8 +51,8 @@ def chat_router(state: ServerState) -> APIRouter:
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         check_fields(body, "chat")
         check_message_fields(body.messages)
-        check_model(state, body.model)
-        reqs, plan = await state.prepare(_requests, state, body)
+        adapter = lora_of(state, body, check_model(state, body.model))
+        reqs, plan = await state.prepare(_requests, state, body, adapter)
         if body.stream:
             return StreamingResponse(_stream(state, body, reqs, plan), media_type="text/event-stream")
         accs = await state.run(reqs, request)
@@ -69,9 +70,12 @@ def chat_router(state: ServerState) -> APIRouter:
     return router
 
 
-def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[TokenizedGenerateReq], OutputPlan]:
-    """The engine requests for a chat body (template, tokens, sampling params) and how to read
-    their output (on the preparation thread: templates and tokenizing can be slow)."""
+def _requests(
+    state: ServerState, body: ChatCompletionRequest, adapter: Optional[str]
+) -> tuple[list[TokenizedGenerateReq], OutputPlan]:
+    """The engine requests for a chat body (template, tokens, sampling params) on LoRA adapter
+    `adapter` (None: base) and how to read their output (on the preparation thread: templates
+    and tokenizing can be slow)."""
     tools = plan_tools(body, _tool_parser(state))
     prompt_ids, images = _render(state, body, tools)
     room = state.token_room(len(prompt_ids))
@@ -92,6 +96,7 @@ def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[Tok
         stream=body.stream,
         rid=body.rid,
         image_data=[images] if images else None,
+        lora_path=adapter,
     )
     plan = _output_plan(state, body, tools)
     if plan.reasoning_forced is not None and any(k in params for k in _CONSTRAINTS):
