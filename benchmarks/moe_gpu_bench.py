@@ -13,6 +13,7 @@ throughput of N prompts x (512 in, 256 out) against HF `generate`'s best batch o
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 
@@ -94,15 +95,17 @@ def run_decode(shape: str, path: str, copy_gbps: float) -> dict:
     ms = time_back_to_back(lambda: runner.forward(decode), 200)
     read, total = bytes_per_token(runner.model, runner.model.config, CONTEXT)
     runner = decode = None
+    gc.collect()
     torch.cuda.empty_cache()
     gbps = read / (ms / 1e3) / 1e9
-    hf = hf_generate(path, random_prompts(1, 128), 64, 1)
     print(
         f"{shape}: decode bs1 {ms:.2f} ms/step back to back; reads {read / 1e9:.2f} GB/token of {total / 1e9:.1f} GB "
-        f"weights -> {gbps:.0f} GB/s = {100 * gbps / copy_gbps:.0f}% of copy; {1e3 / ms:.0f} tok/s vs HF generate "
-        f"bs1 {hf:.1f} tok/s",
+        f"weights -> {gbps:.0f} GB/s = {100 * gbps / copy_gbps:.0f}% of copy; {1e3 / ms:.0f} tok/s",
         flush=True,
     )
+    print(f"  (after release: {torch.cuda.memory_allocated() / 2**30:.1f} GiB still allocated)", flush=True)
+    hf = hf_generate(path, random_prompts(1, 128), 64, 1)
+    print(f"{shape}: HF generate bs1 {hf:.1f} tok/s", flush=True)
     return dict(
         decode_ms=ms,
         read_GB=read / 1e9,
@@ -117,6 +120,8 @@ def run_decode(shape: str, path: str, copy_gbps: float) -> dict:
 def run_offline(shape: str, path: str, a: argparse.Namespace) -> dict:
     prompts = random_prompts(a.num_prompts, 512)
     ours, info = radixlm_offline(path, prompts, 256)
+    print(f"{shape}: offline {a.num_prompts}x(512 in, 256 out): radixlm {ours:.0f} tok/s", flush=True)
+    gc.collect()
     torch.cuda.empty_cache()
     hf_rates = {b: hf_generate(path, prompts[: a.hf_prompts], 256, b) for b in a.hf_batches}
     best = max(hf_rates.values())

@@ -94,8 +94,18 @@ def kernel_layer(method: str, n: int, k: int) -> torch.nn.Module:
     return holder.proj
 
 
+def graphed_ms(fn, calls: int = 20) -> float:
+    """Milliseconds per call of `fn` replayed from one CUDA graph of `calls` calls (no launch
+    overhead, as in the decode step's graph)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return time_back_to_back(graph.replay, 20) / calls
+
+
 def kernels(shape: str, copy_gbps: float) -> dict:
-    """Each method's batch-1 matmul alone per linear shape: µs and % of copy bandwidth."""
+    """Each method's batch-1 matmul alone per linear shape (in a CUDA graph): µs and % of copy bandwidth."""
     out: dict[str, dict] = {}
     for name, (n, k) in linear_shapes(shape).items():
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
@@ -105,7 +115,7 @@ def kernels(shape: str, copy_gbps: float) -> dict:
             with torch.no_grad():
                 for _ in range(3):
                     layer(x)
-                ms = time_back_to_back(lambda: layer(x), 200)
+                ms = graphed_ms(lambda: layer(x))
             gbps = nbytes / (ms / 1e3) / 1e9
             out[f"{name}/{method}"] = {"us": 1e3 * ms, "gbps": gbps, "pct_copy": 100 * gbps / copy_gbps}
             print(

@@ -27,6 +27,7 @@ HELP = {
     "ep_size": "expert parallelism for MoE models: 1 (default: every rank holds a slice of every expert) "
     "or equal to --tp (each rank holds whole experts, num_experts / tp of them)",
     "quantization": "fp8, awq, gptq or gguf (default: the checkpoint's quantization_config, else none)",
+    "lora_paths": "LoRA adapters (PEFT directories) to serve: name=path or a path (named by itself), several allowed",
 }
 # ServerArgs fields that only the HTTP front reads.
 HTTP_ONLY = frozenset(
@@ -51,6 +52,9 @@ def add_server_args(
         default = defaults.get(f.name, f.default)
         if kind is bool:
             parser.add_argument(*names, dest=f.name, action="store_true", default=default)
+        elif typing.get_origin(kind) is list:
+            item = typing.get_args(kind)[0]
+            parser.add_argument(*names, dest=f.name, nargs="+", type=item, default=default, help=HELP.get(f.name))
         else:
             parser.add_argument(
                 *names, dest=f.name, type=kind, default=default, help=HELP.get(f.name, f"default: {default}")

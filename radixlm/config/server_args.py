@@ -99,6 +99,11 @@ class ServerArgs:
     speculative_eagle_topk: Optional[int] = None  # only 1 (a chain) is supported
     speculative_ngram_min_match_window_size: int = 1
     speculative_ngram_max_match_window_size: int = 4
+    # LoRA adapters (radixlm.lora): `name=path` or a bare path each; the pool's slots and rank.
+    enable_lora: bool = False  # serve adapters (also implied by lora_paths); needed to load them at run time
+    lora_paths: Optional[list[str]] = None
+    max_loras_per_batch: int = 8
+    max_lora_rank: Optional[int] = None  # default: the largest rank among lora_paths
 
     def __post_init__(self) -> None:
         if self.model_path is None:
@@ -136,6 +141,7 @@ class ServerArgs:
         _check_choice("load_balance_method", self.load_balance_method, LOAD_BALANCE_METHODS)
         if self.chunked_prefill_size is not None and self.chunked_prefill_size % self.page_size:
             raise ValueError("chunked_prefill_size must be a multiple of page_size")
+        _check_lora(self)
         self.speculative_plan()  # raises on unsupported speculative flags
 
     def speculative_plan(self) -> Any:
@@ -196,6 +202,19 @@ def _check_tensor_parallel(args: ServerArgs) -> None:
             f"ep_size must be 1 or equal tp_size ({args.tp_size}), got {args.ep_size}: expert parallelism "
             "divides the experts among the tensor-parallel ranks"
         )
+
+
+def _check_lora(args: ServerArgs) -> None:
+    from radixlm.lora.config import parse_lora_paths
+
+    if isinstance(args.lora_paths, str):
+        object.__setattr__(args, "lora_paths", [args.lora_paths])
+    elif isinstance(args.lora_paths, dict):  # Engine(lora_paths={name: path})
+        object.__setattr__(args, "lora_paths", [f"{k}={v}" for k, v in args.lora_paths.items()])
+    parse_lora_paths(args.lora_paths)
+    _check_positive("max_loras_per_batch", args.max_loras_per_batch)
+    if args.max_lora_rank is not None:
+        _check_positive("max_lora_rank", args.max_lora_rank)
 
 
 def _check_parsers(args: ServerArgs) -> None:

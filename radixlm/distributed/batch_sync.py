@@ -8,7 +8,8 @@ prefix lens, extend lens (one per request), logit indices, the request rows
 `req_to_token[req_pool_indices, :max_len]` (rank 0 owns slot allocation, so followers copy its
 rows into their own table and their KV pools hold the same tokens in the same slots), then,
 when plan groups > 0, the decode batch's shared-prefix plan (`prefix_lens`, then its packed
-`groups` table), so every rank runs the same attention path (and CUDA graph) as rank 0.
+`groups` table), so every rank runs the same attention path (and CUDA graph) as rank 0, then,
+when the header's LoRA flag is 1, each request's LoRA adapter uid (`lora_ids`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class BatchSender:
         plan = batch.prefix_plan if batch.prefix_plan is not None and batch.prefix_plan.num_groups > 0 else None
         if plan is not None:  # sent exactly when the header's group count is > 0 (the receiver's test)
             parts += [plan.prefix_lens, plan.groups]
+        if batch.lora_ids is not None:
+            parts.append(to_device(batch.lora_ids, self.device))
         header = [
             _MODES[batch.mode],
             batch.input_ids.numel(),
@@ -59,6 +62,7 @@ class BatchSender:
             max_len,
             0 if plan is None else plan.num_groups,
             0 if plan is None else plan.groups.numel(),
+            int(batch.lora_ids is not None),
         ]
         self._send_header(header, torch.cat(parts))
 
@@ -102,16 +106,17 @@ class BatchReceiver:
                 return self._unpack(first_cpu)
 
     def _unpack(self, first_cpu: torch.Tensor) -> ForwardBatch:
-        kind, n, bs, n_logits, max_len, plan_groups, plan_table = first_cpu[:7].tolist()
-        sizes = [n, n, n, bs, 3 * bs, n_logits, bs * max_len, bs if plan_groups else 0, plan_table]
+        kind, n, bs, n_logits, max_len, plan_groups, plan_table, lora = first_cpu[:HEADER].tolist()
+        sizes = [n, n, n, bs, 3 * bs, n_logits, bs * max_len, bs if plan_groups else 0, plan_table, bs if lora else 0]
         size = sum(sizes)
         if size <= FIRST - HEADER:
             body = self.first[HEADER : HEADER + size].clone()
-            lens_cpu = first_cpu[HEADER : HEADER + size].split(sizes)[4].tolist()
+            host = first_cpu[HEADER : HEADER + size].split(sizes)
         else:
             body = self.tp.broadcast(torch.empty(size, dtype=torch.int64, device=self.device))
-            lens_cpu = body.split(sizes)[4].tolist()
-        ids, pos, locs, pool_idx, lens, logit_idx, rows, plan_lens, plan_table_t = body.split(sizes)
+            host = body.split(sizes)
+        lens_cpu = host[4].tolist()  # (non-inline: the two small reads back from the device)
+        ids, pos, locs, pool_idx, lens, logit_idx, rows, plan_lens, plan_table_t, _ = body.split(sizes)
         self.req_to_token[pool_idx, :max_len] = rows.view(bs, max_len)
         mode = ForwardMode.EXTEND if kind == KIND_EXTEND else ForwardMode.DECODE
         plan = SharedPrefixPlan(plan_groups, plan_lens, plan_table_t) if plan_groups else None
@@ -128,4 +133,5 @@ class BatchReceiver:
             logit_indices=logit_idx,
             req_to_token=self.req_to_token,
             prefix_plan=plan,
+            lora_ids=host[9].tolist() if lora else None,
         )

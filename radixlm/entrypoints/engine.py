@@ -72,6 +72,9 @@ class Engine:
         self.vocab_size = self.info["vocab_size"]
         self.limits = RuntimeLimits.from_info(self.info)
         self.grammars = GrammarRouter(args.grammar_backend, self.tokenizer, self.vocab_size, self.eos_ids)
+        # Names of the LoRA adapters served (None: LoRA off); replaced whole on load / unload.
+        adapters = self.info.get("lora_adapters")
+        self.lora_adapters: Optional[frozenset[str]] = None if adapters is None else frozenset(adapters)
 
     def _eos_ids(self) -> set[int]:
         cfg_eos = getattr(self.model_config, "eos_token_id", None)
@@ -91,11 +94,14 @@ class Engine:
         stream: bool,
         rid: Any = None,
         image_data: Any = None,
+        lora_path: Any = None,
     ) -> tuple[list[TokenizedGenerateReq], bool]:
         """Tokenize and validate (ValueError naming the problem); returns the requests to send
         (n per prompt, rids "<rid>-<j>" when n>1) and whether the caller gave a batch.
         `image_data` (vision models): one prompt's image or list of images, or for a batch one
-        entry (None, an image or a list) per prompt; each image fills one placeholder token."""
+        entry (None, an image or a list) per prompt; each image fills one placeholder token.
+        `lora_path`: the name of a served LoRA adapter, or for a batch a list of one name (or
+        None: the base model) per prompt."""
         if self.pooling is not None:
             raise ValueError(
                 "this server serves an embedding model (is_embedding / --is-embedding): generation is not "
@@ -112,11 +118,14 @@ class Engine:
             logprob_start_len=logprob_start_len,
             top_logprobs_num=top_logprobs_num,
             rid=rid,
+            lora_path=lora_path,
         )
+        self.check_lora_path(lora_path)
+        prepared = self.images.prepare_all(ids_list, images_list) if self.images else [None] * len(ids_list)
         reqs = []
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
-            ids, images = self._with_images(ids, images_list[i], params, _pick(logprob_start_len, i, -1))
+            ids, images = self._with_images(ids, prepared[i], params, _pick(logprob_start_len, i, -1))
             self._check_constraint(params)
             base = _pick(rid, i, None) or uuid.uuid4().hex
             group = base if params.n > 1 else None
@@ -132,6 +141,7 @@ class Engine:
                         top_logprobs_num=_pick(top_logprobs_num, i, 0),
                         prefix_group=group,
                         images=images,
+                        lora_name=_pick(lora_path, i, None) or None,
                     )
                 )
             batched = batched or params.n > 1
@@ -170,13 +180,13 @@ class Engine:
         return [[] if x is None else (x if isinstance(x, list) else [x]) for x in image_data]
 
     def _with_images(
-        self, ids: list[int], images: list[Any], params: SamplingParams, logprob_start_len: Any
+        self, ids: list[int], prepared: Any, params: SamplingParams, logprob_start_len: Any
     ) -> tuple[list[int], Optional[list]]:
-        """Validate a prompt, expanding and hash-padding its image placeholders when it has images."""
-        if not images:
+        """Validate a prompt, with its image placeholders expanded and hash-padded where it has
+        images (`prepared`: its `PreparedPrompt`, else None)."""
+        if prepared is None:
             validate_request(ids, params, self.limits)
             return ids, None
-        prepared = self.images.prepare(ids, images)
         last = prepared.images[-1]
         if logprob_start_len not in (None, -1) and logprob_start_len < last.offset + last.length:
             raise ValueError(
@@ -184,6 +194,20 @@ class Engine:
             )
         validate_request(prepared.check_ids, params, self.limits)
         return prepared.input_ids, prepared.images
+
+    def check_lora_path(self, lora_path: Any) -> None:
+        """Every adapter name in `lora_path` (a name, a list of names / None, or None) must be
+        served: ValueError naming the first one that is not."""
+        names = lora_path if isinstance(lora_path, list) else [lora_path]
+        for name in names:
+            if name is None or name == "":
+                continue
+            if not isinstance(name, str):
+                raise ValueError(f"lora_path must be an adapter name (a string), got {name!r}")
+            if self.lora_adapters is None:
+                raise ValueError(f"LoRA adapter {name!r} requested, but this server serves no adapters (--lora-paths)")
+            if name not in self.lora_adapters:
+                raise ValueError(f"LoRA adapter {name!r} is not loaded (loaded: {sorted(self.lora_adapters)})")
 
     def _check_rids(self, reqs: list[TokenizedGenerateReq]) -> None:
         """Request ids route outputs and aborts: they must be unique, also against those in flight."""
@@ -227,8 +251,10 @@ class Engine:
         top_logprobs_num: Any = None,
         stream: bool = False,
         image_data: Any = None,
+        lora_path: Any = None,
     ) -> Any:
-        """Generate for one prompt or a batch; with stream=True, an iterator of incremental chunks."""
+        """Generate for one prompt or a batch; with stream=True, an iterator of incremental chunks.
+        `lora_path`: a served LoRA adapter's name (a list: one per prompt); None: the base model."""
         reqs, batched = self.make_requests(
             prompt,
             sampling_params,
@@ -238,6 +264,7 @@ class Engine:
             top_logprobs_num,
             stream,
             image_data=image_data,
+            lora_path=lora_path,
         )
         if stream:
             return self._stream(reqs)
@@ -290,6 +317,7 @@ class Engine:
         top_logprobs_num: Any = None,
         stream: bool = False,
         image_data: Any = None,
+        lora_path: Any = None,
     ) -> Any:
         """Like `generate`, awaitable; with stream=True returns an async iterator of chunks."""
         reqs, batched = self.make_requests(
@@ -301,6 +329,7 @@ class Engine:
             top_logprobs_num,
             stream,
             image_data=image_data,
+            lora_path=lora_path,
         )
         if stream:
             return self._astream(reqs)
@@ -357,6 +386,31 @@ class Engine:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         return apply_chat_template(self.tokenizer, messages, add_generation_prompt=add_generation_prompt)
+
+    def load_lora_adapter(self, lora_name: str, lora_path: str) -> dict[str, str]:
+        """Load a PEFT adapter at run time under `lora_name`; returns {name: path} of the served
+        adapters. ValueError
+        for a bad adapter, a taken name, or a server started without LoRA (enable_lora)."""
+        return self._lora_call("load_lora_adapter", lora_name=lora_name, lora_path=lora_path)
+
+    def unload_lora_adapter(self, lora_name: str) -> dict[str, str]:
+        """Unload adapter `lora_name`; ValueError when it is unknown or still used by a request,
+        or with dp_size > 1 (a replica still running a request on it would refuse while the
+        others unload, leaving the replicas disagreeing on the served adapters)."""
+        if self.server_args.dp_size > 1:
+            raise ValueError("unloading LoRA adapters at run time is not supported with dp_size > 1 yet")
+        return self._lora_call("unload_lora_adapter", lora_name=lora_name)
+
+    def _lora_call(self, method: str, **kwargs: str) -> dict[str, str]:
+        if self.lora_adapters is None:
+            raise ValueError("this server serves no LoRA adapters: start it with enable_lora / --enable-lora")
+        try:
+            names = self.client.rpc(method, **kwargs)
+        except RuntimeError as exc:
+            raise ValueError(str(exc).removeprefix("replica 0: ")) from None
+        names = names[0] if self.server_args.dp_size > 1 else names
+        self.lora_adapters = frozenset(names)
+        return dict(names)
 
     def flush_cache(self) -> bool:
         return bool(self.client.rpc("flush_cache"))

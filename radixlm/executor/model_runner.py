@@ -79,6 +79,8 @@ class ModelRunner:
         scratch = self._new_pool(self._scratch_tokens())
         self.backend = create_attention_backend(args.attention_backend, scratch, self.device)
         self.model = self._load_model()
+        self.lora = self._lora_manager()  # None unless LoRA adapters are served
+        self._prepare = self.lora.prepare if self.lora is not None else _no_prepare
         plan = getattr(self.model, "quant_plan", None)
         self.quantization = None if plan is None else plan.info  # what get_server_info reports
         if plan is not None and args.enable_torch_compile:
@@ -117,6 +119,14 @@ class ModelRunner:
         )
         return model
 
+    def _lora_manager(self) -> Any:
+        """Wraps the model's projections for LoRA (radixlm.lora) when adapters are served."""
+        if not (self.args.lora_paths or self.args.enable_lora):
+            return None
+        from radixlm.lora.manager import build_lora_manager
+
+        return build_lora_manager(self.args, self.model, self.config, self.max_running, self.device)
+
     def _maybe_capture_graphs(self) -> Any:
         """CUDA graphs for decode when on CUDA with a graph-safe backend and not disabled."""
         if not self._uses_cuda_graphs() or not _is_triton(self.backend):
@@ -126,6 +136,8 @@ class ModelRunner:
         from radixlm.executor.cuda_graph_runner import CudaGraphRunner
 
         max_bs = min(self.args.cuda_graph_max_bs, self.max_running)
+        if self.lora is not None:
+            self.lora.reset()  # graphs read each replay's adapter slots from its static buffer
         compiled = None
         if self.args.enable_torch_compile:
             from radixlm.executor.model_compile import compile_forward
@@ -228,6 +240,7 @@ class ModelRunner:
         table[:requests, :length] = 0
 
     def _run_eager(self, batch: ForwardBatch) -> torch.Tensor:
+        self._prepare(batch)
         self.backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)
         return self.output(hidden, batch)
@@ -240,6 +253,7 @@ class ModelRunner:
         """Run the batch; returns float32 logits for the rows named by `batch.logit_indices`
         (with `--is-embedding`: the final-norm hidden states of every row, in the model dtype)."""
         if self.graphs is not None and self.graphs.can_run(batch):
+            self._prepare(batch)
             return self.graphs.replay(batch)
         return self._run_eager(batch)
 
@@ -253,6 +267,10 @@ class ModelRunner:
 def weight_bytes(model: Any) -> int:
     """Bytes of this rank's parameters as stored (quantized weights count at their packed size)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _no_prepare(batch: ForwardBatch) -> None:
+    """The per-forward LoRA step of a runner without adapters."""
 
 
 def _hidden_states(hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:

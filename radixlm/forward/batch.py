@@ -32,7 +32,12 @@ class ForwardBatch:
     rows are `input_ids`, `positions`, `out_cache_loc` and `req_pool_indices` (those fields are
     its row views), so a CUDA graph takes the four in one copy. `mm_inputs` (an EXTEND whose
     new tokens cover image placeholders, else None): `ImageSlice`s naming the batch rows
-    whose embeddings come from an image encoder."""
+    whose embeddings come from an image encoder. `mrope_positions` (an EXTEND with a request
+    whose images carry an M-RoPE grid, else None): [3, T] rotary positions of the rows (see
+    `radixlm.multimodal.mrope`), with `rope_deltas` [B] each request's rotary shift after its
+    images; only M-RoPE models read them. `lora_ids` (a server with LoRA adapters, else
+    None): request i's adapter uid, 0 for the base model; the LoRA manager turns it into each
+    row's device slot (-1 for the base) before the forward (`radixlm.lora.manager`)."""
 
     mode: ForwardMode
     input_ids: torch.Tensor
@@ -49,6 +54,9 @@ class ForwardBatch:
     prefix_plan: Optional[SharedPrefixPlan] = field(default=None)
     decode_inputs: Optional[torch.Tensor] = field(default=None)
     mm_inputs: Optional[list] = field(default=None)  # an EXTEND's image slices (radixlm.multimodal.inputs)
+    mrope_positions: Optional[torch.Tensor] = field(default=None)
+    rope_deltas: Optional[torch.Tensor] = field(default=None)
+    lora_ids: Optional[list[int]] = field(default=None)  # per request: adapter uid, 0 = base
 
     @property
     def batch_size(self) -> int:

@@ -214,11 +214,11 @@ class DataParallelClient:
             self.replicas[replica].abort(rid)
 
     # -- control ----------------------------------------------------------------------
-    def rpc(self, method: str, timeout: float = 60.0) -> Any:
-        """Call `method` on every replica. flush_cache: True if every replica flushed (the
+    def rpc(self, method: str, timeout: float = 60.0, **kwargs: Any) -> Any:
+        """Call `method` (with `kwargs`) on every replica. flush_cache: True if every replica flushed (the
         router forgets the flushed ones); check_leak: True or the first replica's error;
         get_info: aggregated; anything else: the list of answers."""
-        results = self._fan_out(method, timeout)
+        results = self._fan_out(method, timeout, kwargs)
         if method == "flush_cache":
             with self._lock:
                 for i, ok in enumerate(results):
@@ -233,13 +233,13 @@ class DataParallelClient:
             return aggregate_info(results, routing)
         return results
 
-    def _fan_out(self, method: str, timeout: float) -> list[Any]:
+    def _fan_out(self, method: str, timeout: float, kwargs: Optional[dict] = None) -> list[Any]:
         """Ask every replica; all are asked even if one fails, then the first failure is raised
         (same exception type, message prefixed with the replica)."""
         results, errors = [], []
         for i, replica in enumerate(self.replicas):
             try:
-                results.append(replica.rpc(method, timeout=timeout))
+                results.append(replica.rpc(method, timeout=timeout, **(kwargs or {})))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 errors.append((i, exc))
         if errors:

@@ -24,6 +24,7 @@ class TokenizedGenerateReq:
     prefix_group: Optional[str] = None
     embed_dimensions: Optional[int] = None  # embedding requests: Matryoshka truncation of the vector
     images: Optional[list[Any]] = None  # ImageInputs (radixlm.multimodal.inputs) of a VLM prompt
+    lora_name: Optional[str] = None  # the LoRA adapter to generate with (None: the base model)
 
 
 @dataclass
@@ -33,10 +34,12 @@ class AbortReq:
 
 @dataclass
 class RpcReq:
-    """A control call (`flush_cache`, `get_info`, `check_leak`, `shutdown`) answered by one RpcOutput."""
+    """A control call (`flush_cache`, `get_info`, `check_leak`, `shutdown`, `load_lora_adapter`,
+    `unload_lora_adapter`) with its keyword arguments, answered by one RpcOutput."""
 
     method: str
     call_id: int = 0
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass

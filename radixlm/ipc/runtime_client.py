@@ -169,8 +169,9 @@ class RuntimeClient:
             except OSError:
                 pass  # the scheduler is gone: the monitor fails the request
 
-    def rpc(self, method: str, timeout: float = 60.0) -> Any:
-        """Call a control method in the scheduler and wait for its answer."""
+    def rpc(self, method: str, timeout: float = 60.0, **kwargs: Any) -> Any:
+        """Call a control method (with keyword arguments `kwargs`) in the scheduler and wait for
+        its answer; RuntimeError carries the scheduler's refusal."""
         event, box = threading.Event(), []
         with self._lock:
             if self.dead:
@@ -178,7 +179,7 @@ class RuntimeClient:
             call_id = next(self._ids)
             self._rpcs[call_id] = (event, box)
         try:
-            self._send(RpcReq(method, call_id))
+            self._send(RpcReq(method, call_id, kwargs))
         except OSError:
             with self._lock:
                 self._rpcs.pop(call_id, None)

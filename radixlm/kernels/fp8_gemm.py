@@ -110,12 +110,13 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_K)
         ok = rows < N
         w_rows = w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :]
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        part = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             w = tl.load(w_rows + k0, mask=ok[:, None], other=0.0).to(tl.float32)
             x = tl.load(x_ptr + k0 + cols).to(tl.float32)
             s = tl.load(s_ptr + rows * G + k0 // GROUP, mask=ok, other=0.0)
-            acc += tl.sum(w * x[None, :], axis=1) * s
+            part += w * x[None, :] * s[:, None]
+        acc = tl.sum(part, axis=1)  # one cross-thread reduction per program, not per K tile
         if HAS_BIAS:
             acc += tl.load(b_ptr + rows, mask=ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=ok)

@@ -112,32 +112,60 @@ if triton is not None:
         tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _q4k_gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, ROW_BYTES, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Q4_K by whole super-blocks: each row's 128 code bytes as one [4, 32] tile, the nibbles
-        dotted with x per 32-element sub-block, then scaled: sum_j d sc_j (q_j . x_j) - dmin m_j sum(x_j)."""
+    def _q4k_gemv_kernel(
+        x_ptr,
+        w_ptr,
+        words_ptr,
+        y_ptr,
+        N,
+        K,
+        ROW_BYTES,
+        BLOCKS_PER_SPLIT,
+        SPLIT: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        """Q4_K by whole super-blocks: each row's 128 code bytes read as 32 int32 words, one
+        [BLOCK_N, 4, 8] tile (chunk c of 64 elements, word w within it); byte b of word (c, w)
+        holds elements 64c + 4w + b (low nibble, sub-block 2c) and 64c + 32 + 4w + b (high
+        nibble, sub-block 2c + 1). Per super-block: sum_j d sc_j (q_j . x_j) - dmin m_j sum(x_j).
+        A program takes BLOCKS_PER_SPLIT super-blocks of its rows; with SPLIT > 1 the float32
+        partial sums are added atomically into y."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         ok = rows < N
-        row_ptr = w_ptr + tl.where(ok, rows, 0)[:, None].to(tl.int64) * ROW_BYTES  # [BN, 1]
+        safe = tl.where(ok, rows, 0).to(tl.int64)
+        row_ptr = w_ptr + safe[:, None] * ROW_BYTES  # [BN, 1] bytes
+        word_ptr = words_ptr + safe[:, None, None] * (ROW_BYTES // 4)  # [BN, 1, 1] int32 words
         c4 = tl.arange(0, 4)
-        l32 = tl.arange(0, 32)
-        tile = (c4[:, None] * 32 + l32[None, :])[None, :, :]  # [1, 4, 32] byte offsets of the codes
-        x_off = c4[:, None] * 64 + l32[None, :]  # [4, 32]: sub-block 2c starts at 64c
+        w8 = tl.arange(0, 8)
+        tile = (c4[:, None] * 8 + w8[None, :])[None, :, :]  # [1, 4, 8] word offsets of the codes
+        x_off = c4[:, None] * 64 + w8[None, :] * 4  # [4, 8]: element of byte 0's low nibble
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for s in range(0, K // 256):
+        first = tl.program_id(1) * BLOCKS_PER_SPLIT
+        for s in range(first, first + BLOCKS_PER_SPLIT):
+            codes = tl.load(word_ptr + s * 36 + 4 + tile)  # [BN, 4, 8]
+            x_s = x_ptr + s * 256 + x_off
+            dot_lo = tl.zeros((BLOCK_N, 4), dtype=tl.float32)
+            dot_hi = tl.zeros((BLOCK_N, 4), dtype=tl.float32)
+            sum_lo = tl.zeros((4, 8), dtype=tl.float32)
+            sum_hi = tl.zeros((4, 8), dtype=tl.float32)
+            for b in tl.static_range(4):
+                byte = (codes >> (8 * b)) & 0xFF
+                x_lo = tl.load(x_s + b).to(tl.float32)  # [4, 8]
+                x_hi = tl.load(x_s + 32 + b).to(tl.float32)
+                dot_lo += tl.sum((byte & 0xF).to(tl.float32) * x_lo[None, :, :], axis=2)
+                dot_hi += tl.sum((byte >> 4).to(tl.float32) * x_hi[None, :, :], axis=2)
+                sum_lo += x_lo
+                sum_hi += x_hi
             base = row_ptr + s * 144
-            codes = tl.load(base[:, :, None] + 16 + tile).to(tl.int32)  # [BN, 4, 32]
-            x_lo = tl.load(x_ptr + s * 256 + x_off).to(tl.float32)  # [4, 32]
-            x_hi = tl.load(x_ptr + s * 256 + 32 + x_off).to(tl.float32)
-            dot_lo = tl.sum((codes & 0xF).to(tl.float32) * x_lo[None, :, :], axis=2)  # [BN, 4]
-            dot_hi = tl.sum((codes >> 4).to(tl.float32) * x_hi[None, :, :], axis=2)
             sc_lo, mn_lo = _scale_min_k4(base + 4, (2 * c4)[None, :])  # [BN, 4]
             sc_hi, mn_hi = _scale_min_k4(base + 4, (2 * c4 + 1)[None, :])
             scaled = sc_lo * dot_lo + sc_hi * dot_hi
-            mins = mn_lo * tl.sum(x_lo, axis=1)[None, :] + mn_hi * tl.sum(x_hi, axis=1)[None, :]
+            mins = mn_lo * tl.sum(sum_lo, axis=1)[None, :] + mn_hi * tl.sum(sum_hi, axis=1)[None, :]
             acc += tl.sum(_f16_at(base) * scaled - _f16_at(base + 2) * mins, axis=1)  # d, dmin: [BN, 1]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rows, mask=ok, other=0.0).to(tl.float32)
-        tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=ok)
+        if SPLIT == 1:
+            tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=ok)
+        else:
+            tl.atomic_add(y_ptr + rows, acc, mask=ok)
 
     @triton.jit
     def _dequant_kernel(
@@ -167,14 +195,35 @@ def gemv(x: torch.Tensor, w: torch.Tensor, qtype: int, k: int, bias: Optional[to
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     block_n = 8
     if qtype == Q4_K:
-        _q4k_gemv_kernel[(triton.cdiv(n, block_n),)](
-            x, w, w if bias is None else bias, out, n, k, w.shape[1], bias is not None, block_n
-        )
-        return out
+        return _q4k_gemv(x, w, k, bias)
     _gguf_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, w, w if bias is None else bias, out, n, k, w.shape[1], qtype, bias is not None, block_n, _block_k(qtype, k)
     )
     return out
+
+
+def _q4k_split(n_tiles: int, blocks: int) -> int:
+    """Super-block splits of K: while there are fewer than ~4 programs per SM (132 SMs) and each
+    split keeps at least two super-blocks."""
+    split = 1
+    while n_tiles * split * 2 <= 528 and blocks % (split * 2) == 0 and blocks // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
+def _q4k_gemv(x: torch.Tensor, w: torch.Tensor, k: int, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    n = w.shape[0]
+    block_n = 16
+    blocks = k // 256
+    split = _q4k_split(triton.cdiv(n, block_n), blocks)
+    out_dtype = torch.float32 if split > 1 else x.dtype
+    out = (torch.zeros if split > 1 else torch.empty)((1, n), dtype=out_dtype, device=x.device)
+    words = w.view(torch.int32)
+    _q4k_gemv_kernel[(triton.cdiv(n, block_n), split)](
+        x, w, words, out, n, k, w.shape[1], blocks // split, split, block_n
+    )
+    out = out.to(x.dtype)
+    return out if bias is None else out + bias
 
 
 def dequantize_rows(w: torch.Tensor, qtype: int, k: int, dtype: torch.dtype) -> torch.Tensor:

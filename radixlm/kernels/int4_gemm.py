@@ -5,7 +5,8 @@ Weight layout (see `layers/quantization/int4.py`): `qweight` int32 [K/8, N], nib
 output 8c + i in group j; `scales` [K/g, N]; W^T[k, n] = (q - z[k // g, n]) * s[k // g, n].
 
 One kernel for every batch size: tiles of BLOCK_M rows x BLOCK_N outputs, K walked in tiles of
-BLOCK_K (which divides g, so one scale and zero row per tile), `tl.dot` in float32. Few rows leave
+BLOCK_K (which divides g, so one scale and zero row per tile), `tl.dot` accumulating in float32
+(float32 inputs multiply in IEEE precision, not TF32). Few rows leave
 too few output tiles to fill the GPU, so K is then split over SPLIT_K programs that add their
 float32 partial sums atomically (a zeroed float32 buffer, cast at the end).
 """
@@ -16,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from radixlm.kernels.int4_gemv import w4a16_gemv
+
 try:
     import triton
     import triton.language as tl
@@ -23,6 +26,7 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
 _TARGET_PROGRAMS = 264  # about two per SM on an H100 (132 SMs)
+GEMV_ROWS = 1  # batches of at most this many rows take the GEMV kernel (`int4_gemv`)
 
 
 if triton is not None:
@@ -43,6 +47,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         SPLIT_K: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -67,7 +72,7 @@ if triton is not None:
             zw = tl.load(qz_ptr + g * (N // 8) + rn // 8, mask=n_ok, other=0)
             z = (zw >> z_shift) & 0xF
             w = ((q - z[None, :]).to(tl.float32) * s[None, :]).to(x.dtype)
-            acc += tl.dot(x, w)
+            acc += tl.dot(x, w, input_precision=PRECISION)
         out = y_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
         mask = m_ok[:, None] & n_ok[None, :]
         if SPLIT_K == 1:
@@ -101,11 +106,14 @@ def w4a16_matmul(
     bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """x [M, K] (half precision or float32, unit stride along K) times the int4 weight: [M, N] in
-    x's dtype (+ bias)."""
+    x's dtype (+ bias); single rows go through the GEMV kernel."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     m, k = x.shape
     n = qweight.shape[1]
+    if m <= GEMV_ROWS:
+        out = w4a16_gemv(qweight, qzeros, scales, group, x)
+        return out if bias is None else out + bias
     block_m, block_n, block_k, split = plan(m, n, k, group)
     if k % block_k or group % block_k:
         raise ValueError(f"int4 GEMM: K = {k} and group {group} need a common tile of at least 16")
@@ -114,6 +122,22 @@ def w4a16_matmul(
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     else:
         out = torch.zeros((m, n), dtype=torch.float32, device=x.device)
-    _w4a16_kernel[grid](x, qweight, qzeros, scales, out, m, n, k, x.stride(0), group, block_m, block_n, block_k, split)
+    _w4a16_kernel[grid](
+        x,
+        qweight,
+        qzeros,
+        scales,
+        out,
+        m,
+        n,
+        k,
+        x.stride(0),
+        group,
+        block_m,
+        block_n,
+        block_k,
+        split,
+        "ieee" if x.dtype == torch.float32 else "tf32",
+    )
     out = out.to(x.dtype)
     return out if bias is None else out + bias

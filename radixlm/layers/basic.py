@@ -136,7 +136,7 @@ class RotaryEmbedding(nn.Module):
     def _eager(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return rotate_neox(q, cos, sin), rotate_neox(k, cos, sin)
 
     def _fused(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from radixlm.kernels.fused import rotary_inplace
@@ -145,7 +145,8 @@ class RotaryEmbedding(nn.Module):
         return q, k
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_neox(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D] rotated half-split by cos, sin [T, 1, D / 2] (float32), in x's dtype."""
     dtype = x.dtype
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

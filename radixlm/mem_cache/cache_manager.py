@@ -39,7 +39,7 @@ class KVCacheManager:
     def match(self, req: Req, max_len: int) -> None:
         """Point a request without KV at the longest cached prefix of its first `max_len` tokens."""
         assert req.kv_len == 0 and req.last_node is None
-        match = self.tree.match_prefix(req.fill_slice(0, max_len))
+        match = self.tree.match_prefix(req.tree_key(max_len))
         self.tree.inc_lock_ref(match.last_node)
         req.last_node, req.tree_len, req.kv_len = match.last_node, len(match.values), len(match.values)
         req.kv_slots = match.values  # a new list, the request's own
@@ -185,7 +185,7 @@ class KVCacheManager:
         n = req.kv_len - req.kv_len % self.page_size
         if n <= req.tree_len:
             return
-        key, slots = req.fill_slice(0, n), req.kv_slots[:n]
+        key, slots = req.tree_key(n), req.kv_slots[:n]
         present, node = self.tree.insert_node(key, slots)
         if self.tree.disable:
             return

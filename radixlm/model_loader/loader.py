@@ -16,6 +16,7 @@ from radixlm.distributed.group import TPGroup
 from radixlm.layers.linear import AttentionHeads
 from radixlm.models.registry import resolve_model_class, resolve_model_impl, supported_architectures
 from radixlm.multimodal.config import check_model_impl, prepare_multimodal_config
+from radixlm.multimodal.llava_original import read_original_llava
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ def load_model_config(model_path: str, trust_remote_code: bool = False) -> Any:
         raise FileNotFoundError(
             f"model path {model_path!r} has no config.json; expected a Hugging Face model directory or a .gguf file"
         )
-    config = _with_architectures(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
+    config = read_original_llava(model_path)  # its config.json is not one transformers reads right
+    if config is None:
+        config = _with_architectures(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code))
     return prepare_multimodal_config(config)
 
 

@@ -7,7 +7,7 @@ rows; batches without images (every decode) run the language model exactly as a 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -96,18 +96,9 @@ class LlavaForConditionalGeneration(nn.Module):
         return self.language_model.compute_logits(hidden, out)
 
     def _merged_embeddings(self, input_ids: torch.Tensor, slices: list[ImageSlice]) -> torch.Tensor:
-        """Token embeddings with each slice's image rows written over its placeholder rows
-        (pad ids, >= vocab_size, are looked up as id 0 first and then overwritten)."""
-        text_ids = torch.where(input_ids < self.vocab_size, input_ids, torch.zeros_like(input_ids))
-        embeds = self.language_model.model.embed_tokens(text_ids)
-        distinct: dict[int, int] = {}
-        for s in slices:
-            distinct.setdefault(id(s.image), len(distinct))
-        images = list({id(s.image): s.image for s in slices}.values())
-        features = self.image_features(images)
-        for s in slices:
-            embeds[s.row : s.row + s.count] = features[distinct[id(s.image)]][s.start : s.start + s.count]
-        return embeds
+        return merge_image_rows(
+            self.language_model.model.embed_tokens, self.vocab_size, input_ids, slices, self.image_features
+        )
 
     def image_features(self, images: list[ImageInput]) -> list[torch.Tensor]:
         """Per image, its [length, hidden] embedding rows (one encoder call for all)."""
@@ -128,7 +119,7 @@ class LlavaForConditionalGeneration(nn.Module):
         params = dict(self.named_parameters())
         language, loaded = [], set()
         for name, tensor in weights:
-            name = _canonical(name)
+            name = tower_param_name(_canonical(name), params)
             if name.startswith("language_model."):
                 language.append((name[len("language_model.") :], tensor))
             elif name in params:
@@ -140,6 +131,39 @@ class LlavaForConditionalGeneration(nn.Module):
         missing = [n for n in params if not n.startswith("language_model.") and n not in loaded]
         if missing:
             raise ValueError(f"checkpoint is missing tensors for: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+def merge_image_rows(
+    embed_tokens: nn.Module,
+    vocab_size: int,
+    input_ids: torch.Tensor,
+    slices: list[ImageSlice],
+    image_features: Callable[[list[ImageInput]], list[torch.Tensor]],
+) -> torch.Tensor:
+    """Token embeddings with each slice's image rows written over its placeholder rows (pad
+    ids, >= vocab_size, are looked up as id 0 first and then overwritten). `image_features`
+    encodes the slices' distinct images at once: per image, its [length, hidden] rows."""
+    text_ids = torch.where(input_ids < vocab_size, input_ids, torch.zeros_like(input_ids))
+    embeds = embed_tokens(text_ids)
+    distinct: dict[int, int] = {}
+    for s in slices:
+        distinct.setdefault(id(s.image), len(distinct))
+    images = list({id(s.image): s.image for s in slices}.values())
+    features = image_features(images)
+    for s in slices:
+        embeds[s.row : s.row + s.count] = features[distinct[id(s.image)]][s.start : s.start + s.count]
+    return embeds
+
+
+def tower_param_name(name: str, params: dict[str, Any]) -> str:
+    """A vision tower tensor's parameter name with or without the `vision_model.` level, as the
+    installed transformers builds the tower (newer CLIP / SigLIP vision models have none);
+    other names unchanged."""
+    if name in params or not name.startswith("vision_tower."):
+        return name
+    rest = name[len("vision_tower.") :]
+    inner = rest[len("vision_model.") :] if rest.startswith("vision_model.") else "vision_model." + rest
+    return "vision_tower." + inner if "vision_tower." + inner in params else name
 
 
 def _canonical(name: str) -> str:

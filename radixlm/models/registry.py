@@ -17,6 +17,9 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Qwen3MoeForCausalLM": ("radixlm.models.qwen3_moe", "Qwen3MoeForCausalLM"),
     "LlavaForConditionalGeneration": ("radixlm.models.llava", "LlavaForConditionalGeneration"),
     "LlavaNextForConditionalGeneration": ("radixlm.models.llava_next", "LlavaNextForConditionalGeneration"),
+    "LlavaLlamaForCausalLM": ("radixlm.models.llava_original", "LlavaLlamaForCausalLM"),
+    "Qwen2VLForConditionalGeneration": ("radixlm.models.qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    "Qwen2_5_VLForConditionalGeneration": ("radixlm.models.qwen2_vl", "Qwen2_5_VLForConditionalGeneration"),
 }
 
 

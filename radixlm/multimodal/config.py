@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-SUPPORTED_MULTIMODAL = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration")
+SUPPORTED_MULTIMODAL = (
+    "LlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration",
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
+    "LlavaLlamaForCausalLM",
+)
 
 _LANGUAGE_FIELDS = (
     "vocab_size",
@@ -65,6 +71,29 @@ def image_token_id(config: Any) -> int:
     """The id of the image placeholder token in prompts."""
     value = getattr(config, "image_token_id", None)
     return value if value is not None else config.image_token_index
+
+
+def is_dynamic_resolution(config: Any) -> bool:
+    """Qwen2-VL family: each image's patch grid (hence its placeholder count and M-RoPE
+    positions) comes from the image processor (`image_grid_thw`)."""
+    return getattr(config.vision_config, "spatial_merge_size", None) is not None
+
+
+def image_placeholder_text(config: Any, tokenizer: Any) -> str:
+    """The text one image takes in a prompt (one placeholder token inside): Qwen2-VL's vision
+    span `<|vision_start|><|image_pad|><|vision_end|>`; LLaVA's image token."""
+    token = tokenizer.convert_ids_to_tokens(image_token_id(config))
+    if is_dynamic_resolution(config):
+        start, end = tokenizer.convert_ids_to_tokens([config.vision_start_token_id, config.vision_end_token_id])
+        return f"{start}{token}{end}"
+    return token
+
+
+def image_chat_marker(config: Any, tokenizer: Any) -> str:
+    """The text an image part of a chat message renders as: Qwen2-VL's chat template puts its
+    vision span; LLaVA's put the image token and a newline."""
+    text = image_placeholder_text(config, tokenizer)
+    return text if is_dynamic_resolution(config) else text + "\n"
 
 
 def is_anyres(config: Any) -> bool:

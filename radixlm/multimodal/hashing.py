@@ -9,10 +9,11 @@ import numpy as np
 PAD_RANGE = 1 << 30
 
 
-def image_digest(pixel_values: np.ndarray) -> bytes:
-    """SHA-256 of the processed pixels (shape, dtype and bytes): equal only for equal inputs."""
+def image_digest(pixel_values: np.ndarray, layout: tuple = ()) -> bytes:
+    """SHA-256 of the processed pixels (shape, dtype and bytes) and their `layout` (Qwen2-VL's
+    patch grid, which the pixels' shape does not show): equal only for equal inputs."""
     h = hashlib.sha256()
-    h.update(repr((pixel_values.shape, str(pixel_values.dtype))).encode())
+    h.update(repr((pixel_values.shape, str(pixel_values.dtype), tuple(layout))).encode())
     h.update(np.ascontiguousarray(pixel_values).tobytes())
     return h.digest()
 

@@ -15,11 +15,21 @@ class ImageInput:
     `pad_value` >= the vocabulary size (it never names a real token) and is derived from the
     pixels' content hash, so the radix tree matches an image span only for the same image."""
 
-    pixel_values: np.ndarray  # [3, H, W] float32 ([tiles, 3, H, W] for LLaVA-NeXT), from the HF image processor
+    pixel_values: np.ndarray  # [3, H, W] float32 ([tiles, 3, H, W] for LLaVA-NeXT, [patches, C*T*P*P] for Qwen2-VL)
     offset: int
     length: int
     pad_value: int
     image_size: Optional[tuple[int, int]] = None  # the original (height, width), where the layout depends on it
+    grid_thw: Optional[tuple[int, int, int]] = None  # Qwen2-VL: the patch grid (temporal, height, width)
+    merge: int = 1  # Qwen2-VL: patches merged per side into one embedding row
+
+    @property
+    def llm_grid(self) -> Optional[tuple[int, int, int]]:
+        """The (t, h, w) grid of the embedding rows (Qwen2-VL's M-RoPE layout), else None."""
+        if self.grid_thw is None:
+            return None
+        t, h, w = self.grid_thw
+        return t, h // self.merge, w // self.merge
 
 
 @dataclass(frozen=True)

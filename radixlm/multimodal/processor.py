@@ -4,23 +4,37 @@ expanded to one token per embedding row and padded with the image's hash id."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from radixlm.multimodal.anyres import anyres_token_count
-from radixlm.multimodal.config import image_token_id, is_anyres, is_multimodal, tokens_per_image
+from radixlm.multimodal.config import (
+    image_chat_marker,
+    image_placeholder_text,
+    image_token_id,
+    is_anyres,
+    is_dynamic_resolution,
+    is_multimodal,
+    tokens_per_image,
+)
 from radixlm.multimodal.hashing import image_digest, pad_value
 from radixlm.multimodal.images import ImageError, check_pixels, decode_image, engine_image_bytes
 from radixlm.multimodal.inputs import ImageInput
+from radixlm.multimodal.llava_original import original_image_processor
+
+_PREP_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
 class PreparedPrompt:
-    """`check_ids`: the expanded prompt with the placeholder token id (what the runtime's
-    limits are checked against); `input_ids`: the same with each image's span holding its pad
-    id (what the scheduler and its radix tree see); `images` in prompt order."""
+    """`check_ids`: the expanded prompt with the placeholder token id, or id 0 where that id is
+    past the language vocabulary (what the runtime's limits are checked against); `input_ids`:
+    the same with each image's span holding its pad id (what the scheduler and its radix tree
+    see); `images` in prompt order."""
 
     check_ids: list[int]
     input_ids: list[int]
@@ -34,18 +48,32 @@ class ImagePreprocessor:
         self.processor = processor
         self.config = config
         self.token_id = image_token_id(config)
-        self.tokens_per_image = None if is_anyres(config) else tokens_per_image(config)
+        self.merge = config.vision_config.spatial_merge_size if is_dynamic_resolution(config) else None
+        fixed = self.merge is None and not is_anyres(config)
+        self.tokens_per_image = tokens_per_image(config) if fixed else None
         self.vocab_size = config.text_config.vocab_size
+        self.check_id = self.token_id if self.token_id < self.vocab_size else 0
         self.max_images = max_images
 
     @classmethod
     def for_model(cls, model_path: str, config: Any, max_images: int) -> "ImagePreprocessor | None":
-        """None for a text-only model; else the model directory's HF image processor."""
+        """None for a text-only model; else the model directory's HF image processor (the
+        vision tower's for the original LLaVA layout)."""
         if not is_multimodal(config):
             return None
+        if getattr(config, "mm_vision_tower_dir", None):
+            return cls(original_image_processor(config), config, max_images)
         from transformers import AutoImageProcessor
 
         return cls(AutoImageProcessor.from_pretrained(model_path), config, max_images)
+
+    def chat_marker(self, tokenizer: Any) -> str:
+        """The text a chat message's image part renders as (one placeholder token inside)."""
+        return image_chat_marker(self.config, tokenizer)
+
+    def placeholder_text(self, tokenizer: Any) -> str:
+        """The text one image takes in a prompt (`sgl.image` writes it; one placeholder token inside)."""
+        return image_placeholder_text(self.config, tokenizer)
 
     def prepare(self, ids: list[int], sources: list[Any]) -> PreparedPrompt:
         """Decode and preprocess `sources` (ImageError naming a bad one) and expand each
@@ -63,20 +91,42 @@ class ImagePreprocessor:
         pixels = self._pixels(sources)
         check, padded, images = [], [], []
         prev = 0
-        for place, (values, size) in zip(places, pixels):
+        for place, (values, size, grid) in zip(places, pixels):
             check += ids[prev:place]
             padded += ids[prev:place]
-            pad = pad_value(image_digest(values), self.vocab_size)
-            count = self.tokens_per_image or anyres_token_count(self.config, size)
-            images.append(ImageInput(values, len(padded), count, pad, size))
-            check += [self.token_id] * count
+            pad = pad_value(image_digest(values, grid or ()), self.vocab_size)
+            images.append(self._image_input(values, len(padded), pad, size, grid))
+            count = images[-1].length
+            check += [self.check_id] * count
             padded += [pad] * count
             prev = place + 1
         return PreparedPrompt(check + ids[prev:], padded + ids[prev:], images)
 
-    def _pixels(self, sources: list[Any]) -> list[tuple[np.ndarray, tuple[int, int]]]:
-        """(pixel values, original (height, width)) per image, each processed on its own (so
-        LLaVA-NeXT's tiles are not padded to another image's count)."""
+    def prepare_all(self, ids_list: list[list[int]], sources_list: list[list[Any]]) -> list[Optional[PreparedPrompt]]:
+        """`prepare` of each prompt that has images (None for one without); the prompts of a
+        batch are prepared on threads (the HF processors' array work releases the GIL). The
+        first failing prompt's ImageError is raised."""
+        jobs = [i for i, sources in enumerate(sources_list) if sources]
+        if len(jobs) <= 1:
+            return [self.prepare(ids, s) if s else None for ids, s in zip(ids_list, sources_list)]
+        with ThreadPoolExecutor(min(len(jobs), _PREP_THREADS)) as pool:
+            futures = {i: pool.submit(self.prepare, ids_list[i], sources_list[i]) for i in jobs}
+            return [futures[i].result() if i in futures else None for i in range(len(ids_list))]
+
+    def _image_input(
+        self, values: np.ndarray, offset: int, pad: int, size: tuple[int, int], grid: Optional[tuple[int, int, int]]
+    ) -> ImageInput:
+        """The image's span: one row per patch (LLaVA-1.5), per anyres feature (LLaVA-NeXT) or
+        per merged patch of its grid (Qwen2-VL)."""
+        if grid is not None:
+            t, h, w = grid
+            return ImageInput(values, offset, t * h * w // self.merge**2, pad, size, grid, self.merge)
+        count = self.tokens_per_image or anyres_token_count(self.config, size)
+        return ImageInput(values, offset, count, pad, size)
+
+    def _pixels(self, sources: list[Any]) -> list[tuple[np.ndarray, tuple[int, int], Optional[tuple[int, int, int]]]]:
+        """(pixel values, original (height, width), patch grid or None) per image, each processed
+        on its own (so LLaVA-NeXT's tiles are not padded to another image's count)."""
         out = []
         for i, source in enumerate(sources):
             data = engine_image_bytes(source, i)
@@ -84,8 +134,13 @@ class ImagePreprocessor:
                 check_pixels(data, i)  # a caller's PIL image is checked like decoded bytes
             image = decode_image(data, i) if isinstance(data, bytes) else data.convert("RGB")
             try:
-                values = self.processor(images=[image], return_tensors="np")["pixel_values"][0]
+                processed = self.processor(images=[image], return_tensors="np")
             except Exception as exc:  # the HF processor's own refusals (sizes, modes)
                 raise ImageError(f"the image processor refused image {i}: {exc}") from None
-            out.append((np.asarray(values, dtype=np.float32), (image.height, image.width)))
+            grid = None
+            if self.merge is not None:  # all patches of the one image, and its patch grid
+                values, grid = processed["pixel_values"], tuple(int(x) for x in processed["image_grid_thw"][0])
+            else:
+                values = processed["pixel_values"][0]
+            out.append((np.asarray(values, dtype=np.float32), (image.height, image.width), grid))
         return out

@@ -10,8 +10,9 @@ import torch
 
 from radixlm.attention.shared_prefix import plan_shared_prefixes
 from radixlm.forward.batch import ForwardBatch, ForwardMode
-from radixlm.forward.device_copy import to_device_rows, to_device_split
+from radixlm.forward.device_copy import pinned_to_device, to_device, to_device_rows, to_device_split
 from radixlm.multimodal.inputs import chunk_slices
+from radixlm.multimodal.mrope import batch_mrope
 from radixlm.scheduler.request import Req
 
 
@@ -69,6 +70,11 @@ def build_extend(items: list[ExtendItem], req_to_token: torch.Tensor, device: to
         offset += item.length
     fb = _extend_forward_batch(items, ids, positions, locs, logit_idx, req_to_token, device)
     fb.mm_inputs = image_slices or None
+    mrope = batch_mrope([(item.req.images, item.start, item.start + item.length) for item in items])
+    if mrope is not None:
+        fb.mrope_positions = pinned_to_device(torch.from_numpy(mrope[0]), device)
+        fb.rope_deltas = to_device(mrope[1], device)
+    fb.lora_ids = _lora_ids([item.req for item in items])
     sampling = [(item.req, row_map[item.start + item.length - 1]) for item, row_map in zip(items, rows) if item.sample]
     return ScheduledBatch(
         ForwardMode.EXTEND,
@@ -116,8 +122,15 @@ def build_decode(
         req_to_token=req_to_token,
         prefix_plan=plan_shared_prefixes(reqs, device),
         decode_inputs=inputs,
+        lora_ids=_lora_ids(reqs),
     )
     return ScheduledBatch(ForwardMode.DECODE, reqs, fb, reqs, None)
+
+
+def _lora_ids(reqs: list[Req]) -> Optional[list[int]]:
+    """Each request's adapter uid, or None when every request is on the base model."""
+    ids = [req.lora_uid for req in reqs]
+    return ids if any(ids) else None
 
 
 def build_multi_token_decode(

@@ -130,6 +130,10 @@ class GrammarManager:
     def num_pending(self) -> int:
         return len(self._pending) + len(self._failed)
 
+    def pending_reqs(self) -> list[Req]:
+        """The requests waiting here (compiling or failed, not yet collected)."""
+        return [item.req for item in self._pending] + list(self._failed)
+
     def wait(self, timeout: float) -> None:
         """Block until some compile finishes or `timeout` seconds pass (the loop is otherwise idle)."""
         if self._pending:

@@ -26,13 +26,14 @@ class PrefillBudget:
     max_running: int
     reserved_tokens: int
     new_token_ratio: float
+    max_loras: int = 0  # distinct LoRA adapters a batch may use (0: no adapters served)
 
 
 def order_waiting(waiting: list[Req], policy: str, cache: KVCacheManager) -> list[Req]:
     """`lpm`: longest cached prefix first (so shared prefixes are computed once); else arrival order."""
     if policy != "lpm" or len(waiting) > LPM_MAX_QUEUE:
         return list(waiting)
-    lengths = {id(r): len(cache.tree.match_prefix(r.fill_ids).values) for r in waiting}
+    lengths = {id(r): len(cache.tree.match_prefix(r.tree_key(r.seq_len)).values) for r in waiting}
     return sorted(waiting, key=lambda r: -lengths[id(r)])
 
 
@@ -59,8 +60,12 @@ class PrefillAdder:
     prompts), so a prefix shared inside one burst of arrivals is computed once. The first
     request of a batch is never deferred, so the waiting queue always makes progress."""
 
-    def __init__(self, cache: KVCacheManager, budget: PrefillBudget, num_running: int) -> None:
+    def __init__(
+        self, cache: KVCacheManager, budget: PrefillBudget, num_running: int, adapters: frozenset[int] = frozenset()
+    ) -> None:
+        """`adapters`: the LoRA adapter uids of the running requests (decoded in one batch with these)."""
         self.cache, self.budget = cache, budget
+        self.adapters = set(adapters)
         self.items: list[ExtendItem] = []
         self.tokens_left = budget.max_prefill_tokens
         self.num_running = num_running
@@ -76,6 +81,8 @@ class PrefillAdder:
             return False
         if req.prefix_group is not None and req.prefix_group in self.groups:
             return True  # wait one step: its sibling's prompt will then be in the tree
+        if req.lora_uid and req.lora_uid not in self.adapters and len(self.adapters) >= self.budget.max_loras:
+            return True  # its adapter would exceed max_loras_per_batch: wait until one finishes
         fresh = req.kv_len == 0
         if fresh:
             self.cache.match(req, match_limit(req))
@@ -93,7 +100,7 @@ class PrefillAdder:
 
     def _shares_with_batch(self, req: Req) -> bool:
         """True when `req` shares IN_BATCH_SHARE_MIN more tokens with this step's prompts than with the cache."""
-        shared = self.in_batch.prefix_len(req.fill_slice(0, match_limit(req)))
+        shared = self.in_batch.prefix_len(req.tree_key(match_limit(req)))
         return shared - req.kv_len >= IN_BATCH_SHARE_MIN
 
     def _admit(self, req: Req, ext: int, fresh: bool) -> bool:
@@ -115,10 +122,12 @@ class PrefillAdder:
             req.cached_tokens = start  # its first admission's cache hit, never its own earlier chunks
         self.items.append(ExtendItem(req, start, length, sample, _logprob_positions(req, start, length)))
         self.tokens_left -= length
-        ids = req.fill_ids
+        ids = req.tree_key(req.seq_len)
         self.in_batch.insert(ids, ids)
         if req.prefix_group is not None:
             self.groups.add(req.prefix_group)
+        if req.lora_uid:
+            self.adapters.add(req.lora_uid)
         if not sample:
             self.chunked = req
             return False

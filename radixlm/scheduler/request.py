@@ -20,6 +20,10 @@ class LogprobState:
     output_top_logprobs: list = field(default_factory=list)
 
 
+# Token ids (and the image pad ids, < vocab + 2**30) stay below 2**32: a tag above never collides.
+KEY_TAG_SHIFT = 32
+
+
 class Req:
     """One sequence being generated.
 
@@ -46,6 +50,7 @@ class Req:
         embed_dimensions: Optional[int] = None,
         full_prefill: bool = False,
         images: Optional[list[Any]] = None,
+        lora_uid: int = 0,
     ) -> None:
         self.rid = rid
         self.origin_input_ids = list(input_ids)
@@ -91,6 +96,10 @@ class Req:
         self.embedding: Optional[list[float]] = None
         self.embed_dimensions = embed_dimensions
         self.images = images  # ImageInputs whose spans the prompt's pad ids mark (radixlm.multimodal)
+        # The LoRA adapter (uid, 0 = base). Its radix-tree keys start with a tagged first id, so
+        # KV computed under one adapter is never matched by another adapter or the base model.
+        self.lora_uid, self.key_tag = 0, 0
+        self.use_adapter(lora_uid)
 
     @property
     def fill_ids(self) -> list[int]:
@@ -105,6 +114,19 @@ class Req:
         if start >= n:
             return self.output_ids[start - n : end - n]
         return self.origin_input_ids[start:] + self.output_ids[: end - n]
+
+    def use_adapter(self, lora_uid: int) -> None:
+        """Generate with LoRA adapter `lora_uid` (0: the base model); only before any KV exists."""
+        assert self.kv_len == 0, "a request's adapter is fixed once it has KV"
+        self.lora_uid, self.key_tag = lora_uid, lora_uid << KEY_TAG_SHIFT
+
+    def tree_key(self, end: int) -> list[int]:
+        """The radix-tree key of the first `end` tokens: `fill_slice(0, end)` with the first id
+        shifted into the adapter's namespace (unchanged for the base model)."""
+        key = self.fill_slice(0, end)
+        if self.key_tag and key:
+            key[0] += self.key_tag
+        return key
 
     @property
     def last_token(self) -> int:

@@ -14,6 +14,7 @@ from radixlm.ipc.messages import AbortReq, ReqOutput, RpcOutput, RpcReq, Tokeniz
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.scheduler.batch import ScheduledBatch, build_decode, build_extend, build_multi_token_decode
 from radixlm.scheduler.grammar_queue import GrammarManager
+from radixlm.scheduler.lora_control import LoraControl, no_lora
 from radixlm.scheduler.output import OutputBuilder
 from radixlm.scheduler.prefill import PrefillAdder, PrefillBudget, order_waiting
 from radixlm.scheduler.request import Req
@@ -74,11 +75,16 @@ class Scheduler:
         self.num_overlapped_steps = 0  # batches launched before the previous one was finished
         self.inflight: Optional[LaunchedBatch] = None
         self.token_buf = torch.zeros(cache.req_pool.table.shape[0], dtype=torch.int64, device=runner.device)
-        self.rpc_handlers: dict[str, Callable[[], Any]] = {
+        self.rpc_handlers: dict[str, Callable[..., Any]] = {
             "flush_cache": self.cache.flush,
             "get_info": self.info,
             "check_leak": self.check_leak,
         }
+        self.lora_uid: Callable[[Optional[str]], int] = no_lora
+        if runner.lora is not None:
+            control = LoraControl(runner.lora, self._live_reqs, runner.tp.size)
+            self.lora_uid = control.uid_for
+            self.rpc_handlers.update(load_lora_adapter=control.load, unload_lora_adapter=control.unload)
 
     # -- intake ------------------------------------------------------------------
     def handle(self, msg: Any) -> Optional[RpcOutput]:
@@ -93,7 +99,10 @@ class Scheduler:
             handler = self.rpc_handlers.get(msg.method)
             if handler is None:
                 return RpcOutput(msg.call_id, error=f"unknown method {msg.method!r}")
-            return RpcOutput(msg.call_id, result=handler())
+            try:
+                return RpcOutput(msg.call_id, result=handler(**msg.kwargs))
+            except ValueError as exc:  # a refused control call (e.g. a bad adapter): the caller's error
+                return RpcOutput(msg.call_id, error=str(exc))
         return None
 
     def _add_request(self, msg: TokenizedGenerateReq) -> None:
@@ -113,9 +122,20 @@ class Scheduler:
             images=msg.images,
         )
         self.text.init_req(req)
+        try:
+            req.use_adapter(self.lora_uid(msg.lora_name))
+        except ValueError as exc:  # unloaded since the front checked the name
+            req.finished_reason = FinishAbort(str(exc), BAD_REQUEST)
+            self.pending.append(self.outputs.final_output(req))
+            return
         if self.grammars.admit(req):
             return  # "grammar pending" until its grammar is compiled (see _take_compiled)
         self.waiting.append(req)
+
+    def _live_reqs(self) -> list[Req]:
+        """Every request not finished: queued, compiling its grammar, chunked or running."""
+        chunked = [self.chunked] if self.chunked is not None else []
+        return self.waiting + self.running + chunked + self.grammars.pending_reqs()
 
     def abort(self, rid: str) -> None:
         """Finish `rid` wherever it is; its KV goes back to the tree / free list."""
@@ -238,10 +258,17 @@ class Scheduler:
         if not self.waiting and self.chunked is None:
             return None
         reserved = sum(int((r.params.max_new_tokens - len(r.output_ids)) * self.new_token_ratio) for r in self.running)
+        lora = self.runner.lora
         budget = PrefillBudget(
-            self.max_prefill_tokens, self.chunk_size, self.max_running, reserved, self.new_token_ratio
+            self.max_prefill_tokens,
+            self.chunk_size,
+            self.max_running,
+            reserved,
+            self.new_token_ratio,
+            lora.max_loras if lora is not None else 0,
         )
-        adder = PrefillAdder(self.cache, budget, len(self.running))
+        adapters = frozenset(r.lora_uid for r in self.running if r.lora_uid)
+        adder = PrefillAdder(self.cache, budget, len(self.running), adapters)
         if self.chunked is not None:
             chunked, self.chunked = self.chunked, None
             adder.add(chunked)
@@ -360,6 +387,7 @@ class Scheduler:
             "quantization": self.runner.quantization,
             "weight_bytes": self.runner.weight_bytes,
             **(self.spec.info() if self.spec is not None else {}),
+            "lora_adapters": self.runner.lora.names() if self.runner.lora is not None else None,
         }
 
     def check_leak(self) -> bool:

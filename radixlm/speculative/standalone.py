@@ -43,7 +43,8 @@ class StandaloneDrafter:
     @classmethod
     def build(cls, args: ServerArgs, plan: SpecPlan, target: Any) -> "StandaloneDrafter":
         """The draft model's runner, built from `args` with the draft's path: eager (no CUDA
-        graphs), a pool as large as the target's, no speculative flags of its own."""
+        graphs), a pool as large as the target's, no speculative flags or LoRA adapters of its own
+        (it drafts with its base weights for every request)."""
         draft_args = dataclasses.replace(
             args,
             model_path=plan.draft_model_path,
@@ -58,6 +59,8 @@ class StandaloneDrafter:
             speculative_num_steps=None,
             speculative_num_draft_tokens=None,
             speculative_eagle_topk=None,
+            enable_lora=False,
+            lora_paths=None,
         )
         runner = ModelRunner(draft_args, device=target.device)
         if runner.vocab_size < target.vocab_size:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from radixlm.forward.batch import ForwardBatch, ForwardMode
-from radixlm.forward.device_copy import to_device_split
+from radixlm.forward.device_copy import pinned_to_device, to_device, to_device_split
+from radixlm.multimodal.mrope import batch_mrope
 from radixlm.scheduler.batch import ScheduledBatch
 from radixlm.scheduler.request import Req
 
@@ -59,4 +60,11 @@ def build_verify(
         logit_indices=dev_logit,
         req_to_token=req_to_token,
     )
+    ends = [req.seq_len + len(chain) for req, chain in zip(reqs, drafts)]
+    mrope = batch_mrope([(req.images, start, end) for req, start, end in zip(reqs, starts, ends)])
+    if mrope is not None:  # M-RoPE models: an extend sets each request's rotary shift
+        fb.mrope_positions = pinned_to_device(torch.from_numpy(mrope[0]), device)
+        fb.rope_deltas = to_device(mrope[1], device)
+    lora = [req.lora_uid for req in reqs]
+    fb.lora_ids = lora if any(lora) else None
     return VerifyBatch(ForwardMode.DECODE, list(reqs), fb, list(reqs), None, drafts=drafts)

@@ -150,10 +150,10 @@ def test_unsupported_vision_architecture_is_named(llava_dir: str, tmp_path: Path
     other = tmp_path / "other_vlm"
     shutil.copytree(llava_dir, other)
     config = json.loads((other / "config.json").read_text())
-    config["architectures"] = ["Qwen2VLForConditionalGeneration"]
+    config["architectures"] = ["Idefics3ForConditionalGeneration"]
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        ValueError, match="multimodal architecture \\['Qwen2VLForConditionalGeneration'\\] is not supported"
+        ValueError, match="multimodal architecture \\['Idefics3ForConditionalGeneration'\\] is not supported"
     ):
         radixlm.Engine(str(other), **ARGS)
 

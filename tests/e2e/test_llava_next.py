@@ -51,3 +51,19 @@ def test_two_images_of_different_sizes(engine: Any, next_dir: str) -> None:
     out = engine.generate(input_ids=ids, image_data=images, sampling_params=GREEDY)
     image_id = engine.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     assert out["output_ids"] == hf_llava_greedy(next_dir, expand(ids, image_id, _counts(engine, sizes)), images, 16)
+
+
+def test_batch_mixing_image_and_text_requests_and_the_cache(engine: Any, next_dir: str) -> None:
+    """One batch: an image request, a text-only one, and the first one's image again (the
+    second time a cache hit over its whole span once the first is in the tree)."""
+    assert engine.flush_cache()
+    image_id = engine.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    prompts = [engine.tokenizer.encode(f"look {IMAGE_TOKEN} here"), engine.tokenizer.encode("no picture at all")]
+    images = [make_image(44, size=(50, 20)), None]
+    outs = engine.generate(input_ids=prompts, image_data=images, sampling_params=GREEDY)
+    count = _counts(engine, [(50, 20)])
+    assert outs[0]["output_ids"] == hf_llava_greedy(next_dir, expand(prompts[0], image_id, count), [images[0]], 16)
+    assert outs[1]["output_ids"] == hf_llava_greedy(next_dir, prompts[1], [], 16)
+    again = engine.generate(input_ids=prompts[0], image_data=images[0], sampling_params=GREEDY)
+    assert again["output_ids"] == outs[0]["output_ids"]
+    assert again["meta_info"]["cached_tokens"] == again["meta_info"]["prompt_tokens"] - 1

@@ -14,7 +14,6 @@ COMPLETION = {"model": "default", "prompt": "hi", "max_tokens": 1}
 GENERATE = {"text": "hi", "sampling_params": {"max_new_tokens": 1}}
 
 UNSUPPORTED = [
-    ("/v1/chat/completions", CHAT, "lora_path", "my-adapter"),
     ("/v1/chat/completions", CHAT, "audio", {"voice": "alloy", "format": "wav"}),
     ("/v1/chat/completions", CHAT, "modalities", ["text", "audio"]),
     ("/v1/chat/completions", CHAT, "prediction", {"type": "content", "content": "x"}),
@@ -27,9 +26,7 @@ UNSUPPORTED = [
     ("/v1/chat/completions", CHAT, "return_hidden_states", True),
     ("/v1/completions", COMPLETION, "suffix", " world"),
     ("/v1/completions", COMPLETION, "best_of", 2),
-    ("/v1/completions", COMPLETION, "lora_path", "my-adapter"),
     ("/v1/completions", COMPLETION, "no_such_field", 1),
-    ("/generate", GENERATE, "lora_path", "my-adapter"),
     ("/generate", GENERATE, "return_hidden_states", True),
     ("/generate", GENERATE, "custom_logit_processor", "x"),
     ("/generate", GENERATE, "session_params", {"id": "s"}),
@@ -46,6 +43,21 @@ def test_unimplemented_field_is_a_400_naming_it(
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == field and field in error["message"]
+
+
+@pytest.mark.parametrize(
+    "path, base", [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION), ("/generate", GENERATE)]
+)
+def test_lora_path_without_adapters_is_a_400_naming_it(http: httpx.Client, path: str, base: dict) -> None:
+    """This server serves no LoRA adapters (--lora-paths): an adapter request is refused, never run on the base."""
+    r = http.post(path, json={**base, "lora_path": "my-adapter"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (
+        error["param"] == "lora_path"
+        and "'my-adapter'" in error["message"]
+        and "serves no adapters" in error["message"]
+    )
 
 
 def test_unsupported_message_field(http: httpx.Client) -> None:

@@ -1,6 +1,7 @@
 """Rank 0's BatchSender and a follower's BatchReceiver over an in-process wire: the follower's
 batch equals rank 0's field by field, its table gets rank 0's request rows, and a decode batch's
-shared-prefix plan arrives too (so every rank runs the same attention path and CUDA graph),
+shared-prefix plan and the requests' LoRA adapter uids arrive too (so every rank runs the same
+attention path, CUDA graph and adapters),
 whether the body fits in the first broadcast or follows in a second one."""
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def check_same(got: ForwardBatch, want: ForwardBatch, follower_table: torch.Tens
         want.extend_prefix_lens_cpu,
         want.extend_seq_lens_cpu,
     )
+    assert got.lora_ids == want.lora_ids
     rows = want.req_pool_indices
     assert torch.equal(
         follower_table[rows, : max(want.seq_lens_cpu)], want.req_to_token[rows, : max(want.seq_lens_cpu)]
@@ -106,6 +108,8 @@ def test_follower_gets_rank0_batch_and_its_shared_prefix_plan(bs: int, ctx: int)
         make_batch(ForwardMode.DECODE, bs, ctx, table, seed=3),  # no plan after one with a plan
         empty,
     ]
+    batches[0].lora_ids = [(3 * i) % 4 for i in range(bs)]  # LoRA adapter uids ride at the end of the body
+    batches[1].lora_ids = [i % 2 for i in range(bs)]  # ... also after a shared-prefix plan
     inline = []
     for batch in batches:
         before = len(wire.sent)

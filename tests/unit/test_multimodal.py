@@ -11,7 +11,9 @@ import pytest
 from radixlm.entrypoints.http.image_sources import bare_base64
 from radixlm.multimodal.config import prepare_multimodal_config
 from radixlm.multimodal.hashing import PAD_RANGE, image_digest, pad_value
+from radixlm.multimodal.images import ImageError
 from radixlm.multimodal.inputs import ImageInput, ImageSlice, chunk_slices
+from radixlm.multimodal.processor import ImagePreprocessor
 
 
 def test_pad_values_follow_content_and_never_name_a_token() -> None:
@@ -42,8 +44,8 @@ def test_bare_base64_is_told_from_paths_and_urls() -> None:
 
 
 def test_unsupported_vision_architecture_is_named() -> None:
-    config = SimpleNamespace(vision_config=object(), architectures=["Qwen2VLForConditionalGeneration"])
-    with pytest.raises(ValueError, match="Qwen2VLForConditionalGeneration.*not supported"):
+    config = SimpleNamespace(vision_config=object(), architectures=["Idefics3ForConditionalGeneration"])
+    with pytest.raises(ValueError, match="Idefics3ForConditionalGeneration.*not supported"):
         prepare_multimodal_config(config)
 
 
@@ -75,3 +77,41 @@ def test_image_checks_name_the_problem() -> None:
         check_pixels(Image.new("RGB", (100, 100)), 2, max_pixels=9999)
     with pytest.raises(ImageError, match="image 0 is not an image"):
         decode_image(b"GIF? no", 0)
+
+
+def _llava_preprocessor(image_token: int, vocab: int, max_images: int = 4) -> ImagePreprocessor:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=7)
+    text = LlamaConfig(vocab_size=vocab, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token)
+    crop = {"height": 28, "width": 28}
+    return ImagePreprocessor(CLIPImageProcessor(size={"shortest_edge": 28}, crop_size=crop), config, max_images)
+
+
+def test_prepare_all_equals_prepare_one_by_one_and_names_the_first_bad_prompt() -> None:
+    from helpers.tiny_llava import make_image
+
+    prep = _llava_preprocessor(image_token=50, vocab=60)
+    ids_list = [[1, 50, 2], [3, 4], [50, 5, 50], [50]]
+    sources = [[make_image(1)], [], [make_image(2), make_image(1)], [make_image(3, size=(9, 70))]]
+    together = prep.prepare_all(ids_list, sources)
+    assert together[1] is None
+    for ids, srcs, got in zip(ids_list, sources, together):
+        if srcs:
+            want = prep.prepare(ids, srcs)
+            assert (got.input_ids, got.check_ids) == (want.input_ids, want.check_ids)
+            assert [img.pad_value for img in got.images] == [img.pad_value for img in want.images]
+    assert together[0].images[0].pad_value == together[2].images[1].pad_value  # same image, same pad
+    bad = [[make_image(1)], [], [make_image(2), b"not an image"], [b"also bad"]]
+    with pytest.raises(ImageError, match="image 1 is not an image"):  # prompt 2's, not prompt 3's image 0
+        prep.prepare_all(ids_list, bad)
+
+
+def test_an_image_token_past_the_vocabulary_is_checked_as_a_text_id() -> None:
+    from helpers.tiny_llava import make_image
+
+    prep = _llava_preprocessor(image_token=60, vocab=60)  # original LLaVA: <image> is the first id past it
+    out = prep.prepare([1, 60, 2], [make_image(1)])
+    assert out.check_ids == [1] + [0] * 16 + [2]
+    assert all(60 <= t for t in out.input_ids[1:17])

@@ -23,19 +23,16 @@ MESSAGE_NULLS = frozenset({"refusal", "audio", "function_call", "annotations"})
 
 # declared field -> (the value is implemented?, why not)
 ValueRule = tuple[Callable[[Any], bool], str]
-_LORA: dict[str, ValueRule] = {"lora_path": (lambda v: v is None or v == "", "LoRA adapters are not implemented")}
 VALUE_RULES: dict[str, dict[str, ValueRule]] = {
     "completions": {
-        **_LORA,
         "suffix": (lambda v: v is None, "suffix (insertion) is not supported"),
         "best_of": (lambda v: v is None or v == 1, "best_of > 1 is not supported; use n"),
     },
     "chat": {
-        **_LORA,
         "store": (lambda v: v is None or v is False, "store=true is not supported: completions are not stored"),
         "modalities": (lambda v: v is None or list(v) == ["text"], "only the text modality is supported"),
     },
-    "generate": _LORA,
+    "generate": {},
     "embeddings": {
         "encoding_format": (lambda v: v in ("float", "base64"), "only float and base64 are supported"),
     },

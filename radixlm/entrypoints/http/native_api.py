@@ -15,7 +15,9 @@ from radixlm.entrypoints.http.protocol import (
     ApplyChatTemplateRequest,
     DetokenizeRequest,
     GenerateRequest,
+    LoadLoraAdapterRequest,
     TokenizeRequest,
+    UnloadLoraAdapterRequest,
 )
 from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.http.tokenizer_path import loadable_tokenizer_path
@@ -30,6 +32,7 @@ def native_router(state: ServerState) -> APIRouter:
     async def generate(body: GenerateRequest, request: Request) -> Any:
         check_fields(body, "generate", ignored=frozenset())
         state.vet_images(_image_sources(body.image_data), "image_data")
+        state.check_lora(body.lora_path)
         reqs, batched = await state.prepare(
             state.make_requests,
             prompt=body.text,
@@ -41,6 +44,7 @@ def native_router(state: ServerState) -> APIRouter:
             stream=body.stream,
             rid=body.rid,
             image_data=body.image_data,
+            lora_path=body.lora_path,
         )
         texts = body.return_text_in_logprobs
         if body.stream:
@@ -105,6 +109,16 @@ def native_router(state: ServerState) -> APIRouter:
             raise APIError(400, "cache not flushed: requests are running")
         return Response("Cache flushed.\n", status_code=200)
 
+    @router.post("/load_lora_adapter")
+    async def load_lora_adapter(body: LoadLoraAdapterRequest) -> dict:
+        loaded = await _lora_call(state, engine.load_lora_adapter, body.lora_name, body.lora_path)
+        return {"success": True, "loaded_adapters": loaded}
+
+    @router.post("/unload_lora_adapter")
+    async def unload_lora_adapter(body: UnloadLoraAdapterRequest) -> dict:
+        loaded = await _lora_call(state, engine.unload_lora_adapter, body.lora_name)
+        return {"success": True, "loaded_adapters": loaded}
+
     @router.post("/abort_request")
     async def abort_request(body: AbortRequest) -> Response:
         engine.abort(body.rid)
@@ -156,6 +170,14 @@ async def _sse(state: ServerState, reqs: list, texts: bool) -> AsyncIterator[str
     yield "data: [DONE]\n\n"
 
 
+async def _lora_call(state: ServerState, fn: Any, *args: str) -> Any:
+    """Run an adapter load / unload off the event loop (it reads files); a refusal is a 400."""
+    try:
+        return await state.prepare(fn, *args)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "lora_name") from None
+
+
 def _image_sources(image_data: Any) -> list[Any]:
     """SGLang's `image_data`: one source, a list, or a list per prompt; None entries skipped."""
     if image_data is None:
@@ -188,10 +210,11 @@ def _tokenizer(state: ServerState) -> Any:
 
 
 def _image_token(engine: Any) -> str | None:
-    """The placeholder a prompt holds where an image goes (None: a text-only model)."""
+    """The text a prompt holds where an image goes, one placeholder token inside (Qwen2-VL:
+    its vision span); None for a text-only model."""
     if engine.images is None or engine.tokenizer is None:
         return None
-    return engine.tokenizer.convert_ids_to_tokens(engine.images.token_id)
+    return engine.images.placeholder_text(engine.tokenizer)
 
 
 def _public_args(engine: Any) -> dict:

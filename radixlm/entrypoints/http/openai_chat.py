@@ -17,6 +17,7 @@ from radixlm.entrypoints.http.field_policy import check_fields, check_message_fi
 from radixlm.entrypoints.http.openai_common import (
     check_model,
     finish_reason,
+    lora_of,
     matched_stop,
     new_id,
     now,
@@ -50,8 +51,8 @@ def chat_router(state: ServerState) -> APIRouter:
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         check_fields(body, "chat")
         check_message_fields(body.messages)
-        check_model(state, body.model)
-        reqs, plan = await state.prepare(_requests, state, body)
+        adapter = lora_of(state, body, check_model(state, body.model))
+        reqs, plan = await state.prepare(_requests, state, body, adapter)
         if body.stream:
             return StreamingResponse(_stream(state, body, reqs, plan), media_type="text/event-stream")
         accs = await state.run(reqs, request)
@@ -69,9 +70,12 @@ def chat_router(state: ServerState) -> APIRouter:
     return router
 
 
-def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[TokenizedGenerateReq], OutputPlan]:
-    """The engine requests for a chat body (template, tokens, sampling params) and how to read
-    their output (on the preparation thread: templates and tokenizing can be slow)."""
+def _requests(
+    state: ServerState, body: ChatCompletionRequest, adapter: Optional[str]
+) -> tuple[list[TokenizedGenerateReq], OutputPlan]:
+    """The engine requests for a chat body (template, tokens, sampling params) on LoRA adapter
+    `adapter` (None: base) and how to read their output (on the preparation thread: templates
+    and tokenizing can be slow)."""
     tools = plan_tools(body, _tool_parser(state))
     prompt_ids, images = _render(state, body, tools)
     room = state.token_room(len(prompt_ids))
@@ -92,6 +96,7 @@ def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[Tok
         stream=body.stream,
         rid=body.rid,
         image_data=[images] if images else None,
+        lora_path=adapter,
     )
     plan = _output_plan(state, body, tools)
     if plan.reasoning_forced is not None and any(k in params for k in _CONSTRAINTS):
@@ -148,7 +153,7 @@ def _render(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan) ->
         raise APIError(400, "chat needs a tokenizer; the server runs with --skip-tokenizer-init")
     images = [url for m in body.messages for url in _image_urls(m.content)]
     state.vet_images(images, "messages")
-    marker = tokenizer.convert_ids_to_tokens(state.engine.images.token_id) if images else ""
+    marker = state.engine.images.chat_marker(tokenizer) if images else ""
     messages = [template_message(m.role, _content(m.content, marker), m) for m in body.messages]
     kwargs = body.chat_template_kwargs or {}
     reserved = sorted(_RESERVED_TEMPLATE_VARS & set(kwargs))
@@ -189,15 +194,15 @@ def _image_urls(content: Any) -> list[str]:
 
 
 def _content(content: Any, image_marker: str = "") -> str:
-    """A message's text; an `image_url` part becomes `image_marker` (only set when the served
-    model takes images: the parts were vetted first) followed by a newline."""
+    """A message's text; an `image_url` part becomes `image_marker`, the model family's image
+    text (only set when the served model takes images: the parts were vetted first)."""
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
     for part in content:
         kind = part.get("type")
         if kind == "image_url" and image_marker:
-            parts.append(image_marker + "\n")
+            parts.append(image_marker)
         elif kind != "text":
             raise APIError(400, f"message content of type {kind!r} is not supported", "messages")
         else:

@@ -14,10 +14,31 @@ from radixlm.entrypoints.request_output import OutputAccumulator
 from radixlm.ipc.finish import FinishStop
 
 
-def check_model(state: ServerState, name: str) -> None:
-    """Unknown model names are a 400, as an OpenAI client expects (SGLang accepts "default")."""
-    if name not in (state.model_name, "default", "") and name != state.engine.server_args.model_path:
-        raise APIError(400, f"model {name!r} is not served here; available: {state.model_name!r}", "model")
+def check_model(state: ServerState, name: str) -> Optional[str]:
+    """The LoRA adapter `name` selects: None for the served model (SGLang also accepts "default"),
+    the adapter for an adapter's name or "<model>:<adapter>". Anything else is a 400 naming it,
+    as an OpenAI client expects."""
+    bases = (state.model_name, "default", "", state.engine.server_args.model_path)
+    if name in bases:
+        return None
+    adapters = state.engine.lora_adapters or frozenset()
+    if name in adapters:
+        return name
+    base, sep, adapter = name.rpartition(":")
+    if sep and base in bases:
+        if adapter not in adapters:
+            raise APIError(400, f"LoRA adapter {adapter!r} is not loaded (loaded: {sorted(adapters)})", "model")
+        return adapter
+    raise APIError(400, f"model {name!r} is not served here; available: {state.model_name!r}", "model")
+
+
+def lora_of(state: ServerState, body: Any, from_model: Optional[str]) -> Optional[str]:
+    """The adapter of an OpenAI body: its `lora_path` or the one its `model` names (400 if they differ)."""
+    given = getattr(body, "lora_path", None) or None
+    state.check_lora(given)
+    if given is not None and from_model is not None and given != from_model:
+        raise APIError(400, f"lora_path {given!r} and model {body.model!r} name different adapters", "lora_path")
+    return given or from_model
 
 
 def sampling_params(body: _SamplingExtras, max_tokens: Optional[int], context_room: int) -> dict:

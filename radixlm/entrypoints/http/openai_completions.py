@@ -12,6 +12,7 @@ from radixlm.entrypoints.http.field_policy import check_fields
 from radixlm.entrypoints.http.openai_common import (
     check_model,
     finish_reason,
+    lora_of,
     matched_stop,
     new_id,
     now,
@@ -33,8 +34,8 @@ def completions_router(state: ServerState) -> APIRouter:
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         check_fields(body, "completions")
-        check_model(state, body.model)
-        reqs, prompts = await state.prepare(_requests, state, body)
+        adapter = lora_of(state, body, check_model(state, body.model))
+        reqs, prompts = await state.prepare(_requests, state, body, adapter)
         if body.stream:
             return StreamingResponse(_stream(state, body, reqs, prompts), media_type="text/event-stream")
         accs = await state.run(reqs, request)
@@ -52,9 +53,11 @@ def completions_router(state: ServerState) -> APIRouter:
     return router
 
 
-def _requests(state: ServerState, body: CompletionRequest) -> tuple[list[TokenizedGenerateReq], list[list[int]]]:
+def _requests(
+    state: ServerState, body: CompletionRequest, adapter: Optional[str]
+) -> tuple[list[TokenizedGenerateReq], list[list[int]]]:
     """The engine requests for a completions body and its prompts' token ids (on the
-    preparation thread: tokenizing can be slow)."""
+    preparation thread: tokenizing can be slow), all on LoRA adapter `adapter` (None: base)."""
     prompts = _prompt_ids(state, body.prompt)
     room = state.token_room(max(len(p) for p in prompts))
     params = sampling_params(body, body.max_tokens, room)
@@ -68,6 +71,7 @@ def _requests(state: ServerState, body: CompletionRequest) -> tuple[list[Tokeniz
         top_logprobs_num=body.logprobs or 0,
         stream=body.stream,
         rid=body.rid,
+        lora_path=adapter,
     )
     return reqs, prompts
 

@@ -55,6 +55,7 @@ class GenerateRequest(_Body):
     return_text_in_logprobs: bool = False
     rid: Optional[Union[str, list[str]]] = None
     image_data: Optional[Union[str, list[Any]]] = None  # per prompt: a source or a list (media policy applies)
+    lora_path: Optional[Union[str, list[Optional[str]]]] = None  # a served adapter's name, or one per prompt
 
 
 class StreamOptions(_Body):
@@ -91,6 +92,7 @@ class _SamplingExtras(_Body):
     ebnf: Optional[str] = None
     rid: Optional[str] = None
     return_cached_tokens_details: bool = False  # SGLang's `sglext.cached_tokens_details` in the response
+    lora_path: Optional[str] = None  # a served LoRA adapter's name (or name it in `model`: "base:adapter")
 
 
 class CompletionRequest(_SamplingExtras):
@@ -155,6 +157,17 @@ class ApplyChatTemplateRequest(_Body):
 
 class AbortRequest(_Body):
     rid: str
+
+
+class LoadLoraAdapterRequest(_Body):
+    """SGLang's `POST /load_lora_adapter`: a PEFT adapter directory served as `lora_name`."""
+
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoraAdapterRequest(_Body):
+    lora_name: str
 
 
 class EmbeddingRequest(_Body):

@@ -77,6 +77,13 @@ class ServerState:
         except MediaRejected as exc:
             raise APIError(400, str(exc), param) from None
 
+    def check_lora(self, lora_path: Any) -> None:
+        """400 naming `lora_path` when it names an adapter this server does not serve."""
+        try:
+            self.engine.check_lora_path(lora_path)
+        except ValueError as exc:
+            raise APIError(400, f"lora_path: {exc}", "lora_path") from None
+
     def make_requests(self, **kwargs: Any) -> tuple[list[TokenizedGenerateReq], bool]:
         """Engine.make_requests after the front's limits (see `limits`), ValueError turned into a 400.
         `image_data` sources (already vetted by `vet_images`) are read here, under the media policy."""

@@ -59,7 +59,7 @@ class BaseBackend:
 
     is_chat_model = False  # chat models get messages, completion models get text
     supports_images = False
-    image_token = ""  # native VLM backends: the placeholder written into the text where an image sits
+    image_token = ""  # native VLM backends: the text written where an image sits (Qwen2-VL: its vision span)
     supports_constraints = True  # regex / json_schema / dtype
     speculative_execution = False  # honours @function(num_api_spec_tokens=N) (pay-per-call APIs)
 

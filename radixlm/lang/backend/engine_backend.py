@@ -24,7 +24,7 @@ class EngineBackend(NativeBackend):
         images = getattr(engine, "images", None)
         if images is not None and engine.tokenizer is not None:  # a vision model: image() works
             self.supports_images = True
-            self.image_token = engine.tokenizer.convert_ids_to_tokens(images.token_id)
+            self.image_token = images.placeholder_text(engine.tokenizer)
 
     def _generate_raw(
         self,

@@ -1,0 +1,134 @@
+"""Qwen2-VL and Qwen2.5-VL end to end on the Engine: greedy tokens equal HF `generate` with the
+same pixel inputs (float32, CPU; HF computes its own M-RoPE positions), images in batches and
+in prefill chunks, the radix cache over image spans, and the family's chat image marker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers.tiny_llava import make_image
+from helpers.tiny_models import make_tiny_tokenizer
+from helpers.tiny_qwen2vl import (
+    IMAGE,
+    IMAGE_PAD,
+    VISION_START,
+    expand,
+    hf_qwen2vl_greedy,
+    make_tiny_qwen2vl,
+    tokens_for,
+)
+
+import radixlm
+
+NEW = 16
+GREEDY = {"max_new_tokens": NEW, "temperature": 0.0, "ignore_eos": True}
+ARGS = {"dtype": "float32", "max_total_tokens": 2048, "log_level": "warning"}
+WIDE, TALL = (40, 30), (20, 50)  # patch grids 8x10 and 12x4: 20 and 12 image tokens
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_tiny_tokenizer(tmp_path_factory.mktemp("qwen2vl_tok"))
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> str:
+    return make_tiny_qwen2vl(tmp_path_factory.mktemp("qwen2vl"), tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(qwen_dir: str) -> Any:
+    with radixlm.Engine(qwen_dir, **ARGS, max_images_per_request=3) as eng:
+        yield eng
+        eng.check_no_leak()
+
+
+def ids_of(engine: Any, text: str) -> list[int]:
+    return engine.tokenizer.encode(text)
+
+
+def hf_ref(path: str, engine: Any, ids: list[int], images: list[bytes]) -> list[int]:
+    pad = engine.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    return hf_qwen2vl_greedy(path, expand(ids, pad, [tokens_for(b) for b in images]), images, NEW)
+
+
+def test_one_image_matches_hf(engine: Any, qwen_dir: str) -> None:
+    ids = ids_of(engine, f"hello {IMAGE} what is this?")
+    image = make_image(1, size=WIDE)
+    out = engine.generate(input_ids=ids, image_data=image, sampling_params=GREEDY)
+    assert out["output_ids"] == hf_ref(qwen_dir, engine, ids, [image])
+    assert out["meta_info"]["prompt_tokens"] == len(ids) - 1 + tokens_for(image) == len(ids) + 19
+
+
+def test_image_changes_the_answer(engine: Any) -> None:
+    ids = ids_of(engine, f"{IMAGE} describe")
+    a = engine.generate(input_ids=ids, image_data=make_image(2), sampling_params=GREEDY)
+    b = engine.generate(input_ids=ids, image_data=make_image(3), sampling_params=GREEDY)
+    assert a["output_ids"] != b["output_ids"]
+
+
+def test_two_images_of_different_shapes_in_one_request(engine: Any, qwen_dir: str) -> None:
+    ids = ids_of(engine, f"first {IMAGE} second {IMAGE} compare")
+    images = [make_image(4, size=WIDE), make_image(5, size=TALL)]
+    out = engine.generate(input_ids=ids, image_data=images, sampling_params=GREEDY)
+    assert out["output_ids"] == hf_ref(qwen_dir, engine, ids, images)
+
+
+def test_batch_mixing_image_and_text_requests(engine: Any, qwen_dir: str) -> None:
+    assert engine.flush_cache()
+    prompts = [
+        ids_of(engine, f"{IMAGE} one"),
+        ids_of(engine, "just text here"),
+        ids_of(engine, f"two {IMAGE} and {IMAGE}"),
+    ]
+    images = [make_image(6, size=TALL), None, [make_image(7), make_image(6, size=TALL)]]
+    outs = engine.generate(input_ids=prompts, image_data=images, sampling_params=GREEDY)
+    for prompt, image, out in zip(prompts, images, outs):
+        wanted = [] if image is None else image if isinstance(image, list) else [image]
+        assert out["output_ids"] == hf_ref(qwen_dir, engine, prompt, wanted)
+
+
+def test_radix_cache_hits_same_image_only(engine: Any) -> None:
+    assert engine.flush_cache()
+    before = ids_of(engine, f"the text before the image {VISION_START}")
+    ids = before + ids_of(engine, IMAGE)[1:] + ids_of(engine, " and after")
+    image = make_image(10)
+    total = len(ids) - 1 + tokens_for(image)
+    first = engine.generate(input_ids=ids, image_data=image, sampling_params=GREEDY)
+    again = engine.generate(input_ids=ids, image_data=image, sampling_params=GREEDY)
+    other = engine.generate(input_ids=ids, image_data=make_image(11), sampling_params=GREEDY)
+    assert first["meta_info"]["cached_tokens"] == 0
+    assert again["meta_info"]["cached_tokens"] == total - 1  # all but the last prompt token
+    assert again["output_ids"] == first["output_ids"]
+    assert other["meta_info"]["cached_tokens"] == len(before)  # nothing past the text before the image
+    assert other["output_ids"] != first["output_ids"]
+
+
+@pytest.mark.slow
+def test_chunked_prefill_without_cache_matches_hf_and_the_cached_engine(engine: Any, qwen_dir: str) -> None:
+    """Chunks of 8 tokens cut through both image spans; no radix cache: the same tokens as HF
+    and as the cached engine."""
+    ids = ids_of(engine, f"a {IMAGE} b {IMAGE} c")
+    images = [make_image(8, size=TALL), make_image(9, size=WIDE)]
+    cached = engine.generate(input_ids=ids, image_data=images, sampling_params=GREEDY)
+    with radixlm.Engine(qwen_dir, **ARGS, chunked_prefill_size=8, disable_radix_cache=True) as eng:
+        out = eng.generate(input_ids=ids, image_data=images, sampling_params=GREEDY)
+        eng.check_no_leak()
+    assert out["output_ids"] == cached["output_ids"] == hf_ref(qwen_dir, engine, ids, images)
+
+
+def test_chat_image_marker_is_the_vision_span(engine: Any) -> None:
+    assert engine.images.chat_marker(engine.tokenizer) == IMAGE
+
+
+@pytest.mark.slow
+def test_qwen2_5_vl_matches_hf(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> None:
+    path = make_tiny_qwen2vl(tmp_path_factory.mktemp("qwen2_5_vl"), tokenizer_dir, v25=True)
+    with radixlm.Engine(path, **ARGS) as eng:
+        prompts = [ids_of(eng, f"hello {IMAGE} what?"), ids_of(eng, f"first {IMAGE} second {IMAGE} compare")]
+        images = [make_image(1, size=WIDE), [make_image(4, size=TALL), make_image(5, size=WIDE)]]
+        outs = eng.generate(input_ids=prompts, image_data=images, sampling_params=GREEDY)
+        eng.check_no_leak()
+        for prompt, image, out in zip(prompts, images, outs):
+            assert out["output_ids"] == hf_ref(path, eng, prompt, image if isinstance(image, list) else [image])

@@ -1,0 +1,105 @@
+"""Segmented LoRA shrink / expand: the torch reference against a per-row float64 product, and
+the Triton kernels against the torch reference (through Triton's interpreter in a subprocess on
+the CPU, compiled on a GPU), in both layouts the batch info produces: segments of several rows
+(prefill) and one row per segment from the static buffers (decode, CUDA-graph shape)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(__file__)
+SLOTS, R, K, N = 3, 24, 300, 56  # ragged sizes: masks on every edge; K > 256: the decode case splits K
+
+
+def per_row_reference(x, a, b, scales, row_slots, out):  # type: ignore[no-untyped-def]
+    """out + each row's (x A^T) B^T * scale, row by row in float64."""
+    want = out.double().clone()
+    for i, slot in enumerate(row_slots):
+        if slot >= 0:
+            want[i] += (x[i].double() @ a[slot].double().t() @ b[slot].double().t()) * scales[slot]
+    return want
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
+def _case(gen: torch.Generator, rows_per_req: list[int], req_slots: list[int], device: str, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    from radixlm.lora.batch_info import LoraBatchInfo
+
+    t = sum(rows_per_req)
+    x = torch.randn(t, K, generator=gen).to(device, dtype)
+    a = torch.randn(SLOTS, R, K, generator=gen).to(device, dtype)
+    b = torch.randn(SLOTS, N, R, generator=gen).to(device, dtype)
+    out = torch.randn(t, N, generator=gen).to(device, dtype)
+    scales = [0.5, 2.0, 1.25]
+    info = LoraBatchInfo(max_tokens=64, device=torch.device(device), num_slots=SLOTS)
+    info.set_rows(req_slots, rows_per_req)
+    row_slots = [s for s, n in zip(req_slots, rows_per_req) for _ in range(n)]
+    return x, a, b, out, scales, info, row_slots
+
+
+CASES = (
+    ([5, 1, 20, 3, 2], [0, -1, 2, 2, 1]),  # prefill: runs merged (2, 2), a base request, a 20-row segment
+    ([1, 1, 1, 1, 1], [1, -1, 0, 1, 1]),  # decode: one row each (grouped by slot, static buffers)
+    ([1] * 40, [1 if i % 3 else (i // 3) % 3 - 1 for i in range(40)]),  # decode, interleaved: slot 1 > BLOCK_M rows
+)
+
+
+def test_torch_reference_matches_per_row_product() -> None:
+    from radixlm.lora import ops_torch
+
+    gen = torch.Generator().manual_seed(0)
+    for rows, slots in CASES:
+        x, a, b, out, scales, info, row_slots = _case(gen, rows, slots, "cpu", torch.float32)
+        want = per_row_reference(x, a, b, scales, row_slots, out)
+        s = ops_torch.shrink(x, a, info.host_segments)
+        got = ops_torch.expand_add(out.clone(), s, b, scales, info.host_segments)
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+def check_triton(device: str) -> None:
+    from radixlm.lora import ops_torch, triton_ops
+
+    gen = torch.Generator().manual_seed(1)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for rows, slots in CASES:
+            x, a, b, out, scales, info, row_slots = _case(gen, rows, slots, device, dtype)
+            assert info.per_token == all(n == 1 for n in rows)
+            seg = info.segments(x.shape[0])
+            assert (triton_ops.split_k(seg, K, 2) > 1) == info.per_token  # a short decode batch splits K
+            s = triton_ops.shrink(x, a, seg)
+            want_s = ops_torch.shrink(x, a, info.host_segments)
+            lora_rows = [i for i, slot in enumerate(row_slots) if slot >= 0]  # base rows of s: unspecified
+            total = s.float().sum(0)  # the split-K partial products
+            assert rel_err(total[lora_rows], want_s[lora_rows]) <= tol, (dtype, rows)
+            dev_scales = torch.tensor(scales, dtype=torch.float32, device=device)
+            got = triton_ops.expand_add(out.clone(), s, b, dev_scales, seg)
+            want = ops_torch.expand_add(out.clone(), want_s, b, scales, info.host_segments)
+            assert rel_err(got, want) <= tol, (dtype, rows, rel_err(got, want))
+            base_rows = [i for i, slot in enumerate(row_slots) if slot < 0]
+            assert torch.equal(got[base_rows], out[base_rows])  # base rows untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_kernels_on_gpu() -> None:
+    check_triton("cuda")
+
+
+def test_triton_kernels_interpreted() -> None:
+    pytest.importorskip("triton")
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_lora_kernels as t; t.check_triton('cpu')"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
