@@ -26,19 +26,22 @@ class Drafter(Protocol):
 class SpecDecoder:
     """Invariant: a verify batch is built only when the KV pool can hold every request's tokens
     and drafts at once; otherwise (or when nothing was drafted) `decode_batch` returns None and
-    the scheduler runs its plain decode. A request with a grammar keeps only the drafts its
+    the scheduler runs its plain decode. Drafts are real vocabulary ids (a copied image pad id
+    ends the chain); a request with a grammar keeps only the drafts its
     constrained decoder could have sampled (`grammar_drafts.prune_drafts`); drafts never run a
     request past `max_new_tokens` or the context."""
 
-    def __init__(self, drafter: Drafter, cache: KVCacheManager, context_len: int, device: torch.device) -> None:
+    def __init__(
+        self, drafter: Drafter, cache: KVCacheManager, context_len: int, vocab_size: int, device: torch.device
+    ) -> None:
         self.drafter, self.cache = drafter, cache
-        self.context_len, self.device = context_len, device
+        self.context_len, self.vocab_size, self.device = context_len, vocab_size, device
         self.stats = SpecStats()
 
     def decode_batch(self, reqs: list[Req]) -> Optional[VerifyBatch]:
         """The verify batch of `reqs` (running requests whose next decode KV is available), or None."""
         drafts = self.drafter.propose(reqs, [self._limit(req) for req in reqs])
-        drafts = [prune_drafts(r.grammar, d) if r.grammar is not None and d else d for r, d in zip(reqs, drafts)]
+        drafts = [self._checked(req, chain) for req, chain in zip(reqs, drafts)]
         if not any(drafts) or self._need(reqs, drafts) > self.cache.available():
             return None
         starts = [req.kv_len for req in reqs]
@@ -55,6 +58,15 @@ class SpecDecoder:
     def check_leak(self) -> None:
         """Raise unless the drafter's own memory (a draft model's KV pool) is all free (idle only)."""
         self.drafter.check_leak()
+
+    def _checked(self, req: Req, chain: list[int]) -> list[int]:
+        """`chain` up to its first id the model cannot take (an image's pad id copied from the
+        prompt), then pruned by the request's grammar."""
+        for i, token in enumerate(chain):
+            if not 0 <= token < self.vocab_size:
+                chain = chain[:i]
+                break
+        return prune_drafts(req.grammar, chain) if req.grammar is not None and chain else chain
 
     def _limit(self, req: Req) -> int:
         """How many drafts `req` may take: never past its limits."""

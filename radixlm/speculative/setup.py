@@ -23,7 +23,7 @@ def build_speculative(
     if plan is None:
         return None, sampler
     drafter = _drafter(plan, args, runner)
-    spec = SpecDecoder(drafter, cache, runner.context_len, runner.device)
+    spec = SpecDecoder(drafter, cache, runner.context_len, runner.vocab_size, runner.device)
     logger.info(
         "speculative decoding: %s, %d draft tokens per verify step; the plain (non-overlapped) scheduler loop is used",
         plan.algorithm,

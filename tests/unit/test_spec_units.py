@@ -186,3 +186,15 @@ def test_data_parallel_info_recomputes_the_ratios_from_summed_counters() -> None
     out = aggregate_info([_spec_info(10, 30, 40, 20), _spec_info(30, 50, 60, 10)], {})
     assert (out["spec_verify_steps"], out["spec_emitted_tokens"]) == (40, 80)
     assert out["avg_spec_accept_length"] == 2.0 and out["spec_accept_rate"] == 0.3
+
+
+def test_drafts_end_at_an_id_outside_the_vocabulary() -> None:
+    """NGRAM copies from the prompt, where an image's pad ids (past the vocabulary) may sit."""
+    from types import SimpleNamespace
+
+    from radixlm.speculative.decoder import SpecDecoder
+
+    dec = SpecDecoder(None, None, 512, 100, torch.device("cpu"))
+    req = SimpleNamespace(grammar=None)
+    assert dec._checked(req, [5, 99, 100 + (1 << 30), 7]) == [5, 99]
+    assert dec._checked(req, [-1, 5]) == [] and dec._checked(req, [1, 2]) == [1, 2]
