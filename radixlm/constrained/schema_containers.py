@@ -9,6 +9,8 @@
   listed properties are then refused by `additionalProperties: false` (a subset when the schema
   allowed other names; exact when it did not, or when `propertyNames` is an `enum`, whose names
   are then listed).
+- `patternProperties` whose every pattern matches every name: merged into each listed property
+  and into `additionalProperties`, which applied to no name before (exact).
 - `required` names missing from `properties`: listed with the `additionalProperties` schema
   (exact: that is the schema they had).
 Each returns the rewritten node, or None when no rewrite applies (the keyword stays).
@@ -22,6 +24,8 @@ from typing import Any, Optional
 import jsonschema
 
 from radixlm.constrained.schema_logic import literal_values
+from radixlm.constrained.schema_merge import merge
+from radixlm.constrained.schema_patterns import matches_every_string
 
 MAX_ALTERNATIVES = 64
 
@@ -93,8 +97,6 @@ def contains(node: dict) -> Optional[Any]:
     rest = {k: v for k, v in node.items() if k not in ("contains", "minContains")}
     if need <= 0:
         return rest
-    from radixlm.constrained.schema_merge import merge
-
     first = merge(node.get("items", True), node["contains"])
     if first is None or first is False:
         return None
@@ -154,3 +156,21 @@ def required_listed(node: dict) -> dict:
         return node
     extra = node.get("additionalProperties", True)
     return {**node, "properties": {**props, **{name: extra for name in missing}}}
+
+
+def universal_patterns(node: dict) -> Optional[Any]:
+    patterns = node["patternProperties"]
+    if not isinstance(patterns, dict) or not patterns or not all(matches_every_string(p) for p in patterns):
+        return None
+    every: Any = True
+    for sub in patterns.values():
+        every = merge(every, sub)
+        if every is None:
+            return None
+    props = {}
+    for name, sub in (node.get("properties") or {}).items():
+        props[name] = merge(sub, every)
+        if props[name] is None:
+            return None
+    rest = {k: v for k, v in node.items() if k not in ("patternProperties", "additionalProperties")}
+    return {**rest, **({"properties": props} if "properties" in node else {}), "additionalProperties": every}

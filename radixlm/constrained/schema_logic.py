@@ -7,7 +7,9 @@ when no exact rewrite is known (the keyword then stays and the backend check ref
   values, by a required discriminator property with disjoint values, or by a key one branch
   requires and the other forbids);
 - `dependentRequired` / `dependentSchemas` → "key absent" or "key present with its dependants";
-- `not` of `{type}`, `{enum}`/`{const}` (against a finite parent), `{required: [k]}`, `{}`/`true`;
+- `not` of `{type}`, `{enum}`/`{const}` (against a finite parent, or of strings only: a
+  complement pattern), `{required: [k]}`, `{required: [k], properties: {k: <a simple form>}}`,
+  `{pattern: "^[C]+$"}` (a complement pattern), `{}`/`true`;
 - `if`/`then`/`else` whose `if` tests one property against constants of a finite parent set.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from radixlm.constrained.schema_merge import TYPES, canonical, merge, type_set
+from radixlm.constrained.schema_patterns import outside_class_run, outside_strings
 
 Resolve = Callable[[Any], Any]  # a branch with its top-level $ref replaced by the target, if known
 
@@ -180,16 +183,61 @@ def negate(node: dict, inner: Any) -> Optional[Any]:
     if inner.keys() == {"type"}:
         return _without_types(node, inner["type"])
     if inner.keys() == {"required"} and isinstance(inner["required"], list) and inner["required"]:
-        keys = inner["required"]
-        if len(keys) == 1:
-            return merge(node, absent(keys[0]))
-        alternatives = {"anyOf": [absent(k) for k in keys]}
-        if "anyOf" in node:
-            return {**node, "allOf": [*node.get("allOf", []), alternatives]}
-        return {**node, **alternatives}
+        keys, node = inner["required"], merge(node, {"type": "object"})  # non-objects meet `required`
+        if not isinstance(node, dict) or len(keys) == 1:
+            return node if not isinstance(node, dict) else merge(node, absent(keys[0]))
+        return _and_alternatives(node, [absent(k) for k in keys])
+    if inner.keys() == {"required", "properties"}:
+        return _without_member(node, inner)
     if inner.keys() in ({"enum"}, {"const"}):
-        return _without_values(node, literal_values(inner))
+        kept = _without_values(node, literal_values(inner))
+        return kept if kept is not None else _without_strings(node, literal_values(inner, raw=True))
+    if inner.keys() == {"pattern"} and isinstance(inner["pattern"], str):
+        return _without_pattern(node, inner["pattern"])
     return None
+
+
+def _and_alternatives(node: dict, alternatives: list[Any]) -> dict:
+    if "anyOf" in node:
+        return {**node, "allOf": [*node.get("allOf", []), {"anyOf": alternatives}]}
+    return {**node, "anyOf": alternatives}
+
+
+def _without_member(node: dict, inner: dict) -> Optional[Any]:
+    """NOT `{required: [k], properties: {k: S}}`: an object without k, or whose k fails S (S one
+    of the simple forms `negate` knows); non-objects always meet the inner schema."""
+    props = inner["properties"]
+    if not (isinstance(props, dict) and len(props) == 1 and inner["required"] == list(props)):
+        return None
+    ((key, sub),) = props.items()
+    failing, node = negate({}, sub), merge(node, {"type": "object"})
+    if failing is None or not isinstance(node, dict):
+        return None if failing is None else node
+    if failing is False:
+        return merge(node, absent(key))
+    return _and_alternatives(node, [absent(key), {"required": [key], "properties": {key: failing}}])
+
+
+def _without_pattern(node: dict, pattern: str) -> Optional[Any]:
+    """NOT `{pattern: "^[C]+$"}`: a string holding a character outside C, or (for `+`) the
+    empty string; non-strings always meet a `pattern`."""
+    found = outside_class_run(pattern)
+    node = merge(node, {"type": "string"}) if found is not None else None
+    if not isinstance(node, dict):
+        return node
+    some, empty_too = found
+    if not empty_too or node.get("minLength", 0) >= 1:
+        return merge(node, {"pattern": some})
+    return _and_alternatives(node, [{"maxLength": 0}, {"pattern": some}])
+
+
+def _without_strings(node: dict, values: Optional[list]) -> Optional[Any]:
+    """NOT an enum of strings: a pattern matching every other string (`pattern` never touches
+    non-strings, which the enum also never admits)."""
+    if not values or not all(isinstance(v, str) for v in values):
+        return None
+    outside = outside_strings(values)
+    return None if outside is None else merge(node, {"pattern": outside})
 
 
 def _without_types(node: dict, types: Any) -> Optional[Any]:

@@ -234,6 +234,7 @@ class Lowering:
 
     def _containers(self, node: dict) -> Any:
         steps = (
+            ("patternProperties", containers.universal_patterns),
             ("uniqueItems", containers.unique_items),
             ("contains", containers.contains),
             ("propertyNames", containers.property_names),

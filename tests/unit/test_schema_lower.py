@@ -26,7 +26,7 @@ from radixlm.constrained.spec import GrammarSpec
 KEYS = ["a", "b", "c", "kind", "x", "description"]
 SCALARS = st.none() | st.booleans() | st.integers(-3, 12) | st.sampled_from([1.5, -0.5, 2.0]) | st.text(max_size=4)
 VALUES = st.recursive(
-    SCALARS | st.sampled_from(["a", "b", "module", "theme", "", "aaaa", "upstart"]),
+    SCALARS | st.sampled_from(["a", "b", "module", "theme", "", "aaaa", "upstart", "up", " .", "-\n", "a."]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
     max_leaves=12,
 )
@@ -121,6 +121,20 @@ EXACT = {
         "type": "array",
         "prefixItems": [{"type": "integer"}],
         "unevaluatedItems": False,
+    },
+    "not required on an untyped schema": {"not": {"required": ["a"]}},
+    "not a typed member": {
+        "properties": {"b": {}},
+        "not": {"required": ["a"], "properties": {"a": {"type": "string"}}},
+    },
+    "not an enum of strings": {"type": ["string", "integer"], "not": {"enum": ["upstart", "up", "a", ""]}},
+    "not a run of punctuation": {"type": "string", "minLength": 1, "not": {"pattern": "^[\\s.,-]+$"}},
+    "not a run of punctuation, untyped": {"not": {"pattern": "^[\\s.,-]+$"}},
+    "patternProperties matching every name": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": False},
+        "patternProperties": {"^[a-z]*": {"minimum": 2}, ".*": {"type": ["integer", "string"]}},
+        "additionalProperties": False,
     },
     "maxProperties on a closed object": {
         "type": "object",
