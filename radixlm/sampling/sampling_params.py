@@ -21,6 +21,7 @@ GREEDY_TEMPERATURE_EPS = 1e-6
 
 _BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
 _CONSTRAINT_FIELDS = ("regex", "json_schema", "ebnf")
+_SERVER_SET = frozenset({"reasoning_gate"})  # fields a request may not set
 
 
 @dataclass
@@ -74,6 +75,9 @@ class SamplingParams:
     json_schema: str | dict | None = None
     ebnf: str | None = None
     no_stop_trim: bool = False
+    # Set by the server, never from a request: a reasoning model's constraint starts after its
+    # reasoning section (radixlm.constrained.reasoning_gate.ReasoningGate).
+    reasoning_gate: Any = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SamplingParams:
@@ -83,7 +87,7 @@ class SamplingParams:
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"sampling params must be a dict, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - _SERVER_SET
         unknown = sorted(repr(k) for k in d if k not in known)
         if unknown:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")

@@ -12,6 +12,7 @@ import torch
 
 from radixlm.constrained import limits
 from radixlm.constrained.base import GrammarBackend
+from radixlm.constrained.reasoning_gate import GatedGrammar
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.spec import GrammarSpec
 from radixlm.scheduler.request import Req
@@ -108,7 +109,9 @@ class GrammarManager:
             item.req.error = str(exc) if isinstance(exc, ValueError) else f"grammar compile failed: {exc!r}"
             failed.append(item.req)
             return
-        item.req.grammar = backend.new_grammar(compiled)
+        grammar = backend.new_grammar(compiled)
+        gate = item.req.params.reasoning_gate
+        item.req.grammar = grammar if gate is None else GatedGrammar(grammar, gate)
         ready.append(item.req)
 
     def _abandon_stuck_pool(self) -> None:

@@ -12,7 +12,8 @@ Multi-line seeds are held joined on one line.
 Started: one server per distinct runtime configuration, each answering the seed's own request
 (`/generate` "Once upon a time," for 16 tokens, or its OpenAI chat example): the Transformers
 backend (SEED_TRANSFORMERS), the native default (SEED_DEFAULT, the README's quick start), tp 2,
-dp 2 + tp 2, the two-node tp 4 pair over loopback, and LLaVA's vicuna_v1.1 line. Lines that differ
+dp 2 + tp 2, the two-node tp 4 pair over loopback, LLaVA's vicuna_v1.1 line, and the llava-v1.6-34b line
+(a tiny LLaVA-NeXT under its two ids, answering an image through the OpenAI client). Lines that differ
 from a started one only in the Hub id or in flags that change nothing here (`--host 0.0.0.0`,
 `--mem-fraction-static`, which sizes the KV pool on GPUs only and is overridden by
 `--max-total-tokens`) are checked to parse to the same ServerArgs with those fields set aside.
@@ -31,6 +32,8 @@ import httpx
 import pytest
 from helpers.hub_cache import add_to_hub_cache
 from helpers.server_utils import free_port, kill_group, server_log, start_command, start_logged, stop
+from helpers.tiny_llava import make_image, make_tiny_llava
+from helpers.tiny_models import make_tiny_tokenizer
 
 from radixlm.config.cli_args import parse_args
 from radixlm.tokenizer.named_templates import VICUNA_SYSTEM
@@ -269,3 +272,37 @@ def test_two_node_lines_on_loopback(hub_env: dict[str, str], started: list[Start
             kill_group(node1)
             raise AssertionError("node 1 did not exit after node 0 stopped:\n" + server_log(node1)[-2000:]) from None
     assert node1.returncode == 0, server_log(node1)[-2000:]
+
+
+@pytest.fixture(scope="module")
+def next_hub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An offline cache holding a tiny LLaVA-NeXT under the 34b line's model id and its tokenizer id."""
+    root = tmp_path_factory.mktemp("seed_next")
+    model = make_tiny_llava(root, make_tiny_tokenizer(root), next_=True)
+    words = shlex.split(SEED_LLAVA_34B)
+    cache = root / "hub"
+    for flag in ("--model-path", "--tokenizer-path"):
+        add_to_hub_cache(cache, words[words.index(flag) + 1], model)
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_llava_34b_line_answers_an_image(next_hub_env: dict[str, str], started: list[Started]) -> None:
+    import base64
+
+    import openai
+
+    server = Started(SEED_LLAVA_34B, next_hub_env)
+    started.append(server)
+    url = "data:image/png;base64," + base64.b64encode(make_image(31, size=(60, 30))).decode()
+    content = [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": url}}]
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="EMPTY")
+    reply = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": content}], temperature=0, max_tokens=8
+    )
+    assert reply.usage.completion_tokens > 0 and reply.choices[0].finish_reason in ("stop", "length")
+    text_only = client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "what is this"}], temperature=0, max_tokens=8
+    )
+    assert reply.usage.prompt_tokens > text_only.usage.prompt_tokens + 4  # the image's tokens are in the prompt
+    info = httpx.get(f"{server.url}/model_info", timeout=30).json()
+    assert "LlavaNext" in str(info), info

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from radixlm.constrained.reasoning_gate import reasoning_gate
 from radixlm.entrypoints.http.chat_output import OutputPlan
 from radixlm.entrypoints.http.chat_tools import ToolPlan, plan_tools, template_message
 from radixlm.entrypoints.http.errors import APIError, sse_error
@@ -29,6 +31,8 @@ from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.request_output import OutputAccumulator
 from radixlm.ipc.finish import FinishStop
 from radixlm.ipc.messages import TokenizedGenerateReq
+from radixlm.parsers.reasoning import END as REASONING_END
+from radixlm.parsers.reasoning import START as REASONING_START
 from radixlm.parsers.reasoning import starts_in_reasoning
 from radixlm.parsers.tool_call.registry import detect_tool_parser
 from radixlm.tokenizer.loader import apply_chat_template
@@ -89,7 +93,24 @@ def _requests(state: ServerState, body: ChatCompletionRequest) -> tuple[list[Tok
         rid=body.rid,
         image_data=[images] if images else None,
     )
-    return reqs, _output_plan(state, body, tools, constrained=any(k in params for k in _CONSTRAINTS))
+    plan = _output_plan(state, body, tools)
+    if plan.reasoning_forced is not None and any(k in params for k in _CONSTRAINTS):
+        plan = dataclasses.replace(plan, reasoning_forced=_gate_after_reasoning(state, reqs, plan.reasoning_forced))
+    return reqs, plan
+
+
+def _gate_after_reasoning(state: ServerState, reqs: list[TokenizedGenerateReq], opened: bool) -> bool:
+    """A reasoning model's constraint holds from the end of its reasoning section on, where its
+    tokenizer writes both markers as single tokens (as reasoning models' do). Otherwise the
+    constraint covers the whole output, which then holds a reasoning section only if the
+    constraint itself writes `<think>`. Returns whether the output starts inside the reasoning."""
+    try:
+        gate = reasoning_gate(state.engine.tokenizer, REASONING_START, REASONING_END, opened, state.engine.eos_ids)
+    except ValueError:
+        return False
+    for req in reqs:
+        req.params.reasoning_gate = gate
+    return opened
 
 
 _CONSTRAINTS = ("regex", "json_schema", "ebnf")
@@ -102,14 +123,14 @@ def _tool_parser(state: ServerState) -> Optional[str]:
     return parser or detect_tool_parser(getattr(tokenizer, "chat_template", None) if tokenizer else None)
 
 
-def _output_plan(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan, constrained: bool) -> OutputPlan:
+def _output_plan(state: ServerState, body: ChatCompletionRequest, tools: ToolPlan) -> OutputPlan:
     """Reasoning is separated when the server has a reasoning parser and the request keeps
-    `separate_reasoning`. A constraint applies from the first token, so constrained output
-    holds a reasoning section only when it begins with `<think>` itself (never assumed open)."""
+    `separate_reasoning`; a constraint (response_format, tools) then applies after the reasoning
+    section."""
     name = state.engine.server_args.reasoning_parser
     forced = None
     if name is not None and body.separate_reasoning:
-        forced = starts_in_reasoning(name) and not constrained
+        forced = starts_in_reasoning(name)
     return OutputPlan(
         reasoning_forced=forced,
         split=tools.split,
