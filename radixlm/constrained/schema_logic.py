@@ -42,21 +42,24 @@ def dependencies(node: dict) -> Optional[list[list[Any]]]:
     return out
 
 
-def one_of(rest: dict, branches: list[Any], resolve: Resolve) -> Optional[list[Any]]:
+def one_of(rest: dict, branches: list[Any], resolve: Resolve, hint: Optional[Resolve] = None) -> Optional[list[Any]]:
     """`anyOf` alternatives for `oneOf: branches` beside the keywords `rest`, or None.
 
     Each branch is taken within `rest`. A pair that is provably disjoint needs nothing; otherwise
     branch i keeps only instances lacking some key that branch j requires and i does not (so j
-    fails): exact when the branches only differ by required keys, else a subset."""
+    fails): exact when the branches only differ by required keys, else a subset. `hint(branch)`,
+    when given, is a schema implied by the branch (a recursive `$ref` with its target's `type`),
+    used only in the disjointness proofs."""
     seen = [resolve(b) for b in branches]
     within = [merge(rest, b) if isinstance(b, dict) else b for b in seen]
     if any(w is None for w in within):
         return None
+    facts = [_implied(w, hint(b)) if hint else w for w, b in zip(within, seen)]
     out = []
     for i, branch in enumerate(within):
         alternatives: list[Any] = [branch]
         for j, other in enumerate(within):
-            if i == j or disjoint(branch, other):
+            if i == j or disjoint(facts[i], facts[j]):
                 continue
             keys = _required(other) - _required(branch)
             if not keys or not isinstance(branch, dict) or not isinstance(other, dict):
@@ -70,6 +73,11 @@ def one_of(rest: dict, branches: list[Any], resolve: Resolve) -> Optional[list[A
     return out or [False]
 
 
+def _implied(branch: Any, fact: Any) -> Any:
+    both = merge(branch, fact) if isinstance(branch, dict) and isinstance(fact, dict) else None
+    return branch if both is None else both
+
+
 def _required(schema: Any) -> set:
     return set(schema.get("required") or []) if isinstance(schema, dict) else set()
 
@@ -80,6 +88,9 @@ def disjoint(a: Any, b: Any) -> bool:
         return True
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return False
+    for one, other in ((a, b), (b, a)):
+        if isinstance(one.get("anyOf"), list) and all(disjoint(branch, other) for branch in one["anyOf"]):
+            return True  # an instance of `one` is an instance of one of its branches
     left, right = _admitted_types(a), _admitted_types(b)
     if not (left & right):
         return True
@@ -162,14 +173,26 @@ def _objects_disjoint(a: dict, b: dict) -> bool:
         left, right = literal_values(props_a.get(key)), literal_values(props_b.get(key))
         if left is not None and right is not None and not (left & right):
             return True
-    return any(_forbids(b, k) for k in req_a) or any(_forbids(a, k) for k in req_b)
+    if any(_forbids(b, k) for k in req_a) or any(_forbids(a, k) for k in req_b):
+        return True
+    return any(_member_disjoint(a, b, k) for k in req_a) or any(_member_disjoint(b, a, k) for k in req_b)
 
 
 def _forbids(schema: dict, key: str) -> bool:
+    return _member(schema, key) is False
+
+
+def _member(schema: dict, key: str) -> Any:
+    """The schema a value under `key` must meet in an object valid under `schema`."""
     props = schema.get("properties") or {}
     if key in props:
-        return props[key] is False
-    return schema.get("additionalProperties") is False and not schema.get("patternProperties")
+        return props[key]
+    return True if schema.get("patternProperties") else schema.get("additionalProperties", True)
+
+
+def _member_disjoint(has: dict, other: dict, key: str) -> bool:
+    """`has` requires `key`, and no value meets both schemas' demands on it."""
+    return disjoint(_member(has, key), _member(other, key))
 
 
 def negate(node: dict, inner: Any) -> Optional[Any]:

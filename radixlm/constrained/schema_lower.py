@@ -125,6 +125,22 @@ class Lowering:
             return branch if found is None else found
         return branch
 
+    def declared_type(self, branch: Any) -> Any:
+        """For a lone `$ref` no step could inline (a recursive target), `{"type": ...}` as its
+        target (through further lone `$ref`s) declares it; `{}` when unknown."""
+        seen: set[str] = set()
+        while isinstance(branch, dict) and branch.keys() == {"$ref"} and isinstance(branch["$ref"], str):
+            ref = branch["$ref"]
+            if ref in seen:
+                return {}
+            seen.add(ref)
+            try:
+                branch = modernize(resolve_pointer(self.root, ref), self.draft)
+            except (KeyError, AttributeError):
+                return {}
+            branch = {k: v for k, v in branch.items() if k in ("$ref", "type")}
+        return {"type": branch["type"]} if isinstance(branch, dict) and "type" in branch else {}
+
     def rewrite(self, node: dict) -> Any:
         node = self._inline_ref(node)
         node = self._merge_all_of(node)
@@ -225,7 +241,7 @@ class Lowering:
         if not isinstance(node.get("oneOf"), list):
             return node
         rest = {k: v for k, v in node.items() if k != "oneOf"}
-        branches = logic.one_of(rest, node["oneOf"], self.resolved)
+        branches = logic.one_of(rest, node["oneOf"], self.resolved, self.declared_type)
         if branches is None:
             return node
         if "anyOf" in rest:

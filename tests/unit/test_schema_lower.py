@@ -136,6 +136,29 @@ EXACT = {
         "patternProperties": {"^[a-z]*": {"minimum": 2}, ".*": {"type": ["integer", "string"]}},
         "additionalProperties": False,
     },
+    "oneOf by a required member no value of the other meets": {
+        "oneOf": [
+            {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}}},
+            {"type": "object", "additionalProperties": {"enum": [False]}},
+        ]
+    },
+    "oneOf of an anyOf whose every branch is disjoint from the other": {
+        "oneOf": [
+            {"anyOf": [{"required": ["kind"], "properties": {"kind": {"const": c}}} for c in ("a", "b")]},
+            {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "x"}}},
+        ]
+    },
+    "oneOf beside a recursive $ref (its target's type tells them apart)": {
+        "$defs": {
+            "tree": {
+                "type": "object",
+                "properties": {
+                    "kind": {"oneOf": [{"$ref": "#/$defs/tree"}, {"type": "array", "items": {"$ref": "#"}}]}
+                },
+            }
+        },
+        "$ref": "#/$defs/tree",
+    },
     "maxProperties on a closed object": {
         "type": "object",
         "properties": {"a": {}, "b": {}},
