@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from radixlm.constrained.schema_literals import fails
 from radixlm.constrained.schema_merge import TYPES, canonical, merge, type_set
 from radixlm.constrained.schema_patterns import outside_class_run, outside_strings
 
@@ -46,10 +47,11 @@ def one_of(rest: dict, branches: list[Any], resolve: Resolve, hint: Optional[Res
     """`anyOf` alternatives for `oneOf: branches` beside the keywords `rest`, or None.
 
     Each branch is taken within `rest`. A pair that is provably disjoint needs nothing; otherwise
-    branch i keeps only instances lacking some key that branch j requires and i does not (so j
-    fails): exact when the branches only differ by required keys, else a subset. `hint(branch)`,
-    when given, is a schema implied by the branch (a recursive `$ref` with its target's `type`),
-    used only in the disjointness proofs."""
+    branch i keeps only instances that some separator proves fail branch j (`separators`):
+    exact when the separators cover every instance of i outside j (the branches differ only by
+    required keys, or only by disjoint array items), else a subset. `hint(branch)`, when given,
+    is a schema implied by the branch (a recursive `$ref` with its target's `type`), used only
+    in the disjointness proofs."""
     seen = [resolve(b) for b in branches]
     within = [merge(rest, b) if isinstance(b, dict) else b for b in seen]
     if any(w is None for w in within):
@@ -61,16 +63,56 @@ def one_of(rest: dict, branches: list[Any], resolve: Resolve, hint: Optional[Res
         for j, other in enumerate(within):
             if i == j or disjoint(facts[i], facts[j]):
                 continue
-            keys = _required(other) - _required(branch)
-            if not keys or not isinstance(branch, dict) or not isinstance(other, dict):
+            fact = facts[i]
+            if only_object_keywords(seen[j]):  # every non-object meets branch j
+                alternatives = [merge(a, {"type": "object"}) for a in alternatives]
+                fact = _implied(fact, {"type": "object"})
+            found = separators(branch, other, fact, facts[j])
+            if not found:
                 return None
-            if not (_admitted_types(branch) <= {"object"} or _admitted_types(other) <= {"object"}):
-                return None  # a non-object could match both: required keys do not tell them apart
-            alternatives = [merge(a, absent(k)) for a in alternatives for k in sorted(keys)]
+            alternatives = [merge(a, s) for a in alternatives if a is not False for s in found]
             if len(alternatives) > 16 or any(a is None for a in alternatives):
                 return None
         out.extend(a for a in alternatives if a is not False)
     return out or [False]
+
+
+_OBJECT_KEYWORDS = frozenset(
+    ("properties", "required", "additionalProperties", "patternProperties", "minProperties", "maxProperties")
+    + ("dependentRequired", "dependentSchemas", "propertyNames")
+)
+
+
+def only_object_keywords(schema: Any) -> bool:
+    """Every keyword of `schema` constrains objects only (so every non-object is valid)."""
+    return isinstance(schema, dict) and bool(schema) and schema.keys() <= _OBJECT_KEYWORDS
+
+
+def separators(branch: Any, other: Any, fact: Any, other_fact: Any) -> list[Any]:
+    """Schemas each of which, ANDed with `branch`, makes `other` fail; [] when none is known.
+
+    Objects: a key `other` requires and `branch` does not, absent; or a key whose values under
+    the two schemas cannot meet, present. Arrays whose item schemas are disjoint: a first item."""
+    if not (isinstance(branch, dict) and isinstance(other, dict)):
+        return []
+    types = _admitted_types(fact)
+    if types <= {"array"} and _admitted_types(other_fact) <= {"array"} and _items_apart(fact, other_fact):
+        return [{"minItems": 1}]
+    if not (types <= {"object"} or _admitted_types(other_fact) <= {"object"}):
+        return []  # a non-object could match both: keys do not tell them apart
+    found: list[Any] = [absent(k) for k in sorted(_required(other) - _required(branch))]
+    found += [
+        {"required": [k]} for k in sorted(_keys(branch) - _required(branch)) if _member_disjoint(fact, other_fact, k)
+    ]
+    return found
+
+
+def _items_apart(a: dict, b: dict) -> bool:
+    return "prefixItems" not in a and "prefixItems" not in b and disjoint(a.get("items", True), b.get("items", True))
+
+
+def _keys(schema: dict) -> set:
+    return set(schema.get("properties") or {})
 
 
 def _implied(branch: Any, fact: Any) -> Any:
@@ -79,7 +121,15 @@ def _implied(branch: Any, fact: Any) -> Any:
 
 
 def _required(schema: Any) -> set:
-    return set(schema.get("required") or []) if isinstance(schema, dict) else set()
+    """The keys every object valid under `schema` has (its `required`, and those each `anyOf`
+    branch requires)."""
+    if not isinstance(schema, dict):
+        return set()
+    keys = set(schema.get("required") or [])
+    branches = schema.get("anyOf")
+    if isinstance(branches, list) and branches:
+        keys |= set.intersection(*(_required(b) for b in branches))
+    return keys
 
 
 def disjoint(a: Any, b: Any) -> bool:
@@ -97,6 +147,10 @@ def disjoint(a: Any, b: Any) -> bool:
     values_a, values_b = literal_values(a), literal_values(b)
     if values_a is not None and values_b is not None and not (values_a & values_b):
         return True
+    for one, other in ((a, b), (b, a)):
+        values = literal_values(one, raw=True)
+        if values is not None and all(fails(v, other) for v in values):
+            return True
     both = left & right  # an instance valid under both has one of these types
     if both <= {"string"} and _apart(a, b, "minLength", "maxLength"):
         return True

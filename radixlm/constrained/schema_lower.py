@@ -30,6 +30,7 @@ from radixlm.constrained.schema_walk import KNOWN, hoist_refs, map_children, res
 
 MAX_BRANCHES = 64
 _TARGETS = ("$defs", "definitions")
+_UNEVALUATED = ("unevaluatedProperties", "unevaluatedItems")
 
 
 BY_TYPE = {
@@ -275,7 +276,8 @@ class Lowering:
         if not conjuncts:
             return containers.required_listed(rest)
         targets = {k: rest.pop(k) for k in _TARGETS if k in rest}
-        if not rest and len(conjuncts) == 1:
+        held = {k: rest.pop(k) for k in _UNEVALUATED if k in rest}  # read after each branch is merged
+        if not rest and not held and len(conjuncts) == 1:
             return {**targets, "anyOf": conjuncts[0]}
         count = 1
         for alternatives in conjuncts:
@@ -291,7 +293,11 @@ class Lowering:
                 return node
             if isinstance(merged, dict) and "anyOf" in merged or isinstance(merged, dict) and "allOf" in merged:
                 merged = self.rewrite(merged)
-            if isinstance(merged, dict) and {"unevaluatedProperties", "unevaluatedItems"} & merged.keys():
+            if isinstance(merged, dict) and held:
+                if any(k in merged and canonical(merged[k]) != canonical(v) for k, v in held.items()):
+                    return node
+                merged = {**merged, **held}
+            if isinstance(merged, dict) and set(_UNEVALUATED) & merged.keys():
                 merged = containers.unevaluated(merged) or merged  # a branch counts only its own evaluations
             if merged is not False:
                 branches.append(containers.required_listed(merged) if isinstance(merged, dict) else merged)
