@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from radixlm.constrained.schema_bounds import BOUNDS, failing_bound
 from radixlm.constrained.schema_literals import fails
 from radixlm.constrained.schema_merge import TYPES, canonical, merge, type_set
 from radixlm.constrained.schema_patterns import outside_class_run, outside_strings
@@ -67,14 +68,34 @@ def one_of(rest: dict, branches: list[Any], resolve: Resolve, hint: Optional[Res
             if only_object_keywords(seen[j]):  # every non-object meets branch j
                 alternatives = [merge(a, {"type": "object"}) for a in alternatives]
                 fact = _implied(fact, {"type": "object"})
-            found = separators(branch, other, fact, facts[j])
+            found = separators(branch, other, fact, facts[j]) or _failing(seen[j])
             if not found:
                 return None
-            alternatives = [merge(a, s) for a in alternatives if a is not False for s in found]
+            alternatives = [conjoin(a, s) for a in alternatives if a is not False for s in found]
             if len(alternatives) > 16 or any(a is None for a in alternatives):
                 return None
         out.extend(a for a in alternatives if a is not False)
     return out or [False]
+
+
+def conjoin(a: Any, b: Any) -> Optional[Any]:
+    """`merge(a, b)`, or, where both hold an `anyOf`, the rest merged with the two `anyOf`s kept
+    as an `allOf` of them (which the lowering pass distributes); None when neither is exact."""
+    both = merge(a, b)
+    if both is not None or not (isinstance(a, dict) and isinstance(b, dict)):
+        return both
+    if not (isinstance(a.get("anyOf"), list) and isinstance(b.get("anyOf"), list)):
+        return None
+    rest = merge({k: v for k, v in a.items() if k != "anyOf"}, {k: v for k, v in b.items() if k != "anyOf"})
+    if not isinstance(rest, dict) or "allOf" in rest:
+        return None if rest is None or isinstance(rest, dict) else rest
+    return {**rest, "allOf": [{"anyOf": a["anyOf"]}, {"anyOf": b["anyOf"]}]}
+
+
+def _failing(branch: Any) -> list[Any]:
+    """[NOT branch] when `negate` knows it, else []."""
+    found = negate({}, branch) if isinstance(branch, dict) else None
+    return [] if found is None else [found]
 
 
 _OBJECT_KEYWORDS = frozenset(
@@ -271,7 +292,36 @@ def negate(node: dict, inner: Any) -> Optional[Any]:
         return kept if kept is not None else _without_strings(node, literal_values(inner, raw=True))
     if inner.keys() == {"pattern"} and isinstance(inner["pattern"], str):
         return _without_pattern(node, inner["pattern"])
+    if len(inner) == 1 and inner.keys() <= BOUNDS:
+        ((key, value),) = inner.items()
+        failing = failing_bound(key, value)
+        return None if failing is None else merge(node, failing)
+    if inner.keys() == {"properties"} and isinstance(inner["properties"], dict) and len(inner["properties"]) == 1:
+        ((key, sub),) = inner["properties"].items()
+        failing = negate({}, sub)  # NOT: an object holding `key` with a value failing `sub`
+        return (
+            None
+            if failing is None
+            else merge(node, {"type": "object", "required": [key], "properties": {key: failing}})
+        )
+    if inner.keys() == {"properties"} and isinstance(inner["properties"], dict) and inner["properties"]:
+        return _without_any(node, [{"properties": {k: s}} for k, s in inner["properties"].items()])
+    if len(inner) > 1 and inner.keys() <= _INDEPENDENT:
+        return _without_any(node, [{k: v} for k, v in inner.items()])
     return None
+
+
+# Keywords each of which judges an instance alone (no sibling changes what it means).
+_INDEPENDENT = BOUNDS | {"type", "enum", "const", "pattern", "required", "properties"}
+
+
+def _without_any(node: dict, parts: list[Any]) -> Optional[Any]:
+    """`node` AND NOT (all of `parts`): an instance failing at least one part (De Morgan)."""
+    alternatives = [negate(node, part) for part in parts]
+    if any(a is None for a in alternatives):
+        return None
+    kept = [a for a in alternatives if a is not False]
+    return False if not kept else kept[0] if len(kept) == 1 else {"anyOf": kept}
 
 
 def _and_alternatives(node: dict, alternatives: list[Any]) -> dict:
@@ -367,6 +417,19 @@ def conditional(node: dict) -> Optional[list[Any]]:
         branches.append(merge({"required": [key], "properties": {key: {"enum": rest}}}, other))
     if required:
         branches.append(merge(absent(key), other))
+    if any(b is None for b in branches):
+        return None
+    return [b for b in branches if b is not False] or [False]
+
+
+def conditional_by_negation(node: dict) -> Optional[list[Any]]:
+    """The alternatives for `if`/`then`/`else` as `if AND then` or `(NOT if) AND else`, exact
+    wherever `negate` knows the complement of `if`; None otherwise."""
+    test, then, other = node.get("if", True), node.get("then", True), node.get("else", True)
+    failing = negate({}, test)
+    if failing is None:
+        return None
+    branches = [conjoin(test, then), conjoin(failing, other)]
     if any(b is None for b in branches):
         return None
     return [b for b in branches if b is not False] or [False]

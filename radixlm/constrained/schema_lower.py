@@ -145,6 +145,8 @@ class Lowering:
     def rewrite(self, node: dict) -> Any:
         node = self._inline_ref(node)
         node = self._merge_all_of(node)
+        if isinstance(node, dict) and isinstance(node.get("anyOf"), list):
+            node = self._trivial_branches(node)
         for step in (self._split_types, self._not, self._conditional, self._one_of):
             if not isinstance(node, dict):
                 return node
@@ -153,6 +155,17 @@ class Lowering:
             return node
         node = self._containers(node)
         return self._distribute(node) if isinstance(node, dict) else node
+
+    def _trivial_branches(self, node: dict) -> Any:
+        """`anyOf` without its `false` branches; dropped when a branch is `true`; `false` when
+        no branch is left."""
+        branches = [b for b in node["anyOf"] if b is not False]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if any(b is True or b == {} for b in branches):
+            return rest
+        if not branches:
+            return False
+        return {**rest, "anyOf": branches}
 
     def _inline_ref(self, node: dict) -> dict:
         ref = node.get("$ref")
@@ -203,6 +216,7 @@ class Lowering:
         conjuncts = []
         for test in tests:
             branches = logic.conditional({**out, **test}) if out.get("type") == "object" else None
+            branches = logic.conditional_by_negation(test) if branches is None else branches
             if branches is None:
                 return node
             conjuncts.append({"anyOf": branches})
@@ -234,6 +248,7 @@ class Lowering:
         if "then" not in node and "else" not in node:
             return rest
         branches = logic.conditional(node) if node.get("type") == "object" else None
+        branches = logic.conditional_by_negation(node) if branches is None else branches
         if branches is None:
             return node
         return {**rest, "anyOf": branches} if "anyOf" not in rest else {**rest, "allOf": [{"anyOf": branches}]}
@@ -278,7 +293,7 @@ class Lowering:
         targets = {k: rest.pop(k) for k in _TARGETS if k in rest}
         held = {k: rest.pop(k) for k in _UNEVALUATED if k in rest}  # read after each branch is merged
         if not rest and not held and len(conjuncts) == 1:
-            return {**targets, "anyOf": conjuncts[0]}
+            return {**targets, "anyOf": [self._settled(b) for b in conjuncts[0]]}
         count = 1
         for alternatives in conjuncts:
             count *= len(alternatives)
@@ -302,6 +317,10 @@ class Lowering:
             if merged is not False:
                 branches.append(containers.required_listed(merged) if isinstance(merged, dict) else merged)
         return {**targets, "anyOf": branches} if branches else False
+
+    def _settled(self, branch: Any) -> Any:
+        """A branch still holding an `allOf` (of alternatives), rewritten."""
+        return self.rewrite(branch) if isinstance(branch, dict) and "allOf" in branch else branch
 
     def _conjuncts(self, node: dict) -> tuple[Optional[list[list[Any]]], dict]:
         rest = {k: v for k, v in node.items() if k not in ("anyOf", "dependentRequired", "dependentSchemas", "allOf")}

@@ -40,6 +40,8 @@ def merge(a: Any, b: Any) -> Optional[Any]:
         combined = _combine(key, out[key], value)
         if combined is _FAIL:
             return None
+        if combined is _EMPTY:
+            return False  # no instance meets both values of this keyword
         out[key] = combined
     return _const_in_enum(out)
 
@@ -54,6 +56,7 @@ def _const_in_enum(out: dict) -> Any:
 
 
 _FAIL = object()
+_EMPTY = object()
 
 
 def forbids_only(schema: dict) -> bool:
@@ -111,7 +114,7 @@ def _combine(key: str, x: Any, y: Any) -> Any:
     if key == "enum" and isinstance(x, list) and isinstance(y, list):
         right = {canonical(v) for v in y}
         both = [v for v in x if canonical(v) in right]
-        return both if both else _FAIL
+        return both if both else _EMPTY
     if key == "uniqueItems":
         return bool(x) or bool(y)
     if key == "dependentRequired" and isinstance(x, dict) and isinstance(y, dict):
@@ -146,7 +149,7 @@ def _intersect_types(x: Any, y: Any) -> Any:
     if "number" in both and "integer" in both:
         both.remove("integer")
     if not both:
-        return _FAIL
+        return _EMPTY
     return both[0] if len(both) == 1 else both
 
 

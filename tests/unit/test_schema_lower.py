@@ -173,6 +173,26 @@ EXACT = {
     "oneOf by values no value of the other branch's pattern admits": {
         "oneOf": [{"enum": ["a", "up"]}, {"type": "string", "pattern": "^b", "minLength": 1}]
     },
+    "oneOf of overlapping branches, each without the other (NOT of a bound)": {
+        "oneOf": [{"type": "string"}, {"maxLength": 2}]
+    },
+    "if/then/else on any test whose complement is known": {
+        "if": {"properties": {"kind": {"const": "a"}}},
+        "then": {"required": ["x"]},
+        "else": {"properties": {"x": {"maxLength": 2}}},
+    },
+    "if/then with a test of several independent keywords": {
+        "if": {"type": "string", "minLength": 3},
+        "then": {"pattern": "^a"},
+        "else": {"not": {"type": "string", "minLength": 2}},
+    },
+    "then/else without if, and maxContains without contains, do nothing": {
+        "then": {"type": "integer"},
+        "else": False,
+        "maxContains": 0,
+    },
+    "anyOf with a true branch and a false one": {"anyOf": [False, True], "type": ["array", "string"]},
+    "count bounds written as decimals": {"type": "array", "minItems": 1.0, "maxItems": 2.0},
     "maxProperties on a closed object": {
         "type": "object",
         "properties": {"a": {}, "b": {}},
