@@ -73,6 +73,11 @@ class GrammarRouter:
             return UnsupportedSpec("; ".join(refusals))
         return ValueError(f"grammar backend {self.name!r} is not installed")
 
+    @property
+    def tokenizer_args(self) -> tuple[Any, int, set[int]]:
+        """(tokenizer, vocab size, end-of-sequence ids), as every backend gets them."""
+        return self._args
+
     def _backend(self, name: str) -> Any:
         """The backend by name, built on first use; None when its package is not installed."""
         if name not in self._backends:

@@ -89,6 +89,7 @@ class _SamplingExtras(_Body):
     regex: Optional[str] = None
     json_schema: Optional[Any] = None
     ebnf: Optional[str] = None
+    json_schema_max_tokens_close: bool = False  # close the JSON validly as max_tokens nears
     rid: Optional[str] = None
     return_cached_tokens_details: bool = False  # SGLang's `sglext.cached_tokens_details` in the response
 
