@@ -93,5 +93,5 @@ def routing_reason(spec: GrammarSpec, name: str, refusals: list[str]) -> str:
     """The debug-log line saying why `spec` goes to backend `name`."""
     digest = spec.text if len(spec.text) <= 80 else spec.text[:77] + "..."
     if not refusals:
-        return f"{spec.kind} {digest!r} -> {name}: it enforces every keyword"
+        return f"{spec.kind} {digest!r} -> {name}: it enforces every keyword (of the schema as lowered)"
     return f"{spec.kind} {digest!r} -> {name}: fallback, since {'; '.join(refusals)}"

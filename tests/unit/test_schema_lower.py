@@ -501,3 +501,29 @@ def test_patterns_xgrammar_misreads_go_to_another_backend(tiny_tokenizer: Any) -
     for schema in ({"type": "string", "pattern": "^a(x[0-9]{1,3})?Z$"}, {"type": "string", "format": "date-time"}):
         assert router.resolve(GrammarSpec("json_schema", json.dumps(schema))).name == "llguidance"
     assert router.resolve(GrammarSpec("json_schema", '{"type": "string", "pattern": "^[a-z]+$"}')).name == "xgrammar"
+
+
+def test_formats_lowered_to_patterns_xgrammar_reads_exactly_go_to_xgrammar(
+    tiny_tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit reads the lowered schema: a format whose pattern xgrammar enforces exactly is
+    taken by xgrammar (the route logged at debug), and its grammar accepts the format's valid
+    examples and rejects the invalid ones, as the pattern does."""
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    router = GrammarRouter("xgrammar", tiny_tokenizer, len(tiny_tokenizer), {tiny_tokenizer.eos_token_id})
+    taken = []
+    with caplog.at_level(logging.DEBUG, logger="radixlm.constrained.router"):
+        for name in sorted(VALID_EXAMPLES):
+            schema = {"type": "string", "format": name}
+            if router.resolve(GrammarSpec("json_schema", json.dumps(schema))).name == "xgrammar":
+                taken.append(name)
+    assert {"date", "ipv4", "uuid"} <= set(taken)
+    assert any("format" in r.getMessage() and "-> xgrammar" in r.getMessage() for r in caplog.records)
+    for name in taken:
+        grammar = xgrammar.Grammar.from_json_schema(json.dumps(lower_schema({"type": "string", "format": name})))
+        for text in VALID_EXAMPLES[name]:
+            assert _is_grammar_accept_string(grammar, json.dumps(text)), (name, text)
+        for text in INVALID_EXAMPLES.get(name, []):
+            assert not _is_grammar_accept_string(grammar, json.dumps(text)), (name, text)
