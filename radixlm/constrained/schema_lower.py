@@ -74,6 +74,16 @@ def drop_other_types(node: dict) -> dict:
     return {k: v for k, v in node.items() if k not in dead} if dead & node.keys() else node
 
 
+def _with_held(node: Any, held: dict) -> Optional[Any]:
+    """`node` with the `unevaluated*` keywords `held` back in place; None when the node has its
+    own, different ones (both would have to hold)."""
+    if not isinstance(node, dict) or not held:
+        return node
+    if any(k in node and canonical(node[k]) != canonical(v) for k, v in held.items()):
+        return None
+    return {**node, **held}
+
+
 def lower_schema(schema: Any) -> Any:
     """The lowered copy of `schema` (the caller's object is not changed)."""
     return Lowering(schema).run()
@@ -197,11 +207,15 @@ class Lowering:
         tests = [p for p in parts if isinstance(p, dict) and p and p.keys() <= {"if", "then", "else"}]
         if len(tests) > 1 or tests and {"if", "then", "else"} & out.keys():
             return self._conditionals(node, out, [p for p in parts if p not in tests], tests)
+        held = {k: out.pop(k) for k in _UNEVALUATED if k in out}  # sees every part's evaluations
         for part in parts:
             merged = merge(out, self.resolved(part))
             if merged is None:
                 return node
             out = merged
+        out = _with_held(out, held)
+        if out is None:
+            return node
         return self.rewrite(out) if isinstance(out, dict) and "allOf" in out else out
 
     def _conditionals(self, node: dict, out: dict, parts: list, tests: list) -> Any:
@@ -308,10 +322,9 @@ class Lowering:
                 return node
             if isinstance(merged, dict) and "anyOf" in merged or isinstance(merged, dict) and "allOf" in merged:
                 merged = self.rewrite(merged)
-            if isinstance(merged, dict) and held:
-                if any(k in merged and canonical(merged[k]) != canonical(v) for k, v in held.items()):
-                    return node
-                merged = {**merged, **held}
+            merged = _with_held(merged, held)
+            if merged is None:
+                return node
             if isinstance(merged, dict) and set(_UNEVALUATED) & merged.keys():
                 merged = containers.unevaluated(merged) or merged  # a branch counts only its own evaluations
             if merged is not False:

@@ -193,6 +193,12 @@ EXACT = {
     },
     "anyOf with a true branch and a false one": {"anyOf": [False, True], "type": ["array", "string"]},
     "count bounds written as decimals": {"type": "array", "minItems": 1.0, "maxItems": 2.0},
+    "unevaluatedProperties beside allOf (every part's properties count)": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "allOf": [{"properties": {"b": {"type": "string"}}}],
+        "unevaluatedProperties": False,
+    },
     "maxProperties on a closed object": {
         "type": "object",
         "properties": {"a": {}, "b": {}},
@@ -236,6 +242,13 @@ SUBSET = {
             },
             {"required": ["b"]},
         ],
+    },
+    "contains with maxContains (the first items match, no later one does)": {
+        "type": "array",
+        "items": {"type": "integer"},
+        "contains": {"maximum": 1},
+        "minContains": 1,
+        "maxContains": 2,
     },
     "oneOf of overlapping objects": {
         "oneOf": [
