@@ -96,8 +96,10 @@ def contains(node: dict) -> Optional[Any]:
     if "prefixItems" in node or not isinstance(need, int) or need > 16:
         return None
     rest = {k: v for k, v in node.items() if k not in ("contains", "minContains", "maxContains")}
-    if most is not None:
-        return _contains_at_most(node, rest, max(need, 0), most)
+    if node["contains"] is False and need > 0:  # no item can match: no array is valid
+        return negate(rest, {"type": "array"})
+    if most is not None:  # (unevaluatedItems would read which items `contains` evaluated)
+        return None if "unevaluatedItems" in node else _contains_at_most(node, rest, max(need, 0), most)
     if need <= 0:
         return rest
     return _first_items_contained(node, rest, need, node.get("items", True))
@@ -132,6 +134,8 @@ def property_names(node: dict) -> Optional[Any]:
     rest = {k: v for k, v in node.items() if k != "propertyNames"}
     if names is True or names == {}:
         return rest
+    if names is False:  # no name is allowed: only the empty object
+        return {**rest, "properties": dict.fromkeys(node.get("properties") or {}, False), "additionalProperties": False}
     if not isinstance(names, dict) or "patternProperties" in node or "$ref" in str(names):
         return None
     props = dict(node.get("properties") or {})

@@ -7,8 +7,9 @@ when no exact rewrite is known (the keyword then stays and the backend check ref
   values, by a required discriminator property with disjoint values, or by a key one branch
   requires and the other forbids);
 - `dependentRequired` / `dependentSchemas` → "key absent" or "key present with its dependants";
-- `not` of `{type}`, `{enum}`/`{const}` (against a finite parent, or of strings only: a
-  complement pattern), `{required: [k]}`, `{required: [k], properties: {k: <a simple form>}}`,
+- `not` of `{type}` (NOT integer drops every number: a subset), `{enum}`/`{const}` (against a
+  finite parent, or of strings only: a complement pattern), `{required: [k]}`,
+  `{required: [k], properties: {k: <a simple form>}}`,
   `{pattern: "^[C]+$"}` (a complement pattern), `{}`/`true`;
 - `if`/`then`/`else` whose `if` tests one property against constants of a finite parent set.
 """
@@ -373,7 +374,7 @@ def _without_types(node: dict, types: Any) -> Optional[Any]:
     if removed is None or current is None:
         return None
     if "integer" in removed and "number" not in removed and "number" in current:
-        return None  # "a number that is not an integer" has no keyword
+        removed = removed | {"number"}  # "a number that is not an integer" has no keyword: a subset
     left = [t for t in TYPES if t in current and t not in removed and not (t == "integer" and "number" in removed)]
     if not left:
         return False

@@ -30,6 +30,7 @@ def merge(a: Any, b: Any) -> Optional[Any]:
         return False
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return None
+    a, b = _without_idle_properties(a), _without_idle_properties(b)
     if not _groups_compatible(a, b):
         return None
     out = dict(a)
@@ -44,6 +45,20 @@ def merge(a: Any, b: Any) -> Optional[Any]:
             return False  # no instance meets both values of this keyword
         out[key] = combined
     return _const_in_enum(out)
+
+
+def _without_idle_properties(schema: dict) -> dict:
+    """`properties` entries that are `true`/`{}` dropped where nothing else reads the listing
+    (no `additionalProperties`, `patternProperties`, `unevaluatedProperties`, `required`): they
+    constrain nothing."""
+    props = schema.get("properties")
+    if not isinstance(props, dict) or {*_OBJECT_GROUP, "required"} & schema.keys() - {"properties"}:
+        return schema
+    kept = {k: v for k, v in props.items() if not (v is True or v == {})}
+    if len(kept) == len(props):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "properties"}
+    return {**out, "properties": kept} if kept else out
 
 
 def _const_in_enum(out: dict) -> Any:
@@ -85,7 +100,13 @@ def _objects_compatible(a: dict, b: dict) -> bool:
     in_a, in_b = set(_OBJECT_GROUP) & a.keys(), set(_OBJECT_GROUP) & b.keys()
     if not in_a or not in_b or in_a == in_b == {"properties"}:
         return True
+    if _open_everywhere(a, in_a) or _open_everywhere(b, in_b):
+        return True  # `additionalProperties: true` alone constrains nothing, whatever is listed
     return _listed_within(b, a) or _listed_within(a, b)
+
+
+def _open_everywhere(schema: dict, group: set) -> bool:
+    return group == {"additionalProperties"} and schema["additionalProperties"] in (True, {})
 
 
 def _listed_within(inner: dict, outer: dict) -> bool:
