@@ -77,6 +77,8 @@ def drop_other_types(node: dict) -> dict:
 def _with_held(node: Any, held: dict) -> Optional[Any]:
     """`node` with the `unevaluated*` keywords `held` back in place; None when the node has its
     own, different ones (both would have to hold)."""
+    if node is True and held:
+        node = {}
     if not isinstance(node, dict) or not held:
         return node
     if any(k in node and canonical(node[k]) != canonical(v) for k, v in held.items()):
@@ -155,8 +157,8 @@ class Lowering:
     def rewrite(self, node: dict) -> Any:
         node = self._inline_ref(node)
         node = self._merge_all_of(node)
-        if isinstance(node, dict) and isinstance(node.get("anyOf"), list):
-            node = self._trivial_branches(node)
+        if isinstance(node, dict) and isinstance(node.get("anyOf"), list) and not set(_UNEVALUATED) & node.keys():
+            node = self._trivial_branches(node)  # not beside unevaluated*: the branches evaluate
         for step in (self._split_types, self._not, self._conditional, self._one_of):
             if not isinstance(node, dict):
                 return node

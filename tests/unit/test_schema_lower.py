@@ -211,6 +211,7 @@ EXACT = {
         "allOf": [{"additionalProperties": True}],
         "unevaluatedProperties": False,
     },
+    "unevaluatedItems beside allOf of true (only the empty array)": {"allOf": [True], "unevaluatedItems": False},
     "maxProperties on a closed object": {
         "type": "object",
         "properties": {"a": {}, "b": {}},
