@@ -106,6 +106,9 @@ class LLGuidanceBackend(GrammarBackend):
             except Exception as exc:  # the GBNF converter raises its own error types
                 raise ValueError(f"invalid EBNF grammar: {exc}") from None
         schema = lower_schema(spec.schema())
+        if schema is False:
+            raise ValueError("invalid json_schema: no value is valid under it")
+        schema = {} if schema is True else schema
         ref = non_pointer_ref(schema)
         if ref is not None:
             raise UnsupportedSpec(f"json_schema keyword $ref to {ref!r}, not a local JSON pointer")

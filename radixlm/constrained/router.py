@@ -73,6 +73,11 @@ class GrammarRouter:
             return UnsupportedSpec("; ".join(refusals))
         return ValueError(f"grammar backend {self.name!r} is not installed")
 
+    @property
+    def tokenizer_args(self) -> tuple[Any, int, set[int]]:
+        """(tokenizer, vocab size, end-of-sequence ids), as every backend gets them."""
+        return self._args
+
     def _backend(self, name: str) -> Any:
         """The backend by name, built on first use; None when its package is not installed."""
         if name not in self._backends:
@@ -88,5 +93,5 @@ def routing_reason(spec: GrammarSpec, name: str, refusals: list[str]) -> str:
     """The debug-log line saying why `spec` goes to backend `name`."""
     digest = spec.text if len(spec.text) <= 80 else spec.text[:77] + "..."
     if not refusals:
-        return f"{spec.kind} {digest!r} -> {name}: it enforces every keyword"
+        return f"{spec.kind} {digest!r} -> {name}: it enforces every keyword (of the schema as lowered)"
     return f"{spec.kind} {digest!r} -> {name}: fallback, since {'; '.join(refusals)}"

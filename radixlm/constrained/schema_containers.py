@@ -3,12 +3,15 @@
 - `uniqueItems` with at most one item allowed: dropped (always unique). On items from a finite
   set (const / enum / boolean): `anyOf` of the duplicate-free tuples — every order when there
   are few, else each subset in the set's order (a subset of the instances, still all valid).
-- `contains` (with `minContains` m ≥ 1, no `maxContains`, no `prefixItems`): the first m items
-  are the ones that match — a subset of the instances, all valid.
+- `contains` (with `minContains` m ≥ 1, no `prefixItems`): the first m items are the ones that
+  match, and with `maxContains` no later item matches (where `not` of `contains` is known) — a
+  subset of the instances, all valid.
 - `propertyNames`: each listed property whose name fails it is forbidden; names outside the
   listed properties are then refused by `additionalProperties: false` (a subset when the schema
   allowed other names; exact when it did not, or when `propertyNames` is an `enum`, whose names
   are then listed).
+- `patternProperties` whose every pattern matches every name: merged into each listed property
+  and into `additionalProperties`, which applied to no name before (exact).
 - `required` names missing from `properties`: listed with the `additionalProperties` schema
   (exact: that is the schema they had).
 Each returns the rewritten node, or None when no rewrite applies (the keyword stays).
@@ -21,7 +24,9 @@ from typing import Any, Optional
 
 import jsonschema
 
-from radixlm.constrained.schema_logic import literal_values
+from radixlm.constrained.schema_logic import literal_values, negate
+from radixlm.constrained.schema_merge import merge
+from radixlm.constrained.schema_patterns import matches_every_string
 
 MAX_ALTERNATIVES = 64
 
@@ -87,21 +92,41 @@ def _tuples(values: list, low: int, high: int) -> Optional[list[tuple]]:
 
 
 def contains(node: dict) -> Optional[Any]:
-    need = node.get("minContains", 1)
-    if "maxContains" in node or "prefixItems" in node or not isinstance(need, int) or need > 16:
+    need, most = node.get("minContains", 1), node.get("maxContains")
+    if "prefixItems" in node or not isinstance(need, int) or need > 16:
         return None
-    rest = {k: v for k, v in node.items() if k not in ("contains", "minContains")}
+    rest = {k: v for k, v in node.items() if k not in ("contains", "minContains", "maxContains")}
+    if node["contains"] is False and need > 0:  # no item can match: no array is valid
+        return negate(rest, {"type": "array"})
+    if most is not None:  # (unevaluatedItems would read which items `contains` evaluated)
+        return None if "unevaluatedItems" in node else _contains_at_most(node, rest, max(need, 0), most)
     if need <= 0:
         return rest
-    from radixlm.constrained.schema_merge import merge
+    return _first_items_contained(node, rest, need, node.get("items", True))
 
+
+def _first_items_contained(node: dict, rest: dict, need: int, tail: Any) -> Optional[Any]:
     first = merge(node.get("items", True), node["contains"])
     if first is None or first is False:
         return None
     high = node.get("maxItems")
     if isinstance(high, int) and high < need:
         return False
-    return {**rest, "prefixItems": [first] * need, "minItems": max(node.get("minItems", 0), need)}
+    out = {**rest, "prefixItems": [first] * need, "minItems": max(node.get("minItems", 0), need)}
+    return out if tail is True else {**out, "items": tail}
+
+
+def _contains_at_most(node: dict, rest: dict, need: int, most: Any) -> Optional[Any]:
+    """minContains..maxContains: the first `need` items match and no later one does (a subset)."""
+    if not isinstance(most, int) or most < need:
+        return None if not isinstance(most, int) else False
+    outside = negate({}, node["contains"])
+    tail = merge(node.get("items", True), outside) if outside is not None else None
+    if tail is None:
+        return None
+    if need == 0:
+        return {**rest, "items": tail}
+    return _first_items_contained(node, rest, need, tail)
 
 
 def property_names(node: dict) -> Optional[Any]:
@@ -109,6 +134,8 @@ def property_names(node: dict) -> Optional[Any]:
     rest = {k: v for k, v in node.items() if k != "propertyNames"}
     if names is True or names == {}:
         return rest
+    if names is False:  # no name is allowed: only the empty object
+        return {**rest, "properties": dict.fromkeys(node.get("properties") or {}, False), "additionalProperties": False}
     if not isinstance(names, dict) or "patternProperties" in node or "$ref" in str(names):
         return None
     props = dict(node.get("properties") or {})
@@ -154,3 +181,21 @@ def required_listed(node: dict) -> dict:
         return node
     extra = node.get("additionalProperties", True)
     return {**node, "properties": {**props, **{name: extra for name in missing}}}
+
+
+def universal_patterns(node: dict) -> Optional[Any]:
+    patterns = node["patternProperties"]
+    if not isinstance(patterns, dict) or not patterns or not all(matches_every_string(p) for p in patterns):
+        return None
+    every: Any = True
+    for sub in patterns.values():
+        every = merge(every, sub)
+        if every is None:
+            return None
+    props = {}
+    for name, sub in (node.get("properties") or {}).items():
+        props[name] = merge(sub, every)
+        if props[name] is None:
+            return None
+    rest = {k: v for k, v in node.items() if k not in ("patternProperties", "additionalProperties")}
+    return {**rest, **({"properties": props} if "properties" in node else {}), "additionalProperties": every}

@@ -7,6 +7,9 @@ the older spellings still accepted). `modernize` rewrites one schema node, never
   array, where it never applied);
 - draft-04 boolean `exclusiveMaximum`/`exclusiveMinimum` → the numeric form;
 - draft-04 `id` → `$id`;
+- a count bound written with a fraction of zero (`maxLength: 2.0`) → the integer;
+- `then`/`else` without `if`, and `minContains`/`maxContains` without `contains` → dropped
+  (the specification says they then do nothing);
 - up to draft 07, keywords beside `$ref` are ignored by the specification, so they are dropped
   (except `definitions`/`$defs`, which references may point into).
 Invariant: the node validates exactly the instances the original validated under its draft,
@@ -41,11 +44,29 @@ def modernize(node: dict, draft: int) -> dict:
         out.setdefault("$id", out.pop("id"))
     _split_dependencies(out)
     _tuple_items(out)
+    _drop_idle(out)
     for bound, exclusive in (("maximum", "exclusiveMaximum"), ("minimum", "exclusiveMinimum")):
         if isinstance(out.get(exclusive), bool):
             if out.pop(exclusive) and bound in out:
                 out[exclusive] = out.pop(bound)
     return out
+
+
+COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+COUNTS += ("minContains", "maxContains")
+
+
+def _drop_idle(out: dict) -> None:
+    for key in COUNTS:
+        value = out.get(key)
+        if isinstance(value, float) and value.is_integer():
+            out[key] = int(value)
+    if "if" not in out:
+        out.pop("then", None)
+        out.pop("else", None)
+    if "contains" not in out:
+        out.pop("minContains", None)
+        out.pop("maxContains", None)
 
 
 def _split_dependencies(out: dict) -> None:

@@ -7,7 +7,10 @@ when no exact rewrite is known (the keyword then stays and the backend check ref
   values, by a required discriminator property with disjoint values, or by a key one branch
   requires and the other forbids);
 - `dependentRequired` / `dependentSchemas` → "key absent" or "key present with its dependants";
-- `not` of `{type}`, `{enum}`/`{const}` (against a finite parent), `{required: [k]}`, `{}`/`true`;
+- `not` of `{type}` (NOT integer drops every number: a subset), `{enum}`/`{const}` (against a
+  finite parent, or of strings only: a complement pattern), `{required: [k]}`,
+  `{required: [k], properties: {k: <a simple form>}}`,
+  `{pattern: "^[C]+$"}` (a complement pattern), `{}`/`true`;
 - `if`/`then`/`else` whose `if` tests one property against constants of a finite parent set.
 """
 
@@ -15,7 +18,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from radixlm.constrained.schema_bounds import BOUNDS, failing_bound
+from radixlm.constrained.schema_literals import fails
 from radixlm.constrained.schema_merge import TYPES, canonical, merge, type_set
+from radixlm.constrained.schema_patterns import outside_class_run, outside_strings
 
 Resolve = Callable[[Any], Any]  # a branch with its top-level $ref replaced by the target, if known
 
@@ -39,36 +45,113 @@ def dependencies(node: dict) -> Optional[list[list[Any]]]:
     return out
 
 
-def one_of(rest: dict, branches: list[Any], resolve: Resolve) -> Optional[list[Any]]:
+def one_of(rest: dict, branches: list[Any], resolve: Resolve, hint: Optional[Resolve] = None) -> Optional[list[Any]]:
     """`anyOf` alternatives for `oneOf: branches` beside the keywords `rest`, or None.
 
     Each branch is taken within `rest`. A pair that is provably disjoint needs nothing; otherwise
-    branch i keeps only instances lacking some key that branch j requires and i does not (so j
-    fails): exact when the branches only differ by required keys, else a subset."""
+    branch i keeps only instances that some separator proves fail branch j (`separators`):
+    exact when the separators cover every instance of i outside j (the branches differ only by
+    required keys, or only by disjoint array items), else a subset. `hint(branch)`, when given,
+    is a schema implied by the branch (a recursive `$ref` with its target's `type`), used only
+    in the disjointness proofs."""
     seen = [resolve(b) for b in branches]
     within = [merge(rest, b) if isinstance(b, dict) else b for b in seen]
     if any(w is None for w in within):
         return None
+    facts = [_implied(w, hint(b)) if hint else w for w, b in zip(within, seen)]
     out = []
     for i, branch in enumerate(within):
         alternatives: list[Any] = [branch]
         for j, other in enumerate(within):
-            if i == j or disjoint(branch, other):
+            if i == j or disjoint(facts[i], facts[j]):
                 continue
-            keys = _required(other) - _required(branch)
-            if not keys or not isinstance(branch, dict) or not isinstance(other, dict):
+            fact = facts[i]
+            if only_object_keywords(seen[j]):  # every non-object meets branch j
+                alternatives = [merge(a, {"type": "object"}) for a in alternatives]
+                fact = _implied(fact, {"type": "object"})
+            found = separators(branch, other, fact, facts[j]) or _failing(seen[j])
+            if not found:
                 return None
-            if not (_admitted_types(branch) <= {"object"} or _admitted_types(other) <= {"object"}):
-                return None  # a non-object could match both: required keys do not tell them apart
-            alternatives = [merge(a, absent(k)) for a in alternatives for k in sorted(keys)]
+            alternatives = [conjoin(a, s) for a in alternatives if a is not False for s in found]
             if len(alternatives) > 16 or any(a is None for a in alternatives):
                 return None
         out.extend(a for a in alternatives if a is not False)
     return out or [False]
 
 
+def conjoin(a: Any, b: Any) -> Optional[Any]:
+    """`merge(a, b)`, or, where both hold an `anyOf`, the rest merged with the two `anyOf`s kept
+    as an `allOf` of them (which the lowering pass distributes); None when neither is exact."""
+    both = merge(a, b)
+    if both is not None or not (isinstance(a, dict) and isinstance(b, dict)):
+        return both
+    if not (isinstance(a.get("anyOf"), list) and isinstance(b.get("anyOf"), list)):
+        return None
+    rest = merge({k: v for k, v in a.items() if k != "anyOf"}, {k: v for k, v in b.items() if k != "anyOf"})
+    if not isinstance(rest, dict) or "allOf" in rest:
+        return None if rest is None or isinstance(rest, dict) else rest
+    return {**rest, "allOf": [{"anyOf": a["anyOf"]}, {"anyOf": b["anyOf"]}]}
+
+
+def _failing(branch: Any) -> list[Any]:
+    """[NOT branch] when `negate` knows it, else []."""
+    found = negate({}, branch) if isinstance(branch, dict) else None
+    return [] if found is None else [found]
+
+
+_OBJECT_KEYWORDS = frozenset(
+    ("properties", "required", "additionalProperties", "patternProperties", "minProperties", "maxProperties")
+    + ("dependentRequired", "dependentSchemas", "propertyNames")
+)
+
+
+def only_object_keywords(schema: Any) -> bool:
+    """Every keyword of `schema` constrains objects only (so every non-object is valid)."""
+    return isinstance(schema, dict) and bool(schema) and schema.keys() <= _OBJECT_KEYWORDS
+
+
+def separators(branch: Any, other: Any, fact: Any, other_fact: Any) -> list[Any]:
+    """Schemas each of which, ANDed with `branch`, makes `other` fail; [] when none is known.
+
+    Objects: a key `other` requires and `branch` does not, absent; or a key whose values under
+    the two schemas cannot meet, present. Arrays whose item schemas are disjoint: a first item."""
+    if not (isinstance(branch, dict) and isinstance(other, dict)):
+        return []
+    types = _admitted_types(fact)
+    if types <= {"array"} and _admitted_types(other_fact) <= {"array"} and _items_apart(fact, other_fact):
+        return [{"minItems": 1}]
+    if not (types <= {"object"} or _admitted_types(other_fact) <= {"object"}):
+        return []  # a non-object could match both: keys do not tell them apart
+    found: list[Any] = [absent(k) for k in sorted(_required(other) - _required(branch))]
+    found += [
+        {"required": [k]} for k in sorted(_keys(branch) - _required(branch)) if _member_disjoint(fact, other_fact, k)
+    ]
+    return found
+
+
+def _items_apart(a: dict, b: dict) -> bool:
+    return "prefixItems" not in a and "prefixItems" not in b and disjoint(a.get("items", True), b.get("items", True))
+
+
+def _keys(schema: dict) -> set:
+    return set(schema.get("properties") or {})
+
+
+def _implied(branch: Any, fact: Any) -> Any:
+    both = merge(branch, fact) if isinstance(branch, dict) and isinstance(fact, dict) else None
+    return branch if both is None else both
+
+
 def _required(schema: Any) -> set:
-    return set(schema.get("required") or []) if isinstance(schema, dict) else set()
+    """The keys every object valid under `schema` has (its `required`, and those each `anyOf`
+    branch requires)."""
+    if not isinstance(schema, dict):
+        return set()
+    keys = set(schema.get("required") or [])
+    branches = schema.get("anyOf")
+    if isinstance(branches, list) and branches:
+        keys |= set.intersection(*(_required(b) for b in branches))
+    return keys
 
 
 def disjoint(a: Any, b: Any) -> bool:
@@ -77,12 +160,19 @@ def disjoint(a: Any, b: Any) -> bool:
         return True
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return False
+    for one, other in ((a, b), (b, a)):
+        if isinstance(one.get("anyOf"), list) and all(disjoint(branch, other) for branch in one["anyOf"]):
+            return True  # an instance of `one` is an instance of one of its branches
     left, right = _admitted_types(a), _admitted_types(b)
     if not (left & right):
         return True
     values_a, values_b = literal_values(a), literal_values(b)
     if values_a is not None and values_b is not None and not (values_a & values_b):
         return True
+    for one, other in ((a, b), (b, a)):
+        values = literal_values(one, raw=True)
+        if values is not None and all(fails(v, other) for v in values):
+            return True
     both = left & right  # an instance valid under both has one of these types
     if both <= {"string"} and _apart(a, b, "minLength", "maxLength"):
         return True
@@ -159,14 +249,26 @@ def _objects_disjoint(a: dict, b: dict) -> bool:
         left, right = literal_values(props_a.get(key)), literal_values(props_b.get(key))
         if left is not None and right is not None and not (left & right):
             return True
-    return any(_forbids(b, k) for k in req_a) or any(_forbids(a, k) for k in req_b)
+    if any(_forbids(b, k) for k in req_a) or any(_forbids(a, k) for k in req_b):
+        return True
+    return any(_member_disjoint(a, b, k) for k in req_a) or any(_member_disjoint(b, a, k) for k in req_b)
 
 
 def _forbids(schema: dict, key: str) -> bool:
+    return _member(schema, key) is False
+
+
+def _member(schema: dict, key: str) -> Any:
+    """The schema a value under `key` must meet in an object valid under `schema`."""
     props = schema.get("properties") or {}
     if key in props:
-        return props[key] is False
-    return schema.get("additionalProperties") is False and not schema.get("patternProperties")
+        return props[key]
+    return True if schema.get("patternProperties") else schema.get("additionalProperties", True)
+
+
+def _member_disjoint(has: dict, other: dict, key: str) -> bool:
+    """`has` requires `key`, and no value meets both schemas' demands on it."""
+    return disjoint(_member(has, key), _member(other, key))
 
 
 def negate(node: dict, inner: Any) -> Optional[Any]:
@@ -180,16 +282,90 @@ def negate(node: dict, inner: Any) -> Optional[Any]:
     if inner.keys() == {"type"}:
         return _without_types(node, inner["type"])
     if inner.keys() == {"required"} and isinstance(inner["required"], list) and inner["required"]:
-        keys = inner["required"]
-        if len(keys) == 1:
-            return merge(node, absent(keys[0]))
-        alternatives = {"anyOf": [absent(k) for k in keys]}
-        if "anyOf" in node:
-            return {**node, "allOf": [*node.get("allOf", []), alternatives]}
-        return {**node, **alternatives}
+        keys, node = inner["required"], merge(node, {"type": "object"})  # non-objects meet `required`
+        if not isinstance(node, dict) or len(keys) == 1:
+            return node if not isinstance(node, dict) else merge(node, absent(keys[0]))
+        return _and_alternatives(node, [absent(k) for k in keys])
+    if inner.keys() == {"required", "properties"}:
+        return _without_member(node, inner)
     if inner.keys() in ({"enum"}, {"const"}):
-        return _without_values(node, literal_values(inner))
+        kept = _without_values(node, literal_values(inner))
+        return kept if kept is not None else _without_strings(node, literal_values(inner, raw=True))
+    if inner.keys() == {"pattern"} and isinstance(inner["pattern"], str):
+        return _without_pattern(node, inner["pattern"])
+    if len(inner) == 1 and inner.keys() <= BOUNDS:
+        ((key, value),) = inner.items()
+        failing = failing_bound(key, value)
+        return None if failing is None else merge(node, failing)
+    if inner.keys() == {"properties"} and isinstance(inner["properties"], dict) and len(inner["properties"]) == 1:
+        ((key, sub),) = inner["properties"].items()
+        failing = negate({}, sub)  # NOT: an object holding `key` with a value failing `sub`
+        return (
+            None
+            if failing is None
+            else merge(node, {"type": "object", "required": [key], "properties": {key: failing}})
+        )
+    if inner.keys() == {"properties"} and isinstance(inner["properties"], dict) and inner["properties"]:
+        return _without_any(node, [{"properties": {k: s}} for k, s in inner["properties"].items()])
+    if len(inner) > 1 and inner.keys() <= _INDEPENDENT:
+        return _without_any(node, [{k: v} for k, v in inner.items()])
     return None
+
+
+# Keywords each of which judges an instance alone (no sibling changes what it means).
+_INDEPENDENT = BOUNDS | {"type", "enum", "const", "pattern", "required", "properties"}
+
+
+def _without_any(node: dict, parts: list[Any]) -> Optional[Any]:
+    """`node` AND NOT (all of `parts`): an instance failing at least one part (De Morgan)."""
+    alternatives = [negate(node, part) for part in parts]
+    if any(a is None for a in alternatives):
+        return None
+    kept = [a for a in alternatives if a is not False]
+    return False if not kept else kept[0] if len(kept) == 1 else {"anyOf": kept}
+
+
+def _and_alternatives(node: dict, alternatives: list[Any]) -> dict:
+    if "anyOf" in node:
+        return {**node, "allOf": [*node.get("allOf", []), {"anyOf": alternatives}]}
+    return {**node, "anyOf": alternatives}
+
+
+def _without_member(node: dict, inner: dict) -> Optional[Any]:
+    """NOT `{required: [k], properties: {k: S}}`: an object without k, or whose k fails S (S one
+    of the simple forms `negate` knows); non-objects always meet the inner schema."""
+    props = inner["properties"]
+    if not (isinstance(props, dict) and len(props) == 1 and inner["required"] == list(props)):
+        return None
+    ((key, sub),) = props.items()
+    failing, node = negate({}, sub), merge(node, {"type": "object"})
+    if failing is None or not isinstance(node, dict):
+        return None if failing is None else node
+    if failing is False:
+        return merge(node, absent(key))
+    return _and_alternatives(node, [absent(key), {"required": [key], "properties": {key: failing}}])
+
+
+def _without_pattern(node: dict, pattern: str) -> Optional[Any]:
+    """NOT `{pattern: "^[C]+$"}`: a string holding a character outside C, or (for `+`) the
+    empty string; non-strings always meet a `pattern`."""
+    found = outside_class_run(pattern)
+    node = merge(node, {"type": "string"}) if found is not None else None
+    if not isinstance(node, dict):
+        return node
+    some, empty_too = found
+    if not empty_too or node.get("minLength", 0) >= 1:
+        return merge(node, {"pattern": some})
+    return _and_alternatives(node, [{"maxLength": 0}, {"pattern": some}])
+
+
+def _without_strings(node: dict, values: Optional[list]) -> Optional[Any]:
+    """NOT an enum of strings: a pattern matching every other string (`pattern` never touches
+    non-strings, which the enum also never admits)."""
+    if not values or not all(isinstance(v, str) for v in values):
+        return None
+    outside = outside_strings(values)
+    return None if outside is None else merge(node, {"pattern": outside})
 
 
 def _without_types(node: dict, types: Any) -> Optional[Any]:
@@ -198,7 +374,7 @@ def _without_types(node: dict, types: Any) -> Optional[Any]:
     if removed is None or current is None:
         return None
     if "integer" in removed and "number" not in removed and "number" in current:
-        return None  # "a number that is not an integer" has no keyword
+        removed = removed | {"number"}  # "a number that is not an integer" has no keyword: a subset
     left = [t for t in TYPES if t in current and t not in removed and not (t == "integer" and "number" in removed)]
     if not left:
         return False
@@ -242,6 +418,19 @@ def conditional(node: dict) -> Optional[list[Any]]:
         branches.append(merge({"required": [key], "properties": {key: {"enum": rest}}}, other))
     if required:
         branches.append(merge(absent(key), other))
+    if any(b is None for b in branches):
+        return None
+    return [b for b in branches if b is not False] or [False]
+
+
+def conditional_by_negation(node: dict) -> Optional[list[Any]]:
+    """The alternatives for `if`/`then`/`else` as `if AND then` or `(NOT if) AND else`, exact
+    wherever `negate` knows the complement of `if`; None otherwise."""
+    test, then, other = node.get("if", True), node.get("then", True), node.get("else", True)
+    failing = negate({}, test)
+    if failing is None:
+        return None
+    branches = [conjoin(test, then), conjoin(failing, other)]
     if any(b is None for b in branches):
         return None
     return [b for b in branches if b is not False] or [False]

@@ -30,6 +30,7 @@ from radixlm.constrained.schema_walk import KNOWN, hoist_refs, map_children, res
 
 MAX_BRANCHES = 64
 _TARGETS = ("$defs", "definitions")
+_UNEVALUATED = ("unevaluatedProperties", "unevaluatedItems")
 
 
 BY_TYPE = {
@@ -71,6 +72,18 @@ def drop_other_types(node: dict) -> dict:
         types = types | {"number"}
     dead = {key for kind, keys in BY_TYPE.items() if kind not in types for key in keys}
     return {k: v for k, v in node.items() if k not in dead} if dead & node.keys() else node
+
+
+def _with_held(node: Any, held: dict) -> Optional[Any]:
+    """`node` with the `unevaluated*` keywords `held` back in place; None when the node has its
+    own, different ones (both would have to hold)."""
+    if node is True and held:
+        node = {}
+    if not isinstance(node, dict) or not held:
+        return node
+    if any(k in node and canonical(node[k]) != canonical(v) for k, v in held.items()):
+        return None
+    return {**node, **held}
 
 
 def lower_schema(schema: Any) -> Any:
@@ -125,9 +138,27 @@ class Lowering:
             return branch if found is None else found
         return branch
 
+    def declared_type(self, branch: Any) -> Any:
+        """For a lone `$ref` no step could inline (a recursive target), `{"type": ...}` as its
+        target (through further lone `$ref`s) declares it; `{}` when unknown."""
+        seen: set[str] = set()
+        while isinstance(branch, dict) and branch.keys() == {"$ref"} and isinstance(branch["$ref"], str):
+            ref = branch["$ref"]
+            if ref in seen:
+                return {}
+            seen.add(ref)
+            try:
+                branch = modernize(resolve_pointer(self.root, ref), self.draft)
+            except (KeyError, AttributeError):
+                return {}
+            branch = {k: v for k, v in branch.items() if k in ("$ref", "type")}
+        return {"type": branch["type"]} if isinstance(branch, dict) and "type" in branch else {}
+
     def rewrite(self, node: dict) -> Any:
         node = self._inline_ref(node)
         node = self._merge_all_of(node)
+        if isinstance(node, dict) and isinstance(node.get("anyOf"), list) and not set(_UNEVALUATED) & node.keys():
+            node = self._trivial_branches(node)  # not beside unevaluated*: the branches evaluate
         for step in (self._split_types, self._not, self._conditional, self._one_of):
             if not isinstance(node, dict):
                 return node
@@ -136,6 +167,17 @@ class Lowering:
             return node
         node = self._containers(node)
         return self._distribute(node) if isinstance(node, dict) else node
+
+    def _trivial_branches(self, node: dict) -> Any:
+        """`anyOf` without its `false` branches; dropped when a branch is `true`; `false` when
+        no branch is left."""
+        branches = [b for b in node["anyOf"] if b is not False]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if any(b is True or b == {} for b in branches):
+            return rest
+        if not branches:
+            return False
+        return {**rest, "anyOf": branches}
 
     def _inline_ref(self, node: dict) -> dict:
         ref = node.get("$ref")
@@ -167,11 +209,15 @@ class Lowering:
         tests = [p for p in parts if isinstance(p, dict) and p and p.keys() <= {"if", "then", "else"}]
         if len(tests) > 1 or tests and {"if", "then", "else"} & out.keys():
             return self._conditionals(node, out, [p for p in parts if p not in tests], tests)
+        held = {k: out.pop(k) for k in _UNEVALUATED if k in out}  # sees every part's evaluations
         for part in parts:
             merged = merge(out, self.resolved(part))
             if merged is None:
                 return node
             out = merged
+        out = _with_held(out, held)
+        if out is None:
+            return node
         return self.rewrite(out) if isinstance(out, dict) and "allOf" in out else out
 
     def _conditionals(self, node: dict, out: dict, parts: list, tests: list) -> Any:
@@ -186,6 +232,7 @@ class Lowering:
         conjuncts = []
         for test in tests:
             branches = logic.conditional({**out, **test}) if out.get("type") == "object" else None
+            branches = logic.conditional_by_negation(test) if branches is None else branches
             if branches is None:
                 return node
             conjuncts.append({"anyOf": branches})
@@ -217,6 +264,7 @@ class Lowering:
         if "then" not in node and "else" not in node:
             return rest
         branches = logic.conditional(node) if node.get("type") == "object" else None
+        branches = logic.conditional_by_negation(node) if branches is None else branches
         if branches is None:
             return node
         return {**rest, "anyOf": branches} if "anyOf" not in rest else {**rest, "allOf": [{"anyOf": branches}]}
@@ -225,7 +273,7 @@ class Lowering:
         if not isinstance(node.get("oneOf"), list):
             return node
         rest = {k: v for k, v in node.items() if k != "oneOf"}
-        branches = logic.one_of(rest, node["oneOf"], self.resolved)
+        branches = logic.one_of(rest, node["oneOf"], self.resolved, self.declared_type)
         if branches is None:
             return node
         if "anyOf" in rest:
@@ -234,6 +282,7 @@ class Lowering:
 
     def _containers(self, node: dict) -> Any:
         steps = (
+            ("patternProperties", containers.universal_patterns),
             ("uniqueItems", containers.unique_items),
             ("contains", containers.contains),
             ("propertyNames", containers.property_names),
@@ -258,8 +307,9 @@ class Lowering:
         if not conjuncts:
             return containers.required_listed(rest)
         targets = {k: rest.pop(k) for k in _TARGETS if k in rest}
-        if not rest and len(conjuncts) == 1:
-            return {**targets, "anyOf": conjuncts[0]}
+        held = {k: rest.pop(k) for k in _UNEVALUATED if k in rest}  # read after each branch is merged
+        if not rest and not held and len(conjuncts) == 1:
+            return {**targets, "anyOf": [self._settled(b) for b in conjuncts[0]]}
         count = 1
         for alternatives in conjuncts:
             count *= len(alternatives)
@@ -274,11 +324,18 @@ class Lowering:
                 return node
             if isinstance(merged, dict) and "anyOf" in merged or isinstance(merged, dict) and "allOf" in merged:
                 merged = self.rewrite(merged)
-            if isinstance(merged, dict) and {"unevaluatedProperties", "unevaluatedItems"} & merged.keys():
+            merged = _with_held(merged, held)
+            if merged is None:
+                return node
+            if isinstance(merged, dict) and set(_UNEVALUATED) & merged.keys():
                 merged = containers.unevaluated(merged) or merged  # a branch counts only its own evaluations
             if merged is not False:
                 branches.append(containers.required_listed(merged) if isinstance(merged, dict) else merged)
         return {**targets, "anyOf": branches} if branches else False
+
+    def _settled(self, branch: Any) -> Any:
+        """A branch still holding an `allOf` (of alternatives), rewritten."""
+        return self.rewrite(branch) if isinstance(branch, dict) and "allOf" in branch else branch
 
     def _conjuncts(self, node: dict) -> tuple[Optional[list[list[Any]]], dict]:
         rest = {k: v for k, v in node.items() if k not in ("anyOf", "dependentRequired", "dependentSchemas", "allOf")}

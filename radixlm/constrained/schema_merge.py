@@ -30,6 +30,7 @@ def merge(a: Any, b: Any) -> Optional[Any]:
         return False
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return None
+    a, b = _without_idle_properties(a), _without_idle_properties(b)
     if not _groups_compatible(a, b):
         return None
     out = dict(a)
@@ -40,8 +41,24 @@ def merge(a: Any, b: Any) -> Optional[Any]:
         combined = _combine(key, out[key], value)
         if combined is _FAIL:
             return None
+        if combined is _EMPTY:
+            return False  # no instance meets both values of this keyword
         out[key] = combined
     return _const_in_enum(out)
+
+
+def _without_idle_properties(schema: dict) -> dict:
+    """`properties` entries that are `true`/`{}` dropped where nothing else reads the listing
+    (no `additionalProperties`, `patternProperties`, `unevaluatedProperties`, `required`): they
+    constrain nothing."""
+    props = schema.get("properties")
+    if not isinstance(props, dict) or {*_OBJECT_GROUP, "required"} & schema.keys() - {"properties"}:
+        return schema
+    kept = {k: v for k, v in props.items() if not (v is True or v == {})}
+    if len(kept) == len(props):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "properties"}
+    return {**out, "properties": kept} if kept else out
 
 
 def _const_in_enum(out: dict) -> Any:
@@ -54,6 +71,7 @@ def _const_in_enum(out: dict) -> Any:
 
 
 _FAIL = object()
+_EMPTY = object()
 
 
 def forbids_only(schema: dict) -> bool:
@@ -82,7 +100,13 @@ def _objects_compatible(a: dict, b: dict) -> bool:
     in_a, in_b = set(_OBJECT_GROUP) & a.keys(), set(_OBJECT_GROUP) & b.keys()
     if not in_a or not in_b or in_a == in_b == {"properties"}:
         return True
+    if _open_everywhere(a, in_a) or _open_everywhere(b, in_b):
+        return True  # `additionalProperties: true` alone constrains nothing, whatever is listed
     return _listed_within(b, a) or _listed_within(a, b)
+
+
+def _open_everywhere(schema: dict, group: set) -> bool:
+    return group == {"additionalProperties"} and schema["additionalProperties"] in (True, {})
 
 
 def _listed_within(inner: dict, outer: dict) -> bool:
@@ -111,7 +135,7 @@ def _combine(key: str, x: Any, y: Any) -> Any:
     if key == "enum" and isinstance(x, list) and isinstance(y, list):
         right = {canonical(v) for v in y}
         both = [v for v in x if canonical(v) in right]
-        return both if both else _FAIL
+        return both if both else _EMPTY
     if key == "uniqueItems":
         return bool(x) or bool(y)
     if key == "dependentRequired" and isinstance(x, dict) and isinstance(y, dict):
@@ -146,7 +170,7 @@ def _intersect_types(x: Any, y: Any) -> Any:
     if "number" in both and "integer" in both:
         both.remove("integer")
     if not both:
-        return _FAIL
+        return _EMPTY
     return both[0] if len(both) == 1 else both
 
 

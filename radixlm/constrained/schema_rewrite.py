@@ -29,6 +29,13 @@ def for_xgrammar(schema: Any) -> Any:
     return bound_strings_as_patterns(drop_forbidden_properties(lower_schema(schema)))
 
 
+def audited(schema: Any) -> Any:
+    """The schema the xgrammar audit reads: lowered (formats as patterns, logic keywords as
+    `anyOf`), before the length bounds become patterns, so that the audit still sees (and
+    refuses) them."""
+    return drop_forbidden_properties(lower_schema(schema))
+
+
 def bound_strings_as_patterns(schema: Any) -> Any:
     """A copy of `schema` with length-only string bounds turned into patterns; other values as given."""
     if not isinstance(schema, dict):

@@ -12,7 +12,7 @@ import torch
 from radixlm.constrained import limits
 from radixlm.constrained.base import Grammar, GrammarBackend, UnsupportedSpec
 from radixlm.constrained.schema_audit import unenforced_keyword
-from radixlm.constrained.schema_rewrite import for_xgrammar
+from radixlm.constrained.schema_rewrite import audited, for_xgrammar
 from radixlm.constrained.spec import GrammarSpec
 
 # JSON is generated compactly ('{"a": 1, "b": 2}'): free whitespace lets a model loop on it.
@@ -75,7 +75,7 @@ class XGrammarBackend(GrammarBackend):
             schema = for_xgrammar(spec.schema())
             for pattern in limits.schema_patterns(schema):
                 limits.check_regex_cost(pattern, "json_schema pattern")
-            problem = unenforced_keyword(spec.schema())  # as given: length bounds are refused there
+            problem = unenforced_keyword(audited(spec.schema()))
             if problem:
                 raise UnsupportedSpec(f"json_schema keyword not enforced by xgrammar: {problem}")
             self._convert(

@@ -19,7 +19,13 @@ from radixlm.sampling import _checks as chk
 # logits by a near-zero temperature would overflow anyway.
 GREEDY_TEMPERATURE_EPS = 1e-6
 
-_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
+_BOOL_FIELDS = (
+    "ignore_eos",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "no_stop_trim",
+    "json_schema_max_tokens_close",
+)
 _CONSTRAINT_FIELDS = ("regex", "json_schema", "ebnf")
 _SERVER_SET = frozenset({"reasoning_gate"})  # fields a request may not set
 
@@ -52,6 +58,9 @@ class SamplingParams:
         at most one may be set. json_schema may be given as an object; it is
         normalized to JSON text (key order kept: it is the order of generation).
       no_stop_trim: keep the matched stop string/token in the output.
+      json_schema_max_tokens_close: with json_schema, close the JSON validly when the token
+        budget (max_new_tokens) is nearly spent, where the schema allows (off by default;
+        radixlm.constrained.budget_close says how).
     """
 
     max_new_tokens: int = 128
@@ -75,6 +84,7 @@ class SamplingParams:
     json_schema: str | dict | None = None
     ebnf: str | None = None
     no_stop_trim: bool = False
+    json_schema_max_tokens_close: bool = False
     # Set by the server, never from a request: a reasoning model's constraint starts after its
     # reasoning section (radixlm.constrained.reasoning_gate.ReasoningGate).
     reasoning_gate: Any = None
@@ -177,6 +187,8 @@ class SamplingParams:
                 errors.append(f"{name}: must be a string or None (got {type(value).__name__})")
             elif value is not None:
                 set_constraints.append(name)
+        if self.json_schema_max_tokens_close is True and self.json_schema is None:
+            errors.append("json_schema_max_tokens_close: needs json_schema (it closes a JSON output)")
         if len(set_constraints) > 1:
             errors.append(f"{', '.join(set_constraints)}: at most one of regex, json_schema, ebnf may be set")
         for name in set_constraints:  # before anything parses or serializes them recursively

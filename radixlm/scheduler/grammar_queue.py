@@ -12,6 +12,7 @@ import torch
 
 from radixlm.constrained import limits
 from radixlm.constrained.base import GrammarBackend
+from radixlm.constrained.budget_close import ClosingGrammar, closer_tokens
 from radixlm.constrained.reasoning_gate import GatedGrammar
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.spec import GrammarSpec
@@ -43,6 +44,7 @@ class GrammarManager:
         self._compiled: OrderedDict[GrammarSpec, cf.Future] = OrderedDict()
         self._pending: list[_Pending] = []
         self._failed: list[Req] = []
+        self._closer_ids: Optional[list[int]] = None
 
     def admit(self, req: Req) -> bool:
         """Start compiling `req`'s grammar; False (and nothing done) when it has no constraint."""
@@ -110,9 +112,19 @@ class GrammarManager:
             failed.append(item.req)
             return
         grammar = backend.new_grammar(compiled)
-        gate = item.req.params.reasoning_gate
-        item.req.grammar = grammar if gate is None else GatedGrammar(grammar, gate)
+        params = item.req.params
+        grammar = grammar if params.reasoning_gate is None else GatedGrammar(grammar, params.reasoning_gate)
+        if params.json_schema_max_tokens_close:
+            grammar = ClosingGrammar(grammar, params.max_new_tokens, self._closers())
+        item.req.grammar = grammar
         ready.append(item.req)
+
+    def _closers(self) -> list[int]:
+        """The tokens a budget-closing completion is built from (computed once)."""
+        if self._closer_ids is None:
+            tokenizer, _, eos_ids = self.router.tokenizer_args
+            self._closer_ids = closer_tokens(tokenizer, eos_ids)
+        return self._closer_ids
 
     def _abandon_stuck_pool(self) -> None:
         """A compile thread cannot be interrupted: leave it running and compile the rest on a

@@ -85,7 +85,7 @@ def test_suite_schemas_validate_or_are_refused(
 
 def test_refused_schemas_raise_value_error_naming_the_keyword(llama_engine: radixlm.Engine) -> None:
     schemas = [
-        {"type": "array", "contains": {"type": "integer"}, "maxContains": 2},
+        {"type": "array", "contains": {"multipleOf": 3}, "maxContains": 2},
         {"not": {"pattern": "^a"}},
         {"type": "object", "propertyNames": {"maxLength": 3}, "patternProperties": {"^x": {}}},
     ]

@@ -104,7 +104,7 @@ def test_router_falls_back_to_a_backend_that_enforces_the_keyword(tiny_tokenizer
 def test_router_refusals_name_the_problem(tiny_tokenizer: Any) -> None:
     router = router_for("xgrammar", tiny_tokenizer)
     cases = [
-        ("json_schema", '{"type": "array", "contains": {"type": "integer"}, "maxContains": 2}', "contains"),
+        ("json_schema", '{"type": "array", "contains": {"multipleOf": 3}, "maxContains": 2}', "contains"),
         ("json_schema", "{bad", "not valid JSON"),
         ("regex", "(a", "regex"),
         ("ebnf", "root ::= ", "EBNF"),

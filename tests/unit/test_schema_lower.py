@@ -26,7 +26,7 @@ from radixlm.constrained.spec import GrammarSpec
 KEYS = ["a", "b", "c", "kind", "x", "description"]
 SCALARS = st.none() | st.booleans() | st.integers(-3, 12) | st.sampled_from([1.5, -0.5, 2.0]) | st.text(max_size=4)
 VALUES = st.recursive(
-    SCALARS | st.sampled_from(["a", "b", "module", "theme", "", "aaaa", "upstart"]),
+    SCALARS | st.sampled_from(["a", "b", "module", "theme", "", "aaaa", "upstart", "up", " .", "-\n", "a."]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
     max_leaves=12,
 )
@@ -122,6 +122,96 @@ EXACT = {
         "prefixItems": [{"type": "integer"}],
         "unevaluatedItems": False,
     },
+    "not required on an untyped schema": {"not": {"required": ["a"]}},
+    "not a typed member": {
+        "properties": {"b": {}},
+        "not": {"required": ["a"], "properties": {"a": {"type": "string"}}},
+    },
+    "not an enum of strings": {"type": ["string", "integer"], "not": {"enum": ["upstart", "up", "a", ""]}},
+    "not a run of punctuation": {"type": "string", "minLength": 1, "not": {"pattern": "^[\\s.,-]+$"}},
+    "not a run of punctuation, untyped": {"not": {"pattern": "^[\\s.,-]+$"}},
+    "patternProperties matching every name": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": False},
+        "patternProperties": {"^[a-z]*": {"minimum": 2}, ".*": {"type": ["integer", "string"]}},
+        "additionalProperties": False,
+    },
+    "oneOf by a required member no value of the other meets": {
+        "oneOf": [
+            {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}}},
+            {"type": "object", "additionalProperties": {"enum": [False]}},
+        ]
+    },
+    "oneOf of an anyOf whose every branch is disjoint from the other": {
+        "oneOf": [
+            {"anyOf": [{"required": ["kind"], "properties": {"kind": {"const": c}}} for c in ("a", "b")]},
+            {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "x"}}},
+        ]
+    },
+    "oneOf beside a recursive $ref (its target's type tells them apart)": {
+        "$defs": {
+            "tree": {
+                "type": "object",
+                "properties": {
+                    "kind": {"oneOf": [{"$ref": "#/$defs/tree"}, {"type": "array", "items": {"$ref": "#"}}]}
+                },
+            }
+        },
+        "$ref": "#/$defs/tree",
+    },
+    "oneOf of arrays whose item schemas are disjoint ([] meets both)": {
+        "oneOf": [
+            {"type": "boolean"},
+            {"type": "array", "items": {"enum": ["a", "b"]}},
+            {"type": "array", "items": {"type": "integer"}},
+        ]
+    },
+    "oneOf of branches with object keywords only (every non-object meets both)": {
+        "properties": {"a": {"type": "integer"}, "b": {}},
+        "oneOf": [{"required": ["a"]}, {"required": ["b"]}],
+    },
+    "oneOf by values no value of the other branch's pattern admits": {
+        "oneOf": [{"enum": ["a", "up"]}, {"type": "string", "pattern": "^b", "minLength": 1}]
+    },
+    "oneOf of overlapping branches, each without the other (NOT of a bound)": {
+        "oneOf": [{"type": "string"}, {"maxLength": 2}]
+    },
+    "if/then/else on any test whose complement is known": {
+        "if": {"properties": {"kind": {"const": "a"}}},
+        "then": {"required": ["x"]},
+        "else": {"properties": {"x": {"maxLength": 2}}},
+    },
+    "if/then with a test of several independent keywords": {
+        "if": {"type": "string", "minLength": 3},
+        "then": {"pattern": "^a"},
+        "else": {"not": {"type": "string", "minLength": 2}},
+    },
+    "then/else without if, and maxContains without contains, do nothing": {
+        "then": {"type": "integer"},
+        "else": False,
+        "maxContains": 0,
+    },
+    "anyOf with a true branch and a false one": {"anyOf": [False, True], "type": ["array", "string"]},
+    "count bounds written as decimals": {"type": "array", "minItems": 1.0, "maxItems": 2.0},
+    "unevaluatedProperties beside allOf (every part's properties count)": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "allOf": [{"properties": {"b": {"type": "string"}}}],
+        "unevaluatedProperties": False,
+    },
+    "propertyNames false (only the empty object)": {"properties": {"a": {}}, "propertyNames": False},
+    "contains false (no array)": {"contains": False},
+    "dependentSchemas listing a property with no constraint beside a closed object": {
+        "properties": {"kind": {}},
+        "dependentSchemas": {"kind": {"properties": {"b": {}}}},
+        "additionalProperties": False,
+    },
+    "unevaluatedProperties beside allOf with additionalProperties true (all evaluated)": {
+        "properties": {"a": {"type": "string"}},
+        "allOf": [{"additionalProperties": True}],
+        "unevaluatedProperties": False,
+    },
+    "unevaluatedItems beside allOf of true (only the empty array)": {"allOf": [True], "unevaluatedItems": False},
     "maxProperties on a closed object": {
         "type": "object",
         "properties": {"a": {}, "b": {}},
@@ -147,6 +237,33 @@ SUBSET = {
         "properties": {"a": {}, "kind": {}},
         "propertyNames": {"pattern": "^[a-z]$"},
     },
+    "oneOf told apart by a member that may be absent": {
+        "type": "object",
+        "oneOf": [
+            {"properties": {"kind": {"type": "string", "not": {"enum": ["upstart"]}}}},
+            {"properties": {"kind": {"enum": ["upstart"]}}, "required": ["x"]},
+        ],
+    },
+    "oneOf of an anyOf whose every branch requires a key": {
+        "type": "object",
+        "oneOf": [
+            {
+                "anyOf": [
+                    {"required": ["a"], "properties": {"b": False}},
+                    {"required": ["a"], "properties": {"c": False}},
+                ]
+            },
+            {"required": ["b"]},
+        ],
+    },
+    "contains with maxContains (the first items match, no later one does)": {
+        "type": "array",
+        "items": {"type": "integer"},
+        "contains": {"maximum": 1},
+        "minContains": 1,
+        "maxContains": 2,
+    },
+    "not integer (every number dropped)": {"not": {"type": ["integer", "boolean"]}},
     "oneOf of overlapping objects": {
         "oneOf": [
             {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
@@ -156,24 +273,31 @@ SUBSET = {
 }
 
 
+REWRITTEN = {
+    "oneOf",
+    "not",
+    "if",
+    "dependentRequired",
+    "dependentSchemas",
+    "uniqueItems",
+    "propertyNames",
+    "allOf",
+    "maxProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+}
+
+
+def assert_rewritten(name: str, schema: Any) -> None:
+    lowered = lower_schema(schema)
+    left = {k for node in walk(lowered) for k in node} & REWRITTEN
+    assert not left, f"{name}: {sorted(left)} still in {json.dumps(lowered)}"
+
+
 @pytest.mark.parametrize("name", sorted(EXACT))
 def test_exact_rewrites_leave_no_refused_keyword_and_agree(name: str) -> None:
     schema = EXACT[name]
-    lowered = lower_schema(schema)
-    left = {k for node in walk(lowered) for k in node} & {
-        "oneOf",
-        "not",
-        "if",
-        "dependentRequired",
-        "dependentSchemas",
-        "uniqueItems",
-        "propertyNames",
-        "allOf",
-        "maxProperties",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-    }
-    assert not left, f"{name}: {sorted(left)} still in {json.dumps(lowered)}"
+    assert_rewritten(name, schema)
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(VALUES)
@@ -186,6 +310,7 @@ def test_exact_rewrites_leave_no_refused_keyword_and_agree(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(SUBSET))
 def test_subset_rewrites_never_accept_what_the_original_rejects(name: str) -> None:
     schema = SUBSET[name]
+    assert_rewritten(name, schema)
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(VALUES)
@@ -197,7 +322,7 @@ def test_subset_rewrites_never_accept_what_the_original_rejects(name: str) -> No
 
 
 def test_oneof_that_is_not_provably_disjoint_stays() -> None:
-    schema = {"oneOf": [{"type": "integer"}, {"minimum": 2}]}  # 3 matches both: oneOf rejects it
+    schema = {"oneOf": [{"type": "integer"}, {"multipleOf": 3}]}  # 3 matches both: oneOf rejects it
     assert "oneOf" in lower_schema(schema)
 
 
@@ -384,7 +509,7 @@ def test_router_accepts_annotated_and_older_schemas_and_logs_the_route(
             "(unevaluatedItems|contains)",
         ),
         ({"not": {"pattern": "^a"}}, "not"),
-        ({"oneOf": [{"type": "integer"}, {"minimum": 2}]}, "oneOf"),
+        ({"oneOf": [{"type": "integer"}, {"multipleOf": 3}]}, "oneOf"),
         ({"type": "string", "format": "regex"}, "format"),
     ],
 )
@@ -403,3 +528,29 @@ def test_patterns_xgrammar_misreads_go_to_another_backend(tiny_tokenizer: Any) -
     for schema in ({"type": "string", "pattern": "^a(x[0-9]{1,3})?Z$"}, {"type": "string", "format": "date-time"}):
         assert router.resolve(GrammarSpec("json_schema", json.dumps(schema))).name == "llguidance"
     assert router.resolve(GrammarSpec("json_schema", '{"type": "string", "pattern": "^[a-z]+$"}')).name == "xgrammar"
+
+
+def test_formats_lowered_to_patterns_xgrammar_reads_exactly_go_to_xgrammar(
+    tiny_tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The audit reads the lowered schema: a format whose pattern xgrammar enforces exactly is
+    taken by xgrammar (the route logged at debug), and its grammar accepts the format's valid
+    examples and rejects the invalid ones, as the pattern does."""
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    router = GrammarRouter("xgrammar", tiny_tokenizer, len(tiny_tokenizer), {tiny_tokenizer.eos_token_id})
+    taken = []
+    with caplog.at_level(logging.DEBUG, logger="radixlm.constrained.router"):
+        for name in sorted(VALID_EXAMPLES):
+            schema = {"type": "string", "format": name}
+            if router.resolve(GrammarSpec("json_schema", json.dumps(schema))).name == "xgrammar":
+                taken.append(name)
+    assert {"date", "ipv4", "uuid"} <= set(taken)
+    assert any("format" in r.getMessage() and "-> xgrammar" in r.getMessage() for r in caplog.records)
+    for name in taken:
+        grammar = xgrammar.Grammar.from_json_schema(json.dumps(lower_schema({"type": "string", "format": name})))
+        for text in VALID_EXAMPLES[name]:
+            assert _is_grammar_accept_string(grammar, json.dumps(text)), (name, text)
+        for text in INVALID_EXAMPLES.get(name, []):
+            assert not _is_grammar_accept_string(grammar, json.dumps(text)), (name, text)

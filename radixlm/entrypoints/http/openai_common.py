@@ -73,6 +73,8 @@ def sampling_params(body: _SamplingExtras, max_tokens: Optional[int], context_ro
         "skip_special_tokens": body.skip_special_tokens,
         "no_stop_trim": body.no_stop_trim,
     }
+    if body.json_schema_max_tokens_close:
+        params["json_schema_max_tokens_close"] = True
     optional = {
         "stop": body.stop,
         "stop_token_ids": body.stop_token_ids,

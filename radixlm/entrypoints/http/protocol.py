@@ -90,6 +90,7 @@ class _SamplingExtras(_Body):
     regex: Optional[str] = None
     json_schema: Optional[Any] = None
     ebnf: Optional[str] = None
+    json_schema_max_tokens_close: bool = False  # close the JSON validly as max_tokens nears
     rid: Optional[str] = None
     return_cached_tokens_details: bool = False  # SGLang's `sglext.cached_tokens_details` in the response
     lora_path: Optional[str] = None  # a served LoRA adapter's name (or name it in `model`: "base:adapter")
