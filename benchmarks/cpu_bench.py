@@ -107,17 +107,17 @@ def radixlm_runs(plans: list[tuple[str, list[list[list[int]]], int]], **engine_a
 
 
 def alternated(
-    plans: list[tuple[str, list[list[list[int]]], int]], runs: int, extra: dict[str, Any]
+    plans: list[tuple[str, list[list[list[int]]], int]], runs: int, extra: dict[str, Any], common: dict[str, Any]
 ) -> tuple[list[Figure], list[Figure]]:
     """`runs` alternations of radixlm's defaults then (when `extra` is set) an engine with `extra`
-    (its figures named after it) over the same plans; each figure's median over the runs."""
+    (its figures named after it) over the same plans, both with `common`; each figure's median."""
     ours: list[list[Figure]] = []
     theirs: list[list[Figure]] = []
     tag = " ".join(f"{k}={v}" for k, v in extra.items())
     for _ in range(runs):
-        ours.append(radixlm_runs(plans))
+        ours.append(radixlm_runs(plans, **common))
         if extra:
-            theirs.append(radixlm_runs([(f"{name} {tag}", calls, n) for name, calls, n in plans], **extra))
+            theirs.append(radixlm_runs([(f"{name} {tag}", calls, n) for name, calls, n in plans], **extra, **common))
     return _medians(ours), _medians(theirs)
 
 
@@ -190,12 +190,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip-cache", action="store_true", help="leave out (c) (the cache-off prefill takes minutes)")
     ap.add_argument("--llama-flags", default=os.environ.get("CMAKE_ARGS", "?"), help="the CMAKE_ARGS it was built with")
     ap.add_argument("--quant-flag", default=None, help="an extra radixlm run with this ServerArgs field=value")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads of every system (default: torch's)")
     ap.add_argument("--alternations", type=int, default=1, help="radixlm runs (default, --quant-flag) alternated")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # HF here; radixlm's engines get num_threads
     from radixlm.config.bundled import bundled_model_path
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
@@ -220,13 +223,14 @@ def main() -> None:
 
     plans = [("radixlm (a)", [prompts_a], OUT_A), ("radixlm (b)", [[prompt_b]], OUT_B)]
     flag = dict([args.quant_flag.split("=", 1)]) if args.quant_flag else {}
-    ours, extra = alternated(plans, args.alternations, flag)
+    common = {"num_threads": args.threads} if args.threads else {}
+    ours, extra = alternated(plans, args.alternations, flag, common)
     if not args.skip_cache:
-        ours += radixlm_runs([("radixlm (c) cache on", [prompts_c], OUT_C)])
+        ours += radixlm_runs([("radixlm (c) cache on", [prompts_c], OUT_C)], **common)
     off = (
         []
         if args.skip_cache
-        else radixlm_runs([("radixlm (c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True)
+        else radixlm_runs([("radixlm (c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True, **common)
     )
     # HF in bfloat16 only where bf16 GEMMs are not slower than float32 ones: without native bf16
     # (AVX2-only CPUs) they run ~100x slower here and the sweep would take hours to lose.
