@@ -1,6 +1,6 @@
-"""Next-token agreement of two engines on the bundled SmolLM2-135M: greedy continuations of a few
-prompts from a reference engine, then every position of those sequences scored by each engine
-(its top-1 id and the logprob of the token that follows)."""
+"""Next-token agreement of two engines on the bundled SmolLM2-135M: sequences (a few prompts and a
+reference engine's greedy continuations) scored by each engine at every position (its top-1 id
+and the logprob of the token that follows), then compared."""
 
 from __future__ import annotations
 
@@ -17,14 +17,6 @@ PROMPTS = [
 CONTINUATION = 56  # greedy tokens appended to each prompt: ~300 scored positions in all
 
 Scored = list[tuple[list[int], list[float]]]
-
-
-def greedy_sequences(engine: Any) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids, prompt + greedy continuation ids) of every prompt."""
-    prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
-    params = {"temperature": 0, "max_new_tokens": CONTINUATION, "ignore_eos": True}
-    greedy = engine.generate(input_ids=prompts, sampling_params=params)
-    return prompts, [p + g["output_ids"] for p, g in zip(prompts, greedy)]
 
 
 def score(engine: Any, sequences: list[list[int]]) -> Scored:
