@@ -2,7 +2,7 @@
 
 The C source next to this module is compiled once per machine with the system C compiler
 (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into a cache directory keyed by the source's
-hash and the compiler (`$RADIXLM_CACHE_DIR`, else `~/.cache/radixlm`) and called through ctypes;
+hash, the compiler and the CPU's flags (`$RADIXLM_CACHE_DIR`, else `~/.cache/radixlm`) and called through ctypes;
 `load` raises `KernelUnavailable` naming the reason when that fails, so callers decide at load time.
 
 Weights are uint8 rows [N, row_bytes] exactly as the GGUF file stores them; `matmul` equals
@@ -23,8 +23,8 @@ import torch
 
 SOURCE = Path(__file__).with_suffix(".c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
-# From this many rows of x on, widening the weight once and calling torch's GEMM beats the
-# row-by-row dots (measured on a 2-core AVX2 EPYC: equal near 8 rows).
+# From this many rows of x on, decoding the weight once and calling torch's GEMM wins: the row-by-row
+# dots were ahead below 4-8 rows (2-core AVX2 EPYC, projection shapes of SmolLM2-135M).
 GEMM_ROWS = 8
 
 
@@ -46,7 +46,8 @@ def library(flags: tuple[str, ...]) -> ctypes.CDLL:
     """The library compiled with `flags` (cached on disk by source, compiler and flags)."""
     source = SOURCE.read_bytes()
     compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(source + " ".join((compiler,) + flags).encode()).hexdigest()[:16]
+    # -march=native code is only valid on this CPU: its feature flags are part of the key too.
+    key = hashlib.sha256(source + " ".join((compiler, *flags, _cpu_flags())).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("RADIXLM_CACHE_DIR", Path.home() / ".cache" / "radixlm"))
     target = cache / f"cpu_q4-{key}.so"
     if not target.exists():
@@ -59,6 +60,15 @@ def library(flags: tuple[str, ...]) -> ctypes.CDLL:
     lib.rlm_q4_matmul.argtypes = [ptr, i64, i64, ptr, c_int, i64, ptr, c_int]
     lib.rlm_q4_dequantize.argtypes = [ptr, c_int, i64, i64, ptr, c_int]
     return lib
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags as /proc/cpuinfo lists them ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return ""
 
 
 @functools.lru_cache(maxsize=1)
