@@ -13,8 +13,10 @@ itself. Greedy, EOS ignored, random prompt ids in [100, vocab) from a fixed seed
 (b) one request, 55 in, 64 out, output tok/s over the whole request, read against the bytes one
     decode step must read (weights + KV) over the measured copy bandwidth;
 (c) 64 prompts sharing a 512-token prefix (+32 unique, 32 out): radix cache on vs off.
-`--quant-flag` names an extra radixlm run (a ServerArgs field=value, e.g. a quantization
-option once the `quant` branch lands) so kept-quantized weights can be shown beside the default.
+`--quant-flag` names an extra radixlm run of (a) and (b) (a ServerArgs field=value, e.g.
+`quantization=gguf`: the Q4_1 linears kept in their blocks) shown beside the default.
+`--alternations N` runs radixlm's default and the `--quant-flag` engine N times each, alternately,
+and reports each figure's median (the machine may be shared: timings swing between runs).
 """
 
 from __future__ import annotations
@@ -104,6 +106,28 @@ def radixlm_runs(plans: list[tuple[str, list[list[list[int]]], int]], **engine_a
     return figures
 
 
+def alternated(
+    plans: list[tuple[str, list[list[list[int]]], int]], runs: int, extra: dict[str, Any], common: dict[str, Any]
+) -> tuple[list[Figure], list[Figure]]:
+    """`runs` alternations of radixlm's defaults then (when `extra` is set) an engine with `extra`
+    (its figures named after it) over the same plans, both with `common`; each figure's median."""
+    ours: list[list[Figure]] = []
+    theirs: list[list[Figure]] = []
+    tag = " ".join(f"{k}={v}" for k, v in extra.items())
+    for _ in range(runs):
+        ours.append(radixlm_runs(plans, **common))
+        if extra:
+            theirs.append(radixlm_runs([(f"{name} {tag}", calls, n) for name, calls, n in plans], **extra, **common))
+    return _medians(ours), _medians(theirs)
+
+
+def _medians(runs: list[list[Figure]]) -> list[Figure]:
+    """Per figure (same position in every run), the run with the median seconds."""
+    if not runs:
+        return []
+    return [sorted(same, key=lambda f: f.seconds)[len(same) // 2] for same in zip(*runs)]
+
+
 # -- HF ----------------------------------------------------------------------------------------
 def hf_figures(
     path: str, prompts: list[list[int]], out_len: int, batch_sizes: list[int], dtypes: list[torch.dtype]
@@ -166,11 +190,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip-cache", action="store_true", help="leave out (c) (the cache-off prefill takes minutes)")
     ap.add_argument("--llama-flags", default=os.environ.get("CMAKE_ARGS", "?"), help="the CMAKE_ARGS it was built with")
     ap.add_argument("--quant-flag", default=None, help="an extra radixlm run with this ServerArgs field=value")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads of every system (default: torch's)")
+    ap.add_argument("--alternations", type=int, default=1, help="radixlm runs (default, --quant-flag) alternated")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # HF here; radixlm's engines get num_threads
     from radixlm.config.bundled import bundled_model_path
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
@@ -184,25 +212,26 @@ def main() -> None:
     prompt_b = random_prompts(1, IN_B, vocab, rng)[0]
     prefix = random_prompts(1, PREFIX_C // scale, vocab, rng)[0]
     prompts_c = [prefix + s for s in random_prompts(COUNT_C // scale, SUFFIX_C, vocab, rng)]
-    lines = [f"load average at start: {os.getloadavg()[0]:.2f}; threads {torch.get_num_threads()}"]
+    lines = [
+        f"load average at start: {os.getloadavg()[0]:.2f}; threads {torch.get_num_threads()}; "
+        f"radixlm figures: median of {args.alternations} alternated run(s)"
+    ]
     print(lines[0], flush=True)
     gemm32, gemm16, bw = gemm_rate(torch.float32), gemm_rate(torch.bfloat16, 1024, 2), copy_bandwidth()
     print(f"  GEMM {gemm32:.0f} / {gemm16:.0f} GFLOP/s, copy {bw:.1f} GB/s", flush=True)
     lines.append(f"ceilings: GEMM float32 {gemm32:.0f} GFLOP/s, bfloat16 {gemm16:.0f} GFLOP/s; copy {bw:.1f} GB/s")
 
     plans = [("radixlm (a)", [prompts_a], OUT_A), ("radixlm (b)", [[prompt_b]], OUT_B)]
+    flag = dict([args.quant_flag.split("=", 1)]) if args.quant_flag else {}
+    common = {"num_threads": args.threads} if args.threads else {}
+    ours, extra = alternated(plans, args.alternations, flag, common)
     if not args.skip_cache:
-        plans.append(("radixlm (c) cache on", [prompts_c], OUT_C))
-    ours = radixlm_runs(plans)
+        ours += radixlm_runs([("radixlm (c) cache on", [prompts_c], OUT_C)], **common)
     off = (
         []
         if args.skip_cache
-        else radixlm_runs([("radixlm (c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True)
+        else radixlm_runs([("radixlm (c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True, **common)
     )
-    extra = []
-    if args.quant_flag:
-        key, value = args.quant_flag.split("=", 1)
-        extra = radixlm_runs(plans[:2], **{key: value})
     # HF in bfloat16 only where bf16 GEMMs are not slower than float32 ones: without native bf16
     # (AVX2-only CPUs) they run ~100x slower here and the sweep would take hours to lose.
     hf_dtypes = [torch.float32] + ([torch.bfloat16] if gemm16 >= gemm32 / 2 else [])
@@ -237,6 +266,12 @@ def main() -> None:
         f"({step_bytes / 1e6:.0f} MB of weights per step / {bw:.1f} GB/s); {b.tok_s / hf_best_b.tok_s:.2f}x HF's "
         f"best ({hf_best_b.name}; target {TARGET_B_HF:.0f}x)"
     )
+    for f in extra:
+        base, hf_best = (a, hf_best_a) if "(a)" in f.name else (b, hf_best_b)
+        lines.append(
+            f"  {f.name}: {f.tok_s:.1f} tok/s = {f.tok_s / base.tok_s:.2f}x radixlm's default, "
+            f"{f.tok_s / hf_best.tok_s:.2f}x HF's best"
+        )
     if llama:
         best_llama = best(llama, "llama.cpp")
         gguf_bytes = os.path.getsize(path)

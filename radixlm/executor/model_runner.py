@@ -131,7 +131,12 @@ class ModelRunner:
         """CUDA graphs for decode when on CUDA with a graph-safe backend and not disabled."""
         if not self._uses_cuda_graphs() or not _is_triton(self.backend):
             if self.args.enable_torch_compile:
-                logger.warning("--enable-torch-compile applies to CUDA-graph decode only: ignored here")
+                # On CPU the traced forward breaks at every layer's attention call and was slower than
+                # eager on the bundled model (benchmarks/cpu_bench.py); refused rather than ignored.
+                raise ValueError(
+                    "--enable-torch-compile applies to CUDA-graph decode only (a CUDA device with CUDA graphs "
+                    "and the triton attention backend); drop it here"
+                )
             return None
         from radixlm.executor.cuda_graph_runner import CudaGraphRunner
 

@@ -94,6 +94,15 @@ def test_torch_compile_max_bs_is_checked() -> None:
         ServerArgs(model_path="x", torch_compile_max_bs=0)
 
 
+def test_torch_compile_without_cuda_graphs_is_refused_at_start_up(model_path: str) -> None:
+    """On the CPU (no CUDA graphs to compile for) the flag is an error naming it, never ignored."""
+    args = ServerArgs(
+        model_path=model_path, device="cpu", enable_torch_compile=True, max_total_tokens=64, max_running_requests=2
+    )
+    with pytest.raises(ValueError, match="--enable-torch-compile applies to CUDA-graph decode only"):
+        ModelRunner(args)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compiled_cuda_graphs_match_eager_on_gpu(model_path: str) -> None:

@@ -6,16 +6,19 @@ and an untied LM head stay float. A fused layer's parts may have different types
 keep v and some down projections in Q6_K): the layer's one `weight` parameter is a flat byte
 buffer with each part's rows in turn, and consecutive parts of one type are multiplied together.
 
-Matmul: CPU decodes the blocks in torch (`gguf_blocks.dequantize`) and multiplies in x's dtype
-(the reference); CUDA multiplies one row with the dequantize-in-the-loop GEMV
-(`kernels.gguf_gemv.gemv`), more rows by decoding to x's dtype and one GEMM.
+Matmul: on the CPU, Q4_0 / Q4_1 parts multiply in their blocks (`kernels.cpu_q4`, a C kernel
+built at load) where a C compiler is present; other types, or without one, decode the blocks in
+torch (`gguf_blocks.dequantize`) and multiply in x's dtype (the reference). CUDA multiplies one
+row with the dequantize-in-the-loop GEMV (`kernels.gguf_gemv.gemv`), more rows by decoding to
+x's dtype and one GEMM.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from functools import partial
-from typing import Any, Optional
+from functools import lru_cache, partial
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +27,8 @@ from torch import nn
 from radixlm.layers.quantization import gguf_blocks
 from radixlm.layers.quantization.base import LinearGeometry, LinearMethod, MatmulFn, copy_into, register, take
 from radixlm.layers.quantization.config import MethodFor, QuantPlan, check_device
+
+logger = logging.getLogger(__name__)
 
 _LINEAR = re.compile(r".*\.(q|k|v|o|gate|up|down)_proj\.weight")
 Group = tuple[torch.Tensor, int]  # (uint8 rows [n, row_bytes], block type)
@@ -82,7 +87,7 @@ class GGUFMethod(LinearMethod):
     def finish_loading(self, layer: nn.Module, geo: LinearGeometry, device: torch.device) -> MatmulFn:
         groups = self.groups(layer, geo)
         if device.type != "cuda":
-            return partial(_cpu_matmul, groups, geo.in_features)
+            return partial(_cpu_matmul, [_cpu_group(rows, qtype, geo.in_features) for rows, qtype in groups])
         from radixlm.kernels import gguf_gemv
 
         return partial(_cuda_matmul, gguf_gemv, groups, geo.in_features)
@@ -114,9 +119,37 @@ def _dummy_scales(rows: torch.Tensor, qtype: int) -> None:
         blocks[:, offset : offset + 2] = scale.view(torch.uint8)
 
 
-def _cpu_matmul(groups: list[Group], k: int, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    w = torch.cat([gguf_blocks.dequantize(rows, qtype, k) for rows, qtype in groups])
-    return F.linear(x, w.to(x.dtype), bias)
+def _cpu_group(rows: torch.Tensor, qtype: int, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> x W^T for one group: the C kernel for its block types when it builds, else the reference."""
+    from radixlm.kernels import cpu_q4
+
+    if qtype in cpu_q4.FORMATS:
+        reason = cpu_q4.unavailable_reason()
+        if reason is None:
+            return partial(_q4_kernel, cpu_q4, rows, qtype, k)
+        _warn_reference_once(reason)
+    return partial(_dequantized, rows, qtype, k)
+
+
+@lru_cache(maxsize=1)
+def _warn_reference_once(reason: str) -> None:
+    logger.warning("gguf on CPU: Q4 blocks decoded per call in torch (slow): %s", reason)
+
+
+def _q4_kernel(kernel: Any, rows: torch.Tensor, qtype: int, k: int, x: torch.Tensor) -> torch.Tensor:
+    return kernel.matmul(x, rows, qtype, k)
+
+
+def _dequantized(rows: torch.Tensor, qtype: int, k: int, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, gguf_blocks.dequantize(rows, qtype, k).to(x.dtype))
+
+
+def _cpu_matmul(
+    groups: list[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    outs = [group(x) for group in groups]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return out if bias is None else out + bias
 
 
 def _cuda_matmul(

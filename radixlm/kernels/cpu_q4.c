@@ -1,0 +1,207 @@
+/* GGUF 4-bit weights (Q4_0, Q4_1) multiplied on the CPU in their blocks: y = x W^T.
+ *
+ * W [N, K] is N rows of K / 32 blocks, read as llama.cpp stores them (float16 fields
+ * little-endian; element j < 16 of a block in the low nibble of code byte j, element 16 + j in
+ * its high nibble):
+ *   Q4_1 (20 bytes): d, m, 16 code bytes;  w = d q + m
+ *   Q4_0 (18 bytes): d,    16 code bytes;  w = d q - 8 d
+ *
+ * rlm_q4_matmul reads each weight byte once per call. One row of x is dotted block by block
+ * against the codes widened to floats in registers, four rows of W at a time (independent
+ * multiply-add chains), each block's offset folded in through the block sums of x. Several rows
+ * of x first widen a row of W into a buffer, then dot every row of x against it. Rows of W are
+ * split over `threads` OpenMP threads. All arithmetic is float32.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#define BLOCK 32
+
+typedef struct {
+    int64_t bytes; /* bytes per block: 18 or 20 */
+    int has_min;   /* Q4_1 */
+} Format;
+
+static inline float half(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023;
+    uint32_t bits;
+    if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else {
+        float f = (float)man * (1.0f / 16777216.0f); /* subnormal: man * 2^-24 */
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+#endif
+}
+
+/* (scale, offset) of a block and where its 16 code bytes start. */
+static inline const uint8_t *block_fields(const uint8_t *blk, Format f, float *d, float *m) {
+    *d = half(blk);
+    *m = f.has_min ? half(blk + 2) : -8.0f * *d;
+    return blk + (f.has_min ? 4 : 2);
+}
+
+#ifdef __AVX2__
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The 32 codes of a block as floats: w[0..3] hold elements 0-7, 8-15, 16-23, 24-31. */
+static inline void codes(const uint8_t *qb, __m256 w[4]) {
+    const __m128i bytes = _mm_loadu_si128((const __m128i *)qb);
+    const __m128i mask = _mm_set1_epi8(15);
+    const __m128i lo = _mm_and_si128(bytes, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+/* sum_i code_i x_i over one block, as 8 partial sums (two independent chains). */
+static inline __m256 block_dot(const uint8_t *qb, const __m256 xv[4]) {
+    __m256 w[4];
+    codes(qb, w);
+    const __m256 s0 = _mm256_fmadd_ps(w[1], xv[1], _mm256_mul_ps(w[0], xv[0]));
+    const __m256 s1 = _mm256_fmadd_ps(w[3], xv[3], _mm256_mul_ps(w[2], xv[2]));
+    return _mm256_add_ps(s0, s1);
+}
+
+#define ROWS 4
+/* `rows` (<= ROWS) consecutive rows of W against one row of x. */
+static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const float *x, const float *xsum,
+                     int64_t blocks, float *y) {
+    __m256 acc[ROWS];
+    float offset[ROWS];
+    for (int j = 0; j < ROWS; j++) acc[j] = _mm256_setzero_ps(), offset[j] = 0.0f;
+    for (int64_t b = 0; b < blocks; b++) {
+        const float *xb = x + BLOCK * b;
+        const __m256 xv[4] = {_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8), _mm256_loadu_ps(xb + 16),
+                              _mm256_loadu_ps(xb + 24)};
+        for (int j = 0; j < rows; j++) {
+            float d, m;
+            const uint8_t *qb = block_fields(w + j * row_bytes + b * f.bytes, f, &d, &m);
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d), block_dot(qb, xv), acc[j]);
+            offset[j] += m * xsum[b];
+        }
+    }
+    for (int j = 0; j < rows; j++) y[j] = hsum(acc[j]) + offset[j];
+}
+
+static void widen_row(const uint8_t *w, Format f, int64_t blocks, float *out) {
+    for (int64_t b = 0; b < blocks; b++) {
+        float d, m;
+        __m256 c[4];
+        codes(block_fields(w + b * f.bytes, f, &d, &m), c);
+        const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + BLOCK * b + 8 * i, _mm256_fmadd_ps(c[i], dv, mv));
+    }
+}
+
+static float dot(const float *a, const float *b, int64_t k) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    return hsum(_mm256_add_ps(acc0, acc1));
+}
+#else
+#define ROWS 1
+static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const float *x, const float *xsum,
+                     int64_t blocks, float *y) {
+    (void)row_bytes, (void)rows;
+    float acc = 0.0f;
+    for (int64_t b = 0; b < blocks; b++) {
+        float d, m;
+        const uint8_t *qb = block_fields(w + b * f.bytes, f, &d, &m);
+        const float *xb = x + BLOCK * b;
+        float s = 0.0f;
+        for (int j = 0; j < 16; j++) s += xb[j] * (float)(qb[j] & 15) + xb[j + 16] * (float)(qb[j] >> 4);
+        acc += d * s + m * xsum[b];
+    }
+    y[0] = acc;
+}
+
+static void widen_row(const uint8_t *w, Format f, int64_t blocks, float *out) {
+    for (int64_t b = 0; b < blocks; b++) {
+        float d, m;
+        const uint8_t *qb = block_fields(w + b * f.bytes, f, &d, &m);
+        for (int j = 0; j < 16; j++) {
+            out[BLOCK * b + j] = d * (float)(qb[j] & 15) + m;
+            out[BLOCK * b + j + 16] = d * (float)(qb[j] >> 4) + m;
+        }
+    }
+}
+
+static float dot(const float *a, const float *b, int64_t k) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < k; i++) acc += a[i] * b[i];
+    return acc;
+}
+#endif
+
+static Format format_of(int has_min) {
+    Format f = {has_min ? 20 : 18, has_min};
+    return f;
+}
+
+/* y [M, N] = x [M, K] W^T; x and y float32, row-major, contiguous; w [N, row_bytes]. */
+void rlm_q4_matmul(const float *x, int64_t m, int64_t k, const uint8_t *w, int has_min, int64_t n, float *y,
+                   int threads) {
+    const Format f = format_of(has_min);
+    const int64_t blocks = k / BLOCK, row_bytes = blocks * f.bytes;
+    if (m == 1) {
+        float *xsum = malloc(sizeof(float) * blocks);
+        for (int64_t b = 0; b < blocks; b++) {
+            float s = 0.0f;
+            for (int i = 0; i < BLOCK; i++) s += x[BLOCK * b + i];
+            xsum[b] = s;
+        }
+        const int64_t groups = (n + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t r = g * ROWS;
+            const int rows = n - r < ROWS ? (int)(n - r) : ROWS;
+            dot_rows(w + r * row_bytes, row_bytes, rows, f, x, xsum, blocks, y + r);
+        }
+        free(xsum);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        float *row = malloc(sizeof(float) * k);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            widen_row(w + r * row_bytes, f, blocks, row);
+            for (int64_t i = 0; i < m; i++) y[i * n + r] = dot(x + i * k, row, k);
+        }
+        free(row);
+    }
+}
+
+/* out [N, K] float32 = W. */
+void rlm_q4_dequantize(const uint8_t *w, int has_min, int64_t n, int64_t k, float *out, int threads) {
+    const Format f = format_of(has_min);
+    const int64_t blocks = k / BLOCK, row_bytes = blocks * f.bytes;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < n; r++) widen_row(w + r * row_bytes, f, blocks, out + r * k);
+}

@@ -1,0 +1,120 @@
+"""GGUF Q4_0 / Q4_1 weights multiplied on the CPU in their blocks (`cpu_q4.c`), never widened in memory.
+
+The C source next to this module is compiled once per machine with the system C compiler
+(`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into a cache directory keyed by the source's
+hash, the compiler and the CPU's flags (`$RADIXLM_CACHE_DIR`, else `~/.cache/radixlm`) and called through ctypes;
+`load` raises `KernelUnavailable` naming the reason when that fails, so callers decide at load time.
+
+Weights are uint8 rows [N, row_bytes] exactly as the GGUF file stores them; `matmul` equals
+x W^T with W decoded by `gguf_blocks.dequantize` up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_suffix(".c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+# From this many rows of x on, decoding the weight once and calling torch's GEMM wins: the row-by-row
+# dots were ahead below 4-8 rows (2-core AVX2 EPYC, projection shapes of SmolLM2-135M).
+GEMM_ROWS = 8
+
+
+class KernelUnavailable(RuntimeError):
+    """The C kernel could not be built or loaded here (no compiler, a failed build)."""
+
+
+HAS_MIN = {2: 0, 3: 1}  # GGUF type id -> the block carries a min (Q4_0: 2, Q4_1: 3)
+FORMATS = frozenset(HAS_MIN)
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> ctypes.CDLL:
+    """The library built with `FLAGS` (compiled on first use, then reused from the cache)."""
+    return library(FLAGS)
+
+
+def library(flags: tuple[str, ...]) -> ctypes.CDLL:
+    """The library compiled with `flags` (cached on disk by source, compiler and flags)."""
+    source = SOURCE.read_bytes()
+    compiler = os.environ.get("CC", "cc")
+    # -march=native code is only valid on this CPU: its feature flags are part of the key too.
+    key = hashlib.sha256(source + " ".join((compiler, *flags, _cpu_flags())).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("RADIXLM_CACHE_DIR", Path.home() / ".cache" / "radixlm"))
+    target = cache / f"cpu_q4-{key}.so"
+    if not target.exists():
+        _build(compiler, flags, cache, target)
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        raise KernelUnavailable(f"cannot load {target}: {exc}") from exc
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.rlm_q4_matmul.argtypes = [ptr, i64, i64, ptr, c_int, i64, ptr, c_int]
+    lib.rlm_q4_dequantize.argtypes = [ptr, c_int, i64, i64, ptr, c_int]
+    return lib
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags as /proc/cpuinfo lists them ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def unavailable_reason() -> str | None:
+    """None when the kernel is usable here, else why not (asked once per process)."""
+    try:
+        load()
+    except KernelUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def _build(compiler: str, flags: tuple[str, ...], cache: Path, target: Path) -> None:
+    """Compile into a temporary file, then rename (concurrent builders never see half a file)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+    except OSError as exc:
+        os.unlink(tmp)
+        raise KernelUnavailable(f"no C compiler {compiler!r} ($CC): {exc}") from exc
+    if done.returncode != 0:
+        os.unlink(tmp)
+        raise KernelUnavailable(f"{compiler} failed on {SOURCE.name}: {done.stderr.strip()[-500:]}")
+    os.replace(tmp, target)
+
+
+def matmul(x: torch.Tensor, rows: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """x [M, k] (any float dtype) times W^T for W the uint8 rows [N, row_bytes] of a Q4_0 / Q4_1
+    weight (contiguous) -> [M, N] in x's dtype. From `GEMM_ROWS` rows of x on, W is decoded
+    once and multiplied by torch's GEMM. `lib`: another build of the kernel (tests), else `load()`."""
+    lib = lib or load()
+    n, has_min, threads = rows.shape[0], HAS_MIN[qtype], torch.get_num_threads()
+    if x.shape[0] >= GEMM_ROWS:
+        dense = torch.empty(n, k)
+        lib.rlm_q4_dequantize(rows.data_ptr(), has_min, n, k, dense.data_ptr(), threads)
+        return torch.nn.functional.linear(x, dense.to(x.dtype))
+    xf = x.to(torch.float32).contiguous()
+    y = torch.empty(xf.shape[0], n)
+    lib.rlm_q4_matmul(xf.data_ptr(), xf.shape[0], k, rows.data_ptr(), has_min, n, y.data_ptr(), threads)
+    return y.to(x.dtype)
+
+
+def dequantize(rows: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
+    """W as float32 [N, k] from its uint8 rows (contiguous)."""
+    out = torch.empty(rows.shape[0], k)
+    (lib or load()).rlm_q4_dequantize(rows.data_ptr(), HAS_MIN[qtype], rows.shape[0], k, out.data_ptr(), 1)
+    return out

@@ -1,0 +1,77 @@
+"""The CPU kernel over GGUF Q4_0 / Q4_1 blocks (`kernels/cpu_q4.c`) against the torch decoder
+(`gguf_blocks.dequantize`, itself checked against the `gguf` package): the vectorized build and
+a portable build (no AVX2 / F16C), one row and several rows of x, row counts that are not a
+multiple of the kernel's four-row step; and the gguf method choosing it on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from radixlm.kernels import cpu_q4
+from radixlm.layers.quantization import gguf, gguf_blocks
+
+PORTABLE = ("-O2", "-mno-avx2", "-mno-f16c", "-fopenmp", "-shared", "-fPIC")
+Q4 = [gguf_blocks.Q4_0, gguf_blocks.Q4_1]
+
+
+def random_blocks(qtype: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 rows [n, row_bytes] of random codes with float16 d (and m) in [-0.05, 0.05]."""
+    size = gguf_blocks.BLOCKS[qtype][1]
+    raw = rng.integers(0, 256, (n, k // 32, size), dtype=np.uint8)
+    for at in (0, 2) if qtype == gguf_blocks.Q4_1 else (0,):
+        raw[:, :, at : at + 2] = rng.uniform(-0.05, 0.05, (n, k // 32, 1)).astype(np.float16).view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+@pytest.fixture(scope="module", params=["native", "portable"])
+def lib(request: pytest.FixtureRequest):  # noqa: ANN201
+    return cpu_q4.load() if request.param == "native" else cpu_q4.library(PORTABLE)
+
+
+@pytest.mark.parametrize("qtype", Q4)
+@pytest.mark.parametrize("m", [1, 3, cpu_q4.GEMM_ROWS + 1])
+def test_matmul_equals_the_decoded_weights(lib, qtype: int, m: int) -> None:
+    n, k = 37, 256  # 37 rows: nine four-row steps and one row left over
+    rows = torch.from_numpy(random_blocks(qtype, n, k, np.random.default_rng(qtype + m)))
+    dense = gguf_blocks.dequantize(rows, qtype, k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    got = cpu_q4.matmul(x, rows, qtype, k, lib)
+    want = (x.double() @ dense.double().T).float()
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got - want).norm() / want.norm()).item() < 1e-6
+    assert torch.allclose(cpu_q4.dequantize(rows, qtype, k, lib), dense, rtol=1e-6, atol=1e-7)
+
+
+def test_subnormal_and_zero_scales_decode_exactly(lib) -> None:
+    """float16 subnormal scales (|d| < 6.1e-5) and zero: the portable half-to-float path's edge cases."""
+    raw = random_blocks(gguf_blocks.Q4_1, 4, 64, np.random.default_rng(0)).reshape(4, 2, 20)
+    scales = np.array([[3e-7, -5e-6], [0.0, 1e-3], [-2e-5, 6e-8], [0.02, -0.0]], dtype=np.float16)
+    raw[:, :, 0:2] = scales.reshape(4, 2, 1).view(np.uint8)
+    rows = torch.from_numpy(raw.reshape(4, 40))
+    dense = gguf_blocks.dequantize(rows, gguf_blocks.Q4_1, 64)
+    assert torch.allclose(cpu_q4.dequantize(rows, gguf_blocks.Q4_1, 64, lib), dense, rtol=1e-6, atol=0)
+
+
+def test_bfloat16_activations_come_back_in_bfloat16() -> None:
+    rows = torch.from_numpy(random_blocks(gguf_blocks.Q4_1, 8, 64, np.random.default_rng(1)))
+    x = torch.randn(1, 64).to(torch.bfloat16)
+    got = cpu_q4.matmul(x, rows, gguf_blocks.Q4_1, 64)
+    want = x.float() @ gguf_blocks.dequantize(rows, gguf_blocks.Q4_1, 64).T
+    assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_a_missing_compiler_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("RADIXLM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(cpu_q4.KernelUnavailable, match="no-such-cc"):
+        cpu_q4.library(cpu_q4.FLAGS)
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+
+
+def test_the_gguf_method_uses_the_kernel_for_q4_only() -> None:
+    rows = torch.zeros(4, gguf_blocks.row_bytes(gguf_blocks.Q4_1, 64), dtype=torch.uint8)
+    assert gguf._cpu_group(rows, gguf_blocks.Q4_1, 64).func is gguf._q4_kernel
+    q8 = torch.zeros(4, gguf_blocks.row_bytes(gguf_blocks.Q8_0, 64), dtype=torch.uint8)
+    assert gguf._cpu_group(q8, gguf_blocks.Q8_0, 64).func is gguf._dequantized
