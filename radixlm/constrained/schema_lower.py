@@ -1,12 +1,14 @@
 """The schema lowering pass: a JSON schema rewritten, before any grammar backend sees it, into
 keywords the backends enforce.
 
-Steps, per node (children first): older-draft spellings read as 2020-12 (`schema_drafts`);
-annotations and unknown keywords dropped (they never constrain an instance, also beside `$ref`);
-formats as patterns (`schema_formats`); a `$ref` beside other keywords inlined when its target
-is not recursive; `allOf` merged (`schema_merge`); `oneOf`, `not`, `if`/`then`/`else`,
-`dependentRequired`/`dependentSchemas` as `anyOf` alternatives (`schema_logic`); array and object
-counting keywords (`schema_containers`); then an `anyOf` beside other keywords is distributed
+First, once per document, every `$ref` is written as a pointer from the root (`schema_ids`:
+embedded `$id`s, anchors, static `$dynamicRef`s). Then, per node (children first): older-draft
+spellings read as 2020-12 (`schema_drafts`); annotations and unknown keywords dropped (they
+never constrain an instance, also beside `$ref`); formats as patterns (`schema_formats`); a
+`$ref` beside other keywords inlined when its target is not recursive; `allOf` merged
+(`schema_merge`); `oneOf`, `not`, `if`/`then`/`else`, `dependentRequired`/`dependentSchemas` as
+`anyOf` alternatives (`schema_logic`); array and object counting keywords (`schema_containers`);
+then an `anyOf` beside other keywords is distributed
 into its branches. A keyword no step can rewrite exactly is left in place, so the backend check
 refuses it by name and JSON pointer.
 
@@ -25,6 +27,7 @@ from radixlm.constrained import schema_containers as containers
 from radixlm.constrained import schema_logic as logic
 from radixlm.constrained.schema_drafts import draft_of, modernize
 from radixlm.constrained.schema_formats import lower_format
+from radixlm.constrained.schema_ids import resolve_ids
 from radixlm.constrained.schema_merge import canonical, merge, type_set
 from radixlm.constrained.schema_walk import KNOWN, hoist_refs, map_children, resolve_pointer
 
@@ -95,7 +98,7 @@ class Lowering:
     """One pass over one document; holds the original root (to resolve `$ref`) and its draft."""
 
     def __init__(self, root: Any) -> None:
-        self.root, self.draft = hoist_refs(root), draft_of(root)
+        self.root, self.draft = hoist_refs(resolve_ids(root)), draft_of(root)
         self._targets: dict[str, Any] = {}
         self._active: set[str] = set()
 
