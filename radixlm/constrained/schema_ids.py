@@ -88,7 +88,7 @@ class _Pass:
         self.pointers: dict[int, str] = {}
         for path, node in _dicts(root, "#"):
             self.pointers.setdefault(id(node), path)
-        self.rewrites: dict[int, dict] = {}
+        self.rewrites: dict[int, Any] = {}
         self.dynamic: list[tuple[str, dict]] = []  # (resource base, node) per `$dynamicAnchor`
         self.bools_used: set[bool] = set()
 
@@ -114,21 +114,23 @@ class _Pass:
         for sub in resource.subresources():
             yield from self._visit(sub, base)
 
-    def _rewritten(self, base: str, node: dict) -> dict:
-        out = {k: v for k, v in node.items() if k not in ("$id", "$dynamicRef")}
+    def _rewritten(self, base: str, node: dict) -> Any:
+        """`node` with its references as root pointers and no `$id`; a lone reference to a
+        boolean schema is that boolean."""
         resolver = self.registry.resolver(base_uri=base)
-        if isinstance(node.get("$ref"), str):
-            out["$ref"] = self._pointer(resolver.lookup(node["$ref"]).contents)
-        dynamic = node.get("$dynamicRef")
-        if dynamic is not None:
-            if not isinstance(dynamic, str):
-                raise Unresolved(repr(dynamic))
-            ref = {"$ref": self._pointer(self._dynamic_target(resolver, base, dynamic))}
-            if "$ref" in out:
-                out["allOf"] = [*out.get("allOf", []), ref]
-            else:
-                out.update(ref)
-        return out
+        ref, dynamic = node.get("$ref"), node.get("$dynamicRef")
+        if dynamic is not None and not isinstance(dynamic, str):
+            raise Unresolved(repr(dynamic))
+        static = resolver.lookup(ref).contents if isinstance(ref, str) else None
+        moving = self._dynamic_target(resolver, base, dynamic) if dynamic is not None else None
+        out = {k: v for k, v in node.items() if k not in ("$id", "$ref", "$dynamicRef")}
+        targets = [t for key, t in (("$ref", static), ("$dynamicRef", moving)) if isinstance(node.get(key), str)]
+        if not out and len(targets) == 1 and isinstance(targets[0], bool) and node is not self.root:
+            return targets[0]
+        pointers = [{"$ref": self._pointer(t)} for t in targets]
+        if len(pointers) == 2:
+            out["allOf"] = [*out.get("allOf", []), pointers[1]]
+        return {**out, **pointers[0]} if pointers else out
 
     def _dynamic_target(self, resolver: Any, base: str, ref: str) -> Any:
         resolved = resolver.lookup(ref)
@@ -157,6 +159,8 @@ class _Pass:
     def _copy(self, node: Any) -> Any:
         if isinstance(node, dict):
             source = self.rewrites.get(id(node), node)
+            if isinstance(source, bool):
+                return source
             return {k: self._copy(v) for k, v in source.items()}
         if isinstance(node, list):
             return [self._copy(v) for v in node]

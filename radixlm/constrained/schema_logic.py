@@ -8,7 +8,8 @@ when no exact rewrite is known (the keyword then stays and the backend check ref
   requires and the other forbids);
 - `dependentRequired` / `dependentSchemas` → "key absent" or "key present with its dependants";
 - `not` of `{type}` (NOT integer drops every number: a subset), `{enum}`/`{const}` (against a
-  finite parent, or of strings only: a complement pattern), `{required: [k]}`,
+  finite parent, of strings only: a complement pattern, of numbers only beside nothing else:
+  the other types and the open intervals between them), `{required: [k]}`,
   `{required: [k], properties: {k: <a simple form>}}`,
   `{pattern: "^[C]+$"}` (a complement pattern), `{}`/`true`;
 - `if`/`then`/`else` whose `if` tests one property against constants of a finite parent set.
@@ -290,7 +291,8 @@ def negate(node: dict, inner: Any) -> Optional[Any]:
         return _without_member(node, inner)
     if inner.keys() in ({"enum"}, {"const"}):
         kept = _without_values(node, literal_values(inner))
-        return kept if kept is not None else _without_strings(node, literal_values(inner, raw=True))
+        kept = kept if kept is not None else _without_strings(node, literal_values(inner, raw=True))
+        return kept if kept is not None else _without_numbers(node, literal_values(inner, raw=True))
     if inner.keys() == {"pattern"} and isinstance(inner["pattern"], str):
         return _without_pattern(node, inner["pattern"])
     if len(inner) == 1 and inner.keys() <= BOUNDS:
@@ -366,6 +368,19 @@ def _without_strings(node: dict, values: Optional[list]) -> Optional[Any]:
         return None
     outside = outside_strings(values)
     return None if outside is None else merge(node, {"pattern": outside})
+
+
+def _without_numbers(node: dict, values: Optional[list]) -> Optional[Any]:
+    """NOT an enum of numbers, for a node that constrains nothing: every other type, or a number
+    in one of the open intervals between the values (exact: `x != v` is `x < v or x > v`)."""
+    if node or not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    points = sorted(set(values))
+    others = [t for t in TYPES if t not in ("number", "integer")]
+    gaps: list[Any] = [{"type": "number", "exclusiveMaximum": points[0]}]
+    gaps += [{"type": "number", "exclusiveMinimum": a, "exclusiveMaximum": b} for a, b in zip(points, points[1:])]
+    gaps.append({"type": "number", "exclusiveMinimum": points[-1]})
+    return {"anyOf": [{"type": others}, *gaps]}
 
 
 def _without_types(node: dict, types: Any) -> Optional[Any]:

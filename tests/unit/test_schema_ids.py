@@ -246,3 +246,8 @@ def test_recursive_references_stay_references() -> None:
 @pytest.mark.parametrize("name", UNRESOLVED)
 def test_unresolvable_references_leave_the_schema_unchanged(name: str) -> None:
     assert resolve_ids(UNRESOLVED[name]) is UNRESOLVED[name]
+
+
+def test_a_lone_reference_to_a_boolean_schema_is_that_boolean() -> None:
+    rewritten = resolve_ids(CASES["$dynamicRef to boolean schemas"][0])
+    assert rewritten["properties"] == {"foo": True, "bar": False}

@@ -212,6 +212,7 @@ EXACT = {
         "unevaluatedProperties": False,
     },
     "unevaluatedItems beside allOf of true (only the empty array)": {"allOf": [True], "unevaluatedItems": False},
+    "not of numbers (every other type, or a number between them)": {"not": {"enum": [1, 1.5, -0.5]}},
     "maxProperties on a closed object": {
         "type": "object",
         "properties": {"a": {}, "b": {}},
@@ -263,6 +264,7 @@ SUBSET = {
         "minContains": 1,
         "maxContains": 2,
     },
+    "contains a number at most once (first item, no later one)": {"contains": {"const": 1}, "maxContains": 1},
     "not integer (every number dropped)": {"not": {"type": ["integer", "boolean"]}},
     "oneOf of overlapping objects": {
         "oneOf": [
@@ -319,6 +321,13 @@ def test_subset_rewrites_never_accept_what_the_original_rejects(name: str) -> No
 
     subset()
     assert any(is_valid(i, lower_schema(schema)) for i in ([], {}, ["a"], [1], {"a": 1}, {"a": 1, "kind": 2}))
+
+
+def test_not_of_numbers_excludes_exactly_the_points() -> None:
+    schema = {"not": {"enum": [1, 1.5, -0.5]}}
+    lowered = lower_schema(schema)
+    for instance in (-1, -0.5, 0, 1, 1.0, 1.2, 1.5, 2, 2.0, "1", None, True, [], {}):
+        assert is_valid(instance, lowered) == is_valid(instance, schema), instance
 
 
 def test_oneof_that_is_not_provably_disjoint_stays() -> None:
