@@ -8,9 +8,8 @@ never constrain an instance, also beside `$ref`); formats as patterns (`schema_f
 `$ref` beside other keywords inlined when its target is not recursive; `allOf` merged
 (`schema_merge`); `oneOf`, `not`, `if`/`then`/`else`, `dependentRequired`/`dependentSchemas` as
 `anyOf` alternatives (`schema_logic`); array and object counting keywords (`schema_containers`);
-then an `anyOf` beside other keywords is distributed
-into its branches. A keyword no step can rewrite exactly is left in place, so the backend check
-refuses it by name and JSON pointer.
+then an `anyOf` beside other keywords is distributed into its branches. A keyword no step can
+rewrite exactly is left in place, so the backend check refuses it by name and JSON pointer.
 
 Invariant: every instance valid under the lowered schema is valid under the original (under the
 original's draft); the lowered schema accepts the same instances except where a step says it
