@@ -39,12 +39,15 @@ class Unresolved(Exception):
 def resolve_ids(root: Any) -> Any:
     """`root` with every `$ref`/`$dynamicRef` written as a `$ref` to a `#/...` pointer from the
     root and every `$id` dropped; the original object when nothing needs it or any reference
-    does not resolve in-document (see the module docstring)."""
+    does not resolve in-document (see the module docstring), or the document is malformed
+    (a `$schema` or `$id` that is not a string, an invalid URI)."""
     if not isinstance(root, dict) or not _needs_pass(root):
         return root
     try:
         return _Pass(root).run()
     except (Unresolved, referencing.exceptions.Unresolvable, referencing.exceptions.Unretrievable):
+        return root
+    except (AttributeError, TypeError, ValueError):  # a malformed `$schema`, `$id` or URI
         return root
 
 

@@ -251,3 +251,16 @@ def test_unresolvable_references_leave_the_schema_unchanged(name: str) -> None:
 def test_a_lone_reference_to_a_boolean_schema_is_that_boolean() -> None:
     rewritten = resolve_ids(CASES["$dynamicRef to boolean schemas"][0])
     assert rewritten["properties"] == {"foo": True, "bar": False}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$schema": {"a": 1}, "$ref": "x"},
+        {"$id": 5, "$ref": "x"},
+        {"$ref": "#/$defs/a", "$defs": {"a": {"$id": "http://[bad", "type": "string"}}},
+        {"$ref": 5, "$dynamicRef": "#a"},
+    ],
+)
+def test_malformed_documents_are_left_unchanged(schema: dict) -> None:
+    assert resolve_ids(schema) is schema
