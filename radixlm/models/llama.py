@@ -199,10 +199,10 @@ class LlamaForCausalLM(nn.Module):
         """The checkpoint tensor the logits multiply by (the embedding when the head is tied)."""
         return "model.embed_tokens.weight" if self.tied else "lm_head.weight"
 
-    def use_head_matmul(self, matmul: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Logits become float32 `matmul(hidden)` [N, vocab] instead of hidden times the float head
-        weight (a quantization method multiplying the head in the file's blocks); tp 1 only, after
-        loading (`init_cache` would restore the float head)."""
+    def use_head_matmul(self, matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """Logits become float32 `matmul(hidden, float head weight)` [N, vocab] (a quantization
+        method multiplying the head in the file's blocks, free to use the float weight where that
+        is faster); tp 1 only, after loading (`init_cache` would restore the float head)."""
         if self.tp.size != 1:
             raise ValueError("use_head_matmul: the head is split across ranks at tp > 1")
         self._logits = partial(_logits_from, matmul)
@@ -251,13 +251,13 @@ class LlamaForCausalLM(nn.Module):
 
 
 def _logits_from(
-    matmul: Callable[[torch.Tensor], torch.Tensor],
+    matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     hidden: torch.Tensor,
     weight: torch.Tensor,
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """`logits_fn`'s signature over a head kept outside `weight` (which is not read)."""
-    return float_into(matmul(hidden), out)
+    """`logits_fn`'s signature over `use_head_matmul`'s matmul."""
+    return float_into(matmul(hidden, weight), out)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

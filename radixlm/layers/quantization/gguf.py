@@ -190,8 +190,9 @@ _HEAD, _EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 def keep_head_in_blocks(name: str, head: Any, model: nn.Module, device: torch.device) -> bool:
     """On the CPU, multiply the LM head in its blocks `head` (`GGUFBlocks` of checkpoint tensor
     `name`: the embedding when tied) when the C kernel has their type (`cpu_q4.FORMATS`); the float
-    embedding stays for the lookup. Returns whether it did: not on CUDA, for a model without
-    `use_head_matmul` or whose head is another tensor, at tp > 1, or without a C compiler."""
+    weight stays, for the embedding lookup and the logits of `cpu_q4.GEMM_ROWS` rows or more.
+    Returns whether it did: not on CUDA, for a model without `use_head_matmul` or whose head is
+    another tensor, at tp > 1, or without a C compiler."""
     from radixlm.kernels import cpu_q4
 
     if device.type != "cpu" or not hasattr(model, "use_head_matmul") or model.tp.size != 1:
@@ -206,8 +207,14 @@ def keep_head_in_blocks(name: str, head: Any, model: nn.Module, device: torch.de
     return True
 
 
-def _head_logits(kernel: Any, rows: torch.Tensor, qtype: int, k: int, hidden: torch.Tensor) -> torch.Tensor:
-    """float32 logits [N, vocab] of hidden [N, k] (any float dtype)."""
+def _head_logits(
+    kernel: Any, rows: torch.Tensor, qtype: int, k: int, hidden: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Logits [N, vocab] of hidden [N, k]: below `GEMM_ROWS` rows float32 from the blocks (reading
+    a quarter of the float bytes), from there on the float `weight` (the same values dequantized
+    at load) by one GEMM instead of decoding the blocks again every call."""
+    if hidden.shape[0] >= kernel.GEMM_ROWS:
+        return torch.matmul(hidden, weight.t())
     return kernel.matmul(hidden.float(), rows, qtype, k)
 
 
