@@ -1,6 +1,7 @@
 """Decode step time of the bundled SmolLM2-135M on the CPU: the default load (float32, dequantized)
-against `--quantization gguf` (Q4_1 linears multiplied in their blocks, `kernels/cpu_q4.c`),
-straight through `ModelRunner` (no scheduler), 3 alternations, medians.
+against `--quantization gguf` (Q4_1 linears and the tied Q8_0 LM head multiplied in their blocks,
+`kernels/cpu_q4.c`) and against gguf with the LM head put back on the float32 embedding
+("gguf-float-head"), straight through `ModelRunner` (no scheduler), 3 alternations, medians.
 
     python benchmarks/cpu_q4_decode.py --threads 1 --batch-sizes 1 32 --steps 16
 """
@@ -60,8 +61,9 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--steps", type=int, default=16)
     args = ap.parse_args()
-    systems = (("float32", None), ("gguf", "gguf"))
+    systems = (("float32", None), ("gguf", "gguf"), ("gguf-float-head", "gguf"))
     runners = {name: runner(q, args.threads, max(args.batch_sizes)) for name, q in systems}
+    runners["gguf-float-head"].model.init_cache(torch.device("cpu"))  # logits from the float weight again
     for name, r in runners.items():
         print(f"{name}: {ob.weight_bytes(r.model) / 1e6:.0f} MB of weights", flush=True)
     for bs in args.batch_sizes:

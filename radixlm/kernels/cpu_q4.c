@@ -1,10 +1,11 @@
-/* GGUF 4-bit weights (Q4_0, Q4_1) multiplied on the CPU in their blocks: y = x W^T.
+/* GGUF weights of 32-element blocks (Q4_0, Q4_1, Q8_0) multiplied on the CPU in their blocks: y = x W^T.
  *
  * W [N, K] is N rows of K / 32 blocks, read as llama.cpp stores them (float16 fields
  * little-endian; element j < 16 of a block in the low nibble of code byte j, element 16 + j in
  * its high nibble):
  *   Q4_1 (20 bytes): d, m, 16 code bytes;  w = d q + m
  *   Q4_0 (18 bytes): d,    16 code bytes;  w = d q - 8 d
+ *   Q8_0 (34 bytes): d,    32 int8 codes;  w = d q  (element j in byte j)
  *
  * rlm_q4_matmul reads each weight byte once per call. One row of x is dotted block by block
  * against the codes widened to floats in registers, four rows of W at a time (independent
@@ -21,9 +22,11 @@
 
 #define BLOCK 32
 
+enum { KIND_Q4_0 = 0, KIND_Q4_1 = 1, KIND_Q8_0 = 2 };
+
 typedef struct {
-    int64_t bytes; /* bytes per block: 18 or 20 */
-    int has_min;   /* Q4_1 */
+    int64_t bytes; /* bytes per block: 18, 20 or 34 */
+    int kind;      /* KIND_* */
 } Format;
 
 static inline float half(const uint8_t *p) {
@@ -52,8 +55,8 @@ static inline float half(const uint8_t *p) {
 /* (scale, offset) of a block and where its 16 code bytes start. */
 static inline const uint8_t *block_fields(const uint8_t *blk, Format f, float *d, float *m) {
     *d = half(blk);
-    *m = f.has_min ? half(blk + 2) : -8.0f * *d;
-    return blk + (f.has_min ? 4 : 2);
+    *m = f.kind == KIND_Q4_1 ? half(blk + 2) : f.kind == KIND_Q4_0 ? -8.0f * *d : 0.0f;
+    return blk + (f.kind == KIND_Q4_1 ? 4 : 2);
 }
 
 #ifdef __AVX2__
@@ -65,7 +68,15 @@ static inline float hsum(__m256 v) {
 }
 
 /* The 32 codes of a block as floats: w[0..3] hold elements 0-7, 8-15, 16-23, 24-31. */
-static inline void codes(const uint8_t *qb, __m256 w[4]) {
+static inline void codes(const uint8_t *qb, Format f, __m256 w[4]) {
+    if (f.kind == KIND_Q8_0) {
+        const __m128i a = _mm_loadu_si128((const __m128i *)qb), b = _mm_loadu_si128((const __m128i *)(qb + 16));
+        w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
+        w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
+        w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+        w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+        return;
+    }
     const __m128i bytes = _mm_loadu_si128((const __m128i *)qb);
     const __m128i mask = _mm_set1_epi8(15);
     const __m128i lo = _mm_and_si128(bytes, mask);
@@ -77,9 +88,9 @@ static inline void codes(const uint8_t *qb, __m256 w[4]) {
 }
 
 /* sum_i code_i x_i over one block, as 8 partial sums (two independent chains). */
-static inline __m256 block_dot(const uint8_t *qb, const __m256 xv[4]) {
+static inline __m256 block_dot(const uint8_t *qb, Format f, const __m256 xv[4]) {
     __m256 w[4];
-    codes(qb, w);
+    codes(qb, f, w);
     const __m256 s0 = _mm256_fmadd_ps(w[1], xv[1], _mm256_mul_ps(w[0], xv[0]));
     const __m256 s1 = _mm256_fmadd_ps(w[3], xv[3], _mm256_mul_ps(w[2], xv[2]));
     return _mm256_add_ps(s0, s1);
@@ -99,7 +110,7 @@ static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, co
         for (int j = 0; j < rows; j++) {
             float d, m;
             const uint8_t *qb = block_fields(w + j * row_bytes + b * f.bytes, f, &d, &m);
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d), block_dot(qb, xv), acc[j]);
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d), block_dot(qb, f, xv), acc[j]);
             offset[j] += m * xsum[b];
         }
     }
@@ -110,7 +121,7 @@ static void widen_row(const uint8_t *w, Format f, int64_t blocks, float *out) {
     for (int64_t b = 0; b < blocks; b++) {
         float d, m;
         __m256 c[4];
-        codes(block_fields(w + b * f.bytes, f, &d, &m), c);
+        codes(block_fields(w + b * f.bytes, f, &d, &m), f, c);
         const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
         for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + BLOCK * b + 8 * i, _mm256_fmadd_ps(c[i], dv, mv));
     }
@@ -135,7 +146,11 @@ static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, co
         const uint8_t *qb = block_fields(w + b * f.bytes, f, &d, &m);
         const float *xb = x + BLOCK * b;
         float s = 0.0f;
-        for (int j = 0; j < 16; j++) s += xb[j] * (float)(qb[j] & 15) + xb[j + 16] * (float)(qb[j] >> 4);
+        if (f.kind == KIND_Q8_0) {
+            for (int j = 0; j < BLOCK; j++) s += xb[j] * (float)(int8_t)qb[j];
+        } else {
+            for (int j = 0; j < 16; j++) s += xb[j] * (float)(qb[j] & 15) + xb[j + 16] * (float)(qb[j] >> 4);
+        }
         acc += d * s + m * xsum[b];
     }
     y[0] = acc;
@@ -145,6 +160,10 @@ static void widen_row(const uint8_t *w, Format f, int64_t blocks, float *out) {
     for (int64_t b = 0; b < blocks; b++) {
         float d, m;
         const uint8_t *qb = block_fields(w + b * f.bytes, f, &d, &m);
+        if (f.kind == KIND_Q8_0) {
+            for (int j = 0; j < BLOCK; j++) out[BLOCK * b + j] = d * (float)(int8_t)qb[j];
+            continue;
+        }
         for (int j = 0; j < 16; j++) {
             out[BLOCK * b + j] = d * (float)(qb[j] & 15) + m;
             out[BLOCK * b + j + 16] = d * (float)(qb[j] >> 4) + m;
@@ -159,15 +178,15 @@ static float dot(const float *a, const float *b, int64_t k) {
 }
 #endif
 
-static Format format_of(int has_min) {
-    Format f = {has_min ? 20 : 18, has_min};
+static Format format_of(int kind) {
+    Format f = {kind == KIND_Q8_0 ? 34 : kind == KIND_Q4_1 ? 20 : 18, kind};
     return f;
 }
 
 /* y [M, N] = x [M, K] W^T; x and y float32, row-major, contiguous; w [N, row_bytes]. */
-void rlm_q4_matmul(const float *x, int64_t m, int64_t k, const uint8_t *w, int has_min, int64_t n, float *y,
+void rlm_q4_matmul(const float *x, int64_t m, int64_t k, const uint8_t *w, int kind, int64_t n, float *y,
                    int threads) {
-    const Format f = format_of(has_min);
+    const Format f = format_of(kind);
     const int64_t blocks = k / BLOCK, row_bytes = blocks * f.bytes;
     if (m == 1) {
         float *xsum = malloc(sizeof(float) * blocks);
@@ -199,8 +218,8 @@ void rlm_q4_matmul(const float *x, int64_t m, int64_t k, const uint8_t *w, int h
 }
 
 /* out [N, K] float32 = W. */
-void rlm_q4_dequantize(const uint8_t *w, int has_min, int64_t n, int64_t k, float *out, int threads) {
-    const Format f = format_of(has_min);
+void rlm_q4_dequantize(const uint8_t *w, int kind, int64_t n, int64_t k, float *out, int threads) {
+    const Format f = format_of(kind);
     const int64_t blocks = k / BLOCK, row_bytes = blocks * f.bytes;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < n; r++) widen_row(w + r * row_bytes, f, blocks, out + r * k);

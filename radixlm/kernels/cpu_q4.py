@@ -1,4 +1,4 @@
-"""GGUF Q4_0 / Q4_1 weights multiplied on the CPU in their blocks (`cpu_q4.c`), never widened in memory.
+"""GGUF Q4_0 / Q4_1 / Q8_0 weights multiplied on the CPU in their blocks (`cpu_q4.c`), never widened in memory.
 
 The C source next to this module is compiled once per machine with the system C compiler
 (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) into a cache directory keyed by the source's
@@ -32,8 +32,8 @@ class KernelUnavailable(RuntimeError):
     """The C kernel could not be built or loaded here (no compiler, a failed build)."""
 
 
-HAS_MIN = {2: 0, 3: 1}  # GGUF type id -> the block carries a min (Q4_0: 2, Q4_1: 3)
-FORMATS = frozenset(HAS_MIN)
+KIND = {2: 0, 3: 1, 8: 2}  # GGUF type id (Q4_0, Q4_1, Q8_0) -> the C kernel's KIND_* value
+FORMATS = frozenset(KIND)
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,23 +98,23 @@ def _build(compiler: str, flags: tuple[str, ...], cache: Path, target: Path) -> 
 
 
 def matmul(x: torch.Tensor, rows: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
-    """x [M, k] (any float dtype) times W^T for W the uint8 rows [N, row_bytes] of a Q4_0 / Q4_1
-    weight (contiguous) -> [M, N] in x's dtype. From `GEMM_ROWS` rows of x on, W is decoded
+    """x [M, k] (any float dtype) times W^T for W the uint8 rows [N, row_bytes] of a Q4_0 / Q4_1 /
+    Q8_0 weight (contiguous) -> [M, N] in x's dtype. From `GEMM_ROWS` rows of x on, W is decoded
     once and multiplied by torch's GEMM. `lib`: another build of the kernel (tests), else `load()`."""
     lib = lib or load()
-    n, has_min, threads = rows.shape[0], HAS_MIN[qtype], torch.get_num_threads()
+    n, kind, threads = rows.shape[0], KIND[qtype], torch.get_num_threads()
     if x.shape[0] >= GEMM_ROWS:
         dense = torch.empty(n, k)
-        lib.rlm_q4_dequantize(rows.data_ptr(), has_min, n, k, dense.data_ptr(), threads)
+        lib.rlm_q4_dequantize(rows.data_ptr(), kind, n, k, dense.data_ptr(), threads)
         return torch.nn.functional.linear(x, dense.to(x.dtype))
     xf = x.to(torch.float32).contiguous()
     y = torch.empty(xf.shape[0], n)
-    lib.rlm_q4_matmul(xf.data_ptr(), xf.shape[0], k, rows.data_ptr(), has_min, n, y.data_ptr(), threads)
+    lib.rlm_q4_matmul(xf.data_ptr(), xf.shape[0], k, rows.data_ptr(), kind, n, y.data_ptr(), threads)
     return y.to(x.dtype)
 
 
 def dequantize(rows: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None) -> torch.Tensor:
     """W as float32 [N, k] from its uint8 rows (contiguous)."""
     out = torch.empty(rows.shape[0], k)
-    (lib or load()).rlm_q4_dequantize(rows.data_ptr(), HAS_MIN[qtype], rows.shape[0], k, out.data_ptr(), 1)
+    (lib or load()).rlm_q4_dequantize(rows.data_ptr(), KIND[qtype], rows.shape[0], k, out.data_ptr(), 1)
     return out

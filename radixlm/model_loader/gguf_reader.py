@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -126,16 +126,28 @@ class GGUFCheckpoint:
             if tensor.name == _ROPE_FREQS:
                 continue
             name = _hf_tensor_name(tensor.name, self.path)
-            raw = name in raw_names
-            value = torch.from_numpy(np.array(tensor.data, order="C")) if raw else _dequantize_tensor(tensor)
-            if self.architecture == "llama":
-                value = _unpermute_if_qk(tensor.name, value, heads, kv_heads)
-            if tensor.name.endswith(".ffn_gate_inp_shexp.weight") and value.dim() == 1:
-                value = value.unsqueeze(0)  # llama.cpp keeps the shared expert's gate as a vector
-            if raw:
-                shape = tuple(int(d) for d in reversed(tensor.shape))
-                value = GGUFBlocks(value, int(tensor.tensor_type), (shape[0], shape[1]))
-            yield name, value
+            yield name, self._value(tensor, name in raw_names, heads, kv_heads)
+
+    def blocks(self, name: str) -> Optional[GGUFBlocks]:
+        """The tensor of HF name `name` as `GGUFBlocks` (not dequantized); None when the file has none."""
+        heads = _int_field(self._reader, f"{self.architecture}.attention.head_count")
+        kv_heads = _int_field(self._reader, f"{self.architecture}.attention.head_count_kv", heads)
+        for tensor in self._reader.tensors:
+            if tensor.name != _ROPE_FREQS and _hf_tensor_name(tensor.name, self.path) == name:
+                return self._value(tensor, True, heads, kv_heads)
+        return None
+
+    def _value(self, tensor: Any, raw: bool, heads: int, kv_heads: int) -> Any:
+        """One tensor in PyTorch layout: float32, or with `raw` its blocks as `GGUFBlocks`."""
+        value = torch.from_numpy(np.array(tensor.data, order="C")) if raw else _dequantize_tensor(tensor)
+        if self.architecture == "llama":
+            value = _unpermute_if_qk(tensor.name, value, heads, kv_heads)
+        if tensor.name.endswith(".ffn_gate_inp_shexp.weight") and value.dim() == 1:
+            value = value.unsqueeze(0)  # llama.cpp keeps the shared expert's gate as a vector
+        if raw:
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            value = GGUFBlocks(value, int(tensor.tensor_type), (shape[0], shape[1]))
+        return value
 
     def quant_types(self) -> dict[str, int]:
         """HF name -> `GGMLQuantizationType` value of every tensor (rope_freqs excluded)."""

@@ -143,6 +143,8 @@ def build_model(
         from radixlm.layers.quantization.layer import finish_loading
 
         finish_loading(model, device)
+        if plan.finish is not None and load_format != "dummy":
+            plan.finish(model, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # online fp8 freed the float weights: measured memory must not count them
     model.quant_plan = plan

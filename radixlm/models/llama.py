@@ -8,7 +8,8 @@ each rank loads only its shard.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from functools import partial
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from radixlm.layers.linear import (
     ColumnParallelLinear,
     QKVParallelLinear,
     copy_checked,
+    float_into,
     lm_head,
     logits_fn,
     row_parallel_linear,
@@ -193,6 +195,18 @@ class LlamaForCausalLM(nn.Module):
         weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
         return self._logits(hidden, weight, out)
 
+    def head_weight_name(self) -> str:
+        """The checkpoint tensor the logits multiply by (the embedding when the head is tied)."""
+        return "model.embed_tokens.weight" if self.tied else "lm_head.weight"
+
+    def use_head_matmul(self, matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """Logits become float32 `matmul(hidden, float head weight)` [N, vocab] (a quantization
+        method multiplying the head in the file's blocks, free to use the float weight where that
+        is faster); tp 1 only, after loading (`init_cache` would restore the float head)."""
+        if self.tp.size != 1:
+            raise ValueError("use_head_matmul: the head is split across ranks at tp > 1")
+        self._logits = partial(_logits_from, matmul)
+
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
         """Copy HF-named tensors (full tensors or lazy slices) into our (partly fused, possibly
         tensor-parallel) parameters, each layer taking its rank's shard; every parameter must be set."""
@@ -234,6 +248,16 @@ class LlamaForCausalLM(nn.Module):
         shards = 3 if ".qkv_proj." in name else 2
         keys = [f"{name}#{i}" for i in range(shards)] if fused else [name]
         return [k for k in keys if k not in loaded]
+
+
+def _logits_from(
+    matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`logits_fn`'s signature over `use_head_matmul`'s matmul."""
+    return float_into(matmul(hidden, weight), out)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

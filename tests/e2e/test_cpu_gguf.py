@@ -1,5 +1,6 @@
-"""`--quantization gguf` on the CPU (the bundled model's Q4_1 linears multiplied in their blocks by
-`kernels/cpu_q4.c`) against the default load (every tensor dequantized to float32).
+"""`--quantization gguf` on the CPU (the bundled model's Q4_1 linears, and for fewer than
+`cpu_q4.GEMM_ROWS` rows its tied Q8_0 LM head, multiplied in their blocks by `kernels/cpu_q4.c`)
+against the default load (every tensor dequantized to float32).
 
 Each prompt is decoded alone (one row of x: the kernel's block-by-block dot) and all together
 (five rows: a weight row widened once per call), greedy with logprobs; the token ids must be the

@@ -1,4 +1,4 @@
-"""The CPU kernel over GGUF Q4_0 / Q4_1 blocks (`kernels/cpu_q4.c`) against the torch decoder
+"""The CPU kernel over GGUF Q4_0 / Q4_1 / Q8_0 blocks (`kernels/cpu_q4.c`) against the torch decoder
 (`gguf_blocks.dequantize`, itself checked against the `gguf` package): the vectorized build and
 a portable build (no AVX2 / F16C), one row and several rows of x, row counts that are not a
 multiple of the kernel's four-row step; and the gguf method choosing it on the CPU."""
@@ -13,7 +13,7 @@ from radixlm.kernels import cpu_q4
 from radixlm.layers.quantization import gguf, gguf_blocks
 
 PORTABLE = ("-O2", "-mno-avx2", "-mno-f16c", "-fopenmp", "-shared", "-fPIC")
-Q4 = [gguf_blocks.Q4_0, gguf_blocks.Q4_1]
+KERNEL_TYPES = [gguf_blocks.Q4_0, gguf_blocks.Q4_1, gguf_blocks.Q8_0]
 
 
 def random_blocks(qtype: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -30,7 +30,7 @@ def lib(request: pytest.FixtureRequest):  # noqa: ANN201
     return cpu_q4.load() if request.param == "native" else cpu_q4.library(PORTABLE)
 
 
-@pytest.mark.parametrize("qtype", Q4)
+@pytest.mark.parametrize("qtype", KERNEL_TYPES)
 @pytest.mark.parametrize("m", [1, 3, cpu_q4.GEMM_ROWS + 1])
 def test_matmul_equals_the_decoded_weights(lib, qtype: int, m: int) -> None:
     n, k = 37, 256  # 37 rows: nine four-row steps and one row left over
@@ -70,8 +70,9 @@ def test_a_missing_compiler_is_named(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
 
 
-def test_the_gguf_method_uses_the_kernel_for_q4_only() -> None:
-    rows = torch.zeros(4, gguf_blocks.row_bytes(gguf_blocks.Q4_1, 64), dtype=torch.uint8)
-    assert gguf._cpu_group(rows, gguf_blocks.Q4_1, 64).func is gguf._q4_kernel
-    q8 = torch.zeros(4, gguf_blocks.row_bytes(gguf_blocks.Q8_0, 64), dtype=torch.uint8)
-    assert gguf._cpu_group(q8, gguf_blocks.Q8_0, 64).func is gguf._dequantized
+def test_the_gguf_method_uses_the_kernel_for_its_block_types_only() -> None:
+    for qtype in KERNEL_TYPES:
+        rows = torch.zeros(4, gguf_blocks.row_bytes(qtype, 64), dtype=torch.uint8)
+        assert gguf._cpu_group(rows, qtype, 64).func is gguf._q4_kernel
+    q4k = torch.zeros(4, gguf_blocks.row_bytes(gguf_blocks.Q4_K, 256), dtype=torch.uint8)
+    assert gguf._cpu_group(q4k, gguf_blocks.Q4_K, 256).func is gguf._dequantized

@@ -27,12 +27,14 @@ MethodFor = Callable[[str], Optional[LinearMethod]]
 @dataclass(frozen=True)
 class QuantPlan:
     """The resolved method: `methods(model)` gives each linear layer's method (None: stays float);
-    `info` is what `get_server_info` reports; `raw_names` the GGUF tensors loaded as blocks."""
+    `info` is what `get_server_info` reports; `raw_names` the GGUF tensors loaded as blocks;
+    `finish(model, device)`, when set, runs once after every layer's `finish_loading`."""
 
     name: str
     methods: Callable[[nn.Module], MethodFor]
     info: dict[str, Any] = field(default_factory=dict)
     raw_names: frozenset[str] = frozenset()
+    finish: Optional[Callable[[nn.Module, torch.device], None]] = None
 
 
 def checkpoint_quant_config(hf_config: Any) -> Optional[dict[str, Any]]:

@@ -1,12 +1,14 @@
 """GGUF weights kept in llama.cpp's blocks (`--quantization gguf` with a .gguf model).
 
 The linear layers' tensors of a supported block type (`gguf_blocks.BLOCKS`: Q8_0, Q4_0, Q4_1,
-Q4_K, Q5_K, Q6_K) are loaded as uint8 rows instead of being dequantized; the embedding, the norms
-and an untied LM head stay float. A fused layer's parts may have different types (Q4_K_M files
+Q4_K, Q5_K, Q6_K) are loaded as uint8 rows instead of being dequantized; the embedding and the
+norms stay float. On the CPU the LM head (the tied embedding's blocks, read again from the file)
+is multiplied in its blocks when the C kernel has their type (`keep_head_in_blocks`); elsewhere
+it stays float. A fused layer's parts may have different types (Q4_K_M files
 keep v and some down projections in Q6_K): the layer's one `weight` parameter is a flat byte
 buffer with each part's rows in turn, and consecutive parts of one type are multiplied together.
 
-Matmul: on the CPU, Q4_0 / Q4_1 parts multiply in their blocks (`kernels.cpu_q4`, a C kernel
+Matmul: on the CPU, Q4_0 / Q4_1 / Q8_0 parts multiply in their blocks (`kernels.cpu_q4`, a C kernel
 built at load) where a C compiler is present; other types, or without one, decode the blocks in
 torch (`gguf_blocks.dequantize`) and multiply in x's dtype (the reference). CUDA multiplies one
 row with the dequantize-in-the-loop GEMV (`kernels.gguf_gemv.gemv`), more rows by decoding to
@@ -133,7 +135,7 @@ def _cpu_group(rows: torch.Tensor, qtype: int, k: int) -> Callable[[torch.Tensor
 
 @lru_cache(maxsize=1)
 def _warn_reference_once(reason: str) -> None:
-    logger.warning("gguf on CPU: Q4 blocks decoded per call in torch (slow): %s", reason)
+    logger.warning("gguf on CPU: Q4_0 / Q4_1 / Q8_0 blocks decoded per call in torch (slow): %s", reason)
 
 
 def _q4_kernel(kernel: Any, rows: torch.Tensor, qtype: int, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -164,16 +166,56 @@ def _cuda_matmul(
 
 
 def gguf_plan(model_path: str, device: torch.device) -> QuantPlan:
-    """The plan for a .gguf file: its linear weights of a supported block type stay in blocks."""
+    """The plan for a .gguf file: its linear weights of a supported block type stay in blocks, and
+    on the CPU the LM head too (`keep_head_in_blocks`)."""
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
     check_device("gguf", device)
-    types = GGUFCheckpoint(model_path).quant_types()
+    checkpoint = GGUFCheckpoint(model_path)
+    types = checkpoint.quant_types()
     raw = {name: t for name, t in types.items() if _LINEAR.fullmatch(name) and t in gguf_blocks.BLOCKS}
     kinds = sorted({gguf_blocks.NAMES[t] for t in raw.values()})
+    finish = None
+    if device.type == "cpu":
+        name = _HEAD if _HEAD in types else _EMBEDDING  # a file without output.weight ties the head
+        finish = partial(keep_head_in_blocks, name, checkpoint.blocks(name))
     return QuantPlan(
-        "gguf", partial(_methods, raw, types), {"quant_method": "gguf", "block_types": kinds}, frozenset(raw)
+        "gguf", partial(_methods, raw, types), {"quant_method": "gguf", "block_types": kinds}, frozenset(raw), finish
     )
+
+
+_HEAD, _EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def keep_head_in_blocks(name: str, head: Any, model: nn.Module, device: torch.device) -> bool:
+    """On the CPU, multiply the LM head in its blocks `head` (`GGUFBlocks` of checkpoint tensor
+    `name`: the embedding when tied) when the C kernel has their type (`cpu_q4.FORMATS`); the float
+    weight stays, for the embedding lookup and the logits of `cpu_q4.GEMM_ROWS` rows or more.
+    Returns whether it did: not on CUDA, for a model without `use_head_matmul` or whose head is
+    another tensor, at tp > 1, or without a C compiler."""
+    from radixlm.kernels import cpu_q4
+
+    if device.type != "cpu" or not hasattr(model, "use_head_matmul") or model.tp.size != 1:
+        return False
+    if model.head_weight_name() != name or head.qtype not in cpu_q4.FORMATS or cpu_q4.unavailable_reason():
+        return False
+    vocab, k = head.shape
+    if vocab != model.config.vocab_size:
+        raise ValueError(f"gguf: LM head of {vocab} rows for vocab_size {model.config.vocab_size}")
+    model.use_head_matmul(partial(_head_logits, cpu_q4, head.data.view(vocab, -1), head.qtype, k))
+    logger.info("gguf on CPU: LM head multiplied in its %s blocks", gguf_blocks.NAMES[head.qtype])
+    return True
+
+
+def _head_logits(
+    kernel: Any, rows: torch.Tensor, qtype: int, k: int, hidden: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Logits [N, vocab] of hidden [N, k]: below `GEMM_ROWS` rows float32 from the blocks (reading
+    a quarter of the float bytes), from there on the float `weight` (the same values dequantized
+    at load) by one GEMM instead of decoding the blocks again every call."""
+    if hidden.shape[0] >= kernel.GEMM_ROWS:
+        return torch.matmul(hidden, weight.t())
+    return kernel.matmul(hidden.float(), rows, qtype, k)
 
 
 def dummy_plan(device: torch.device, qtype: int = gguf_blocks.Q4_K) -> QuantPlan:

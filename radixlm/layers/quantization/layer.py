@@ -4,7 +4,7 @@
 device) by a `QuantizedColumnLinear` / `QuantizedRowLinear` holding the same shard
 (`LinearGeometry`) and a `LinearMethod`; the unquantized layers themselves are untouched, so a
 model without quantization runs exactly the code it ran before. The LM head and the embedding
-stay unquantized.
+stay unquantized here (a plan's `finish` may take over the head afterwards: gguf on the CPU).
 """
 
 from __future__ import annotations
