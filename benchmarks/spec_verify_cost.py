@@ -22,21 +22,12 @@ import time
 from typing import Any, Callable
 
 import torch
+from gpu_bench import SHAPES as GPU_SHAPES
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # radixlm from this checkout
 
 SHAPES = {
-    "llama-3-8b": dict(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-        rope_theta=500000.0,
-        max_position_embeddings=8192,
-    ),
+    "llama-3-8b": GPU_SHAPES["llama-3-8b"],
     "tiny": dict(
         hidden_size=64,
         intermediate_size=128,
