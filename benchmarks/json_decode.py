@@ -4,6 +4,9 @@ off, against unconstrained decoding of the same number of tokens per request; pl
 cost of the vocabulary mask (a constrained step vs an unconstrained decode step).
 
     python benchmarks/json_decode.py               # 4 prompts, ~2 minutes on 2 loaded cores
+    python benchmarks/json_decode.py --model-path DIR --load-format dummy --device cuda
+                                                   # GPU mask overhead: DIR holds the bundled model's
+                                                   # config and tokenizer, weights random
 
 Greedy. Wall time covers the whole batch (prefill included). Mask overhead is measured without
 jump-forward, so every output token of both runs is one decode step: the unconstrained run
@@ -111,7 +114,7 @@ def schema_ok(text: str) -> bool:
         return False
 
 
-def bench(count: int, threads: int, max_new: int) -> dict:
+def bench(count: int, threads: int, max_new: int, engine_kwargs: dict[str, Any]) -> dict:
     import radixlm
 
     results: dict[str, dict] = {}
@@ -124,7 +127,9 @@ def bench(count: int, threads: int, max_new: int) -> dict:
         "json schema": ({"json_schema": json.dumps(SCHEMA)}, schema_ok, "a short record"),
     }
     for jump in (True, False):
-        with radixlm.Engine(log_level="warning", num_threads=threads, disable_jump_forward=not jump) as engine:
+        with radixlm.Engine(
+            log_level="warning", num_threads=threads, disable_jump_forward=not jump, **engine_kwargs
+        ) as engine:
             for name, (spec, check, what) in workloads.items():
                 texts = prompts(engine, count, what)
                 params = {"temperature": 0, "max_new_tokens": max_new, **spec}
@@ -144,9 +149,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--model-path", default=None, help="default: the bundled model")
+    parser.add_argument("--load-format", default="auto", help="dummy: random weights (mask-overhead runs on a GPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the engine's choice)")
     args = parser.parse_args()
     started = time.perf_counter()
-    res = bench(args.requests, args.threads, args.max_new_tokens)
+    kwargs: dict[str, Any] = {"load_format": args.load_format}
+    kwargs.update({k: v for k, v in (("model_path", args.model_path), ("device", args.device)) if v})
+    res = bench(args.requests, args.threads, args.max_new_tokens, kwargs)
     print(f"requests per run: {args.requests}, greedy, threads: {args.threads}")
     print("| run | output tokens | wall s | tok/s | forward steps | ms/step | jump-forward tokens | valid |")
     print("|---|---|---|---|---|---|---|---|")
