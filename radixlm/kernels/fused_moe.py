@@ -97,9 +97,10 @@ def moe_config(num_rows: int, num_experts: int, hidden: int, inter: int) -> MoeC
     """Block sizes for T*k = `num_rows` routed rows over `num_experts` experts of hidden size
     `hidden` and intermediate size `inter`. Chosen by the mean rows per selected expert:
     <= 16 (decode) BLOCK_M 16 with long K tiles and N tiles narrowed until the selected experts
-    fill the GPU; <= 48 BLOCK_M 32; <= 384 BLOCK_M 64; beyond, 128 (large prefill of few
-    experts). The gate/up kernel's `block_n` counts output columns: its weight tile and
-    accumulator are twice as wide (gate and up)."""
+    fill the GPU; <= 48 BLOCK_M 32; <= 128 BLOCK_M 64; <= 384 BLOCK_M 128 with wide N tiles
+    (many experts at prefill: Qwen3-30B-A3B at 4,096 tokens has 256 rows per expert); beyond,
+    BLOCK_M 128 with narrower N tiles (large prefill of few experts). The gate/up kernel's
+    `block_n` counts output columns: its weight tile and accumulator are twice as wide."""
     active = max(1, min(num_experts, num_rows))
     per_expert = num_rows / active
     if per_expert <= 16:
@@ -110,8 +111,10 @@ def moe_config(num_rows: int, num_experts: int, hidden: int, inter: int) -> MoeC
         )
     if per_expert <= 48:
         return MoeConfig(32, GemmConfig(64, 64, 4, 4, 4), GemmConfig(64, 64, 4, 4, 4))
-    if per_expert <= 384:
+    if per_expert <= 128:
         return MoeConfig(64, GemmConfig(64, 64, 8, 4, 4), GemmConfig(128, 64, 8, 4, 4))
+    if per_expert <= 384:
+        return MoeConfig(128, GemmConfig(128, 64, 8, 8, 3), GemmConfig(256, 64, 8, 8, 3))
     return MoeConfig(128, GemmConfig(64, 64, 8, 8, 3), GemmConfig(128, 64, 8, 8, 3))
 
 

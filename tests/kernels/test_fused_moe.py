@@ -165,13 +165,16 @@ def test_fused_experts_through_the_interpreter() -> None:
 
 
 def test_config_table() -> None:
-    """Decode-size batches take 16-row blocks, large prefills 64 or 128; N tiles are powers of
+    """Decode-size batches take 16-row blocks, prefills 64 or 128 (wide N tiles for many experts
+    of a few hundred rows each); N tiles are powers of
     two >= 16 and narrow for decode only as far as needed to fill the GPU."""
     from radixlm.kernels.fused_moe import moe_config
 
     for rows, experts, hidden, inter in ((8, 128, 2048, 768), (2, 8, 4096, 14336), (512, 128, 2048, 768)):
         assert moe_config(rows, experts, hidden, inter).block_m == 16
-    assert moe_config(4096 * 8, 128, 2048, 768).block_m == 64
+    assert moe_config(1024 * 8, 128, 2048, 768).block_m == 64  # 64 rows per expert
+    qwen_prefill = moe_config(4096 * 8, 128, 2048, 768)  # 256 rows per expert: the H100 sweep's best
+    assert (qwen_prefill.block_m, qwen_prefill.gate_up.block_n, qwen_prefill.down.block_n) == (128, 128, 256)
     assert moe_config(4096 * 2, 8, 4096, 14336).block_m == 128
     qwen_decode = moe_config(8, 128, 2048, 768)
     assert qwen_decode.gate_up.block_n < 64 and 8 * 768 // qwen_decode.gate_up.block_n >= 264
