@@ -2,10 +2,12 @@
 
 At batch B, every request has `--context` tokens of KV; a plain decode step runs one token per
 request (as the scheduler runs it: CUDA graphs on a GPU unless --disable-cuda-graph; the eager
-step is printed too), a verify step runs k draft tokens plus the last token per request as one
-extend (eager, as `radixlm.speculative` runs it) with logits for all k + 1 rows. The ratio
-verify / decode is the break-even acceptance length: a verify emitting more tokens per step on
-average than that ratio is a net win.
+step is printed too). A verify step runs k draft tokens plus the last token per request, with
+logits for all k + 1 rows, two ways: as one extend (eager; what `radixlm.speculative` runs after
+a jump-forward or when the rows exceed the graphs) and as a decode of B * (k + 1) rows, one per
+token (what it runs otherwise: in the decode CUDA graphs when they fit). The ratio verify /
+decode is the break-even acceptance length: a verify emitting more tokens per step on average
+than that ratio is a net win.
 
     python benchmarks/spec_verify_cost.py                          # GPU: Llama-3-8B shape, bf16
     python benchmarks/spec_verify_cost.py --shape tiny --device cpu --iters 3   # CPU dry run
@@ -49,7 +51,8 @@ def model_dir(shape: str) -> str:
     return path
 
 
-def make_runner(path: str, device: str, max_bs: int, context: int, graphs: bool) -> Any:
+def make_runner(path: str, device: str, max_bs: int, max_rows: int, context: int, graphs: bool) -> Any:
+    """A runner for `max_bs` requests whose decode graphs take up to `max_rows` rows."""
     from radixlm.config.server_args import ServerArgs
     from radixlm.executor.model_runner import ModelRunner
 
@@ -59,8 +62,8 @@ def make_runner(path: str, device: str, max_bs: int, context: int, graphs: bool)
         device=device,
         dtype="bfloat16" if device == "cuda" else "float32",
         max_total_tokens=max_bs * (context + 32) + 64,
-        max_running_requests=max_bs,
-        cuda_graph_max_bs=max_bs,
+        max_running_requests=max_rows,
+        cuda_graph_max_bs=max_rows,
         disable_cuda_graph=not graphs,
         context_length=context + 64,
         num_threads=1 if device == "cpu" else None,
@@ -69,9 +72,10 @@ def make_runner(path: str, device: str, max_bs: int, context: int, graphs: bool)
     return ModelRunner(args)
 
 
-def step_batch(runner: Any, bs: int, context: int, new: int) -> Any:
+def step_batch(runner: Any, bs: int, context: int, new: int, as_rows: bool = False) -> Any:
     """`bs` requests with `context` cached tokens each (rows of distinct slots) running `new`
-    tokens: DECODE for one, else an EXTEND with logits for every new row."""
+    tokens: DECODE for one, else an EXTEND with logits for every new row, or with `as_rows` a
+    DECODE of one row per token (each row: its request's table row, seq_len = position + 1)."""
     from radixlm.forward.batch import ForwardBatch, ForwardMode
 
     dev = runner.device
@@ -83,9 +87,23 @@ def step_batch(runner: Any, bs: int, context: int, new: int) -> Any:
     rows = torch.arange(bs, **i64)
     pos = (context + torch.arange(new, **i64)).repeat(bs)
     locs = table[rows.repeat_interleave(new), pos]
-    mode = ForwardMode.DECODE if new == 1 else ForwardMode.EXTEND
+    if as_rows or new == 1:
+        pool = rows.repeat_interleave(new)
+        return ForwardBatch(
+            mode=ForwardMode.DECODE,
+            input_ids=torch.randint(0, 500, (bs * new,), **i64),
+            positions=pos,
+            out_cache_loc=locs,
+            req_pool_indices=pool,
+            seq_lens=pos + 1,
+            seq_lens_cpu=(pos + 1).tolist(),
+            extend_prefix_lens_cpu=pos.tolist(),
+            extend_seq_lens_cpu=[1] * (bs * new),
+            logit_indices=torch.arange(bs * new, **i64),
+            req_to_token=table,
+        )
     return ForwardBatch(
-        mode=mode,
+        mode=ForwardMode.EXTEND,
         input_ids=torch.randint(0, 500, (bs * new,), **i64),
         positions=pos,
         out_cache_loc=locs,
@@ -127,18 +145,29 @@ def main() -> None:
     a = ap.parse_args()
     path = model_dir(a.shape)
     graphs = a.device == "cuda" and not a.disable_cuda_graph
-    runner = make_runner(path, a.device, max(a.batch_sizes), a.context, graphs)
+    runner = make_runner(
+        path, a.device, max(a.batch_sizes), max(a.batch_sizes) * (max(a.drafts) + 1), a.context, graphs
+    )
     print(f"{a.shape}, {runner.dtype}, {runner.device}, context {a.context}, CUDA graphs for decode: {graphs}")
-    print("| batch | plain decode ms | eager decode ms | k drafts | verify ms (k+1 rows each) | verify / decode |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| batch | plain decode ms | eager decode ms | k drafts | verify as extend ms | verify as decode rows ms "
+        "| extend / decode | rows / decode (<= 1.3) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for bs in a.batch_sizes:
         decode = step_batch(runner, bs, a.context, 1)
         plain = time_ms(lambda: runner.forward(decode), a.iters, runner.device)
         eager = time_ms(lambda: runner._run_eager(decode), a.iters, runner.device)
         for k in a.drafts:
-            verify = step_batch(runner, bs, a.context, k + 1)
-            ms = time_ms(lambda: runner.forward(verify), a.iters, runner.device)
-            print(f"| {bs} | {plain:.3f} | {eager:.3f} | {k} | {ms:.3f} | {ms / plain:.2f}x |", flush=True)
+            extend = step_batch(runner, bs, a.context, k + 1)
+            ext_ms = time_ms(lambda: runner.forward(extend), a.iters, runner.device)
+            rows = step_batch(runner, bs, a.context, k + 1, as_rows=True)
+            rows_ms = time_ms(lambda: runner.forward(rows), a.iters, runner.device)
+            print(
+                f"| {bs} | {plain:.3f} | {eager:.3f} | {k} | {ext_ms:.3f} | {rows_ms:.3f} | {ext_ms / plain:.2f}x "
+                f"| {rows_ms / plain:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

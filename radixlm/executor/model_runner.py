@@ -140,7 +140,7 @@ class ModelRunner:
             return None
         from radixlm.executor.cuda_graph_runner import CudaGraphRunner
 
-        max_bs = min(self.args.cuda_graph_max_bs, self.max_running)
+        max_bs = self._graph_max_bs()
         if self.lora is not None:
             self.lora.reset()  # graphs read each replay's adapter slots from its static buffer
         compiled = None
@@ -214,6 +214,14 @@ class ModelRunner:
             and not self.args.is_embedding  # prefill only: nothing to capture
         )
 
+    def _graph_max_bs(self) -> int:
+        """The largest decode batch the graphs capture: the running requests, times 1 + the draft
+        tokens when speculative verify steps run as decodes of one row per token; at most
+        `--cuda-graph-max-bs`."""
+        plan = self.args.speculative_plan()
+        rows_per_request = 1 + (plan.num_drafts if plan is not None else 0)
+        return min(self.args.cuda_graph_max_bs, self.max_running * rows_per_request)
+
     def _default_pool_tokens(self, per_token: int, scratch: KVPool) -> int:
         """On CPU a fixed budget; on CUDA what the memory measured after the warm-up leaves."""
         if self.warmup_prefill is None:
@@ -223,7 +231,7 @@ class ModelRunner:
         if self._uses_cuda_graphs():
             from radixlm.executor.cuda_graph_runner import logits_buffer_bytes
 
-            graphs = logits_buffer_bytes(min(self.args.cuda_graph_max_bs, self.max_running), self.vocab_size)
+            graphs = logits_buffer_bytes(self._graph_max_bs(), self.vocab_size)
         logger.info(
             "KV pool budget: %.0f%% of %.1f GiB, less %.2f GiB in use, %.2f GiB of activations at the "
             "warm-up prefill (%d x %d tokens), %.2f GiB of CUDA-graph logits",

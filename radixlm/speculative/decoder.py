@@ -11,7 +11,7 @@ from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.scheduler.request import Req
 from radixlm.speculative.grammar_drafts import prune_drafts
 from radixlm.speculative.stats import SpecStats
-from radixlm.speculative.verify_batch import VerifyBatch, build_verify
+from radixlm.speculative.verify_batch import VerifyBatch, build_verify, build_verify_as_decode, can_verify_as_decode
 
 
 class Drafter(Protocol):
@@ -29,13 +29,22 @@ class SpecDecoder:
     the scheduler runs its plain decode. Drafts are real vocabulary ids (a copied image pad id
     ends the chain); a request with a grammar keeps only the drafts its
     constrained decoder could have sampled (`grammar_drafts.prune_drafts`); drafts never run a
-    request past `max_new_tokens` or the context."""
+    request past `max_new_tokens` or the context. A verify of at most `decode_rows` tokens in all
+    (the decode CUDA graphs' largest batch; 0 without graphs) runs as a decode of one row per
+    token, in the graphs; a larger one, or one after jump-forward, as an extend."""
 
     def __init__(
-        self, drafter: Drafter, cache: KVCacheManager, context_len: int, vocab_size: int, device: torch.device
+        self,
+        drafter: Drafter,
+        cache: KVCacheManager,
+        context_len: int,
+        vocab_size: int,
+        device: torch.device,
+        decode_rows: int = 0,
     ) -> None:
         self.drafter, self.cache = drafter, cache
         self.context_len, self.vocab_size, self.device = context_len, vocab_size, device
+        self.decode_rows = decode_rows
         self.stats = SpecStats()
 
     def decode_batch(self, reqs: list[Req]) -> Optional[VerifyBatch]:
@@ -50,7 +59,10 @@ class SpecDecoder:
                 raise RuntimeError("KV pool exhausted while taking slots for draft tokens")
         self.cache.write_rows([(req, start, req.kv_len) for req, start in zip(reqs, starts)])
         self.stats.proposed += sum(map(len, drafts))
-        return build_verify(reqs, starts, drafts, self.cache.req_pool.table, self.device)
+        rows = sum(len(chain) + 1 for chain in drafts)
+        as_decode = rows <= self.decode_rows and can_verify_as_decode(reqs, starts)
+        build = build_verify_as_decode if as_decode else build_verify
+        return build(reqs, starts, drafts, self.cache.req_pool.table, self.device)
 
     def info(self) -> dict[str, Any]:
         return self.stats.info()

@@ -23,7 +23,9 @@ def build_speculative(
     if plan is None:
         return None, sampler
     drafter = _drafter(plan, args, runner)
-    spec = SpecDecoder(drafter, cache, runner.context_len, runner.vocab_size, runner.device)
+    graphs = getattr(runner, "graphs", None)  # verify steps that fit run in the decode graphs
+    decode_rows = graphs.max_bs if graphs is not None else 0
+    spec = SpecDecoder(drafter, cache, runner.context_len, runner.vocab_size, runner.device, decode_rows)
     logger.info(
         "speculative decoding: %s, %d draft tokens per verify step; the plain (non-overlapped) scheduler loop is used",
         plan.algorithm,

@@ -1,5 +1,7 @@
 """The verify step's batch: each request's tokens without KV (its last token, or more after a
-jump-forward) followed by its draft tokens, run as one extend over the paged KV cache."""
+jump-forward) followed by its draft tokens, run as one extend over the paged KV cache, or, when
+each request has exactly one token without KV, as a decode with one row per token (which the
+decode CUDA graphs run)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from radixlm.forward.batch import ForwardBatch, ForwardMode
-from radixlm.forward.device_copy import pinned_to_device, to_device, to_device_split
+from radixlm.forward.device_copy import pinned_to_device, to_device, to_device_rows, to_device_split
 from radixlm.multimodal.mrope import batch_mrope
 from radixlm.scheduler.batch import ScheduledBatch
 from radixlm.scheduler.request import Req
@@ -67,4 +69,54 @@ def build_verify(
         fb.rope_deltas = to_device(mrope[1], device)
     lora = [req.lora_uid for req in reqs]
     fb.lora_ids = lora if any(lora) else None
+    return VerifyBatch(ForwardMode.DECODE, list(reqs), fb, list(reqs), None, drafts=drafts)
+
+
+def can_verify_as_decode(reqs: list[Req], starts: list[int]) -> bool:
+    """Whether every request has exactly one token without KV (no jump-forward text pending), so
+    each row of a decode-shaped verify is a row whose logits are wanted."""
+    return all(start == req.seq_len - 1 for req, start in zip(reqs, starts))
+
+
+def build_verify_as_decode(
+    reqs: list[Req], starts: list[int], drafts: list[list[int]], req_to_token: torch.Tensor, device: torch.device
+) -> VerifyBatch:
+    """The same step as `build_verify`, run as a DECODE of one row per token: row j of request i
+    is its token at position `starts[i] + j`, with its request's table row and `seq_len` =
+    position + 1. Every layer stores all rows' K/V before its attention reads, so row j sees the
+    draft rows before it and none after: the chain's causal mask without an extend kernel. The
+    rows are exactly the logits rows of `build_verify` (requires `can_verify_as_decode`), so
+    the decode CUDA graphs run verification when the rows fit their largest batch."""
+    if not can_verify_as_decode(reqs, starts):
+        raise ValueError("a decode-shaped verify needs exactly one token without KV per request")
+    ids: list[int] = []
+    positions: list[int] = []
+    locs: list[int] = []
+    pool_idx: list[int] = []
+    lora: list[int] = []
+    for req, start, chain in zip(reqs, starts, drafts):
+        end = req.seq_len + len(chain)
+        ids += req.fill_slice(start, req.seq_len) + chain
+        positions += range(start, end)
+        locs += req.kv_slots[start:end]
+        pool_idx += [req.req_pool_idx] * (end - start)
+        lora += [req.lora_uid] * (end - start)
+    n = len(ids)
+    inputs = to_device_rows(ids + positions + locs + pool_idx, 4, device)
+    dev_ids, dev_pos, dev_locs, dev_pool = inputs
+    fb = ForwardBatch(
+        mode=ForwardMode.DECODE,
+        input_ids=dev_ids,
+        positions=dev_pos,
+        out_cache_loc=dev_locs,
+        req_pool_indices=dev_pool,
+        seq_lens=dev_pos + 1,
+        seq_lens_cpu=[p + 1 for p in positions],
+        extend_prefix_lens_cpu=list(positions),
+        extend_seq_lens_cpu=[1] * n,
+        logit_indices=torch.arange(n, device=device),
+        req_to_token=req_to_token,
+        decode_inputs=inputs,
+        lora_ids=lora if any(lora) else None,
+    )
     return VerifyBatch(ForwardMode.DECODE, list(reqs), fb, list(reqs), None, drafts=drafts)
