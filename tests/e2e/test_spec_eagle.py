@@ -243,3 +243,32 @@ def test_head_with_unknown_tensors_is_refused(tiny_llama_dir: str, tmp_path: Pat
     head = make_eagle_head(tmp_path / "eagle3", tiny_llama_dir, tensors=tensors)
     with pytest.raises(ValueError, match="midlayer"):
         _eagle(tiny_llama_dir, head)
+
+
+def test_retraction_under_a_small_pool(tiny_llama_dir: str, head_dir: str) -> None:
+    """A 96-slot pool cannot hold four 18-token prompts decoding 30 tokens each: requests are
+    retracted and re-prefilled (from the radix tree) mid-run; outputs still equal the plain ones."""
+    prompts, params = PROMPTS, [_greedy(30)] * 4
+    plain = [r["ids"] for r in generate(make_scheduler(tiny_llama_dir, max_total_tokens=96), prompts, params)]
+    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=3, max_total_tokens=96)
+    assert [r["ids"] for r in generate(sched, prompts, params)] == plain
+    assert sched.info()["num_retracted_reqs"] > 0
+
+
+def test_engine_reports_acceptance(engine_factory: Any, tiny_llama_dir: str, head_dir: str) -> None:
+    """Through the Engine (scheduler process): the head loads there, outputs equal the plain
+    engine's, and meta info and get_server_info count the same verify steps."""
+    params = {"temperature": 0, "max_new_tokens": 20, "ignore_eos": True}
+    plain = make_scheduler(tiny_llama_dir)
+    want = generate(plain, [PROMPTS[1]], [_greedy(20)])[0]["ids"]
+    engine = engine_factory(
+        tiny_llama_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=head_dir, speculative_num_steps=2
+    )
+    out = engine.generate(input_ids=PROMPTS[1], sampling_params=params)
+    assert out["output_ids"] == want
+    meta, info = out["meta_info"], engine.get_server_info()
+    assert info["spec_verify_steps"] == meta["spec_verify_ct"] > 0
+    steps = meta["spec_verify_ct"]
+    assert info["spec_emitted_tokens"] == 19 and steps < info["spec_draft_tokens"] <= 2 * steps  # fewer near the end
+    assert info["avg_spec_accept_length"] == pytest.approx(meta["spec_accept_length"])
+    engine.check_no_leak()
