@@ -123,6 +123,17 @@ def test_greedy_equals_plain(tiny_llama_dir: str, head_dir: str, plain_runs: lis
     assert spec[2]["meta"]["spec_accept_length"] == pytest.approx((LENGTHS[2] - 1) / steps)
 
 
+@pytest.mark.parametrize("arch", ["llama_tied", "qwen3"])
+def test_greedy_equals_plain_on_other_targets(tiny_model: Any, arch: str, tmp_path: Path) -> None:
+    """A tied LM head (the head's logits through the target's embedding) and a Qwen3 target."""
+    target = tiny_model(arch)
+    params = [_greedy(n) for n in LENGTHS]
+    plain = [r["ids"] for r in generate(make_scheduler(target), PROMPTS, params)]
+    sched = _eagle(target, make_eagle_head(tmp_path / "head", target), speculative_num_steps=3)
+    assert [r["ids"] for r in generate(sched, PROMPTS, params)] == plain
+    assert sched.info()["spec_draft_tokens"] > 0
+
+
 def test_chunked_prefill_and_prefix_hits(tiny_llama_dir: str, head_dir: str) -> None:
     """Prompts prefilled in 7-token chunks, then the same prompts again (radix-cache hits: the
     target computes no features for the cached prefix); outputs equal the plain ones."""
