@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 SPECULATIVE_ALGORITHMS = ("NGRAM", "STANDALONE", "EAGLE", "EAGLE3")
-NOT_IMPLEMENTED = ("EAGLE3",)
-DEFAULT_DRAFTS = {"NGRAM": 7, "STANDALONE": 4, "EAGLE": 3}
-NEEDS_DRAFT_PATH = ("STANDALONE", "EAGLE")  # draft tokens per verify step when no flag says
+DEFAULT_DRAFTS = {
+    "NGRAM": 7,
+    "STANDALONE": 4,
+    "EAGLE": 3,
+    "EAGLE3": 3,
+}  # draft tokens per verify step when no flag says
+NEEDS_DRAFT_PATH = ("STANDALONE", "EAGLE", "EAGLE3")
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,6 @@ def check_speculative(args: Any) -> Optional[SpecPlan]:
     algo = algo.upper()
     if algo not in SPECULATIVE_ALGORITHMS:
         raise ValueError(f"speculative_algorithm must be one of {list(SPECULATIVE_ALGORITHMS)}, got {algo!r}")
-    if algo in NOT_IMPLEMENTED:
-        raise ValueError(
-            f"--speculative-algorithm {algo} is not implemented (EAGLE-3 draft heads: midlayer.*, d2t/t2d); "
-            "use EAGLE (an EAGLE-1/-2 head), NGRAM or STANDALONE"
-        )
     if args.is_embedding:
         raise ValueError("--speculative-algorithm needs a generation model, not --is-embedding")
     topk = args.speculative_eagle_topk
@@ -81,7 +80,7 @@ def _algorithm_fields(algo: str, args: Any) -> tuple[Optional[str], int, int]:
         if args.tp_size > 1:
             raise ValueError(f"--speculative-algorithm {algo} is not supported with --tp > 1 yet")
     elif path:
-        raise ValueError(f"--speculative-draft-model-path is only read by STANDALONE and EAGLE, not {algo}")
+        raise ValueError(f"--speculative-draft-model-path is only read by STANDALONE and EAGLE / EAGLE3, not {algo}")
     if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
         raise ValueError(
             "speculative_ngram_min_match_window_size and speculative_ngram_max_match_window_size must be "

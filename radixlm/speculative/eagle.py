@@ -22,7 +22,7 @@ draft, so outputs never depend on the head.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -31,6 +31,7 @@ from radixlm.forward.batch import ForwardBatch, ForwardMode
 from radixlm.forward.device_copy import to_device_split
 from radixlm.mem_cache.kv_pool import KVPool
 from radixlm.scheduler.request import Req
+from radixlm.speculative.eagle3_head import AuxCapture, aux_layer_ids, load_eagle3_head
 from radixlm.speculative.eagle_head import (
     EagleHead,
     check_head_shape,
@@ -82,29 +83,41 @@ class EagleDrafter:
         self.embed = head.embed if head.embed is not None else target.model.embed_tokens
         self.vocab = target.config.vocab_size
         self.features: dict[str, _Features] = {}
+        self.features_of: Callable[[torch.Tensor], torch.Tensor] = _final_hidden  # hidden -> head features
         self._last: Optional[tuple[torch.Tensor, ForwardBatch]] = None
 
     @classmethod
     def build(cls, args: Any, plan: Any, runner: Any) -> "EagleDrafter":
-        """The head from `plan.draft_model_path`, checked against the runner's model, with its KV
-        pool over the runner's slot numbers plus `max_running * num_drafts` scratch slots."""
+        """The head (EAGLE or EAGLE3, by `plan.algorithm`) from `plan.draft_model_path`, checked
+        against the runner's model, with its KV pool over the runner's slot numbers plus
+        `max_running * num_drafts` scratch slots."""
         model = runner.model
         if not (hasattr(model, "compute_logits") and hasattr(getattr(model, "model", None), "embed_tokens")):
-            raise ValueError(f"--speculative-algorithm EAGLE needs a Llama-family target, not {type(model).__name__}")
+            raise ValueError(
+                f"--speculative-algorithm {plan.algorithm} needs a Llama-family target, not {type(model).__name__}"
+            )
         page, scratch = args.page_size, runner.max_running * plan.num_drafts
         config = read_head_config(plan.draft_model_path)
         check_head_shape(config, runner.config, runner.context_len)
-        shape = head_kv_shape(config)
-        pool = KVPool(runner.pool.size + scratch, page, *shape, runner.dtype, runner.device)
+        pool = KVPool(runner.pool.size + scratch, page, *head_kv_shape(config), runner.dtype, runner.device)
         backend = create_attention_backend(args.attention_backend, pool, runner.device)
-        head = load_eagle_head(plan.draft_model_path, config, backend, runner.dtype, runner.device)
+        path, dtype, device = plan.draft_model_path, runner.dtype, runner.device
+        if plan.algorithm == "EAGLE3":
+            ids = aux_layer_ids(config, len(model.model.layers))
+            head = load_eagle3_head(path, config, runner.config, backend, dtype, device)
+            features_of = AuxCapture(model.model.layers, ids).features
+        else:
+            head, features_of = load_eagle_head(path, config, backend, dtype, device), _final_hidden
         table = runner.req_to_token_pool.table
-        return cls(head, model, table, pool, (runner.pool.size + page, scratch), plan.num_drafts)
+        drafter = cls(head, model, table, pool, (runner.pool.size + page, scratch), plan.num_drafts)
+        drafter.features_of = features_of
+        return drafter
 
     # -- hidden states in -----------------------------------------------------------
     def capture(self, hidden: torch.Tensor, batch: ForwardBatch) -> None:
-        """The model runner's sink: every row's final hidden state of the forward just run."""
-        self._last = (hidden, batch)
+        """The model runner's sink: every row's final hidden state of the forward just run (EAGLE3
+        reads three intermediate layers' outputs instead, kept by `AuxCapture`)."""
+        self._last = (self.features_of(hidden), batch)
 
     def observe(self, batch: Any) -> None:
         """The scheduled batch whose forward was just captured: keep each request's features."""
@@ -173,7 +186,7 @@ class EagleDrafter:
         for row in rows:
             f = row.feats
             f.rows, f.start = f.rows[:0], row.req.kv_len
-        return self._run(spans, ids, locs, feats)
+        return self._run(spans, ids, locs, feats, True)
 
     def _next_step(
         self, rows: list[_Row], feats: torch.Tensor, tokens: list[int], depth: int
@@ -183,7 +196,7 @@ class EagleDrafter:
         spans = [(row.req, row.req.kv_len + depth - 1, row.req.kv_len + depth) for row in rows]
         locs = [self._scratch_slot(j, depth) for j in range(len(rows))]
         self._write_table(spans, locs)
-        return self._run(spans, tokens, locs, feats)
+        return self._run(spans, tokens, locs, feats, False)
 
     def _scratch_slot(self, j: int, depth: int) -> int:
         slot = j * self.num_drafts + depth - 1
@@ -201,21 +214,21 @@ class EagleDrafter:
         table[rows, cols] = values.to(table.dtype)
 
     def _run(
-        self, spans: list[tuple[Req, int, int]], ids: list[int], locs: list[int], feats: torch.Tensor
+        self,
+        spans: list[tuple[Req, int, int]],
+        ids: list[int],
+        locs: list[int],
+        feats: torch.Tensor,
+        from_target: bool,
     ) -> tuple[torch.Tensor, list[int]]:
-        """The head over head rows `[lo, hi)` of each span (tokens `ids`, KV to `locs`, target or
-        head features `feats`): (each span's last output feature, its greedy token)."""
+        """The head over head rows `[lo, hi)` of each span (tokens `ids`, KV to `locs`, the
+        target's features or the head's own `feats`): (each span's last output feature, its
+        greedy token)."""
         fb = self._batch(spans, ids, locs)
         self.backend.init_forward_metadata(fb)
         embeds = self.embed(fb.input_ids.clamp(0, self.vocab - 1))  # ids beyond the vocabulary: image pads
-        out = self.head(embeds, fb.positions, feats, fb)[fb.logit_indices]
-        logits = self._logits(out)
-        return out, logits[:, : self.vocab].argmax(dim=-1).tolist()
-
-    def _logits(self, out: torch.Tensor) -> torch.Tensor:
-        if self.head.head_weight is not None:
-            return out.float() @ self.head.head_weight.float().T
-        return self.target.compute_logits(out)
+        out = self.head(embeds, fb.positions, feats, fb, from_target)[fb.logit_indices]
+        return out, self.head.draft_ids(out, self.target).tolist()
 
     def _batch(self, spans: list[tuple[Req, int, int]], ids: list[int], locs: list[int]) -> ForwardBatch:
         t, b = len(ids), len(spans)
@@ -246,3 +259,8 @@ class EagleDrafter:
         for rid, f in list(self.features.items()):
             if f.req.finished_reason is not None or f.req.req_pool_idx is None:
                 del self.features[rid]
+
+
+def _final_hidden(hidden: torch.Tensor) -> torch.Tensor:
+    """EAGLE-1/-2 features: the target's final-norm hidden states themselves."""
+    return hidden

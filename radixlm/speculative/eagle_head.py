@@ -35,7 +35,6 @@ _FUSED = {
     ".gate_proj.": (".gate_up_proj.", 0),
     ".up_proj.": (".gate_up_proj.", 1),
 }
-_OPTIONAL = ("embed_tokens.weight", "lm_head.weight")
 
 
 def read_head_config(path: str) -> LlamaConfig:
@@ -63,8 +62,8 @@ def check_head_shape(config: Any, target: Any, context_len: int) -> None:
 
 
 class EagleHead(nn.Module):
-    """`forward(ids, positions, features, batch)` -> the head's output features [T, hidden] (the
-    next features, also what the LM head turns into draft logits). Invariant: attention reads and
+    """`forward(embeds, positions, features, batch)` -> the head's output features [T, hidden]
+    (the next features, also what the LM head turns into draft logits). Invariant: attention reads and
     writes only the head's own KV pool, through `backend`."""
 
     def __init__(self, config: Any, backend: AttentionBackend, fc_bias: bool, first_norm: bool) -> None:
@@ -75,40 +74,56 @@ class EagleHead(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, backend, tp) for i in range(config.num_hidden_layers))
         if not first_norm:
             self.layers[0].input_layernorm = nn.Identity()
-        self.embed: Optional[nn.Embedding] = None  # set by `load` when the checkpoint has its own
+        self.embed: Optional[nn.Embedding] = None  # set by `load_eagle_head` when the checkpoint has its own
         self.head_weight: Optional[nn.Parameter] = None
 
     def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, features: torch.Tensor, batch: ForwardBatch
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        features: torch.Tensor,
+        batch: ForwardBatch,
+        from_target: bool = True,
     ) -> torch.Tensor:
+        """Output features of rows fed `embeds` and `features` (the target's or the head's own:
+        EAGLE-1 treats both alike)."""
         x, residual = self.fc(torch.cat([embeds, features.to(embeds.dtype)], dim=-1)), None
         for layer in self.layers:
             x, residual = layer(positions, x, residual, batch)
         return x + residual
 
-    def load(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy the checkpoint's tensors in; ValueError for a tensor with no place or a shape
-        that does not match, or a parameter left unset."""
-        params = dict(self.named_parameters())
-        modules = dict(self.named_modules())
-        loaded: set[str] = set()
-        for name, tensor in tensors.items():
-            target, shard = _target(name)
-            if target not in params:
-                raise ValueError(f"EAGLE draft head: checkpoint tensor {name!r} has no place in the head")
-            module_name, attr = target.rsplit(".", 1)
-            module = modules[module_name]
-            try:
-                if hasattr(module, "load_shard"):
-                    module.load_shard(attr, tensor, shard)
-                else:
-                    copy_checked(params[target], whole(tensor), name)
-            except (ValueError, RuntimeError, AssertionError) as exc:
-                raise ValueError(f"EAGLE draft head: tensor {name!r} does not fit the head's config: {exc}") from exc
-            loaded.add(target if shard is None else f"{target}#{shard}")
-        missing = [key for key in _load_keys(params) if key not in loaded]
-        if missing:
-            raise ValueError(f"EAGLE draft head: checkpoint is missing {missing[:4]}")
+    def draft_ids(self, out: torch.Tensor, target: Any) -> torch.Tensor:
+        """Greedy target-vocabulary ids [N] of output features `out` [N, hidden]."""
+        if self.head_weight is not None:
+            logits = out.float() @ self.head_weight.float().T
+        else:
+            logits = target.compute_logits(out)
+        return logits[:, : target.config.vocab_size].argmax(dim=-1)
+
+
+def load_into(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy HF-named head tensors into `module`; ValueError for a tensor with no place or a shape
+    that does not match, or a parameter left unset."""
+    params = dict(module.named_parameters())
+    modules = dict(module.named_modules())
+    loaded: set[str] = set()
+    for name, tensor in tensors.items():
+        target, shard = _target(name)
+        if target not in params:
+            raise ValueError(f"EAGLE draft head: checkpoint tensor {name!r} has no place in the head")
+        owner = modules[target.rsplit(".", 1)[0]]
+        attr = target.rsplit(".", 1)[1]
+        try:
+            if hasattr(owner, "load_shard"):
+                owner.load_shard(attr, tensor, shard)
+            else:
+                copy_checked(params[target], whole(tensor), name)
+        except (ValueError, RuntimeError, AssertionError) as exc:
+            raise ValueError(f"EAGLE draft head: tensor {name!r} does not fit the head's config: {exc}") from exc
+        loaded.add(target if shard is None else f"{target}#{shard}")
+    missing = [key for key in _load_keys(params) if key not in loaded]
+    if missing:
+        raise ValueError(f"EAGLE draft head: checkpoint is missing {missing[:4]}")
 
 
 def load_eagle_head(
@@ -116,22 +131,41 @@ def load_eagle_head(
 ) -> EagleHead:
     """The head at `path` whose config (`read_head_config`, checked with `check_head_shape`) is
     `config`, attending through `backend`; ValueError when a tensor does not fit the config."""
-    tensors = {_strip(name): whole(t) for name, t in iter_weights(path, "auto")}
+    tensors = read_tensors(path)
     head = EagleHead(config, backend, "fc.bias" in tensors, _has_first_norm(tensors))
-    hidden, vocab = config.hidden_size, config.vocab_size
-    for name in _OPTIONAL:
-        if name in tensors and tuple(tensors[name].shape) != (vocab, hidden):
-            raise ValueError(f"EAGLE draft head: {name} is {tuple(tensors[name].shape)}, expected {(vocab, hidden)}")
-    embed, lm = tensors.pop("embed_tokens.weight", None), tensors.pop("lm_head.weight", None)
-    head.load(tensors)
+    embed, lm = (
+        pop_vocab_tensor(tensors, "embed_tokens.weight", config),
+        pop_vocab_tensor(tensors, "lm_head.weight", config),
+    )
+    load_into(head, tensors)
+    head = place(head, embed, dtype, device)
+    if lm is not None:
+        head.head_weight = nn.Parameter(lm.to(device=device, dtype=dtype), requires_grad=False)
+    return head
+
+
+def read_tensors(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint at `path`, names without a `model.` prefix."""
+    return {_strip(name): whole(t) for name, t in iter_weights(path, "auto")}
+
+
+def pop_vocab_tensor(tensors: dict[str, torch.Tensor], name: str, config: Any) -> Optional[torch.Tensor]:
+    """`tensors[name]` removed (None when absent), checked to be [vocab, hidden]."""
+    want = (config.vocab_size, config.hidden_size)
+    tensor = tensors.pop(name, None)
+    if tensor is not None and tuple(tensor.shape) != want:
+        raise ValueError(f"EAGLE draft head: {name} is {tuple(tensor.shape)}, expected {want}")
+    return tensor
+
+
+def place(head: Any, embed: Optional[torch.Tensor], dtype: torch.dtype, device: torch.device) -> Any:
+    """`head` cast to `dtype` on `device`, its caches built, with its own embedding if given."""
     head = head.to(device=device, dtype=dtype)
     for module in head.modules():
         if hasattr(module, "init_cache"):  # rotary tables (float32) and kernel choices, after the cast
             module.init_cache(device)
     if embed is not None:
         head.embed = nn.Embedding.from_pretrained(embed.to(device=device, dtype=dtype))
-    if lm is not None:
-        head.head_weight = nn.Parameter(lm.to(device=device, dtype=dtype), requires_grad=False)
     return head
 
 

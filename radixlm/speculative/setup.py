@@ -36,7 +36,7 @@ def build_speculative(
 def _drafter(plan: Any, args: ServerArgs, runner: Any) -> Drafter:
     if plan.algorithm == "NGRAM":
         return NgramDrafter(plan.ngram_min, plan.ngram_max, plan.num_drafts)
-    if plan.algorithm == "EAGLE":
+    if plan.algorithm in ("EAGLE", "EAGLE3"):
         from radixlm.speculative.eagle import EagleDrafter
 
         eagle = EagleDrafter.build(args, plan, runner)

@@ -1,6 +1,8 @@
-"""A random EAGLE(-1/-2) draft head for a tiny target, saved in the published checkpoint layout:
+"""Random EAGLE draft heads for a tiny target, saved in the published checkpoint layouts. EAGLE-1/-2:
 config.json (a LlamaConfig of one layer), `fc.weight`/`fc.bias`, `layers.0.*` without
-`input_layernorm` (optionally with it), optionally `embed_tokens.weight` and `lm_head.weight`."""
+`input_layernorm` (optionally with it), optionally `embed_tokens.weight` and `lm_head.weight`.
+EAGLE-3: `fc.weight` over three target layers, `midlayer.*`, `norm.weight`, a draft-vocabulary
+`lm_head.weight`, `d2t` and `t2d`."""
 
 from __future__ import annotations
 
@@ -59,15 +61,66 @@ def make_eagle_head(
     **overrides: Any,
 ) -> str:
     """Save a random head for the target at `target_dir` into `out`; returns the directory."""
-    from safetensors.torch import save_file
-
     config = eagle_head_config(target_dir, **overrides)
     if tensors is None:
         tensors = head_tensors(config, seed, first_norm, own_embed)
+    return _save(out, config, tensors, "LlamaForCausalLM")
+
+
+def _save(out: str | os.PathLike, config: Any, tensors: dict, architecture: str) -> str:
+    from safetensors.torch import save_file
+
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
     raw = config.to_dict()
-    raw["architectures"] = ["LlamaForCausalLM"]
+    raw["architectures"] = [architecture]
     (path / "config.json").write_text(json.dumps(raw))
     return str(path)
+
+
+def eagle3_tensors(config: Any, seed: int, draft_ids: list[int]) -> dict:
+    """Random tensors of an EAGLE-3 head for `config` whose draft vocabulary is the target ids
+    `draft_ids` (HF names; `d2t` holds target id minus draft id, `t2d` the membership mask)."""
+    import torch
+
+    torch.manual_seed(seed)
+    h, inter = config.hidden_size, config.intermediate_size
+    hd = h // config.num_attention_heads
+    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+
+    def linear(out: int, inp: int) -> Any:
+        return torch.nn.Linear(inp, out, bias=False).weight.detach().clone()
+
+    tensors = {
+        "fc.weight": linear(h, 3 * h),
+        "midlayer.self_attn.q_proj.weight": linear(q, 2 * h),
+        "midlayer.self_attn.k_proj.weight": linear(kv, 2 * h),
+        "midlayer.self_attn.v_proj.weight": linear(kv, 2 * h),
+        "midlayer.self_attn.o_proj.weight": linear(h, q),
+        "midlayer.mlp.gate_proj.weight": linear(inter, h),
+        "midlayer.mlp.up_proj.weight": linear(inter, h),
+        "midlayer.mlp.down_proj.weight": linear(h, inter),
+        "lm_head.weight": torch.randn(len(draft_ids), h) * 0.3,
+        "d2t": torch.tensor(draft_ids) - torch.arange(len(draft_ids)),
+        "t2d": torch.zeros(config.vocab_size, dtype=torch.bool).index_fill_(0, torch.tensor(draft_ids), True),
+    }
+    for name in ("input_layernorm", "hidden_norm", "post_attention_layernorm"):
+        tensors[f"midlayer.{name}.weight"] = torch.empty(h).uniform_(0.5, 1.5)
+    tensors["norm.weight"] = torch.empty(h).uniform_(0.5, 1.5)
+    return tensors
+
+
+def make_eagle3_head(
+    out: str | os.PathLike, target_dir: str, layer_ids: list[int], seed: int = 0, tensors: Optional[dict] = None
+) -> str:
+    """Save a random EAGLE-3 head for the target at `target_dir` (draft vocabulary: every other
+    target id, reading the outputs of target layers `layer_ids`) into `out`."""
+    config = eagle_head_config(target_dir)
+    draft_ids = list(range(0, config.vocab_size, 2))
+    config = eagle_head_config(
+        target_dir, draft_vocab_size=len(draft_ids), eagle_config={"eagle_aux_hidden_state_layer_ids": layer_ids}
+    )
+    if tensors is None:
+        tensors = eagle3_tensors(config, seed, draft_ids)
+    return _save(out, config, tensors, "LlamaForCausalLMEagle3")
