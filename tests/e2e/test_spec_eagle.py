@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers.chi_square import two_sample_p
 from helpers.inproc_scheduler import generate, make_scheduler
-from helpers.tiny_eagle import make_eagle_head
+from helpers.tiny_eagle import make_eagle_head, make_small_vocab_llama
 
 from radixlm.ipc.messages import TokenizedGenerateReq
 from radixlm.sampling.sampling_params import SamplingParams
@@ -198,16 +198,7 @@ def test_head_with_own_embeddings_and_first_norm(tiny_llama_dir: str, plain_runs
 # -- sampling keeps the target's distribution -------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_vocab_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny random Llama over 12 tokens (no tokenizer), flatter logits than the shared one."""
-    from helpers.tiny_models import tiny_config
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config("llama", 12)
-    config.initializer_range = 0.05
-    torch.manual_seed(3)
-    out = tmp_path_factory.mktemp("vocab12") / "model"
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(str(out))
-    return str(out)
+    return make_small_vocab_llama(tmp_path_factory.mktemp("vocab12") / "model")
 
 
 def test_sampled_distribution_matches_plain(small_vocab_model: str, tmp_path: Path) -> None:

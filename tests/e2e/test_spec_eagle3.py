@@ -1,8 +1,9 @@
 """EAGLE-3 speculative decoding on the tiny random Llama with random heads written in-test in the
 published EAGLE-3 layout (draft vocabulary of every other target id): drafts equal a reference
 computed with HF transformers modules (intermediate target layers captured by hooks); greedy
-outputs equal the plain scheduler's; heads that cannot read the target are start-up errors. The
-pool leak check runs after every run (`generate`)."""
+outputs equal the plain scheduler's; sampled outputs keep the target's distribution
+(chi-square); heads that cannot read the target are start-up errors. The pool leak check runs
+after every run (`generate`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.chi_square import two_sample_p
 from helpers.inproc_scheduler import generate, make_scheduler
-from helpers.tiny_eagle import make_eagle3_head
+from helpers.tiny_eagle import make_eagle3_head, make_small_vocab_llama
 
 from radixlm.sampling.sampling_params import SamplingParams
 
@@ -117,6 +119,25 @@ def test_greedy_equals_plain(tiny_llama_dir: str, head3: str, page_size: int) ->
     info = sched.info()
     assert info["spec_verify_steps"] > 0 and info["spec_draft_tokens"] > 0
     assert spec[0]["meta"]["spec_verify_ct"] > 0
+
+
+def test_sampled_distribution_matches_plain(tmp_path: Path) -> None:
+    """Chi-square (two samples) at output positions 1, 2 and 3 and on the pairs at 1 and 2: with
+    an EAGLE-3 head (draft vocabulary: the even ids) drafting, temperature 1 sampling keeps the
+    plain distribution."""
+    target = make_small_vocab_llama(tmp_path / "vocab12")
+    n = 1500
+    prompts = [[3, 5, 7, 4, 6]] * n
+    params = [SamplingParams(max_new_tokens=4, ignore_eos=True, temperature=1.0)] * n
+    plain = generate(make_scheduler(target), prompts, params)
+    sched = _eagle3(target, make_eagle3_head(tmp_path / "head", target, LAYERS, seed=2), speculative_num_steps=2)
+    spec = generate(sched, prompts, params)
+    assert sched.info()["spec_accepted_tokens"] > 0
+    a = torch.tensor([r["ids"] for r in plain])
+    b = torch.tensor([r["ids"] for r in spec])
+    for col in (1, 2, 3):
+        assert two_sample_p(a[:, col], b[:, col], 12) > 1e-3
+    assert two_sample_p(a[:, 1] * 12 + a[:, 2], b[:, 1] * 12 + b[:, 2], 144) > 1e-3
 
 
 def test_default_layers_need_a_deeper_target(tiny_llama_dir: str, tmp_path: Path) -> None:

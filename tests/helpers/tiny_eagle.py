@@ -124,3 +124,18 @@ def make_eagle3_head(
     if tensors is None:
         tensors = eagle3_tensors(config, seed, draft_ids)
     return _save(out, config, tensors, "LlamaForCausalLMEagle3")
+
+
+def make_small_vocab_llama(out: str | os.PathLike) -> str:
+    """A tiny random Llama over 12 tokens (no tokenizer), flatter logits than the shared one:
+    for chi-square tests of sampled outputs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from helpers.tiny_models import tiny_config
+
+    config = tiny_config("llama", 12)
+    config.initializer_range = 0.05
+    torch.manual_seed(3)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(str(out))
+    return str(out)
