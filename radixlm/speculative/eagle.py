@@ -1,5 +1,6 @@
-"""EAGLE drafting (chain, topk 1): a small draft head reads the target model's final hidden states
-(its "features") and proposes each request's next tokens greedily.
+"""EAGLE / EAGLE3 drafting (chain, topk 1): a small draft head reads the target model's hidden
+states (its "features": the final-norm hidden state for EAGLE-1/-2, three intermediate layers'
+outputs for EAGLE-3, see `eagle3_head`) and proposes each request's next tokens greedily.
 
 Alignment: head row p reads the target feature of position p and the embedding of token p + 1,
 and its output stands in for the target feature of position p + 1 (its LM-head argmax guesses
@@ -33,7 +34,6 @@ from radixlm.mem_cache.kv_pool import KVPool
 from radixlm.scheduler.request import Req
 from radixlm.speculative.eagle3_head import AuxCapture, aux_layer_ids, load_eagle3_head
 from radixlm.speculative.eagle_head import (
-    EagleHead,
     check_head_shape,
     head_kv_shape,
     load_eagle_head,
@@ -62,19 +62,21 @@ class _Row:
 
 
 class EagleDrafter:
-    """Invariant: `features` holds entries only for requests seen in a forward since their last
-    `propose` and not finished or retracted since (`check_leak` drops those, then demands none).
-    `capture` (from the model runner, every forward) and `observe` (from the sampler, the same
-    batch right after) always come in pairs."""
+    """Invariant: `features` holds entries only for requests seen in a forward and not seen
+    finished or retracted since (`check_leak` drops those, then demands none). `capture` (from
+    the model runner, every forward) and `observe` (from the sampler, the same batch right after)
+    always come in pairs. `head` is an `EagleHead` or an `Eagle3Head` (same contract), and
+    `features_of` turns a forward's final hidden states into the head's features."""
 
     def __init__(
         self,
-        head: EagleHead,
+        head: Any,
         target: Any,
         table: torch.Tensor,
         pool: KVPool,
         scratch: tuple[int, int],
         num_drafts: int,
+        features_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> None:
         self.head, self.target, self.target_table, self.pool = head, target, table, pool
         self.backend = head.layers[0].self_attn.backend
@@ -83,7 +85,7 @@ class EagleDrafter:
         self.embed = head.embed if head.embed is not None else target.model.embed_tokens
         self.vocab = target.config.vocab_size
         self.features: dict[str, _Features] = {}
-        self.features_of: Callable[[torch.Tensor], torch.Tensor] = _final_hidden  # hidden -> head features
+        self.features_of = features_of or _final_hidden
         self._last: Optional[tuple[torch.Tensor, ForwardBatch]] = None
 
     @classmethod
@@ -109,9 +111,7 @@ class EagleDrafter:
         else:
             head, features_of = load_eagle_head(path, config, backend, dtype, device), _final_hidden
         table = runner.req_to_token_pool.table
-        drafter = cls(head, model, table, pool, (runner.pool.size + page, scratch), plan.num_drafts)
-        drafter.features_of = features_of
-        return drafter
+        return cls(head, model, table, pool, (runner.pool.size + page, scratch), plan.num_drafts, features_of)
 
     # -- hidden states in -----------------------------------------------------------
     def capture(self, hidden: torch.Tensor, batch: ForwardBatch) -> None:
