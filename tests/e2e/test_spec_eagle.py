@@ -110,9 +110,12 @@ def test_drafts_equal_an_hf_reference(tiny_llama_dir: str, head_dir: str, prompt
 
 
 # -- outputs are the target's ----------------------------------------------------------------------
-@pytest.mark.parametrize("page_size", [1, 4])
-def test_greedy_equals_plain(tiny_llama_dir: str, head_dir: str, plain_runs: list, page_size: int) -> None:
-    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=3, page_size=page_size)
+@pytest.mark.parametrize("page_size, backend", [(1, "auto"), (4, "auto"), (1, "torch_native")])
+def test_greedy_equals_plain(
+    tiny_llama_dir: str, head_dir: str, plain_runs: list, page_size: int, backend: str
+) -> None:
+    kw = dict(page_size=page_size, attention_backend=backend)
+    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=3, **kw)
     seen = _record_drafts(sched)
     spec = generate(sched, PROMPTS, [_greedy(n) for n in LENGTHS])
     assert [r["ids"] for r in spec] == plain_runs
