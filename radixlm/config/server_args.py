@@ -92,11 +92,11 @@ class ServerArgs:
     dp_rank: int = 0  # this replica's index among dp_size (set per replica by the DP client)
     load_balance_method: str = "cache_aware"
     # Speculative decoding (radixlm.speculative.args: conventions and checks).
-    speculative_algorithm: Optional[str] = None  # NGRAM or STANDALONE (EAGLE / EAGLE3: start-up error)
-    speculative_draft_model_path: Optional[str] = None  # STANDALONE's draft model (same tokenizer)
+    speculative_algorithm: Optional[str] = None  # NGRAM, STANDALONE, EAGLE or EAGLE3
+    speculative_draft_model_path: Optional[str] = None  # STANDALONE's draft model / an EAGLE(3) draft head
     speculative_num_steps: Optional[int] = None  # draft tokens per verify step
     speculative_num_draft_tokens: Optional[int] = None  # positions one verify scores (num_steps + 1)
-    speculative_eagle_topk: Optional[int] = None  # only 1 (a chain) is supported
+    speculative_eagle_topk: Optional[int] = None  # only 1 (a chain) is supported; > 1: start-up error
     speculative_ngram_min_match_window_size: int = 1
     speculative_ngram_max_match_window_size: int = 4
     # LoRA adapters (radixlm.lora): `name=path` or a bare path each; the pool's slots and rank.

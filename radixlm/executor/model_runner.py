@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -81,6 +81,7 @@ class ModelRunner:
         self.model = self._load_model()
         self.lora = self._lora_manager()  # None unless LoRA adapters are served
         self._prepare = self.lora.prepare if self.lora is not None else _no_prepare
+        self._capture: Callable[[torch.Tensor, ForwardBatch], None] = _no_capture  # see capture_hidden
         plan = getattr(self.model, "quant_plan", None)
         self.quantization = None if plan is None else plan.info  # what get_server_info reports
         if plan is not None and args.enable_torch_compile:
@@ -256,7 +257,15 @@ class ModelRunner:
         self._prepare(batch)
         self.backend.init_forward_metadata(batch)
         hidden = self.model(batch.input_ids, batch.positions, batch)
+        self._capture(hidden, batch)
         return self.output(hidden, batch)
+
+    def capture_hidden(self, sink: Callable[[torch.Tensor, ForwardBatch], None]) -> None:
+        """From now on every forward hands `sink` the model's final (post-norm) hidden states of
+        all its rows [T, H] with its batch (EAGLE drafting reads them). CUDA-graph decode is
+        dropped: a replay would skip the sink."""
+        self._capture = sink
+        self.graphs = None
 
     def _logits(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.model.compute_logits(logit_hidden(hidden, batch))
@@ -284,6 +293,10 @@ def weight_bytes(model: Any) -> int:
 
 def _no_prepare(batch: ForwardBatch) -> None:
     """The per-forward LoRA step of a runner without adapters."""
+
+
+def _no_capture(hidden: torch.Tensor, batch: ForwardBatch) -> None:
+    """The hidden-state sink of a runner nobody reads hidden states from."""
 
 
 def _hidden_states(hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:

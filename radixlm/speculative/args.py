@@ -13,8 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 SPECULATIVE_ALGORITHMS = ("NGRAM", "STANDALONE", "EAGLE", "EAGLE3")
-NOT_IMPLEMENTED = ("EAGLE", "EAGLE3")
-DEFAULT_DRAFTS = {"NGRAM": 7, "STANDALONE": 4}  # draft tokens per verify step when no flag says
+DEFAULT_DRAFTS = {
+    "NGRAM": 7,
+    "STANDALONE": 4,
+    "EAGLE": 3,
+    "EAGLE3": 3,
+}  # draft tokens per verify step when no flag says
+NEEDS_DRAFT_PATH = ("STANDALONE", "EAGLE", "EAGLE3")
 
 
 @dataclass(frozen=True)
@@ -39,15 +44,13 @@ def check_speculative(args: Any) -> Optional[SpecPlan]:
     algo = algo.upper()
     if algo not in SPECULATIVE_ALGORITHMS:
         raise ValueError(f"speculative_algorithm must be one of {list(SPECULATIVE_ALGORITHMS)}, got {algo!r}")
-    if algo in NOT_IMPLEMENTED:
-        raise ValueError(
-            f"--speculative-algorithm {algo} is not implemented (EAGLE / EAGLE3 draft heads); use NGRAM or STANDALONE"
-        )
     if args.is_embedding:
         raise ValueError("--speculative-algorithm needs a generation model, not --is-embedding")
     topk = args.speculative_eagle_topk
     if topk not in (None, 1):
-        raise ValueError(f"--speculative-eagle-topk {topk}: {algo} drafts a chain, only topk 1 is supported")
+        raise ValueError(
+            f"--speculative-eagle-topk {topk}: {algo} drafts a chain (no token tree), only topk 1 is supported"
+        )
     drafts = _num_drafts(algo, args.speculative_num_steps, args.speculative_num_draft_tokens)
     return SpecPlan(algo, drafts, *_algorithm_fields(algo, args))
 
@@ -71,13 +74,13 @@ def _num_drafts(algo: str, steps: Optional[int], tokens: Optional[int]) -> int:
 def _algorithm_fields(algo: str, args: Any) -> tuple[Optional[str], int, int]:
     path = args.speculative_draft_model_path
     lo, hi = args.speculative_ngram_min_match_window_size, args.speculative_ngram_max_match_window_size
-    if algo == "STANDALONE":
+    if algo in NEEDS_DRAFT_PATH:
         if not path:
-            raise ValueError("--speculative-algorithm STANDALONE needs --speculative-draft-model-path")
+            raise ValueError(f"--speculative-algorithm {algo} needs --speculative-draft-model-path")
         if args.tp_size > 1:
-            raise ValueError("--speculative-algorithm STANDALONE is not supported with --tp > 1 yet")
+            raise ValueError(f"--speculative-algorithm {algo} is not supported with --tp > 1 yet")
     elif path:
-        raise ValueError(f"--speculative-draft-model-path is only read by STANDALONE, not {algo}")
+        raise ValueError(f"--speculative-draft-model-path is only read by STANDALONE and EAGLE / EAGLE3, not {algo}")
     if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
         raise ValueError(
             "speculative_ngram_min_match_window_size and speculative_ngram_max_match_window_size must be "

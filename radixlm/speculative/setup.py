@@ -26,17 +26,24 @@ def build_speculative(
     graphs = getattr(runner, "graphs", None)  # verify steps that fit run in the decode graphs
     decode_rows = graphs.max_bs if graphs is not None else 0
     spec = SpecDecoder(drafter, cache, runner.context_len, runner.vocab_size, runner.device, decode_rows)
+    observe = getattr(drafter, "observe", None)  # a drafter reading the target's hidden states
     logger.info(
         "speculative decoding: %s, %d draft tokens per verify step; the plain (non-overlapped) scheduler loop is used",
         plan.algorithm,
         plan.num_drafts,
     )
-    return spec, SpeculativeSampler(sampler, cache, spec.stats)
+    return spec, SpeculativeSampler(sampler, cache, spec.stats, observe)
 
 
 def _drafter(plan: Any, args: ServerArgs, runner: Any) -> Drafter:
     if plan.algorithm == "NGRAM":
         return NgramDrafter(plan.ngram_min, plan.ngram_max, plan.num_drafts)
+    if plan.algorithm in ("EAGLE", "EAGLE3"):
+        from radixlm.speculative.eagle import EagleDrafter
+
+        eagle = EagleDrafter.build(args, plan, runner)
+        runner.capture_hidden(eagle.capture)
+        return eagle
     from radixlm.speculative.standalone import StandaloneDrafter
 
     return StandaloneDrafter.build(args, plan, runner)

@@ -5,7 +5,7 @@ stop checks, and the KV of every rejected or cut-off token is given back."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -24,13 +24,23 @@ class SpeculativeSampler:
     """`TokenSampler`'s contract (`launch`, `finish`, `structured`). Runs with the plain loop
     only: a verify batch's tokens are decided in `launch`, and `finish` must follow before the
     next batch is built. After `finish`, each request of a verify batch holds KV for exactly
-    its tokens but the last (`kv_len == seq_len - 1`, or less after forced jump-forward text)."""
+    its tokens but the last (`kv_len == seq_len - 1`, or less after forced jump-forward text).
+    `observe`, when given, sees every launched batch right after its forward (EAGLE pairs it
+    with the hidden states the model runner handed over)."""
 
-    def __init__(self, plain: TokenSampler, cache: KVCacheManager, stats: SpecStats) -> None:
+    def __init__(
+        self,
+        plain: TokenSampler,
+        cache: KVCacheManager,
+        stats: SpecStats,
+        observe: Optional[Callable[[Any], None]] = None,
+    ) -> None:
         self.plain, self.cache, self.stats = plain, cache, stats
         self.structured, self.text = plain.structured, plain.text
+        self.observe = observe or _ignore
 
     def launch(self, batch, logits: torch.Tensor, token_buf: torch.Tensor) -> LaunchedBatch:  # noqa: ANN001
+        self.observe(batch)
         if not isinstance(batch, VerifyBatch):
             return self.plain.launch(batch, logits, token_buf)
         masked = self._mask(batch, logits)
@@ -92,6 +102,10 @@ class SpeculativeSampler:
             if not stepper.accept(req, token):
                 return tokens[: j + 1]
         return tokens[:-1] + self.structured.advance(req, tokens[-1])
+
+
+def _ignore(batch: Any) -> None:
+    """The observer of a drafter that reads no hidden states."""
 
 
 def _record_logprob(req: Req, lp: Optional[torch.Tensor], token: int) -> None:

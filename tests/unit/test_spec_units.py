@@ -20,13 +20,24 @@ def test_plan_defaults_and_sglang_convention() -> None:
     plan = ServerArgs(speculative_algorithm="ngram", speculative_num_draft_tokens=5).speculative_plan()
     assert plan.algorithm == "NGRAM" and plan.num_drafts == 4
     assert ServerArgs().speculative_plan() is None
+    eagle = ServerArgs(speculative_algorithm="EAGLE", speculative_draft_model_path="/x").speculative_plan()
+    assert (eagle.algorithm, eagle.num_drafts, eagle.draft_model_path) == ("EAGLE", 3, "/x")
 
 
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        (dict(speculative_algorithm="EAGLE"), "EAGLE"),
-        (dict(speculative_algorithm="EAGLE3"), "not implemented"),
+        (dict(speculative_algorithm="EAGLE"), "EAGLE needs --speculative-draft-model-path"),
+        (
+            dict(speculative_algorithm="EAGLE", speculative_draft_model_path="/x", speculative_eagle_topk=4),
+            "eagle-topk 4",
+        ),
+        (
+            dict(speculative_algorithm="EAGLE", speculative_draft_model_path="/x", tp_size=2),
+            "EAGLE is not supported with --tp",
+        ),
+        (dict(speculative_algorithm="EAGLE3"), "EAGLE3 needs --speculative-draft-model-path"),
+        (dict(speculative_algorithm="EAGLE3", speculative_draft_model_path="/x", speculative_eagle_topk=2), "topk 2"),
         (dict(speculative_algorithm="MEDUSA"), "speculative_algorithm"),
         (dict(speculative_algorithm="NGRAM", speculative_eagle_topk=4), "topk"),
         (dict(speculative_algorithm="NGRAM", speculative_num_steps=3, speculative_num_draft_tokens=8), "num_steps"),
