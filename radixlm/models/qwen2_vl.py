@@ -27,6 +27,7 @@ from radixlm.layers.mrope import MRotaryEmbedding
 from radixlm.models.llama import _rope_parameters
 from radixlm.models.llava import merge_image_rows
 from radixlm.models.qwen2 import Qwen2Attention, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2Model
+from radixlm.models.qwen2_vl_vision import QwenVisionEncoder
 from radixlm.multimodal.inputs import ImageInput
 
 # checkpoint prefix -> ours (transformers >= 4.52 saves these; Qwen's own checkpoints already use ours)
@@ -76,6 +77,7 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         self.language_model = Qwen2VLLanguageModel(text, backend, tp)
         module, name = self.vision_class
         self.visual = getattr(importlib.import_module(module), name)._from_config(config.vision_config)
+        self.vision_encoder = QwenVisionEncoder(self.visual)  # runs self.visual's modules, batched attention
         self.vocab_size = text.vocab_size
         self.rope_deltas: Optional[torch.Tensor] = None  # [request-pool rows] int64, made at the first forward
 
@@ -121,10 +123,8 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         """Per image, its [length, hidden] embedding rows (one vision-tower call for all; its
         attention never crosses images)."""
         param = self.visual.patch_embed.proj.weight
-        pixels = torch.cat([torch.from_numpy(img.pixel_values) for img in images]).to(param.device, param.dtype)
-        grid = torch.tensor([img.grid_thw for img in images], dtype=torch.int64, device=param.device)
-        out = self.visual(pixels, grid_thw=grid)
-        merged = out if isinstance(out, torch.Tensor) else out.pooler_output  # older transformers: the tensor
+        pixels = torch.cat([torch.from_numpy(img.pixel_values).to(param.device) for img in images])  # no host copy
+        merged = self.vision_encoder(pixels, [img.grid_thw for img in images])
         return list(torch.split(merged, [img.length for img in images]))
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
