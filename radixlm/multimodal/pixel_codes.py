@@ -37,20 +37,27 @@ def encode(values: np.ndarray, affine: tuple[np.ndarray, np.ndarray, float]) -> 
     levels = by_channel * (std / scale).astype(np.float32)[:, None]
     levels += (mean / scale).astype(np.float32)[:, None]
     codes = np.rint(levels, out=levels).astype(np.uint8)  # a wrong code is caught by the check below
-    table = np.zeros((channels, LEVELS), dtype=np.float32)
-    for c in range(channels):
-        table[c, codes[:, c]] = by_channel[:, c]
-    if not np.array_equal(table[np.arange(channels)[:, None], codes], by_channel):
+    index = _table_index(codes, channels)
+    table = np.zeros(channels * LEVELS, dtype=np.float32)
+    table[index] = by_channel.reshape(-1)  # a code seen with two values keeps one: the check fails
+    if not np.array_equal(table.take(index), by_channel.reshape(-1)):
         return None
-    return codes.reshape(rows, cols), table
+    return codes.reshape(rows, cols), table.reshape(channels, LEVELS)
+
+
+def _table_index(codes: np.ndarray, channels: int) -> np.ndarray:
+    """Flat [channels * 256] table positions of [rows, channels, per_channel] uint8 codes."""
+    index = codes.astype(np.int16)
+    index += (np.arange(channels, dtype=np.int16) * LEVELS)[:, None]
+    return index.reshape(-1)
 
 
 def decode_numpy(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
     """The float32 [rows, cols] array `encode` was given."""
     rows, cols = codes.shape
     channels = table.shape[0]
-    by_channel = codes.reshape(rows, channels, cols // channels)
-    return table[np.arange(channels)[:, None], by_channel].reshape(rows, cols)
+    index = _table_index(codes.reshape(rows, channels, cols // channels), channels)
+    return table.reshape(-1).take(index).reshape(rows, cols)
 
 
 def decode_torch(codes: np.ndarray, table: np.ndarray, device: torch.device) -> torch.Tensor:
