@@ -13,6 +13,7 @@ printed as output tokens per second.
 
     python benchmarks/vlm_bench.py                       # Qwen2.5-VL-7B shape, bf16, CUDA
     python benchmarks/vlm_bench.py --tiny                # tiny shape on CPU (a smoke run)
+    python benchmarks/vlm_bench.py --profile             # where the time goes (vlm_profile.py), ~1 min
 """
 
 from __future__ import annotations
@@ -274,6 +275,9 @@ def main() -> None:
     ap.add_argument("--text-len", type=int, default=16, help="tokens before and after the image")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda; tiny cpu)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument(
+        "--profile", action="store_true", help="only vlm_profile.py's short split (front, tower, prefill, decode)"
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     tiny = a.tiny
@@ -284,6 +288,14 @@ def main() -> None:
     batches = a.hf_batches or ([4, 8] if tiny else [16, 32, 64])
     device = a.device or ("cpu" if tiny else "cuda")
     dtype = "float32" if device == "cpu" else "bfloat16"
+    if a.profile:
+        from vlm_profile import profile
+
+        results = profile(tiny, a.requests or (4 if tiny else 32), side, out_len)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return
     path = model_dir(TINY if tiny else QWEN25_VL_7B)
     works = {
         "distinct": workload(n, n, side, a.text_len, seed=1),

@@ -27,7 +27,9 @@ from radixlm.layers.mrope import MRotaryEmbedding
 from radixlm.models.llama import _rope_parameters
 from radixlm.models.llava import merge_image_rows
 from radixlm.models.qwen2 import Qwen2Attention, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2Model
+from radixlm.models.qwen2_vl_vision import QwenVisionEncoder
 from radixlm.multimodal.inputs import ImageInput
+from radixlm.multimodal.pixel_codes import decode_torch
 
 # checkpoint prefix -> ours (transformers >= 4.52 saves these; Qwen's own checkpoints already use ours)
 _PREFIXES = (
@@ -76,6 +78,7 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         self.language_model = Qwen2VLLanguageModel(text, backend, tp)
         module, name = self.vision_class
         self.visual = getattr(importlib.import_module(module), name)._from_config(config.vision_config)
+        self.vision_encoder = QwenVisionEncoder(self.visual)  # runs self.visual's modules, batched attention
         self.vocab_size = text.vocab_size
         self.rope_deltas: Optional[torch.Tensor] = None  # [request-pool rows] int64, made at the first forward
 
@@ -121,10 +124,8 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         """Per image, its [length, hidden] embedding rows (one vision-tower call for all; its
         attention never crosses images)."""
         param = self.visual.patch_embed.proj.weight
-        pixels = torch.cat([torch.from_numpy(img.pixel_values) for img in images]).to(param.device, param.dtype)
-        grid = torch.tensor([img.grid_thw for img in images], dtype=torch.int64, device=param.device)
-        out = self.visual(pixels, grid_thw=grid)
-        merged = out if isinstance(out, torch.Tensor) else out.pooler_output  # older transformers: the tensor
+        pixels = torch.cat([_device_pixels(img, param.device) for img in images])  # no host copy
+        merged = self.vision_encoder(pixels, [img.grid_thw for img in images])
         return list(torch.split(merged, [img.length for img in images]))
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> None:
@@ -153,6 +154,14 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
     attention, RMSNorm and a gated MLP (transformers' module)."""
 
     vision_class = ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VisionTransformerPretrainedModel")
+
+
+def _device_pixels(image: ImageInput, device: torch.device) -> torch.Tensor:
+    """An image's float32 [patches, C*T*P*P] pixels on `device` (decoded there from its uint8
+    codes where the front sent those)."""
+    if image.pixel_table is None:
+        return torch.from_numpy(image.pixel_values).to(device)
+    return decode_torch(image.pixel_values, image.pixel_table, device)
 
 
 def _canonical(name: str) -> str:

@@ -22,6 +22,9 @@ class ImageInput:
     image_size: Optional[tuple[int, int]] = None  # the original (height, width), where the layout depends on it
     grid_thw: Optional[tuple[int, int, int]] = None  # Qwen2-VL: the patch grid (temporal, height, width)
     merge: int = 1  # Qwen2-VL: patches merged per side into one embedding row
+    # Qwen2-VL, where exact: `pixel_values` holds uint8 codes of the float32 patches and this
+    # [channels, 256] float32 table their values (radixlm.multimodal.pixel_codes)
+    pixel_table: Optional[np.ndarray] = None
 
     @property
     def llm_grid(self) -> Optional[tuple[int, int, int]]:

@@ -25,6 +25,7 @@ from radixlm.multimodal.hashing import image_digest, pad_value
 from radixlm.multimodal.images import ImageError, check_pixels, decode_image, engine_image_bytes
 from radixlm.multimodal.inputs import ImageInput
 from radixlm.multimodal.llava_original import original_image_processor
+from radixlm.multimodal.pixel_codes import channel_affine, encode
 
 _PREP_THREADS = min(8, os.cpu_count() or 1)
 
@@ -54,6 +55,7 @@ class ImagePreprocessor:
         self.vocab_size = config.text_config.vocab_size
         self.check_id = self.token_id if self.token_id < self.vocab_size else 0
         self.max_images = max_images
+        self.affine = channel_affine(processor) if self.merge is not None else None  # Qwen2-VL: pixel codes
 
     @classmethod
     def for_model(cls, model_path: str, config: Any, max_images: int) -> "ImagePreprocessor | None":
@@ -94,11 +96,10 @@ class ImagePreprocessor:
         for place, (values, size, grid) in zip(places, pixels):
             check += ids[prev:place]
             padded += ids[prev:place]
-            pad = pad_value(image_digest(values, grid or ()), self.vocab_size)
-            images.append(self._image_input(values, len(padded), pad, size, grid))
+            images.append(self._hashed_input(values, len(padded), size, grid))
             count = images[-1].length
             check += [self.check_id] * count
-            padded += [pad] * count
+            padded += [images[-1].pad_value] * count
             prev = place + 1
         return PreparedPrompt(check + ids[prev:], padded + ids[prev:], images)
 
@@ -112,6 +113,22 @@ class ImagePreprocessor:
         with ThreadPoolExecutor(min(len(jobs), _PREP_THREADS)) as pool:
             futures = {i: pool.submit(self.prepare, ids_list[i], sources_list[i]) for i in jobs}
             return [futures[i].result() if i in futures else None for i in range(len(ids_list))]
+
+    def _hashed_input(
+        self, values: np.ndarray, offset: int, size: tuple[int, int], grid: Optional[tuple[int, int, int]]
+    ) -> ImageInput:
+        """The image's input with its content-hash pad id; Qwen2-VL pixels travel as exact
+        uint8 codes where they can (hashed in that form: equal codes and table iff equal pixels)."""
+        coded = encode(values, self.affine) if self.affine is not None and grid is not None else None
+        if coded is None:
+            return self._image_input(
+                values, offset, pad_value(image_digest(values, grid or ()), self.vocab_size), size, grid
+            )
+        codes, table = coded
+        digest = image_digest(codes, (*grid, image_digest(table).hex()))
+        image = self._image_input(codes, offset, pad_value(digest, self.vocab_size), size, grid)
+        image.pixel_table = table
+        return image
 
     def _image_input(
         self, values: np.ndarray, offset: int, pad: int, size: tuple[int, int], grid: Optional[tuple[int, int, int]]

@@ -32,3 +32,21 @@ def test_vlm_bench_tiny(tmp_path: Path) -> None:
     assert shared["cached_tokens"] > distinct["cached_tokens"]
     for kind in ("with_preprocessing", "generate_only"):
         assert set(result["hf_distinct_tok_s"][kind]) == {"4"} and result["hf_distinct_tok_s"][kind]["4"] > 0
+
+
+@pytest.mark.slow
+def test_vlm_bench_profile_tiny(tmp_path: Path) -> None:
+    """`--profile` prints the split: our tower equals transformers' on the same pixels, and the
+    engine's prefill and decode times are measured."""
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "vlm_bench.py"), "--tiny", "--profile", "--requests", "2"]
+    cmd += ["--output-len", "3", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    tower, engine = result["tower"], result["engine"]
+    assert tower["images"] == 2 and tower["patches_per_image"] == (56 // 4) ** 2
+    assert tower["max_abs_diff"] < 1e-5 and tower["ours_ms_per_image"] > 0 and tower["transformers_ms_per_image"] > 0
+    assert engine["requests"] == 2 and engine["prompt_tokens_per_request"] == 16 + 3 + 16 - 1 + 49
+    assert engine["prefill_with_images_ms_per_request"] > 0 and engine["generate_s"] > 0

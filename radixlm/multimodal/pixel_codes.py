@@ -1,0 +1,69 @@
+"""A lossless 4x smaller form of processed Qwen2-VL pixels for the trip front → scheduler →
+GPU: an image processor that rescales and normalizes 8-bit pixels gives each channel at most
+256 distinct float32 values, so the [patches, C*T*P*P] array is uint8 codes plus a
+[C, 256] float32 table. Encoding is checked bitwise; an array that is not exactly
+representable (another processor, resampling after normalization) keeps its float32 form."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+LEVELS = 256
+
+
+def channel_affine(processor: Any) -> Optional[tuple[np.ndarray, np.ndarray, float]]:
+    """(mean, std, rescale factor) of an HF image processor that rescales and normalizes,
+    else None (then nothing is encoded)."""
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    scale = getattr(processor, "rescale_factor", None)
+    if mean is None or std is None or not scale or not getattr(processor, "do_normalize", True):
+        return None
+    return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64), float(scale)
+
+
+def encode(values: np.ndarray, affine: tuple[np.ndarray, np.ndarray, float]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(codes uint8 [rows, cols], table float32 [channels, 256]) with
+    `decode_numpy(codes, table) == values` bitwise (column j is channel j // (cols / channels));
+    None when `values` [rows, cols] float32 is not exactly representable so."""
+    mean, std, scale = affine
+    channels = len(mean)
+    rows, cols = values.shape
+    if values.dtype != np.float32 or cols % channels:
+        return None
+    by_channel = values.reshape(rows, channels, cols // channels)
+    levels = by_channel * (std / scale).astype(np.float32)[:, None]
+    levels += (mean / scale).astype(np.float32)[:, None]
+    codes = np.rint(levels, out=levels).astype(np.uint8)  # a wrong code is caught by the check below
+    index = _table_index(codes, channels)
+    table = np.zeros(channels * LEVELS, dtype=np.float32)
+    table[index] = by_channel.reshape(-1)  # a code seen with two values keeps one: the check fails
+    if not np.array_equal(table.take(index), by_channel.reshape(-1)):
+        return None
+    return codes.reshape(rows, cols), table.reshape(channels, LEVELS)
+
+
+def _table_index(codes: np.ndarray, channels: int) -> np.ndarray:
+    """Flat [channels * 256] table positions of [rows, channels, per_channel] uint8 codes."""
+    index = codes.astype(np.int16)
+    index += (np.arange(channels, dtype=np.int16) * LEVELS)[:, None]
+    return index.reshape(-1)
+
+
+def decode_numpy(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The float32 [rows, cols] array `encode` was given."""
+    rows, cols = codes.shape
+    channels = table.shape[0]
+    index = _table_index(codes.reshape(rows, channels, cols // channels), channels)
+    return table.reshape(-1).take(index).reshape(rows, cols)
+
+
+def decode_torch(codes: np.ndarray, table: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`decode_numpy` on `device`: only the codes and the table are copied there."""
+    rows, cols = codes.shape
+    channels = table.shape[0]
+    index = torch.from_numpy(codes).to(device).view(rows, channels, cols // channels).long()
+    index += torch.arange(channels, device=device).view(1, channels, 1) * LEVELS
+    return torch.from_numpy(table).to(device).view(-1)[index].view(rows, cols)
