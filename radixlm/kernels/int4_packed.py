@@ -24,7 +24,8 @@ dtype and multiplied with `tl.dot` (float32 accumulation; IEEE for float32 input
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 import torch
 
@@ -174,6 +175,10 @@ if triton is not None:
             tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+# Batch-1 launches measured best by `benchmarks/int4_gemv_sweep.py`: (N, K, group) -> config.
+TUNED: Mapping[tuple[int, int, int], GemvConfig] = MappingProxyType({})
+
+
 def _tile_groups(block_k: int, group: int, groups: int) -> int:
     """Groups per K tile: block_k in whole groups, halved until it divides `groups` (a split's)."""
     tiles = max(block_k // group, 1)
@@ -194,8 +199,11 @@ def _split(tiles: int, groups: int, tile_groups: int, programs: int, min_tiles: 
 
 
 def gemv_config(m: int, n: int, k: int, group: int) -> GemvConfig:
-    """Default GEMV launch: 16 rows x 512 elements per tile, 8 rows when N is small, and K split
-    while there are fewer than ~3 programs per SM (each split keeping at least two tiles)."""
+    """The GEMV launch: `TUNED`'s for one row at a measured shape; else 16 rows x 512 elements per
+    tile, 8 rows when N is small, and K split while there are fewer than ~3 programs per SM (each
+    split keeping at least two tiles)."""
+    if m == 1 and (n, k, group) in TUNED:
+        return TUNED[(n, k, group)]
     block_n = 16 if n >= 3 * SMS * 16 else 8
     block_k = 512
     split = _split(m * -(-n // block_n), k // group, _tile_groups(block_k, group, k // group), 3 * SMS, 2)
