@@ -19,6 +19,7 @@ reported and skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -90,11 +91,11 @@ def packed_weights(fmt: str, n: int, k: int, gen: torch.Generator) -> list[Packe
     if fmt == "gptq":
         q = torch.randint(0, 16, (n, k), generator=gen, device="cuda")
         s = torch.full((n, k // 128), 0.04 / 15, dtype=torch.bfloat16, device="cuda")
-        one = PackedInt4(pack_codes(q, 128), s, -8 * s.float(), 128)
+        one = PackedInt4(pack_codes(q, 32), s, -8 * s.float(), 128, 32)
     else:
         one = from_q4k(q4k_rows(n, k, gen), k, torch.float16 if fmt == "q4k-f16" else torch.float32)
     count = copies_for(nbytes(one.codes, one.scales, one.bias))
-    return [PackedInt4(one.codes.clone(), one.scales.clone(), one.bias.clone(), one.group) for _ in range(count)]
+    return [dataclasses.replace(one, codes=one.codes.clone()) for _ in range(count)]
 
 
 def q4k_rows(n: int, k: int, gen: torch.Generator) -> torch.Tensor:

@@ -162,15 +162,15 @@ def check_kernels(device: str) -> None:
         rows, _ = q4k_case(n, k, n)
         cases.append(P.from_q4k(rows, k, torch.float32))
         cases.append(P.from_q4k(rows, k, torch.float16))
-    for n, k, group in ((72, 1024, 128), (20, 256, 64)):
+    for n, k, group in ((72, 1024, 128), (20, 256, 64), (24, 256, 16)):
         q = torch.randint(0, 16, (n, k), generator=gen)
         s = torch.rand(n, k // group, generator=gen).half() * 0.01
         b = -torch.randint(0, 16, (n, k // group), generator=gen) * s.float()
-        cases.append(P.PackedInt4(P.pack_codes(q, group), s, b, group))
+        cases.append(P.PackedInt4(P.pack_codes(q, P.plane_of(group)), s, b, group, P.plane_of(group)))
     configs = [None, K.GemvConfig(8, 256, 2, 2), K.GemvConfig(32, 512, 1, 4, 2), K.GemvConfig(16, 128, 4, 4)]
     for p in cases:
         w = P.dequantize(p).double()
-        p = P.PackedInt4(p.codes.to(device), p.scales.to(device), p.bias.to(device), p.group)
+        p = P.PackedInt4(p.codes.to(device), p.scales.to(device), p.bias.to(device), p.group, p.plane)
         for dtype, tol in ((torch.float32, 1e-5),) + tuple((h, 1e-2) for h in halves):
             for m in (1, 3):
                 x = torch.randn(m, p.k, generator=gen).to(dtype)
@@ -183,7 +183,7 @@ def check_kernels(device: str) -> None:
             for m in (9, 20):
                 x = torch.randn(m, p.k, generator=gen).to(gemm_dtype)
                 bias = torch.randn(p.n, generator=gen).to(gemm_dtype)
-                got = K.matmul(p, x.to(device), bias.to(device))
+                got = K.bind(p)(x.to(device), bias.to(device))
                 want = x.double() @ w.t() + bias.double()
                 assert got.dtype == gemm_dtype and rel_err(got, want) < tol, (p.n, p.k, gemm_dtype, m)
 
@@ -282,7 +282,7 @@ def test_compiled_gemv_at_llama_shapes(n: int, k: int) -> None:
         q = torch.randint(0, 16, (n, k), generator=gen)
         s = torch.rand(n, k // group, generator=gen).half() * 0.01
         b = -8 * s.float()
-        p = P.PackedInt4(P.pack_codes(q, group).cuda(), s.cuda(), b.cuda(), group)
+        p = P.PackedInt4(P.pack_codes(q, 32).cuda(), s.cuda(), b.cuda(), group, 32)
         x = torch.randn(1, k, generator=gen).to("cuda", torch.bfloat16)
         want = x.double() @ P.dequantize(p).double().t()
         assert rel_err(K.gemv(p, x), want) < 1e-2

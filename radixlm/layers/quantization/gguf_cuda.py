@@ -47,13 +47,17 @@ def cuda_matmul(layer: nn.Module, groups: list[tuple[torch.Tensor, int]], k: int
         if qtype == gguf_blocks.Q4_K:
             packed = repack_q4k(rows, k)
             hold(layer, packed, prefix=f"q4k{index}_")
-            parts.append(partial(int4_packed.matmul, packed))
+            parts.append(partial(_packed_part, int4_packed.bind(packed)))
         else:
             view = buffer.narrow(0, offset, rows.numel()).view(rows.shape)
             offset += rows.numel()
             parts.append(partial(_blocks_matmul, gguf_gemv, view, qtype, k))
     replace(layer, "weight", buffer)
     return partial(_concat, parts)
+
+
+def _packed_part(matmul: MatmulFn, x: torch.Tensor) -> torch.Tensor:
+    return matmul(x, None)
 
 
 def _blocks_matmul(kernels: object, rows: torch.Tensor, qtype: int, k: int, x: torch.Tensor) -> torch.Tensor:

@@ -175,4 +175,4 @@ def repack_for_gpu(layer: nn.Module, group: int) -> MatmulFn:
     for name in ("qweight", "qzeros", "scales"):
         delattr(layer, name)
     hold(layer, packed)
-    return partial(int4_packed.matmul, packed)
+    return int4_packed.bind(packed)

@@ -2,10 +2,11 @@
 
 `PackedInt4` holds W [N, K] (y = x W^T) as
   * `codes` int32 [N, K / 8]: each output row's codes contiguous, so a program streams whole
-    rows in wide vectors. Within group g of G elements (GW = G / 8 words), nibble i of word
-    g * GW + j holds q[n, g * G + i * GW + j]: the i-th nibble plane of a group meets GW
-    consecutive activations;
-  * `scales`, `bias` [N, K / G]; w[n, k] = scales[n, k // G] * q[n, k] + bias[n, k // G].
+    rows in wide vectors. Within plane group p of P = `plane` elements (32, or 16 for groups of
+    16; PW = P / 8 words), nibble i of word p * PW + j holds q[n, p * P + i * PW + j]: the i-th
+    nibble plane of a plane group meets PW consecutive activations;
+  * `scales`, `bias` [N, K / G] (G = `group`, a multiple of P); w[n, k] = scales[n, k // G] *
+    q[n, k] + bias[n, k // G].
 
 G is a power of two from 16 to 128; a checkpoint group that is larger (GPTQ's -1: one group
 per row) is stored as sub-groups with repeated scales. Exactness of the conversions:
@@ -37,6 +38,7 @@ class PackedInt4:
     scales: torch.Tensor
     bias: torch.Tensor
     group: int
+    plane: int
 
     @property
     def n(self) -> int:
@@ -57,8 +59,14 @@ def layout_group(group: int, k: int) -> int:
     return g
 
 
+def plane_of(group: int) -> int:
+    """The plane group of a scale group: 32 elements (four words: one 16-byte vector), or 16."""
+    return 32 if group % 32 == 0 else 16
+
+
 def pack_codes(q: torch.Tensor, group: int) -> torch.Tensor:
-    """Codes q [N, K] (0..15) -> int32 words [N, K / 8] in plane order within each group."""
+    """Codes q [N, K] (0..15) -> int32 words [N, K / 8] in plane order within each plane group
+    of `group` elements."""
     n, k = q.shape
     gw = group // 8
     out = torch.empty((n, k // 8), dtype=torch.int32, device=q.device)
@@ -82,7 +90,7 @@ def unpack_codes(codes: torch.Tensor, group: int) -> torch.Tensor:
 
 def dequantize(p: PackedInt4) -> torch.Tensor:
     """float32 W [N, K]."""
-    q = unpack_codes(p.codes, p.group).float()
+    q = unpack_codes(p.codes, p.plane).float()
     rep = lambda t: t.float().repeat_interleave(p.group, 1)  # noqa: E731
     return rep(p.scales) * q + rep(p.bias)
 
@@ -99,7 +107,8 @@ def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
     s = scales.t()
     rep = group // g
     bias = (-z * s.float()).repeat_interleave(rep, 1)
-    return PackedInt4(pack_codes(q, g), s.repeat_interleave(rep, 1).contiguous(), bias.contiguous(), g)
+    scales = s.repeat_interleave(rep, 1).contiguous()
+    return PackedInt4(pack_codes(q, plane_of(g)), scales, bias.contiguous(), g, plane_of(g))
 
 
 def from_q4k(rows: torch.Tensor, k: int, scale_dtype: torch.dtype) -> PackedInt4:
@@ -119,7 +128,7 @@ def from_q4k(rows: torch.Tensor, k: int, scale_dtype: torch.dtype) -> PackedInt4
         codes[start : start + count] = pack_codes(q, 32)
         scales[start : start + count] = (d * sc).reshape(count, -1).to(scale_dtype)
         bias[start : start + count] = (-dmin * m).reshape(count, -1).to(scale_dtype)
-    return PackedInt4(codes, scales, bias, 32)
+    return PackedInt4(codes, scales, bias, 32, 32)
 
 
 def hold(layer: nn.Module, packed: PackedInt4, prefix: str = "") -> None:
