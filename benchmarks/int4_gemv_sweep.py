@@ -36,24 +36,21 @@ from radixlm.layers.quantization.packed_int4 import PackedInt4, from_q4k, pack_c
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 LM_HEAD = (128256, 4096)
 ROTATE_BYTES = 160 * 2**20  # weight copies cycled per timing: > 3x the H100's 50 MB L2
-# (block_n, block_k, num_warps, num_stages); K splits are tried per shape
+# (block_n, block_k, num_warps, num_stages); K splits are tried per shape. Pruned with
+# `int4_gemv_sass.py` (offline sm_90 SASS): these keep every tile in one layout (no barrier in
+# the K loop); 16-row x 1024 and 2-warp x 512 tiles did not. num_stages does not change the code
+# (Triton does not pipeline these loads; the kernel prefetches the next tile itself).
 CANDIDATES = [
-    (8, 256, 2, 1),
-    (8, 512, 2, 1),
-    (8, 512, 4, 1),
-    (16, 256, 4, 1),
-    (16, 512, 2, 1),
-    (16, 512, 4, 1),
-    (16, 1024, 4, 1),
-    (16, 512, 4, 3),
-    (32, 256, 4, 1),
     (32, 512, 4, 1),
-    (32, 512, 8, 1),
-    (32, 512, 4, 3),
     (64, 256, 4, 1),
+    (64, 512, 4, 1),
     (64, 512, 8, 1),
+    (32, 256, 4, 1),
+    (32, 512, 8, 1),
+    (16, 512, 4, 1),
+    (8, 512, 4, 1),
 ]
-QUICK = [(8, 512, 2, 1), (16, 512, 4, 1), (32, 512, 4, 1), (32, 256, 4, 1), (64, 512, 8, 1)]
+QUICK = CANDIDATES[:4]
 
 
 def graph_us(calls: list[Callable[[], object]], replays: int = 7) -> float:
@@ -95,7 +92,8 @@ def packed_weights(fmt: str, n: int, k: int, gen: torch.Generator) -> list[Packe
     else:
         one = from_q4k(q4k_rows(n, k, gen), k, torch.float16 if fmt == "q4k-f16" else torch.float32)
     count = copies_for(nbytes(one.codes, one.scales, one.bias))
-    return [dataclasses.replace(one, codes=one.codes.clone()) for _ in range(count)]
+    clone = lambda: dataclasses.replace(one, codes=one.codes.clone(), scales=one.scales.clone(), bias=one.bias.clone())  # noqa: E731
+    return [clone() for _ in range(count)]
 
 
 def q4k_rows(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -158,6 +156,7 @@ def sweep_format(fmt: str, name: str, n: int, k: int, copy_gbps: float, candidat
     weights = packed_weights(fmt, n, k, gen)
     size = nbytes(weights[0].codes, weights[0].scales, weights[0].bias)
     group = weights[0].group
+    ws = K.workspace(n, torch.device("cuda"))  # K splits reduce here, as in serving (`int4_packed.bind`)
     configs: list[Optional[K.GemvConfig]] = [None]
     for block_n, block_k, warps, stages in candidates:
         for split in splits(n, k, group, block_n, block_k):
@@ -166,7 +165,7 @@ def sweep_format(fmt: str, name: str, n: int, k: int, copy_gbps: float, candidat
         label = f"default {K.gemv_config(1, n, k, group)}" if cfg is None else str(cfg)
         label = label.replace("GemvConfig", "").replace("block_", "").replace("num_", "")
         try:
-            us = graph_us([lambda w=w, c=cfg: K.gemv(w, x, c) for w in weights])
+            us = graph_us([lambda w=w, c=cfg: K.gemv(w, x, c, ws) for w in weights])
             rows["default" if cfg is None else label] = {**line(label, us, size, copy_gbps), "config": cfg}
         except Exception as exc:  # noqa: BLE001 - one failing config must not end the sweep
             print(f"    {label} failed: {type(exc).__name__}: {str(exc)[:200]}")
