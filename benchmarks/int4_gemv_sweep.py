@@ -53,8 +53,10 @@ CANDIDATES = [
 QUICK = CANDIDATES[:4]
 
 
-def graph_us(calls: list[Callable[[], object]], replays: int = 7) -> float:
-    """Microseconds per call: `calls` captured once in a CUDA graph, median of `replays` replays."""
+def graph_us(calls: list[Callable[[], object]], replays: int = 7, at_least: int = 32) -> float:
+    """Microseconds per call: `calls` (repeated to `at_least`) captured once in a CUDA graph,
+    median of `replays` replays."""
+    calls = calls * -(-at_least // len(calls))
     for fn in calls[:2]:
         fn()
     torch.cuda.synchronize()
@@ -166,7 +168,8 @@ def sweep_format(fmt: str, name: str, n: int, k: int, copy_gbps: float, candidat
         label = label.replace("GemvConfig", "").replace("block_", "").replace("num_", "")
         try:
             us = graph_us([lambda w=w, c=cfg: K.gemv(w, x, c, ws) for w in weights])
-            rows["default" if cfg is None else label] = {**line(label, us, size, copy_gbps), "config": cfg}
+            resolved = cfg or K.gemv_config(1, n, k, group)
+            rows["default" if cfg is None else label] = {**line(label, us, size, copy_gbps), "config": resolved}
         except Exception as exc:  # noqa: BLE001 - one failing config must not end the sweep
             print(f"    {label} failed: {type(exc).__name__}: {str(exc)[:200]}")
     tuned = {key: r for key, r in rows.items() if r.get("config") is not None}
