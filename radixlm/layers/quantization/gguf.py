@@ -12,7 +12,7 @@ Matmul: on the CPU, Q4_0 / Q4_1 / Q8_0 parts multiply in their blocks (`kernels.
 built at load) where a C compiler is present; other types, or without one, decode the blocks in
 torch (`gguf_blocks.dequantize`) and multiply in x's dtype (the reference). CUDA multiplies one
 row with the dequantize-in-the-loop GEMV (`kernels.gguf_gemv.gemv`), more rows by decoding to
-x's dtype and one GEMM.
+x's dtype and one GEMM, except Q4_K, repacked at load for the int4 kernels (`gguf_cuda`).
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ class GGUFMethod(LinearMethod):
         groups = self.groups(layer, geo)
         if device.type != "cuda":
             return partial(_cpu_matmul, [_cpu_group(rows, qtype, geo.in_features) for rows, qtype in groups])
-        from radixlm.kernels import gguf_gemv
+        from radixlm.layers.quantization import gguf_cuda
 
-        return partial(_cuda_matmul, gguf_gemv, groups, geo.in_features)
+        return gguf_cuda.cuda_matmul(layer, groups, geo.in_features)
 
     def fill_dummy(self, layer: nn.Module, gen: torch.Generator) -> None:
         """Random codes with every block's float16 scales set to small values (a random float16
@@ -150,17 +150,6 @@ def _cpu_matmul(
     groups: list[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, bias: Optional[torch.Tensor]
 ) -> torch.Tensor:
     outs = [group(x) for group in groups]
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-    return out if bias is None else out + bias
-
-
-def _cuda_matmul(
-    kernels: Any, groups: list[Group], k: int, x: torch.Tensor, bias: Optional[torch.Tensor]
-) -> torch.Tensor:
-    if x.shape[0] == 1 and x.is_contiguous():
-        outs = [kernels.gemv(x, rows, qtype, k) for rows, qtype in groups]
-    else:
-        outs = [F.linear(x, kernels.dequantize_rows(rows, qtype, k, x.dtype)) for rows, qtype in groups]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     return out if bias is None else out + bias
 

@@ -11,7 +11,9 @@ Published tensor formats (4-bit, group size g along the input K, output N):
 
 Both are repacked at load into GPTQ's qweight layout (packed along K, [K/8, N]), true zero points
 packed along N in order ([K/g, N/8]) and scales [K/g, N] in the activations' dtype; CPU
-dequantizes and multiplies (the reference), CUDA runs `kernels.int4_gemm.w4a16_matmul`.
+dequantizes and multiplies (the reference). On CUDA that form is then repacked once more into
+`packed_int4.PackedInt4` (rows of contiguous codes, w = s q + b), the layout of
+`kernels.int4_packed`, whose GEMV and GEMM GGUF Q4_K shares.
 """
 
 from __future__ import annotations
@@ -149,9 +151,7 @@ class Int4Method(LinearMethod):
         g = self._group(geo)
         if device.type != "cuda":
             return partial(_cpu_matmul, layer.qweight, layer.qzeros, layer.scales, g)
-        from radixlm.kernels.int4_gemm import w4a16_matmul
-
-        return partial(w4a16_matmul, layer.qweight, layer.qzeros, layer.scales, g)
+        return repack_for_gpu(layer, g)
 
     def fill_dummy(self, layer: nn.Module, gen: torch.Generator) -> None:
         with torch.no_grad():
@@ -162,3 +162,17 @@ class Int4Method(LinearMethod):
 
     def describe(self) -> dict[str, Any]:
         return {"quant_method": self.name, "bits": 4, "group_size": self.group_size}
+
+
+def repack_for_gpu(layer: nn.Module, group: int) -> MatmulFn:
+    """Replace the layer's stored form by `PackedInt4` (parameters `codes`, `packed_scales`,
+    `packed_bias`; exact, see `packed_int4`) and return its Triton matmul (`kernels.int4_packed`).
+    Runs on the tensors' own device (CUDA in serving; the CPU under Triton's interpreter in tests)."""
+    from radixlm.kernels import int4_packed
+    from radixlm.layers.quantization.packed_int4 import from_gptq, hold
+
+    packed = from_gptq(layer.qweight.data, layer.qzeros.data, layer.scales.data, group)
+    for name in ("qweight", "qzeros", "scales"):
+        delattr(layer, name)
+    hold(layer, packed)
+    return int4_packed.bind(packed)
