@@ -68,9 +68,9 @@ def bench(rows: int, adapters: int, rank: int, slots: int, reps: int) -> None:
             triton_ops.expand_add(out, triton_ops.shrink(x, a, seg), b, scales, seg)
 
         times = {"pair": _graph_us(pair, reps)}
-        for block_n in (64, 128, 256):
-            times[f"fused{block_n}"] = _graph_us(
-                lambda bn=block_n: triton_fused.fused_add(out, x, a, b, scales, seg, bounds, rank, bn), reps
+        for bn, bk in ((0, 256), (64, 256), (128, 128), (128, 512), (256, 256)):
+            times[f"fused{bn or 'auto'}x{bk}"] = _graph_us(
+                lambda bn=bn, bk=bk: triton_fused.fused_add(out, x, a, b, scales, seg, bounds, rank, bn, bk), reps
             )
         line.append(f"{name} " + " ".join(f"{k}={v:.1f}" for k, v in times.items()))
     print("  ".join(line), flush=True)

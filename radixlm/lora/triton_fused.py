@@ -97,10 +97,12 @@ def fused_add(
     bounds: tuple[int, int],
     rank: int,
     block_n: int = 0,
+    block_k: int = 256,
 ) -> torch.Tensor:
     """out[rows] += ((x[rows] @ A[slot]^T) @ B[slot]^T) * scales[slot] over the grouped blocks of
     `seg` (rows given by `seg.rows`), in place; A [S, P*rank, K], B [S, N, P*rank] block-diagonal
-    with part p at columns p*rank.. and output rows [bounds[p-1], bounds[p]) (see module doc)."""
+    with part p at columns p*rank.. and output rows [bounds[p-1], bounds[p]) (see module doc);
+    `block_n` (0: `block_n_for`) and `block_k` are the tile sizes (lora_kernel_bench tries others)."""
     assert seg.rows is not None and seg.max_len <= BLOCK_ROWS, "the fused path takes the grouped layout"
     assert x.stride(1) == 1 and out.stride(1) == 1 and a.stride(2) == 1 and b.stride(2) == 1
     if seg.count == 0:
@@ -111,7 +113,7 @@ def fused_add(
     _fused_kernel[(seg.count, triton.cdiv(n, block_n))](
         x, a, b, out, scales, seg.starts, seg.lens, seg.slots, seg.rows, k, n, rank, bounds[0], bounds[1],
         x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
-        BLOCK_M=BLOCK_ROWS, BLOCK_N=block_n, BLOCK_K=128, BLOCK_R=max(16, triton.next_power_of_2(rank)),
+        BLOCK_M=BLOCK_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=max(16, triton.next_power_of_2(rank)),
         PRECISION=precision, WIDEN=widen,
     )  # fmt: skip
     return out
