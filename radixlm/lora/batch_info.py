@@ -65,9 +65,9 @@ class LoraBatchInfo:
 
     def __post_init__(self) -> None:
         n, b = self.max_tokens, block_bound(self.max_tokens, self.num_slots)
-        # one buffer, one copy per forward: [permutation (max_tokens) | block starts | lengths | slots]
-        self._plan = torch.zeros(n + 3 * b, dtype=torch.int64, device=self.device)
-        self.token_rows, self.block_starts, self.block_lens, self.block_slots = self._plan.split((n, b, b, b))
+        # one buffer, one copy per forward of its prefix: [block starts | lengths | slots | permutation]
+        self._plan = torch.zeros(3 * b + n, dtype=torch.int64, device=self.device)
+        self.block_starts, self.block_lens, self.block_slots, self.token_rows = self._plan.split((b, b, b, n))
         self.reset()
 
     def reset(self, active: bool = False) -> None:
@@ -87,7 +87,8 @@ class LoraBatchInfo:
             return  # the layers launch nothing: no plan to send
         if len(rows_per_req) <= self.max_tokens and all(n == 1 for n in rows_per_req):
             self.per_token = True
-            self._plan.copy_(to_device(_grouped_plan(row_slots, self.max_tokens, self.num_slots), self.device))
+            plan = _grouped_plan(row_slots, self.max_tokens, self.num_slots)  # the permutation's used prefix
+            self._plan[: len(plan)].copy_(to_device(plan, self.device))
             return
         self.per_token = False
         starts = [s for s, _, _ in segments]
@@ -107,8 +108,9 @@ class LoraBatchInfo:
 
 
 def _grouped_plan(row_slots: list[int], max_tokens: int, num_slots: int) -> list[int]:
-    """[rows by slot, padded to max_tokens | block starts | block lengths | block slots], blocks
-    of at most BLOCK_ROWS rows of one slot, padded to `block_bound` with empty blocks on slot -1."""
+    """[block starts | block lengths | block slots | rows by slot], blocks of at most BLOCK_ROWS
+    rows of one slot, padded to `block_bound(max_tokens)` with empty blocks on slot -1; the rows
+    (the permutation) are not padded: no block reads past them."""
     by_slot: list[list[int]] = [[] for _ in range(num_slots)]
     for row, slot in enumerate(row_slots):
         if slot >= 0:
@@ -122,7 +124,7 @@ def _grouped_plan(row_slots: list[int], max_tokens: int, num_slots: int) -> list
             slots.append(slot)
         rows += group
     pad = block_bound(max_tokens, num_slots) - len(starts)
-    return rows + [0] * (max_tokens - len(rows)) + starts + [0] * pad + lens + [0] * pad + slots + [-1] * pad
+    return starts + [0] * pad + lens + [0] * pad + slots + [-1] * pad + rows
 
 
 def _runs(row_slots: list[int], rows_per_req: list[int]) -> list[tuple[int, int, int]]:

@@ -158,10 +158,11 @@ def test_block_bound_covers_every_grouping() -> None:
 
     for rows, slots in itertools.product((1, 2, 5, 16, 17, 33), (1, 3, 8)):
         for split in range(slots):  # rows spread over the first split + 1 slots, unevenly
-            row_slots = [min(i % (split + 1) + (i == 0) * 0, slots - 1) for i in range(rows)]
+            row_slots = [i % (split + 1) for i in range(rows)]
             row_slots[-1] = split
             plan = _grouped_plan(row_slots, rows, slots)
             bound = block_bound(rows, slots)
-            block_slots = plan[rows + 2 * bound :]
-            assert len(block_slots) == bound and sum(s >= 0 for s in block_slots) <= bound
-            assert sum(plan[rows + bound : rows + 2 * bound]) == rows and max(plan[rows + bound :]) <= BLOCK_ROWS
+            assert len(plan) == 3 * bound + rows  # max_tokens = rows; the permutation is not padded
+            lens, block_slots = plan[bound : bound * 2], plan[2 * bound : 3 * bound]
+            assert sum(lens) == rows and max(lens) <= BLOCK_ROWS
+            assert all((n > 0) == (s >= 0) for n, s in zip(lens, block_slots))
