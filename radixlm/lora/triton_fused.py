@@ -87,6 +87,13 @@ def block_n_for(n: int) -> int:
     return max(16, min(256 if n > 8192 else 128, triton.next_power_of_2(n)))
 
 
+def block_k_for(k: int) -> int:
+    """K elements per loop step: a program's time is its A read (R x K, one program per N tile,
+    no split-K here), so a long K (down_proj) takes bigger steps, more bytes in flight per step.
+    A first guess from that reasoning, not yet tuned on a GPU (lora_kernel_bench compares)."""
+    return 512 if k > 8192 else 256
+
+
 def fused_add(
     out: torch.Tensor,
     x: torch.Tensor,
@@ -97,18 +104,19 @@ def fused_add(
     bounds: tuple[int, int],
     rank: int,
     block_n: int = 0,
-    block_k: int = 256,
+    block_k: int = 0,
 ) -> torch.Tensor:
     """out[rows] += ((x[rows] @ A[slot]^T) @ B[slot]^T) * scales[slot] over the grouped blocks of
     `seg` (rows given by `seg.rows`), in place; A [S, P*rank, K], B [S, N, P*rank] block-diagonal
     with part p at columns p*rank.. and output rows [bounds[p-1], bounds[p]) (see module doc);
-    `block_n` (0: `block_n_for`) and `block_k` are the tile sizes (lora_kernel_bench tries others)."""
+    `block_n`, `block_k` (0: `block_n_for`, `block_k_for`): the tile sizes (lora_kernel_bench
+    tries others)."""
     assert seg.rows is not None and seg.max_len <= BLOCK_ROWS, "the fused path takes the grouped layout"
     assert x.stride(1) == 1 and out.stride(1) == 1 and a.stride(2) == 1 and b.stride(2) == 1
     if seg.count == 0:
         return out
     k, n = x.shape[1], out.shape[1]
-    block_n = block_n or block_n_for(n)
+    block_n, block_k = block_n or block_n_for(n), block_k or block_k_for(k)
     precision, widen = _dot_modes(x)
     _fused_kernel[(seg.count, triton.cdiv(n, block_n))](
         x, a, b, out, scales, seg.starts, seg.lens, seg.slots, seg.rows, k, n, rank, bounds[0], bounds[1],
