@@ -109,3 +109,29 @@ def test_prefill_and_large_decode_keep_the_segmented_pair(monkeypatch: pytest.Mo
     n = FUSED_MAX_ROWS + 1
     launches, _ = _count(monkeypatch, [0] * n, [1] * n)
     assert [name for name, _ in launches] == ["_shrink_kernel", "_expand_kernel"]
+
+
+def test_graph_replay_picks_the_variant_without_lora_launches_for_base_only_batches() -> None:
+    """The CUDA-graph runner keys its graphs by (bs, plan, with LoRA) and replays the LoRA
+    variant exactly when the prepared batch has a row on an adapter (`info.active`)."""
+    from types import SimpleNamespace
+
+    from radixlm.executor.cuda_graph_runner import CudaGraphRunner
+
+    replayed: list[tuple[int, bool, bool]] = []
+    runner = object.__new__(CudaGraphRunner)
+    runner.buckets, runner.plan_buckets = [1, 2, 4], [2, 4]
+    runner.load_inputs = lambda batch, padded: None  # type: ignore[method-assign]
+    keys = [(bs, False, lora) for bs in (1, 2, 4) for lora in (False, True)]
+    runner.graphs = {k: SimpleNamespace(replay=lambda k=k: replayed.append(k)) for k in keys}  # type: ignore[misc]
+    runner.outputs = {k: torch.zeros(4, 3) for k in keys}
+    info = LoraBatchInfo(max_tokens=8, device=torch.device("cpu"), num_slots=2)
+    runner.lora = SimpleNamespace(info=info)
+    for row_slots, want in (
+        ([-1, -1, -1], (4, False, False)),
+        ([-1, 1, -1], (4, False, True)),
+        ([0], (1, False, True)),
+    ):
+        info.set_rows(row_slots, [1] * len(row_slots))
+        runner.replay(SimpleNamespace(batch_size=len(row_slots), prefix_plan=None))
+        assert replayed[-1] == want
