@@ -57,7 +57,7 @@ def main() -> None:
     for shape in ("llama-3.2-1b", "llama-3-8b"):
         runner, decode = decode_setup(model_dir(shape), 256, graphs=True)
         g = runner.graphs
-        graph = next(iter(g.graphs.values())) if len(g.graphs) == 1 else g.graphs[1, False]
+        graph = next(iter(g.graphs.values())) if len(g.graphs) == 1 else g.graphs[1, False, False]
         one = one_copy(decode)
         for name, fn in (
             ("forward", lambda: runner.forward(decode)),

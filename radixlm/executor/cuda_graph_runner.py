@@ -6,6 +6,8 @@ set of buckets (`plan_buckets`) has a second graph,
 replayed when the batch has a shared-prefix plan (`radixlm.attention.shared_prefix`), whose
 static plan buffers are copied in like the inputs; batches without one replay the plain graph,
 which has no launch for it.
+With `lora` (a LoRA manager), every graph also has a variant captured with the LoRA launches,
+replayed when a row of the batch is on an adapter; base-only batches replay the one without.
 With `compile_max_bs`, the buckets up to it capture a torch.compile'd forward (model_compile).
 All graphs write their logits into the first rows of one [max_bs, vocab] float32 buffer.
 """
@@ -59,8 +61,9 @@ class CudaGraphRunner:
         device: torch.device,
         compiled: Optional[Callable[..., torch.Tensor]] = None,
         compile_max_bs: int = 0,
+        lora: Optional[Any] = None,
     ) -> None:
-        self.model, self.backend, self.req_to_token = model, backend, req_to_token
+        self.model, self.backend, self.req_to_token, self.lora = model, backend, req_to_token, lora
         self.buckets = default_buckets(max_bs)
         self.plan_buckets = plan_buckets([b for b in self.buckets if b >= 2])  # a group needs 2 requests
         self.max_bs = max_bs
@@ -69,15 +72,19 @@ class CudaGraphRunner:
         self.seq_lens = torch.ones(max_bs, dtype=torch.int64, device=device)
         self.logit_indices = torch.arange(max_bs, dtype=torch.int64, device=device)
         self.plan_buffers = StaticPlanBuffers(max_bs, device)
-        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}  # (bs, with a shared-prefix plan)
-        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
+        # (bs, with a shared-prefix plan, with the LoRA launches)
+        self.graphs: dict[tuple[int, bool, bool], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, bool, bool], torch.Tensor] = {}
         self.logits: Optional[torch.Tensor] = None  # [max_bs, vocab] float32, made at the first capture
         self.pool = torch.cuda.graph_pool_handle()
         start = time.perf_counter()
         for bs in reversed(self.buckets):
             forward = compiled if compiled is not None and bs <= compile_max_bs else model
             for plan in (False, True) if bs in self.plan_buckets else (False,):
-                self._capture(bs, plan, forward)
+                for with_lora in (False, True) if lora is not None else (False,):
+                    if lora is not None:
+                        lora.capture_variant(with_lora)
+                    self._capture(bs, plan, with_lora, forward)
         self.capture_seconds = time.perf_counter() - start
         logger.info(
             "captured %d CUDA graphs (bs %s; with shared-prefix plans: %s) in %.1f s",
@@ -112,7 +119,7 @@ class CudaGraphRunner:
         return self.model.compute_logits(logit_hidden(hidden, batch), out)
 
     @torch.inference_mode()
-    def _capture(self, bs: int, plan: bool, forward: Callable[..., torch.Tensor]) -> None:
+    def _capture(self, bs: int, plan: bool, with_lora: bool, forward: Callable[..., torch.Tensor]) -> None:
         batch = self._batch(bs, plan)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -127,8 +134,8 @@ class CudaGraphRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             self._run(batch, forward, out)
-        self.outputs[bs, plan] = out
-        self.graphs[bs, plan] = graph
+        self.outputs[bs, plan, with_lora] = out
+        self.graphs[bs, plan, with_lora] = graph
 
     def can_run(self, batch: ForwardBatch) -> bool:
         return batch.mode is ForwardMode.DECODE and batch.batch_size <= self.max_bs
@@ -158,5 +165,6 @@ class CudaGraphRunner:
         self.load_inputs(batch, padded)
         if plan:
             self.plan_buffers.load(batch.prefix_plan, bs, padded)
-        self.graphs[padded, plan].replay()
-        return self.outputs[padded, plan][:bs]
+        key = (padded, plan, self.lora is not None and self.lora.info.active)
+        self.graphs[key].replay()
+        return self.outputs[key][:bs]

@@ -126,7 +126,8 @@ class ModelRunner:
             return None
         from radixlm.lora.manager import build_lora_manager
 
-        return build_lora_manager(self.args, self.model, self.config, self.max_running, self.device)
+        rows = max(self.max_running, self._graph_max_bs())  # a graphed verify has a row per draft token
+        return build_lora_manager(self.args, self.model, self.config, rows, self.device)
 
     def _maybe_capture_graphs(self) -> Any:
         """CUDA graphs for decode when on CUDA with a graph-safe backend and not disabled."""
@@ -142,8 +143,6 @@ class ModelRunner:
         from radixlm.executor.cuda_graph_runner import CudaGraphRunner
 
         max_bs = self._graph_max_bs()
-        if self.lora is not None:
-            self.lora.reset()  # graphs read each replay's adapter slots from its static buffer
         compiled = None
         if self.args.enable_torch_compile:
             from radixlm.executor.model_compile import compile_forward
@@ -157,6 +156,7 @@ class ModelRunner:
             self.device,
             compiled,
             self.args.torch_compile_max_bs,
+            self.lora,  # graphs with LoRA launches read each replay's adapter slots from static buffers
         )
         logger.info("CUDA graph capture took %.1f s", runner.capture_seconds)
         return runner

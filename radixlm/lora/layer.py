@@ -8,7 +8,9 @@ down_proj) after its weights are loaded. Its adapter weights live in per-slot de
 * `b` [slots, out_local, P * R]: block-diagonal, part p's B at its output rows (where the fused
   base output puts that part on this rank) and columns p*R .. p*R + r.
 
-So one shrink and one expand cover all parts and every adapter lands on its own output slice.
+So one shrink and one expand cover all parts and every adapter lands on its own output slice;
+a small decode batch runs both, fused, as one launch per projection (`triton_fused`). A forward
+with no row on an adapter (`LoraBatchInfo.active` false) launches nothing beyond the base layer.
 Under tensor parallelism a column-parallel layer holds B's rows of its output shard (A whole);
 a row-parallel one holds A's columns of its input shard (B whole) and all-reduces the shrunk
 rows before expanding, so the term is added once, after the base all-reduce.
@@ -37,15 +39,21 @@ class PartLayout:
     cols: Callable[[torch.Tensor], torch.Tensor]
 
 
-class LoraKernels:
-    """The shrink / expand pair, chosen once: Triton on CUDA, the torch reference elsewhere."""
+FUSED_MAX_ROWS = 8  # decode batches up to this many rows take the one-launch fused kernel
 
-    def __init__(self, device: torch.device) -> None:
-        self.triton = device.type == "cuda"
+
+class LoraKernels:
+    """The shrink / expand pair, chosen once: Triton on CUDA, the torch reference elsewhere
+    (`triton` forces a choice: the interpreter tests run the Triton path on the CPU)."""
+
+    def __init__(self, device: torch.device, triton: Optional[bool] = None) -> None:
+        self.triton = device.type == "cuda" if triton is None else triton
+        self._fused: Any = None
         if self.triton:
-            from radixlm.lora import triton_ops
+            from radixlm.lora import triton_fused, triton_ops
 
             self._ops: Any = triton_ops
+            self._fused = triton_fused.fused_add
         else:
             from radixlm.lora import ops_torch
 
@@ -60,8 +68,13 @@ class LoraKernels:
         scales: tuple[torch.Tensor, list[float]],
         info: LoraBatchInfo,
         reduce: Optional[Callable[[torch.Tensor], torch.Tensor]],
+        bounds: tuple[int, int] = (0, 0),
+        rank: int = 0,
     ) -> torch.Tensor:
-        """out += the LoRA term of every row, in place."""
+        """out += the LoRA term of every row, in place. `bounds`, `rank`: where the layer's parts
+        2 and 3 start in `out` and the pool's rank (the fused kernel reads only a tile's parts)."""
+        if self.triton and info.per_token and reduce is None and x.shape[0] <= FUSED_MAX_ROWS:
+            return self._fused(out, x.contiguous(), a, b, scales[0], info.segments(x.shape[0]), bounds, rank)
         seg: Any = info.segments(x.shape[0]) if self.triton else info.host_segments
         s = self._ops.shrink(x.contiguous(), a, seg)
         if reduce is not None:
@@ -89,13 +102,19 @@ class LoraLinear(nn.Module):
         self.base, self.parts, self.rank = base, parts, rank
         self.info, self.kernels, self.scales, self.reduce = info, kernels, scales, reduce
         width = len(parts) * rank
+        assert len(parts) <= 3, "a fused projection has at most 3 parts (q/k/v)"
+        starts = [p.offset for p in parts[1:]] + [out_local] * (3 - len(parts))
+        self.bounds = (starts[0], starts[1])  # where parts 1 and 2 start in the local output
         self.register_buffer("a", torch.zeros(slots, width, in_local, dtype=dtype, device=device), persistent=False)
         self.register_buffer("b", torch.zeros(slots, out_local, width, dtype=dtype, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)  # rows of x (and out) are the forward's rows, in order, whatever the leading dims
+        if not self.info.active:
+            return out  # no row on an adapter: nothing to add, nothing launched
         flat = out.view(-1, out.shape[-1])
-        self.kernels.delta_add(flat, x.reshape(-1, x.shape[-1]), self.a, self.b, self.scales, self.info, self.reduce)
+        x2 = x.reshape(-1, x.shape[-1])
+        self.kernels.delta_add(flat, x2, self.a, self.b, self.scales, self.info, self.reduce, self.bounds, self.rank)
         return out
 
     def targets(self) -> set[str]:

@@ -95,8 +95,14 @@ class LoraManager:
         self.info.set_rows(row_slots, batch.extend_seq_lens_cpu)
 
     def reset(self) -> None:
-        """All rows on the base model, decode layout (before CUDA-graph capture)."""
+        """All rows on the base model, decode layout."""
         self.info.reset()
+
+    def capture_variant(self, with_lora: bool) -> None:
+        """Before a CUDA-graph capture: all rows on the base model, decode layout, and the layers
+        launching their LoRA kernels (empty until a replay's rows name adapters) iff `with_lora`.
+        A replay picks the variant by `info.active` (set by `prepare`)."""
+        self.info.reset(active=with_lora)
 
     def _load_slot(self, slot: int, uid: int) -> None:
         adapter = self._adapters[uid]

@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from radixlm.lora.batch_info import Segments
+from radixlm.lora.batch_info import BLOCK_ROWS, Segments
 
-BLOCK_M = 16  # tl.dot's smallest M; a decode segment is one row of it
+BLOCK_M = BLOCK_ROWS  # tl.dot's smallest M; a decode block (grouped layout) is one row block of it
 K_PER_SPLIT = 256  # K elements per program of a split shrink (two BLOCK_K tiles)
 TARGET_PROGRAMS = 264  # enough programs to fill a large GPU twice over (132 SMs on an H100)
 
@@ -136,8 +136,8 @@ def split_k(seg: Segments, k: int, n_blocks: int) -> int:
         if seg.max_len > BLOCK_M:
             return 1
         busy = seg.count
-    else:  # grouped: at most cdiv(rows, BLOCK_M) full blocks plus one partial block per slot
-        busy = triton.cdiv(seg.max_len, BLOCK_M) + seg.count
+    else:  # grouped: blocks of at most BLOCK_M rows, seg.count of them at most
+        busy = seg.count
     want = triton.cdiv(TARGET_PROGRAMS, max(busy * n_blocks, 1))
     return max(1, min(want, triton.cdiv(k, K_PER_SPLIT)))
 

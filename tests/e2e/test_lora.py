@@ -174,12 +174,19 @@ def test_constrained_rows_and_overlap_beside_adapters(engine: Any, lora_setup: d
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_replay_each_batch_adapters(engine_factory: Any, lora_setup: dict[str, Any]) -> None:
-    """On a GPU (Triton shrink / expand): decode replayed from CUDA graphs, captured once with
-    every row on the base model, gives the same tokens as eager decode for a batch mixing A,
-    base and B, and the adapters change the tokens."""
-    paths = lora_setup["paths"]
-    names, idx = ["A", None, "B", "A", "B"], [0, 0, 1, 1, 0]
-    outs = {}
+    """On a GPU (Triton kernels): decode replayed from CUDA graphs (a variant with the LoRA
+    launches for batches using adapters, one without for base-only batches) gives the same
+    tokens as eager decode, for batch 1 on an adapter (the fused one-launch kernel), a batch
+    mixing A, base and B, a batch of more than 8 rows (the shrink / expand pair) and a
+    base-only batch; the adapters change the tokens, and batch 1 equals HF + peft."""
+    paths, refs = lora_setup["paths"], lora_setup["refs"]
+    batches = (
+        (["A"], [0]),
+        (["A", None, "B", "A", "B"], [0, 0, 1, 1, 0]),
+        (["A", "B", None] * 4, [i % 2 for i in range(12)]),
+        ([None, None], [0, 1]),
+    )
+    outs: dict[bool, list] = {}
     for graphs in (True, False):
         gpu_engine = engine_factory(
             lora_setup["base"],
@@ -190,10 +197,15 @@ def test_cuda_graphs_replay_each_batch_adapters(engine_factory: Any, lora_setup:
             disable_cuda_graph=not graphs,
             log_level="warning",
         )
-        got = gpu_engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=GREEDY, lora_path=names)
-        outs[graphs] = [o["output_ids"] for o in got]
+        outs[graphs] = []
+        for names, idx in batches:
+            got = gpu_engine.generate(input_ids=[PROMPTS[i] for i in idx], sampling_params=GREEDY, lora_path=names)
+            outs[graphs].append([o["output_ids"] for o in got])
     assert outs[True] == outs[False]
-    assert outs[True][1] not in (outs[True][0], outs[True][4])  # base vs A and B on prompt 0
+    mixed = outs[True][1]
+    assert mixed[1] not in (mixed[0], mixed[4])  # base vs A and B on prompt 0
+    assert outs[True][0][0] == refs["A", 0]  # the fused kernel, replayed, equals HF + peft
+    assert outs[True][3] == [refs[None, 0], refs[None, 1]]  # the graph without LoRA launches
 
 
 def test_data_parallel_replicas_serve_the_adapters(engine_factory: Any, lora_setup: dict[str, Any]) -> None:

@@ -104,3 +104,85 @@ def test_triton_kernels_interpreted() -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# -- the fused one-launch decode kernel (triton_fused) ------------------------------------------
+PARTS = (40, 24, 24)  # a q/k/v-like fused projection: odd part sizes, tiles straddling part bounds
+FUSED_K, POOL_RANK, FUSED_SLOTS = 300, 24, 4
+ADAPTER_RANKS = (24, 8, 16, 3)  # per slot; the pool's rank is the largest (--max-lora-rank)
+FUSED_CASES = (
+    [0],  # batch 1
+    [-1],  # batch 1, base only: untouched
+    [1, -1, 3, 1, 0, 2, -1, 3],  # every adapter, base rows interleaved
+    [2] * 20 + [-1, 0, 0],  # more than BLOCK_ROWS rows on one adapter: two blocks
+)
+
+
+def _block_diagonal(gen: torch.Generator, n_in: int, parts: tuple[int, ...], slots: int, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    """Pool-shaped A [S, P*R, K] and block-diagonal B [S, N, P*R], each slot's adapter of rank
+    ADAPTER_RANKS[slot] (zero beyond it), one part left untargeted (zero) on slot 1."""
+    width = len(parts) * POOL_RANK
+    a = torch.zeros(slots, width, n_in)
+    b = torch.zeros(slots, sum(parts), width)
+    for slot in range(slots):
+        r, offset = ADAPTER_RANKS[slot], 0
+        for p, size in enumerate(parts):
+            if not (slot == 1 and p == 1):
+                a[slot, p * POOL_RANK : p * POOL_RANK + r] = torch.randn(r, n_in, generator=gen) / n_in**0.5
+                b[slot, offset : offset + size, p * POOL_RANK : p * POOL_RANK + r] = torch.randn(size, r, generator=gen)
+            offset += size
+    return a.to(dtype), b.to(dtype)
+
+
+def check_fused(device: str) -> None:
+    """The fused kernel against the torch shrink + expand reference, in float32 and bfloat16."""
+    from radixlm.lora import ops_torch, triton_fused
+    from radixlm.lora.batch_info import LoraBatchInfo
+
+    gen = torch.Generator().manual_seed(2)
+    bounds = (PARTS[0], PARTS[0] + PARTS[1])
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for row_slots in FUSED_CASES:
+            a, b = _block_diagonal(gen, FUSED_K, PARTS, FUSED_SLOTS, dtype)
+            a, b = a.to(device), b.to(device)
+            t = len(row_slots)
+            x = torch.randn(t, FUSED_K, generator=gen).to(device, dtype)
+            out = torch.randn(t, sum(PARTS), generator=gen).to(device, dtype)
+            scales = [0.5, 2.0, 1.25, 3.0]
+            info = LoraBatchInfo(max_tokens=32, device=torch.device(device), num_slots=FUSED_SLOTS)
+            info.set_rows(row_slots, [1] * t)
+            padded = t + 1  # a CUDA-graph bucket with a padding row
+            seg = info.segments(padded)
+            x_pad = torch.cat([x, torch.zeros_like(x[:1])])
+            out_pad = torch.cat([out, torch.zeros_like(out[:1])])
+            dev_scales = torch.tensor(scales, dtype=torch.float32, device=device)
+            for block_n in (0, 16):  # the default tile, and narrow tiles: some inside one part
+                got = triton_fused.fused_add(out_pad.clone(), x_pad, a, b, dev_scales, seg, bounds, POOL_RANK, block_n)
+                s = ops_torch.shrink(x, a, info.host_segments)
+                want = ops_torch.expand_add(out.clone(), s, b, scales, info.host_segments)
+                assert rel_err(got[:t], want) <= tol, (dtype, row_slots, block_n, rel_err(got[:t], want))
+                base_rows = [i for i, slot in enumerate(row_slots) if slot < 0] + [t]
+                assert torch.equal(got[base_rows], out_pad[base_rows])  # base and padding rows untouched
+                if dtype == torch.float32:  # and it is a LoRA term: differs from out where an adapter is
+                    lora_rows = [i for i, slot in enumerate(row_slots) if slot >= 0]
+                    assert all(not torch.allclose(got[i], out[i]) for i in lora_rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_kernel_on_gpu() -> None:
+    check_fused("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernel is checked instead")
+def test_fused_kernel_interpreted() -> None:
+    pytest.importorskip("triton")
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_lora_kernels as t; t.check_fused('cpu')"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

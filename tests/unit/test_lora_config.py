@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from radixlm.lora.adapter import ModelShapes, load_adapter
-from radixlm.lora.batch_info import LoraBatchInfo, _runs
+from radixlm.lora.batch_info import LoraBatchInfo, _runs, block_bound
 from radixlm.lora.config import config_from_dict, parse_lora_paths, read_adapter_config
 from radixlm.lora.pool import SlotPool
 
@@ -124,20 +124,45 @@ def test_segments_merge_runs_of_one_slot() -> None:
 
 
 def test_decode_rows_are_grouped_by_slot_in_static_buffers() -> None:
-    """One row per request (decode): per slot, a segment over the rows of that slot (base rows
-    in none), written into the same static buffers every time (what a CUDA graph reads)."""
-    info = LoraBatchInfo(max_tokens=8, device=torch.device("cpu"), num_slots=3)
-    buffers = (info.token_rows.data_ptr(), info.slot_starts.data_ptr(), info.slot_lens.data_ptr())
+    """One row per request (decode): blocks of at most BLOCK_ROWS rows of one slot over the rows
+    of that slot (base rows in none), written into the same static buffers every time (what a
+    CUDA graph reads); the block count is a bound fixed by the row count, unused blocks on -1."""
+    info = LoraBatchInfo(max_tokens=40, device=torch.device("cpu"), num_slots=3)
+    buffers = (info.token_rows.data_ptr(), info.block_starts.data_ptr(), info.block_slots.data_ptr())
     info.set_rows([1, -1, 0, 1, 2, 1], [1] * 6)
     seg = info.segments(8)  # a CUDA-graph bucket of 8 rows: rows 6 and 7 are padding
-    assert info.per_token and (seg.count, seg.max_len) == (3, 8) and seg.slots.tolist() == [0, 1, 2]
+    assert info.per_token and info.active and (seg.count, seg.max_len) == (block_bound(8, 3), 8) == (3, 8)
     assert seg.rows is not None and seg.rows.data_ptr() == buffers[0]
-    got = {slot: seg.rows[start : start + n].tolist() for slot, start, n in zip([0, 1, 2], seg.starts, seg.lens)}
+    blocks = [(int(s), int(n), int(slot)) for s, n, slot in zip(seg.starts, seg.lens, seg.slots)][: seg.count]
+    got = {slot: seg.rows[start : start + n].tolist() for start, n, slot in blocks}
     assert got == {0: [2], 1: [0, 3, 5], 2: [4]}
+    assert info.segments(1).count == 1  # batch 1: one block, not one per slot
+    info.set_rows([2] * 20 + [0], [1] * 21)  # 20 rows of slot 2: two blocks (16 + 4)
+    seg = info.segments(24)
+    blocks = [(int(s), int(n), int(slot)) for s, n, slot in zip(seg.starts, seg.lens, seg.slots)][: seg.count]
+    assert blocks[:3] == [(0, 1, 0), (1, 16, 2), (17, 4, 2)] and all(b[2] == -1 for b in blocks[3:])
     info.set_rows([-1, -1], [1, 1])
-    assert info.segments(2).lens.tolist() == [0, 0, 0]
+    assert not info.active  # the layers launch nothing
     info.set_rows([0, 2], [3, 1])  # a prefill: direct runs, no permutation
-    assert not info.per_token and info.segments(4).rows is None
-    info.reset()
-    assert info.per_token and info.slot_lens.tolist() == [0, 0, 0]
-    assert (info.token_rows.data_ptr(), info.slot_starts.data_ptr(), info.slot_lens.data_ptr()) == buffers
+    assert info.active and not info.per_token and info.segments(4).rows is None
+    info.reset(active=True)
+    assert info.per_token and info.active and set(info.block_slots.tolist()) == {-1}
+    assert (info.token_rows.data_ptr(), info.block_starts.data_ptr(), info.block_slots.data_ptr()) == buffers
+
+
+def test_block_bound_covers_every_grouping() -> None:
+    """No assignment of rows to slots needs more blocks than `block_bound` (what the grid has)."""
+    import itertools
+
+    from radixlm.lora.batch_info import BLOCK_ROWS, _grouped_plan
+
+    for rows, slots in itertools.product((1, 2, 5, 16, 17, 33), (1, 3, 8)):
+        for split in range(slots):  # rows spread over the first split + 1 slots, unevenly
+            row_slots = [i % (split + 1) for i in range(rows)]
+            row_slots[-1] = split
+            plan = _grouped_plan(row_slots, rows, slots)
+            bound = block_bound(rows, slots)
+            assert len(plan) == 3 * bound + rows  # max_tokens = rows; the permutation is not padded
+            lens, block_slots = plan[bound : bound * 2], plan[2 * bound : 3 * bound]
+            assert sum(lens) == rows and max(lens) <= BLOCK_ROWS
+            assert all((n > 0) == (s >= 0) for n, s in zip(lens, block_slots))
