@@ -218,7 +218,14 @@ if triton is not None:
 
 
 # Batch-1 launches measured best by `benchmarks/int4_gemv_sweep.py`: (N, K, group) -> config.
-TUNED: Mapping[tuple[int, int, int], GemvConfig] = MappingProxyType({})
+TUNED: Mapping[tuple[int, int, int], GemvConfig] = MappingProxyType(
+    {  # (n, k, group) -> the best launch of `benchmarks/int4_gemv_sweep.py --quick` on an H100 (Q4_K, fp16 scales)
+        (6144, 4096, 32): GemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=1),
+        (4096, 4096, 32): GemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=1),
+        (28672, 4096, 32): GemvConfig(block_n=64, block_k=256, split_k=2, num_warps=4, num_stages=1),
+        (4096, 14336, 32): GemvConfig(block_n=64, block_k=512, split_k=8, num_warps=4, num_stages=1),
+    }
+)
 
 
 def _tile_groups(block_k: int, group: int, groups: int) -> int:

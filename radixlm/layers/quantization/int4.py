@@ -11,9 +11,10 @@ Published tensor formats (4-bit, group size g along the input K, output N):
 
 Both are repacked at load into GPTQ's qweight layout (packed along K, [K/8, N]), true zero points
 packed along N in order ([K/g, N/8]) and scales [K/g, N] in the activations' dtype; CPU
-dequantizes and multiplies (the reference). On CUDA that form is then repacked once more into
-`packed_int4.PackedInt4` (rows of contiguous codes, w = s q + b), the layout of
-`kernels.int4_packed`, whose GEMV and GEMM GGUF Q4_K shares.
+dequantizes and multiplies (the reference), CUDA runs `kernels.int4_gemm.w4a16_matmul`.
+`repack_for_gpu` converts the same form to `packed_int4.PackedInt4` (the layout GGUF Q4_K is
+served from on CUDA); GPTQ/AWQ layers do not use it in serving: on an H100 its GEMV was 0.75-0.92x
+the speed of `int4_gemv` on every Llama-3-8B layer shape (`benchmarks/int4_gemv_sweep.py`).
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ class Int4Method(LinearMethod):
         g = self._group(geo)
         if device.type != "cuda":
             return partial(_cpu_matmul, layer.qweight, layer.qzeros, layer.scales, g)
-        return repack_for_gpu(layer, g)
+        from radixlm.kernels.int4_gemm import w4a16_matmul
+
+        return partial(w4a16_matmul, layer.qweight, layer.qzeros, layer.scales, g)
 
     def fill_dummy(self, layer: nn.Module, gen: torch.Generator) -> None:
         with torch.no_grad():
