@@ -29,7 +29,7 @@ serve: install
 	$(PY) -m radixlm.launch_server --host $(HOST) --port $(PORT)
 
 test: install-test
-	$(PY) -m pytest tests -q -n 2 --dist loadfile
+	$(PY) -m pytest tests -q -n 2 --dist loadfile --durations=30
 
 lint: install-test
 	$(VENV)/bin/ruff check .

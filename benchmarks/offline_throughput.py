@@ -28,10 +28,21 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from hf_peer import bench_hf_sweep  # noqa: E402
+from throughput_measure import (  # noqa: E402
+    ModelShape,
+    RunResult,
+    gemm_ceiling,
+    load_average,
+    model_shape,
+    proc_cpu_seconds,
+)
 
 FULL = dict(
     num_prompts=64,
@@ -76,44 +87,6 @@ class BenchConfig:
     skip_hf: bool = False
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """What the FLOPs formula needs from the model config."""
-
-    non_embedding_params: int
-    hidden: int
-    vocab: int
-
-    def flops(self, computed_prompt_tokens: int, fed_output_tokens: int, sampled_tokens: int) -> float:
-        """Model FLOPs (see the module docstring)."""
-        return (
-            2.0 * self.non_embedding_params * (computed_prompt_tokens + fed_output_tokens)
-            + 2.0 * self.hidden * self.vocab * sampled_tokens
-        )
-
-
-@dataclass
-class RunResult:
-    """One measured generation: wall time, CPU time of the computing process(es), tokens, FLOPs."""
-
-    name: str
-    seconds: float
-    cpu_seconds: Optional[float]
-    output_tokens: int
-    prompt_tokens: int
-    cached_tokens: int
-    gflops: float
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def tok_per_s(self) -> float:
-        return self.output_tokens / self.seconds
-
-    @property
-    def gflop_per_s(self) -> float:
-        return self.gflops / self.seconds
-
-
 # -- workload ------------------------------------------------------------------------------------
 def random_prompts(count: int, length: int, vocab: int, rng: random.Random) -> list[list[int]]:
     """`count` prompts of exactly `length` ids in [MIN_TOKEN_ID, vocab)."""
@@ -126,122 +99,6 @@ def shared_prefix_prompts(
     """One random prefix shared by all prompts, then a random unique suffix each."""
     prefix = random_prompts(1, prefix_len, vocab, rng)[0]
     return [prefix + suffix for suffix in random_prompts(count, suffix_len, vocab, rng)]
-
-
-def model_shape(config: dict) -> ModelShape:
-    """Non-embedding linear parameter count of a Llama-style config."""
-    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    head_dim = config.get("head_dim") or h // config["num_attention_heads"]
-    q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * inter
-    return ModelShape(layers * per_layer, h, config["vocab_size"])
-
-
-def gemm_ceiling(size: int, repeats: int = 5) -> float:
-    """Best GFLOP/s of a float32 [size, size] @ [size, size] matmul (after one warm-up)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best / 1e9
-
-
-def load_average() -> str:
-    """The 1-minute load average: other processes on the machine skew every figure here."""
-    return f"{os.getloadavg()[0]:.2f}"
-
-
-def proc_cpu_seconds(pid: int) -> Optional[float]:
-    """utime + stime of a process from /proc (Linux only; None elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-# -- HF transformers ---------------------------------------------------------------------------
-def build_hf_peer(path: str) -> Any:
-    """HF LlamaForCausalLM on the very tensors radixlm loads (float32, eval, eos disabled)."""
-    import transformers
-
-    from radixlm.model_loader.gguf_reader import GGUFCheckpoint
-
-    checkpoint = GGUFCheckpoint(path)
-    cfg = {k: v for k, v in checkpoint.config().items() if k not in ("architectures", "model_type", "torch_dtype")}
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
-    result = model.load_state_dict(dict(checkpoint.tensors()), strict=False)
-    unexpected = [k for k in result.missing_keys if k != "lm_head.weight"] + list(result.unexpected_keys)
-    if unexpected:
-        raise RuntimeError(f"HF peer does not match the checkpoint: {unexpected[:5]}")
-    model.tie_weights()
-    model = model.float().eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def hf_generate(model: Any, prompts: list[list[int]], output_len: int, batch_size: int) -> list[list[int]]:
-    """Greedy, exactly `output_len` new tokens, prompts in chunks of `batch_size` (equal lengths: no padding)."""
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            ids = torch.tensor(prompts[start : start + batch_size])
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=output_len,
-                min_new_tokens=output_len,
-            )
-            outputs += out[:, ids.shape[1] :].tolist()
-    return outputs
-
-
-def bench_hf(
-    model: Any, prompts: list[list[int]], output_len: int, batch_size: int, shape: ModelShape
-) -> tuple[RunResult, list[list[int]]]:
-    """Time HF over all prompts at one batch size."""
-    cpu0, start = time.process_time(), time.perf_counter()
-    outputs = hf_generate(model, prompts, output_len, batch_size)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    n, prompt_tokens = len(prompts), sum(map(len, prompts))
-    flops = shape.flops(prompt_tokens, n * (output_len - 1), n * output_len)
-    return RunResult(
-        f"HF generate bs={batch_size}",
-        seconds,
-        cpu,
-        n * output_len,
-        prompt_tokens,
-        0,
-        flops / 1e9,
-        {"batch_size": batch_size},
-    ), outputs
-
-
-def bench_hf_sweep(
-    path: str,
-    prompts: list[list[int]],
-    output_len: int,
-    batch_sizes: list[int],
-    shape: ModelShape,
-    log: Callable[[str], None],
-) -> tuple[list[RunResult], list[list[int]]]:
-    """HF at every batch size (after a small warm-up); returns all runs and the best run's outputs."""
-    model = build_hf_peer(path)
-    hf_generate(model, [p[:16] for p in prompts[:2]], 4, 2)
-    runs, best_outputs, best = [], [], float("inf")
-    for bs in batch_sizes:
-        run, outputs = bench_hf(model, prompts, output_len, bs, shape)
-        log(f"  {run.name}: {run.seconds:.2f} s, {run.tok_per_s:.1f} out tok/s (load {load_average()})")
-        runs.append(run)
-        if run.seconds < best:
-            best, best_outputs = run.seconds, outputs
-    return runs, best_outputs
 
 
 # -- radixlm -----------------------------------------------------------------------------------

@@ -108,6 +108,22 @@ def tiny_hf_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], s
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: str) -> Callable[[str], str]:
+    """`tiny_vlm(kind)`: the directory of the tiny random vision model of `kind` (helpers.vlm.KINDS:
+    "llava", "llava_next", "qwen2_vl", "qwen2_5_vl"; seed 0) on the tiny tokenizer, built once."""
+    from helpers.vlm import make_tiny_vlm
+
+    built: dict[str, str] = {}
+
+    def get(kind: str) -> str:
+        if kind not in built:
+            built[kind] = make_tiny_vlm(tmp_path_factory.mktemp(f"tiny_vlm_{kind}"), tiny_tokenizer_dir, kind)
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tiny_model: Callable[[str], str]) -> str:
     return tiny_model("llama")
 

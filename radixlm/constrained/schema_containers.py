@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 import jsonschema
 
-from radixlm.constrained.schema_logic import literal_values, negate
+from radixlm.constrained.schema_disjoint import literal_values
+from radixlm.constrained.schema_logic import negate
 from radixlm.constrained.schema_merge import merge
 from radixlm.constrained.schema_patterns import matches_every_string
 

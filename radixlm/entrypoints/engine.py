@@ -7,29 +7,28 @@ batching) in a child process, so a caller is never blocked by other requests' co
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import queue
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 from radixlm.config.server_args import ServerArgs
 from radixlm.constrained.router import GrammarRouter
 from radixlm.constrained.spec import GrammarSpec
+from radixlm.entrypoints.engine_args import check_list_lengths as _check_list_lengths
+from radixlm.entrypoints.engine_args import embedding_pooling
+from radixlm.entrypoints.engine_args import pick as _pick
+from radixlm.entrypoints.engine_args import server_args_of as _server_args
+from radixlm.entrypoints.engine_args import sibling_params as _sibling_params
 from radixlm.entrypoints.request_output import OutputAccumulator
+from radixlm.entrypoints.request_output import loop_putter as _loop_putter
 from radixlm.ipc.dp_client import DataParallelClient
 from radixlm.ipc.messages import ReqOutput, TokenizedGenerateReq
 from radixlm.ipc.runtime_client import RuntimeClient
 from radixlm.ipc.startup import refuse_engine_during_bootstrap
 from radixlm.ipc.validation import RuntimeLimits, validate_request
-from radixlm.model_loader.pooling_config import (
-    PoolingConfig,
-    check_dimensions,
-    check_embedding_architecture,
-    read_pooling_config,
-)
+from radixlm.model_loader.pooling_config import check_dimensions
 from radixlm.multimodal.processor import ImagePreprocessor
 from radixlm.sampling.sampling_params import SamplingParams
-from radixlm.sampling.seeding import derive_step_seed
 from radixlm.tokenizer.chat_templates import resolve_chat_template
 from radixlm.tokenizer.loader import apply_chat_template, eos_token_ids, load_tokenizer
 
@@ -438,64 +437,3 @@ class Engine:
         client = getattr(self, "client", None)
         if client is not None and client.process.is_alive():
             client.process.kill()
-
-
-def _server_args(model_path: Optional[str], server_args: Optional[ServerArgs], kwargs: dict) -> ServerArgs:
-    """The engine's config: `server_args` as given, or built from `model_path` and `kwargs`."""
-    if server_args is None:
-        return ServerArgs.from_kwargs(model_path=model_path, **kwargs)
-    if model_path is not None or kwargs:
-        raise TypeError("pass either server_args or model_path / keyword server arguments, not both")
-    if not isinstance(server_args, ServerArgs):
-        raise TypeError(f"server_args must be a ServerArgs, got {type(server_args).__name__}")
-    return server_args
-
-
-def embedding_pooling(args: ServerArgs, model_config: Any) -> Optional[PoolingConfig]:
-    """The served model's pooling with is_embedding (ValueError for a model that cannot embed), else None."""
-    if not args.is_embedding:
-        return None
-    check_embedding_architecture(model_config, args.model_impl)
-    return read_pooling_config(args.model_path, model_config)
-
-
-def _loop_putter(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Callable[[ReqOutput], None]:
-    """A callback (run on the receiver thread) that hands outputs to `inbox` on `loop`.
-
-    Outputs of an aborted request can still arrive after its caller's loop has closed (an
-    abandoned stream under `asyncio.run`); they are dropped, since raising here would kill
-    the receiver thread and hang every later request."""
-
-    def put(out: ReqOutput) -> None:
-        try:
-            loop.call_soon_threadsafe(inbox.put_nowait, out)
-        except RuntimeError:  # the loop is closed: nobody is waiting for this output
-            pass
-
-    return put
-
-
-# Sibling seeds reuse the step-seed mix on "step numbers" far beyond any real step count.
-_SIBLING_SEED_DOMAIN = 1 << 62
-
-
-def _sibling_params(params: SamplingParams, j: int) -> SamplingParams:
-    """Params of sample j of an n>1 request. Sample 0 keeps the seed (so it equals the n=1
-    result); the others get distinct seeds derived from it, so seeded samples differ from
-    each other yet stay reproducible."""
-    if params.seed is None or j == 0:
-        return params
-    return dataclasses.replace(params, seed=derive_step_seed(params.seed, _SIBLING_SEED_DOMAIN + j))
-
-
-def _check_list_lengths(count: int, **per_prompt: Any) -> None:
-    """A per-prompt argument given as a list needs one entry per prompt."""
-    for name, value in per_prompt.items():
-        if isinstance(value, list) and len(value) != count:
-            raise ValueError(f"got {len(value)} values of {name} for {count} prompts")
-
-
-def _pick(value: Any, i: int, default: Any) -> Any:
-    if isinstance(value, list):
-        return value[i]
-    return default if value is None else value

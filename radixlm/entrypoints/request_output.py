@@ -1,8 +1,10 @@
-"""Accumulates a request's streamed outputs into SGLang-shaped result dicts."""
+"""Accumulates a request's streamed outputs into SGLang-shaped result dicts, and hands outputs from
+the receiver thread to an async caller's event loop (`loop_putter`)."""
 
 from __future__ import annotations
 
-from typing import Optional
+import asyncio
+from typing import Callable, Optional
 
 from radixlm.ipc.finish import FinishAbort, FinishReason
 from radixlm.ipc.messages import ReqOutput
@@ -70,3 +72,19 @@ class OutputAccumulator:
     def _raise_if_failed(self) -> None:
         if isinstance(self.finish, FinishAbort) and self.finish.is_failure:
             raise RequestFailed(self.finish.message)
+
+
+def loop_putter(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> Callable[[ReqOutput], None]:
+    """A callback (run on the receiver thread) that hands outputs to `inbox` on `loop`.
+
+    Outputs of an aborted request can still arrive after its caller's loop has closed (an
+    abandoned stream under `asyncio.run`); they are dropped, since raising here would kill
+    the receiver thread and hang every later request."""
+
+    def put(out: ReqOutput) -> None:
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, out)
+        except RuntimeError:  # the loop is closed: nobody is waiting for this output
+            pass
+
+    return put

@@ -38,11 +38,24 @@ still spread over every SM; prefill 64 or 128).
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from radixlm.kernels.moe_align import ExpertBlocks, align_by_expert, max_padded_rows
+from radixlm.kernels.moe_config import GemmConfig, MoeConfig, moe_config
+
+# re-exported: the kernel tests and benchmarks/moe_bench.py import these from here
+__all__ = [
+    "ExpertBlocks",
+    "GemmConfig",
+    "MoeConfig",
+    "align_by_expert",
+    "fused_experts",
+    "fused_experts_with_config",
+    "max_padded_rows",
+    "moe_config",
+]
 
 try:
     import triton
@@ -53,150 +66,7 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
 
-@dataclass(frozen=True)
-class GemmConfig:
-    """One grouped GEMM's launch: tile sizes (N, K; the gate/up kernel's N counts output
-    columns, its weight tile is 2 * block_n wide), programs sharing an M band (`group_m`, for
-    L2 reuse of the weight tiles), warps and pipeline stages."""
-
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
-
-
-@dataclass(frozen=True)
-class MoeConfig:
-    """The rows per block (shared by the alignment and both GEMMs) and each GEMM's launch;
-    `atomic_sum`: the down GEMM adds its rows into a zeroed float32 [T, H] buffer (atomics,
-    then a cast into `out`) instead of writing [T*k, H] for the reduction kernel."""
-
-    block_m: int
-    gate_up: GemmConfig
-    down: GemmConfig
-    atomic_sum: bool = False
-
-
-# programs a launch should reach before its N tile stops being narrowed (about two waves of an
-# H100's 132 SMs)
-_MIN_PROGRAMS = 264
-
-
-def _block_n_for(active_experts: int, n: int, widest: int) -> int:
-    """The widest N tile (from `widest` down to 16) that still gives `_MIN_PROGRAMS` programs
-    over the selected experts' blocks."""
-    block_n = widest
-    while block_n > 16 and active_experts * triton.cdiv(n, block_n) < _MIN_PROGRAMS:
-        block_n //= 2
-    return block_n
-
-
-@functools.lru_cache(maxsize=256)
-def moe_config(num_rows: int, num_experts: int, hidden: int, inter: int) -> MoeConfig:
-    """Block sizes for T*k = `num_rows` routed rows over `num_experts` experts of hidden size
-    `hidden` and intermediate size `inter`. Chosen by the mean rows per selected expert:
-    <= 16 (decode) BLOCK_M 16 with long K tiles and N tiles narrowed until the selected experts
-    fill the GPU; <= 48 BLOCK_M 32; <= 128 BLOCK_M 64; <= 384 BLOCK_M 128 with wide N tiles
-    (many experts at prefill: Qwen3-30B-A3B at 4,096 tokens has 256 rows per expert); beyond,
-    BLOCK_M 128 with narrower N tiles (large prefill of few experts). The gate/up kernel's
-    `block_n` counts output columns: its weight tile and accumulator are twice as wide."""
-    active = max(1, min(num_experts, num_rows))
-    per_expert = num_rows / active
-    if per_expert <= 16:
-        return MoeConfig(
-            16,
-            GemmConfig(_block_n_for(active, inter, 64), 128, 1, 4, 4),
-            GemmConfig(_block_n_for(active, hidden, 64), 128, 1, 4, 4),
-        )
-    if per_expert <= 48:
-        return MoeConfig(32, GemmConfig(64, 64, 4, 4, 4), GemmConfig(64, 64, 4, 4, 4))
-    if per_expert <= 128:
-        return MoeConfig(64, GemmConfig(64, 64, 8, 4, 4), GemmConfig(128, 64, 8, 4, 4))
-    if per_expert <= 384:
-        return MoeConfig(128, GemmConfig(128, 64, 8, 8, 3), GemmConfig(256, 64, 8, 8, 3))
-    return MoeConfig(128, GemmConfig(64, 64, 8, 8, 3), GemmConfig(128, 64, 8, 8, 3))
-
-
-def max_padded_rows(num_rows: int, num_experts: int, block_m: int) -> int:
-    """Upper bound of the rows after padding each selected expert's rows to whole blocks: at
-    most min(E, T*k) experts are selected, each wasting at most BLOCK_M - 1 rows."""
-    return num_rows + min(num_experts, num_rows) * (block_m - 1)
-
-
 if triton is not None:
-
-    @triton.jit
-    def _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, offs, num_rows, num_experts):
-        """Each row r in `offs` with a valid expert e takes the next slot of e's blocks (an
-        atomic on e's cursor) and writes r there."""
-        e = tl.load(ids_ptr + offs, mask=offs < num_rows, other=-1)
-        ok = (offs < num_rows) & (e >= 0) & (e < num_experts)
-        dest = tl.atomic_add(cursor_ptr + tl.where(ok, e, 0), 1, mask=ok, sem="relaxed")
-        tl.store(sorted_ptr + dest, offs, mask=ok)
-
-    @triton.jit(do_not_specialize=["num_rows", "max_padded", "max_blocks"])
-    def _align_kernel(
-        ids_ptr,
-        sorted_ptr,
-        cursor_ptr,
-        block_expert_ptr,
-        num_padded_ptr,
-        num_rows,
-        num_experts,
-        max_padded,
-        max_blocks,
-        BLOCK_M: tl.constexpr,
-        E_POW2: tl.constexpr,
-        CHUNK: tl.constexpr,
-        BLOCKS_CHUNK: tl.constexpr,
-        SCATTER: tl.constexpr,
-        PDL: tl.constexpr,
-    ):
-        """Fills `sorted` with the pad value `num_rows` (each program its CHUNK; with SCATTER
-        the single program all of it); program 0 also counts the rows per expert and writes each
-        expert's padded start into `cursor`, each block's expert into `block_expert` (-1 past
-        the used blocks) and `num_padded`. With SCATTER (one program, num_rows <= CHUNK) it then
-        scatters the rows itself, after a barrier, instead of `_scatter_kernel`."""
-        if PDL:
-            pdl_enter()
-        pid = tl.program_id(0)
-        pad = tl.full([CHUNK], 0, tl.int32) + num_rows
-        if SCATTER:
-            for first in range(0, max_padded, CHUNK):
-                fill = first + tl.arange(0, CHUNK)
-                tl.store(sorted_ptr + fill, pad, mask=fill < max_padded)
-        else:
-            fill = pid * CHUNK + tl.arange(0, CHUNK)
-            tl.store(sorted_ptr + fill, pad, mask=fill < max_padded)
-        if pid == 0:
-            counts = tl.zeros([E_POW2], dtype=tl.int32)
-            for start in range(0, num_rows, CHUNK):
-                offs = start + tl.arange(0, CHUNK)
-                e = tl.load(ids_ptr + offs, mask=offs < num_rows, other=-1)
-                ok = (offs < num_rows) & (e >= 0) & (e < num_experts)
-                counts += tl.histogram(tl.where(ok, e, 0), E_POW2, mask=ok)
-            padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
-            ends = tl.cumsum(padded, axis=0)
-            experts = tl.arange(0, E_POW2)
-            tl.store(cursor_ptr + experts, ends - padded)
-            total = tl.sum(padded, axis=0)
-            tl.store(num_padded_ptr, total)
-            for first in range(0, max_blocks, BLOCKS_CHUNK):  # [BLOCKS_CHUNK, E_POW2] comparisons a step
-                blocks = first + tl.arange(0, BLOCKS_CHUNK)
-                row0 = blocks * BLOCK_M
-                owner = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
-                owner = tl.where(row0 < total, owner, -1)
-                tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
-            if SCATTER:
-                tl.debug_barrier()  # the pad fill and the cursors, stored by other threads, come first
-                _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, tl.arange(0, CHUNK), num_rows, num_experts)
-
-    @triton.jit(do_not_specialize=["num_rows"])
-    def _scatter_kernel(ids_ptr, sorted_ptr, cursor_ptr, num_rows, num_experts, CHUNK: tl.constexpr):
-        """`_scatter_rows` over this program's CHUNK of rows (after `_align_kernel`)."""
-        offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
-        _scatter_rows(ids_ptr, sorted_ptr, cursor_ptr, offs, num_rows, num_experts)
 
     @triton.jit
     def _tile(num_blocks, n, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
@@ -365,61 +235,6 @@ if triton is not None:
             ok = (e >= 0) & (e < num_experts)
             acc += tl.load(y_ptr + (t * TOP_K + j) * stride_y + offs, mask=h_ok & ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + t * stride_out + offs, acc.to(out_ptr.dtype.element_ty), mask=h_ok)
-
-
-@dataclass(frozen=True)
-class ExpertBlocks:
-    """The routed rows grouped by expert (see the module docstring): `sorted_rows` int32
-    [max_padded] (row r = t*k + j, or the pad value T*k), `block_expert` int32 [max_blocks]
-    (-1 past the used blocks), `num_padded` int32 [1] (rows used, a multiple of block_m)."""
-
-    sorted_rows: torch.Tensor
-    block_expert: torch.Tensor
-    num_padded: torch.Tensor
-    block_m: int
-
-
-_CHUNK = 1024
-
-
-def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> ExpertBlocks:
-    """Group the rows of `topk_ids` [T, k] (int32, contiguous) by expert into blocks of
-    `block_m` rows, on the device without a host sync: one launch for up to `_CHUNK` rows
-    (decode), else two (the fill and counts, then the scatter over many programs)."""
-    num_rows = topk_ids.numel()
-    max_padded = max_padded_rows(num_rows, num_experts, block_m)
-    max_blocks = triton.cdiv(max_padded, block_m)
-    dev = topk_ids.device
-    e_pow2 = triton.next_power_of_2(max(num_experts, 2))
-    sorted_rows = torch.empty(max_padded, dtype=torch.int32, device=dev)
-    block_expert = torch.empty(max_blocks, dtype=torch.int32, device=dev)
-    num_padded = torch.empty(1, dtype=torch.int32, device=dev)
-    cursor = torch.empty(e_pow2, dtype=torch.int32, device=dev)
-    single = num_rows <= _CHUNK
-    # beyond one chunk program 0 counts alone, so it takes 4 chunks a step with 16 warps (32,768
-    # rows: 8 dependent steps instead of 32)
-    chunk, warps = (_CHUNK, 4) if single else (4 * _CHUNK, 16)
-    _align_kernel[(1 if single else triton.cdiv(max_padded, chunk),)](
-        topk_ids,
-        sorted_rows,
-        cursor,
-        block_expert,
-        num_padded,
-        num_rows,
-        num_experts,
-        max_padded,
-        max_blocks,
-        block_m,
-        e_pow2,
-        chunk,
-        max(16, 8192 // e_pow2),
-        single,
-        num_warps=warps,
-        **pdl_launch(topk_ids, topk_ids.shape[0]),
-    )
-    if not single:
-        _scatter_kernel[(triton.cdiv(num_rows, _CHUNK),)](topk_ids, sorted_rows, cursor, num_rows, num_experts, _CHUNK)
-    return ExpertBlocks(sorted_rows, block_expert, num_padded, block_m)
 
 
 def _check_inputs(

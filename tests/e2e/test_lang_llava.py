@@ -4,16 +4,13 @@ program's text (which holds the image placeholder) with the same image."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
-from helpers.server_utils import launch_server, stop
-from helpers.tiny_llava import IMAGE_TOKEN, make_image, make_tiny_llava
-from helpers.tiny_models import make_tiny_tokenizer
+from helpers.tiny_llava import IMAGE_TOKEN, make_image
+from helpers.vlm import check_answers_as_generate, check_runtime_endpoint_images, leak_checked_engine, serving
 
 import radixlm as sgl
-
-ARGS = {"dtype": "float32", "max_total_tokens": 2048, "log_level": "warning"}
 
 
 @sgl.function
@@ -29,26 +26,19 @@ def image_choice(s: Any, picture: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("llava_lang")
-    return make_tiny_llava(root, make_tiny_tokenizer(root))
+def llava_dir(tiny_vlm: Callable[[str], str]) -> str:
+    return tiny_vlm("llava")
 
 
 @pytest.fixture(scope="module")
 def engine(llava_dir: str) -> Iterator[sgl.Engine]:
-    with sgl.Engine(llava_dir, **ARGS) as eng:
+    with leak_checked_engine(llava_dir) as eng:
         yield eng
-        eng.check_no_leak()
 
 
 def _check_program(backend: Any, engine: sgl.Engine) -> None:
     picture = make_image(31)
-    state = image_qa.run(picture=picture, question="what is it?", backend=backend)
-    text = state.text()
-    assert text.count(IMAGE_TOKEN) == 1
-    head = text[: text.rindex("ASSISTANT: ") + len("ASSISTANT: ")]  # the text the answer was generated after
-    direct = engine.generate(head, {"max_new_tokens": 8, "temperature": 0}, image_data=picture)
-    assert state["answer"] == direct["text"]
+    check_answers_as_generate(image_qa, backend, engine, picture, IMAGE_TOKEN, "ASSISTANT: ")
     other = image_qa.run(picture=make_image(32), question="what is it?", backend=backend)
     assert other.text().count(IMAGE_TOKEN) == 1
     chosen = image_choice.run(picture=picture, backend=backend)
@@ -60,10 +50,5 @@ def test_image_on_engine_backend(engine: sgl.Engine) -> None:
 
 
 def test_image_on_runtime_endpoint(engine: sgl.Engine, llava_dir: str) -> None:
-    url, proc = launch_server(llava_dir)
-    try:
-        backend = sgl.RuntimeEndpoint(url)
-        assert backend.supports_images and backend.image_token == IMAGE_TOKEN
-        _check_program(backend, engine)
-    finally:
-        stop(proc)
+    with serving(llava_dir) as url:
+        _check_program(check_runtime_endpoint_images(url, IMAGE_TOKEN), engine)

@@ -5,17 +5,15 @@ backend and on RuntimeEndpoint over HTTP."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
-from helpers.server_utils import launch_server, stop
 from helpers.tiny_llava import make_image
-from helpers.tiny_models import make_tiny_tokenizer
-from helpers.tiny_qwen2vl import IMAGE, make_tiny_qwen2vl
+from helpers.tiny_qwen2vl import IMAGE
+from helpers.vlm import check_answers_as_generate, check_runtime_endpoint_images, leak_checked_engine, serving
 
 import radixlm as sgl
 
-ARGS = {"dtype": "float32", "max_total_tokens": 2048, "log_level": "warning"}
 ASSISTANT = "<|assistant|>"  # the tiny tokenizer's chat template opens the answer with it
 
 
@@ -26,26 +24,19 @@ def image_qa(s: Any, picture: bytes, question: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("qwen2vl_lang")
-    return make_tiny_qwen2vl(root, make_tiny_tokenizer(root))
+def model_dir(tiny_vlm: Callable[[str], str]) -> str:
+    return tiny_vlm("qwen2_vl")
 
 
 @pytest.fixture(scope="module")
 def engine(model_dir: str) -> Iterator[sgl.Engine]:
-    with sgl.Engine(model_dir, **ARGS) as eng:
+    with leak_checked_engine(model_dir) as eng:
         yield eng
-        eng.check_no_leak()
 
 
 def _check_program(backend: Any, engine: sgl.Engine) -> None:
-    picture = make_image(41, size=(24, 36))
-    state = image_qa.run(picture=picture, question="what is it?", backend=backend)
-    text = state.text()
-    assert text.count(IMAGE) == 1 and f"{IMAGE}what is it?" in text
-    head = text[: text.rindex(ASSISTANT) + len(ASSISTANT)]  # the text the answer was generated after
-    direct = engine.generate(head, {"max_new_tokens": 8, "temperature": 0}, image_data=picture)
-    assert state["answer"] == direct["text"]
+    text = check_answers_as_generate(image_qa, backend, engine, make_image(41, size=(24, 36)), IMAGE, ASSISTANT)
+    assert f"{IMAGE}what is it?" in text
 
 
 def test_image_on_engine_backend(engine: sgl.Engine) -> None:
@@ -53,10 +44,5 @@ def test_image_on_engine_backend(engine: sgl.Engine) -> None:
 
 
 def test_image_on_runtime_endpoint(engine: sgl.Engine, model_dir: str) -> None:
-    url, proc = launch_server(model_dir)
-    try:
-        backend = sgl.RuntimeEndpoint(url)
-        assert backend.supports_images and backend.image_token == IMAGE
-        _check_program(backend, engine)
-    finally:
-        stop(proc)
+    with serving(model_dir) as url:
+        _check_program(check_runtime_endpoint_images(url, IMAGE), engine)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 from helpers.tiny_llava import (
@@ -17,28 +17,24 @@ from helpers.tiny_llava import (
     hf_llava_greedy,
     huge_png_header,
     make_image,
-    make_tiny_llava,
 )
-from helpers.tiny_models import make_tiny_tokenizer
+from helpers.vlm import ARGS, leak_checked_engine
 
 import radixlm
 
 NEW = 16
 GREEDY = {"max_new_tokens": NEW, "temperature": 0.0, "ignore_eos": True}
-ARGS = {"dtype": "float32", "max_total_tokens": 2048, "log_level": "warning"}
 
 
 @pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("llava")
-    return make_tiny_llava(root, make_tiny_tokenizer(root))
+def llava_dir(tiny_vlm: Callable[[str], str]) -> str:
+    return tiny_vlm("llava")
 
 
 @pytest.fixture(scope="module")
-def engine(llava_dir: str) -> Any:
-    with radixlm.Engine(llava_dir, **ARGS, max_images_per_request=3) as eng:
+def engine(llava_dir: str) -> Iterator[Any]:
+    with leak_checked_engine(llava_dir, max_images_per_request=3) as eng:
         yield eng
-        eng.check_no_leak()
 
 
 def ids_of(engine: Any, text: str) -> list[int]:

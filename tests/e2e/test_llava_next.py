@@ -4,29 +4,26 @@ placeholder count equals its feature rows, so a wrong count fails there too."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
-from helpers.tiny_llava import IMAGE_TOKEN, expand, hf_llava_greedy, make_image, make_tiny_llava
-from helpers.tiny_models import make_tiny_tokenizer
+from helpers.tiny_llava import IMAGE_TOKEN, expand, hf_llava_greedy, make_image
+from helpers.vlm import leak_checked_engine
 
-import radixlm
 from radixlm.multimodal.anyres import anyres_token_count
 
 GREEDY = {"max_new_tokens": 16, "temperature": 0.0, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def next_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("llava_next")
-    return make_tiny_llava(root, make_tiny_tokenizer(root), next_=True)
+def next_dir(tiny_vlm: Callable[[str], str]) -> str:
+    return tiny_vlm("llava_next")
 
 
 @pytest.fixture(scope="module")
-def engine(next_dir: str) -> Any:
-    with radixlm.Engine(next_dir, dtype="float32", max_total_tokens=4096, log_level="warning") as eng:
+def engine(next_dir: str) -> Iterator[Any]:
+    with leak_checked_engine(next_dir, max_total_tokens=4096) as eng:
         yield eng
-        eng.check_no_leak()
 
 
 def _counts(engine: Any, sizes: list[tuple[int, int]]) -> list[int]:

@@ -7,33 +7,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from helpers.tiny_llava import IMAGE_TOKEN, expand, make_image
 from helpers.tiny_llava_original import OriginalLlava, hf_original_greedy, make_original_llava
-from helpers.tiny_models import make_tiny_tokenizer
+from helpers.vlm import data_url, leak_checked_engine
 
-import radixlm
 from radixlm.model_loader.loader import load_model_config
 
 NEW = 16
 GREEDY = {"max_new_tokens": NEW, "temperature": 0.0, "ignore_eos": True}
-ARGS = {"dtype": "float32", "max_total_tokens": 2048, "log_level": "warning"}
 TOKENS_PER_IMAGE = 16
 
 
 @pytest.fixture(scope="module")
-def original(tmp_path_factory: pytest.TempPathFactory) -> OriginalLlava:
-    root = tmp_path_factory.mktemp("llava_original")
-    return make_original_llava(root, make_tiny_tokenizer(root))
+def original(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: str) -> OriginalLlava:
+    return make_original_llava(tmp_path_factory.mktemp("llava_original"), tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
-def engine(original: OriginalLlava) -> Any:
-    with radixlm.Engine(original.model_dir, tokenizer_path=original.tokenizer_dir, **ARGS) as eng:
+def engine(original: OriginalLlava) -> Iterator[Any]:
+    with leak_checked_engine(original.model_dir, tokenizer_path=original.tokenizer_dir) as eng:
         yield eng
-        eng.check_no_leak()
 
 
 def hf_ref(original: OriginalLlava, ids: list[int], images: list[bytes]) -> list[int]:
@@ -111,7 +107,6 @@ def test_readme_command_serves_an_image_chat_from_an_offline_hub_cache(
     --chat-template vicuna_v1.1` with the three ids in the local Hub cache (offline): the
     config's `mm_vision_tower` Hub id resolves there; an OpenAI image chat answers as the
     Engine does on the rendered prompt."""
-    import base64
     import os
     import shutil
     import sys
@@ -135,8 +130,10 @@ def test_readme_command_serves_an_image_chat_from_an_offline_hub_cache(
     proc = start_command(cmd, f"http://127.0.0.1:{port}", env)
     try:
         picture = make_image(51, size=(30, 44))
-        url = "data:image/png;base64," + base64.b64encode(picture).decode()
-        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what is this"}]
+        content = [
+            {"type": "image_url", "image_url": {"url": data_url(picture)}},
+            {"type": "text", "text": "what is this"},
+        ]
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY")
         reply = client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": content}], temperature=0, max_tokens=8

@@ -4,44 +4,36 @@ in prefill chunks, the radix cache over image spans, and the family's chat image
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 from helpers.tiny_llava import make_image
-from helpers.tiny_models import make_tiny_tokenizer
 from helpers.tiny_qwen2vl import (
     IMAGE,
     IMAGE_PAD,
     VISION_START,
     expand,
     hf_qwen2vl_greedy,
-    make_tiny_qwen2vl,
     tokens_for,
 )
+from helpers.vlm import ARGS, leak_checked_engine
 
 import radixlm
 
 NEW = 16
 GREEDY = {"max_new_tokens": NEW, "temperature": 0.0, "ignore_eos": True}
-ARGS = {"dtype": "float32", "max_total_tokens": 2048, "log_level": "warning"}
 WIDE, TALL = (40, 30), (20, 50)  # patch grids 8x10 and 12x4: 20 and 12 image tokens
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_tiny_tokenizer(tmp_path_factory.mktemp("qwen2vl_tok"))
+def qwen_dir(tiny_vlm: Callable[[str], str]) -> str:
+    return tiny_vlm("qwen2_vl")
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> str:
-    return make_tiny_qwen2vl(tmp_path_factory.mktemp("qwen2vl"), tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def engine(qwen_dir: str) -> Any:
-    with radixlm.Engine(qwen_dir, **ARGS, max_images_per_request=3) as eng:
+def engine(qwen_dir: str) -> Iterator[Any]:
+    with leak_checked_engine(qwen_dir, max_images_per_request=3) as eng:
         yield eng
-        eng.check_no_leak()
 
 
 def ids_of(engine: Any, text: str) -> list[int]:
@@ -123,8 +115,8 @@ def test_chat_image_marker_is_the_vision_span(engine: Any) -> None:
 
 
 @pytest.mark.slow
-def test_qwen2_5_vl_matches_hf(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> None:
-    path = make_tiny_qwen2vl(tmp_path_factory.mktemp("qwen2_5_vl"), tokenizer_dir, v25=True)
+def test_qwen2_5_vl_matches_hf(tiny_vlm: Callable[[str], str]) -> None:
+    path = tiny_vlm("qwen2_5_vl")
     with radixlm.Engine(path, **ARGS) as eng:
         prompts = [ids_of(eng, f"hello {IMAGE} what?"), ids_of(eng, f"first {IMAGE} second {IMAGE} compare")]
         images = [make_image(1, size=WIDE), [make_image(4, size=TALL), make_image(5, size=WIDE)]]

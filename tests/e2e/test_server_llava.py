@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import openai
 import pytest
-from helpers.server_utils import launch_server, stop
-from helpers.tiny_llava import IMAGE_TOKEN, TOKENS_PER_IMAGE, huge_png_header, make_image, make_tiny_llava
-from helpers.tiny_models import make_tiny_tokenizer
+from helpers.tiny_llava import IMAGE_TOKEN, TOKENS_PER_IMAGE, huge_png_header, make_image
+from helpers.vlm import data_url, serving
 
 GREEDY = {"max_new_tokens": 8, "temperature": 0.0, "ignore_eos": True}
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +25,10 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory, media_dir: Path) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("llava_server")
-    model = make_tiny_llava(root, make_tiny_tokenizer(root))
-    url, proc = launch_server(model, "--allowed-local-media-path", str(media_dir), "--max-images-per-request", "2")
-    try:
+def base_url(tiny_vlm: Callable[[str], str], media_dir: Path) -> Iterator[str]:
+    flags = ("--allowed-local-media-path", str(media_dir), "--max-images-per-request", "2")
+    with serving(tiny_vlm("llava"), *flags) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -4,37 +4,27 @@ images are 400s naming the problem and the server keeps serving."""
 
 from __future__ import annotations
 
-import base64
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import openai
 import pytest
-from helpers.server_utils import launch_server, stop
 from helpers.tiny_llava import huge_png_header, make_image
-from helpers.tiny_models import make_tiny_tokenizer
-from helpers.tiny_qwen2vl import IMAGE, make_tiny_qwen2vl, tokens_for
+from helpers.tiny_qwen2vl import IMAGE, tokens_for
+from helpers.vlm import data_url, serving
 
 GREEDY = {"max_new_tokens": 8, "temperature": 0.0, "ignore_eos": True}
 
 
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("qwen2vl_server")
-    return make_tiny_qwen2vl(root, make_tiny_tokenizer(root))
+def model_dir(tiny_vlm: Callable[[str], str]) -> str:
+    return tiny_vlm("qwen2_vl")
 
 
 @pytest.fixture(scope="module")
 def base_url(model_dir: str) -> Iterator[str]:
-    url, proc = launch_server(model_dir, "--max-images-per-request", "2")
-    try:
+    with serving(model_dir, "--max-images-per-request", "2") as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

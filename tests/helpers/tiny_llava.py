@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.tiny_models import TINY_TEXT
+
 IMAGE_SIZE, PATCH = 28, 7  # 16 placeholder tokens per image
 TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH) ** 2
 IMAGE_TOKEN = "<image>"
@@ -41,19 +43,7 @@ def make_tiny_llava(tmp_dir: str | Path, tokenizer_dir: str, next_: bool = False
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     tokenizer.chat_template = LLAVA_TEMPLATE
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    text = LlamaConfig(
-        vocab_size=image_id + 8,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.15,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
+    text = LlamaConfig(vocab_size=image_id + 8, **TINY_TEXT)
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,

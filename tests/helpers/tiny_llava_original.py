@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.tiny_llava import IMAGE_SIZE, IMAGE_TOKEN, PATCH
+from helpers.tiny_models import TINY_TEXT
 
 EXTRA_ROWS = 8  # the HF reference's embedding rows past the original vocabulary (the image id among them)
 
@@ -61,19 +62,7 @@ def make_original_llava(root: str | Path, base_tokenizer_dir: str, **mm_fields: 
 def _text_config(vocab_size: int) -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.15,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
+    return LlamaConfig(vocab_size=vocab_size, **TINY_TEXT)
 
 
 def _save_clip(out: Path, hf: Any, vision: Any) -> str:

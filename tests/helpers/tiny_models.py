@@ -57,6 +57,23 @@ def make_tiny_tokenizer(tmp_dir: str | os.PathLike, vocab_size: int = 400) -> st
 TINY_ARCHS = ("llama", "llama_tied", "mistral", "qwen2", "qwen3")
 
 
+# The tiny text model's shape (2 layers, hidden 64, GQA 4/2); `initializer_range` is raised from 0.02
+# so logits are peaked enough that greedy choices are not decided by float rounding. The tiny
+# LLaVA models' language halves use it too.
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    initializer_range=0.15,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=2,
+)
+
+
 def tiny_config(arch: str, vocab_size: int) -> object:
     """A 2-layer, hidden-64 config of `arch` with GQA (4 query heads, 2 KV heads) (the MoE
     architectures: helpers.tiny_moe).
@@ -69,19 +86,7 @@ def tiny_config(arch: str, vocab_size: int) -> object:
 
     if arch in TINY_MOE_ARCHS:
         return tiny_moe_config(arch, vocab_size)
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.15,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
+    common = dict(vocab_size=vocab_size, **TINY_TEXT)
     if arch == "llama":
         rope = {
             "rope_type": "llama3",

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.tiny_models import TINY_TEXT
+
 VISION_START, IMAGE_PAD, VISION_END, VIDEO_PAD = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"
 IMAGE = f"{VISION_START}{IMAGE_PAD}{VISION_END}"  # what the chat template writes for an image part
 PATCH, MERGE = 4, 2
@@ -28,17 +30,8 @@ def make_tiny_qwen2vl(tmp_dir: str | Path, tokenizer_dir: str, v25: bool = False
     ids = tokenizer.convert_tokens_to_ids([VISION_START, IMAGE_PAD, VISION_END, VIDEO_PAD])
     text = dict(
         vocab_size=max(ids) + 8,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY_TEXT,
         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-        initializer_range=0.15,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
     )
     common = dict(
         vision_start_token_id=ids[0], image_token_id=ids[1], vision_end_token_id=ids[2], video_token_id=ids[3]

@@ -244,6 +244,7 @@ def check_hopper_compile() -> None:
     Qwen3-30B-A3B and Mixtral-8x7B shapes compiles for sm_90; the prefill classes multiply with
     wgmma, and every GEMM's loads are pipelined (shared memory for more than one stage)."""
     from radixlm.kernels import fused_moe as fm
+    from radixlm.kernels import moe_align as ma
 
     configs = {
         fm.moe_config(tokens * top_k, experts, hidden, inter)
@@ -276,9 +277,9 @@ def check_hopper_compile() -> None:
             if config.block_m >= 64:
                 assert "wgmma.mma_async" in ptx, (kernel.__name__, config)
     for kernel, constexprs, warps in (
-        (fm._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=4096, BLOCKS_CHUNK=64, SCATTER=False, PDL=False), 16),
-        (fm._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True, PDL=True), 4),
-        (fm._scatter_kernel, dict(CHUNK=1024), 4),
+        (ma._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=4096, BLOCKS_CHUNK=64, SCATTER=False, PDL=False), 16),
+        (ma._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True, PDL=True), 4),
+        (ma._scatter_kernel, dict(CHUNK=1024), 4),
         (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024, PDL=True), 4),
     ):
         compile_for_hopper(kernel, constexprs, warps, 3)
