@@ -191,10 +191,23 @@ def check_kernels(device: str) -> None:
                 assert got.dtype == gemm_dtype and rel_err(got, want) < tol, (p.n, p.k, gemm_dtype, m)
 
 
+def repack_for_gpu(layer: torch.nn.Module, group: int):
+    """Replace an int4 layer's stored form by `PackedInt4` (exact, see `packed_int4.from_gptq`)
+    and return its Triton matmul; on the tensors' own device."""
+    from radixlm.kernels import int4_packed
+    from radixlm.layers.quantization.packed_int4 import from_gptq, hold
+
+    packed = from_gptq(layer.qweight.data, layer.qzeros.data, layer.scales.data, group)
+    for name in ("qweight", "qzeros", "scales"):
+        delattr(layer, name)
+    hold(layer, packed)
+    return int4_packed.bind(packed)
+
+
 def check_layers(device: str) -> None:
-    """The layer paths: AWQ / GPTQ layers repacked by `int4.repack_for_gpu`, and a fused GGUF
-    layer (Q4_K, Q4_K, Q6_K parts) through `gguf_cuda.cuda_matmul`, against the plain layer."""
-    from radixlm.layers.quantization.int4 import repack_for_gpu
+    """The layer paths: AWQ / GPTQ layers repacked into `PackedInt4` (`repack_for_gpu`), and a
+    fused GGUF layer (Q4_K, Q4_K, Q6_K parts) through `gguf_cuda.cuda_matmul`, against the plain
+    layer."""
 
     gen = torch.Generator().manual_seed(4)
     for name in ("awq", "gptq_sym", "gptq_asym"):

@@ -12,9 +12,9 @@ Published tensor formats (4-bit, group size g along the input K, output N):
 Both are repacked at load into GPTQ's qweight layout (packed along K, [K/8, N]), true zero points
 packed along N in order ([K/g, N/8]) and scales [K/g, N] in the activations' dtype; CPU
 dequantizes and multiplies (the reference), CUDA runs `kernels.int4_gemm.w4a16_matmul`.
-`repack_for_gpu` converts the same form to `packed_int4.PackedInt4` (the layout GGUF Q4_K is
-served from on CUDA); GPTQ/AWQ layers do not use it in serving: on an H100 its GEMV was 0.75-0.92x
-the speed of `int4_gemv` on every Llama-3-8B layer shape (`benchmarks/int4_gemv_sweep.py`).
+`packed_int4.from_gptq` converts the same form to the layout GGUF Q4_K is served from on CUDA;
+GPTQ/AWQ layers stay on `int4_gemv`, which measured 1.1-1.3x faster than the packed GEMV on every
+Llama-3-8B layer shape of an H100 (`benchmarks/int4_gemv_sweep.py`).
 """
 
 from __future__ import annotations
@@ -165,17 +165,3 @@ class Int4Method(LinearMethod):
 
     def describe(self) -> dict[str, Any]:
         return {"quant_method": self.name, "bits": 4, "group_size": self.group_size}
-
-
-def repack_for_gpu(layer: nn.Module, group: int) -> MatmulFn:
-    """Replace the layer's stored form by `PackedInt4` (parameters `codes`, `packed_scales`,
-    `packed_bias`; exact, see `packed_int4`) and return its Triton matmul (`kernels.int4_packed`).
-    Runs on the tensors' own device (CUDA in serving; the CPU under Triton's interpreter in tests)."""
-    from radixlm.kernels import int4_packed
-    from radixlm.layers.quantization.packed_int4 import from_gptq, hold
-
-    packed = from_gptq(layer.qweight.data, layer.qzeros.data, layer.scales.data, group)
-    for name in ("qweight", "qzeros", "scales"):
-        delattr(layer, name)
-    hold(layer, packed)
-    return int4_packed.bind(packed)
