@@ -4,9 +4,11 @@ The linear layers' tensors of a supported block type (`gguf_blocks.BLOCKS`: Q8_0
 Q4_K, Q5_K, Q6_K) are loaded as uint8 rows instead of being dequantized; the embedding and the
 norms stay float. On the CPU the LM head (the tied embedding's blocks, read again from the file)
 is multiplied in its blocks when the C kernel has their type (`keep_head_in_blocks`); elsewhere
-it stays float. A fused layer's parts may have different types (Q4_K_M files
-keep v and some down projections in Q6_K): the layer's one `weight` parameter is a flat byte
-buffer with each part's rows in turn, and consecutive parts of one type are multiplied together.
+it stays float. On the CPU a one-request decode step of a plain Llama model whose projections are
+all Q4_0 / Q4_1 / Q8_0 runs as one C call (`gguf_cpu_decode`). A fused layer's parts may have
+different types (Q4_K_M files keep v and some down projections in Q6_K): the layer's one `weight`
+parameter is a flat byte buffer with each part's rows in turn, and consecutive parts of one type
+are multiplied together.
 
 Matmul: on the CPU, Q4_0 / Q4_1 / Q8_0 parts multiply in their blocks (`kernels.cpu_q4`, a C kernel
 built at load) where a C compiler is present; other types, or without one, decode the blocks in
@@ -178,13 +180,22 @@ def gguf_plan(model_path: str, device: torch.device) -> QuantPlan:
     finish = None
     if device.type == "cpu":
         name = _HEAD if _HEAD in types else _EMBEDDING  # a file without output.weight ties the head
-        finish = partial(keep_head_in_blocks, name, checkpoint.blocks(name))
+        finish = partial(_finish_on_cpu, name, checkpoint.blocks(name))
     return QuantPlan(
         "gguf", partial(_methods, raw, types), {"quant_method": "gguf", "block_types": kinds}, frozenset(raw), finish
     )
 
 
 _HEAD, _EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def _finish_on_cpu(name: str, head: Any, model: nn.Module, device: torch.device) -> None:
+    """The LM head kept in its blocks (`keep_head_in_blocks`), then one-request decode steps fused
+    into one C call where the model allows (`gguf_cpu_decode.use_fused_decode`)."""
+    from radixlm.layers.quantization.gguf_cpu_decode import use_fused_decode
+
+    keep_head_in_blocks(name, head, model, device)
+    use_fused_decode(model, device)
 
 
 def keep_head_in_blocks(name: str, head: Any, model: nn.Module, device: torch.device) -> bool:
