@@ -3,7 +3,8 @@
  * over the request's pool slots, o, residual, RMSNorm, gate/up, SiLU-and-mul, down, residual) and
  * the final RMSNorm. The linears go through rlm_q4_matmul (cpu_q4.c, linked into the same
  * library); everything else is float32 here, in the order the torch model computes it, so the
- * hidden state equals the eager forward's up to float32 summation order.
+ * hidden state equals the eager forward's up to float32 summation order (with int8_activations, the
+ * opt-in llama.cpp-style int8 dots of cpu_q4.c, it does not: top-1 agreement is what holds).
  *
  * Invariants the caller (cpu_decode.py) checks once when it binds the model: every pointer is
  * float32 / int64 contiguous memory that outlives the call; heads % kv_heads == 0; head_dim is
@@ -18,6 +19,7 @@
 
 void rlm_q4_matmul(const float *x, int64_t m, int64_t k, const uint8_t *w, int kind, int64_t n, float *y,
                    int threads);
+int rlm_q4_matvec_int8(const float *x, int64_t k, const uint8_t *w, int kind, int64_t n, float *y, int threads);
 
 typedef struct {
     const float *input_norm, *post_norm; /* [hidden] */
@@ -29,6 +31,7 @@ typedef struct {
 typedef struct {
     int64_t hidden, heads, kv_heads, head_dim, intermediate, layers, vocab, positions, slots;
     float eps, scale;
+    int32_t int8_activations; /* chosen at start-up: 1 = rlm_q4_matvec_int8, 0 = the float32 dots */
     const float *embed;     /* [vocab, hidden] */
     const float *cos, *sin; /* [positions, head_dim / 2] */
     const float *final_norm;
@@ -91,6 +94,13 @@ static void attend(const RlmModel *m, const float *q, const float *k_cache, cons
     }
 }
 
+/* y [n] = W x for the linear in blocks `w` of `kind`, with the activations chosen at start-up. */
+static void matvec(const RlmModel *m, const float *x, int64_t k, const uint8_t *w, int kind, int64_t n, float *y,
+                   int threads) {
+    if (m->int8_activations && rlm_q4_matvec_int8(x, k, w, kind, n, y, threads) == 0) return;
+    rlm_q4_matmul(x, 1, k, w, kind, n, y, threads); /* float32, or int8 out of memory for its codes */
+}
+
 typedef struct {
     float *stream, *normed, *qkv, *attn, *proj, *gate_up;
 } Scratch;
@@ -99,21 +109,21 @@ static void layer_step(const RlmModel *m, const RlmLayer *l, int64_t position, i
                        Scratch s, float *scores, int threads) {
     const int64_t hd = m->head_dim, q_size = m->heads * hd, kv_size = m->kv_heads * hd, inter = m->intermediate;
     rmsnorm(s.stream, l->input_norm, m->hidden, m->eps, s.normed);
-    rlm_q4_matmul(s.normed, 1, m->hidden, l->qkv, l->qkv_kind, q_size + 2 * kv_size, s.qkv, threads);
+    matvec(m, s.normed, m->hidden, l->qkv, l->qkv_kind, q_size + 2 * kv_size, s.qkv, threads);
     const float *cos = m->cos + position * (hd / 2), *sin = m->sin + position * (hd / 2);
     rotate(s.qkv, m->heads + m->kv_heads, hd, cos, sin); /* q's heads, then k's: contiguous */
     memcpy(l->k_cache + slot * kv_size, s.qkv + q_size, sizeof(float) * kv_size);
     memcpy(l->v_cache + slot * kv_size, s.qkv + q_size + kv_size, sizeof(float) * kv_size);
     attend(m, s.qkv, l->k_cache, l->v_cache, row, position + 1, scores, s.attn);
-    rlm_q4_matmul(s.attn, 1, q_size, l->o, l->o_kind, m->hidden, s.proj, threads);
+    matvec(m, s.attn, q_size, l->o, l->o_kind, m->hidden, s.proj, threads);
     for (int64_t i = 0; i < m->hidden; i++) s.stream[i] += s.proj[i];
     rmsnorm(s.stream, l->post_norm, m->hidden, m->eps, s.normed);
-    rlm_q4_matmul(s.normed, 1, m->hidden, l->gate_up, l->gate_up_kind, 2 * inter, s.gate_up, threads);
+    matvec(m, s.normed, m->hidden, l->gate_up, l->gate_up_kind, 2 * inter, s.gate_up, threads);
     for (int64_t i = 0; i < inter; i++) {
         const float g = s.gate_up[i];
         s.gate_up[i] = g / (1.0f + expf(-g)) * s.gate_up[inter + i];
     }
-    rlm_q4_matmul(s.gate_up, 1, inter, l->down, l->down_kind, m->hidden, s.proj, threads);
+    matvec(m, s.gate_up, inter, l->down, l->down_kind, m->hidden, s.proj, threads);
     for (int64_t i = 0; i < m->hidden; i++) s.stream[i] += s.proj[i];
 }
 

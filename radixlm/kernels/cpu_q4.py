@@ -61,6 +61,8 @@ def library(flags: tuple[str, ...]) -> ctypes.CDLL:
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.rlm_q4_matmul.argtypes = [ptr, i64, i64, ptr, c_int, i64, ptr, c_int]
     lib.rlm_q4_dequantize.argtypes = [ptr, c_int, i64, i64, ptr, c_int]
+    lib.rlm_q4_matvec_int8.argtypes = [ptr, i64, ptr, c_int, i64, ptr, c_int]
+    lib.rlm_q4_matvec_int8.restype = c_int
     lib.rlm_decode_step.argtypes = [ptr, ptr, i64, ptr, i64, ptr, c_int]
     lib.rlm_decode_step.restype = c_int
     return lib
@@ -116,6 +118,25 @@ def matmul(x: torch.Tensor, rows: torch.Tensor, qtype: int, k: int, lib: ctypes.
     xf = x.to(torch.float32).contiguous()
     y = torch.empty(xf.shape[0], n)
     lib.rlm_q4_matmul(xf.data_ptr(), xf.shape[0], k, rows.data_ptr(), kind, n, y.data_ptr(), threads)
+    return y.to(x.dtype)
+
+
+def matmul_int8(
+    x: torch.Tensor, rows: torch.Tensor, qtype: int, k: int, lib: ctypes.CDLL | None = None
+) -> torch.Tensor:
+    """`matmul` with each row of x first quantized to int8 per 32-element block (llama.cpp's Q8_0
+    activations) and the block dots in integer arithmetic: opt-in (`--gguf-cpu-activations int8`),
+    not equal to the float32 product (x keeps ~8 bits per block). From `GEMM_ROWS` rows on, as
+    `matmul` (float32)."""
+    lib = lib or load()
+    if x.shape[0] >= GEMM_ROWS:
+        return matmul(x, rows, qtype, k, lib)
+    xf = x.to(torch.float32).contiguous()
+    y = torch.empty(xf.shape[0], rows.shape[0])
+    kind, threads = KIND[qtype], torch.get_num_threads()
+    for i in range(xf.shape[0]):
+        if lib.rlm_q4_matvec_int8(xf[i].data_ptr(), k, rows.data_ptr(), kind, rows.shape[0], y[i].data_ptr(), threads):
+            raise MemoryError("rlm_q4_matvec_int8: no memory for the int8 codes")
     return y.to(x.dtype)
 
 

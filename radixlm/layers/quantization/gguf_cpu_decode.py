@@ -51,6 +51,7 @@ class _Model(ctypes.Structure):
         *((name, ctypes.c_int64) for name in ("layers", "vocab", "positions", "slots")),
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
+        ("int8_activations", ctypes.c_int32),
         ("embed", ctypes.c_void_p),
         ("cos", ctypes.c_void_p),
         ("sin", ctypes.c_void_p),
@@ -62,17 +63,21 @@ class _Model(ctypes.Structure):
 _ERRORS = {1: "token id outside the vocabulary", 2: "position outside the rotary tables", 3: "KV slot outside the pool"}
 
 
-def use_fused_decode(model: nn.Module, device: torch.device) -> bool:
+def use_fused_decode(model: nn.Module, device: torch.device, activations: str = "float32") -> bool:
     """Install `FusedDecode` as `model`'s forward where it computes this model exactly (see the
-    module docstring); returns whether it did, logging why not at debug level."""
+    module docstring); returns whether it did, logging why not at debug level. `activations`
+    "int8" (`--gguf-cpu-activations`) runs its projections through `cpu_q4.c`'s int8 dots instead
+    (llama.cpp's numerics: not exact, top-1 agreement only)."""
     from radixlm.kernels import cpu_q4
 
     reason = _unsupported(model, device) or cpu_q4.unavailable_reason()
     if reason:
         logger.debug("gguf on CPU: no fused decode step: %s", reason)
         return False
-    model.use_decode_step(FusedDecode(cpu_q4.load(), model))
-    logger.info("gguf on CPU: one-request decode steps run fused in C (kernels/cpu_decode.c)")
+    model.use_decode_step(FusedDecode(cpu_q4.load(), model, activations == "int8"))
+    logger.info(
+        "gguf on CPU: one-request decode steps run fused in C (kernels/cpu_decode.c), %s activations", activations
+    )
     return True
 
 
@@ -131,8 +136,8 @@ class FusedDecode:
     KV pool and rotary tables of the first fused call and bound again whenever either object
     changes (they are allocated after loading); the tensors they point into are kept referenced."""
 
-    def __init__(self, lib: ctypes.CDLL, model: nn.Module) -> None:
-        self.lib, self.model = lib, model
+    def __init__(self, lib: ctypes.CDLL, model: nn.Module, int8: bool = False) -> None:
+        self.lib, self.model, self.int8 = lib, model, int8
         self._pool: Any = None
         self._cos: Optional[torch.Tensor] = None
         self._bound: Optional[tuple[_Model, Any, list[torch.Tensor]]] = None
@@ -144,7 +149,7 @@ class FusedDecode:
         layers = self.model.model.layers
         pool, cos = layers[0].self_attn.backend.pool, layers[0].self_attn.rotary.cos
         if pool is not self._pool or cos is not self._cos:
-            self._bound = _bind(self.model, pool)
+            self._bound = _bind(self.model, pool, self.int8)
             self._pool, self._cos = pool, cos
         if self._bound is None or inputs.dtype != torch.int64 or batch.req_to_token.dtype != torch.int64:
             return self.model.model(input_ids, positions, batch)
@@ -164,7 +169,7 @@ class FusedDecode:
         return out
 
 
-def _bind(model: nn.Module, pool: Any) -> Optional[tuple[_Model, Any, list[torch.Tensor]]]:
+def _bind(model: nn.Module, pool: Any, int8: bool) -> Optional[tuple[_Model, Any, list[torch.Tensor]]]:
     """The C structures for `model` over `pool`, and the tensors they point into; None when the
     pool is not float32 [slots, Hkv, D] contiguous buffers."""
     stack, config = model.model, model.config
@@ -198,6 +203,7 @@ def _bind(model: nn.Module, pool: Any) -> Optional[tuple[_Model, Any, list[torch
         pool.k_buffers[0].shape[0],
         stack.norm.eps,
         attn.scale,
+        int(int8),
         stack.embed_tokens.weight.data_ptr(),
         cos.data_ptr(),
         sin.data_ptr(),
