@@ -13,9 +13,11 @@ itself. Greedy, EOS ignored, random prompt ids in [100, vocab) from a fixed seed
 (b) one request, 55 in, 64 out, output tok/s over the whole request, read against the bytes one
     decode step must read (weights + KV) over the measured copy bandwidth;
 (c) 64 prompts sharing a 512-token prefix (+32 unique, 32 out): radix cache on vs off.
-`--quant-flag` names an extra radixlm run of (a) and (b) (a ServerArgs field=value, e.g.
+`--quant-flag` (repeatable) names an extra radixlm engine for (a) and (b) (ServerArgs field=value[,...], e.g.
 `quantization=gguf`: the Q4_1 linears kept in their blocks) shown beside the default.
-`--alternations N` runs radixlm's default and the `--quant-flag` engine N times each, alternately,
+Every figure also as output tokens per CPU-second of the processes involved (psutil: this one
+and the Engine's children), the fair figure when the machine is shared and oversubscribed.
+`--alternations N` runs radixlm's default and the `--quant-flag` engines N times each, alternately,
 and reports each figure's median (the machine may be shared: timings swing between runs).
 """
 
@@ -49,10 +51,17 @@ class Figure:
     name: str
     seconds: float
     tokens: int
+    cpu_seconds: float = 0.0  # CPU time of this process and its children (the Engine's) over the run
 
     @property
     def tok_s(self) -> float:
         return self.tokens / self.seconds
+
+    @property
+    def tok_cpu_s(self) -> float:
+        """Output tokens per CPU-second: what the run would do alone on its threads (on a shared,
+        oversubscribed machine the wall figure mostly measures the other load)."""
+        return self.tokens / self.cpu_seconds if self.cpu_seconds else float("nan")
 
 
 # -- ceilings ----------------------------------------------------------------------------------
@@ -75,8 +84,28 @@ def copy_bandwidth(mb: int = 512, repeats: int = 5) -> float:
 
 def _shown(figure: Figure) -> Figure:
     """Print a figure as soon as it is measured (a later failure keeps what was measured)."""
-    print(f"  measured {figure.name}: {figure.seconds:.2f} s, {figure.tok_s:.1f} out tok/s", flush=True)
+    print(
+        f"  measured {figure.name}: {figure.seconds:.2f} s, {figure.tok_s:.1f} out tok/s, "
+        f"{figure.tok_cpu_s:.1f} per CPU-s",
+        flush=True,
+    )
     return figure
+
+
+def cpu_now() -> float:
+    """CPU seconds (user + system) used so far by this process and its live children."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [me] + me.children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:  # a child that just exited
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -98,27 +127,30 @@ def radixlm_runs(plans: list[tuple[str, list[list[list[int]]], int]], **engine_a
         for name, calls, out_len in plans:
             engine.flush_cache()
             params = {"temperature": 0, "max_new_tokens": out_len, "ignore_eos": True}
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_now()
             outs = [o for prompts in calls for o in engine.generate(input_ids=prompts, sampling_params=params)]
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, cpu_now() - cpu
             tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
-            figures.append(_shown(Figure(name, seconds, tokens)))
+            figures.append(_shown(Figure(name, seconds, tokens, cpu)))
     return figures
 
 
 def alternated(
-    plans: list[tuple[str, list[list[list[int]]], int]], runs: int, extra: dict[str, Any], common: dict[str, Any]
+    plans: list[tuple[str, list[list[list[int]]], int]],
+    runs: int,
+    extras: list[dict[str, Any]],
+    common: dict[str, Any],
 ) -> tuple[list[Figure], list[Figure]]:
-    """`runs` alternations of radixlm's defaults then (when `extra` is set) an engine with `extra`
-    (its figures named after it) over the same plans, both with `common`; each figure's median."""
+    """`runs` alternations of radixlm's defaults then an engine per dict of `extras` (its figures
+    named after it) over the same plans, all with `common`; each figure's median."""
     ours: list[list[Figure]] = []
-    theirs: list[list[Figure]] = []
-    tag = " ".join(f"{k}={v}" for k, v in extra.items())
+    theirs: list[list[list[Figure]]] = [[] for _ in extras]
     for _ in range(runs):
         ours.append(radixlm_runs(plans, **common))
-        if extra:
-            theirs.append(radixlm_runs([(f"{name} {tag}", calls, n) for name, calls, n in plans], **extra, **common))
-    return _medians(ours), _medians(theirs)
+        for extra, runs_of in zip(extras, theirs):
+            tag = " ".join(f"{k}={v}" for k, v in extra.items())
+            runs_of.append(radixlm_runs([(f"{name} {tag}", calls, n) for name, calls, n in plans], **extra, **common))
+    return _medians(ours), [f for runs_of in theirs for f in _medians(runs_of)]
 
 
 def _medians(runs: list[list[Figure]]) -> list[Figure]:
@@ -139,8 +171,10 @@ def hf_figures(
         model = base.to(dtype)
         hf_generate(model, [p[:16] for p in prompts[:2]], 4, 2)
         for bs in batch_sizes:
+            cpu = cpu_now()
             seconds = _timed(lambda: hf_generate(model, prompts, out_len, bs))
-            figures.append(_shown(Figure(f"HF {str(dtype).split('.')[-1]} bs={bs}", seconds, len(prompts) * out_len)))
+            name = f"HF {str(dtype).split('.')[-1]} bs={bs}"
+            figures.append(_shown(Figure(name, seconds, len(prompts) * out_len, cpu_now() - cpu)))
     return figures
 
 
@@ -153,9 +187,9 @@ def llama_cpp_figures(path: str, prompt: list[int], out_len: int, threads: list[
     for n in threads:
         llm = Llama(model_path=path, n_threads=n, n_threads_batch=n, n_ctx=512, n_batch=512, verbose=False)
         _llama_generate(llm, prompt[:8], 4)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_now()
         _llama_generate(llm, prompt, out_len)
-        figures.append(_shown(Figure(f"llama.cpp threads={n}", time.perf_counter() - start, out_len)))
+        figures.append(_shown(Figure(f"llama.cpp threads={n}", time.perf_counter() - start, out_len, cpu_now() - cpu)))
     return figures
 
 
@@ -180,7 +214,7 @@ def best(figures: list[Figure], prefix: str) -> Figure:
 
 def report(lines: list[str], figures: list[Figure]) -> None:
     for f in figures:
-        lines.append(f"  {f.name:<34} {f.seconds:8.2f} s {f.tok_s:9.1f} out tok/s")
+        lines.append(f"  {f.name:<34} {f.seconds:8.2f} s {f.tok_s:9.1f} out tok/s {f.tok_cpu_s:9.1f} per CPU-s")
 
 
 def parse_args() -> argparse.Namespace:
@@ -189,7 +223,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--skip-cache", action="store_true", help="leave out (c) (the cache-off prefill takes minutes)")
     ap.add_argument("--llama-flags", default=os.environ.get("CMAKE_ARGS", "?"), help="the CMAKE_ARGS it was built with")
-    ap.add_argument("--quant-flag", default=None, help="an extra radixlm run with this ServerArgs field=value")
+    ap.add_argument(
+        "--quant-flag",
+        action="append",
+        default=[],
+        help="an extra radixlm engine with these ServerArgs field=value[,field=value] (repeatable)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads of every system (default: torch's)")
     ap.add_argument("--alternations", type=int, default=1, help="radixlm runs (default, --quant-flag) alternated")
     return ap.parse_args()
@@ -222,9 +261,9 @@ def main() -> None:
     lines.append(f"ceilings: GEMM float32 {gemm32:.0f} GFLOP/s, bfloat16 {gemm16:.0f} GFLOP/s; copy {bw:.1f} GB/s")
 
     plans = [("radixlm (a)", [prompts_a], OUT_A), ("radixlm (b)", [[prompt_b]], OUT_B)]
-    flag = dict([args.quant_flag.split("=", 1)]) if args.quant_flag else {}
+    flags = [dict(kv.split("=", 1) for kv in flag.split(",")) for flag in args.quant_flag]
     common = {"num_threads": args.threads} if args.threads else {}
-    ours, extra = alternated(plans, args.alternations, flag, common)
+    ours, extra = alternated(plans, args.alternations, flags, common)
     if not args.skip_cache:
         ours += radixlm_runs([("radixlm (c) cache on", [prompts_c], OUT_C)], **common)
     off = (
@@ -280,6 +319,17 @@ def main() -> None:
             f"{100 * best_llama.tok_s * gguf_bytes / 1e9 / bw:.0f}% of its {bw * 1e9 / gguf_bytes:.0f} tok/s "
             f"({gguf_bytes / 1e6:.0f} MB file); radixlm / llama.cpp = {b.tok_s / best_llama.tok_s:.2f} "
             f"(target {TARGET_B_LLAMA})"
+        )
+        for f in extra:
+            if "(b)" in f.name:
+                lines.append(f"  {f.name} / llama.cpp = {f.tok_s / best_llama.tok_s:.2f} (target {TARGET_B_LLAMA})")
+    hf_cpu_b = max((f for f in hf_b), key=lambda f: f.tok_cpu_s)
+    llama_cpu_b = max(llama, key=lambda f: f.tok_cpu_s) if llama else None
+    for f in [b] + [f for f in extra if "(b)" in f.name]:
+        versus = f", {f.tok_cpu_s / llama_cpu_b.tok_cpu_s:.2f}x llama.cpp's" if llama_cpu_b else ""
+        lines.append(
+            f"  per CPU-second: {f.name} {f.tok_cpu_s:.1f} = {f.tok_cpu_s / hf_cpu_b.tok_cpu_s:.2f}x HF's best "
+            f"({hf_cpu_b.name} {hf_cpu_b.tok_cpu_s:.1f}){versus}"
         )
     if not args.skip_cache:
         on, cold = by_name["radixlm (c) cache on"], by_name["radixlm (c) cache off"]

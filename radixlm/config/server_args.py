@@ -36,6 +36,7 @@ class ServerArgs:
     load_format: str = "auto"
     dtype: str = "auto"
     quantization: Optional[str] = None  # fp8 (online or checkpoint), awq, gptq, gguf (blocks kept)
+    gguf_cpu_activations: str = "float32"  # gguf on CPU, one-row products: float32 (exact) or int8 (llama.cpp's)
     device: str = "auto"
     context_length: Optional[int] = None
     model_impl: str = "auto"
@@ -116,6 +117,7 @@ class ServerArgs:
         _check_choice("model_impl", self.model_impl, MODEL_IMPLS)
         _check_choice("grammar_backend", self.grammar_backend, GRAMMAR_BACKENDS)
         _check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        _check_choice("gguf_cpu_activations", self.gguf_cpu_activations, ("float32", "int8"))
         _check_positive("page_size", self.page_size)
         _check_positive("max_prefill_tokens", self.max_prefill_tokens)
         _check_positive("torch_compile_max_bs", self.torch_compile_max_bs)

@@ -110,6 +110,7 @@ class ModelRunner:
             self.tp,
             self.args.ep_size,
             self.args.quantization,
+            self.args.gguf_cpu_activations,
         )
         logger.info(
             "model loaded in %.1f s (%s, %s, %.2f GiB of weights)",

@@ -13,6 +13,7 @@
  * of x first widen a row of W into a buffer, then dot every row of x against it. Rows of W are
  * split over `threads` OpenMP threads. All arithmetic is float32.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,4 +224,99 @@ void rlm_q4_dequantize(const uint8_t *w, int kind, int64_t n, int64_t k, float *
     const int64_t blocks = k / BLOCK, row_bytes = blocks * f.bytes;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < n; r++) widen_row(w + r * row_bytes, f, blocks, out + r * k);
+}
+
+/* -- int8 activations (opt-in: `--gguf-cpu-activations int8`) ----------------------------------
+ * One row of x is first quantized per 32-element block, as llama.cpp quantizes activations to
+ * Q8_0: codes p = round(x / dx) in [-127, 127] with dx = max |x| / 127, and sx = dx * sum p.
+ * Then w . x = sum over blocks of d dx (q . p) + m sx, q . p in exact integer arithmetic. This
+ * changes the numerics (x loses ~1/254 of its block's range), so logits no longer equal the
+ * float32 path: tests check top-1 agreement instead. */
+static void quantize_x(const float *x, int64_t blocks, int8_t *p, float *dx, float *sx) {
+    for (int64_t b = 0; b < blocks; b++) {
+        const float *xb = x + BLOCK * b;
+        float amax = 0.0f;
+        for (int i = 0; i < BLOCK; i++) amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
+        const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < BLOCK; i++) {
+            const int v = (int)nearbyintf(xb[i] * inv);
+            p[BLOCK * b + i] = (int8_t)v;
+            sum += v;
+        }
+        dx[b] = d;
+        sx[b] = d * (float)sum;
+    }
+}
+
+#ifdef __AVX2__
+/* q . p of one block as 8 int32 partial sums converted to float. */
+static inline __m256 block_int_dot(const uint8_t *qb, Format f, const int8_t *p) {
+    const __m256i pv = _mm256_loadu_si256((const __m256i *)p);
+    __m256i pairs;
+    if (f.kind == KIND_Q8_0) {
+        const __m256i w = _mm256_loadu_si256((const __m256i *)qb);
+        pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(pv, w));
+    } else {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)qb);
+        const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+        pairs = _mm256_maddubs_epi16(_mm256_and_si256(both, _mm256_set1_epi8(15)), pv);
+    }
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+static void int_dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const int8_t *p, const float *dx,
+                         const float *sx, int64_t blocks, float *y) {
+    __m256 acc[ROWS];
+    float offset[ROWS];
+    for (int j = 0; j < ROWS; j++) acc[j] = _mm256_setzero_ps(), offset[j] = 0.0f;
+    for (int64_t b = 0; b < blocks; b++) {
+        for (int j = 0; j < rows; j++) {
+            float d, m;
+            const uint8_t *qb = block_fields(w + j * row_bytes + b * f.bytes, f, &d, &m);
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx[b]), block_int_dot(qb, f, p + BLOCK * b), acc[j]);
+            offset[j] += m * sx[b];
+        }
+    }
+    for (int j = 0; j < rows; j++) y[j] = hsum(acc[j]) + offset[j];
+}
+#else
+static void int_dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const int8_t *p, const float *dx,
+                         const float *sx, int64_t blocks, float *y) {
+    (void)row_bytes, (void)rows;
+    float acc = 0.0f;
+    for (int64_t b = 0; b < blocks; b++) {
+        float d, m;
+        const uint8_t *qb = block_fields(w + b * f.bytes, f, &d, &m);
+        const int8_t *pb = p + BLOCK * b;
+        int s = 0;
+        if (f.kind == KIND_Q8_0) {
+            for (int j = 0; j < BLOCK; j++) s += (int8_t)qb[j] * pb[j];
+        } else {
+            for (int j = 0; j < 16; j++) s += (qb[j] & 15) * pb[j] + (qb[j] >> 4) * pb[j + 16];
+        }
+        acc += d * dx[b] * (float)s + m * sx[b];
+    }
+    y[0] = acc;
+}
+#endif
+
+/* y [N] = W x for one row x [K] with x quantized to int8 blocks first (see above). Returns 0, or
+ * 4 when out of memory (y untouched). */
+int rlm_q4_matvec_int8(const float *x, int64_t k, const uint8_t *w, int kind, int64_t n, float *y, int threads) {
+    const Format f = format_of(kind);
+    const int64_t blocks = k / BLOCK, row_bytes = blocks * f.bytes;
+    int8_t *p = malloc(k + 2 * sizeof(float) * blocks);
+    if (p == NULL) return 4;
+    float *dx = (float *)(p + k), *sx = dx + blocks; /* k is a multiple of 32: dx stays aligned */
+    quantize_x(x, blocks, p, dx, sx);
+    const int64_t groups = (n + ROWS - 1) / ROWS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t g = 0; g < groups; g++) {
+        const int64_t r = g * ROWS;
+        const int rows = n - r < ROWS ? (int)(n - r) : ROWS;
+        int_dot_rows(w + r * row_bytes, row_bytes, rows, f, p, dx, sx, blocks, y + r);
+    }
+    free(p);
+    return 0;
 }

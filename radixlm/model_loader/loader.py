@@ -105,6 +105,7 @@ def build_model(
     tp: Optional[TPGroup] = None,
     ep_size: int = 1,
     quantization: Optional[str] = None,
+    gguf_activations: str = "float32",
 ) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
@@ -116,13 +117,13 @@ def build_model(
 
     `quantization` (`--quantization`) or the checkpoint's `quantization_config` puts a quantization
     method behind the linear layers (`radixlm.layers.quantization`); the chosen plan is kept as
-    `model.quant_plan` (None when unquantized)."""
+    `model.quant_plan` (None when unquantized). `gguf_activations`: `--gguf-cpu-activations`."""
     tp = tp or TPGroup.single()
     check_model_impl(config, model_impl)
     check_tensor_parallel(config, model_impl, tp.size, ep_size)
     architectures = getattr(config, "architectures", None) or []
     native = resolve_model_impl(architectures, model_impl) != "transformers"
-    plan = quant_plan(config, quantization, model_path, load_format, device)
+    plan = quant_plan(config, quantization, model_path, load_format, device, gguf_activations)
     if plan is not None and not native:
         raise ValueError(
             f"quantization {plan.name!r} needs a native model ({', '.join(supported_architectures())}); "
@@ -152,7 +153,12 @@ def build_model(
 
 
 def quant_plan(
-    config: Any, quantization: Optional[str], model_path: str, load_format: str, device: torch.device
+    config: Any,
+    quantization: Optional[str],
+    model_path: str,
+    load_format: str,
+    device: torch.device,
+    gguf_activations: str = "float32",
 ) -> Any:
     """The `QuantPlan` for this model (None: unquantized); raises naming the field at fault."""
     gguf = is_gguf(model_path) or load_format == "gguf"
@@ -167,7 +173,7 @@ def quant_plan(
     if quantization == "gguf" and gguf:
         from radixlm.layers.quantization.gguf import gguf_plan
 
-        return gguf_plan(model_path, device)
+        return gguf_plan(model_path, device, gguf_activations)
     return resolve_quantization(config, quantization, gguf, device)
 
 

@@ -188,7 +188,17 @@ class LlamaForCausalLM(nn.Module):
         self._logits = logits_fn(self.config.vocab_size, self.tp, device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        return self._forward(input_ids, positions, batch)
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """The decoder stack; `use_decode_step` replaces it on this instance."""
         return self.model(input_ids, positions, batch)
+
+    def use_decode_step(self, step: Callable[[torch.Tensor, torch.Tensor, ForwardBatch], torch.Tensor]) -> None:
+        """`forward` becomes `step`, which must return what `self.model` does for every batch (up to
+        float rounding): it runs the batches it has a fused kernel for and hands the others to
+        `self.model` (gguf on the CPU: `layers.quantization.gguf_cpu_decode`)."""
+        self._forward = step
 
     def compute_logits(self, hidden: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """float32 logits [N, vocab] of hidden [N, H], into `out` when given."""

@@ -44,6 +44,32 @@ def test_matmul_equals_the_decoded_weights(lib, qtype: int, m: int) -> None:
     assert torch.allclose(cpu_q4.dequantize(rows, qtype, k, lib), dense, rtol=1e-6, atol=1e-7)
 
 
+def int8_codes(x: torch.Tensor) -> torch.Tensor:
+    """x [m, k] as llama.cpp's Q8_0 activations, decoded back: per 32-element block,
+    round(x / d) * d with d = max |x| / 127 (what the int8 path multiplies, exactly)."""
+    blocks = x.double().view(x.shape[0], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    return (torch.round(blocks / torch.where(d > 0, d, 1)) * d).view_as(x)
+
+
+@pytest.mark.parametrize("qtype", KERNEL_TYPES)
+@pytest.mark.parametrize("m", [1, 2])
+def test_int8_activations_multiply_the_quantized_x_exactly(lib, qtype: int, m: int) -> None:
+    """The int8 path equals the decoded weights times x rounded to int8 blocks (integer dots, no
+    saturation at +-127 against 4- and 8-bit codes), and is within ~1 % of the float product."""
+    n, k = 37, 256
+    rows = torch.from_numpy(random_blocks(qtype, n, k, np.random.default_rng(qtype)))
+    dense = gguf_blocks.dequantize(rows, qtype, k).double()
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(7)) * 3
+    x[0, :32] = 0.0  # an all-zero block: scale 0, codes 0
+    got = cpu_q4.matmul_int8(x, rows, qtype, k, lib)
+    want = (int8_codes(x) @ dense.T).float()
+    exact = (x.double() @ dense.T).float()
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    assert ((got - want).norm() / want.norm()).item() < 1e-5
+    assert 1e-4 < ((got - exact).norm() / exact.norm()).item() < 2e-2  # not the float path, close to it
+
+
 def test_subnormal_and_zero_scales_decode_exactly(lib) -> None:
     """float16 subnormal scales (|d| < 6.1e-5) and zero: the portable half-to-float path's edge cases."""
     raw = random_blocks(gguf_blocks.Q4_1, 4, 64, np.random.default_rng(0)).reshape(4, 2, 20)

@@ -4,9 +4,11 @@ The linear layers' tensors of a supported block type (`gguf_blocks.BLOCKS`: Q8_0
 Q4_K, Q5_K, Q6_K) are loaded as uint8 rows instead of being dequantized; the embedding and the
 norms stay float. On the CPU the LM head (the tied embedding's blocks, read again from the file)
 is multiplied in its blocks when the C kernel has their type (`keep_head_in_blocks`); elsewhere
-it stays float. A fused layer's parts may have different types (Q4_K_M files
-keep v and some down projections in Q6_K): the layer's one `weight` parameter is a flat byte
-buffer with each part's rows in turn, and consecutive parts of one type are multiplied together.
+it stays float. On the CPU a one-request decode step of a plain Llama model whose projections are
+all Q4_0 / Q4_1 / Q8_0 runs as one C call (`gguf_cpu_decode`). A fused layer's parts may have
+different types (Q4_K_M files keep v and some down projections in Q6_K): the layer's one `weight`
+parameter is a flat byte buffer with each part's rows in turn, and consecutive parts of one type
+are multiplied together.
 
 Matmul: on the CPU, Q4_0 / Q4_1 / Q8_0 parts multiply in their blocks (`kernels.cpu_q4`, a C kernel
 built at load) where a C compiler is present; other types, or without one, decode the blocks in
@@ -154,9 +156,10 @@ def _cpu_matmul(
     return out if bias is None else out + bias
 
 
-def gguf_plan(model_path: str, device: torch.device) -> QuantPlan:
+def gguf_plan(model_path: str, device: torch.device, activations: str = "float32") -> QuantPlan:
     """The plan for a .gguf file: its linear weights of a supported block type stay in blocks, and
-    on the CPU the LM head too (`keep_head_in_blocks`)."""
+    on the CPU the LM head too (`keep_head_in_blocks`); `activations` (CPU only): "float32", or
+    "int8" for llama.cpp-style int8 dots in one-row products (`--gguf-cpu-activations`)."""
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 
     check_device("gguf", device)
@@ -167,7 +170,7 @@ def gguf_plan(model_path: str, device: torch.device) -> QuantPlan:
     finish = None
     if device.type == "cpu":
         name = _HEAD if _HEAD in types else _EMBEDDING  # a file without output.weight ties the head
-        finish = partial(keep_head_in_blocks, name, checkpoint.blocks(name))
+        finish = partial(_finish_on_cpu, name, checkpoint.blocks(name), activations)
     return QuantPlan(
         "gguf", partial(_methods, raw, types), {"quant_method": "gguf", "block_types": kinds}, frozenset(raw), finish
     )
@@ -176,7 +179,19 @@ def gguf_plan(model_path: str, device: torch.device) -> QuantPlan:
 _HEAD, _EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 
 
-def keep_head_in_blocks(name: str, head: Any, model: nn.Module, device: torch.device) -> bool:
+def _finish_on_cpu(name: str, head: Any, activations: str, model: nn.Module, device: torch.device) -> None:
+    """The LM head kept in its blocks (`keep_head_in_blocks`), then one-request decode steps fused
+    into one C call where the model allows (`gguf_cpu_decode.use_fused_decode`), both with
+    `activations` ("float32", or the opt-in "int8": `--gguf-cpu-activations`)."""
+    from radixlm.layers.quantization.gguf_cpu_decode import use_fused_decode
+
+    keep_head_in_blocks(name, head, model, device, activations)
+    use_fused_decode(model, device, activations)
+
+
+def keep_head_in_blocks(
+    name: str, head: Any, model: nn.Module, device: torch.device, activations: str = "float32"
+) -> bool:
     """On the CPU, multiply the LM head in its blocks `head` (`GGUFBlocks` of checkpoint tensor
     `name`: the embedding when tied) when the C kernel has their type (`cpu_q4.FORMATS`); the float
     weight stays, for the embedding lookup and the logits of `cpu_q4.GEMM_ROWS` rows or more.
@@ -191,20 +206,27 @@ def keep_head_in_blocks(name: str, head: Any, model: nn.Module, device: torch.de
     vocab, k = head.shape
     if vocab != model.config.vocab_size:
         raise ValueError(f"gguf: LM head of {vocab} rows for vocab_size {model.config.vocab_size}")
-    model.use_head_matmul(partial(_head_logits, cpu_q4, head.data.view(vocab, -1), head.qtype, k))
+    matmul = cpu_q4.matmul_int8 if activations == "int8" else cpu_q4.matmul  # chosen once, at load
+    model.use_head_matmul(partial(_head_logits, cpu_q4.GEMM_ROWS, matmul, head.data.view(vocab, -1), head.qtype, k))
     logger.info("gguf on CPU: LM head multiplied in its %s blocks", gguf_blocks.NAMES[head.qtype])
     return True
 
 
 def _head_logits(
-    kernel: Any, rows: torch.Tensor, qtype: int, k: int, hidden: torch.Tensor, weight: torch.Tensor
+    gemm_rows: int,
+    matmul: Callable[..., torch.Tensor],
+    rows: torch.Tensor,
+    qtype: int,
+    k: int,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
 ) -> torch.Tensor:
     """Logits [N, vocab] of hidden [N, k]: below `GEMM_ROWS` rows float32 from the blocks (reading
     a quarter of the float bytes), from there on the float `weight` (the same values dequantized
     at load) by one GEMM instead of decoding the blocks again every call."""
-    if hidden.shape[0] >= kernel.GEMM_ROWS:
+    if hidden.shape[0] >= gemm_rows:
         return torch.matmul(hidden, weight.t())
-    return kernel.matmul(hidden.float(), rows, qtype, k)
+    return matmul(hidden.float(), rows, qtype, k)
 
 
 def dummy_plan(device: torch.device, qtype: int = gguf_blocks.Q4_K) -> QuantPlan:
