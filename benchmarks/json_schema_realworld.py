@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> dict:
     refusals: collections.Counter = collections.Counter()
     invalid: list[str] = []
     kwargs = {"model_path": tiny_model(), "dtype": "float32", "max_total_tokens": 65536} if args.tiny else {}
+    if args.max_total_tokens:
+        kwargs["max_total_tokens"] = args.max_total_tokens
     with radixlm.Engine(log_level="warning", num_threads=args.threads, **kwargs) as engine:
         accepted = []
         for category, name, schema in entries:
@@ -210,6 +212,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=384)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-total-tokens", type=int, default=0, help="KV pool size (more requests at once)")
     parser.add_argument("--tiny", action="store_true", help="the tiny random test model, sampled")
     args = parser.parse_args()
     report(run(args), args.suite)
