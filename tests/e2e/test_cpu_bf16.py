@@ -19,6 +19,7 @@ ENGINE = dict(max_total_tokens=4096, log_level="warning")
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,  # only the agreement bound may fail; any other error is a real failure
     reason="measured 2026-12-07 on the AVX2 EPYC: 97.1% top-1 agreement over 345 positions (|logprob diff| "
     "mean 0.028, p99 0.17, max 0.35): below the issue's 99%; bf16 residual stream and LM head not yet kept in float32",
 )
