@@ -49,12 +49,15 @@ def make_case(
     heads: tuple[int, int, int],
     device: str,
     dtype: torch.dtype = torch.bfloat16,
+    shuffle: bool = True,
 ) -> Case:
     """`reqs` requests of `new` tokens after a `prefix`-token prefix, groups of `share` requests
-    reading the same prefix slots; slots are shuffled over the pool as a running server's are."""
+    reading the same prefix slots; slots are shuffled over the pool as a running server's are
+    (`shuffle=False`: in order, as a fresh pool hands them out)."""
     hq, hkv, dim = heads
     groups = -(-reqs // share)
-    slots = torch.randperm(groups * prefix + reqs * new, device=device)
+    count = groups * prefix + reqs * new
+    slots = torch.randperm(count, device=device) if shuffle else torch.arange(count, device=device)
     prefix_slots = slots[: groups * prefix].view(groups, prefix)
     own = slots[groups * prefix :].view(reqs, new)
     table = torch.cat([prefix_slots.repeat_interleave(share, dim=0)[:reqs], own], dim=1)

@@ -69,11 +69,12 @@ def time_cuda(fn, iters: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def model_dir(shape: str) -> str:
+def model_dir(shape: str, **overrides: object) -> str:
+    """A temporary model directory holding the config of `shape` (fields in `overrides` replaced)."""
     from transformers import LlamaConfig
 
     path = tempfile.mkdtemp(prefix=f"{shape}-")
-    LlamaConfig(**SHAPES[shape], torch_dtype="bfloat16").save_pretrained(path)
+    LlamaConfig(**{**SHAPES[shape], **overrides}, torch_dtype="bfloat16").save_pretrained(path)
     return path
 
 
