@@ -46,14 +46,18 @@ TINY = dict(
 
 
 def save_word_tokenizer(path: str, vocab_size: int) -> None:
-    """A tokenizer in `path` with one whitespace-separated word per id (`t<id>`); bos `t1`, eos
-    `t2` (the Llama config's ids). Encoding the decoded text of any ids gives the same ids."""
+    """A tokenizer in `path` with one whitespace-separated word per id (`t<id>`), but bos `<s>`
+    (id 1) and eos `</s>` (id 2), the Llama config's ids: special tokens are matched anywhere in a
+    text, so they must not prefix other words. Encoding the decoded text of any ids gives them back."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    words = {f"t{i}": i for i in range(vocab_size)}
+    words.update({"<s>": 1, "</s>": 2})
+    del words["t1"], words["t2"]
+    tok = Tokenizer(models.WordLevel(words, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t1", eos_token="t2").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(path)
 
 
 def prompts_per_rate(rate: float, duration: float, low: int, high: int) -> int:
