@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,7 +81,22 @@ def start_server(path: str, port: int, log_path: str, extra: list[str]) -> subpr
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     log = open(log_path, "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    # Its own process group, so that stopping it reaches the scheduler process it starts too.
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it is still there after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log_path: str, timeout: float = START_TIMEOUT_S) -> float:
@@ -216,6 +232,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     cpu = ["--dtype", "float32", "--num-threads", "1", "--max-total-tokens", "8192"]
     extra = cpu if a.tiny else ["--dtype", "bfloat16"]
     url, log_path = f"http://127.0.0.1:{a.port}", os.path.join(a.model_path, "server.log")
+    # A SIGTERM (e.g. from `timeout`) unwinds through the `finally` below, which stops the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     proc = start_server(a.model_path, a.port, log_path, extra + a.server_args.split())
     label = "tiny" if a.tiny else a.shape
     try:
@@ -223,12 +241,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(f"{label}: server healthy after {start_s:.0f} s", flush=True)
         rows = [run_rate(url, a, rate, seed=1 + i) for i, rate in enumerate(a.rates)]
         offline = None if a.skip_offline else offline_ceiling(url, a, a.max_prompts, seed=1 + len(a.rates))
+    except BaseException:
+        print(f"server log tail ({log_path}):\n{open(log_path).read()[-3000:]}", flush=True)
+        raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     print_summary(label, a, rows, offline)
     result = {"shape": label, "server_start_s": start_s, "rates": rows, "offline_ceiling": offline}
     if a.json:
