@@ -13,7 +13,9 @@ Per model shape (dummy weights, bf16) and prompt length (128, 1,024 and 8,192 to
   the device inside would show the spin's length here and is flagged).
 - **idle fwd**: the same forward timed by events from an idle GPU (host issue and device time
   as they overlap in an eager prefill).
-- the embedding lookup alone (GPU and host microseconds per call) at each length.
+- the embedding lookup alone (GPU and host microseconds per call) at each length;
+- where the host time of one eager extend forward goes (`--profile-length`, default 1,024
+  tokens): cProfile's top functions by own time per forward, and the device kernels per forward.
 
 The ratio TTFT / GPU is the acceptance figure of issue 25 (<= 1.5 at 1,024 tokens).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import signal
 import statistics
@@ -152,6 +155,40 @@ def embedding_times(runner: Any, length: int, vocab: int) -> dict[str, Optional[
     return {"gpu_us": gpu * 1e3 / EMBED_CALLS, "host_us": host * 1e3 / EMBED_CALLS}
 
 
+def host_profile(runner: Any, length: int, vocab: int, top: int = 15, steps: int = 5) -> dict:
+    """Where the host time of one eager extend forward of `length` tokens goes: cProfile's top
+    functions by own time (calls and microseconds per forward, over `steps` forwards after a
+    warm-up one), and on CUDA the device kernels per forward (torch.profiler)."""
+    import cProfile
+    import pstats
+
+    from radixlm.executor.memory_profile import warmup_batch
+
+    batch = warmup_batch(runner.req_to_token_pool.table, 1, length, runner.device)
+    batch.input_ids = torch.tensor(prompt(length, vocab, 7), device=runner.device)
+    runner.forward(batch)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        runner.forward(batch)
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (primitive calls, calls, own s, cumulative s, callers)
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    funcs = [
+        {"function": f"{os.path.basename(f)}:{line}({name})", "calls": v[1] / steps, "own_us": 1e6 * v[2] / steps}
+        for (f, line, name), v in rows
+    ]
+    out: dict = {"length": length, "top_functions": funcs, "kernels_per_forward": None}
+    if torch.cuda.is_available():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as tprof:
+            for _ in range(steps):
+                runner.forward(batch)
+            torch.cuda.synchronize()
+        kernels = [e for e in tprof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        out["kernels_per_forward"] = len(kernels) / steps
+    return out
+
+
 def engine_ttft(path: str, lengths: tuple[int, ...], vocab: int, reps: int, **engine_kwargs: Any) -> dict[int, list]:
     """Per length, the ms from `generate` called to its one token back, for `reps` distinct
     prompts sent one at a time to an otherwise idle engine (each after a 50 ms pause)."""
@@ -187,6 +224,7 @@ def run_shape(shape: str, a: argparse.Namespace) -> dict:
     runner = make_runner(path, max_len, dtype, **cpu)
     forwards = {n: forward_times(runner, n, vocab, a.reps) for n in a.lengths}
     embeds = {n: embedding_times(runner, n, vocab) for n in a.lengths}
+    profile = host_profile(runner, a.profile_length, vocab) if a.profile_length else None
     runner = None  # its device memory goes back before the engine starts
     gc.collect()
     if torch.cuda.is_available():
@@ -210,7 +248,18 @@ def run_shape(shape: str, a: argparse.Namespace) -> dict:
             "embedding": embeds[n],
             "ttft_over_gpu": ttft / base,
         }
-    return rows
+    return {"rows": rows, "host_profile": profile}
+
+
+def print_profile(shape: str, profile: dict) -> None:
+    print(
+        f"\n{shape}: host time of one eager extend forward of {profile['length']} tokens, top functions by own "
+        f"time (cProfile; device kernels per forward: {profile['kernels_per_forward']})"
+    )
+    print("| function | calls / forward | own us / forward |")
+    print("|---|---|---|")
+    for f in profile["top_functions"]:
+        print(f"| {f['function']} | {f['calls']:.0f} | {f['own_us']:.0f} |", flush=True)
 
 
 def print_rows(shape: str, rows: dict) -> None:
@@ -234,17 +283,23 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=None)
     ap.add_argument("--reps", type=int, default=7, help="timed prompts per length (median reported)")
     ap.add_argument("--tiny", action="store_true", help="a tiny shape on whatever device (CPU smoke run)")
+    ap.add_argument("--profile-length", type=int, default=None, help="host profile at this length (0: none)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     a.lengths = a.lengths or list(TINY_LENGTHS if a.tiny else LENGTHS)
+    if a.profile_length is None:
+        a.profile_length = 32 if a.tiny else 1024
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout's SIGTERM closes the engine
     if a.tiny:
         a.shapes = a.shapes[:1]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results: dict = {"device": device}
     for shape in a.shapes:
-        results["tiny" if a.tiny else shape] = rows = run_shape(shape, a)
-        print_rows("tiny" if a.tiny else shape, rows)
+        label = "tiny" if a.tiny else shape
+        results[label] = result = run_shape(shape, a)
+        print_rows(label, result["rows"])
+        if result["host_profile"]:
+            print_profile(label, result["host_profile"])
     print(f"device: {device}")
     if a.json:
         with open(a.json, "w") as f:

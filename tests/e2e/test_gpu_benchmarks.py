@@ -28,8 +28,11 @@ def test_ttft_bench_tiny(tmp_path: Path) -> None:
     out = tmp_path / "ttft.json"
     _run([str(ROOT / "benchmarks" / "ttft_bench.py"), "--tiny", "--reps", "2", "--json", str(out)], 300)
     result = json.loads(out.read_text())
-    rows = result["tiny"]
+    rows = result["tiny"]["rows"]
     assert sorted(int(n) for n in rows) == [16, 32, 64]
+    profile = result["tiny"]["host_profile"]
+    assert profile["length"] == 32 and len(profile["top_functions"]) == 15
+    assert all(f["calls"] > 0 and f["own_us"] >= 0 for f in profile["top_functions"])
     for row in rows.values():
         assert len(row["ttft_all_ms"]) == 2 and min(row["ttft_all_ms"]) > 0
         assert row["idle_forward_ms"] > 0 and row["embedding"]["host_us"] > 0
