@@ -180,12 +180,15 @@ def host_profile(runner: Any, length: int, vocab: int, top: int = 15, steps: int
     ]
     out: dict = {"length": length, "top_functions": funcs, "kernels_per_forward": None}
     if torch.cuda.is_available():
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as tprof:
-            for _ in range(steps):
-                runner.forward(batch)
-            torch.cuda.synchronize()
-        kernels = [e for e in tprof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        out["kernels_per_forward"] = len(kernels) / steps
+        try:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as tprof:
+                for _ in range(steps):
+                    runner.forward(batch)
+                torch.cuda.synchronize()
+            kernels = [e for e in tprof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            out["kernels_per_forward"] = len(kernels) / steps
+        except RuntimeError as exc:  # no CUPTI here: the count is left out, the rest stands
+            print(f"device kernel count unavailable: {exc}", flush=True)
     return out
 
 
