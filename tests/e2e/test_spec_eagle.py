@@ -267,3 +267,20 @@ def test_engine_reports_acceptance(engine_factory: Any, tiny_llama_dir: str, hea
     assert info["spec_emitted_tokens"] == 19 and steps < info["spec_draft_tokens"] <= 2 * steps  # fewer near the end
     assert info["avg_spec_accept_length"] == pytest.approx(meta["spec_accept_length"])
     engine.check_no_leak()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphs_on_cuda_are_planned_for_what_is_replayed(tiny_llama_dir: str, head_dir: str) -> None:
+    """An EAGLE target captures no CUDA graph (every forward feeds the head) and still equals
+    plain decoding, which replays its graphs; NGRAM's graphs reach a verify of every request's
+    drafts as decode rows."""
+    cuda = dict(device="cuda", max_running_requests=4)
+    plain = make_scheduler(tiny_llama_dir, **cuda)
+    assert plain.runner.graphs is not None and plain.runner.graphs.max_bs == 4
+    want = [r["ids"] for r in generate(plain, PROMPTS, [greedy(n) for n in LENGTHS])]
+    eagle = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, speculative_num_steps=3, **cuda)
+    assert eagle.runner.graphs is None and eagle.spec.decode_rows == 0
+    assert [r["ids"] for r in generate(eagle, PROMPTS, [greedy(n) for n in LENGTHS])] == want
+    ngram = make_scheduler(tiny_llama_dir, speculative_algorithm="NGRAM", speculative_num_draft_tokens=4, **cuda)
+    assert ngram.runner.graphs.max_bs == ngram.spec.decode_rows == 4 * 4
