@@ -51,6 +51,7 @@ from spec_verify_cost import SHAPES, model_dir, step_batch, time_ms
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # radixlm from this checkout
 
 MODES = ("off", "ngram")
+_SPEC_KEYS = ("spec_verify_steps", "spec_emitted_tokens", "spec_draft_tokens", "spec_accepted_tokens")
 
 
 @dataclass
@@ -116,9 +117,6 @@ def run_batch(sched: Any, prompts: list[list[int]], max_new: int) -> Run:
     delta = {k: (after.get(k) or 0) - (before.get(k) or 0) for k in _SPEC_KEYS}
     outputs = [outs[str(i)] for i in range(len(prompts))]
     return Run(outputs, sum(map(len, outputs)) - first, seconds, *delta.values())
-
-
-_SPEC_KEYS = ("spec_verify_steps", "spec_emitted_tokens", "spec_draft_tokens", "spec_accepted_tokens")
 
 
 def copy_prompts(off: Any, a: argparse.Namespace, vocab: int) -> tuple[list[list[int]], list[list[int]]]:
