@@ -29,7 +29,7 @@ from gpu_bench import SHAPES as GPU_SHAPES
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # radixlm from this checkout
 
 SHAPES = {
-    "llama-3-8b": GPU_SHAPES["llama-3-8b"],
+    **GPU_SHAPES,
     "tiny": dict(
         hidden_size=64,
         intermediate_size=128,

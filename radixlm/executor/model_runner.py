@@ -137,8 +137,8 @@ class ModelRunner:
                 # On CPU the traced forward breaks at every layer's attention call and was slower than
                 # eager on the bundled model (benchmarks/cpu_bench.py); refused rather than ignored.
                 raise ValueError(
-                    "--enable-torch-compile applies to CUDA-graph decode only (a CUDA device with CUDA graphs "
-                    "and the triton attention backend); drop it here"
+                    "--enable-torch-compile applies to CUDA-graph decode only (a CUDA device with CUDA graphs, "
+                    "the triton attention backend and no EAGLE drafter); drop it here"
                 )
             return None
         from radixlm.executor.cuda_graph_runner import CudaGraphRunner
@@ -214,15 +214,11 @@ class ModelRunner:
             and not self.args.disable_cuda_graph
             and self.args.attention_backend in ("auto", "triton")
             and not self.args.is_embedding  # prefill only: nothing to capture
+            and self._graph_max_bs() > 0  # 0: every forward runs eagerly (an EAGLE drafter reads them)
         )
 
     def _graph_max_bs(self) -> int:
-        """The largest decode batch the graphs capture: the running requests, times 1 + the draft
-        tokens when speculative verify steps run as decodes of one row per token; at most
-        `--cuda-graph-max-bs`."""
-        plan = self.args.speculative_plan()
-        rows_per_request = 1 + (plan.num_drafts if plan is not None else 0)
-        return min(self.args.cuda_graph_max_bs, self.max_running * rows_per_request)
+        return decode_graph_max_bs(self.args.cuda_graph_max_bs, self.max_running, self.args.speculative_plan())
 
     def _default_pool_tokens(self, per_token: int, scratch: KVPool) -> int:
         """On CPU a fixed budget; on CUDA what the memory measured after the warm-up leaves."""
@@ -263,10 +259,15 @@ class ModelRunner:
 
     def capture_hidden(self, sink: Callable[[torch.Tensor, ForwardBatch], None]) -> None:
         """From now on every forward hands `sink` the model's final (post-norm) hidden states of
-        all its rows [T, H] with its batch (EAGLE drafting reads them). CUDA-graph decode is
-        dropped: a replay would skip the sink."""
+        all its rows [T, H] with its batch (EAGLE drafting reads them). Requires a runner without
+        CUDA graphs (a replay would skip the sink): `decode_graph_max_bs` plans none for a
+        speculative plan that reads hidden states."""
+        if self.graphs is not None:
+            raise RuntimeError(
+                "capture_hidden on a runner with CUDA graphs: its args must name the EAGLE algorithm, "
+                "so that no graph is captured"
+            )
         self._capture = sink
-        self.graphs = None
 
     def _logits(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         return self.model.compute_logits(logit_hidden(hidden, batch))
@@ -285,6 +286,17 @@ class ModelRunner:
 
     def close(self) -> None:
         """Release what the runner shares with other processes (nothing at tp 1)."""
+
+
+def decode_graph_max_bs(cuda_graph_max_bs: int, max_running: int, plan: Any) -> int:
+    """The largest decode batch the CUDA graphs capture (0: none), the largest one replayed: the
+    running requests, times 1 + the draft tokens when speculative verify steps run as decodes of
+    one row per token (`plan`, a `SpecPlan` or None); at most `cuda_graph_max_bs`. 0 when the
+    plan's drafter reads the target's hidden states (EAGLE): no forward replays a graph then."""
+    if plan is not None and plan.reads_hidden_states:
+        return 0
+    rows_per_request = 1 + (plan.num_drafts if plan is not None else 0)
+    return min(cuda_graph_max_bs, max_running * rows_per_request)
 
 
 def weight_bytes(model: Any) -> int:

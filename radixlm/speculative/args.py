@@ -20,6 +20,7 @@ DEFAULT_DRAFTS = {
     "EAGLE3": 3,
 }  # draft tokens per verify step when no flag says
 NEEDS_DRAFT_PATH = ("STANDALONE", "EAGLE", "EAGLE3")
+READS_HIDDEN_STATES = ("EAGLE", "EAGLE3")  # drafters fed every target forward's hidden states
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class SpecPlan:
     draft_model_path: Optional[str] = None
     ngram_min: int = 1
     ngram_max: int = 4
+
+    @property
+    def reads_hidden_states(self) -> bool:
+        """The drafter reads every target forward's hidden states, which a CUDA-graph replay
+        does not hand out: the target then runs every forward eagerly."""
+        return self.algorithm in READS_HIDDEN_STATES
 
 
 def check_speculative(args: Any) -> Optional[SpecPlan]:

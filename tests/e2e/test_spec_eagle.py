@@ -16,22 +16,12 @@ import pytest
 import torch
 from helpers.chi_square import two_sample_p
 from helpers.inproc_scheduler import generate, make_scheduler
+from helpers.spec_setup import LENGTHS, PROMPTS, greedy, plain_outputs, spec_scheduler
 from helpers.tiny_eagle import make_eagle_head, make_small_vocab_llama
 
 from radixlm.ipc.messages import TokenizedGenerateReq
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.scheduler.loop import step_function
-
-PROMPTS = [[5 + (i * 11 + j) % 60 for j in range(18)] for i in range(3)] + [[7, 8, 9] * 6]
-LENGTHS = (24, 9, 30, 17)
-
-
-def _greedy(n: int) -> SamplingParams:
-    return SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True)
-
-
-def _eagle(target: str, head: str, **kw: Any) -> Any:
-    return make_scheduler(target, speculative_algorithm="EAGLE", speculative_draft_model_path=head, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def head_dir(tiny_llama_dir: str, tmp_path_factory: pytest.TempPathFactory) -> s
 
 @pytest.fixture(scope="module")
 def plain_runs(tiny_llama_dir: str) -> list[list[int]]:
-    return [r["ids"] for r in generate(make_scheduler(tiny_llama_dir), PROMPTS, [_greedy(n) for n in LENGTHS])]
+    return plain_outputs(tiny_llama_dir)
 
 
 def _record_drafts(sched: Any, tokens: list | None = None) -> list[list[list[int]]]:
@@ -99,10 +89,10 @@ def _reference_chain(target_dir: str, head: str, tokens: list[int], k: int) -> l
 def test_drafts_equal_an_hf_reference(tiny_llama_dir: str, head_dir: str, prompt: list[int]) -> None:
     """The first step's chain (after the prefill and one sampled token) and a later step's (after
     verify steps) both equal the chain HF modules compute from the same tokens."""
-    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=4)
+    sched = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, speculative_num_steps=4)
     tokens: list = []
     seen = _record_drafts(sched, tokens)
-    out = generate(sched, [prompt], [_greedy(12)])[0]["ids"]
+    out = generate(sched, [prompt], [greedy(12)])[0]["ids"]
     assert tokens[0][0] == prompt + out[:1]
     assert seen[0][0] == _reference_chain(tiny_llama_dir, head_dir, tokens[0][0], 4)
     assert len(seen) > 2 and len(tokens[2][0]) > len(prompt) + 2
@@ -115,9 +105,9 @@ def test_greedy_equals_plain(
     tiny_llama_dir: str, head_dir: str, plain_runs: list, page_size: int, backend: str
 ) -> None:
     kw = dict(page_size=page_size, attention_backend=backend)
-    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=3, **kw)
+    sched = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, speculative_num_steps=3, **kw)
     seen = _record_drafts(sched)
-    spec = generate(sched, PROMPTS, [_greedy(n) for n in LENGTHS])
+    spec = generate(sched, PROMPTS, [greedy(n) for n in LENGTHS])
     assert [r["ids"] for r in spec] == plain_runs
     info = sched.info()
     assert info["spec_verify_steps"] > 0 and info["spec_draft_tokens"] == sum(len(d) for s in seen for d in s) > 0
@@ -130,9 +120,9 @@ def test_greedy_equals_plain(
 def test_greedy_equals_plain_on_other_targets(tiny_model: Any, arch: str, tmp_path: Path) -> None:
     """A tied LM head (the head's logits through the target's embedding) and a Qwen3 target."""
     target = tiny_model(arch)
-    params = [_greedy(n) for n in LENGTHS]
+    params = [greedy(n) for n in LENGTHS]
     plain = [r["ids"] for r in generate(make_scheduler(target), PROMPTS, params)]
-    sched = _eagle(target, make_eagle_head(tmp_path / "head", target), speculative_num_steps=3)
+    sched = spec_scheduler("EAGLE", target, make_eagle_head(tmp_path / "head", target), speculative_num_steps=3)
     assert [r["ids"] for r in generate(sched, PROMPTS, params)] == plain
     assert sched.info()["spec_draft_tokens"] > 0
 
@@ -141,9 +131,9 @@ def test_chunked_prefill_and_prefix_hits(tiny_llama_dir: str, head_dir: str) -> 
     """Prompts prefilled in 7-token chunks, then the same prompts again (radix-cache hits: the
     target computes no features for the cached prefix); outputs equal the plain ones."""
     prompts = [PROMPTS[0] * 2, PROMPTS[1] * 2]
-    params = [_greedy(15), _greedy(20)]
+    params = [greedy(15), greedy(20)]
     plain = [r["ids"] for r in generate(make_scheduler(tiny_llama_dir), prompts, params)]
-    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=2, chunked_prefill_size=7)
+    sched = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, speculative_num_steps=2, chunked_prefill_size=7)
     assert [r["ids"] for r in generate(sched, prompts, params)] == plain
     again = generate(sched, prompts, params)
     assert [r["ids"] for r in again] == plain
@@ -155,15 +145,15 @@ def test_mixed_batch_of_speculating_and_plain_requests(tiny_llama_dir: str, tiny
     """A constrained request (its drafts pruned by its grammar), a one-token request (never
     decodes) and a sampled one share verify batches with greedy speculating requests."""
     params = [
-        _greedy(20),
+        greedy(20),
         SamplingParams(temperature=0, max_new_tokens=20, regex="(ab|cd){3,8}"),
-        _greedy(1),
+        greedy(1),
         SamplingParams(temperature=0.8, max_new_tokens=16, ignore_eos=True, seed=7),
-        _greedy(25),
+        greedy(25),
     ]
     prompts = PROMPTS + [PROMPTS[0]]
     plain = generate(make_scheduler(tiny_llama_dir, tokenizer=tiny_tokenizer), prompts, params)
-    sched = _eagle(tiny_llama_dir, head_dir, tokenizer=tiny_tokenizer, speculative_num_steps=3)
+    sched = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, tokenizer=tiny_tokenizer, speculative_num_steps=3)
     seen = _record_drafts(sched)
     spec = generate(sched, prompts, params)
     for i in (0, 1, 2, 4):
@@ -173,9 +163,9 @@ def test_mixed_batch_of_speculating_and_plain_requests(tiny_llama_dir: str, tiny
 
 
 def test_abort_mid_decode_keeps_no_state(tiny_llama_dir: str, head_dir: str) -> None:
-    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=2)
+    sched = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, speculative_num_steps=2)
     for i, prompt in enumerate(PROMPTS[:2]):
-        sched.handle(TokenizedGenerateReq(rid=str(i), input_ids=prompt, params=_greedy(40)))
+        sched.handle(TokenizedGenerateReq(rid=str(i), input_ids=prompt, params=greedy(40)))
     step = step_function(sched)
     for _ in range(4):
         step()
@@ -191,10 +181,10 @@ def test_head_with_own_embeddings_and_first_norm(tiny_llama_dir: str, plain_runs
     """A head shipping `embed_tokens` / `lm_head` and a first-layer `input_layernorm` loads and
     drafts with them; outputs are still the target's."""
     head = make_eagle_head(tmp_path / "head", tiny_llama_dir, seed=1, first_norm=True, own_embed=True)
-    sched = _eagle(tiny_llama_dir, head, speculative_num_steps=2)
+    sched = spec_scheduler("EAGLE", tiny_llama_dir, head, speculative_num_steps=2)
     assert sched.spec.drafter.head.embed is not None and sched.spec.drafter.head.head_weight is not None
     assert not isinstance(sched.spec.drafter.head.layers[0].input_layernorm, torch.nn.Identity)
-    spec = generate(sched, PROMPTS, [_greedy(n) for n in LENGTHS])
+    spec = generate(sched, PROMPTS, [greedy(n) for n in LENGTHS])
     assert [r["ids"] for r in spec] == plain_runs
 
 
@@ -212,7 +202,7 @@ def test_sampled_distribution_matches_plain(small_vocab_model: str, tmp_path: Pa
     params = [SamplingParams(max_new_tokens=4, ignore_eos=True, temperature=1.0)] * n
     plain = generate(make_scheduler(small_vocab_model), prompts, params)
     head = make_eagle_head(tmp_path / "head", small_vocab_model, seed=2)
-    sched = _eagle(small_vocab_model, head, speculative_num_steps=2)
+    sched = spec_scheduler("EAGLE", small_vocab_model, head, speculative_num_steps=2)
     spec = generate(sched, prompts, params)
     info = sched.info()
     assert info["spec_accepted_tokens"] > 0 and info["avg_spec_accept_length"] > 1.0, info
@@ -227,7 +217,7 @@ def test_sampled_distribution_matches_plain(small_vocab_model: str, tmp_path: Pa
 def test_head_of_another_width_is_refused(tiny_llama_dir: str, tmp_path: Path) -> None:
     head = make_eagle_head(tmp_path / "narrow", tiny_llama_dir, hidden_size=32)
     with pytest.raises(ValueError, match="hidden_size 32 does not match the target model's 64"):
-        _eagle(tiny_llama_dir, head)
+        spec_scheduler("EAGLE", tiny_llama_dir, head)
 
 
 def test_head_tensor_of_wrong_shape_is_refused(tiny_llama_dir: str, tmp_path: Path) -> None:
@@ -237,7 +227,7 @@ def test_head_tensor_of_wrong_shape_is_refused(tiny_llama_dir: str, tmp_path: Pa
     tensors["fc.weight"] = torch.zeros(64, 64)  # fc over the feature alone, not [embed, feature]
     head = make_eagle_head(tmp_path / "bad", tiny_llama_dir, tensors=tensors)
     with pytest.raises(ValueError, match="'fc.weight'"):
-        _eagle(tiny_llama_dir, head)
+        spec_scheduler("EAGLE", tiny_llama_dir, head)
 
 
 def test_head_with_unknown_tensors_is_refused(tiny_llama_dir: str, tmp_path: Path) -> None:
@@ -247,15 +237,15 @@ def test_head_with_unknown_tensors_is_refused(tiny_llama_dir: str, tmp_path: Pat
     tensors["midlayer.self_attn.q_proj.weight"] = torch.zeros(64, 128)  # an EAGLE-3 head's
     head = make_eagle_head(tmp_path / "eagle3", tiny_llama_dir, tensors=tensors)
     with pytest.raises(ValueError, match="midlayer"):
-        _eagle(tiny_llama_dir, head)
+        spec_scheduler("EAGLE", tiny_llama_dir, head)
 
 
 def test_retraction_under_a_small_pool(tiny_llama_dir: str, head_dir: str) -> None:
     """A 96-slot pool cannot hold four 18-token prompts decoding 30 tokens each: requests are
     retracted and re-prefilled (from the radix tree) mid-run; outputs still equal the plain ones."""
-    prompts, params = PROMPTS, [_greedy(30)] * 4
+    prompts, params = PROMPTS, [greedy(30)] * 4
     plain = [r["ids"] for r in generate(make_scheduler(tiny_llama_dir, max_total_tokens=96), prompts, params)]
-    sched = _eagle(tiny_llama_dir, head_dir, speculative_num_steps=3, max_total_tokens=96)
+    sched = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, speculative_num_steps=3, max_total_tokens=96)
     assert [r["ids"] for r in generate(sched, prompts, params)] == plain
     assert sched.info()["num_retracted_reqs"] > 0
 
@@ -265,7 +255,7 @@ def test_engine_reports_acceptance(engine_factory: Any, tiny_llama_dir: str, hea
     engine's, and meta info and get_server_info count the same verify steps."""
     params = {"temperature": 0, "max_new_tokens": 20, "ignore_eos": True}
     plain = make_scheduler(tiny_llama_dir)
-    want = generate(plain, [PROMPTS[1]], [_greedy(20)])[0]["ids"]
+    want = generate(plain, [PROMPTS[1]], [greedy(20)])[0]["ids"]
     engine = engine_factory(
         tiny_llama_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=head_dir, speculative_num_steps=2
     )
@@ -277,3 +267,20 @@ def test_engine_reports_acceptance(engine_factory: Any, tiny_llama_dir: str, hea
     assert info["spec_emitted_tokens"] == 19 and steps < info["spec_draft_tokens"] <= 2 * steps  # fewer near the end
     assert info["avg_spec_accept_length"] == pytest.approx(meta["spec_accept_length"])
     engine.check_no_leak()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphs_on_cuda_are_planned_for_what_is_replayed(tiny_llama_dir: str, head_dir: str) -> None:
+    """An EAGLE target captures no CUDA graph (every forward feeds the head) and still equals
+    plain decoding, which replays its graphs; NGRAM's graphs reach a verify of every request's
+    drafts as decode rows."""
+    cuda = dict(device="cuda", max_running_requests=4)
+    plain = make_scheduler(tiny_llama_dir, **cuda)
+    assert plain.runner.graphs is not None and plain.runner.graphs.max_bs == 4
+    want = [r["ids"] for r in generate(plain, PROMPTS, [greedy(n) for n in LENGTHS])]
+    eagle = spec_scheduler("EAGLE", tiny_llama_dir, head_dir, speculative_num_steps=3, **cuda)
+    assert eagle.runner.graphs is None and eagle.spec.decode_rows == 0
+    assert [r["ids"] for r in generate(eagle, PROMPTS, [greedy(n) for n in LENGTHS])] == want
+    ngram = make_scheduler(tiny_llama_dir, speculative_algorithm="NGRAM", speculative_num_draft_tokens=4, **cuda)
+    assert ngram.runner.graphs.max_bs == ngram.spec.decode_rows == 4 * 4

@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from helpers.chi_square import two_sample_p
 from helpers.inproc_scheduler import generate, make_scheduler
+from helpers.spec_setup import LENGTHS, PROMPTS, greedy, plain_outputs, spec_scheduler
 from helpers.tiny_eagle import make_eagle3_head, make_small_vocab_llama
 
 from radixlm.sampling.sampling_params import SamplingParams
 
-PROMPTS = [[5 + (i * 11 + j) % 60 for j in range(18)] for i in range(3)] + [[7, 8, 9] * 6]
-LENGTHS = (24, 9, 30, 17)
 LAYERS = [0, 1, 1]  # the tiny target has two layers: the outputs of layer 0 and (twice) layer 1
-
-
-def _greedy(n: int) -> SamplingParams:
-    return SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True)
-
-
-def _eagle3(target: str, head: str, **kw: Any) -> Any:
-    return make_scheduler(target, speculative_algorithm="EAGLE3", speculative_draft_model_path=head, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +82,7 @@ def _reference_chain(target_dir: str, head: str, tokens: list[int], k: int) -> l
 
 
 def test_drafts_equal_an_hf_reference(tiny_llama_dir: str, head3: str) -> None:
-    sched = _eagle3(tiny_llama_dir, head3, speculative_num_steps=4)
+    sched = spec_scheduler("EAGLE3", tiny_llama_dir, head3, speculative_num_steps=4)
     tokens: list = []
     propose = sched.spec.drafter.propose
     seen: list = []
@@ -103,7 +93,7 @@ def test_drafts_equal_an_hf_reference(tiny_llama_dir: str, head3: str) -> None:
         return seen[-1]
 
     sched.spec.drafter.propose = recording
-    generate(sched, [PROMPTS[0]], [_greedy(12)])
+    generate(sched, [PROMPTS[0]], [greedy(12)])
     assert all(d % 2 == 0 for step in seen for chain in step for d in chain)  # the draft vocabulary's ids
     for i in (0, 2):
         assert seen[i][0] == _reference_chain(tiny_llama_dir, head3, tokens[i][0], 4)
@@ -111,9 +101,11 @@ def test_drafts_equal_an_hf_reference(tiny_llama_dir: str, head3: str) -> None:
 
 @pytest.mark.parametrize("page_size", [1, 4])
 def test_greedy_equals_plain(tiny_llama_dir: str, head3: str, page_size: int) -> None:
-    params = [_greedy(n) for n in LENGTHS]
-    plain = [r["ids"] for r in generate(make_scheduler(tiny_llama_dir), PROMPTS, params)]
-    sched = _eagle3(tiny_llama_dir, head3, speculative_num_steps=3, page_size=page_size, chunked_prefill_size=8)
+    params = [greedy(n) for n in LENGTHS]
+    plain = plain_outputs(tiny_llama_dir)
+    sched = spec_scheduler(
+        "EAGLE3", tiny_llama_dir, head3, speculative_num_steps=3, page_size=page_size, chunked_prefill_size=8
+    )
     spec = generate(sched, PROMPTS, params)
     assert [r["ids"] for r in spec] == plain
     info = sched.info()
@@ -130,7 +122,9 @@ def test_sampled_distribution_matches_plain(tmp_path: Path) -> None:
     prompts = [[3, 5, 7, 4, 6]] * n
     params = [SamplingParams(max_new_tokens=4, ignore_eos=True, temperature=1.0)] * n
     plain = generate(make_scheduler(target), prompts, params)
-    sched = _eagle3(target, make_eagle3_head(tmp_path / "head", target, LAYERS, seed=2), speculative_num_steps=2)
+    sched = spec_scheduler(
+        "EAGLE3", target, make_eagle3_head(tmp_path / "head", target, LAYERS, seed=2), speculative_num_steps=2
+    )
     spec = generate(sched, prompts, params)
     assert sched.info()["spec_accepted_tokens"] > 0
     a = torch.tensor([r["ids"] for r in plain])
@@ -148,7 +142,7 @@ def test_default_layers_need_a_deeper_target(tiny_llama_dir: str, tmp_path: Path
     del config["eagle_config"]
     (Path(head) / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="eagle_aux_hidden_state_layer_ids"):
-        _eagle3(tiny_llama_dir, head)
+        spec_scheduler("EAGLE3", tiny_llama_dir, head)
 
 
 def test_small_draft_vocabulary_without_d2t_is_refused(tiny_llama_dir: str, tmp_path: Path) -> None:
@@ -159,4 +153,4 @@ def test_small_draft_vocabulary_without_d2t_is_refused(tiny_llama_dir: str, tmp_
     del tensors["d2t"]
     head = make_eagle3_head(tmp_path / "head", tiny_llama_dir, LAYERS, tensors=tensors)
     with pytest.raises(ValueError, match="needs d2t"):
-        _eagle3(tiny_llama_dir, head)
+        spec_scheduler("EAGLE3", tiny_llama_dir, head)

@@ -9,32 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers.inproc_scheduler import generate, make_scheduler
+from helpers.inproc_scheduler import generate
+from helpers.spec_setup import LENGTHS, PROMPTS, greedy, plain_outputs, spec_scheduler
 
 from radixlm.ipc.messages import TokenizedGenerateReq
-from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.scheduler.loop import step_function
-
-PROMPTS = [[5 + (i * 11 + j) % 60 for j in range(18)] for i in range(3)] + [[7, 8, 9] * 6]
-
-
-def _greedy(n: int) -> SamplingParams:
-    return SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True)
-
-
-def _standalone(target: str, draft: str, **kw: Any) -> Any:
-    return make_scheduler(target, speculative_algorithm="STANDALONE", speculative_draft_model_path=draft, **kw)
 
 
 @pytest.fixture(scope="module")
 def plain_runs(tiny_llama_dir: str) -> list[list[int]]:
-    params = [_greedy(n) for n in (24, 9, 30, 17)]
-    return [r["ids"] for r in generate(make_scheduler(tiny_llama_dir), PROMPTS, params)]
+    return plain_outputs(tiny_llama_dir)
 
 
 def test_unrelated_draft_equals_plain(tiny_llama_dir: str, tiny_model: Any, plain_runs: list) -> None:
-    sched = _standalone(tiny_llama_dir, tiny_model("qwen3"), speculative_num_steps=3)
-    spec = generate(sched, PROMPTS, [_greedy(n) for n in (24, 9, 30, 17)])
+    sched = spec_scheduler("STANDALONE", tiny_llama_dir, tiny_model("qwen3"), speculative_num_steps=3)
+    spec = generate(sched, PROMPTS, [greedy(n) for n in LENGTHS])
     assert [r["ids"] for r in spec] == plain_runs
     info = sched.info()
     assert info["spec_verify_steps"] > 0 and info["spec_draft_tokens"] > 0
@@ -42,8 +31,8 @@ def test_unrelated_draft_equals_plain(tiny_llama_dir: str, tiny_model: Any, plai
 
 @pytest.mark.parametrize("page_size", [1, 4])
 def test_self_draft_accepts_nearly_everything(tiny_llama_dir: str, plain_runs: list, page_size: int) -> None:
-    sched = _standalone(tiny_llama_dir, tiny_llama_dir, speculative_num_steps=4, page_size=page_size)
-    spec = generate(sched, PROMPTS, [_greedy(n) for n in (24, 9, 30, 17)])
+    sched = spec_scheduler("STANDALONE", tiny_llama_dir, tiny_llama_dir, speculative_num_steps=4, page_size=page_size)
+    spec = generate(sched, PROMPTS, [greedy(n) for n in LENGTHS])
     assert [r["ids"] for r in spec] == plain_runs
     info = sched.info()
     assert info["spec_accepted_tokens"] >= 0.9 * info["spec_draft_tokens"], info
@@ -52,9 +41,9 @@ def test_self_draft_accepts_nearly_everything(tiny_llama_dir: str, plain_runs: l
 
 
 def test_abort_mid_decode_frees_draft_kv(tiny_llama_dir: str) -> None:
-    sched = _standalone(tiny_llama_dir, tiny_llama_dir, speculative_num_steps=2)
+    sched = spec_scheduler("STANDALONE", tiny_llama_dir, tiny_llama_dir, speculative_num_steps=2)
     for i, prompt in enumerate(PROMPTS[:2]):
-        sched.handle(TokenizedGenerateReq(rid=str(i), input_ids=prompt, params=_greedy(40)))
+        sched.handle(TokenizedGenerateReq(rid=str(i), input_ids=prompt, params=greedy(40)))
     step = step_function(sched)
     for _ in range(4):
         step()
@@ -73,9 +62,9 @@ def test_full_draft_pool_means_fewer_drafts_not_errors(tiny_llama_dir: str, plai
     from radixlm.mem_cache.kv_pool import SlotAllocator
     from radixlm.mem_cache.radix_cache import RadixCache
 
-    sched = _standalone(tiny_llama_dir, tiny_llama_dir, speculative_num_steps=4)
+    sched = spec_scheduler("STANDALONE", tiny_llama_dir, tiny_llama_dir, speculative_num_steps=4)
     drafter = sched.spec.drafter
     drafter.cache = KVCacheManager(SlotAllocator(60, 1), drafter.cache.req_pool, RadixCache(1, disable=True))
-    spec = generate(sched, PROMPTS, [_greedy(n) for n in (24, 9, 30, 17)])
+    spec = generate(sched, PROMPTS, [greedy(n) for n in LENGTHS])
     assert [r["ids"] for r in spec] == plain_runs
     assert sched.info()["spec_accepted_tokens"] > 0

@@ -5,15 +5,11 @@ On a GPU they run compiled; without one, through Triton's interpreter in a subpr
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 pytest.importorskip("triton")
-HERE = os.path.dirname(__file__)
 
 
 def check_all(device: str, dtype: torch.dtype, tol: float) -> None:
@@ -53,15 +49,4 @@ def test_fused_kernels_match_eager() -> None:
         check_all("cuda", torch.float32, 1e-5)
         check_all("cuda", torch.bfloat16, 1e-2)
         return
-    code = (
-        f"import sys; sys.path.insert(0, {HERE!r}); import torch, test_fused_kernels as t; "
-        "t.check_all('cpu', torch.float32, 1e-5)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_fused_kernels", "t.check_all('cpu', torch.float32, 1e-5)")

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 triton = pytest.importorskip("triton")
-HERE = os.path.dirname(__file__)
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
 INTERP_TOL = {**TOL, torch.bfloat16: 2e-2}
 
@@ -153,15 +150,7 @@ def check_interpreter_cases() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
 def test_fused_experts_through_the_interpreter() -> None:
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_fused_moe as t; t.check_interpreter_cases()"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_fused_moe", "t.check_interpreter_cases()")
 
 
 def test_config_table() -> None:
@@ -288,10 +277,7 @@ def check_hopper_compile() -> None:
 @pytest.mark.slow
 def test_gemm_kernels_compile_for_hopper_with_wgmma_and_pipelined_loads() -> None:
     """`check_hopper_compile` in a subprocess with Triton's compiler (not its interpreter)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_fused_moe as t; t.check_hopper_compile()"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_fused_moe", "t.check_hopper_compile()", interpret=False)
 
 
 # ---- GPU ----------------------------------------------------------------------------------------

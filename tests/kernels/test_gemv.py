@@ -8,16 +8,12 @@ the output, 1e-6 for float32 inputs and 1e-2 for bf16/fp16 (the output's own rou
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.interpreted import run_interpreted
 
 pytest.importorskip("triton")
-HERE = os.path.dirname(__file__)
 # (N, K): a whole 2048 row slice, 1024 tiles, long rows (2 x 2048, 8 warps),
 # a 256 tile, a 128 tile (K = 384), ragged N
 SHAPES = ((100, 2048), (64, 1024), (5, 8192), (40, 256), (33, 384), (7, 128))
@@ -54,15 +50,7 @@ def test_gemv_kernel_matches_float64_product() -> None:
     if torch.cuda.is_available():
         check_kernel("cuda")
         return
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_gemv as t; t.check_kernel('cpu')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_gemv", "t.check_kernel('cpu')")
 
 
 def test_config_divides_k_and_covers_the_tile_sizes() -> None:

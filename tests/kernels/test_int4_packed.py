@@ -17,12 +17,12 @@ interpreter's `tl.dot` on bf16 is unusable, so there the GEMM's half case is flo
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 from radixlm.layers.quantization import gguf_blocks
 from radixlm.layers.quantization import packed_int4 as P
@@ -269,18 +269,6 @@ def check_gguf_layer(device: str, gen: torch.Generator) -> None:
         assert rel_err(got, x.double() @ w.t()) < (1e-3 if dtype == torch.float32 else 1e-2), (m, dtype)
 
 
-def run_interpreted(check: str) -> None:
-    code = f"import sys; sys.path[:0] = [{HERE!r}, {TESTS!r}]; import test_int4_packed as t; t.{check}('cpu')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 @pytest.mark.parametrize("check", ["check_kernels", "check_layers"])
 def test_packed_int4_kernels_match_float64_products(check: str) -> None:
     pytest.importorskip("triton")
@@ -288,7 +276,7 @@ def test_packed_int4_kernels_match_float64_products(check: str) -> None:
         sys.path.insert(0, TESTS)
         globals()[check]("cuda")
         return
-    run_interpreted(check)
+    run_interpreted("test_int4_packed", f"t.{check}('cpu')", timeout=900)
 
 
 @pytest.mark.gpu

@@ -5,14 +5,10 @@ the CPU, compiled on a GPU), in both layouts the batch info produces: segments o
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
-HERE = os.path.dirname(__file__)
 SLOTS, R, K, N = 3, 24, 300, 56  # ragged sizes: masks on every edge; K > 256: the decode case splits K
 
 
@@ -95,15 +91,7 @@ def test_triton_kernels_on_gpu() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
 def test_triton_kernels_interpreted() -> None:
     pytest.importorskip("triton")
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_lora_kernels as t; t.check_triton('cpu')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_lora_kernels", "t.check_triton('cpu')")
 
 
 # -- the fused one-launch decode kernel (triton_fused) ------------------------------------------
@@ -177,12 +165,4 @@ def test_fused_kernel_on_gpu() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernel is checked instead")
 def test_fused_kernel_interpreted() -> None:
     pytest.importorskip("triton")
-    code = f"import sys; sys.path.insert(0, {HERE!r}); import test_lora_kernels as t; t.check_fused('cpu')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_lora_kernels", "t.check_fused('cpu')")

@@ -11,15 +11,11 @@ the GPU.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 pytest.importorskip("triton")
-HERE = os.path.dirname(__file__)
 # (tokens, experts, top_k, renormalize, logits dtype): E not a power of two, k = 1, bf16 logits
 SMALL = (
     (1, 8, 2, True, torch.float32),
@@ -56,18 +52,7 @@ def check_against_select_experts(cases: tuple, device: str) -> None:
 
 
 def test_fused_topk_through_the_interpreter() -> None:
-    code = (
-        f"import sys; sys.path.insert(0, {HERE!r}); import test_moe_topk as t; "
-        "t.check_against_select_experts(t.SMALL, 'cpu')"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_moe_topk", "t.check_against_select_experts(t.SMALL, 'cpu')")
 
 
 def test_rejects_k_out_of_range() -> None:

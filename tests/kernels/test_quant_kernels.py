@@ -11,15 +11,13 @@ so on the CPU the int4 GEMM's half-precision case runs in fp16; on a GPU both.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
+from helpers.interpreted import UNIT, run_interpreted
 
 pytest.importorskip("triton")
-HERE = os.path.dirname(__file__)
 FP8 = torch.float8_e4m3fn
 
 
@@ -123,27 +121,14 @@ def check_gguf(device: str) -> None:
                 assert got.dtype == dtype and rel_err(got.cpu(), want) < tol, (qtype, n, k, dtype)
 
 
-def run_interpreted(check: str) -> None:
-    unit = os.path.join(os.path.dirname(HERE), "unit")
-    code = f"import sys; sys.path[:0] = [{HERE!r}, {unit!r}]; import test_quant_kernels as t; t.{check}('cpu')"
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 @pytest.mark.parametrize("check", ["check_int4", "check_fp8", "check_gguf"])
 def test_quant_kernels_match_float64_products(check: str) -> None:
     if torch.cuda.is_available():
         if check == "check_gguf":
-            sys.path.insert(0, os.path.join(os.path.dirname(HERE), "unit"))
+            sys.path.insert(0, UNIT)
         globals()[check]("cuda")
         return
-    run_interpreted(check)
+    run_interpreted("test_quant_kernels", f"t.{check}('cpu')", paths=[UNIT])
 
 
 @pytest.mark.gpu

@@ -9,15 +9,13 @@ Triton cast kernel: the comparison is then exact for float32 inputs.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
-HERE = os.path.dirname(__file__)
 HEADS = ((8, 2, 64), (4, 4, 128), (3, 1, 24))  # (query heads, KV heads, head_dim): GQA, MHA, odd dim
 POOL = 48
 
@@ -160,16 +158,8 @@ def test_rope_store_matches_eager() -> None:
         )
         return
     code = (
-        f"import sys; sys.path.insert(0, {HERE!r}); import torch, test_rope_store as t\n"
         "f8 = (torch.float8_e4m3fn, torch.float8_e5m2)\n"
         "t.check_all('cpu', [(torch.float32, torch.float32, 0), (torch.bfloat16, torch.bfloat16, 1e-2),"
         " (torch.float32, f8[0], 0), (torch.float32, f8[1], 0), (torch.bfloat16, f8[0], 4e-2)])"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_rope_store", code)

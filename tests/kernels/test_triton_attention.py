@@ -6,16 +6,12 @@ set before triton is imported, in a subprocess so other tests keep the compiled 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 pytest.importorskip("triton")
 
-HERE = os.path.dirname(__file__)
 CASES = [  # (batch, heads, kv_heads, head_dim, prefix lens, extend lens, page_size)
     (3, 4, 2, 16, [0, 5, 17], [7, 1, 20], 1),
     (2, 8, 8, 64, [33, 0], [2, 40], 1),
@@ -199,14 +195,9 @@ def test_triton_matches_torch_native() -> None:
         check_decode_loops("cuda", torch.bfloat16, 2e-2)
         return
     code = (
-        "import sys; sys.path.insert(0, %r); import test_triton_attention as t\n"
         "for c in t.CASES: t._run_case(c, 'cpu', torch.float32, 1e-4)\n"
         "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n"
         "t.check_decode_loops('cpu', torch.float32, 1e-5)\n"
-        "t.check_fused_decode('cpu', torch.float32, torch.float32, 1e-5)\n" % HERE
+        "t.check_fused_decode('cpu', torch.float32, torch.float32, 1e-5)\n"
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", "import torch\n" + code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_triton_attention", code)

@@ -9,16 +9,12 @@ Runs on a GPU when there is one, otherwise through Triton's interpreter in a sub
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 pytest.importorskip("triton")
 
-HERE = os.path.dirname(__file__)
 # (heads, kv_heads, head_dim, page, suffix lens (>= 1 each), groups as (prefix len, member indices), block_r)
 CASES = [
     (4, 2, 16, 1, [3, 1, 30, 7, 2, 9, 1], [(37, [0, 2, 5]), (20, [1, 6])], 64),
@@ -119,15 +115,7 @@ def test_cascade_decode_interpreted() -> None:
     if torch.cuda.is_available():
         pytest.skip("the GPU test covers it")
     code = (
-        "import sys, torch; sys.path.insert(0, %r); import test_triton_cascade as t\n"
         "for c in t.CASES: t.check_case(c, 'cpu', torch.float32, 1e-5)\n"
-        "t.check_case(t.CASES[1], 'cpu', torch.float32, 1e-5, torch.float8_e4m3fn)\n" % HERE
+        "t.check_case(t.CASES[1], 'cpu', torch.float32, 1e-5, torch.float8_e4m3fn)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_triton_cascade", code)
