@@ -160,6 +160,22 @@ class Engine:
             top_logprobs_num=top_logprobs_num,
             lora_path=lora_path,
         )
+        specs = self._prompt_specs(ids_list, params_list, images_list, rid)
+        all_rids = [r for spec in specs for r in spec[3]]
+        self._check_rids(all_rids)
+        prompts = []
+        for i, ids, params, rids, group in specs:
+            future = self.images.submit(ids, images_list[i]) if images_list[i] else None
+            build = functools.partial(self._prompt_requests, i, ids, params, rids, group, fields)
+            prompts.append(PendingPrompt(future, build))
+        return RequestPlan(prompts, all_rids, batched or any(spec[2].n > 1 for spec in specs))
+
+    def _prompt_specs(
+        self, ids_list: list[list[int]], params_list: list, images_list: list[list[Any]], rid: Any
+    ) -> list[tuple[int, list[int], SamplingParams, list[str], Optional[str]]]:
+        """Per prompt (index, ids, params, its request ids, its n>1 sibling group or None), its
+        params and constraint checked, and a text prompt's length (an image prompt's needs its
+        expanded ids: checked when its requests are built)."""
         specs = []
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
@@ -169,15 +185,7 @@ class Engine:
             base = _pick(rid, i, None) or uuid.uuid4().hex
             rids = [f"{base}-{j}" for j in range(params.n)] if params.n > 1 else [base]
             specs.append((i, ids, params, rids, base if params.n > 1 else None))
-            batched = batched or params.n > 1
-        all_rids = [r for spec in specs for r in spec[3]]
-        self._check_rids(all_rids)
-        prompts = []
-        for i, ids, params, rids, group in specs:
-            future = self.images.submit(ids, images_list[i]) if images_list[i] else None
-            build = functools.partial(self._prompt_requests, i, ids, params, rids, group, fields)
-            prompts.append(PendingPrompt(future, build))
-        return RequestPlan(prompts, all_rids, batched)
+        return specs
 
     def _prompt_requests(
         self,
