@@ -133,22 +133,29 @@ def workload(n: int, distinct_images: int, side: int, text_len: int, seed: int) 
     return Workload(prompts, images)
 
 
-def radixlm_run(path: str, works: dict[str, Workload], out_len: int, device: str, dtype: str) -> dict:
-    """Per workload: output tok/s of one `Engine.generate` over all its requests, cached tokens,
-    and the seconds of its image preparation alone (run once more, untimed by the rate)."""
+def make_engine(path: str, device: str, dtype: str, **overrides: Any) -> Any:
+    """The `radixlm.Engine` both benchmarks time: dummy weights of the model at `path`, token
+    ids in (no tokenizer), a 4096-token context; `overrides` are further Engine arguments."""
     import radixlm
 
-    results = {}
-    greedy = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0}
-    with radixlm.Engine(
-        path,
+    args = dict(
         load_format="dummy",
         dtype=dtype,
         device=device,
         skip_tokenizer_init=True,
         context_length=4096,
         log_level="warning",
-    ) as engine:
+    )
+    return radixlm.Engine(path, **{**args, **overrides})
+
+
+def radixlm_run(path: str, works: dict[str, Workload], out_len: int, device: str, dtype: str) -> dict:
+    """Per workload: output tok/s of one `Engine.generate` over all its requests (which submits
+    each request once its image is prepared, so the front overlaps the model), cached tokens,
+    and the seconds of its image preparation alone (run once more, untimed by the rate)."""
+    results = {}
+    greedy = {"max_new_tokens": out_len, "ignore_eos": True, "temperature": 0}
+    with make_engine(path, device, dtype) as engine:
         warm = next(iter(works.values()))
         side = warm.images[0].width
         engine.generate(

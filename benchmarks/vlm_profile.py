@@ -6,9 +6,10 @@ the tiny shape on CPU), for `--requests` requests with one image each it prints:
            image (its threads), in ms;
   tower:   the vision tower per image, radixlm's batched encoder vs transformers' own forward
            on the same module and pixels, one call over all images (and the largest difference);
-  engine:  one `Engine.generate` of the requests with 1 output token (front + vision + prefill),
-           the same prompts text-only (language-model prefill alone), and with `--output-len`
-           tokens (decode ms per step = the extra time over the extra steps).
+  engine:  one `Engine.generate` of the requests with 1 output token (front + vision + prefill,
+           the front overlapping the rest), the same prompts text-only (language-model prefill
+           alone), and with `--output-len` tokens (decode ms per step = the extra time over the
+           extra steps); each timed on a second pass, the first pass's figures printed beside.
 
     python benchmarks/vlm_profile.py                 # ~1 minute on one H100
     python benchmarks/vlm_profile.py --tiny          # CPU smoke run
@@ -28,14 +29,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's radixlm
 
-from vlm_bench import QWEN25_VL_7B, TINY, Workload, model_dir, preprocess_ms, sync, workload  # noqa: E402
+from vlm_bench import QWEN25_VL_7B, TINY, Workload, make_engine, model_dir, preprocess_ms, sync, workload  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], device: str, repeat: int = 3) -> float:
-    """Best of `repeat` wall seconds of `fn()` (after one warm-up call), device synchronized."""
-    fn()
+    """Best of `repeat` wall seconds of `fn()` (after one warm-up call), device synchronized;
+    `repeat` 0: the seconds of one call with no warm-up."""
+    if repeat:
+        fn()
     best = float("inf")
-    for _ in range(repeat):
+    for _ in range(max(repeat, 1)):
         sync(device)
         start = time.perf_counter()
         fn()
@@ -63,14 +66,17 @@ def tower_profile(path: str, work: Workload, device: str, dtype: torch.dtype) ->
     grid = processed["image_grid_thw"].to(device)
     grids = [tuple(int(x) for x in g) for g in processed["image_grid_thw"]]
     encoder = QwenVisionEncoder(visual)
+    n = len(work.images)
     with torch.no_grad():
+        encoder(pixels[: pixels.shape[0] // n], grids[:1])  # one image: what the engine's warm-up runs
+        first = timed(lambda: encoder(pixels, grids), device, repeat=0)  # a new image count: its first call
         ours = timed(lambda: encoder(pixels, grids), device)
         theirs = timed(lambda: visual(pixels, grid_thw=grid), device, repeat=1)
         diff = (encoder(pixels, grids).float() - visual(pixels, grid_thw=grid).pooler_output.float()).abs().max()
-    n = len(work.images)
     out = {
         "images": n,
         "patches_per_image": int(pixels.shape[0]) // n,
+        "ours_first_call_ms_per_image": round(first * 1e3 / n, 2),
         "ours_ms_per_image": round(ours * 1e3 / n, 2),
         "transformers_ms_per_image": round(theirs * 1e3 / n, 2),
         "max_abs_diff": float(diff),
@@ -81,21 +87,12 @@ def tower_profile(path: str, work: Workload, device: str, dtype: torch.dtype) ->
 def engine_profile(path: str, work: Workload, fresh: Workload, out_len: int, device: str, dtype: str) -> dict:
     """Seconds of `Engine.generate` over the requests: 1 output token with images, 1 token
     text-only (same prompt lengths), `out_len` tokens with images; the radix cache flushed
-    before each and every run's images new to it."""
-    import radixlm
-
+    before each, so every run's images are new to it. Each run is timed on its second pass
+    (the first compiles the kernels its batch shapes need, which later runs would reuse)."""
     greedy = {"ignore_eos": True, "temperature": 0}
     n = len(work.prompts)
-    with radixlm.Engine(
-        path,
-        load_format="dummy",
-        dtype=dtype,
-        device=device,
-        skip_tokenizer_init=True,
-        context_length=4096,
-        log_level="warning",
-        cuda_graph_max_bs=max(8, n),  # decode runs at batch n: capture no larger graphs (a shorter start)
-    ) as engine:
+    # decode runs at batch n: capture no larger CUDA graphs (a shorter start)
+    with make_engine(path, device, dtype, cuda_graph_max_bs=max(8, n)) as engine:
         engine.generate(
             input_ids=fresh.prompts[:2], image_data=fresh.images[:2], sampling_params=dict(greedy, max_new_tokens=4)
         )
@@ -104,16 +101,17 @@ def engine_profile(path: str, work: Workload, fresh: Workload, out_len: int, dev
         front = time.perf_counter() - start
         rng = np.random.default_rng(7)  # distinct text of the same lengths: no image, no cache hits
         text = [rng.integers(100, 150000, size=len(p.check_ids)).tolist() for p in prepared]
-        runs = {}
+        runs, first = {}, {}
         for label, ids, images, tokens in (
             ("prefill_with_images", work.prompts, work.images, 1),
             ("prefill_text_only", text, None, 1),
             ("generate_with_images", fresh.prompts, fresh.images, out_len),
         ):
-            engine.flush_cache()
-            start = time.perf_counter()
-            engine.generate(input_ids=ids, image_data=images, sampling_params=dict(greedy, max_new_tokens=tokens))
-            runs[label] = time.perf_counter() - start
+            for seconds in (first, runs):
+                engine.flush_cache()
+                start = time.perf_counter()
+                engine.generate(input_ids=ids, image_data=images, sampling_params=dict(greedy, max_new_tokens=tokens))
+                seconds[label] = time.perf_counter() - start
     decode_step = (runs["generate_with_images"] - runs["prefill_with_images"]) / max(1, out_len - 1)
     return {
         "requests": n,
@@ -121,6 +119,7 @@ def engine_profile(path: str, work: Workload, fresh: Workload, out_len: int, dev
         "front_prepare_ms_per_image": round(front * 1e3 / n, 2),
         "prefill_with_images_ms_per_request": round(runs["prefill_with_images"] * 1e3 / n, 2),
         "prefill_text_only_ms_per_request": round(runs["prefill_text_only"] * 1e3 / n, 2),
+        "first_pass_ms_per_request": {k: round(v * 1e3 / n, 2) for k, v in first.items()},
         "generate_s": round(runs["generate_with_images"], 3),
         "decode_ms_per_step": round(decode_step * 1e3, 2),
         "output_tok_s": round(n * out_len / runs["generate_with_images"], 1),

@@ -7,6 +7,7 @@ batching) in a child process, so a caller is never blocked by other requests' co
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import uuid
 from typing import Any, AsyncIterator, Iterator, Optional, Union
@@ -21,6 +22,7 @@ from radixlm.entrypoints.engine_args import server_args_of as _server_args
 from radixlm.entrypoints.engine_args import sibling_params as _sibling_params
 from radixlm.entrypoints.request_output import OutputAccumulator
 from radixlm.entrypoints.request_output import loop_putter as _loop_putter
+from radixlm.entrypoints.request_plan import PendingPrompt, RequestPlan
 from radixlm.ipc.dp_client import DataParallelClient
 from radixlm.ipc.messages import ReqOutput, TokenizedGenerateReq
 from radixlm.ipc.runtime_client import RuntimeClient
@@ -101,6 +103,37 @@ class Engine:
         entry (None, an image or a list) per prompt; each image fills one placeholder token.
         `lora_path`: the name of a served LoRA adapter, or for a batch a list of one name (or
         None: the base model) per prompt."""
+        plan = self.plan_requests(
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            stream,
+            rid=rid,
+            image_data=image_data,
+            lora_path=lora_path,
+        )
+        return plan.all(), plan.batched
+
+    def plan_requests(
+        self,
+        prompt: Prompt,
+        sampling_params: Params,
+        input_ids: Any,
+        return_logprob: Any,
+        logprob_start_len: Any,
+        top_logprobs_num: Any,
+        stream: bool,
+        rid: Any = None,
+        image_data: Any = None,
+        lora_path: Any = None,
+    ) -> RequestPlan:
+        """`make_requests` without waiting for images: every check that needs no image is done
+        here (ValueError), the prompts' images are prepared on the preprocessor's pool, and a
+        prompt's image errors and its checks against its expanded length come from iterating
+        the plan (in prompt order)."""
         if self.pooling is not None:
             raise ValueError(
                 "this server serves an embedding model (is_embedding / --is-embedding): generation is not "
@@ -120,32 +153,69 @@ class Engine:
             lora_path=lora_path,
         )
         self.check_lora_path(lora_path)
-        prepared = self.images.prepare_all(ids_list, images_list) if self.images else [None] * len(ids_list)
-        reqs = []
+        fields = dict(
+            stream=stream,
+            return_logprob=return_logprob,
+            logprob_start_len=logprob_start_len,
+            top_logprobs_num=top_logprobs_num,
+            lora_path=lora_path,
+        )
+        specs = self._prompt_specs(ids_list, params_list, images_list, rid)
+        all_rids = [r for spec in specs for r in spec[3]]
+        self._check_rids(all_rids)
+        prompts = []
+        for i, ids, params, rids, group in specs:
+            future = self.images.submit(ids, images_list[i]) if images_list[i] else None
+            build = functools.partial(self._prompt_requests, i, ids, params, rids, group, fields)
+            prompts.append(PendingPrompt(future, build))
+        return RequestPlan(prompts, all_rids, batched or any(spec[2].n > 1 for spec in specs))
+
+    def _prompt_specs(
+        self, ids_list: list[list[int]], params_list: list, images_list: list[list[Any]], rid: Any
+    ) -> list[tuple[int, list[int], SamplingParams, list[str], Optional[str]]]:
+        """Per prompt (index, ids, params, its request ids, its n>1 sibling group or None), its
+        params and constraint checked, and a text prompt's length (an image prompt's needs its
+        expanded ids: checked when its requests are built)."""
+        specs = []
         for i, (ids, raw) in enumerate(zip(ids_list, params_list)):
             params = SamplingParams.from_dict(raw or {})
-            ids, images = self._with_images(ids, prepared[i], params, _pick(logprob_start_len, i, -1))
+            if not images_list[i]:
+                validate_request(ids, params, self.limits)
             self._check_constraint(params)
             base = _pick(rid, i, None) or uuid.uuid4().hex
-            group = base if params.n > 1 else None
-            for j in range(params.n):
-                reqs.append(
-                    TokenizedGenerateReq(
-                        rid=f"{base}-{j}" if params.n > 1 else base,
-                        input_ids=ids,
-                        params=_sibling_params(params, j),
-                        stream=stream,
-                        return_logprob=_pick(return_logprob, i, False),
-                        logprob_start_len=_pick(logprob_start_len, i, -1),
-                        top_logprobs_num=_pick(top_logprobs_num, i, 0),
-                        prefix_group=group,
-                        images=images,
-                        lora_name=_pick(lora_path, i, None) or None,
-                    )
-                )
-            batched = batched or params.n > 1
-        self._check_rids(reqs)
-        return reqs, batched
+            rids = [f"{base}-{j}" for j in range(params.n)] if params.n > 1 else [base]
+            specs.append((i, ids, params, rids, base if params.n > 1 else None))
+        return specs
+
+    def _prompt_requests(
+        self,
+        i: int,
+        ids: list[int],
+        params: SamplingParams,
+        rids: list[str],
+        group: Optional[str],
+        fields: dict,
+        prepared: Any,
+    ) -> list[TokenizedGenerateReq]:
+        """The requests of prompt `i` (one per rid, siblings of `group` when n > 1), its images'
+        `PreparedPrompt` (None: a text prompt, already validated) given."""
+        lps = _pick(fields["logprob_start_len"], i, -1)
+        ids, images = (ids, None) if prepared is None else self._with_images(prepared, params, lps)
+        return [
+            TokenizedGenerateReq(
+                rid=r,
+                input_ids=ids,
+                params=_sibling_params(params, j),
+                stream=fields["stream"],
+                return_logprob=_pick(fields["return_logprob"], i, False),
+                logprob_start_len=lps,
+                top_logprobs_num=_pick(fields["top_logprobs_num"], i, 0),
+                prefix_group=group,
+                images=images,
+                lora_name=_pick(fields["lora_path"], i, None) or None,
+            )
+            for j, r in enumerate(rids)
+        ]
 
     def make_embedding_requests(
         self, prompt: Prompt, input_ids: Any, dimensions: Optional[int] = None, rid: Any = None
@@ -163,7 +233,7 @@ class Engine:
             validate_request(ids, params, self.limits)
             base = _pick(rid, i, None) or uuid.uuid4().hex
             reqs.append(TokenizedGenerateReq(rid=base, input_ids=ids, params=params, embed_dimensions=dimensions))
-        self._check_rids(reqs)
+        self._check_rids([r.rid for r in reqs])
         return reqs, batched
 
     def _images_per_prompt(self, image_data: Any, count: int, batched: bool) -> list[list[Any]]:
@@ -179,13 +249,10 @@ class Engine:
         return [[] if x is None else (x if isinstance(x, list) else [x]) for x in image_data]
 
     def _with_images(
-        self, ids: list[int], prepared: Any, params: SamplingParams, logprob_start_len: Any
+        self, prepared: Any, params: SamplingParams, logprob_start_len: Any
     ) -> tuple[list[int], Optional[list]]:
-        """Validate a prompt, with its image placeholders expanded and hash-padded where it has
-        images (`prepared`: its `PreparedPrompt`, else None)."""
-        if prepared is None:
-            validate_request(ids, params, self.limits)
-            return ids, None
+        """A prompt's ids with its image placeholders expanded and hash-padded, and its images
+        (`prepared`: its `PreparedPrompt`), validated at the expanded length."""
         last = prepared.images[-1]
         if logprob_start_len not in (None, -1) and logprob_start_len < last.offset + last.length:
             raise ValueError(
@@ -208,9 +275,8 @@ class Engine:
             if name not in self.lora_adapters:
                 raise ValueError(f"LoRA adapter {name!r} is not loaded (loaded: {sorted(self.lora_adapters)})")
 
-    def _check_rids(self, reqs: list[TokenizedGenerateReq]) -> None:
+    def _check_rids(self, rids: list[str]) -> None:
         """Request ids route outputs and aborts: they must be unique, also against those in flight."""
-        rids = [r.rid for r in reqs]
         if len(set(rids)) != len(rids):
             raise ValueError("request ids (rid) must be distinct; pass one rid per prompt")
         taken = [rid for rid in rids if self.client.has_request(rid)]
@@ -253,8 +319,12 @@ class Engine:
         lora_path: Any = None,
     ) -> Any:
         """Generate for one prompt or a batch; with stream=True, an iterator of incremental chunks.
-        `lora_path`: a served LoRA adapter's name (a list: one per prompt); None: the base model."""
-        reqs, batched = self.make_requests(
+        `lora_path`: a served LoRA adapter's name (a list: one per prompt); None: the base model.
+        Without streaming, each prompt is submitted once its images are prepared, while later
+        prompts' images are still being prepared; a bad image raises its ValueError (the call's
+        requests already submitted are aborted). Streaming prepares every image first, so any
+        such error is raised here, before the iterator is returned."""
+        plan = self.plan_requests(
             prompt,
             sampling_params,
             input_ids,
@@ -266,33 +336,38 @@ class Engine:
             lora_path=lora_path,
         )
         if stream:
-            return self._stream(reqs)
-        accs = {rid: acc for rid, acc, _ in self._iterate(reqs)}
-        results = [accs[r.rid].result() for r in reqs]
-        return results if batched else results[0]
+            return self._stream(RequestPlan.ready(plan.all()))
+        accs = {rid: acc for rid, acc, _ in self._iterate(plan)}
+        results = [accs[rid].result() for rid in plan.rids]
+        return results if plan.batched else results[0]
 
-    def _stream(self, reqs: list[TokenizedGenerateReq]) -> Iterator[dict]:
-        index = {r.rid: i for i, r in enumerate(reqs)}
-        for rid, acc, out in self._iterate(reqs):
+    def _stream(self, plan: RequestPlan) -> Iterator[dict]:
+        index = {rid: i for i, rid in enumerate(plan.rids)}
+        for rid, acc, out in self._iterate(plan):
             yield acc.chunk(out, index=index[rid])
 
-    def _iterate(self, reqs: list[TokenizedGenerateReq]) -> Iterator[tuple[str, OutputAccumulator, ReqOutput]]:
-        """Submit `reqs` and yield (rid, accumulator, message) after every message until all are
-        done; requests not finished when the iterator is closed are aborted."""
+    def _iterate(self, plan: RequestPlan) -> Iterator[tuple[str, OutputAccumulator, ReqOutput]]:
+        """Submit the plan's requests prompt by prompt as each is ready, then yield (rid,
+        accumulator, message) after every message until all are done (messages arriving
+        meanwhile wait in the inbox). A prompt's ValueError propagates; requests submitted and
+        not finished when the iterator ends early are aborted."""
         inbox: queue.Queue = queue.Queue()
-        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
-        for r in reqs:
-            self.client.submit(r, inbox.put)
-        pending = len(reqs)
+        accs = {rid: OutputAccumulator(rid) for rid in plan.rids}
+        submitted: list[str] = []
         try:
+            for reqs in plan:
+                for r in reqs:
+                    self.client.submit(r, inbox.put)
+                    submitted.append(r.rid)
+            pending = len(submitted)
             while pending:
                 out: ReqOutput = inbox.get()
                 if accs[out.rid].add(out):
                     pending -= 1
                 yield out.rid, accs[out.rid], out
         finally:
-            for rid, acc in accs.items():
-                if not acc.done:
+            for rid in submitted:  # never abort an id we did not submit (it may be someone else's)
+                if not accs[rid].done:
                     self.client.abort(rid)
 
     def encode(
@@ -302,7 +377,7 @@ class Engine:
         is_embedding): `{"embedding": [float], "meta_info": {...}}` for one input, a list of them
         for a list. `dimensions` truncates (Matryoshka models only) before any normalisation."""
         reqs, batched = self.make_embedding_requests(prompt, input_ids, dimensions, rid)
-        accs = {rid: acc for rid, acc, _ in self._iterate(reqs)}
+        accs = {rid: acc for rid, acc, _ in self._iterate(RequestPlan.ready(reqs))}
         results = [accs[r.rid].embedding_result() for r in reqs]
         return results if batched else results[0]
 
@@ -318,8 +393,9 @@ class Engine:
         image_data: Any = None,
         lora_path: Any = None,
     ) -> Any:
-        """Like `generate`, awaitable; with stream=True returns an async iterator of chunks."""
-        reqs, batched = self.make_requests(
+        """Like `generate`, awaitable (images awaited, never blocked on); with stream=True
+        returns an async iterator of chunks."""
+        plan = self.plan_requests(
             prompt,
             sampling_params,
             input_ids,
@@ -331,31 +407,36 @@ class Engine:
             lora_path=lora_path,
         )
         if stream:
-            return self._astream(reqs)
+            return self._astream(RequestPlan.ready(await plan.aall()))
         results = {}
-        async for rid, acc in self.iterate_async(reqs):
+        async for rid, acc in self.iterate_async(plan):
             if acc.done:
                 results[rid] = acc.result()
-        ordered = [results[r.rid] for r in reqs]
-        return ordered if batched else ordered[0]
+        ordered = [results[rid] for rid in plan.rids]
+        return ordered if plan.batched else ordered[0]
 
-    async def _astream(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[dict]:
-        async for _, acc in self.iterate_async(reqs):
+    async def _astream(self, plan: RequestPlan) -> AsyncIterator[dict]:
+        async for _, acc in self.iterate_async(plan):
             yield acc.last_chunk
 
-    async def iterate_async(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[tuple[str, OutputAccumulator]]:
-        """Submit `reqs` and yield (rid, accumulator) after every message; `acc.last_chunk` holds
-        the incremental chunk. Requests not finished when the iterator is closed are aborted."""
+    async def iterate_async(
+        self, reqs: Union[list[TokenizedGenerateReq], RequestPlan]
+    ) -> AsyncIterator[tuple[str, OutputAccumulator]]:
+        """Submit `reqs` (a plan: prompt by prompt as each is ready) and yield (rid, accumulator)
+        after every message; `acc.last_chunk` holds the incremental chunk. A plan's ValueError
+        propagates; requests not finished when the iterator is closed are aborted."""
+        plan = reqs if isinstance(reqs, RequestPlan) else RequestPlan.ready(reqs)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-        accs = {r.rid: OutputAccumulator(r.rid) for r in reqs}
-        order = {r.rid: i for i, r in enumerate(reqs)}
+        accs = {rid: OutputAccumulator(rid) for rid in plan.rids}
+        order = {rid: i for i, rid in enumerate(plan.rids)}
         submitted: list[str] = []
-        pending = len(reqs)
         try:
-            for r in reqs:
-                self.client.submit(r, _loop_putter(loop, inbox))
-                submitted.append(r.rid)
+            async for ready in plan.aiter():
+                for r in ready:
+                    self.client.submit(r, _loop_putter(loop, inbox))
+                    submitted.append(r.rid)
+            pending = len(submitted)
             while pending:
                 out: ReqOutput = await inbox.get()
                 acc = accs[out.rid]
@@ -425,6 +506,8 @@ class Engine:
             raise AssertionError(str(exc)) from None
 
     def shutdown(self) -> None:
+        if self.images is not None:
+            self.images.close()
         self.client.shutdown()
 
     def __enter__(self) -> "Engine":

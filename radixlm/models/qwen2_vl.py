@@ -22,6 +22,7 @@ from torch import nn
 from radixlm.attention.base import AttentionBackend
 from radixlm.distributed.group import TPGroup
 from radixlm.forward.batch import ForwardBatch, ForwardMode
+from radixlm.forward.device_copy import pinned_to_device
 from radixlm.layers.linear import copy_checked, whole
 from radixlm.layers.mrope import MRotaryEmbedding
 from radixlm.models.llama import _rope_parameters
@@ -29,7 +30,7 @@ from radixlm.models.llava import merge_image_rows
 from radixlm.models.qwen2 import Qwen2Attention, Qwen2DecoderLayer, Qwen2ForCausalLM, Qwen2Model
 from radixlm.models.qwen2_vl_vision import QwenVisionEncoder
 from radixlm.multimodal.inputs import ImageInput
-from radixlm.multimodal.pixel_codes import decode_torch
+from radixlm.multimodal.pixel_codes import decode_torch, decode_torch_batch
 
 # checkpoint prefix -> ours (transformers >= 4.52 saves these; Qwen's own checkpoints already use ours)
 _PREFIXES = (
@@ -124,7 +125,7 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         """Per image, its [length, hidden] embedding rows (one vision-tower call for all; its
         attention never crosses images)."""
         param = self.visual.patch_embed.proj.weight
-        pixels = torch.cat([_device_pixels(img, param.device) for img in images])  # no host copy
+        pixels = _device_pixels(images, param.device)
         merged = self.vision_encoder(pixels, [img.grid_thw for img in images])
         return list(torch.split(merged, [img.length for img in images]))
 
@@ -156,11 +157,18 @@ class Qwen2_5_VLForConditionalGeneration(Qwen2VLForConditionalGeneration):
     vision_class = ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VisionTransformerPretrainedModel")
 
 
-def _device_pixels(image: ImageInput, device: torch.device) -> torch.Tensor:
-    """An image's float32 [patches, C*T*P*P] pixels on `device` (decoded there from its uint8
-    codes where the front sent those)."""
+def _device_pixels(images: list[ImageInput], device: torch.device) -> torch.Tensor:
+    """The images' float32 [patches, C*T*P*P] pixels on `device`, image after image: decoded
+    there from their uint8 codes where the front sent those (all images' codes in one copy),
+    else copied as they are; no copy makes the host wait for the device."""
+    if all(img.pixel_table is not None for img in images):
+        return decode_torch_batch([img.pixel_values for img in images], [img.pixel_table for img in images], device)
+    return torch.cat([_one_image_pixels(img, device) for img in images])
+
+
+def _one_image_pixels(image: ImageInput, device: torch.device) -> torch.Tensor:
     if image.pixel_table is None:
-        return torch.from_numpy(image.pixel_values).to(device)
+        return pinned_to_device(torch.from_numpy(image.pixel_values), device)
     return decode_torch(image.pixel_values, image.pixel_table, device)
 
 

@@ -55,3 +55,17 @@ def chunk_slices(images: list[ImageInput], start: int, end: int, row: int) -> li
         if lo < hi:
             out.append(ImageSlice(image, row + lo - start, lo - image.offset, hi - lo))
     return out
+
+
+def chunk_end(images: Optional[list[ImageInput]], start: int, end: int, page: int = 1) -> int:
+    """Where a prefill chunk of prompt positions [start, end) should end so that no image span
+    straddles its end (an image cut there would be encoded once per chunk it touches): `end`
+    itself when it is outside every span, else the start of the span it falls in, moved down
+    to keep the chunk a multiple of `page` tokens. A span that begins at (or within one page
+    of) `start` is larger than the chunk and is cut at `end` after all."""
+    for image in images or ():
+        lo, hi = image.offset, image.offset + image.length
+        if lo < end < hi:
+            cut = start + (lo - start) // page * page
+            return cut if cut > start else end
+    return end

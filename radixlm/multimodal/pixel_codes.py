@@ -6,10 +6,12 @@ representable (another processor, resampling after normalization) keeps its floa
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
+
+from radixlm.forward.device_copy import pinned_to_device
 
 LEVELS = 256
 
@@ -62,8 +64,20 @@ def decode_numpy(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 def decode_torch(codes: np.ndarray, table: np.ndarray, device: torch.device) -> torch.Tensor:
     """`decode_numpy` on `device`: only the codes and the table are copied there."""
-    rows, cols = codes.shape
-    channels = table.shape[0]
-    index = torch.from_numpy(codes).to(device).view(rows, channels, cols // channels).long()
-    index += torch.arange(channels, device=device).view(1, channels, 1) * LEVELS
-    return torch.from_numpy(table).to(device).view(-1)[index].view(rows, cols)
+    return decode_torch_batch([codes], [table], device)
+
+
+def decode_torch_batch(codes: Sequence[np.ndarray], tables: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """The rows of several coded arrays (`codes[i]` [rows_i, cols] with its table `tables[i]`,
+    all with the same cols and channels), concatenated: `decode_numpy` of each, in order, on
+    `device`. One copy each of all codes, all tables and a per-row table offset, through
+    pinned memory (a CUDA host never waits for the device)."""
+    cols, channels = codes[0].shape[1], tables[0].shape[0]
+    counts = [c.shape[0] for c in codes]
+    bases = np.repeat(np.arange(len(codes), dtype=np.int64) * (channels * LEVELS), counts)
+    index = pinned_to_device(torch.from_numpy(np.concatenate(codes)), device)
+    table = pinned_to_device(torch.from_numpy(np.stack(tables)), device).view(-1)
+    base = pinned_to_device(torch.from_numpy(bases), device).view(-1, 1, 1)
+    index = index.view(-1, channels, cols // channels).long()
+    index += base + (torch.arange(channels, device=device) * LEVELS).view(1, channels, 1)
+    return table[index].view(sum(counts), cols)

@@ -5,7 +5,7 @@ expanded to one token per embedding row and padded with the image's hash id."""
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -43,7 +43,9 @@ class PreparedPrompt:
 
 
 class ImagePreprocessor:
-    """Built once per Engine for a vision model; `prepare` is pure apart from the HF processor."""
+    """Built once per Engine for a vision model; `prepare` is pure apart from the HF processor.
+    Owns a pool of up to `_PREP_THREADS` threads (`submit`, `prepare_all`; the HF processors'
+    array work releases the GIL), ended by `close`."""
 
     def __init__(self, processor: Any, config: Any, max_images: int) -> None:
         self.processor = processor
@@ -56,6 +58,7 @@ class ImagePreprocessor:
         self.check_id = self.token_id if self.token_id < self.vocab_size else 0
         self.max_images = max_images
         self.affine = channel_affine(processor) if self.merge is not None else None  # Qwen2-VL: pixel codes
+        self._pool = ThreadPoolExecutor(_PREP_THREADS, thread_name_prefix="radixlm-image")  # threads start on use
 
     @classmethod
     def for_model(cls, model_path: str, config: Any, max_images: int) -> "ImagePreprocessor | None":
@@ -103,16 +106,26 @@ class ImagePreprocessor:
             prev = place + 1
         return PreparedPrompt(check + ids[prev:], padded + ids[prev:], images)
 
+    def submit(self, ids: list[int], sources: list[Any]) -> Future:
+        """`prepare(ids, sources)` on the pool: a future of its PreparedPrompt (or ImageError)."""
+        return self._pool.submit(self.prepare, ids, sources)
+
     def prepare_all(self, ids_list: list[list[int]], sources_list: list[list[Any]]) -> list[Optional[PreparedPrompt]]:
         """`prepare` of each prompt that has images (None for one without); the prompts of a
-        batch are prepared on threads (the HF processors' array work releases the GIL). The
-        first failing prompt's ImageError is raised."""
+        batch are prepared on the pool. The first failing prompt's ImageError is raised."""
         jobs = [i for i, sources in enumerate(sources_list) if sources]
         if len(jobs) <= 1:
             return [self.prepare(ids, s) if s else None for ids, s in zip(ids_list, sources_list)]
-        with ThreadPoolExecutor(min(len(jobs), _PREP_THREADS)) as pool:
-            futures = {i: pool.submit(self.prepare, ids_list[i], sources_list[i]) for i in jobs}
+        futures = {i: self.submit(ids_list[i], sources_list[i]) for i in jobs}
+        try:
             return [futures[i].result() if i in futures else None for i in range(len(ids_list))]
+        finally:
+            for future in futures.values():
+                future.cancel()
+
+    def close(self) -> None:
+        """End the pool's threads; preparations not started are cancelled."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _hashed_input(
         self, values: np.ndarray, offset: int, size: tuple[int, int], grid: Optional[tuple[int, int, int]]

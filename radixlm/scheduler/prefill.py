@@ -7,6 +7,7 @@ from typing import Optional
 
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.radix_cache import RadixCache
+from radixlm.multimodal.inputs import chunk_end
 from radixlm.scheduler.batch import ExtendItem
 from radixlm.scheduler.request import Req
 
@@ -107,7 +108,9 @@ class PrefillAdder:
         length, sample = ext, True
         limit = min(self.tokens_left, self.budget.chunk_size or ext)
         if ext > limit:
-            length = limit - limit % self.cache.page_size if self.cache.page_size > 1 else limit
+            page = self.cache.page_size
+            length = limit - limit % page if page > 1 else limit
+            length = chunk_end(req.images, req.kv_len, req.kv_len + length, page) - req.kv_len
             sample = False
             if length <= 0:
                 self._undo(req, fresh)

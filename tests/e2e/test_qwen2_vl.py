@@ -4,6 +4,10 @@ in prefill chunks, the radix cache over image spans, and the family's chat image
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -124,3 +128,96 @@ def test_qwen2_5_vl_matches_hf(tiny_vlm: Callable[[str], str]) -> None:
         eng.check_no_leak()
         for prompt, image, out in zip(prompts, images, outs):
             assert out["output_ids"] == hf_ref(path, eng, prompt, image if isinstance(image, list) else [image])
+
+
+def test_batch_equals_its_requests_alone_sync_and_async(engine: Any) -> None:
+    """Each prompt of a batch is submitted as soon as its images are prepared: the batch's
+    outputs (in call order) are those of each request run alone, also through async_generate."""
+    prompts = [ids_of(engine, f"q{i} {IMAGE} what?") for i in range(5)]
+    images = [make_image(20 + i, size=WIDE if i % 2 else TALL) for i in range(5)]
+    prompts.insert(2, ids_of(engine, "a text prompt"))
+    images.insert(2, None)
+    alone = []
+    for prompt, image in zip(prompts, images):
+        assert engine.flush_cache()
+        alone.append(engine.generate(input_ids=prompt, image_data=image, sampling_params=GREEDY)["output_ids"])
+    assert engine.flush_cache()
+    batch = engine.generate(input_ids=prompts, image_data=images, sampling_params=GREEDY)
+    assert [o["output_ids"] for o in batch] == alone
+    assert engine.flush_cache()
+    batch_async = asyncio.run(engine.async_generate(input_ids=prompts, image_data=images, sampling_params=GREEDY))
+    assert [o["output_ids"] for o in batch_async] == alone
+
+
+def test_prompts_are_submitted_while_later_images_are_prepared(engine: Any, monkeypatch: Any) -> None:
+    """The second prompt's preparation is held back until the first request was submitted:
+    `generate` submits the first on its own, then finishes both."""
+    first_sent, release = threading.Event(), threading.Event()
+    real_submit, real_client_submit = engine.images.submit, engine.client.submit
+    calls: list[list[int]] = []
+
+    def held_submit(ids: list[int], sources: list[Any]) -> Future:
+        calls.append(ids)
+        if len(calls) == 1:
+            return real_submit(ids, sources)
+        held = Future()
+        threading.Thread(
+            target=lambda: (release.wait(30), held.set_result(engine.images.prepare(ids, sources)))
+        ).start()
+        return held
+
+    sent: list[str] = []
+
+    def client_submit(req: Any, callback: Any) -> None:
+        real_client_submit(req, callback)
+        sent.append(req.rid)
+        first_sent.set()
+
+    monkeypatch.setattr(engine.images, "submit", held_submit)
+    monkeypatch.setattr(engine.client, "submit", client_submit)
+    prompts = [ids_of(engine, f"{IMAGE} one"), ids_of(engine, f"{IMAGE} two")]
+    images = [make_image(30), make_image(31)]
+    outs: list = []
+    worker = threading.Thread(
+        target=lambda: outs.extend(engine.generate(input_ids=prompts, image_data=images, sampling_params=GREEDY))
+    )
+    worker.start()
+    assert first_sent.wait(60), "no request was submitted while the second image was held"
+    assert len(sent) == 1
+    release.set()
+    worker.join(60)
+    monkeypatch.undo()
+    assert [o["meta_info"]["id"] for o in outs] == sent  # in call order
+    for prompt, image, out in zip(prompts, images, outs):
+        assert (
+            out["output_ids"]
+            == engine.generate(input_ids=prompt, image_data=image, sampling_params=GREEDY)["output_ids"]
+        )
+
+
+def test_a_bad_image_mid_batch_raises_and_the_engine_keeps_serving(engine: Any, monkeypatch: Any) -> None:
+    """The prompts before the bad one may already run: they are aborted, the call raises the
+    bad image's error, and no KV slot leaks."""
+    prompts = [ids_of(engine, f"{IMAGE} p{i}") for i in range(4)]
+    images = [make_image(40), make_image(41), b"definitely not an image", make_image(43)]
+    real_client_submit = engine.client.submit
+    sent: list[str] = []
+
+    def client_submit(req: Any, callback: Any) -> None:
+        real_client_submit(req, callback)
+        sent.append(req.rid)
+
+    monkeypatch.setattr(engine.client, "submit", client_submit)
+    with pytest.raises(ValueError, match="image 0 is not an image"):
+        engine.generate(input_ids=prompts, image_data=images, sampling_params=GREEDY)
+    with pytest.raises(ValueError, match="image 0 is not an image"):
+        asyncio.run(engine.async_generate(input_ids=prompts, image_data=images, sampling_params=GREEDY))
+    assert len(sent) == 4  # each call: the two prompts before the bad one, never it or a later one
+    monkeypatch.undo()
+    out = engine.generate(input_ids=prompts[0], image_data=make_image(40), sampling_params=GREEDY)
+    assert len(out["output_ids"]) == NEW
+    deadline = time.monotonic() + 30  # the aborts reach the scheduler asynchronously
+    while time.monotonic() < deadline and any(engine.client.has_request(r) for r in sent):
+        time.sleep(0.05)
+    assert not any(engine.client.has_request(r) for r in sent)
+    engine.check_no_leak()

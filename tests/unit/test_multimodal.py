@@ -12,7 +12,7 @@ from radixlm.entrypoints.http.image_sources import bare_base64
 from radixlm.multimodal.config import prepare_multimodal_config
 from radixlm.multimodal.hashing import PAD_RANGE, image_digest, pad_value
 from radixlm.multimodal.images import ImageError
-from radixlm.multimodal.inputs import ImageInput, ImageSlice, chunk_slices
+from radixlm.multimodal.inputs import ImageInput, ImageSlice, chunk_end, chunk_slices
 from radixlm.multimodal.processor import ImagePreprocessor
 
 
@@ -34,6 +34,19 @@ def test_chunk_slices_cut_images_anywhere() -> None:
     assert chunk_slices(images, 8, 24, 0) == [ImageSlice(first, 0, 6, 10), ImageSlice(second, 12, 0, 4)]
     assert chunk_slices(images, 18, 20, 0) == []
     assert chunk_slices(images, 36, 40, 0) == []
+
+
+def test_chunk_end_moves_before_an_image_it_would_cut() -> None:
+    px = np.zeros((3, 2, 2), np.float32)
+    images = [ImageInput(px, 10, 16, 1000), ImageInput(px, 30, 16, 1001)]
+    assert chunk_end(images, 0, 8) == 8  # before the first image
+    assert chunk_end(images, 0, 20) == 10  # inside the first: stop where it starts
+    assert chunk_end(images, 0, 28) == 28  # between the images
+    assert chunk_end(images, 4, 40, page=4) == 28  # inside the second, a whole number of pages
+    assert chunk_end(images, 10, 20) == 20  # the image starts the chunk and outgrows it: cut it
+    assert chunk_end(images, 8, 20, page=4) == 20  # less than a page before the image: cut it
+    assert chunk_end(images, 12, 20) == 20  # the chunk starts inside the image
+    assert chunk_end(None, 0, 20) == 20
 
 
 def test_bare_base64_is_told_from_paths_and_urls() -> None:

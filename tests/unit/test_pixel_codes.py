@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from radixlm.multimodal.pixel_codes import channel_affine, decode_numpy, decode_torch, encode
+from radixlm.multimodal.pixel_codes import channel_affine, decode_numpy, decode_torch, decode_torch_batch, encode
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,10 @@ def patches(processor, seed: int, size: tuple[int, int]) -> np.ndarray:  # noqa:
     return np.asarray(out, dtype=np.float32)
 
 
-@pytest.mark.parametrize("size", [(56, 56), (50, 123), (9, 300)])
+SIZES = [(56, 56), (50, 123), (9, 300)]
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_processor_pixels_round_trip_bitwise(processor, size: tuple[int, int]) -> None:  # noqa: ANN001
     values = patches(processor, 1, size)
     coded = encode(values, channel_affine(processor))
@@ -35,6 +38,19 @@ def test_processor_pixels_round_trip_bitwise(processor, size: tuple[int, int]) -
     assert codes.dtype == np.uint8 and codes.shape == values.shape and table.shape == (3, 256)
     assert np.array_equal(decode_numpy(codes, table), values)
     assert torch.equal(decode_torch(codes, table, torch.device("cpu")), torch.from_numpy(values))
+
+
+def test_batch_decode_equals_each_image_decoded_in_order(processor) -> None:  # noqa: ANN001
+    """Images of different sizes (row counts) and tables: one batched decode is the per-image
+    decodes concatenated, bitwise."""
+    coded = [encode(patches(processor, seed, size), channel_affine(processor)) for seed, size in enumerate(SIZES)]
+    codes, tables = [c for c, _ in coded], [t for _, t in coded]
+    assert not np.array_equal(tables[0], tables[1]) or not np.array_equal(codes[0][:4], codes[1][:4])
+    want = torch.cat([torch.from_numpy(decode_numpy(c, t)) for c, t in coded])
+    assert torch.equal(decode_torch_batch(codes, tables, torch.device("cpu")), want)
+    assert torch.equal(
+        decode_torch_batch(codes[1:2], tables[1:2], torch.device("cpu")), want[codes[0].shape[0] :][: codes[1].shape[0]]
+    )
 
 
 def test_inexact_arrays_are_refused(processor) -> None:  # noqa: ANN001

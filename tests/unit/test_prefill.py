@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from radixlm.mem_cache.cache_manager import KVCacheManager
 from radixlm.mem_cache.kv_pool import ReqToTokenPool, SlotAllocator
 from radixlm.mem_cache.radix_cache import RadixCache
+from radixlm.multimodal.inputs import ImageInput
 from radixlm.sampling.sampling_params import SamplingParams
 from radixlm.scheduler.prefill import IN_BATCH_SHARE_MIN, PrefillAdder, PrefillBudget
 from radixlm.scheduler.request import Req
@@ -53,3 +55,19 @@ def test_without_a_radix_cache_nothing_is_deferred() -> None:
     adder, shared = make_adder(make_cache(disable=True)), list(range(10, 10 + 2 * IN_BATCH_SHARE_MIN))
     assert adder.add(req("a", shared + [1])) and adder.add(req("b", shared + [2]))
     assert len(adder.items) == 2 and adder.num_deferred == 0
+
+
+def test_a_chunk_ends_before_an_image_span_rather_than_inside_it() -> None:
+    """A request whose budgeted chunk would end inside its image runs up to the image; the next
+    step runs the whole image span (so the image is encoded once)."""
+    cache = make_cache()
+    image = ImageInput(np.zeros((3, 2, 2), np.float32), 20, 30, 5000)
+    ids = list(range(10, 30)) + [5000] * 30 + list(range(30, 40))
+    budget = PrefillBudget(max_prefill_tokens=64, chunk_size=32, max_running=4, reserved_tokens=0, new_token_ratio=0)
+    r = Req("a", ids, SamplingParams(max_new_tokens=4), images=[image])
+    adder = PrefillAdder(cache, budget, num_running=0)
+    assert not adder.add(r)  # chunked: admission stops
+    assert (adder.items[0].start, adder.items[0].length) == (0, 20)
+    again = PrefillAdder(cache, budget, num_running=0)
+    again.add(r)
+    assert (again.items[0].start, again.items[0].length) == (20, 32)  # the whole image span in one chunk

@@ -33,8 +33,8 @@ def native_router(state: ServerState) -> APIRouter:
         check_fields(body, "generate", ignored=frozenset())
         state.vet_images(_image_sources(body.image_data), "image_data")
         state.check_lora(body.lora_path)
-        reqs, batched = await state.prepare(
-            state.make_requests,
+        plan = await state.prepare(
+            state.plan_requests,
             prompt=body.text,
             sampling_params=body.sampling_params,
             input_ids=body.input_ids,
@@ -46,6 +46,7 @@ def native_router(state: ServerState) -> APIRouter:
             image_data=body.image_data,
             lora_path=body.lora_path,
         )
+        reqs, batched = await state.requests(plan), plan.batched
         texts = body.return_text_in_logprobs
         if body.stream:
             return StreamingResponse(_sse(state, reqs, texts), media_type="text/event-stream")

@@ -30,8 +30,8 @@ from radixlm.entrypoints.http.protocol import ChatCompletionRequest
 from radixlm.entrypoints.http.sglext import sglext_field
 from radixlm.entrypoints.http.state import ServerState
 from radixlm.entrypoints.request_output import OutputAccumulator
+from radixlm.entrypoints.request_plan import RequestPlan
 from radixlm.ipc.finish import FinishStop
-from radixlm.ipc.messages import TokenizedGenerateReq
 from radixlm.parsers.reasoning import END as REASONING_END
 from radixlm.parsers.reasoning import START as REASONING_START
 from radixlm.parsers.reasoning import starts_in_reasoning
@@ -52,7 +52,10 @@ def chat_router(state: ServerState) -> APIRouter:
         check_fields(body, "chat")
         check_message_fields(body.messages)
         adapter = lora_of(state, body, check_model(state, body.model))
-        reqs, plan = await state.prepare(_requests, state, body, adapter)
+        pending, plan, gate = await state.prepare(_requests, state, body, adapter)
+        reqs = await state.requests(pending)  # images prepared off the preparation thread
+        for req in reqs if gate is not None else ():
+            req.params.reasoning_gate = gate
         if body.stream:
             return StreamingResponse(_stream(state, body, reqs, plan), media_type="text/event-stream")
         accs = await state.run(reqs, request)
@@ -72,10 +75,11 @@ def chat_router(state: ServerState) -> APIRouter:
 
 def _requests(
     state: ServerState, body: ChatCompletionRequest, adapter: Optional[str]
-) -> tuple[list[TokenizedGenerateReq], OutputPlan]:
+) -> tuple[RequestPlan, OutputPlan, Any]:
     """The engine requests for a chat body (template, tokens, sampling params) on LoRA adapter
-    `adapter` (None: base) and how to read their output (on the preparation thread: templates
-    and tokenizing can be slow)."""
+    `adapter` (None: base), planned (their images still being prepared), how to read their
+    output, and the reasoning gate their params take, or None (on the preparation thread:
+    templates, tokenizing and the gate can be slow)."""
     tools = plan_tools(body, _tool_parser(state))
     prompt_ids, images = _render(state, body, tools)
     room = state.token_room(len(prompt_ids))
@@ -86,7 +90,7 @@ def _requests(
         params["json_schema"] = json.dumps(tools.schema)
     if tools.keep_special_tokens:
         params["skip_special_tokens"] = False
-    reqs, _ = state.make_requests(
+    pending = state.plan_requests(
         prompt=None,
         input_ids=[prompt_ids],
         sampling_params=params,
@@ -99,23 +103,22 @@ def _requests(
         lora_path=adapter,
     )
     plan = _output_plan(state, body, tools)
+    gate = None
     if plan.reasoning_forced is not None and any(k in params for k in _CONSTRAINTS):
-        plan = dataclasses.replace(plan, reasoning_forced=_gate_after_reasoning(state, reqs, plan.reasoning_forced))
-    return reqs, plan
+        gate = _reasoning_gate(state, plan.reasoning_forced)
+        plan = dataclasses.replace(plan, reasoning_forced=plan.reasoning_forced and gate is not None)
+    return pending, plan, gate
 
 
-def _gate_after_reasoning(state: ServerState, reqs: list[TokenizedGenerateReq], opened: bool) -> bool:
+def _reasoning_gate(state: ServerState, opened: bool) -> Any:
     """A reasoning model's constraint holds from the end of its reasoning section on, where its
-    tokenizer writes both markers as single tokens (as reasoning models' do). Otherwise the
-    constraint covers the whole output, which then holds a reasoning section only if the
-    constraint itself writes `<think>`. Returns whether the output starts inside the reasoning."""
+    tokenizer writes both markers as single tokens (as reasoning models' do): the gate the
+    requests' params take. Otherwise None: the constraint covers the whole output, which then
+    holds a reasoning section only if the constraint itself writes `<think>`."""
     try:
-        gate = reasoning_gate(state.engine.tokenizer, REASONING_START, REASONING_END, opened, state.engine.eos_ids)
+        return reasoning_gate(state.engine.tokenizer, REASONING_START, REASONING_END, opened, state.engine.eos_ids)
     except ValueError:
-        return False
-    for req in reqs:
-        req.params.reasoning_gate = gate
-    return opened
+        return None
 
 
 _CONSTRAINTS = ("regex", "json_schema", "ebnf")

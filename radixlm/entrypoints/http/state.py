@@ -21,6 +21,7 @@ from radixlm.entrypoints.http.limits import check_sampling_limits
 from radixlm.entrypoints.http.media import MediaPolicy, MediaRejected, vet_images
 from radixlm.entrypoints.http.metrics import Metrics
 from radixlm.entrypoints.request_output import OutputAccumulator, RequestFailed
+from radixlm.entrypoints.request_plan import RequestPlan
 from radixlm.ipc.finish import FinishAbort
 from radixlm.ipc.messages import TokenizedGenerateReq
 from radixlm.ipc.runtime_client import SchedulerDied
@@ -87,15 +88,32 @@ class ServerState:
     def make_requests(self, **kwargs: Any) -> tuple[list[TokenizedGenerateReq], bool]:
         """Engine.make_requests after the front's limits (see `limits`), ValueError turned into a 400.
         `image_data` sources (already vetted by `vet_images`) are read here, under the media policy."""
+        plan = self.plan_requests(**kwargs)
+        try:
+            return plan.all(), plan.batched
+        except ValueError as exc:
+            raise APIError(400, str(exc)) from None
+
+    def plan_requests(self, **kwargs: Any) -> RequestPlan:
+        """`make_requests` without preparing images here (this runs on the preparation thread):
+        they are prepared on the engine's image pool, and `requests` awaits them."""
         try:
             if kwargs.get("image_data") is not None:
                 kwargs["image_data"] = load_image_sources(self.media, kwargs["image_data"])
             check_sampling_limits(kwargs.get("sampling_params"))
-            return self.engine.make_requests(**kwargs)
+            return self.engine.plan_requests(**kwargs)
         except (ValueError, TypeError) as exc:
             raise APIError(400, str(exc)) from None
         except RecursionError:
             raise APIError(400, "the request is nested too deeply to process") from None
+
+    async def requests(self, plan: RequestPlan) -> list[TokenizedGenerateReq]:
+        """Every request of `plan`, its images awaited on the event loop (so the preparation
+        thread goes on with other requests meanwhile); a bad image is a 400 naming it."""
+        try:
+            return await plan.aall()
+        except ValueError as exc:
+            raise APIError(400, str(exc)) from None
 
     async def stream(self, reqs: list[TokenizedGenerateReq]) -> AsyncIterator[tuple[int, OutputAccumulator]]:
         """Yield (request index, accumulator) per message, recording metrics; the engine aborts
