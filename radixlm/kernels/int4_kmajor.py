@@ -262,24 +262,27 @@ add.f32 $0, flo, fhi;
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         m_ok, n_ok = rm < M, rn < N
-        rk = tl.arange(0, 32)
-        rw = tl.arange(0, 4)
+        rk = tl.arange(0, 128)  # a K tile: 4 groups, 16 word rows
+        rw = tl.arange(0, 16)
+        rg = tl.arange(0, 4)
         shifts = (tl.arange(0, 8) * 4)[None, :, None]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for g in range(0, K // 32):
-            x = tl.load(
-                x_ptr + rm[:, None].to(tl.int64) * stride_xm + g * 32 + rk[None, :], mask=m_ok[:, None], other=0.0
-            )
-            words = tl.load(qw_ptr + (g * 4 + rw)[:, None].to(tl.int64) * N + rn[None, :], mask=n_ok[None, :], other=0)
-            q = tl.reshape((words[:, None, :] >> shifts) & 0xF, (32, BLOCK_N))  # row 8 r + i: element 8 r + i
-            sm = tl.load(sm_ptr + (g // 2) * N + rn, mask=n_ok, other=0) >> ((g % 2) * 16)
-            dd = tl.load(dd_ptr + (g // 8) * N + rn, mask=n_ok, other=0)
+        for k0 in range(0, K, 128):
+            x_off = rm[:, None].to(tl.int64) * stride_xm + k0 + rk[None, :]
+            x = tl.load(x_ptr + x_off, mask=m_ok[:, None], other=0.0)
+            w_off = (k0 // 8 + rw)[:, None].to(tl.int64) * N + rn[None, :]
+            words = tl.load(qw_ptr + w_off, mask=n_ok[None, :], other=0)
+            q = tl.reshape((words[:, None, :] >> shifts) & 0xF, (128, BLOCK_N))  # row 8 r + i: element 8 r + i
+            grp = k0 // 32 + rg
+            sm = tl.load(sm_ptr + (grp // 2)[:, None] * N + rn[None, :], mask=n_ok[None, :], other=0)
+            sm = sm >> ((grp % 2) * 16)[:, None]  # [4, BN]
+            dd = tl.load(dd_ptr + (k0 // 256) * N + rn, mask=n_ok, other=0)
             d = (dd & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
             dmin = (dd >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            s = d * (sm & 63).to(tl.float32)
-            b = dmin * ((sm >> 8) & 63).to(tl.float32)
-            w = (q.to(tl.float32) * s[None, :] - b[None, :]).to(x.dtype)
-            acc += tl.dot(x, w, input_precision=PRECISION)
+            s = tl.broadcast_to((d[None, :] * (sm & 63).to(tl.float32))[:, None, :], (4, 32, BLOCK_N))
+            b = tl.broadcast_to((dmin[None, :] * ((sm >> 8) & 63).to(tl.float32))[:, None, :], (4, 32, BLOCK_N))
+            w = q.to(tl.float32) * tl.reshape(s, (128, BLOCK_N)) - tl.reshape(b, (128, BLOCK_N))
+            acc += tl.dot(x, w.to(x.dtype), input_precision=PRECISION)
         out = y_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
