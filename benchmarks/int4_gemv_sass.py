@@ -1,6 +1,7 @@
-"""The int4 GEMV's main loop as sm_90 machine code, compiled here without a GPU (Triton + ptxas).
+"""The int4 GEMVs' main loops as sm_90 machine code, compiled here without a GPU (Triton + ptxas).
 
-For each launch config, compiles `kernels.int4_packed._int4_gemv_kernel` for an H100 and
+For each launch config, compiles `kernels.int4_packed._int4_gemv_kernel` (or with --kmajor the
+GPTQ and Q4_K kernels of `kernels.int4_kmajor`, portable and inline-PTX paths) for an H100 and
 reports: registers per thread, instructions in the K loop per weight element per thread (the
 issue budget at copy bandwidth is ~5: 132 SMs x 128 lanes x ~1.9 GHz / ~6e12 weights/s),
 barriers and shared-memory stores in the loop (a layout conversion per tile: should be 0) and
@@ -8,6 +9,7 @@ barriers and shared-memory stores in the loop (a layout conversion per tile: sho
 
     python benchmarks/int4_gemv_sass.py                   # the default configs of both groups
     python benchmarks/int4_gemv_sass.py --all             # the sweep's candidates too
+    python benchmarks/int4_gemv_sass.py --kmajor          # int4_kmajor's default configs
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from radixlm.kernels import int4_kmajor as KM
 from radixlm.kernels import int4_packed as K
 
 _INSTR = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
@@ -55,6 +58,32 @@ def compile_gemv(plane: int, subs: int, cfg: K.GemvConfig, scale: str, bias: str
     src = ASTSource(fn=K._int4_gemv_kernel, signature=signature, constexprs=consts, attrs=attrs)
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
+
+
+def compile_kmajor(kind: str, cfg: KM.KMajorConfig, asm: bool, act: str = "bf16") -> bytes:
+    """The cubin of `int4_kmajor`'s GEMV for sm_90: `kind` gptq (group 128) or q4k."""
+    ints = ["N", "stride_xm", "stride_counts", "k_per_split", "split_k"]
+    if kind == "q4k":
+        names = ["x_ptr", "qw_ptr", "sm_ptr", "dd_ptr", "y_ptr", "sums_ptr", "counts_ptr"] + ints
+        types = [f"*{act}", "*i32", "*i32", "*i32", f"*{act}", "*fp32", "*i32"] + ["i32"] * 5
+        consts = {"BLOCK_N": cfg.block_n, "SPLIT": cfg.split_k > 1, "ASM": asm}
+        fn = KM._q4k_gemv_kernel
+    else:
+        names = ["x_ptr", "qw_ptr", "qz_ptr", "s_ptr", "y_ptr", "sums_ptr", "counts_ptr"] + ints
+        types = [f"*{act}", "*i32", "*i32", f"*{act}", f"*{act}", "*fp32", "*i32"] + ["i32"] * 5
+        consts = {"GROUP": 128, "BLOCK_N": cfg.block_n, "BLOCK_W": cfg.block_w, "SPLIT": cfg.split_k > 1, "ASM": asm}
+        fn = KM._gptq_gemv_kernel
+    signature = dict(zip(names, types))
+    signature.update({name: "constexpr" for name in consts})
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(names))}
+    src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
+    options = {"num_warps": cfg.num_warps, "num_stages": 1}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["cubin"]
+
+
+def report_kmajor(kind: str, cfg: KM.KMajorConfig, asm: bool) -> LoopReport:
+    rows = 4 if kind == "q4k" else cfg.block_w  # word rows per tile
+    return inspect(compile_kmajor(kind, cfg, asm), cfg.block_n * rows * 8 / (32 * cfg.num_warps))
 
 
 def inspect(cubin: bytes, elements_per_thread: float) -> LoopReport:
@@ -91,7 +120,11 @@ def report(group: int, cfg: K.GemvConfig) -> LoopReport:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--all", action="store_true", help="also the sweep's candidate configs")
+    parser.add_argument("--kmajor", action="store_true", help="int4_kmajor's kernels instead")
     a = parser.parse_args()
+    if a.kmajor:
+        main_kmajor()
+        return
     configs = [K.gemv_config(1, 4096, 4096, 32)]
     if a.all:
         from int4_gemv_sweep import CANDIDATES
@@ -108,6 +141,19 @@ def main() -> None:
                 f"group {group:3d} rows {cfg.block_n:3d} k {cfg.block_k:4d} warps {cfg.num_warps} "
                 f"stages {cfg.num_stages}: {r.registers:3d} regs, {r.per_element:4.2f} instr/weight, "
                 f"loop barriers {r.barriers}, shared stores {r.shared_stores}, 16-byte loads {r.wide_loads}",
+                flush=True,
+            )
+
+
+def main_kmajor() -> None:
+    """`int4_kmajor`'s default batch-1 launches at Llama-3-8B's qkv shape, both paths."""
+    for kind, cfg in (("gptq", KM.gptq_config(1, 6144, 4096, 128)), ("q4k", KM.q4k_config(1, 6144, 4096))):
+        for asm in (False, True):
+            r = report_kmajor(kind, cfg, asm)
+            print(
+                f"{kind:4s} {'ptx' if asm else 'portable':8s} {cfg}: {r.registers:3d} regs, "
+                f"{r.per_element:4.2f} instr/weight, loop barriers {r.barriers}, shared stores "
+                f"{r.shared_stores}, 16-byte loads {r.wide_loads}",
                 flush=True,
             )
 

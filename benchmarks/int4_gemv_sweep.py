@@ -1,19 +1,22 @@
-"""Batch-1 int4 GEMV launch sweep on one GPU: old kernels vs `kernels.int4_packed` per config.
+"""Batch-1 int4 GEMV A/B on one GPU: old kernels vs `int4_packed` vs `int4_kmajor`, per config.
 
 For Llama-3-8B's linear shapes (qkv 4096->6144, o 4096->4096, gate_up 4096->28672, down
 14336->4096; lm_head 4096->128256 in bf16 for reference) and each format (GPTQ group 128; GGUF
-Q4_K repacked with float16 or float32 scales), times the previous kernel (`int4_gemv.w4a16_gemv`,
-`gguf_gemv.gemv`), the packed kernel's default config and every candidate config; prints µs,
-GB/s (weight bytes read per call / time) and % of the measured copy bandwidth (read + write),
-and the best config per (shape, format) as a table for `int4_packed.TUNED`.
+Q4_K: `q4k-f16` / `q4k-f32` name the `PackedInt4` scale dtype), times the old kernel
+(`int4_gemv.w4a16_gemv` for GPTQ, `gguf_gemv.gemv` for Q4_K blocks), `int4_packed` (row-major
+`PackedInt4`: its default launch, with --all every candidate) and `int4_kmajor` (the serving
+path: GPTQ's stored form, Q4_K repacked exactly by `q4k_kmajor`; default launch with the inline
+PTX unpack and with the portable one, then candidate launches with PTX); prints µs, GB/s (the
+weight bytes one call reads / time) and % of the measured copy bandwidth (read + write), and the
+best launch per (shape, format, kernel).
 
 Timing: each call inside one CUDA graph (no launch gaps; a K split's zero-fill and cast are
 part of the call), cycling through enough weight copies (>= 3x a 50 MB L2) that every call
 reads from HBM; the median of several replays. A config that fails to compile or run is
 reported and skipped.
 
-    python benchmarks/int4_gemv_sweep.py                  # ~1-2 min on an H100
-    python benchmarks/int4_gemv_sweep.py --quick          # fewer configs
+    python benchmarks/int4_gemv_sweep.py --quick          # < 2 min on an H100: every shape, gptq + q4k-f16
+    python benchmarks/int4_gemv_sweep.py --all            # int4_packed's candidates too
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from gpu_bench import copy_bandwidth
 
+from radixlm.kernels import int4_kmajor as KM
 from radixlm.kernels import int4_packed as K
-from radixlm.layers.quantization import gguf_blocks
+from radixlm.layers.quantization import gguf_blocks, q4k_kmajor
 from radixlm.layers.quantization.packed_int4 import PackedInt4, from_q4k, pack_codes
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
@@ -51,6 +55,12 @@ CANDIDATES = [
     (8, 512, 4, 1),
 ]
 QUICK = CANDIDATES[:4]
+# int4_kmajor launches (block_n, block_w, num_warps) tried besides the default; K split by the
+# kernel's own rule for ~4 and ~8 programs per SM. Q4_K tiles are one group (block_w 4).
+KMAJOR = {
+    "gptq": [(64, 16, 4), (128, 16, 8), (512, 8, 4), (256, 8, 2)],
+    "q4k": [(256, 4, 2), (512, 4, 2), (512, 4, 4), (1024, 4, 4)],
+}
 
 
 def graph_us(calls: list[Callable[[], object]], replays: int = 7, at_least: int = 32) -> float:
@@ -145,6 +155,60 @@ def line(label: str, us: float, size: int, copy_gbps: float) -> dict:
     return {"us": us, "gbps": gbps, "pct_copy": 100 * gbps / copy_gbps}
 
 
+def kmajor_calls(
+    fmt: str, n: int, k: int, x: torch.Tensor, gen: torch.Generator
+) -> tuple[Callable, int, KM.KMajorConfig]:
+    """(call(config, asm) -> list of calls on rotating copies, one copy's bytes, default config)."""
+    ws = K.workspace(n, torch.device("cuda"))
+    if fmt == "gptq":
+        qw = torch.randint(-(2**31), 2**31 - 1, (k // 8, n), generator=gen, device="cuda", dtype=torch.int32)
+        qz = torch.randint(-(2**31), 2**31 - 1, (k // 128, n // 8), generator=gen, device="cuda", dtype=torch.int32)
+        s = torch.full((k // 128, n), 0.04 / 15, dtype=torch.bfloat16, device="cuda")
+        size = nbytes(qw, qz, s)
+        sets = [(qw.clone(), qz.clone(), s.clone()) for _ in range(copies_for(size))]
+
+        def calls(cfg: KM.KMajorConfig, asm: bool) -> list[Callable]:
+            return [lambda t=t: KM.gptq_gemv(*t, 128, x, cfg, ws, asm) for t in sets]
+
+        return calls, size, KM.gptq_config(1, n, k, 128)
+    one = q4k_kmajor.from_q4k(q4k_rows(n, k, gen), k)
+    size = nbytes(one.codes, one.scale_min, one.d_dmin)
+    clone = lambda: dataclasses.replace(  # noqa: E731
+        one, codes=one.codes.clone(), scale_min=one.scale_min.clone(), d_dmin=one.d_dmin.clone()
+    )
+    weights = [clone() for _ in range(copies_for(size))]
+
+    def q4k_calls(cfg: KM.KMajorConfig, asm: bool) -> list[Callable]:
+        return [lambda w=w: KM.q4k_gemv(w, x, cfg, ws, asm) for w in weights]
+
+    return q4k_calls, size, KM.q4k_config(1, n, k)
+
+
+def kmajor_configs(fmt: str, n: int, k: int) -> list[KM.KMajorConfig]:
+    kind = "gptq" if fmt == "gptq" else "q4k"
+    out = []
+    for block_n, block_w, warps in KMAJOR[kind]:
+        k_tiles = k // (8 * block_w)
+        for programs, min_elements in ((4 * K.SMS, 256), (8 * K.SMS, 256), (8 * K.SMS, 64)):
+            split = KM._split(-(-n // block_n), k_tiles, programs, max(min_elements // (8 * block_w), 1))
+            cfg = KM.KMajorConfig(block_n, block_w, split, warps)
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+def short(cfg: object) -> str:
+    return str(cfg).replace("GemvConfig", "").replace("KMajorConfig", "").replace("block_", "").replace("num_", "")
+
+
+def timed(rows: dict, key: str, calls: Callable[[], list[Callable]], size: int, copy_gbps: float, cfg: object) -> None:
+    """Time one launch into rows[key]; a launch that fails to compile or run is reported and skipped."""
+    try:
+        rows[key] = {**line(key, graph_us(calls()), size, copy_gbps), "config": cfg}
+    except Exception as exc:  # noqa: BLE001 - one failing config must not end the sweep
+        print(f"    {key} failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
 def sweep_format(fmt: str, name: str, n: int, k: int, copy_gbps: float, candidates: list, out: dict) -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
@@ -152,7 +216,7 @@ def sweep_format(fmt: str, name: str, n: int, k: int, copy_gbps: float, candidat
     rows: dict[str, dict] = {}
     try:
         calls, size = old_calls(fmt, n, k, x, gen)
-        rows["old"] = line("old kernel", graph_us(calls), size, copy_gbps)
+        rows["old"] = line("old", graph_us(calls), size, copy_gbps)
     except Exception as exc:  # noqa: BLE001 - report and go on
         print(f"    old kernel failed: {type(exc).__name__}: {str(exc)[:200]}")
     weights = packed_weights(fmt, n, k, gen)
@@ -164,22 +228,26 @@ def sweep_format(fmt: str, name: str, n: int, k: int, copy_gbps: float, candidat
         for split in splits(n, k, group, block_n, block_k):
             configs.append(K.GemvConfig(block_n, block_k, split, warps, stages))
     for cfg in configs:
-        label = f"default {K.gemv_config(1, n, k, group)}" if cfg is None else str(cfg)
-        label = label.replace("GemvConfig", "").replace("block_", "").replace("num_", "")
-        try:
-            us = graph_us([lambda w=w, c=cfg: K.gemv(w, x, c, ws) for w in weights])
-            resolved = cfg or K.gemv_config(1, n, k, group)
-            rows["default" if cfg is None else label] = {**line(label, us, size, copy_gbps), "config": resolved}
-        except Exception as exc:  # noqa: BLE001 - one failing config must not end the sweep
-            print(f"    {label} failed: {type(exc).__name__}: {str(exc)[:200]}")
-    tuned = {key: r for key, r in rows.items() if r.get("config") is not None}
-    if tuned:
-        best_key = min(tuned, key=lambda key: tuned[key]["us"])
-        best = tuned[best_key]
-        old = rows.get("old", {}).get("us", float("nan"))
-        pct, speedup = best["pct_copy"], old / best["us"]
-        print(f"    best: {best_key} {best['us']:.1f} us ({pct:.1f} % of copy; x{speedup:.2f} vs old)")
-        out[(fmt, name)] = {"n": n, "k": k, "group": group, "best": best, "rows": rows}
+        resolved = cfg or K.gemv_config(1, n, k, group)
+        key = f"packed {'default ' if cfg is None else ''}{short(resolved)}"
+        timed(rows, key, lambda c=cfg: [lambda w=w: K.gemv(w, x, c, ws) for w in weights], size, copy_gbps, resolved)
+    if fmt != "q4k-f32":
+        kcalls, ksize, default = kmajor_calls(fmt, n, k, x, gen)
+        for asm in (True, False):
+            key = f"kmajor default {'ptx' if asm else 'portable'} {short(default)}"
+            timed(rows, key, lambda a=asm: kcalls(default, a), ksize, copy_gbps, default)
+        for cfg in kmajor_configs(fmt, n, k):
+            if cfg != default:
+                timed(rows, f"kmajor ptx {short(cfg)}", lambda c=cfg: kcalls(c, True), ksize, copy_gbps, cfg)
+    old = rows.get("old", {}).get("us", float("nan"))
+    for kernel in ("packed", "kmajor"):  # kmajor's best among PTX launches (what bf16 activations run)
+        tuned = {key: r for key, r in rows.items() if key.startswith(kernel) and "portable" not in key}
+        if tuned:
+            best_key = min(tuned, key=lambda key: tuned[key]["us"])
+            best = tuned[best_key]
+            pct, speedup = best["pct_copy"], old / best["us"]
+            print(f"    best {kernel}: {best_key} {best['us']:.1f} us ({pct:.1f} % of copy; x{speedup:.2f} vs old)")
+            out[(fmt, name, kernel)] = {"n": n, "k": k, "group": group, "best": best, "rows": rows}
 
 
 def bf16_line(name: str, n: int, k: int, copy_gbps: float) -> None:
@@ -193,28 +261,31 @@ def bf16_line(name: str, n: int, k: int, copy_gbps: float) -> None:
 def as_json(out: dict) -> dict:
     """The sweep's rows with configs as strings."""
     return {
-        f"{fmt}/{name}": {
+        f"{fmt}/{name}/{kernel}": {
             "n": r["n"],
             "k": r["k"],
             "group": r["group"],
             "rows": {key: {**row, "config": str(row.get("config"))} for key, row in r["rows"].items()},
         }
-        for (fmt, name), r in out.items()
+        for (fmt, name, kernel), r in out.items()
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"{len(QUICK)} configs instead of {len(CANDIDATES)}")
+    parser.add_argument("--quick", action="store_true", help="int4_packed's default launch only (< 2 min)")
+    parser.add_argument(
+        "--all", action="store_true", help=f"int4_packed's {len(CANDIDATES)} candidates, not {len(QUICK)}"
+    )
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    parser.add_argument("--formats", nargs="+", default=["gptq", "q4k-f16", "q4k-f32"])
+    parser.add_argument("--formats", nargs="+", default=["gptq", "q4k-f16"], help="also: q4k-f32")
     parser.add_argument("--json", default=None, help="write every figure here")
     a = parser.parse_args()
     started = time.time()
     copy_gbps = copy_bandwidth() / 1e9
     print(f"device: {torch.cuda.get_device_name()}; copy bandwidth {copy_gbps:,.0f} GB/s (read + write)", flush=True)
     out: dict = {}
-    candidates = QUICK if a.quick else CANDIDATES
+    candidates = [] if a.quick else (CANDIDATES if a.all else QUICK)
     for name in a.shapes:
         n, k = SHAPES[name]
         bf16_line(name, n, k, copy_gbps)
@@ -222,10 +293,17 @@ def main() -> None:
             sweep_format(fmt, name, n, k, copy_gbps, candidates, out)
             torch.cuda.empty_cache()
     bf16_line("lm_head", *LM_HEAD, copy_gbps)
-    print("\nTUNED (paste into radixlm/kernels/int4_packed.py): (n, k, group) -> GemvConfig")
-    for (fmt, name), r in out.items():
-        if fmt != "q4k-f32":  # the served Q4_K layout has float16 scales (gguf_cuda.Q4K_SCALE_DTYPE)
-            print(f"    ({r['n']}, {r['k']}, {r['group']}): {r['best']['config']},  # {name} {fmt}")
+    print("\nbest per shape (us, % of copy; old kernel us):")
+    for (fmt, name, kernel), r in out.items():
+        old = r["rows"].get("old", {}).get("us", float("nan"))
+        best = r["best"]
+        us, pct, cfg = best["us"], best["pct_copy"], short(best["config"])
+        print(f"    {name:8s} {fmt:8s} {kernel:7s} {us:7.1f} us {pct:5.1f} % (old {old:.1f} us)  {cfg}")
+    print("\nint4_kmajor.TUNED entries (the best kmajor launch per shape): (kind, n, k) -> KMajorConfig")
+    for (fmt, name, kernel), r in out.items():
+        if kernel == "kmajor":
+            kind = "gptq" if fmt == "gptq" else "q4k"
+            print(f'    ("{kind}", {r["n"]}, {r["k"]}): {r["best"]["config"]},  # {name}')
     print(f"sweep took {time.time() - started:.0f} s")
     if a.json:
         with open(a.json, "w") as f:

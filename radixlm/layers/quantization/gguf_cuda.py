@@ -1,12 +1,11 @@
 """The CUDA matmul of GGUF-quantized layers: Q4_K repacked at load, other block types as stored.
 
-A layer's Q4_K groups (`GGUFMethod.groups`: consecutive parts of one block type) are converted
-once into `packed_int4.PackedInt4` (group 32, w = s q + b with s = d sc_j, b = -dmin m_j in
-float16: each rounds to 11 bits, relative error <= 2^-11 per group; float32 where float16 would
-overflow) and multiplied by `kernels.int4_packed` (the GEMV GPTQ and AWQ use); their bytes leave
-the layer's `weight` buffer, which keeps only the other groups' blocks. Those multiply one
-contiguous row with the dequantize-in-the-loop GEMV (`kernels.gguf_gemv.gemv`), more rows by
-decoding to x's dtype and one GEMM.
+A layer's Q4_K groups (`GGUFMethod.groups`: consecutive parts of one block type) are repacked
+once, exactly, into `q4k_kmajor.Q4KMajor` (GPTQ's K-major words with the block's own 6-bit
+scales and float16 d / dmin) and multiplied by `kernels.int4_kmajor` (the GEMV GPTQ layers use,
+a tensor-core GEMM for more rows); their bytes leave the layer's `weight` buffer, which keeps
+only the other groups' blocks. Those multiply one contiguous row with the dequantize-in-the-loop
+GEMV (`kernels.gguf_gemv.gemv`), more rows by decoding to x's dtype and one GEMM.
 """
 
 from __future__ import annotations
@@ -20,24 +19,16 @@ from torch import nn
 
 from radixlm.layers.quantization import gguf_blocks
 from radixlm.layers.quantization.base import MatmulFn, replace
-from radixlm.layers.quantization.packed_int4 import PackedInt4, from_q4k, hold
+from radixlm.layers.quantization.q4k_kmajor import from_q4k, hold
 
 PartFn = Callable[[torch.Tensor], torch.Tensor]
-Q4K_SCALE_DTYPE = torch.float16  # 160 bytes per 256 weights instead of 192 in float32
-
-
-def repack_q4k(rows: torch.Tensor, k: int) -> PackedInt4:
-    """Q4_K rows in the packed layout, scales in float16 unless one would not be finite there."""
-    packed = from_q4k(rows, k, Q4K_SCALE_DTYPE)
-    if bool(torch.isfinite(packed.scales).all() and torch.isfinite(packed.bias).all()):
-        return packed
-    return from_q4k(rows, k, torch.float32)
 
 
 def cuda_matmul(layer: nn.Module, groups: list[tuple[torch.Tensor, int]], k: int) -> MatmulFn:
-    """Repack the layer's Q4_K groups (parameters `q4k{i}_codes` ...), compact its `weight` to
-    the remaining groups' bytes and return x -> x W^T (+ bias) over all groups in order."""
-    from radixlm.kernels import gguf_gemv, int4_packed
+    """Repack the layer's Q4_K groups (parameters `q4k{i}_codes`, `q4k{i}_scale_min`,
+    `q4k{i}_d_dmin`), compact its `weight` to the remaining groups' bytes and return
+    x -> x W^T (+ bias) over all groups in order."""
+    from radixlm.kernels import gguf_gemv, int4_kmajor
 
     kept = [rows.reshape(-1) for rows, qtype in groups if qtype != gguf_blocks.Q4_K]
     buffer = torch.cat(kept) if kept else torch.empty(0, dtype=torch.uint8, device=layer.weight.device)
@@ -45,9 +36,9 @@ def cuda_matmul(layer: nn.Module, groups: list[tuple[torch.Tensor, int]], k: int
     offset = 0
     for index, (rows, qtype) in enumerate(groups):
         if qtype == gguf_blocks.Q4_K:
-            packed = repack_q4k(rows, k)
+            packed = from_q4k(rows, k)
             hold(layer, packed, prefix=f"q4k{index}_")
-            parts.append(partial(_packed_part, int4_packed.bind(packed)))
+            parts.append(partial(_packed_part, int4_kmajor.bind_q4k(packed)))
         else:
             view = buffer.narrow(0, offset, rows.numel()).view(rows.shape)
             offset += rows.numel()

@@ -11,10 +11,10 @@ Published tensor formats (4-bit, group size g along the input K, output N):
 
 Both are repacked at load into GPTQ's qweight layout (packed along K, [K/8, N]), true zero points
 packed along N in order ([K/g, N/8]) and scales [K/g, N] in the activations' dtype; CPU
-dequantizes and multiplies (the reference), CUDA runs `kernels.int4_gemm.w4a16_matmul`.
-`packed_int4.from_gptq` converts the same form to the layout GGUF Q4_K is served from on CUDA;
-GPTQ/AWQ layers stay on `int4_gemv`, which measured 1.1-1.3x faster than the packed GEMV on every
-Llama-3-8B layer shape of an H100 (`benchmarks/int4_gemv_sweep.py`).
+dequantizes and multiplies (the reference); CUDA multiplies single rows with
+`kernels.int4_kmajor`'s GEMV (the one GGUF Q4_K uses, repacked into the same K-major words) and
+more rows with `kernels.int4_gemm.w4a16_matmul`. `packed_int4.from_gptq` converts the same form to
+`PackedInt4` (the row-major layout `benchmarks/int4_gemv_sweep.py` compares).
 """
 
 from __future__ import annotations
@@ -152,9 +152,9 @@ class Int4Method(LinearMethod):
         g = self._group(geo)
         if device.type != "cuda":
             return partial(_cpu_matmul, layer.qweight, layer.qzeros, layer.scales, g)
-        from radixlm.kernels.int4_gemm import w4a16_matmul
+        from radixlm.kernels.int4_kmajor import bind_gptq
 
-        return partial(w4a16_matmul, layer.qweight, layer.qzeros, layer.scales, g)
+        return bind_gptq(layer.qweight, layer.qzeros, layer.scales, g)
 
     def fill_dummy(self, layer: nn.Module, gen: torch.Generator) -> None:
         with torch.no_grad():
