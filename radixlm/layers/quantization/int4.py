@@ -27,26 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixlm.layers.quantization.base import LinearGeometry, LinearMethod, MatmulFn, copy_into, register, replace, take
+from radixlm.layers.quantization.nibbles import pack, unpack
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AWQ word nibble i holds output 8c + AWQ_ORDER[i]
-_SHIFTS = torch.arange(8, dtype=torch.int32) * 4
-
-
-def unpack(packed: torch.Tensor, dim: int) -> torch.Tensor:
-    """int32 words -> their eight nibbles (0..15) in order along `dim` (8x longer)."""
-    nib = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 0xF  # [..., 8]
-    if dim in (-1, packed.dim() - 1):
-        return nib.flatten(-2)
-    return nib.movedim(-1, dim + 1).flatten(dim, dim + 1)
-
-
-def pack(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """Nibbles (0..15) -> int32 words, eight consecutive entries along `dim` per word."""
-    v = values.to(torch.int32).movedim(dim, -1)
-    v = v.reshape(*v.shape[:-1], -1, 8)
-    words = (v << _SHIFTS.to(v.device)).sum(-1, dtype=torch.int64)
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    return words.movedim(-1, dim).contiguous()
 
 
 def awq_to_sequential(values: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from radixlm.layers.quantization import gguf_blocks
+from radixlm.layers.quantization.nibbles import unpack
 
 MAX_GROUP = 128  # the largest group the kernels take as one tile piece
 _ROW_CHUNK = 4096  # rows converted at a time (bounds the int64 temporaries at load)
@@ -98,7 +99,6 @@ def dequantize(p: PackedInt4) -> torch.Tensor:
 def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group: int) -> PackedInt4:
     """The int4 method's stored form (`int4.py`: qweight [K/8, N] packed along K, true zero points
     qzeros [K/g, N/8] packed along N, scales [K/g, N]) in this layout; w = (q - z) s exactly."""
-    from radixlm.layers.quantization.int4 import unpack
 
     k = qweight.shape[0] * 8
     g = layout_group(group, k)
