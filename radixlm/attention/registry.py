@@ -10,36 +10,40 @@ from radixlm.attention.base import AttentionBackend
 from radixlm.mem_cache.kv_pool import KVPool
 
 
-def _torch_native(pool: KVPool) -> AttentionBackend:
+def _torch_native(pool: KVPool, shared_rows: bool) -> AttentionBackend:
     from radixlm.attention.torch_native import TorchNativeBackend
 
     return TorchNativeBackend(pool)
 
 
-def _cpu(pool: KVPool) -> AttentionBackend:
+def _cpu(pool: KVPool, shared_rows: bool) -> AttentionBackend:
     from radixlm.attention.cpu_backend import CpuBackend
 
     return CpuBackend(pool)
 
 
-def _triton(pool: KVPool) -> AttentionBackend:
+def _triton(pool: KVPool, shared_rows: bool) -> AttentionBackend:
     from radixlm.attention.triton_backend import TritonBackend
 
-    return TritonBackend(pool)
+    return TritonBackend(pool, shared_rows=shared_rows)
 
 
-_BACKENDS: dict[str, Callable[[KVPool], AttentionBackend]] = {
+_BACKENDS: dict[str, Callable[[KVPool, bool], AttentionBackend]] = {
     "torch_native": _torch_native,
     "cpu": _cpu,
     "triton": _triton,
 }
 
 
-def create_attention_backend(name: str, pool: KVPool, device: torch.device) -> AttentionBackend:
+def create_attention_backend(
+    name: str, pool: KVPool, device: torch.device, shared_rows: bool = False
+) -> AttentionBackend:
     """Pick the backend once at start-up. `auto`: Triton on CUDA, the CPU backend on CPU,
-    torch-native elsewhere."""
+    torch-native elsewhere. `shared_rows`: decode batches may hold several rows of one request
+    (speculative verify steps run as decode rows); the torch-native and CPU backends store
+    every row's K/V before attending anyway."""
     if name == "auto":
         name = {"cuda": "triton", "cpu": "cpu"}.get(device.type, "torch_native")
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; available: {sorted(_BACKENDS)}")
-    return _BACKENDS[name](pool)
+    return _BACKENDS[name](pool, shared_rows)

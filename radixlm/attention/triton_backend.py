@@ -5,6 +5,8 @@ graph; extend metadata (request offsets) is built once per forward and shared by
 Rotary and the KV store are one fused launch per layer (`rope_store.py`); the kernels read q
 through its strides, so the views of the fused qkv output are never copied. A decode batch with
 a shared-prefix plan attends each group's prefix once for all its members (`triton_cascade.py`).
+A backend built with `shared_rows` (speculative verify steps run as decode rows, several rows
+of one request in a launch) keeps the KV store a launch of its own before decode attention.
 """
 
 from __future__ import annotations
@@ -43,13 +45,20 @@ class TritonBackend(AttentionBackend):
         suffix_splits: int = 2,
         prefix_splits: int = 2,
         member_progs: int = 4,
+        shared_rows: bool = False,
     ) -> None:
         """`num_splits`: parts of a decode request's sequence (None: chosen from the batch size by
         `decode_launch_config`); with a shared-prefix plan, a grouped
         request's own suffix gets `suffix_splits` parts, its group's prefix `prefix_splits`, each
         prefix part read by `member_progs` programs (the defaults are the fastest of the settings
-        tried on an H200 for 4 groups x 64 requests sharing 2,048 tokens)."""
+        tried on an H200 for 4 groups x 64 requests sharing 2,048 tokens).
+        `shared_rows`: a decode batch may hold several rows of one request at consecutive
+        positions (a speculative verify as decode rows), so a row reads K/V that other rows of
+        the same launch write; the fused decode (store inside the split kernel, which assumes
+        no other program reads the new position) is then never used: every row's K/V is stored
+        by `rope_and_store` before the attention launch reads any."""
         super().__init__(pool)
+        self.fuse_store = not shared_rows
         self.num_splits, self.suffix_splits, self.prefix_splits = num_splits, suffix_splits, prefix_splits
         self.member_progs = member_progs
 
@@ -105,9 +114,15 @@ class TritonBackend(AttentionBackend):
         scale: float,
         batch: ForwardBatch,
     ) -> torch.Tensor:
-        """A plain decode (no shared-prefix plan) with the neox rotary: rotary, the KV store and
-        attention in the split kernel's launch (`NewKV`); anything else as the base class does."""
-        if batch.mode is not ForwardMode.DECODE or batch.prefix_plan is not None or type(rotary) is not RotaryEmbedding:
+        """A plain decode (no shared-prefix plan) with the neox rotary, rows of distinct requests
+        (not `shared_rows`): rotary, the KV store and attention in the split kernel's launch
+        (`NewKV`); anything else as the base class does."""
+        if (
+            not self.fuse_store
+            or batch.mode is not ForwardMode.DECODE
+            or batch.prefix_plan is not None
+            or type(rotary) is not RotaryEmbedding
+        ):
             return super().attend(rotary, positions, q, k, v, layer_id, scale, batch)
         return self._plain_decode(q, layer_id, scale, batch, NewKV(k, v, batch.out_cache_loc, rotary.cos, rotary.sin))
 

@@ -182,6 +182,78 @@ def check_fused_decode(device: str, dtype: torch.dtype, kv_dtype: torch.dtype, t
                 assert err < tol, (heads, kv_heads, dim, dtype, kv_dtype, err)
 
 
+def check_shared_rows_decode(device: str, dtype: torch.dtype, tol: float) -> None:
+    """A speculative verify as decode rows: several rows of one request at consecutive positions,
+    each reading the K/V the rows before it store in the same step. Rows are given last position
+    first, and the draft slots hold stale K/V, so a row that attends before its predecessors'
+    stores land reads the stale values (the interpreter runs programs in row order; a GPU in
+    any). `TritonBackend(shared_rows=True)` must equal the torch-native backend's store, then
+    attend (outputs and pools); the fused decode must not (the check sees the hazard)."""
+    from radixlm.attention.torch_native import TorchNativeBackend
+    from radixlm.attention.triton_backend import TritonBackend
+    from radixlm.forward.batch import ForwardBatch, ForwardMode
+    from radixlm.layers.basic import RotaryEmbedding
+    from radixlm.mem_cache.kv_pool import KVPool
+
+    gen = torch.Generator().manual_seed(12)
+    heads, kv_heads, dim = 4, 2, 32
+    rotary = RotaryEmbedding(dim, 256, {"rope_theta": 10000.0})
+    rotary.init_cache(torch.device(device))
+    contexts, rows_per = [40, 9], [5, 3]  # KV already stored; rows (last token + drafts) per request
+    size = sum(contexts) + sum(rows_per) + 16
+    slots = torch.randperm(size - 1, generator=gen) + 1
+    table = torch.zeros((3, max(c + r for c, r in zip(contexts, rows_per))), dtype=torch.int64)
+    used = 0
+    for i, (c, r) in enumerate(zip(contexts, rows_per)):
+        table[i + 1, : c - 1 + r] = slots[used : used + c - 1 + r]
+        used += c - 1 + r
+    pool_rows, positions = [], []
+    for i, (c, r) in enumerate(zip(contexts, rows_per)):
+        pool_rows += [i + 1] * r
+        positions += reversed(range(c - 1, c - 1 + r))
+    pool_rows, positions = torch.tensor(pool_rows), torch.tensor(positions)
+    n = len(positions)
+    table = table.to(device)
+    fb = ForwardBatch(
+        ForwardMode.DECODE,
+        positions.to(device),
+        positions.to(device),
+        table[pool_rows.to(device), positions.to(device)],
+        pool_rows.to(device),
+        (positions + 1).to(device),
+        (positions + 1).tolist(),
+        positions.tolist(),
+        [1] * n,
+        torch.arange(n, device=device),
+        table,
+    )
+    shape = KVPool(size, 1, 1, kv_heads, dim, dtype, torch.device(device)).k_buffers[0].shape
+    k_init, v_init = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    qkv = torch.randn((n, (heads + 2 * kv_heads) * dim), generator=gen).to(device, dtype)
+    results = []
+    for backend_cls, kw in (
+        (TorchNativeBackend, {}),
+        (TritonBackend, {"shared_rows": True}),
+        (TritonBackend, {"shared_rows": True, "num_splits": 1}),
+        (TritonBackend, {"num_splits": 1}),
+    ):
+        pool = KVPool(size, 1, 1, kv_heads, dim, dtype, torch.device(device))
+        pool.k_buffers[0].copy_(k_init)
+        pool.v_buffers[0].copy_(v_init)
+        q, k, v = (x.view(n, -1, dim).clone() for x in qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], -1))
+        backend = backend_cls(pool, **kw)
+        backend.init_forward_metadata(fb)
+        out = backend.attend(rotary, fb.positions, q, k, v, 0, dim**-0.5, fb).float()
+        results.append((out, pool.k_buffers[0].float(), pool.v_buffers[0].float()))
+    for got in results[1:3]:
+        for want, have in zip(results[0], got):
+            err = ((want - have).norm() / want.norm()).item()
+            assert err < tol, (dtype, err)
+    fused_err = ((results[0][0] - results[3][0]).norm() / results[0][0].norm()).item()
+    if device == "cpu":  # the interpreter's row order makes the race deterministic
+        assert fused_err > 100 * tol, fused_err
+
+
 def test_triton_matches_torch_native() -> None:
     if torch.cuda.is_available():
         for case in CASES:
@@ -191,6 +263,8 @@ def test_triton_matches_torch_native() -> None:
         check_fused_decode("cuda", torch.float32, torch.float32, 2e-3)
         check_fused_decode("cuda", torch.bfloat16, torch.bfloat16, 2e-2)
         check_fused_decode("cuda", torch.bfloat16, torch.float8_e4m3fn, 2e-2)
+        check_shared_rows_decode("cuda", torch.float32, 2e-3)
+        check_shared_rows_decode("cuda", torch.bfloat16, 2e-2)
         check_decode_loops("cuda", torch.float32, 2e-3)
         check_decode_loops("cuda", torch.bfloat16, 2e-2)
         return
@@ -199,5 +273,6 @@ def test_triton_matches_torch_native() -> None:
         "t._run_case(t.CASES[2], 'cpu', torch.float32, 1e-4, torch.float8_e4m3fn)\n"
         "t.check_decode_loops('cpu', torch.float32, 1e-5)\n"
         "t.check_fused_decode('cpu', torch.float32, torch.float32, 1e-5)\n"
+        "t.check_shared_rows_decode('cpu', torch.float32, 1e-5)\n"
     )
     run_interpreted("test_triton_attention", code)

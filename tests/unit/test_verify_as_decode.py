@@ -105,3 +105,28 @@ def test_decode_shaped_verify_needs_one_token_without_kv(runner):
     assert not can_verify_as_decode([req], [2])  # two tokens without KV (after a jump-forward)
     with pytest.raises(ValueError, match="one token without KV"):
         build_verify_as_decode([req], [2], [[6]], runner.req_to_token_pool.table, runner.device)
+
+
+def test_speculation_keeps_the_triton_decode_store_out_of_the_attention_launch(runner, monkeypatch) -> None:
+    """Decode rows of one request read each other's K/V: with speculation on, the runner asks for
+    a backend with `shared_rows`, which the Triton backend honours by not fusing the store."""
+    pytest.importorskip("triton")
+    import dataclasses
+
+    import radixlm.executor.model_runner as model_runner
+    from radixlm.attention.registry import create_attention_backend
+    from radixlm.executor.model_runner import ModelRunner
+
+    asked: list[bool] = []
+
+    def recording(name, pool, device, shared_rows=False):  # noqa: ANN001, ANN202
+        asked.append(shared_rows)
+        return create_attention_backend(name, pool, device, shared_rows)
+
+    monkeypatch.setattr(model_runner, "create_attention_backend", recording)
+    for spec in ({}, {"speculative_algorithm": "NGRAM"}):
+        ModelRunner(dataclasses.replace(runner.args, **spec))
+    assert asked == [False, True]
+    pool = runner.pool
+    assert not create_attention_backend("triton", pool, runner.device, shared_rows=True).fuse_store
+    assert create_attention_backend("triton", pool, runner.device).fuse_store
