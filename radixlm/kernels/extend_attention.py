@@ -88,9 +88,9 @@ def _attend_blocks(
 ):
     """Online softmax over the keys [lo, hi) in BLOCK_N steps. MASKED: keys past a row's
     position or past `kv_end` are dropped (the diagonal blocks); otherwise every key in range
-    is visible to every row and nothing is masked. Scores are in log2 units (`qk_scale` is
-    softmax scale * log2(e)); `m_i` is finite after the first step since key 0 is visible to
-    every row and the first step starts there or follows unmasked steps."""
+    is visible to every row and nothing is masked. `m_i` is in log2 units (`qk_scale`, softmax
+    scale * log2(e) > 0, multiplies the raw scores) and finite after the first step: key 0 is
+    visible to every row, and the first step starts there or follows unmasked steps."""
     offs_d = tl.arange(0, BLOCK_D)
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -106,7 +106,7 @@ def _attend_blocks(
                 k = tl.load(k_ptrs)
             else:
                 k = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
-        s = tl.dot(q, k.to(q.dtype), input_precision=PRECISION).to(tl.float32) * qk_scale
+        s = tl.dot(q, k.to(q.dtype), input_precision=PRECISION).to(tl.float32)
         if MASKED:
             s = tl.where((offs_n[None, :] <= q_pos[:, None]) & in_seq[None, :], s, -float("inf"))
             v = tl.load(v_ptrs, mask=in_seq[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -114,8 +114,8 @@ def _attend_blocks(
             v = tl.load(v_ptrs)
         else:
             v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.math.exp2(s - m_new[:, None])
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])  # one FMA a score
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=PRECISION)
