@@ -6,7 +6,7 @@ shared-prefix benchmark), and `fresh`, 8 requests of 2,048 new tokens (an uncach
 Llama-3.2-1B attention by default (32 query heads, 8 KV heads, head dim 64; `--shape 8b`: head
 dim 128), bf16. Each setting (block_m, block_n, warps, stages) prints microseconds per call
 (median of 9), the causal attention TFLOP/s it reaches, and its largest difference from the
-default setting's output; the default (32, 32, 4, 3) comes first.
+default's output; the default (`launch_config`'s pick for the case, shown) comes first.
 
     python benchmarks/extend_sweep.py [--shape 1b|8b]
     TRITON_INTERPRET=1 python benchmarks/extend_sweep.py --smoke   # tiny float32 shapes on the CPU,
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from typing import Optional
 
 import torch
 
-from radixlm.kernels.extend_attention import extend_attention
+from radixlm.kernels.extend_attention import ExtendConfig, extend_attention, launch_config
 
 SHAPES = {"1b": (32, 8, 64), "8b": (32, 8, 128)}  # query heads, KV heads, head dim
-DEFAULT = (32, 32, 4, 3)
 
 
 @dataclass
@@ -81,8 +81,8 @@ def make_case(
     )
 
 
-def run(case: Case, setting: tuple[int, int, int, int]) -> torch.Tensor:
-    block_m, block_n, warps, stages = setting
+def run(case: Case, setting: Optional[tuple[int, int, int, int]]) -> torch.Tensor:
+    """The kernel on the case with tiles (block_m, block_n, warps, stages), None: its default."""
     return extend_attention(
         case.q,
         case.k,
@@ -94,11 +94,13 @@ def run(case: Case, setting: tuple[int, int, int, int]) -> torch.Tensor:
         case.ext,
         case.max_ext,
         case.q.shape[-1] ** -0.5,
-        block_m,
-        block_n,
-        warps,
-        stages,
+        None if setting is None else ExtendConfig(*setting),
     )
+
+
+def default_tiles(case: Case) -> tuple[int, int, int, int]:
+    """The (block_m, block_n, warps, stages) `extend_attention` picks for the case."""
+    return astuple(launch_config(case.q, case.max_ext))
 
 
 def torch_reference(case: Case) -> torch.Tensor:
@@ -118,7 +120,7 @@ def torch_reference(case: Case) -> torch.Tensor:
     return out
 
 
-def median_us(case: Case, setting: tuple[int, int, int, int]) -> float:
+def median_us(case: Case, setting: Optional[tuple[int, int, int, int]]) -> float:
     run(case, setting)
     times = []
     for _ in range(9):
@@ -131,11 +133,13 @@ def median_us(case: Case, setting: tuple[int, int, int, int]) -> float:
     return sorted(times)[4]
 
 
-def settings(smoke: bool) -> list[tuple[int, int, int, int]]:
+def settings(smoke: bool, default: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """The default first, then the grid without it (block_n 128 only with block_m >= 64)."""
     if smoke:
-        return [DEFAULT, (16, 16, 4, 3), (64, 32, 8, 2)]
-    grid = itertools.product((32, 64, 128), (32, 64), (4, 8), (2, 3, 4))
-    return [DEFAULT] + [s for s in grid if s != DEFAULT]
+        grid = [(16, 16, 4, 3), (64, 32, 8, 2), (128, 64, 8, 3)]
+    else:
+        grid = [s for s in itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3, 4)) if s[1] <= max(64, s[0])]
+    return [default] + [s for s in grid if s != default]
 
 
 def main() -> None:
@@ -161,11 +165,12 @@ def main() -> None:
     print("| case | block_m | block_n | warps | stages | us | TFLOP/s | max diff vs default |")
     print("|---|---|---|---|---|---|---|---|")
     for name, case in cases.items():
-        reference = run(case, DEFAULT).float()
+        default = default_tiles(case)
+        reference = run(case, None).float()
         if a.smoke:
             error = (reference - torch_reference(case)).abs().max().item()
             assert error < 1e-4, f"{name}: default setting is off from torch by {error}"
-        for setting in settings(a.smoke):
+        for setting in settings(a.smoke, default):
             try:
                 diff = (run(case, setting).float() - reference).abs().max().item()
                 us = float("nan") if a.smoke else median_us(case, setting)
