@@ -331,6 +331,7 @@ def check_hopper_compile() -> None:
     wgmma, and every GEMM's loads are pipelined (shared memory for more than one stage)."""
     from radixlm.kernels import fused_moe as fm
     from radixlm.kernels import moe_align as ma
+    from radixlm.kernels import moe_gemm as mg
     from radixlm.kernels import moe_route as mr
 
     configs = {
@@ -340,10 +341,10 @@ def check_hopper_compile() -> None:
     }
     for config, top_k in configs:
         for kernel, gemm, extra in (
-            (fm._gate_up_kernel, config.gate_up, {}),
-            (fm._down_kernel, config.down, {"SUM": "kernel", "TOP_K": top_k, "T_POW2": 1}),
-            (fm._down_kernel, config.down, {"SUM": "atomic", "TOP_K": top_k, "T_POW2": 1}),
-            (fm._down_kernel, config.down, {"SUM": "in_down", "TOP_K": top_k, "T_POW2": 16}),
+            (mg._gate_up_kernel, config.gate_up, {}),
+            (mg._down_kernel, config.down, {"SUM": "kernel", "TOP_K": top_k, "T_POW2": 1}),
+            (mg._down_kernel, config.down, {"SUM": "atomic", "TOP_K": top_k, "T_POW2": 1}),
+            (mg._down_kernel, config.down, {"SUM": "in_down", "TOP_K": top_k, "T_POW2": 16}),
         ):
             constexprs = dict(
                 extra,
@@ -358,7 +359,7 @@ def check_hopper_compile() -> None:
             )
             compiled = compile_for_hopper(kernel, constexprs, gemm.num_warps, gemm.num_stages)
             ptx = compiled.asm["ptx"]
-            width = 2 * gemm.block_n if kernel is fm._gate_up_kernel else gemm.block_n
+            width = 2 * gemm.block_n if kernel is mg._gate_up_kernel else gemm.block_n
             one_stage = 2 * (config.block_m + width) * gemm.block_k
             assert compiled.metadata.shared > one_stage, (kernel.__name__, config)
             assert "cp.async" in ptx, (kernel.__name__, config)
