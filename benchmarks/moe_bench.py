@@ -10,11 +10,18 @@ and the torch reference, bf16 random weights, in one run.
     the calls are replayed in one CUDA graph, so a layer finds its experts' weights cold in L2.
 (c) the torch reference (`experts_reference`, a loop over experts) at the same shapes.
 (d) the router: `fused_topk` (one launch) against `select_experts` (torch), 1 to 4,096 tokens.
+(e) a routed decode, router logits to output, T = 1, 4, 8, 16 (each call its own logits and
+    input, cold L2, one CUDA graph): `fused_moe` (3 launches: routing + alignment, gate/up,
+    down + top-k sum) against `fused_topk` + `fused_experts` (4), the same with the top-k summed
+    by its own kernel (5), and `select_experts` + `fused_experts` with that sum kernel (the MoE
+    layer's decode before `fused_moe`: the torch router's launches + 4).
 
     python benchmarks/moe_bench.py [--quick] [--shapes qwen3-30b-a3b mixtral-8x7b] [--sweep] [--profile]
+        [--only prefill decode router routed]
 
-Each row also times the other top-k sum (reduction kernel vs float32 atomics in the down GEMM)
-at the same block sizes. `--quick`: fewer repetitions, neither the other top-k sum nor the
+Each row also times the other top-k sum (float32 atomics in the down GEMM vs the default: in the
+down GEMM's last program per N tile at <= 16 tokens, a reduction kernel beyond) at the same
+block sizes. `--quick`: fewer repetitions, neither the other top-k sum nor the
 reference at 4,096 tokens.
 `--sweep`: also time other block sizes (prefill; decode at 1 and 32 tokens) to tune
 `moe_config`'s table. `--profile`: each kernel's device time in one call.
@@ -23,15 +30,26 @@ reference at 4,096 tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import functools
 import itertools
 import sys
 from typing import Callable
 
 import torch
 
-from radixlm.kernels.fused_moe import GemmConfig, MoeConfig, fused_experts, fused_experts_with_config, moe_config
+from radixlm.kernels import moe_config as moe_config_module
+from radixlm.kernels.fused_moe import (
+    GemmConfig,
+    MoeConfig,
+    fused_experts,
+    fused_experts_with_config,
+    fused_moe,
+    moe_config,
+    plan_moe,
+)
 from radixlm.kernels.moe_topk import fused_topk
 from radixlm.layers.moe.reference import experts_reference
 from radixlm.layers.moe.routing import select_experts
@@ -121,17 +139,29 @@ def flip_sum(config: MoeConfig) -> MoeConfig:
     return dataclasses.replace(config, atomic_sum=not config.atomic_sum)
 
 
-def sum_label(config: MoeConfig) -> str:
-    return "atomic" if config.atomic_sum else "reduce"
+def sum_label(config: MoeConfig, tokens: int, top_k: int, hidden: int) -> str:
+    """How the top-k results are summed: "atomic", "in_down" or "kernel" (`plan_moe`)."""
+    return plan_moe(tokens, top_k, hidden, config).top_k_sum
+
+
+@contextlib.contextmanager
+def sum_kernel_only():
+    """While inside (graph capture included), every plan sums the top-k in its own kernel."""
+    limit = moe_config_module.SUM_IN_DOWN_MAX_TOKENS
+    moe_config_module.SUM_IN_DOWN_MAX_TOKENS = 0
+    try:
+        yield
+    finally:
+        moe_config_module.SUM_IN_DOWN_MAX_TOKENS = limit
 
 
 def short(config: MoeConfig) -> str:
-    """e.g. `M64 gate_up N64 K64 g8 w4 s4, down N128 K64 g8 w4 s4, reduce`."""
+    """e.g. `M64 gate_up N64 K64 g8 w4 s4, down N128 K64 g8 w4 s4, atomic`."""
     gemms = ", ".join(
         f"{label} N{g.block_n} K{g.block_k} g{g.group_m} w{g.num_warps} s{g.num_stages}"
         for label, g in (("gate_up", config.gate_up), ("down", config.down))
     )
-    return f"M{config.block_m} {gemms}, {sum_label(config)}"
+    return f"M{config.block_m} {gemms}, {'atomic' if config.atomic_sum else 'default sum'}"
 
 
 def kernel_breakdown(fn: Callable[[], object]) -> str:
@@ -164,14 +194,15 @@ def bench_prefill(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, ar
         return lambda: fused_experts_with_config(x, w13, w2, weights, ids, c, out=out)
 
     ms = time_ms(lambda: fused_experts(x, w13, w2, weights, ids, out=out), iters)
-    other = "-" if args.quick else f"{time_ms(run(flip_sum(config)), iters):.3f} ({sum_label(flip_sum(config))})"
+    label = functools.partial(sum_label, tokens=PREFILL_TOKENS, top_k=top_k, hidden=hidden)
+    other = "-" if args.quick else f"{time_ms(run(flip_sum(config)), iters):.3f} ({label(flip_sum(config))})"
     ours = flops / ms / 1e9
     ref = "skipped (--quick)"
     if not args.quick:
         ref_ms = time_ms(lambda: experts_reference(x, w13, w2, weights, ids), 3)
         ref = f"{ref_ms:.2f} ms, {flops / ref_ms / 1e9:.0f} TFLOP/s"
     print(
-        f"| {name} | {PREFILL_TOKENS} | {ms:.3f} ({sum_label(config)}) | {ours:.0f} | {dense:.0f} "
+        f"| {name} | {PREFILL_TOKENS} | {ms:.3f} ({label(config)}) | {ours:.0f} | {dense:.0f} "
         f"| {100 * ours / dense:.0f} % | {other} | {ref} "
         f"| BLOCK_M {config.block_m} |",
         flush=True,
@@ -241,12 +272,13 @@ def decode_row(name: str, w13, w2, top_k: int, tokens: int, copy_bw: float, gen:
     us = graph_us_per_call(
         [lambda x=x, w=w, i=i, o=o: fused_experts(x, w13, w2, w, i, out=o) for (x, w, i), o in zip(inputs, outs)], reps
     )
-    other = "-" if args.quick else f"{timed(flip_sum(config)):.1f} ({sum_label(flip_sum(config))})"
+    label = functools.partial(sum_label, tokens=tokens, top_k=top_k, hidden=hidden)
+    other = "-" if args.quick else f"{timed(flip_sum(config)):.1f} ({label(flip_sum(config))})"
     x, w, i = inputs[0]
     ref_us = time_ms(lambda: experts_reference(x, w13, w2, w, i), 3 if args.quick else 5) * 1e3
     gbs = nbytes / us / 1e3
     print(
-        f"| {name} | {tokens} | {nbytes / 1e6:.1f} | {us:.1f} ({sum_label(config)}) | {gbs:.0f} "
+        f"| {name} | {tokens} | {nbytes / 1e6:.1f} | {us:.1f} ({label(config)}) | {gbs:.0f} "
         f"| {100 * gbs * 1e9 / copy_bw:.0f} % | {other} | {ref_us:.0f} "
         f"| BLOCK_M {config.block_m}, N {config.gate_up.block_n}/{config.down.block_n} |",
         flush=True,
@@ -268,35 +300,94 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--profile", action="store_true", help="device time of each kernel of one call")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    sections = ["prefill", "decode", "router", "routed"]
+    ap.add_argument("--only", nargs="+", default=sections, choices=sections, help="sections to run (default all)")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"command: python {' '.join(sys.argv)}")
     copy_bw = copy_bandwidth()
     print(f"copy bandwidth (read + write): {copy_bw / 1e9:.0f} GB/s", flush=True)
     weights = {}
-    print("\n(a) prefill: fused MoE vs dense bf16 GEMM (torch.mm) on the same FLOPs; (c) torch reference")
-    print(
-        "| shape | tokens | fused ms | fused TFLOP/s | dense TFLOP/s | ratio (>= 60 %) | other top-k sum ms "
-        "| torch reference | config |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.shapes:
-        hidden, inter, experts, top_k = SHAPES[name]
+        hidden, inter, experts, _ = SHAPES[name]
         weights[name] = expert_weights(hidden, inter, experts, torch.Generator(device="cuda").manual_seed(0))
-        bench_prefill(name, *weights[name], top_k, args)
-    print("\n(b) decode: bandwidth over the distinct selected experts' weights vs copy bandwidth; (c) torch reference")
-    print(
-        "| shape | tokens | expert MB | fused us | GB/s | of copy bw (>= 70 %) | other top-k sum us "
-        "| torch reference us | config |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in args.shapes:
-        bench_decode(name, *weights[name], SHAPES[name][3], copy_bw, args)
-    print("\n(d) router: fused_topk (one launch) vs select_experts (torch), each in a CUDA graph")
-    print("| shape | tokens | fused_topk us | select_experts us |")
-    print("|---|---|---|---|")
-    for name in args.shapes:
-        bench_router(name, SHAPES[name][2], SHAPES[name][3])
+    if "prefill" in args.only:
+        print("\n(a) prefill: fused MoE vs dense bf16 GEMM (torch.mm) on the same FLOPs; (c) torch reference")
+        print(
+            "| shape | tokens | fused ms | fused TFLOP/s | dense TFLOP/s | ratio (>= 60 %) | other top-k sum ms "
+            "| torch reference | config |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name in args.shapes:
+            bench_prefill(name, *weights[name], SHAPES[name][3], args)
+    if "decode" in args.only:
+        print(
+            "\n(b) decode: bandwidth over the distinct selected experts' weights vs copy bandwidth; (c) torch reference"
+        )
+        print(
+            "| shape | tokens | expert MB | fused us | GB/s | of copy bw (>= 70 %) | other top-k sum us "
+            "| torch reference us | config |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name in args.shapes:
+            bench_decode(name, *weights[name], SHAPES[name][3], copy_bw, args)
+    if "router" in args.only:
+        print("\n(d) router: fused_topk (one launch) vs select_experts (torch), each in a CUDA graph")
+        print("| shape | tokens | fused_topk us | select_experts us |")
+        print("|---|---|---|---|")
+        for name in args.shapes:
+            bench_router(name, SHAPES[name][2], SHAPES[name][3])
+    if "routed" in args.only:
+        print("\n(e) routed decode from router logits, us per call in one CUDA graph (launches in brackets)")
+        print(
+            "| shape | tokens | fused_moe | fused_topk + fused_experts | same, sum kernel "
+            "| select_experts + fused_experts, sum kernel | fused_moe launches |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name in args.shapes:
+            bench_routed(name, *weights[name], SHAPES[name][3], args)
+
+
+def bench_routed(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, args: argparse.Namespace) -> None:
+    """Section (e): each call its own logits and input (enough calls for ~1 GB of expert reads
+    per replay, as in (b)), the four paths over the same calls."""
+    experts, two_i, hidden = w13.shape
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    per_expert = w13[0].numel() * 2 + w2[0].numel() * 2
+    calls_n = max(4, min(32, (1 << 30) // (per_expert * top_k)))
+    reps = 5 if args.quick else 11
+    for tokens in (1, 4, 8, 16):
+        inputs = [
+            (
+                torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen),
+                torch.randn(tokens, experts, device="cuda", dtype=torch.bfloat16, generator=gen),
+            )
+            for _ in range(calls_n)
+        ]
+        outs = [torch.empty_like(x) for x, _ in inputs]
+        pairs = list(zip(inputs, outs))
+        routed = [lambda x=x, g=g, o=o: fused_moe(x, g, w13, w2, top_k, True, out=o) for (x, g), o in pairs]
+        topk = [
+            lambda x=x, g=g, o=o: fused_experts(x, w13, w2, *fused_topk(g, top_k, True), out=o) for (x, g), o in pairs
+        ]
+        torch_router = [
+            lambda x=x, g=g, o=o: fused_experts(x, w13, w2, *select_experts(g, top_k, True), out=o)
+            for (x, g), o in pairs
+        ]
+        us = graph_us_per_call(routed, reps)
+        topk_us = graph_us_per_call(topk, reps)
+        with sum_kernel_only():
+            sum_us = graph_us_per_call(topk, reps)
+            torch_us = graph_us_per_call(torch_router, reps)
+        config = moe_config(tokens * top_k, experts, hidden, two_i // 2)
+        launches = plan_moe(tokens, top_k, hidden, config, experts).launches()
+        print(
+            f"| {name} | {tokens} | {us:.1f} | {topk_us:.1f} | {sum_us:.1f} | {torch_us:.1f} | {' '.join(launches)} |",
+            flush=True,
+        )
+        if args.profile:
+            x, g = inputs[0]
+            print(f"    kernels (us): {kernel_breakdown(lambda: fused_moe(x, g, w13, w2, top_k, True))}", flush=True)
 
 
 def bench_router(name: str, experts: int, top_k: int) -> None:

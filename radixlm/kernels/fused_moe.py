@@ -1,10 +1,12 @@
-"""Fused mixture-of-experts on the GPU: `fused_experts`, the Triton path of the MoE layer.
+"""Fused mixture-of-experts on the GPU: `fused_moe` (from router logits) and `fused_experts` (from
+top-k weights and ids), the Triton path of the MoE layer.
 
 Same function as `radixlm.layers.moe.reference.experts_reference` (its docstring gives the weight
-layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]). Four launches (five beyond 1,024
-rows), no host sync (so a CUDA graph can capture it; every buffer is sized from T, k, E and the
-block size alone):
+layout: w13 [E, 2I, H] gate rows then up rows, w2 [E, H, I]), no host sync (so a CUDA graph can
+capture it; every buffer is sized from T, k, E and the block size alone). The steps:
 
+0. (`fused_moe` only) the router: softmax, top-k and renormalisation of the logits
+   (`moe_topk.fused_topk`), ids made local to this rank's experts.
 1. `_align_kernel` (+ `_scatter_kernel` beyond 1,024 rows): the T*k (token, slot) rows,
    numbered `r = t*k + j`, are grouped by expert into blocks of BLOCK_M rows. Expert e's rows
    fill `ceil(count_e / BLOCK_M)` blocks starting at its padded offset; the tail of its last
@@ -12,24 +14,33 @@ block size alone):
    the number of rows used, at most `max_padded = T*k + min(E, T*k) * (BLOCK_M - 1)`. Rows
    whose id is outside [0, E) (another expert-parallel rank's experts) are in no block, and
    experts without rows have no block, so the GEMMs read only the selected experts' weights.
-2. `_gate_up_kernel`: per block, the gate and up rows of the same columns of its expert's w13
+2. `moe_gemm.gate_up`: per block, the gate and up rows of the same columns of its expert's w13
    (interleaved into one tile of twice the width) against the block's token rows; the epilogue
    writes silu(gate) * up into `act` [T*k, I].
-3. `_down_kernel`: per block, act @ w2[e]^T times the row's routing weight into `y` [T*k, H].
-4. `_sum_kernel`: out[t] = sum_j y[t*k + j] over the slots whose id is in [0, E) (float32 sum,
-   in a fixed order: the result does not depend on the order of rows within an expert). With
-   `MoeConfig.atomic_sum` the down kernel instead adds its rows into a zeroed float32 [T, H]
-   (atomics, order not fixed) that is then cast into `out`: [T*k, H] is neither written nor
-   read back, for a memset and a cast.
+3. `moe_gemm.down`: per block, act @ w2[e]^T times the row's routing weight into `y` [T*k, H].
+4. the top-k sum: out[t] = sum_j y[t*k + j] over the slots whose id is in [0, E) (float32, j in
+   order: the result does not depend on the order of rows within an expert, nor on which
+   program sums).
 
-At decode sizes (at most `pdl.MAX_ROWS` tokens, Hopper) the four kernels are launched with
+Launches (`moe_config.plan_moe` decides; `MoePlan.launches()` lists them). At decode sizes (at
+most 16 tokens): `fused_moe` runs 0 and 1 as one kernel (`moe_route.route_and_align`) and the
+down kernel does 4 itself (the last program of each N tile to finish, counted on a counter the
+alignment zeroed, sums that tile for every token), so a routed decode is 3 launches
+(`route_align`, `gate_up`, `down_sum`) and `fused_experts` 3 (`align`, `gate_up`, `down_sum`).
+Larger batches: `topk`, `align` (+ `scatter` beyond 1,024 rows), `gate_up`, `down`, `sum`
+(`_sum_kernel`). With `MoeConfig.atomic_sum` the down kernel instead adds its rows into a
+zeroed float32 [T, H] (atomics, order not fixed) that is then cast into `out`: [T*k, H] is
+neither written nor read back, for a memset and a cast. Every path gives the same `out` bit for
+bit except the atomic sum.
+
+At decode sizes (at most `pdl.MAX_ROWS` tokens, Hopper) the kernels are launched with
 programmatic dependent launch, each entering `pdl_enter()` before it touches memory, so each
 launches under the previous one's tail (the GEMMs cannot start their weight stream early: which
 experts to read comes from the alignment).
 
 The batch-dependent integers (rows, blocks) are not specialised by the JIT, so a new batch size
-compiles nothing new unless it changes `moe_config`'s choice, PDL (T <= 16) or the one-launch
-alignment (<= 1,024 rows).
+compiles nothing new unless it changes `moe_config`'s choice, PDL (T <= 16), the in-down sum's
+token tile (a power of two >= T) or the one-launch alignment (<= 1,024 rows).
 
 Matmuls accumulate in float32; `act` and `y` are stored in x's dtype. Block sizes come from
 `moe_config` (decode-size batches BLOCK_M 16 with narrow N tiles so the few selected experts
@@ -43,7 +54,10 @@ from typing import Optional
 import torch
 
 from radixlm.kernels.moe_align import ExpertBlocks, align_by_expert, max_padded_rows
-from radixlm.kernels.moe_config import GemmConfig, MoeConfig, moe_config
+from radixlm.kernels.moe_config import GemmConfig, MoeConfig, MoePlan, moe_config, plan_moe
+from radixlm.kernels.moe_gemm import down, gate_up
+from radixlm.kernels.moe_route import route_and_align
+from radixlm.kernels.moe_topk import fused_topk
 
 # re-exported: the kernel tests and benchmarks/moe_bench.py import these from here
 __all__ = [
@@ -53,8 +67,11 @@ __all__ = [
     "align_by_expert",
     "fused_experts",
     "fused_experts_with_config",
+    "fused_moe",
+    "fused_moe_with_config",
     "max_padded_rows",
     "moe_config",
+    "plan_moe",
 ]
 
 try:
@@ -67,148 +84,6 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 
 if triton is not None:
-
-    @triton.jit
-    def _tile(num_blocks, n, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-        """(block, N tile) of this program, GROUP_M blocks sharing each N tile in turn."""
-        pid = tl.program_id(0)
-        tiles_n = tl.cdiv(n, BLOCK_N)
-        per_group = GROUP_M * tiles_n
-        first_m = (pid // per_group) * GROUP_M
-        size_m = tl.minimum(num_blocks - first_m, GROUP_M)
-        return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
-
-    @triton.jit(do_not_specialize=["num_rows", "max_blocks"])
-    def _gate_up_kernel(
-        x_ptr,
-        w_ptr,
-        act_ptr,
-        sorted_ptr,
-        block_expert_ptr,
-        num_padded_ptr,
-        num_rows,
-        max_blocks,
-        N,
-        K,
-        stride_x,
-        stride_we,
-        stride_wn,
-        stride_act,
-        top_k,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr,
-        EVEN_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-        WIDEN: tl.constexpr,
-        PDL: tl.constexpr,
-    ):
-        """act[r, n] = silu(x[r // k] . w[e, n]) * (x[r // k] . w[e, N + n]) for the rows r of one
-        block of expert e and BLOCK_N columns n (w's last dimension contiguous). One dot of
-        2 * BLOCK_N columns: gate and up rows interleaved (column 2c is gate row n0 + c, column
-        2c + 1 up row N + n0 + c), split apart in the epilogue."""
-        if PDL:
-            pdl_enter()
-        pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
-        if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-            return
-        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
-        row_ok = rows < num_rows
-        tokens = (rows // top_k).to(tl.int64)
-        cols = tl.arange(0, 2 * BLOCK_N)
-        # wrapped, not masked: columns past N are computed from other rows and never stored
-        w_rows = ((pid_n * BLOCK_N + cols // 2) % N + (cols % 2) * N).to(tl.int64)
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = x_ptr + tokens[:, None] * stride_x + offs_k[None, :]
-        b_ptrs = w_ptr + expert * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
-        acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
-            if EVEN_K:
-                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                b = tl.load(b_ptrs)
-            else:
-                k_ok = offs_k < K - k * BLOCK_K
-                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
-            if WIDEN:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
-        gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N, 2]))
-        h = gate * tl.sigmoid(gate) * up
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        out_ptrs = act_ptr + rows[:, None].to(tl.int64) * stride_act + offs_n[None, :]
-        tl.store(out_ptrs, h.to(act_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
-
-    @triton.jit(do_not_specialize=["num_rows", "max_blocks"])
-    def _down_kernel(
-        act_ptr,
-        w_ptr,
-        y_ptr,
-        weights_ptr,
-        sorted_ptr,
-        block_expert_ptr,
-        num_padded_ptr,
-        num_rows,
-        max_blocks,
-        N,
-        K,
-        stride_act,
-        stride_we,
-        stride_wn,
-        stride_y,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr,
-        EVEN_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-        WIDEN: tl.constexpr,
-        top_k,
-        ATOMIC: tl.constexpr,
-        PDL: tl.constexpr,
-    ):
-        """y[r, n] = weights[r] * (act[r] . w[e, n]) for the rows r of one block of expert e and
-        N tile (w's last dimension contiguous); with ATOMIC, y is the float32 [T, H] sum instead
-        (zeroed beforehand) and the product is added to row r // top_k."""
-        if PDL:
-            pdl_enter()
-        pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
-        if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-            return
-        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
-        row_ok = rows < num_rows
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        w_rows = (offs_n % N).to(tl.int64)
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = act_ptr + rows[:, None].to(tl.int64) * stride_act + offs_k[None, :]
-        b_ptrs = w_ptr + expert * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k in range(0, tl.cdiv(K, BLOCK_K)):
-            if EVEN_K:
-                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-                b = tl.load(b_ptrs)
-            else:
-                k_ok = offs_k < K - k * BLOCK_K
-                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
-            if WIDEN:
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
-        acc *= tl.load(weights_ptr + rows, mask=row_ok, other=0.0)[:, None]
-        mask = row_ok[:, None] & (offs_n[None, :] < N)
-        if ATOMIC:
-            out_ptrs = y_ptr + (rows // top_k)[:, None].to(tl.int64) * stride_y + offs_n[None, :]
-            tl.atomic_add(out_ptrs, acc, mask=mask, sem="relaxed")
-        else:
-            out_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_y + offs_n[None, :]
-            tl.store(out_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _sum_kernel(
@@ -237,115 +112,22 @@ if triton is not None:
         tl.store(out_ptr + t * stride_out + offs, acc.to(out_ptr.dtype.element_ty), mask=h_ok)
 
 
-def _check_inputs(
-    x: torch.Tensor,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    out: Optional[torch.Tensor],
-) -> None:
+def _check_weights(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, out: Optional[torch.Tensor]) -> None:
     e, two_i, h = w13.shape
     if x.dim() != 2 or x.shape[1] != h or w2.shape != (e, h, two_i // 2) or two_i % 2:
         raise ValueError(f"fused_experts: x {tuple(x.shape)}, w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)}")
     if w13.dtype != x.dtype or w2.dtype != x.dtype or w13.stride(-1) != 1 or w2.stride(-1) != 1:
         raise ValueError("fused_experts: weights must have x's dtype and a contiguous last dimension")
+    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1):
+        raise ValueError("fused_experts: out must be [T, H] in x's dtype with a contiguous last dimension")
+
+
+def _check_routing(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> None:
     if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0] or topk_weights.shape != topk_ids.shape:
         raise ValueError(
             f"fused_experts: {x.shape[0]} tokens, topk_ids {tuple(topk_ids.shape)}, "
             f"topk_weights {tuple(topk_weights.shape)}"
         )
-    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1):
-        raise ValueError("fused_experts: out must be [T, H] in x's dtype with a contiguous last dimension")
-
-
-def _dot_modes(x: torch.Tensor) -> tuple[str, bool]:
-    """(input precision, widen): float32 inputs multiply in full precision; Triton's interpreter
-    multiplies bf16 dot operands as raw 16-bit integers, so on the CPU they are widened first."""
-    return ("ieee" if x.dtype == torch.float32 else "tf32"), (x.device.type == "cpu" and x.dtype == torch.bfloat16)
-
-
-def _gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, top_k: int, gemm: GemmConfig) -> torch.Tensor:
-    """act [T*k, I] = silu(gate) * up of each routed row (rows of no block are left unwritten)."""
-    num_rows, inter, hidden = x.shape[0] * top_k, w13.shape[1] // 2, w13.shape[2]
-    max_blocks = blocks.block_expert.numel()
-    act = torch.empty((num_rows, inter), dtype=x.dtype, device=x.device)
-    precision, widen = _dot_modes(x)
-    _gate_up_kernel[(max_blocks * triton.cdiv(inter, gemm.block_n),)](
-        x,
-        w13,
-        act,
-        blocks.sorted_rows,
-        blocks.block_expert,
-        blocks.num_padded,
-        num_rows,
-        max_blocks,
-        inter,
-        hidden,
-        x.stride(0),
-        w13.stride(0),
-        w13.stride(1),
-        act.stride(0),
-        top_k,
-        blocks.block_m,
-        gemm.block_n,
-        gemm.block_k,
-        gemm.group_m,
-        hidden % gemm.block_k == 0,
-        precision,
-        widen,
-        num_warps=gemm.num_warps,
-        num_stages=gemm.num_stages,
-        **pdl_launch(x, x.shape[0]),
-    )
-    return act
-
-
-def _down(
-    act: torch.Tensor,
-    w2: torch.Tensor,
-    weights: torch.Tensor,
-    blocks: ExpertBlocks,
-    y: torch.Tensor,
-    top_k: int,
-    gemm: GemmConfig,
-    atomic: bool,
-) -> None:
-    """y [T*k, H] = weight * (act @ w2[e]^T) per routed row; with `atomic`, y is the zeroed
-    float32 [T, H] sum and each row adds into its token's row."""
-    num_rows, inter = act.shape
-    hidden = w2.shape[1]
-    max_blocks = blocks.block_expert.numel()
-    precision, widen = _dot_modes(act)
-    _down_kernel[(max_blocks * triton.cdiv(hidden, gemm.block_n),)](
-        act,
-        w2,
-        y,
-        weights,
-        blocks.sorted_rows,
-        blocks.block_expert,
-        blocks.num_padded,
-        num_rows,
-        max_blocks,
-        hidden,
-        inter,
-        act.stride(0),
-        w2.stride(0),
-        w2.stride(1),
-        y.stride(0),
-        blocks.block_m,
-        gemm.block_n,
-        gemm.block_k,
-        gemm.group_m,
-        inter % gemm.block_k == 0,
-        precision,
-        widen,
-        top_k,
-        atomic,
-        num_warps=gemm.num_warps,
-        num_stages=gemm.num_stages,
-        **pdl_launch(act, num_rows // top_k),
-    )
 
 
 def _sum_top_k(y: torch.Tensor, ids: torch.Tensor, num_experts: int, out: torch.Tensor) -> None:
@@ -368,6 +150,44 @@ def _sum_top_k(y: torch.Tensor, ids: torch.Tensor, num_experts: int, out: torch.
     )
 
 
+def _counters(plan: MoePlan, hidden: int, config: MoeConfig) -> int:
+    """The down GEMM's arrival counters the alignment zeroes: one per N tile when it sums."""
+    return triton.cdiv(hidden, config.down.block_n) if plan.top_k_sum == "in_down" else 0
+
+
+def _experts(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    blocks: ExpertBlocks,
+    config: MoeConfig,
+    plan: MoePlan,
+    out: torch.Tensor,
+    total: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """The GEMMs and the top-k sum on aligned rows (`total`: the zeroed float32 [T, H] of the
+    atomic sum, else None)."""
+    act = gate_up(x, w13, blocks, ids.shape[1], config.gate_up)
+    if total is not None:
+        down(act, w2, weights, ids, blocks, total, out, config.down, "atomic")
+        return out.copy_(total)
+    y = torch.empty((ids.numel(), x.shape[1]), dtype=x.dtype, device=x.device)
+    down(act, w2, weights, ids, blocks, y, out, config.down, plan.top_k_sum)
+    if plan.top_k_sum == "kernel":
+        _sum_top_k(y, ids, w13.shape[0], out)
+    return out
+
+
+def _zeroed_sum(x: torch.Tensor, plan: MoePlan) -> Optional[torch.Tensor]:
+    """The atomic sum's float32 [T, H], zeroed before the first kernel (so the PDL chain has no
+    memset inside); None for the other sums."""
+    if plan.top_k_sum != "atomic":
+        return None
+    return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+
+
 def fused_experts_with_config(
     x: torch.Tensor,
     w13: torch.Tensor,
@@ -378,7 +198,8 @@ def fused_experts_with_config(
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """`fused_experts` with the block sizes given (tests and benchmark sweeps)."""
-    _check_inputs(x, w13, w2, topk_weights, topk_ids, out)
+    _check_weights(x, w13, w2, out)
+    _check_routing(x, topk_weights, topk_ids)
     num_tokens, top_k = topk_ids.shape
     num_experts, hidden = w13.shape[0], w13.shape[2]
     x = x if x.stride(-1) == 1 else x.contiguous()
@@ -388,17 +209,10 @@ def fused_experts_with_config(
         out = torch.empty_like(x)
     if ids.numel() == 0:
         return out.zero_()
-    if config.atomic_sum:  # zeroed before the first kernel: the PDL chain has no memset inside
-        total = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
-    blocks = align_by_expert(ids, num_experts, config.block_m)
-    act = _gate_up(x, w13, blocks, top_k, config.gate_up)
-    if config.atomic_sum:
-        _down(act, w2, weights, blocks, total, top_k, config.down, atomic=True)
-        return out.copy_(total)
-    y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)
-    _down(act, w2, weights, blocks, y, top_k, config.down, atomic=False)
-    _sum_top_k(y, ids, num_experts, out)
-    return out
+    plan = plan_moe(num_tokens, top_k, hidden, config)
+    total = _zeroed_sum(x, plan)
+    blocks = align_by_expert(ids, num_experts, config.block_m, _counters(plan, hidden, config))
+    return _experts(x, w13, w2, weights, ids, blocks, config, plan, out, total)
 
 
 def fused_experts(
@@ -416,3 +230,59 @@ def fused_experts(
     topk_ids [T, k] (ids outside [0, E) contribute zero). Graph-capturable: no host sync."""
     config = moe_config(topk_ids.numel(), w13.shape[0], w13.shape[2], w2.shape[2])
     return fused_experts_with_config(x, w13, w2, topk_weights, topk_ids, config, out)
+
+
+def fused_moe_with_config(
+    x: torch.Tensor,
+    router_logits: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    config: MoeConfig,
+    first_expert: int = 0,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`fused_moe` with the block sizes given (tests and benchmark sweeps)."""
+    _check_weights(x, w13, w2, out)
+    num_tokens, router_experts = router_logits.shape
+    num_local, hidden = w13.shape[0], w13.shape[2]
+    if num_tokens != x.shape[0] or not 0 <= first_expert <= router_experts - num_local:
+        raise ValueError(
+            f"fused_moe: x {tuple(x.shape)}, logits {tuple(router_logits.shape)}, experts "
+            f"[{first_expert}, {first_expert + num_local})"
+        )
+    if num_tokens == 0:
+        return torch.empty_like(x) if out is None else out
+    plan = plan_moe(num_tokens, top_k, hidden, config, router_experts)
+    total = _zeroed_sum(x, plan)
+    counters = _counters(plan, hidden, config)
+    if plan.route == "one_launch":
+        weights, ids, blocks = route_and_align(
+            router_logits, top_k, renormalize, config.block_m, first_expert, num_local, counters
+        )
+    else:
+        weights, ids = fused_topk(router_logits, top_k, renormalize, first_expert, num_local)
+        blocks = align_by_expert(ids, num_local, config.block_m, counters)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    return _experts(x, w13, w2, weights, ids, blocks, config, plan, torch.empty_like(x) if out is None else out, total)
+
+
+def fused_moe(
+    x: torch.Tensor,
+    router_logits: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    first_expert: int = 0,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """A whole routed MoE from the router's logits [T, E_router]: `fused_topk(router_logits,
+    top_k, renormalize)` (softmax, top-k, renormalised when asked) then `fused_experts` over
+    this rank's experts [first_expert, first_expert + E) (w13 [E, 2I, H], w2 [E, H, I]; the
+    other experts' slots contribute zero) into `out` (or a new [T, H]). Same results as those
+    two calls; at decode sizes fewer launches (`plan_moe`): Qwen3-30B-A3B at batch 1 is three
+    (`route_align`, `gate_up`, `down_sum`). Graph-capturable: no host sync."""
+    config = moe_config(router_logits.shape[0] * top_k, w13.shape[0], w13.shape[2], w2.shape[2])
+    return fused_moe_with_config(x, router_logits, w13, w2, top_k, renormalize, config, first_expert, out)

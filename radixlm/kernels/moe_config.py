@@ -7,6 +7,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from radixlm.kernels.moe_align import ONE_PROGRAM_ROWS
+from radixlm.kernels.moe_route import fits_one_launch
+
 try:
     import triton
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
@@ -76,3 +79,51 @@ def moe_config(num_rows: int, num_experts: int, hidden: int, inter: int) -> MoeC
     if per_expert <= 384:
         return MoeConfig(128, GemmConfig(128, 64, 8, 8, 3), GemmConfig(256, 64, 8, 8, 3))
     return MoeConfig(128, GemmConfig(64, 64, 8, 8, 3), GemmConfig(128, 64, 8, 8, 3))
+
+
+# the decode sizes (pdl.MAX_ROWS) whose top-k sum runs inside the down GEMM
+SUM_IN_DOWN_MAX_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class MoePlan:
+    """Which kernels one fused MoE call launches (`launches()`, in order). `route`: "one_launch"
+    (router top-k and alignment in one kernel, `moe_route`), "topk" (`fused_topk`, then the
+    alignment) or "given" (the caller routed; the alignment only). `align_launches`: the
+    alignment's own launches, 0 inside the routing, 1 up to `ONE_PROGRAM_ROWS` rows, else 2.
+    `top_k_sum`: "in_down" (the down GEMM's last program per N tile sums, no launch),
+    "kernel" (`_sum_kernel`) or "atomic" (`MoeConfig.atomic_sum`: a memset before, a cast after)."""
+
+    route: str
+    align_launches: int
+    top_k_sum: str
+
+    def launches(self) -> tuple[str, ...]:
+        routing = {"one_launch": ("route_align",), "topk": ("topk",), "given": ()}[self.route]
+        align = ("align", "scatter")[: self.align_launches]
+        gemms = {"in_down": ("gate_up", "down_sum"), "kernel": ("gate_up", "down", "sum")}
+        if self.top_k_sum == "atomic":
+            return ("memset",) + routing + align + ("gate_up", "down_atomic", "cast")
+        return routing + align + gemms[self.top_k_sum]
+
+
+def plan_moe(num_tokens: int, top_k: int, hidden: int, config: MoeConfig, router_experts: int = 0) -> MoePlan:
+    """The plan of T = `num_tokens` tokens routed to `top_k` experts under `config`, routed from
+    logits over `router_experts` experts (0: the caller gives ids). Decode sizes (at most
+    `SUM_IN_DOWN_MAX_TOKENS` tokens and one alignment program) sum in the down GEMM; routing is
+    one launch where `moe_route.fits_one_launch`."""
+    one_program = num_tokens * top_k <= ONE_PROGRAM_ROWS
+    if not router_experts:
+        route = "given"
+    elif fits_one_launch(num_tokens, router_experts, top_k):
+        route = "one_launch"
+    else:
+        route = "topk"
+    align = 0 if route == "one_launch" else 1 if one_program else 2
+    in_down = (
+        num_tokens <= SUM_IN_DOWN_MAX_TOKENS
+        and one_program
+        and triton.cdiv(hidden, config.down.block_n) <= ONE_PROGRAM_ROWS
+    )
+    top_k_sum = "atomic" if config.atomic_sum else "in_down" if in_down else "kernel"
+    return MoePlan(route, align, top_k_sum)

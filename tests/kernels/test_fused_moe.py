@@ -9,6 +9,11 @@ each; `experts_reference` in bf16 lands at 4e-3 to 7e-3), fp16 2e-3, float32 1e-
 Triton's interpreter truncates float32 to bf16 instead of rounding to nearest (twice the
 rounding error: its bf16 results land at 6e-3 to 9e-3), so bf16 through the interpreter gets 2e-2.
 
+At decode sizes (<= 16 tokens) the routed `fused_moe` (routing and alignment in one launch, the
+top-k sum inside the down GEMM) must equal `fused_topk` + `fused_experts` and `fused_experts`
+with the separate sum kernel bit for bit (top-k 1-8, experts without tokens, expert-parallel
+ranks, a rank with none of the chosen experts).
+
 A few small shapes run through Triton's interpreter (TRITON_INTERPRET=1, in a subprocess so
 other tests keep the compiled mode), and the GEMM kernels are compiled ahead of time for sm_90
 (no GPU needed: wgmma and pipelined loads checked on the PTX). The full grid (experts 8-128,
@@ -19,7 +24,9 @@ marked `gpu`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import itertools
 
 import pytest
@@ -133,6 +140,64 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
         assert owner[:used_blocks].unique().numel() == int((counts > 0).sum())  # one run of blocks per expert
 
 
+# (tokens, router experts, top_k, hidden, inter, first_expert, local experts): decode sizes for the
+# interpreter, top-k 1-8, experts left without tokens, expert-parallel ranks, a partial K tile (48)
+DECODE_CASES = (
+    (1, 8, 1, 64, 32, 0, 8),
+    (2, 16, 2, 64, 48, 0, 16),
+    (4, 16, 4, 96, 32, 8, 8),
+    (5, 16, 7, 64, 32, 0, 16),
+    (6, 32, 6, 64, 32, 0, 32),
+    (9, 32, 3, 64, 32, 0, 32),
+    (3, 8, 5, 64, 32, 4, 2),
+    (16, 8, 8, 64, 32, 0, 8),
+)
+
+
+@contextlib.contextmanager
+def top_k_sum_kernel():
+    """While inside, every plan sums the top-k in `_sum_kernel` (as beyond the decode sizes)."""
+    from radixlm.kernels import moe_config
+
+    limit = moe_config.SUM_IN_DOWN_MAX_TOKENS
+    moe_config.SUM_IN_DOWN_MAX_TOKENS = 0
+    try:
+        yield
+    finally:
+        moe_config.SUM_IN_DOWN_MAX_TOKENS = limit
+
+
+def check_decode_paths(cases: tuple, device: str, gen: torch.Generator) -> None:
+    """At decode sizes `fused_moe` (routing in one launch, the top-k sum in the down GEMM)
+    equals `fused_topk` + `fused_experts` (alignment on its own) and `fused_experts` with the
+    top-k summed by `_sum_kernel`, bit for bit, and the reference within the tolerance. Every
+    output starts as NaN; with no routed rows at all (this rank holds none of the chosen
+    experts) it must come out zero."""
+    from radixlm.kernels.fused_moe import fused_experts, fused_moe, moe_config, plan_moe
+    from radixlm.kernels.moe_topk import fused_topk
+
+    for tokens, router_experts, top_k, hidden, inter, first, local in cases:
+        x, w13, w2 = make_case(tokens, local, 1, hidden, inter, 1, 0.0, torch.bfloat16, device, gen)[:3]
+        logits = torch.randn(tokens, router_experts, generator=gen, device=device)
+        config = moe_config(tokens * top_k, local, hidden, inter)
+        assert plan_moe(tokens, top_k, hidden, config, router_experts).launches()[-1] == "down_sum"
+        nan = functools.partial(torch.full_like, x, float("nan"))
+        got = fused_moe(x, logits, w13, w2, top_k, True, first, out=nan())
+        weights, ids = fused_topk(logits, top_k, True, first, local)
+        two_step = fused_experts(x, w13, w2, weights, ids, out=nan())
+        with top_k_sum_kernel():
+            separate = fused_experts(x, w13, w2, weights, ids, out=nan())
+        case = (tokens, router_experts, top_k, first, local)
+        assert torch.equal(got, two_step) and torch.equal(two_step, separate), case
+        want = reference64(x, w13, w2, weights, ids)
+        if (ids >= 0).any():
+            assert rel_err(got, want) <= (TOL if x.is_cuda else INTERP_TOL)[torch.bfloat16], case
+        else:
+            assert torch.equal(got, torch.zeros_like(got)), case
+    x, w13, w2, weights, ids = make_case(3, 8, 2, 64, 32, 8, 1.0, torch.bfloat16, device, gen)  # every id -1
+    assert torch.equal(fused_experts(x, w13, w2, weights, ids, out=torch.full_like(x, float("nan"))), 0 * x)
+
+
 def check_interpreter_cases() -> None:
     """The small cases in bf16 through `moe_config` and through explicit small tiles (grouped
     program order, 32-row blocks, the atomic top-k sum), two of them in float32."""
@@ -151,6 +216,22 @@ def check_interpreter_cases() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
 def test_fused_experts_through_the_interpreter() -> None:
     run_interpreted("test_fused_moe", "t.check_interpreter_cases()")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
+def test_decode_paths_through_the_interpreter() -> None:
+    code = (
+        f"import sys; sys.path.insert(0, {HERE!r}); import test_fused_moe as t, torch; "
+        "t.check_decode_paths(t.DECODE_CASES, 'cpu', torch.Generator().manual_seed(1))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_config_table() -> None:
@@ -199,7 +280,12 @@ def test_rejects_mismatched_shapes() -> None:
         fused_experts(x, w13, torch.zeros(4, 64, 32), weights, ids, out=torch.zeros(64, 2).t())  # strided out
 
 
-_INT_POINTERS = ("ids_ptr", "sorted_ptr", "cursor_ptr", "block_expert_ptr", "num_padded_ptr")
+_INT_POINTERS = ("ids_ptr", "sorted_ptr", "cursor_ptr", "block_expert_ptr", "num_padded_ptr", "done_ptr")
+# the one-launch routing at Qwen3-30B-A3B's decode (16 tokens, 128 experts, top-8, PDL)
+ROUTE_ALIGN_QWEN3 = dict(
+    TOP_K=8, K_POW2=8, E_POW2=128, BLOCK_T=16, RENORMALIZE=True, BLOCK_M=16, LOCAL_POW2=128, CHUNK=1024,
+    BLOCKS_CHUNK=64, PDL=True,
+)  # fmt: skip
 
 
 def compile_for_hopper(kernel, constexprs: dict, num_warps: int, num_stages: int):
@@ -234,17 +320,20 @@ def check_hopper_compile() -> None:
     wgmma, and every GEMM's loads are pipelined (shared memory for more than one stage)."""
     from radixlm.kernels import fused_moe as fm
     from radixlm.kernels import moe_align as ma
+    from radixlm.kernels import moe_gemm as mg
+    from radixlm.kernels import moe_route as mr
 
     configs = {
-        fm.moe_config(tokens * top_k, experts, hidden, inter)
+        (fm.moe_config(tokens * top_k, experts, hidden, inter), top_k)
         for hidden, inter, experts, top_k in ((2048, 768, 128, 8), (4096, 14336, 8, 2))
         for tokens in (1, 64, 4096)
     }
-    for config in configs:
+    for config, top_k in configs:
         for kernel, gemm, extra in (
-            (fm._gate_up_kernel, config.gate_up, {}),
-            (fm._down_kernel, config.down, {"ATOMIC": False}),
-            (fm._down_kernel, config.down, {"ATOMIC": True}),
+            (mg._gate_up_kernel, config.gate_up, {}),
+            (mg._down_kernel, config.down, {"SUM": "kernel", "TOP_K": top_k, "T_POW2": 1}),
+            (mg._down_kernel, config.down, {"SUM": "atomic", "TOP_K": top_k, "T_POW2": 1}),
+            (mg._down_kernel, config.down, {"SUM": "in_down", "TOP_K": top_k, "T_POW2": 16}),
         ):
             constexprs = dict(
                 extra,
@@ -259,7 +348,7 @@ def check_hopper_compile() -> None:
             )
             compiled = compile_for_hopper(kernel, constexprs, gemm.num_warps, gemm.num_stages)
             ptx = compiled.asm["ptx"]
-            width = 2 * gemm.block_n if kernel is fm._gate_up_kernel else gemm.block_n
+            width = 2 * gemm.block_n if kernel is mg._gate_up_kernel else gemm.block_n
             one_stage = 2 * (config.block_m + width) * gemm.block_k
             assert compiled.metadata.shared > one_stage, (kernel.__name__, config)
             assert "cp.async" in ptx, (kernel.__name__, config)
@@ -267,6 +356,7 @@ def check_hopper_compile() -> None:
                 assert "wgmma.mma_async" in ptx, (kernel.__name__, config)
     for kernel, constexprs, warps in (
         (ma._align_kernel, dict(BLOCK_M=64, E_POW2=128, CHUNK=4096, BLOCKS_CHUNK=64, SCATTER=False, PDL=False), 16),
+        (mr._route_align_kernel, ROUTE_ALIGN_QWEN3, 4),
         (ma._align_kernel, dict(BLOCK_M=16, E_POW2=128, CHUNK=1024, BLOCKS_CHUNK=64, SCATTER=True, PDL=True), 4),
         (ma._scatter_kernel, dict(CHUNK=1024), 4),
         (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024, PDL=True), 4),
@@ -377,3 +467,56 @@ def test_cuda_graph_capture_replays_with_new_routing(tokens: int) -> None:
             assert torch.equal(out, torch.zeros_like(out))
         else:
             assert rel_err(out, want) <= TOL[torch.bfloat16], (used, invalid)
+
+
+GPU_DECODE = (
+    DECODE_CASES
+    + tuple(
+        (tokens, 128, 8, 2048, 768, first, local)  # Qwen3-30B-A3B, whole and as one of 4 expert-parallel ranks
+        for tokens in (1, 2, 3, 4, 7, 8, 12, 16)
+        for first, local in ((0, 128), (96, 32))
+    )
+    + ((1, 8, 2, 4096, 14336, 0, 8), (16, 8, 2, 4096, 14336, 0, 8))
+)  # Mixtral-8x7B
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decode_paths_equal_bit_for_bit_on_gpu() -> None:
+    """`check_decode_paths` compiled (PDL on Hopper): the in-down top-k sum's counters and
+    memory ordering, which the interpreter's one-program-at-a-time run cannot exercise."""
+    gen = torch.Generator("cuda").manual_seed(5)
+    for _ in range(3):  # a race would show as a NaN or a partial sum in some run
+        check_decode_paths(GPU_DECODE, "cuda", gen)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("tokens", [1, 8, 16])
+def test_fused_moe_in_a_cuda_graph_replays_with_new_logits(tokens: int) -> None:
+    """`fused_moe` captured once (three launches at these sizes), replayed after new inputs and
+    router logits are copied in: each replay equals `fused_topk` + `fused_experts` eagerly."""
+    from radixlm.kernels.fused_moe import fused_experts, fused_moe
+    from radixlm.kernels.moe_topk import fused_topk
+
+    gen = torch.Generator("cuda").manual_seed(13)
+    experts, top_k, hidden, inter = 128, 8, 2048, 768
+    x, w13, w2 = make_case(tokens, experts, top_k, hidden, inter, experts, 0.0, torch.bfloat16, "cuda", gen)[:3]
+    logits = torch.randn(tokens, experts, generator=gen, device="cuda").bfloat16()
+    out = torch.empty_like(x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fused_moe(x, logits, w13, w2, top_k, True, out=out)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fused_moe(x, logits, w13, w2, top_k, True, out=out)
+    for _ in range(4):
+        x.copy_(torch.randn(x.shape, generator=gen, device="cuda"))
+        logits.copy_(torch.randn(logits.shape, generator=gen, device="cuda"))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        weights, ids = fused_topk(logits, top_k, True)
+        assert torch.equal(out, fused_experts(x, w13, w2, weights, ids))

@@ -57,6 +57,26 @@ def test_shards_summed_over_ranks_equal_the_unsharded_reference(tp: int, ep: int
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tp,ep", [(1, 1), (2, 1), (2, 2), (4, 4)])
+def test_routed_from_logits_equals_forward_on_select_experts(tp: int, ep: int) -> None:
+    """`routed(x, logits, k, renormalize)` (what the block calls) routes with `select_experts`'
+    contract and runs the same experts; summed over ranks, the unsharded reference."""
+    gate, up, down, router = full_weights()
+    x = torch.randn(T, H, generator=torch.Generator().manual_seed(2))
+    logits = x @ router.t()
+    for renormalize in (False, True):
+        weights, ids = select_experts(logits, TOP_K, renormalize)
+        expected = experts_reference(x, torch.cat([gate, up], dim=1), down, weights, ids)
+        total = torch.zeros_like(x)
+        for rank in range(tp):
+            layer = MoEExperts(E, H, INTER, TPGroup(rank, tp), ep)
+            load_per_expert(layer, gate, up, down)
+            partial = layer.routed(x, logits, TOP_K, renormalize)
+            assert torch.equal(partial, layer(x, weights, ids))
+            total += partial
+        torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_expert_parallel_rank_maps_other_ranks_experts_to_minus_one() -> None:
     layer = MoEExperts(E, H, INTER, TPGroup(1, 2), ep_size=2)
     ids = torch.tensor([[0, 4], [7, 3], [5, 6]], dtype=torch.int32)

@@ -19,7 +19,6 @@ from radixlm.kernels import gemv
 from radixlm.layers.basic import fused_silu_and_mul, silu_and_mul, use_fused_kernels
 from radixlm.layers.linear import ColumnParallelLinear, RowParallelLinear
 from radixlm.layers.moe.layer import MoEExperts
-from radixlm.layers.moe.routing import select_experts
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,7 @@ class SparseMoEBlock(nn.Module):
         return self._reduce(self._partial(x))
 
     def _partial(self, x: torch.Tensor) -> torch.Tensor:
-        topk_weights, topk_ids = select_experts(self.gate(x), self.top_k, self.renormalize)
-        return self.experts(x, topk_weights, topk_ids)
+        return self.experts.routed(x, self.gate(x), self.top_k, self.renormalize)
 
 
 class SharedExpertMoEBlock(SparseMoEBlock):

@@ -22,10 +22,13 @@ from radixlm.distributed.group import TPGroup
 from radixlm.layers.basic import use_fused_kernels
 from radixlm.layers.linear import copy_checked, split_evenly
 from radixlm.layers.moe.reference import experts_reference
+from radixlm.layers.moe.routing import select_experts
 
 logger = logging.getLogger(__name__)
 
 ExpertsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (x, router_logits, w13, w2, top_k, renormalize, first_expert) -> this rank's partial output
+RoutedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, bool, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ class ExpertTensor:
 class MoEExperts(nn.Module):
     """`w13_weight` [E_local, 2 * I_local, H] (gate rows first, then up) and `w2_weight`
     [E_local, H, I_local]. `forward(x, topk_weights, topk_ids)` takes global expert ids and
-    returns this rank's partial output [T, H], not yet summed over ranks."""
+    returns this rank's partial output [T, H], not yet summed over ranks; `routed(x,
+    router_logits, top_k, renormalize)` routes first (`select_experts`' contract): on CUDA
+    `fused_moe`, whose decode path is three launches for routing and experts together."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int, tp: TPGroup, ep_size: int = 1) -> None:
         super().__init__()
@@ -86,14 +91,35 @@ class MoEExperts(nn.Module):
         self.w13_weight = nn.Parameter(torch.empty(e, 2 * i, hidden))
         self.w2_weight = nn.Parameter(torch.empty(e, hidden, i))
         self._experts: ExpertsFn = experts_reference
+        self._routed: RoutedFn = self._routed_reference
         self._ids = self._local_ids if self.shard.expert_parallel else _same_ids
 
     def init_cache(self, device: torch.device) -> None:
         """Choose the implementation for `device` once the weights are materialized there."""
-        self._experts = _fused_experts() if use_fused_kernels(device) else experts_reference
+        fused = use_fused_kernels(device)
+        self._experts = _fused_experts() if fused else experts_reference
+        self._routed = (_fused_moe() if fused else None) or self._routed_reference
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         return self._experts(x, self.w13_weight, self.w2_weight, topk_weights, self._ids(topk_ids))
+
+    def routed(self, x: torch.Tensor, router_logits: torch.Tensor, top_k: int, renormalize: bool) -> torch.Tensor:
+        """`forward` on `select_experts(router_logits, top_k, renormalize)`'s routing."""
+        w13, w2 = self.w13_weight, self.w2_weight
+        return self._routed(x, router_logits, w13, w2, top_k, renormalize, self.shard.first_expert)
+
+    def _routed_reference(
+        self,
+        x: torch.Tensor,
+        router_logits: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        top_k: int,
+        renormalize: bool,
+        first_expert: int,
+    ) -> torch.Tensor:
+        topk_weights, topk_ids = select_experts(router_logits, top_k, renormalize)
+        return self._experts(x, w13, w2, topk_weights, self._ids(topk_ids))
 
     def _local_ids(self, topk_ids: torch.Tensor) -> torch.Tensor:
         """Global ids -> this rank's, -1 for experts held elsewhere (on the device, no sync)."""
@@ -157,3 +183,16 @@ def _fused_experts() -> ExpertsFn:
         )
         return experts_reference
     return fused_experts
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_moe() -> Optional[RoutedFn]:
+    """The fused routed MoE (`fused_moe`), None while the kernels are not installed (the
+    reference routing then runs `_fused_experts()`'s fallback)."""
+    try:
+        from radixlm.kernels.fused_moe import fused_moe
+    except ModuleNotFoundError as exc:
+        if exc.name != "radixlm.kernels.fused_moe":
+            raise
+        return None
+    return fused_moe
