@@ -168,6 +168,44 @@ def test_fused_projection_parts_interpreted() -> None:
     run_interpreted("test_lora_kernels", "t.check_parts('cpu')")
 
 
+def check_long_k(device: str) -> None:
+    """Llama-sized K at decode (a base row between two adapters' rows): the most partials per
+    row (K 4096: 64 one-tile programs of 64; K 14336: 56 of 256), summed by the expand."""
+    from radixlm.lora import ops_torch, triton_ops
+    from radixlm.lora.batch_info import LoraBatchInfo
+
+    gen = torch.Generator().manual_seed(3)
+    row_slots = [0, -1, 1]
+    for k, dtype, tol in ((4096, torch.float32, 1e-5), (14336, torch.bfloat16, 2e-2)):
+        t, r, n = len(row_slots), 16, 80
+        x = torch.randn(t, k, generator=gen).to(device, dtype)
+        a = (torch.randn(2, r, k, generator=gen) / k**0.5).to(device, dtype)
+        b = torch.randn(2, n, r, generator=gen).to(device, dtype)
+        out = torch.randn(t, n, generator=gen).to(device, dtype)
+        info = LoraBatchInfo(max_tokens=8, device=torch.device(device), num_slots=2)
+        info.set_rows(row_slots, [1] * t)
+        seg = info.segments(t)
+        s = triton_ops.shrink(x, a, seg)
+        assert s.shape[0] == triton_ops.split_k(seg, k, 1)[0] > 16
+        scales = torch.tensor([0.5, 2.0], device=device)
+        got = triton_ops.expand_add(out.clone(), s, b, scales, seg)
+        want_s = ops_torch.shrink(x, a, info.host_segments)
+        want = ops_torch.expand_add(out.clone(), want_s, b, [0.5, 2.0], info.host_segments)
+        assert rel_err(got, want) <= tol, (k, dtype, rel_err(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_long_k_split_on_gpu() -> None:
+    check_long_k("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
+def test_long_k_split_interpreted() -> None:
+    pytest.importorskip("triton")
+    run_interpreted("test_lora_kernels", "t.check_long_k('cpu')")
+
+
 @pytest.mark.parametrize("k", [64, 300, 4096, 14336])
 @pytest.mark.parametrize("layout", ["decode-1", "decode-256", "prefill"])
 def test_split_k_plan_covers_k_in_whole_tiles(k: int, layout: str) -> None:
