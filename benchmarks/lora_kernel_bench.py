@@ -1,6 +1,7 @@
-"""Microseconds per projection of the LoRA term at decode, inside a CUDA graph: the fused
-one-launch kernel (`triton_fused`) against the shrink + expand pair (`triton_ops`), on the
-Llama-3-8B projections (q/k/v, o, gate/up, down), 32 layers' worth per graph replay.
+"""Microseconds per projection of the LoRA term at decode, inside a CUDA graph: the shrink +
+expand pair (`triton_ops`) as the engine launches it ("pair": programmatic dependent launch at
+decode sizes on Hopper) and with PDL off ("nopdl"), on the Llama-3-8B projections (q/k/v, o,
+gate/up, down), 32 layers' worth per graph replay.
 
     python benchmarks/lora_kernel_bench.py            # GPU only
 """
@@ -47,7 +48,7 @@ def _graph_us(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def bench(rows: int, adapters: int, rank: int, slots: int, reps: int) -> None:
-    from radixlm.lora import triton_fused, triton_ops
+    from radixlm.lora import triton_ops
     from radixlm.lora.batch_info import LoraBatchInfo
 
     dev = torch.device("cuda")
@@ -65,16 +66,15 @@ def bench(rows: int, adapters: int, rank: int, slots: int, reps: int) -> None:
         bounds = tuple(list(torch.tensor(parts).cumsum(0)[:-1].tolist()) + [n] * (3 - len(parts)))[:2]
 
         def pair() -> None:
-            triton_ops.expand_add(out, triton_ops.shrink(x, a, seg), b, scales, seg)
+            triton_ops.expand_add(out, triton_ops.shrink(x, a, seg), b, scales, seg, bounds, rank)
 
         times = {"pair": _graph_us(pair, reps)}
-        for bn, bk in ((0, 0), (64, 256), (128, 128), (128, 512), (256, 256), (0, 1024)):
-            try:
-                times[f"fused{bn or 'auto'}x{bk or 'auto'}"] = _graph_us(
-                    lambda bn=bn, bk=bk: triton_fused.fused_add(out, x, a, b, scales, seg, bounds, rank, bn, bk), reps
-                )
-            except Exception as exc:  # e.g. a tile needing more shared memory than the GPU has
-                print(f"{name} fused{bn}x{bk}: {type(exc).__name__}", file=sys.stderr)
+        launch = triton_ops.pdl_launch
+        triton_ops.pdl_launch = lambda t, rows: {"PDL": False, "launch_pdl": False}  # the same kernels, PDL off
+        try:
+            times["nopdl"] = _graph_us(pair, reps)
+        finally:
+            triton_ops.pdl_launch = launch
         line.append(f"{name} " + " ".join(f"{k}={v:.1f}" for k, v in times.items()))
     print("  ".join(line), flush=True)
 

@@ -8,9 +8,9 @@ down_proj) after its weights are loaded. Its adapter weights live in per-slot de
 * `b` [slots, out_local, P * R]: block-diagonal, part p's B at its output rows (where the fused
   base output puts that part on this rank) and columns p*R .. p*R + r.
 
-So one shrink and one expand cover all parts and every adapter lands on its own output slice;
-a small decode batch runs both, fused, as one launch per projection (`triton_fused`). A forward
-with no row on an adapter (`LoraBatchInfo.active` false) launches nothing beyond the base layer.
+So one shrink and one expand cover all parts and every adapter lands on its own output slice
+(two launches per projection). A forward with no row on an adapter (`LoraBatchInfo.active`
+false) launches nothing beyond the base layer.
 Under tensor parallelism a column-parallel layer holds B's rows of its output shard (A whole);
 a row-parallel one holds A's columns of its input shard (B whole) and all-reduces the shrunk
 rows before expanding, so the term is added once, after the base all-reduce.
@@ -39,21 +39,16 @@ class PartLayout:
     cols: Callable[[torch.Tensor], torch.Tensor]
 
 
-FUSED_MAX_ROWS = 8  # decode batches up to this many rows take the one-launch fused kernel
-
-
 class LoraKernels:
     """The shrink / expand pair, chosen once: Triton on CUDA, the torch reference elsewhere
     (`triton` forces a choice: the interpreter tests run the Triton path on the CPU)."""
 
     def __init__(self, device: torch.device, triton: Optional[bool] = None) -> None:
         self.triton = device.type == "cuda" if triton is None else triton
-        self._fused: Any = None
         if self.triton:
-            from radixlm.lora import triton_fused, triton_ops
+            from radixlm.lora import triton_ops
 
             self._ops: Any = triton_ops
-            self._fused = triton_fused.fused_add
         else:
             from radixlm.lora import ops_torch
 
@@ -68,18 +63,20 @@ class LoraKernels:
         scales: tuple[torch.Tensor, list[float]],
         info: LoraBatchInfo,
         reduce: Optional[Callable[[torch.Tensor], torch.Tensor]],
-        bounds: tuple[int, int] = (0, 0),
+        bounds: Optional[tuple[int, int]] = None,
         rank: int = 0,
     ) -> torch.Tensor:
-        """out += the LoRA term of every row, in place. `bounds`, `rank`: where the layer's parts
-        2 and 3 start in `out` and the pool's rank (the fused kernel reads only a tile's parts)."""
-        if self.triton and info.per_token and reduce is None and x.shape[0] <= FUSED_MAX_ROWS:
-            return self._fused(out, x.contiguous(), a, b, scales[0], info.segments(x.shape[0]), bounds, rank)
-        seg: Any = info.segments(x.shape[0]) if self.triton else info.host_segments
+        """out += the LoRA term of every row, in place: one shrink and one expand launch (none
+        beyond them: the expand adds into `out`). `bounds`, `rank`: where the layer's second
+        and third parts start in `out` and the pool's rank (None, 0: one part; see `expand_add`)."""
+        if not self.triton:
+            s = self._ops.shrink(x, a, info.host_segments)
+            s = s if reduce is None else reduce(s)
+            return self._ops.expand_add(out, s, b, scales[1], info.host_segments)
+        seg = info.segments(x.shape[0])
         s = self._ops.shrink(x.contiguous(), a, seg)
-        if reduce is not None:
-            s = reduce(s)
-        return self._ops.expand_add(out, s, b, scales[0] if self.triton else scales[1], seg)
+        s = s if reduce is None else reduce(s)
+        return self._ops.expand_add(out, s, b, scales[0], seg, bounds, rank)
 
 
 class LoraLinear(nn.Module):

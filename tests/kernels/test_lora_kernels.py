@@ -68,7 +68,7 @@ def check_triton(device: str) -> None:
             x, a, b, out, scales, info, row_slots = _case(gen, rows, slots, device, dtype)
             assert info.per_token == all(n == 1 for n in rows)
             seg = info.segments(x.shape[0])
-            assert (triton_ops.split_k(seg, K, 2) > 1) == info.per_token  # a short decode batch splits K
+            assert (triton_ops.split_k(seg, K, 2)[0] > 1) == info.per_token  # a short decode batch splits K
             s = triton_ops.shrink(x, a, seg)
             want_s = ops_torch.shrink(x, a, info.host_segments)
             lora_rows = [i for i, slot in enumerate(row_slots) if slot >= 0]  # base rows of s: unspecified
@@ -94,11 +94,11 @@ def test_triton_kernels_interpreted() -> None:
     run_interpreted("test_lora_kernels", "t.check_triton('cpu')")
 
 
-# -- the fused one-launch decode kernel (triton_fused) ------------------------------------------
-PARTS = (40, 24, 24)  # a q/k/v-like fused projection: odd part sizes, tiles straddling part bounds
-FUSED_K, POOL_RANK, FUSED_SLOTS = 300, 24, 4
+# -- fused projections: block-diagonal B, the expand reading only a tile's parts ---------------
+PARTS = (40, 40, 24)  # a q/k/v-like fused projection: both 64-column output tiles straddle a part bound
+PARTS_K, POOL_RANK, PARTS_SLOTS = 300, 24, 4
 ADAPTER_RANKS = (24, 8, 16, 3)  # per slot; the pool's rank is the largest (--max-lora-rank)
-FUSED_CASES = (
+PARTS_CASES = (
     [0],  # batch 1
     [-1],  # batch 1, base only: untouched
     [1, -1, 3, 1, 0, 2, -1, 3],  # every adapter, base rows interleaved
@@ -122,47 +122,110 @@ def _block_diagonal(gen: torch.Generator, n_in: int, parts: tuple[int, ...], slo
     return a.to(dtype), b.to(dtype)
 
 
-def check_fused(device: str) -> None:
-    """The fused kernel against the torch shrink + expand reference, in float32 and bfloat16."""
-    from radixlm.lora import ops_torch, triton_fused
+def check_parts(device: str) -> None:
+    """Shrink + part-aware expand on a fused projection's pool layout, decode batches padded to a
+    CUDA-graph bucket, against the torch reference (which multiplies all of B), float32 and bf16."""
+    from radixlm.lora import ops_torch, triton_ops
     from radixlm.lora.batch_info import LoraBatchInfo
 
     gen = torch.Generator().manual_seed(2)
     bounds = (PARTS[0], PARTS[0] + PARTS[1])
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        for row_slots in FUSED_CASES:
-            a, b = _block_diagonal(gen, FUSED_K, PARTS, FUSED_SLOTS, dtype)
+        for row_slots in PARTS_CASES:
+            a, b = _block_diagonal(gen, PARTS_K, PARTS, PARTS_SLOTS, dtype)
             a, b = a.to(device), b.to(device)
             t = len(row_slots)
-            x = torch.randn(t, FUSED_K, generator=gen).to(device, dtype)
+            x = torch.randn(t, PARTS_K, generator=gen).to(device, dtype)
             out = torch.randn(t, sum(PARTS), generator=gen).to(device, dtype)
             scales = [0.5, 2.0, 1.25, 3.0]
-            info = LoraBatchInfo(max_tokens=32, device=torch.device(device), num_slots=FUSED_SLOTS)
+            info = LoraBatchInfo(max_tokens=32, device=torch.device(device), num_slots=PARTS_SLOTS)
             info.set_rows(row_slots, [1] * t)
-            padded = t + 1  # a CUDA-graph bucket with a padding row
-            seg = info.segments(padded)
+            seg = info.segments(t + 1)  # a CUDA-graph bucket with a padding row
             x_pad = torch.cat([x, torch.zeros_like(x[:1])])
             out_pad = torch.cat([out, torch.zeros_like(out[:1])])
             dev_scales = torch.tensor(scales, dtype=torch.float32, device=device)
-            for block_n in (0, 16):  # the default tile, and narrow tiles: some inside one part
-                got = triton_fused.fused_add(out_pad.clone(), x_pad, a, b, dev_scales, seg, bounds, POOL_RANK, block_n)
-                s = ops_torch.shrink(x, a, info.host_segments)
-                want = ops_torch.expand_add(out.clone(), s, b, scales, info.host_segments)
-                assert rel_err(got[:t], want) <= tol, (dtype, row_slots, block_n, rel_err(got[:t], want))
-                base_rows = [i for i, slot in enumerate(row_slots) if slot < 0] + [t]
-                assert torch.equal(got[base_rows], out_pad[base_rows])  # base and padding rows untouched
-                if dtype == torch.float32:  # and it is a LoRA term: differs from out where an adapter is
-                    lora_rows = [i for i, slot in enumerate(row_slots) if slot >= 0]
-                    assert all(not torch.allclose(got[i], out[i]) for i in lora_rows)
+            s = triton_ops.shrink(x_pad, a, seg)
+            got = triton_ops.expand_add(out_pad.clone(), s, b, dev_scales, seg, bounds, POOL_RANK)
+            want_s = ops_torch.shrink(x, a, info.host_segments)
+            want = ops_torch.expand_add(out.clone(), want_s, b, scales, info.host_segments)
+            assert rel_err(got[:t], want) <= tol, (dtype, row_slots, rel_err(got[:t], want))
+            base_rows = [i for i, slot in enumerate(row_slots) if slot < 0] + [t]
+            assert torch.equal(got[base_rows], out_pad[base_rows])  # base and padding rows untouched
+            if dtype == torch.float32:  # and it is a LoRA term: differs from out where an adapter is
+                lora_rows = [i for i, slot in enumerate(row_slots) if slot >= 0]
+                assert all(not torch.allclose(got[i], out[i]) for i in lora_rows)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_kernel_on_gpu() -> None:
-    check_fused("cuda")
+def test_fused_projection_parts_on_gpu() -> None:
+    check_parts("cuda")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernel is checked instead")
-def test_fused_kernel_interpreted() -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
+def test_fused_projection_parts_interpreted() -> None:
     pytest.importorskip("triton")
-    run_interpreted("test_lora_kernels", "t.check_fused('cpu')")
+    run_interpreted("test_lora_kernels", "t.check_parts('cpu')")
+
+
+def check_long_k(device: str) -> None:
+    """Llama-sized K at decode (a base row between two adapters' rows): the most partials per
+    row (K 4096: 64 one-tile programs of 64; K 14336: 56 of 256), summed by the expand."""
+    from radixlm.lora import ops_torch, triton_ops
+    from radixlm.lora.batch_info import LoraBatchInfo
+
+    gen = torch.Generator().manual_seed(3)
+    row_slots = [0, -1, 1]
+    for k, dtype, tol in ((4096, torch.float32, 1e-5), (14336, torch.bfloat16, 2e-2)):
+        t, r, n = len(row_slots), 16, 80
+        x = torch.randn(t, k, generator=gen).to(device, dtype)
+        a = (torch.randn(2, r, k, generator=gen) / k**0.5).to(device, dtype)
+        b = torch.randn(2, n, r, generator=gen).to(device, dtype)
+        out = torch.randn(t, n, generator=gen).to(device, dtype)
+        info = LoraBatchInfo(max_tokens=8, device=torch.device(device), num_slots=2)
+        info.set_rows(row_slots, [1] * t)
+        seg = info.segments(t)
+        s = triton_ops.shrink(x, a, seg)
+        assert s.shape[0] == triton_ops.split_k(seg, k, 1)[0] > 16
+        scales = torch.tensor([0.5, 2.0], device=device)
+        got = triton_ops.expand_add(out.clone(), s, b, scales, seg)
+        want_s = ops_torch.shrink(x, a, info.host_segments)
+        want = ops_torch.expand_add(out.clone(), want_s, b, [0.5, 2.0], info.host_segments)
+        assert rel_err(got, want) <= tol, (k, dtype, rel_err(got, want))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_long_k_split_on_gpu() -> None:
+    check_long_k("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
+def test_long_k_split_interpreted() -> None:
+    pytest.importorskip("triton")
+    run_interpreted("test_lora_kernels", "t.check_long_k('cpu')")
+
+
+@pytest.mark.parametrize("k", [64, 300, 4096, 14336])
+@pytest.mark.parametrize("layout", ["decode-1", "decode-256", "prefill"])
+def test_split_k_plan_covers_k_in_whole_tiles(k: int, layout: str) -> None:
+    """Every K element in exactly one program's K slice, whole tiles per slice, at most MAX_SPLIT
+    partials; a batch-1 decode spreads K over several programs, a prefill does not split."""
+    pytest.importorskip("triton")
+    from radixlm.lora import triton_ops
+    from radixlm.lora.batch_info import LoraBatchInfo
+
+    info = LoraBatchInfo(max_tokens=256, device=torch.device("cpu"), num_slots=8)
+    if layout == "prefill":
+        info.set_rows([0, 1], [40, 30])
+        rows = 70
+    else:
+        rows = int(layout.split("-")[1])
+        info.set_rows([i % 8 for i in range(rows)], [1] * rows)
+    split, k_per, block_k = triton_ops.split_k(info.segments(rows), k, 1)
+    assert 1 <= split <= triton_ops.MAX_SPLIT and k_per % block_k == 0
+    assert (split - 1) * k_per < k <= split * k_per  # the last slice is not empty, none is missing
+    if layout == "prefill":
+        assert split == 1
+    if layout == "decode-1" and k >= 4096:
+        assert split >= 16 and block_k <= triton_ops.SPLIT_TILES[1]

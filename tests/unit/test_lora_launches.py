@@ -1,7 +1,8 @@
 """How many kernels the LoRA term adds to a projection, counted on the CPU: the Triton kernels
 are replaced by recorders (nothing is compiled or run) and the torch ops of the forward are
-counted by a dispatch mode. At decode, the budget inside a CUDA graph is one launch per fused
-projection (q/k/v together) with adapters, and none at all for a base-only batch."""
+counted by a dispatch mode. At decode, the budget inside a CUDA graph is two launches per fused
+projection (q/k/v together) with adapters, a shrink and an expand that adds in place (so eight
+per Llama layer), and none at all for a base-only batch."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
 
-from radixlm.lora import triton_fused, triton_ops  # noqa: E402
+from radixlm.lora import triton_ops  # noqa: E402
 from radixlm.lora.batch_info import LoraBatchInfo  # noqa: E402
-from radixlm.lora.layer import FUSED_MAX_ROWS, LoraKernels, LoraLinear, PartLayout  # noqa: E402
+from radixlm.lora.layer import LoraKernels, LoraLinear, PartLayout  # noqa: E402
 
 # ops that launch nothing: views, metadata, and the output buffer's allocation
+IN = 300  # input features: more than one K tile, so a batch-1 shrink splits K
 _FREE = {"view", "_unsafe_view", "reshape", "t", "alias", "detach", "as_strided", "expand", "empty", "slice"}
 
 
@@ -50,12 +52,12 @@ def _qkv_layer(info: LoraBatchInfo) -> LoraLinear:
     parts = [
         PartLayout(n, off, size, identity, identity) for n, off, size in (("q", 0, 64), ("k", 64, 32), ("v", 96, 32))
     ]
-    base = nn.Linear(48, 128, bias=False)
+    base = nn.Linear(IN, 128, bias=False)
     scales = (torch.ones(4), [1.0] * 4)
     return LoraLinear(
         base,
         parts,
-        48,
+        IN,
         128,
         (4, 8, torch.float32, torch.device("cpu")),
         info,
@@ -66,16 +68,12 @@ def _qkv_layer(info: LoraBatchInfo) -> LoraLinear:
 
 def _count(monkeypatch: pytest.MonkeyPatch, row_slots: list[int], rows_per_req: list[int]) -> tuple[list, Counter]:
     launches: list[tuple[str, Any]] = []
-    for module, name in (
-        (triton_fused, "_fused_kernel"),
-        (triton_ops, "_shrink_kernel"),
-        (triton_ops, "_expand_kernel"),
-    ):
-        monkeypatch.setattr(module, name, _Recorder(name, launches))
+    for name in ("_shrink_kernel", "_expand_kernel"):
+        monkeypatch.setattr(triton_ops, name, _Recorder(name, launches))
     info = LoraBatchInfo(max_tokens=64, device=torch.device("cpu"), num_slots=4)
     layer = _qkv_layer(info)
     info.set_rows(row_slots, rows_per_req)
-    x = torch.randn(sum(rows_per_req), 48)
+    x = torch.randn(sum(rows_per_req), IN)
     with torch.no_grad(), _OpCounter() as counter:
         layer(x)
     return launches, counter.ops
@@ -88,13 +86,15 @@ def _base_ops() -> Counter:
     return counter.ops
 
 
-def test_decode_with_adapters_is_one_launch_per_fused_projection(monkeypatch: pytest.MonkeyPatch) -> None:
-    for row_slots in ([0], [2, -1, 0, 2, 1, -1, 3, 0][:FUSED_MAX_ROWS]):
+def test_decode_with_adapters_is_a_shrink_and_an_expand_per_fused_projection(monkeypatch: pytest.MonkeyPatch) -> None:
+    for row_slots in ([0], [2, -1, 0, 2, 1, -1, 3, 0], [1] * 20):
         launches, ops = _count(monkeypatch, row_slots, [1] * len(row_slots))
-        assert [name for name, _ in launches] == ["_fused_kernel"], launches
+        assert [name for name, _ in launches] == ["_shrink_kernel", "_expand_kernel"], launches
         assert ops == _base_ops(), ops - _base_ops()  # no copy, add or index kernel beside the base matmul
     launches, _ = _count(monkeypatch, [0], [1])
-    assert launches[0][1][0] == 1  # batch 1: one row block, not one per adapter slot
+    (_, shrink_grid), (_, expand_grid) = launches
+    assert shrink_grid[:2] == (1, 1) and expand_grid[:2] == (1, 1)  # batch 1: one row block, not one per slot
+    assert shrink_grid[2] == -(-IN // triton_ops.SPLIT_TILES[0])  # K split, one tile per program
 
 
 def test_base_only_batch_launches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,12 +103,12 @@ def test_base_only_batch_launches_nothing(monkeypatch: pytest.MonkeyPatch) -> No
         assert launches == [] and ops == _base_ops()
 
 
-def test_prefill_and_large_decode_keep_the_segmented_pair(monkeypatch: pytest.MonkeyPatch) -> None:
-    launches, _ = _count(monkeypatch, [0, -1, 1], [5, 3, 2])
+def test_prefill_is_the_same_pair_unsplit(monkeypatch: pytest.MonkeyPatch) -> None:
+    launches, ops = _count(monkeypatch, [0, -1, 1], [5, 3, 2])
     assert [name for name, _ in launches] == ["_shrink_kernel", "_expand_kernel"]
-    n = FUSED_MAX_ROWS + 1
-    launches, _ = _count(monkeypatch, [0] * n, [1] * n)
-    assert [name for name, _ in launches] == ["_shrink_kernel", "_expand_kernel"]
+    assert ops == _base_ops(), ops - _base_ops()
+    launches, _ = _count(monkeypatch, [0, 1], [40, 30])
+    assert launches[0][1][2] == 1  # segments longer than a row block: K not split (one column block)
 
 
 def test_graph_replay_picks_the_variant_without_lora_launches_for_base_only_batches() -> None:
