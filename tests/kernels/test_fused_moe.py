@@ -220,18 +220,9 @@ def test_fused_experts_through_the_interpreter() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
 def test_decode_paths_through_the_interpreter() -> None:
-    code = (
-        f"import sys; sys.path.insert(0, {HERE!r}); import test_fused_moe as t, torch; "
-        "t.check_decode_paths(t.DECODE_CASES, 'cpu', torch.Generator().manual_seed(1))"
+    run_interpreted(
+        "test_fused_moe", "t.check_decode_paths(t.DECODE_CASES, 'cpu', torch.Generator().manual_seed(1))", timeout=900
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_config_table() -> None:

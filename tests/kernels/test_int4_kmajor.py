@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 from radixlm.layers.quantization import gguf_blocks
 from radixlm.layers.quantization import q4k_kmajor as Q
@@ -186,11 +186,8 @@ def check_kernels(device: str) -> None:
         assert got.shape == (m, 96) and rel_err(got, x.double() @ w.t() + bias.double()) < tol, (m, dtype)
 
 
-def run_interpreted(check: str) -> None:
-    code = f"import sys; sys.path[:0] = [{HERE!r}, {TESTS!r}]; import test_int4_kmajor as t; t.{check}('cpu')"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def interpreted(check: str) -> None:
+    run_interpreted("test_int4_kmajor", f"t.{check}('cpu')", timeout=900)
 
 
 def test_kmajor_kernels_match_float64_products() -> None:
@@ -198,7 +195,7 @@ def test_kmajor_kernels_match_float64_products() -> None:
     if torch.cuda.is_available():
         check_kernels("cuda")
         return
-    run_interpreted("check_kernels")
+    interpreted("check_kernels")
 
 
 @pytest.mark.gpu

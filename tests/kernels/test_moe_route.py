@@ -13,15 +13,12 @@ a wider grid at the Qwen3-30B-A3B shape on the GPU.
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers.interpreted import run_interpreted
 
 pytest.importorskip("triton")
-HERE = os.path.dirname(__file__)
 
 # (tokens, experts, top_k, renormalize, logits dtype, first_expert, num_local (-1: all), block_m)
 SMALL = (
@@ -109,18 +106,7 @@ def check_against_two_launches(cases: tuple, device: str) -> None:
 
 
 def test_one_launch_routing_through_the_interpreter() -> None:
-    code = (
-        f"import sys; sys.path.insert(0, {HERE!r}); import test_moe_route as t; "
-        "t.check_against_two_launches(t.SMALL, 'cpu')"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_interpreted("test_moe_route", "t.check_against_two_launches(t.SMALL, 'cpu')")
 
 
 def test_fits_one_launch_and_refusals() -> None:
