@@ -39,7 +39,9 @@ sys.path.insert(0, os.path.dirname(HERE))  # radixlm from this checkout, not an 
 sys.path.insert(1, HERE)
 
 import torch  # noqa: E402
-from offline_throughput import build_hf_peer, hf_generate, model_shape, random_prompts  # noqa: E402
+from hf_peer import build_hf_peer, hf_generate  # noqa: E402
+from offline_throughput import random_prompts  # noqa: E402
+from throughput_measure import model_shape  # noqa: E402
 
 BATCH_A, IN_A, OUT_A = 32, 55, 32
 IN_B, OUT_B = 55, 64
