@@ -13,6 +13,8 @@ import torch
 from radixlm.config.server_args import ServerArgs
 from radixlm.kernels import cpu_q4
 from radixlm.layers.quantization import gguf_blocks
+from radixlm.model_loader import gguf_header
+from radixlm.model_loader.gguf_header import tensor_types
 from radixlm.model_loader.gguf_reader import GGUFCheckpoint
 from radixlm.model_loader.loader import load_model_config, resolve_dtype
 from radixlm.model_loader.weight_format import choose_quantization
@@ -66,14 +68,13 @@ def test_where_the_blocks_cannot_be_kept_the_file_is_dequantized(
 
 def test_projections_the_c_kernel_lacks_are_dequantized(config: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Q4_K_M-style file (some projections Q4_K / Q6_K) would be decoded in torch per call: float instead."""
-    real = GGUFCheckpoint.quant_types
 
-    def mixed(self: GGUFCheckpoint) -> dict[str, int]:
-        types = real(self)
+    def mixed(path: str) -> dict[str, int]:
+        types = tensor_types(path)
         down = next(name for name in types if name.endswith("down_proj.weight"))
         return {**types, down: gguf_blocks.Q6_K}
 
-    monkeypatch.setattr(GGUFCheckpoint, "quant_types", mixed)
+    monkeypatch.setattr(gguf_header, "tensor_types", mixed)
     assert choose(config) is None
     assert choose(config, quantization="gguf") == "gguf"  # still there when asked for
 
@@ -90,6 +91,21 @@ def test_none_refuses_a_quantized_checkpoint() -> None:
     awq = SimpleNamespace(quantization_config={"quant_method": "awq"})
     with pytest.raises(ValueError, match=r"--quantization none: the checkpoint is quantized \(awq\)"):
         choose_quantization(ServerArgs(quantization="none"), awq, CPU)
+
+
+def test_the_header_scan_gives_the_readers_tensor_types(config: object) -> None:
+    path = ServerArgs().model_path
+    assert tensor_types(path) == GGUFCheckpoint(path).quant_types()
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path: object) -> None:
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"GGML" + bytes(20))
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        tensor_types(str(bad))
+    bad.write_bytes(b"GGUF" + bytes(3))
+    with pytest.raises(ValueError, match="header ends early"):
+        tensor_types(str(bad))
 
 
 def test_dtype_auto_with_blocks_kept_on_the_cpu_is_float32() -> None:

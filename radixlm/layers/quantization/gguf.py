@@ -184,9 +184,9 @@ def cpu_blocks_reason(model_path: str) -> Optional[str]:
     every linear projection must be in a block type the C kernel multiplies (`cpu_q4.FORMATS`:
     Q4_0, Q4_1, Q8_0; others would be decoded in torch per call) and the kernel must build here."""
     from radixlm.kernels import cpu_q4
-    from radixlm.model_loader.gguf_reader import GGUFCheckpoint
+    from radixlm.model_loader.gguf_header import tensor_types
 
-    types = {name: t for name, t in GGUFCheckpoint(model_path).quant_types().items() if _LINEAR.fullmatch(name)}
+    types = {name: t for name, t in tensor_types(model_path).items() if _LINEAR.fullmatch(name)}
     if not types:
         return "no linear projections found"
     others = sorted({_type_name(t) for t in types.values() if t not in cpu_q4.FORMATS})
