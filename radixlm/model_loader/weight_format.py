@@ -5,7 +5,7 @@ refused for a checkpoint that is itself quantized). Unset: the checkpoint's own
 `quantization_config`, and for a .gguf file on the CPU its blocks kept (`gguf`, as llama.cpp runs
 it) where the CPU kernels multiply every projection's block type (`gguf.cpu_blocks_reason`) and the
 model can hold them (native, tp 1, no LoRA); any other .gguf file, and every one on a GPU, is
-dequantized at load as before. A .gguf model logs the choice and the flag that changes it.
+dequantized at load. A .gguf model logs the choice and the flag that changes it.
 `--gguf-cpu-activations int8` needs the blocks kept on the CPU.
 """
 
