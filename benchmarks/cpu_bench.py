@@ -4,17 +4,20 @@
     python benchmarks/cpu_bench.py --quick         # a smoke run
     PYTHONPATH=/tmp/llama-site python benchmarks/cpu_bench.py   # with llama-cpp-python importable
 
-All three run the bundled SmolLM2-135M-Instruct (Q4_1 GGUF): radixlm and HF on its dequantized
-tensors (HF in float32 and bfloat16, the best of its batch sizes counts), llama.cpp on the file
-itself. Greedy, EOS ignored, random prompt ids in [100, vocab) from a fixed seed.
+All three run the bundled SmolLM2-135M-Instruct (Q4_1 GGUF): radixlm with `Engine()` defaults
+(on the CPU: the Q4_1 linears kept in their blocks, float32 activations; `model_loader.weight_format`),
+HF on the file's dequantized tensors (float32 and bfloat16, the best of its batch sizes counts),
+llama.cpp on the file itself. Greedy, EOS ignored, random prompt ids in [100, vocab) from a fixed seed.
 
 (a) 32 prompts x 55 in x 32 out, output tok/s over the whole call, read against the GEMM ceiling
     (model FLOPs / best float32 or bfloat16 GEMM rate measured here, whichever the run used);
-(b) one request, 55 in, 64 out, output tok/s over the whole request, read against the bytes one
-    decode step must read (weights + KV) over the measured copy bandwidth;
+(b) one request, 55 in, 64 out, output tok/s over the whole request, read against the weight bytes
+    one decode step must read (the GGUF file with its blocks kept, else the dequantized tensors)
+    over the measured copy bandwidth;
 (c) 64 prompts sharing a 512-token prefix (+32 unique, 32 out): radix cache on vs off.
-`--quant-flag` (repeatable) names an extra radixlm engine for (a) and (b) (ServerArgs field=value[,...], e.g.
-`quantization=gguf`: the Q4_1 linears kept in their blocks) shown beside the default.
+`--quant-flag` (repeatable) names an extra radixlm engine for (a) and (b) (ServerArgs field=value[,...]) shown
+beside the defaults; without one, `gguf_cpu_activations=int8` (the opt-in int8 dots). `quantization=none` shows
+the dequantized float model.
 Every figure also as output tokens per CPU-second of the processes involved (psutil: this one
 and the Engine's children), the fair figure when the machine is shared and oversubscribed.
 `--alternations N` runs radixlm's default and the `--quant-flag` engines N times each, alternately,
@@ -36,12 +39,16 @@ sys.path.insert(0, os.path.dirname(HERE))  # radixlm from this checkout, not an 
 sys.path.insert(1, HERE)
 
 import torch  # noqa: E402
-from offline_throughput import build_hf_peer, hf_generate, model_shape, random_prompts  # noqa: E402
+from hf_peer import build_hf_peer, hf_generate  # noqa: E402
+from offline_throughput import random_prompts  # noqa: E402
+from throughput_measure import model_shape  # noqa: E402
 
 BATCH_A, IN_A, OUT_A = 32, 55, 32
 IN_B, OUT_B = 55, 64
 PREFIX_C, SUFFIX_C, COUNT_C, OUT_C = 512, 32, 64, 32
 TARGET_A, TARGET_B_HF, TARGET_B_LLAMA = 3.0, 2.0, 0.8
+DEFAULTS = "Engine() defaults"  # the label of the radixlm rows the targets apply to
+INT8 = "gguf_cpu_activations=int8"  # the extra engine shown when no --quant-flag is given
 
 
 @dataclass(frozen=True)
@@ -115,9 +122,12 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 # -- radixlm -----------------------------------------------------------------------------------
-def radixlm_runs(plans: list[tuple[str, list[list[list[int]]], int]], **engine_args: Any) -> list[Figure]:
+def radixlm_runs(
+    plans: list[tuple[str, list[list[list[int]]], int]], label: str = DEFAULTS, **engine_args: Any
+) -> list[Figure]:
     """One `Engine(**engine_args)` (defaults otherwise); after a warm-up, each plan (name, calls
-    of prompts, output length) is timed with the radix cache flushed before it."""
+    of prompts, output length) is timed with the radix cache flushed before it; figures are named
+    `radixlm <label> <plan name>`."""
     import radixlm
 
     figures = []
@@ -131,7 +141,7 @@ def radixlm_runs(plans: list[tuple[str, list[list[list[int]]], int]], **engine_a
             outs = [o for prompts in calls for o in engine.generate(input_ids=prompts, sampling_params=params)]
             seconds, cpu = time.perf_counter() - start, cpu_now() - cpu
             tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
-            figures.append(_shown(Figure(name, seconds, tokens, cpu)))
+            figures.append(_shown(Figure(f"radixlm {label} {name}", seconds, tokens, cpu)))
     return figures
 
 
@@ -149,7 +159,7 @@ def alternated(
         ours.append(radixlm_runs(plans, **common))
         for extra, runs_of in zip(extras, theirs):
             tag = " ".join(f"{k}={v}" for k, v in extra.items())
-            runs_of.append(radixlm_runs([(f"{name} {tag}", calls, n) for name, calls, n in plans], **extra, **common))
+            runs_of.append(radixlm_runs(plans, tag, **extra, **common))
     return _medians(ours), [f for runs_of in theirs for f in _medians(runs_of)]
 
 
@@ -201,11 +211,22 @@ def _llama_generate(llm: Any, prompt: list[int], out_len: int) -> None:
 
 
 # -- report ------------------------------------------------------------------------------------
-def weight_bytes(path: str, dtype_bytes: int) -> int:
-    """Bytes of the weights one decode step reads at `dtype_bytes` per element (tied LM head once)."""
+def default_weights(path: str, common: dict[str, Any]) -> tuple[str, torch.dtype, int]:
+    """(what `Engine(**common)` runs on this CPU, its dtype, the bytes of weights one batch-1 decode
+    step reads), by the rule the Engine applies at start-up (`model_loader.weight_format`)."""
+    from radixlm.config.server_args import ServerArgs
     from radixlm.model_loader.gguf_reader import GGUFCheckpoint
+    from radixlm.model_loader.loader import load_model_config, resolve_dtype
+    from radixlm.model_loader.weight_format import choose_quantization
 
-    return sum(t.numel() for _, t in GGUFCheckpoint(path).tensors()) * dtype_bytes
+    args, cpu = ServerArgs(model_path=path, **common), torch.device("cpu")
+    config = load_model_config(path)
+    quant = choose_quantization(args, config, cpu)
+    dtype = resolve_dtype(args.dtype, config, cpu, quant)
+    if quant == "gguf":  # the projections' and the head's blocks: the file, as llama.cpp reads it
+        return "GGUF blocks kept", dtype, os.path.getsize(path)
+    elements = sum(t.numel() for _, t in GGUFCheckpoint(path).tensors())  # tied LM head once
+    return "dequantized", dtype, elements * torch.tensor([], dtype=dtype).element_size()
 
 
 def best(figures: list[Figure], prefix: str) -> Figure:
@@ -214,7 +235,7 @@ def best(figures: list[Figure], prefix: str) -> Figure:
 
 def report(lines: list[str], figures: list[Figure]) -> None:
     for f in figures:
-        lines.append(f"  {f.name:<34} {f.seconds:8.2f} s {f.tok_s:9.1f} out tok/s {f.tok_cpu_s:9.1f} per CPU-s")
+        lines.append(f"  {f.name:<40} {f.seconds:8.2f} s {f.tok_s:9.1f} out tok/s {f.tok_cpu_s:9.1f} per CPU-s")
 
 
 def parse_args() -> argparse.Namespace:
@@ -226,8 +247,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--quant-flag",
         action="append",
-        default=[],
-        help="an extra radixlm engine with these ServerArgs field=value[,field=value] (repeatable)",
+        default=None,
+        help=f"an extra radixlm engine with these ServerArgs field=value[,field=value] (repeatable; default: {INT8})",
     )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads of every system (default: torch's)")
     ap.add_argument("--alternations", type=int, default=1, help="radixlm runs (default, --quant-flag) alternated")
@@ -260,16 +281,16 @@ def main() -> None:
     print(f"  GEMM {gemm32:.0f} / {gemm16:.0f} GFLOP/s, copy {bw:.1f} GB/s", flush=True)
     lines.append(f"ceilings: GEMM float32 {gemm32:.0f} GFLOP/s, bfloat16 {gemm16:.0f} GFLOP/s; copy {bw:.1f} GB/s")
 
-    plans = [("radixlm (a)", [prompts_a], OUT_A), ("radixlm (b)", [[prompt_b]], OUT_B)]
-    flags = [dict(kv.split("=", 1) for kv in flag.split(",")) for flag in args.quant_flag]
+    plans = [("(a)", [prompts_a], OUT_A), ("(b)", [[prompt_b]], OUT_B)]
+    flags = [dict(kv.split("=", 1) for kv in flag.split(",")) for flag in args.quant_flag or [INT8]]
     common = {"num_threads": args.threads} if args.threads else {}
     ours, extra = alternated(plans, args.alternations, flags, common)
     if not args.skip_cache:
-        ours += radixlm_runs([("radixlm (c) cache on", [prompts_c], OUT_C)], **common)
+        ours += radixlm_runs([("(c) cache on", [prompts_c], OUT_C)], **common)
     off = (
         []
         if args.skip_cache
-        else radixlm_runs([("radixlm (c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True, **common)
+        else radixlm_runs([("(c) cache off", [prompts_c], OUT_C)], disable_radix_cache=True, **common)
     )
     # HF in bfloat16 only where bf16 GEMMs are not slower than float32 ones: without native bf16
     # (AVX2-only CPUs) they run ~100x slower here and the sweep would take hours to lose.
@@ -279,20 +300,17 @@ def main() -> None:
     hf_a = hf_figures(path, prompts_a, OUT_A, [8, 32] if not args.quick else [8], hf_dtypes)
     hf_b = hf_figures(path, [prompt_b], OUT_B, [1], hf_dtypes)
     llama = [] if args.skip_llama_cpp else llama_cpp_figures(path, prompt_b, OUT_B, [1, 2])
-    from radixlm.model_loader.cpu_dtype import cpu_auto_dtype
-
-    dtype = cpu_auto_dtype()  # what the Engine's `dtype="auto"` resolved to (same rule, same machine)
+    weights, dtype, step_bytes = default_weights(path, common)
     flops_a = shape.flops(sum(map(len, prompts_a)), len(prompts_a) * (OUT_A - 1), len(prompts_a) * OUT_A) / 1e9
     by_name = {f.name: f for f in ours + off + extra}
-    a, b = by_name["radixlm (a)"], by_name["radixlm (b)"]
+    a, b = by_name[f"radixlm {DEFAULTS} (a)"], by_name[f"radixlm {DEFAULTS} (b)"]
     rate = gemm16 if dtype == torch.bfloat16 else gemm32
-    step_bytes = weight_bytes(path, torch.tensor([], dtype=dtype).element_size())
-    lines.append(f"radixlm Engine() defaults: dtype auto = {dtype}")
+    lines.append(f"radixlm {DEFAULTS}: weights {weights}, dtype auto = {dtype}")
     lines.append(f"(a) {len(prompts_a)} prompts x {IN_A} in x {OUT_A} out")
     report(lines, [a] + hf_a + [f for f in extra if "(a)" in f.name])
     hf_best_a = best(hf_a, "HF")
     lines.append(
-        f"  radixlm {a.tok_s:.1f} tok/s = {flops_a / a.seconds:.1f} GFLOP/s = "
+        f"  radixlm defaults {a.tok_s:.1f} tok/s = {flops_a / a.seconds:.1f} GFLOP/s = "
         f"{100 * flops_a / a.seconds / rate:.0f}% of the {rate:.0f} GFLOP/s GEMM ceiling; "
         f"{a.tok_s / hf_best_a.tok_s:.2f}x HF's best ({hf_best_a.name}; target {TARGET_A:.0f}x)"
     )
@@ -301,7 +319,7 @@ def main() -> None:
     hf_best_b = best(hf_b, "HF")
     ceiling_b = bw * 1e9 / step_bytes
     lines.append(
-        f"  radixlm {b.tok_s:.1f} tok/s = {100 * b.tok_s / ceiling_b:.0f}% of {ceiling_b:.0f} tok/s "
+        f"  radixlm defaults {b.tok_s:.1f} tok/s = {100 * b.tok_s / ceiling_b:.0f}% of {ceiling_b:.0f} tok/s "
         f"({step_bytes / 1e6:.0f} MB of weights per step / {bw:.1f} GB/s); {b.tok_s / hf_best_b.tok_s:.2f}x HF's "
         f"best ({hf_best_b.name}; target {TARGET_B_HF:.0f}x)"
     )
@@ -317,7 +335,7 @@ def main() -> None:
         lines.append(
             f"  llama.cpp best {best_llama.tok_s:.1f} tok/s ({best_llama.name}; built with {args.llama_flags}) = "
             f"{100 * best_llama.tok_s * gguf_bytes / 1e9 / bw:.0f}% of its {bw * 1e9 / gguf_bytes:.0f} tok/s "
-            f"({gguf_bytes / 1e6:.0f} MB file); radixlm / llama.cpp = {b.tok_s / best_llama.tok_s:.2f} "
+            f"({gguf_bytes / 1e6:.0f} MB file); radixlm defaults / llama.cpp = {b.tok_s / best_llama.tok_s:.2f} "
             f"(target {TARGET_B_LLAMA})"
         )
         for f in extra:
@@ -332,7 +350,7 @@ def main() -> None:
             f"({hf_cpu_b.name} {hf_cpu_b.tok_cpu_s:.1f}){versus}"
         )
     if not args.skip_cache:
-        on, cold = by_name["radixlm (c) cache on"], by_name["radixlm (c) cache off"]
+        on, cold = by_name[f"radixlm {DEFAULTS} (c) cache on"], by_name[f"radixlm {DEFAULTS} (c) cache off"]
         lines.append(f"(c) {len(prompts_c)} prompts = {len(prefix)} shared + {SUFFIX_C} unique, {OUT_C} out")
         report(lines, [on, cold])
         lines.append(f"  radix cache gain: {on.tok_s / cold.tok_s:.2f}x")

@@ -26,7 +26,9 @@ HELP = {
     "model_path": "HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)",
     "ep_size": "expert parallelism for MoE models: 1 (default: every rank holds a slice of every expert) "
     "or equal to --tp (each rank holds whole experts, num_experts / tp of them)",
-    "quantization": "fp8, awq, gptq or gguf (default: the checkpoint's quantization_config, else none)",
+    "quantization": "fp8, awq, gptq, gguf or none (float weights). Default: the checkpoint's quantization_config; "
+    "a .gguf file on the CPU keeps its blocks (gguf) when every projection is Q4_0, Q4_1 or Q8_0, and is "
+    "dequantized to float otherwise and on GPUs",
     "lora_paths": "LoRA adapters (PEFT directories) to serve: name=path or a path (named by itself), several allowed",
 }
 # ServerArgs fields that only the HTTP front reads.

@@ -16,7 +16,7 @@ from radixlm.config.bundled import bundled_model_path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float", "bf16", "fp16", "fp32")
 LOAD_FORMATS = ("auto", "safetensors", "pt", "gguf", "dummy")
-QUANTIZATIONS = ("fp8", "awq", "gptq", "gguf")  # radixlm.layers.quantization; None: the checkpoint's own
+QUANTIZATIONS = ("fp8", "awq", "gptq", "gguf", "none")  # model_loader.weight_format; None: the default
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 MODEL_IMPLS = ("auto", "radixlm", "transformers")
 GRAMMAR_BACKENDS = ("xgrammar", "llguidance", "none")
@@ -35,7 +35,7 @@ class ServerArgs:
     trust_remote_code: bool = False
     load_format: str = "auto"
     dtype: str = "auto"
-    quantization: Optional[str] = None  # fp8 (online or checkpoint), awq, gptq, gguf (blocks kept)
+    quantization: Optional[str] = None  # fp8, awq, gptq, gguf (blocks kept), none; unset: weight_format's default
     gguf_cpu_activations: str = "float32"  # gguf on CPU, one-row products: float32 (exact) or int8 (llama.cpp's)
     device: str = "auto"
     context_length: Optional[int] = None

@@ -28,6 +28,7 @@ from radixlm.forward.batch import ForwardBatch, logit_hidden
 from radixlm.layers.linear import AttentionHeads
 from radixlm.mem_cache.kv_pool import KVPool, ReqToTokenPool, kv_cache_dtype
 from radixlm.model_loader.loader import build_model, kv_heads_of, load_model_config, resolve_dtype
+from radixlm.model_loader.weight_format import choose_quantization
 from radixlm.models.llama import head_dim_of
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ class ModelRunner:
             torch.set_num_threads(args.num_threads or max(1, (os.cpu_count() or 1) // self.tp.size))
         torch.manual_seed(args.random_seed)
         self.config = model_config or load_model_config(args.model_path, args.trust_remote_code)
-        self.dtype = resolve_dtype(args.dtype, self.config, self.device)
+        self.weight_quantization = choose_quantization(args, self.config, self.device)  # build_model's
+        self.dtype = resolve_dtype(args.dtype, self.config, self.device, self.weight_quantization)
         self.vocab_size = self.config.vocab_size
         self.context_len = args.context_length or self.config.max_position_embeddings
         self.max_running = args.max_running_requests or DEFAULT_MAX_RUNNING
@@ -111,7 +113,7 @@ class ModelRunner:
             self.context_len,
             self.tp,
             self.args.ep_size,
-            self.args.quantization,
+            self.weight_quantization,
             self.args.gguf_cpu_activations,
         )
         logger.info(

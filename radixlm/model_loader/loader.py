@@ -76,11 +76,16 @@ def kv_heads_of(config: Any) -> int:
     return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
 
 
-def resolve_dtype(name: str, config: Any, device: torch.device) -> torch.dtype:
-    """`auto`: on CPU bfloat16 where the cores have native bf16 dot products, else float32
-    (`cpu_dtype.cpu_auto_dtype`); the checkpoint's dtype elsewhere."""
+def resolve_dtype(name: str, config: Any, device: torch.device, quantization: Optional[str] = None) -> torch.dtype:
+    """`auto`: on CPU float32 with GGUF blocks kept (`quantization` "gguf": the C kernels compute
+    in float32 and the fused decode step needs float32 weights), else bfloat16 where the cores have
+    native bf16 dot products, else float32 (`cpu_dtype.cpu_auto_dtype`); the checkpoint's dtype
+    elsewhere."""
     if name != "auto":
         return _DTYPE_NAMES[name]
+    if device.type == "cpu" and quantization == "gguf":
+        logger.info("dtype auto on CPU with GGUF blocks kept: float32 (the block kernels' precision)")
+        return torch.float32
     if device.type == "cpu":
         from radixlm.model_loader.cpu_dtype import cpu_auto_dtype
 

@@ -1,6 +1,6 @@
 """`--quantization gguf` on the CPU (the bundled model's Q4_1 linears, and for fewer than
 `cpu_q4.GEMM_ROWS` rows its tied Q8_0 LM head, multiplied in their blocks by `kernels/cpu_q4.c`)
-against the default load (every tensor dequantized to float32).
+against `--quantization none` (every tensor dequantized to float32 at load).
 
 Each prompt is decoded alone (one row of x: the kernel's block-by-block dot) and all together
 (five rows: a weight row widened once per call), greedy with logprobs; the token ids must be the
@@ -37,7 +37,7 @@ def _decode(engine: Any, prompts: list[list[int]]) -> tuple[list[list[int]], lis
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_gguf_blocks_agree_with_the_dequantized_model() -> None:
-    with radixlm.Engine(**ENGINE) as dense:
+    with radixlm.Engine(quantization="none", **ENGINE) as dense:
         prompts = [dense.tokenizer.encode(p) for p in PROMPTS]
         ids, logprobs, batched = _decode(dense, prompts)
         sequences = [p + o for p, o in zip(prompts, ids)]

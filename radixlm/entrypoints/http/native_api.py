@@ -88,8 +88,7 @@ def native_router(state: ServerState) -> APIRouter:
             "served_model_name": state.model_name,
             "model_type": getattr(cfg, "model_type", None),
             "architectures": getattr(cfg, "architectures", None),
-            "quantization": engine.server_args.quantization
-            or (getattr(cfg, "quantization_config", None) or {}).get("quant_method"),
+            "quantization": (engine.get_server_info().get("quantization") or {}).get("quant_method"),
             "image_token": _image_token(engine),
         }
 

@@ -179,6 +179,31 @@ def gguf_plan(model_path: str, device: torch.device, activations: str = "float32
 _HEAD, _EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 
 
+def cpu_blocks_reason(model_path: str) -> Optional[str]:
+    """Why the .gguf file `model_path` would not run fast with its blocks kept on this CPU, or None:
+    every linear projection must be in a block type the C kernel multiplies (`cpu_q4.FORMATS`:
+    Q4_0, Q4_1, Q8_0; others would be decoded in torch per call) and the kernel must build here."""
+    from radixlm.kernels import cpu_q4
+    from radixlm.model_loader.gguf_header import tensor_types
+
+    types = {name: t for name, t in tensor_types(model_path).items() if _LINEAR.fullmatch(name)}
+    if not types:
+        return "no linear projections found"
+    others = sorted({_type_name(t) for t in types.values() if t not in cpu_q4.FORMATS})
+    if others:
+        return f"projections in {', '.join(others)}, which the CPU kernels do not multiply in blocks"
+    return cpu_q4.unavailable_reason()
+
+
+def _type_name(qtype: int) -> str:
+    from gguf import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(qtype).name
+    except ValueError:
+        return f"GGML type {qtype}"
+
+
 def _finish_on_cpu(name: str, head: Any, activations: str, model: nn.Module, device: torch.device) -> None:
     """The LM head kept in its blocks (`keep_head_in_blocks`), then one-request decode steps fused
     into one C call where the model allows (`gguf_cpu_decode.use_fused_decode`), both with
