@@ -47,8 +47,13 @@ class VocabMask:
         host = torch.empty((len(reqs), self.words), dtype=torch.int32, pin_memory=self.device.type == "cuda")
         if len(rows) < len(reqs):
             host.fill_(-1)  # rows without a grammar allow everything: masking leaves them as they are
+        by_kind: dict[type, tuple[list[Any], list[int]]] = {}  # one batched fill per grammar class
         for i in rows:
-            grammars[i].fill_vocab_mask(host, i)
+            kind = by_kind.setdefault(type(grammars[i]), ([], []))
+            kind[0].append(grammars[i])
+            kind[1].append(i)
+        for cls, (group, at) in by_kind.items():
+            cls.fill_vocab_masks(group, host, at)
         if self.valid is not None:
             host[rows] &= self.valid
         return host.to(self.device, non_blocking=True)
