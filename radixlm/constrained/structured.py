@@ -41,6 +41,15 @@ class StructuredOutput:
         self.masked_steps += 1
         return masked
 
+    def warm_up(self, model_vocab: int) -> None:
+        """Compile the device's masking kernel now rather than on the first constrained request
+        (Triton specializes integer arguments equal to 1 or divisible by 16: batches of 1, 2, 16)."""
+        device = self.mask.device
+        for rows in (1, 2, 16):
+            logits = torch.zeros((rows, model_vocab), dtype=torch.float32, device=device)
+            bitmask = torch.full((rows, self.mask.words), -1, dtype=torch.int32, device=device)
+            self.apply(logits, bitmask, vocab_size=model_vocab)
+
     def advance(self, req: Any, token: int) -> list[int]:
         """Tokens to append for sampled `token`: just it, or it re-split with forced text."""
         if req.grammar is None:
@@ -58,5 +67,9 @@ def build_structured_output(
     tokenizer_vocab = len(tokenizer) if tokenizer is not None else model_vocab
     mask = VocabMask(model_vocab, min(tokenizer_vocab, model_vocab), device)
     if jump_forward and tokenizer is not None:
-        return StructuredOutput(mask, JumpForwardStepper(eos_ids, tokenizer))
-    return StructuredOutput(mask, GrammarStepper(eos_ids))
+        structured = StructuredOutput(mask, JumpForwardStepper(eos_ids, tokenizer))
+    else:
+        structured = StructuredOutput(mask, GrammarStepper(eos_ids))
+    if mask.device.type == "cuda":
+        structured.warm_up(model_vocab)
+    return structured

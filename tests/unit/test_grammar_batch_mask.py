@@ -79,3 +79,10 @@ def test_batched_mask_equals_per_request_masks(tiny_tokenizer: Any, backend: str
     assert constrained_steps >= 8
     free = torch.zeros(1, vocab)
     assert structured.mask_logits(reqs[1:2], free) is free  # no grammar in the batch: no mask stage
+
+
+def test_warm_up_leaves_the_counters_alone(tiny_tokenizer: Any) -> None:
+    vocab = len(tiny_tokenizer) + PAD
+    structured = build_structured_output(tiny_tokenizer, vocab, {EOS}, False)
+    structured.warm_up(vocab)  # on CUDA this compiles the kernel; here it runs the CPU one
+    assert structured.seconds == 0.0 and structured.masked_steps == 0
