@@ -86,3 +86,24 @@ def test_warm_up_leaves_the_counters_alone(tiny_tokenizer: Any) -> None:
     structured = build_structured_output(tiny_tokenizer, vocab, {EOS}, False)
     structured.warm_up(vocab)  # on CUDA this compiles the kernel; here it runs the CPU one
     assert structured.seconds == 0.0 and structured.masked_steps == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_mask_equals_cpu_mask(tiny_tokenizer: Any) -> None:
+    """The pinned copy and the Triton kernel give the CPU path's masked logits, step by step."""
+    vocab = len(tiny_tokenizer) + PAD
+    cpu = build_structured_output(tiny_tokenizer, vocab, {EOS}, False)
+    cuda = build_structured_output(tiny_tokenizer, vocab, {EOS}, False, torch.device("cuda"))
+    reqs = batch(tiny_tokenizer, "xgrammar")
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        logits = torch.randn(len(reqs), vocab, generator=gen)
+        expected = cpu.mask_logits(reqs, logits)
+        assert torch.equal(cuda.mask_logits(reqs, logits.cuda()).cpu(), expected)
+        for req, token in zip(reqs, expected.argmax(-1).tolist()):
+            if req.grammar is None:
+                continue
+            assert req.grammar.accept_token(token)
+            if req.grammar.is_terminated():
+                req.grammar = None
