@@ -11,9 +11,11 @@ cost of the vocabulary mask (a constrained step vs an unconstrained decode step)
 Greedy. Wall time covers the whole batch (prefill included). Mask overhead is measured without
 jump-forward, so every output token of both runs is one decode step: the unconstrained run
 reproduces the constrained run's per-request lengths (ignore_eos), the batch shrinks identically.
-The overhead is read two ways: the scheduler's own count of host time spent on grammars (fill
-and apply the mask, advance the matchers) per constrained step, over an unconstrained step's time;
-and the wall-clock difference per step (the same quantity, but noisy on a loaded machine).
+The overhead is read two ways. The acceptance figure is the wall-clock difference per step
+(constrained vs unconstrained decode step; both the quicker of two runs). Beside it, the
+scheduler's own count of host time spent on grammars (fill the masks, launch the masking, advance
+the matchers) per constrained step: on a CPU it adds to the step; on CUDA the fill runs while the
+forward is on the device, so only what does not fit under the forward shows in the wall clock.
 Compile is excluded: the grammar is warmed up.
 """
 
@@ -135,7 +137,8 @@ def bench(count: int, threads: int, max_new: int, engine_kwargs: dict[str, Any])
                 params = {"temperature": 0, "max_new_tokens": max_new, **spec}
                 run(engine, texts[:1], params)  # warm-up: grammar compile (cached) and first forwards
                 label = f"{name}, {'jump-forward' if jump else 'no jump-forward'}"
-                results[label] = constrained = run(engine, texts, params, check)
+                tries = [run(engine, texts, params, check) for _ in range(1 if jump else 2)]
+                results[label] = constrained = min(tries, key=lambda r: r["wall_s"])  # less load noise
                 peer = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in constrained["lengths"]]
                 peers = [run(engine, texts, peer) for _ in range(2)]  # the quicker of two: less load noise
                 results[f"{name}, unconstrained peer ({'jf engine' if jump else 'no-jf engine'})"] = min(
@@ -179,10 +182,16 @@ def main() -> None:
             f"{name}: jump-forward end-to-end speedup {speedup:.2f}x "
             f"(target >= 1.5x{' on this workload' if name == 'character regex' else ', informational'}: "
             f"{'MET' if speedup >= 1.5 else 'NOT MET'}); constrained+jump-forward vs unconstrained same tokens: "
-            f"{vs_free:.2f}x; mask overhead per step: grammar host time {1000 * host:.2f} ms per constrained "
-            f"step = {100 * direct:.1f}% of an unconstrained step ({1000 * step_u:.1f} ms; target <= 15%: "
-            f"{'MET' if direct <= 0.15 else 'NOT MET'}); wall-clock difference {100 * overhead:+.1f}% "
-            f"({1000 * step_c:.1f} vs {1000 * step_u:.1f} ms/step, noisy under load)"
+            f"{vs_free:.2f}x"
+        )
+        print(
+            f"  mask overhead per decode step (acceptance, wall clock): {1000 * step_c:.2f} vs "
+            f"{1000 * step_u:.2f} ms/step = {100 * overhead:+.1f}% (target <= 15%: "
+            f"{'MET' if overhead <= 0.15 else 'NOT MET'}; noisy under load)"
+        )
+        print(
+            f"  grammar host time: {1000 * host:.2f} ms per constrained step ({nojf['masked_steps']} steps) = "
+            f"{100 * direct:.1f}% of an unconstrained step (informational: overlapped with the forward on CUDA)"
         )
     print(f"total bench wall {time.perf_counter() - started:.0f} s")
 

@@ -32,7 +32,14 @@ class Grammar(ABC):
     @abstractmethod
     def fill_vocab_mask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed next tokens into bitmask[row] (int32 words, bit j of word w = token
-        32*w + j; CPU, contiguous). Does not change the state."""
+        32*w + j; CPU, contiguous), overwriting the whole row. Does not change the state."""
+
+    @classmethod
+    def fill_vocab_masks(cls, grammars: list["Grammar"], bitmask: torch.Tensor, rows: list[int]) -> None:
+        """`grammars[k].fill_vocab_mask(bitmask, rows[k])` for every k (all of them instances of
+        `cls`); a backend may fill them in parallel."""
+        for grammar, row in zip(grammars, rows):
+            grammar.fill_vocab_mask(bitmask, row)
 
     @abstractmethod
     def is_terminated(self) -> bool:

@@ -8,12 +8,14 @@ import torch
 
 
 class VocabMask:
-    """Invariant: a filled bitmask has one row per constrained request of the batch, 32 token ids
-    per int32 word, and never allows an id at or past the tokenizer's vocabulary (the model's
-    vocabulary may be padded past it)."""
+    """Invariant: a filled bitmask never allows an id at or past the tokenizer's vocabulary in a
+    constrained row (the model's vocabulary may be padded past it), 32 token ids per int32 word.
+    `fill` has one row per constrained request (for callers that mask a subset of rows);
+    `fill_batch` has one row per request of the batch, all ones for a request without a grammar."""
 
-    def __init__(self, model_vocab: int, tokenizer_vocab: int) -> None:
+    def __init__(self, model_vocab: int, tokenizer_vocab: int, device: Optional[torch.device] = None) -> None:
         self.words = (model_vocab + 31) // 32
+        self.device = device if device is not None else torch.device("cpu")
         self.valid: Optional[torch.Tensor] = None
         if tokenizer_vocab < model_vocab:
             allowed = torch.zeros(self.words * 32, dtype=torch.int64)
@@ -33,3 +35,25 @@ class VocabMask:
         if self.valid is not None:
             bitmask &= self.valid
         return bitmask, torch.tensor(rows, dtype=torch.int64)
+
+    def fill_batch(self, reqs: list[Any]) -> Optional[torch.Tensor]:
+        """Bitmask [len(reqs), words] on `device` (row i: request i), or None when no request has
+        a grammar. Filled on the host in one buffer (pinned on CUDA) and copied to the device
+        without waiting: nothing here waits for work already queued on the device."""
+        grammars = [req.grammar for req in reqs]
+        rows = [i for i, grammar in enumerate(grammars) if grammar is not None]
+        if not rows:
+            return None
+        host = torch.empty((len(reqs), self.words), dtype=torch.int32, pin_memory=self.device.type == "cuda")
+        if len(rows) < len(reqs):
+            host.fill_(-1)  # rows without a grammar allow everything: masking leaves them as they are
+        by_kind: dict[type, tuple[list[Any], list[int]]] = {}  # one batched fill per grammar class
+        for i in rows:
+            kind = by_kind.setdefault(type(grammars[i]), ([], []))
+            kind[0].append(grammars[i])
+            kind[1].append(i)
+        for cls, (group, at) in by_kind.items():
+            cls.fill_vocab_masks(group, host, at)
+        if self.valid is not None:
+            host[rows] &= self.valid
+        return host.to(self.device, non_blocking=True)

@@ -26,16 +26,22 @@ def clean_error(exc: BaseException) -> str:
 
 
 class XGrammarGrammar(Grammar):
-    """A request's `xgrammar.GrammarMatcher`."""
+    """A request's `xgrammar.GrammarMatcher`; `batcher` (an `xgrammar.BatchGrammarMatcher`, shared
+    by the backend's grammars) fills several matchers' masks on its threads."""
 
-    def __init__(self, matcher: Any) -> None:
-        self.matcher = matcher
+    def __init__(self, matcher: Any, batcher: Any) -> None:
+        self.matcher, self.batcher = matcher, batcher
 
     def accept_token(self, token: int) -> bool:
         return self.matcher.accept_token(token)
 
     def fill_vocab_mask(self, bitmask: torch.Tensor, row: int) -> None:
         self.matcher.fill_next_token_bitmask(bitmask, row)
+
+    @classmethod
+    def fill_vocab_masks(cls, grammars: list[Grammar], bitmask: torch.Tensor, rows: list[int]) -> None:
+        matchers = [grammar.matcher for grammar in grammars]  # type: ignore[attr-defined]
+        grammars[0].batcher.batch_fill_next_token_bitmask(matchers, bitmask, rows)  # type: ignore[attr-defined]
 
     def is_terminated(self) -> bool:
         return self.matcher.is_terminated()
@@ -44,7 +50,7 @@ class XGrammarGrammar(Grammar):
         return self.matcher.find_jump_forward_string()
 
     def copy(self) -> "XGrammarGrammar":
-        return XGrammarGrammar(self.matcher.fork())
+        return XGrammarGrammar(self.matcher.fork(), self.batcher)
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens:
@@ -62,6 +68,7 @@ class XGrammarBackend(GrammarBackend):
         self.xgr = xgrammar
         self.tokenizer, self.vocab_size, self.eos_ids = tokenizer, vocab_size, eos_ids
         self._compiler: Optional[Any] = None
+        self._batcher: Optional[Any] = None
         self._lock = threading.Lock()
 
     def check(self, spec: GrammarSpec) -> None:
@@ -114,4 +121,7 @@ class XGrammarBackend(GrammarBackend):
             return self._compiler
 
     def new_grammar(self, compiled: Any) -> Grammar:
-        return XGrammarGrammar(self.xgr.GrammarMatcher(compiled))
+        with self._lock:  # its thread pool starts on first use
+            if self._batcher is None:
+                self._batcher = self.xgr.BatchGrammarMatcher(max_threads="auto")
+        return XGrammarGrammar(self.xgr.GrammarMatcher(compiled), self._batcher)

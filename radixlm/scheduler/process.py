@@ -46,7 +46,9 @@ def build_scheduler(
     req_pool = runner.req_to_token_pool
     tree = RadixCache(page_size=args.page_size, disable=args.disable_radix_cache)
     cache = KVCacheManager(allocator, req_pool, tree)
-    structured = build_structured_output(tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward)
+    structured = build_structured_output(
+        tokenizer, runner.vocab_size, eos_ids, not args.disable_jump_forward, runner.device
+    )
     text = TextTracker(tokenizer, eos_ids, runner.context_len)
     sampler = _sampler(args, text, structured, runner)
     spec, sampler = build_speculative(args, runner, cache, sampler)
