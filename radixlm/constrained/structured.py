@@ -4,6 +4,7 @@ at construction)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Optional
 
@@ -23,9 +24,7 @@ class StructuredOutput:
     """
 
     def __init__(self, mask: VocabMask, stepper: GrammarStepper) -> None:
-        from xgrammar import apply_token_bitmask_inplace  # any backend's masks: same packing
-
-        self.mask, self.stepper, self.apply = mask, stepper, apply_token_bitmask_inplace
+        self.mask, self.stepper = mask, stepper
         self.seconds, self.masked_steps = 0.0, 0
 
     def mask_logits(self, reqs: list[Any], logits: torch.Tensor) -> torch.Tensor:
@@ -36,7 +35,7 @@ class StructuredOutput:
         if bitmask is None:
             return logits
         masked = logits.clone()
-        self.apply(masked, bitmask, vocab_size=logits.shape[-1])
+        _apply_bitmask()(masked, bitmask, vocab_size=logits.shape[-1])
         self.seconds += time.perf_counter() - start
         self.masked_steps += 1
         return masked
@@ -48,7 +47,7 @@ class StructuredOutput:
         for rows in (1, 2, 16):
             logits = torch.zeros((rows, model_vocab), dtype=torch.float32, device=device)
             bitmask = torch.full((rows, self.mask.words), -1, dtype=torch.int32, device=device)
-            self.apply(logits, bitmask, vocab_size=model_vocab)
+            _apply_bitmask()(logits, bitmask, vocab_size=model_vocab)
 
     def advance(self, req: Any, token: int) -> list[int]:
         """Tokens to append for sampled `token`: just it, or it re-split with forced text."""
@@ -73,3 +72,12 @@ def build_structured_output(
     if mask.device.type == "cuda":
         structured.warm_up(model_vocab)
     return structured
+
+
+@functools.cache
+def _apply_bitmask() -> Any:
+    """xgrammar's batched masking (any backend's masks share its packing), imported on the first
+    constrained step: an engine that never sees a grammar does not import xgrammar."""
+    from xgrammar import apply_token_bitmask_inplace
+
+    return apply_token_bitmask_inplace
