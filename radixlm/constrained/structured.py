@@ -26,6 +26,10 @@ class StructuredOutput:
     def __init__(self, mask: VocabMask, stepper: GrammarStepper) -> None:
         self.mask, self.stepper = mask, stepper
         self.seconds, self.masked_steps = 0.0, 0
+        # A constrained request's next forward may run before its grammar has accepted its newest
+        # token (the sampling waits for the grammar) unless the grammar may append forced tokens,
+        # which change that forward's input.
+        self.can_lag = not stepper.forces_tokens
 
     def mask_logits(self, reqs: list[Any], logits: torch.Tensor) -> torch.Tensor:
         """`logits` itself when no request has a grammar, else a masked copy (row i is request
