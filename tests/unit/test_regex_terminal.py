@@ -1,6 +1,7 @@
 """The xgrammar backend compiles a regex as one automaton terminal (`regex_terminal`) instead of
-xgrammar's regex-to-rules conversion: the two must allow exactly the same tokens at every step.
-Random walks (seeded) through each regex compare the two bitmasks word for word, step by step."""
+xgrammar's regex-to-rules conversion: the two must allow exactly the same tokens (and force the
+same jump-forward text) at every step. Random walks (seeded) through each regex compare the two
+bitmasks bit for bit over the vocabulary, step by step."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def masks_along_walk(tokenizer: Any, regex: str, seed: int) -> int:
         a, b = torch.zeros(1, words, dtype=torch.int32), torch.zeros(1, words, dtype=torch.int32)
         terminal.fill_next_token_bitmask(a)
         rules.fill_next_token_bitmask(b)
+        assert terminal.find_jump_forward_string() == rules.find_jump_forward_string(), (regex, step)
         bits = ((a[0, :, None] >> torch.arange(32)) & 1).flatten()[:vocab]  # ids past the vocabulary: padding
         assert torch.equal(bits, ((b[0, :, None] >> torch.arange(32)) & 1).flatten()[:vocab]), (regex, step)
         allowed = bits.nonzero().flatten().tolist()
