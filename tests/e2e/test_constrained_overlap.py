@@ -1,8 +1,8 @@
 """Overlap scheduling with constrained requests: the forward of step N+1 is launched before the
-grammars accept step N's tokens, and the sampling of N+1 waits for them. Greedy outputs must be
-exactly those of the plain loop (regexes, JSON schemas, unconstrained rows in the same batches,
-requests finishing mid-flight), with jump-forward on and off, and the overlapped run must really
-have launched constrained forwards early."""
+grammars accept step N's tokens, and the sampling of N+1 waits for them. Outputs (greedy, and one
+seeded sampled row) must be exactly those of the plain loop (regexes, JSON schemas, unconstrained
+rows in the same batches, requests finishing mid-flight), with jump-forward on and off, and the
+overlapped run must really have launched constrained forwards early."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ SPECS: list[dict[str, Any]] = [
     {"regex": r"[a-z]{2,12}-[0-9]{1,3}( [a-z]{1,5}){0,6}"},
     {"json_schema": json.dumps(SCHEMA)},
     {"regex": r"(yes|no)"},  # finishes after a step or two, while the others run on
+    {"regex": r"[a-z ]{4,40}\.", "temperature": 0.9, "seed": 5},  # seeded sampling: same step seeds
 ]
-PROMPTS = [[5, 6, 7], [40, 41, 42, 43], [100, 7, 200], [9, 300, 12, 13, 14], [60, 61], [7, 8, 9, 10]]
+PROMPTS = [[5, 6, 7], [40, 41, 42, 43], [100, 7, 200], [9, 300, 12, 13, 14], [60, 61], [7, 8, 9, 10], [11, 12]]
 
 
 def run(tokenizer_dir: str, overlap: bool, jump: bool, backend: str) -> tuple[list[dict], Any]:
@@ -49,7 +50,9 @@ def run(tokenizer_dir: str, overlap: bool, jump: bool, backend: str) -> tuple[li
         disable_jump_forward=not jump,
         grammar_backend=backend,
     )
-    params = [SamplingParams(temperature=0, max_new_tokens=40 + 7 * i, **spec) for i, spec in enumerate(SPECS)]
+    params = [
+        SamplingParams(**{"temperature": 0, "max_new_tokens": 40 + 7 * i, **spec}) for i, spec in enumerate(SPECS)
+    ]
     return generate(sched, PROMPTS, params), sched
 
 
@@ -59,7 +62,7 @@ def test_overlapped_constrained_decode_matches_plain(tiny_llama_dir: str, jump: 
     overlapped, sched_on = run(tiny_llama_dir, True, jump, backend)
     serial, sched_off = run(tiny_llama_dir, False, jump, backend)
     assert [(r["ids"], r["finish"]) for r in overlapped] == [(r["ids"], r["finish"]) for r in serial]
-    constrained = [r for r, spec in zip(overlapped, SPECS) if spec]
+    constrained = [r for r, spec in zip(overlapped, SPECS) if "regex" in spec or "json_schema" in spec]
     assert all(r["finish"] is not None and len(r["ids"]) >= 1 for r in constrained)
     assert sum(len(r["ids"]) for r in constrained) > 40  # enough constrained steps to matter
     assert sched_off.num_overlapped_steps == 0
