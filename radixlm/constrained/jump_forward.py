@@ -16,7 +16,10 @@ from radixlm.ipc.finish import FinishAbort, FinishStop
 
 class GrammarStepper:
     """Accepts each sampled token into the request's grammar; finishes the request when the
-    grammar is complete (or, defensively, when it refuses a token)."""
+    grammar is complete (or, defensively, when it refuses a token). `forces_tokens`: whether
+    `advance` may return more tokens than the sampled one."""
+
+    forces_tokens = False
 
     def __init__(self, eos_ids: set[int]) -> None:
         self.eos_ids = eos_ids
@@ -41,6 +44,8 @@ class GrammarStepper:
 class JumpForwardStepper(GrammarStepper):
     """Also appends the grammar's forced continuation (at most MAX_JUMP_FORWARD_CHARS per step)
     and counts the tokens it added in `req.jump_forward_tokens`."""
+
+    forces_tokens = True
 
     def __init__(self, eos_ids: set[int], tokenizer: Any) -> None:
         super().__init__(eos_ids)

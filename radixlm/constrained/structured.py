@@ -8,6 +8,7 @@ import functools
 import time
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from radixlm.constrained.jump_forward import GrammarStepper, JumpForwardStepper
@@ -26,6 +27,11 @@ class StructuredOutput:
     def __init__(self, mask: VocabMask, stepper: GrammarStepper) -> None:
         self.mask, self.stepper = mask, stepper
         self.seconds, self.masked_steps = 0.0, 0
+        # A constrained request's next forward may run before its grammar has accepted its newest
+        # token (the sampling waits for the grammar) unless the grammar may append forced tokens,
+        # which change that forward's input.
+        self.can_lag = not stepper.forces_tokens
+        self._masked_copy = masked_copy_host if mask.device.type == "cpu" else _masked_copy_device
 
     def mask_logits(self, reqs: list[Any], logits: torch.Tensor) -> torch.Tensor:
         """`logits` itself when no request has a grammar, else a masked copy (row i is request
@@ -34,8 +40,7 @@ class StructuredOutput:
         bitmask = self.mask.fill_batch(reqs)
         if bitmask is None:
             return logits
-        masked = logits.clone()
-        _apply_bitmask()(masked, bitmask, vocab_size=logits.shape[-1])
+        masked = self._masked_copy(logits, bitmask)
         self.seconds += time.perf_counter() - start
         self.masked_steps += 1
         return masked
@@ -72,6 +77,22 @@ def build_structured_output(
     if mask.device.type == "cuda":
         structured.warm_up(model_vocab)
     return structured
+
+
+def masked_copy_host(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """`logits` (CPU) with -inf wherever the bit of `bitmask` (CPU int32, bit j of word w = id
+    32*w + j) is 0: the bits unpacked by numpy and one select, several times quicker on the CPU
+    than xgrammar's kernel (plus a copy) when most of the vocabulary is banned."""
+    words = bitmask.numpy().astype("<i4", copy=False)  # little-endian: byte k of a word holds ids 8k..8k+7
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+    allowed = torch.from_numpy(bits).view(torch.bool)[:, : logits.shape[-1]]
+    return torch.where(allowed, logits, float("-inf"))
+
+
+def _masked_copy_device(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    masked = logits.clone()
+    _apply_bitmask()(masked, bitmask, vocab_size=logits.shape[-1])
+    return masked
 
 
 @functools.cache

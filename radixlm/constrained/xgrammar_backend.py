@@ -25,6 +25,24 @@ def clean_error(exc: BaseException) -> str:
     return _LOCATION.sub("", str(exc).strip()).strip()
 
 
+def regex_terminal(regex: str) -> str:
+    """An EBNF grammar whose whole language is `regex`, as one regex terminal (the form xgrammar
+    gives a JSON schema's `pattern`)."""
+    return "root ::= Regex(" + json.dumps(regex, ensure_ascii=False) + ")"
+
+
+def compile_regex(compiler: Any, regex: str) -> Any:
+    """`regex` compiled to one automaton terminal: the same language as `compile_regex` (checked
+    mask for mask in tests/unit/test_regex_terminal.py), and its masks are far cheaper to fill
+    where a counted repetition (`[a-z]{1,16}`) spans several tokens, which `compile_regex`
+    expands into rules whose tokens are checked one by one at every step. A regex the terminal
+    form refuses goes through `compile_regex`."""
+    try:
+        return compiler.compile_grammar(regex_terminal(regex))
+    except Exception:  # xgrammar raises RuntimeError (and others); compile_regex reports the error
+        return compiler.compile_regex(regex)
+
+
 class XGrammarGrammar(Grammar):
     """A request's `xgrammar.GrammarMatcher`; `batcher` (an `xgrammar.BatchGrammarMatcher`, shared
     by the backend's grammars) fills several matchers' masks on its threads."""
@@ -103,7 +121,7 @@ class XGrammarBackend(GrammarBackend):
         compiler = self._get_compiler()
         try:
             if spec.kind == "regex":
-                return compiler.compile_regex(spec.text)
+                return compile_regex(compiler, spec.text)
             if spec.kind == "ebnf":
                 return compiler.compile_grammar(spec.text)
             schema = json.dumps(for_xgrammar(spec.schema()))

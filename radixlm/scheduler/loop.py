@@ -56,9 +56,11 @@ def plain_step(scheduler: Scheduler) -> list[ReqOutput]:
 def overlap_step(scheduler: Scheduler) -> list[ReqOutput]:
     """Pick and launch batch N+1, then process the results of batch N (in flight since the last
     step) while the device computes N+1. When batch N+1 cannot be built without batch N's tokens
-    on the host (grammars, penalties, a retraction: `overlap_need` is None), batch N's results
+    on the host (penalties, jump-forward, a retraction: `overlap_need` is None), batch N's results
     are processed first. A request's newest token may be a placeholder: its id is on the device,
-    where the next decode reads it."""
+    where the next decode reads it. When a constrained request's grammar lags, only the forward
+    of N+1 is launched; its sampling is queued once batch N is processed (`complete_launch`), so
+    the grammars accept N's tokens and fill N+1's masks while the device runs N+1's forward."""
     scheduler.begin_step()
     need = scheduler.overlap_need()
     if need is None:
@@ -66,6 +68,7 @@ def overlap_step(scheduler: Scheduler) -> list[ReqOutput]:
     batch = scheduler.next_batch(need)
     launched = scheduler.run_batch(batch)
     scheduler.process_results(scheduler.swap_inflight(launched))  # on a GPU this overlaps `launched`
+    scheduler.complete_launch(launched)
     return scheduler.end_step(batch)
 
 

@@ -73,6 +73,7 @@ class Scheduler:
         self.spec = spec  # radixlm.speculative.decoder.SpecDecoder: decode steps verify drafts
         self.full_prefill = full_prefill  # embedding mode with mean / CLS pooling: never reuse a cached prefix
         self.num_overlapped_steps = 0  # batches launched before the previous one was finished
+        self.num_deferred_samplings = 0  # of those, batches sampled only once it was (grammars)
         self.inflight: Optional[LaunchedBatch] = None
         self.token_buf = torch.zeros(cache.req_pool.table.shape[0], dtype=torch.int64, device=runner.device)
         self.rpc_handlers: dict[str, Callable[..., Any]] = {
@@ -195,6 +196,15 @@ class Scheduler:
         self.timer.mark("launch")
         return launched
 
+    def complete_launch(self, launched: Optional[LaunchedBatch]) -> None:
+        """Queue the sampling `run_batch` deferred for `launched` (constrained requests whose
+        grammar lagged one token: `TokenSampler.complete`), once the batch before it is processed;
+        nothing to do for a batch sampled at launch."""
+        if launched is not None and launched.deferred is not None:
+            self.sampler.complete(launched)
+            self.num_deferred_samplings += 1
+            self.timer.mark("launch")
+
     def swap_inflight(self, launched: Optional[LaunchedBatch]) -> Optional[LaunchedBatch]:
         """Make `launched` the batch in flight; returns the previous one, whose results are still
         to be processed (counted as an overlapped step when both exist)."""
@@ -241,7 +251,8 @@ class Scheduler:
         """When the next batch can be built before the batch in flight is finished: the running
         requests' decode KV need (`_decode_need`, valid for this step's decode batch as long as
         no batch is finished before it), else None (also when no batch is in flight)."""
-        if self.inflight is None or not all(map(_lag_safe, self.running)):
+        lag_safe = _lag_safe_with_grammar if self.sampler.structured.can_lag else _lag_safe
+        if self.inflight is None or not all(map(lag_safe, self.running)):
             return None
         need = self._decode_need()
         return need if need <= self.cache.available() else None
@@ -378,6 +389,7 @@ class Scheduler:
             "num_retracted_reqs": self.num_retracted,
             "num_forward_steps": self.num_forward_steps,
             "num_overlapped_steps": self.num_overlapped_steps,
+            "num_deferred_samplings": self.num_deferred_samplings,
             "num_grammar_pending_reqs": self.grammars.num_pending(),
             "grammar_seconds": self.sampler.structured.seconds,
             "grammar_masked_steps": self.sampler.structured.masked_steps,
@@ -407,3 +419,9 @@ def _new_pages(req: Req, page: int) -> int:
 def _lag_safe(req: Req) -> bool:
     """Can this request's next token be sampled before its previous one is read on the host?"""
     return req.grammar is None and not req.uses_penalties
+
+
+def _lag_safe_with_grammar(req: Req) -> bool:
+    """Can this request's next forward be launched before its previous token is read on the
+    host? A constrained request's sampling then waits for its grammar (`complete_launch`)."""
+    return not req.uses_penalties

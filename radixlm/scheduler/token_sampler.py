@@ -3,10 +3,14 @@ recording logprobs.
 
 Sampling is split in two so the scheduler can overlap host work with the device: `launch`
 queues the sampling and appends a placeholder per request, `finish` (possibly after the next
-batch was launched) reads the ids and does everything that needs their values."""
+batch was launched) reads the ids and does everything that needs their values. When a
+constrained request's previous token is still a placeholder, its grammar cannot fill the mask
+yet: `launch` then queues only the forward, and `complete` queues the sampling once the previous
+batch is finished (the host fills the masks while the device runs the forward)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -36,6 +40,7 @@ class LaunchedBatch:
     takers: list[Req]
     raw: Optional[torch.Tensor]
     next_ids: Callable[[], list[int]]
+    deferred: Optional[Callable[[], None]] = None  # queues the sampling (see TokenSampler.complete)
 
 
 class TokenSampler:
@@ -53,7 +58,9 @@ class TokenSampler:
     def launch(self, batch: ScheduledBatch, logits: torch.Tensor, token_buf: torch.Tensor) -> LaunchedBatch:
         """Sample on the device for every item that samples, without waiting for the result:
         the ids go to `token_buf[req_pool_idx]` (where the next decode reads its input) and
-        start their copy to the host; each sampling request gets a placeholder token."""
+        start their copy to the host; each sampling request gets a placeholder token. When a
+        constrained taker's newest token is a placeholder (its grammar lags one token), nothing
+        is sampled yet: the batch is returned with `deferred` set, for `complete`."""
         reqs = batch.samplers
         if not reqs:
             return LaunchedBatch(batch, logits, reqs, None, list)
@@ -68,13 +75,30 @@ class TokenSampler:
                 batch.sample_rows + [r.req_pool_idx for r in reqs], (k, k), token_buf.device
             )
             raw = logits[rows]
-        ids = self._sample(reqs, raw)
+        launched = LaunchedBatch(batch, logits, reqs, raw, _not_sampled)
+        sample = functools.partial(self._sample_into, launched, pool_idx, token_buf)
+        if any([r.grammar is not None and r.pending_tokens for r in reqs]):
+            launched.deferred = sample
+        else:
+            sample()
+        return launched
+
+    def complete(self, launched: LaunchedBatch) -> None:
+        """Queue the sampling `launch` deferred. Call it once the batch before `launched` is
+        finished (every grammar has accepted every earlier token) and before anything reads
+        `launched.next_ids`; a request that finished meanwhile gets no placeholder."""
+        deferred, launched.deferred = launched.deferred, None
+        if deferred is not None:
+            deferred()
+
+    def _sample_into(self, launched: LaunchedBatch, pool_idx: torch.Tensor, token_buf: torch.Tensor) -> None:
+        ids = self._sample(launched.takers, launched.raw)
         token_buf[pool_idx] = ids
-        for req in reqs:
-            if req.params.max_new_tokens > 0:
+        for req in launched.takers:
+            if req.params.max_new_tokens > 0 and req.finished_reason is None:
                 req.output_ids.append(PLACEHOLDER)
                 req.pending_tokens += 1
-        return LaunchedBatch(batch, logits, reqs, raw, self.host_copy(ids))
+        launched.next_ids = self.host_copy(ids)
 
     def finish(self, launched: LaunchedBatch, next_ids: list[int]) -> list[Req]:
         """Append the sampled ids (`launched.next_ids()`, replacing placeholders), record logprobs
@@ -151,6 +175,10 @@ class TokenSampler:
         if sb.all_greedy and not (sb.has_penalties or sb.has_logit_bias or sb.has_min_tokens_ban):
             return raw.argmax(dim=-1)
         return sample(apply_penalties_and_bias(raw.clone(), sb), sb)
+
+
+def _not_sampled() -> list[int]:
+    raise RuntimeError("the batch's sampling was deferred and is not queued yet (TokenSampler.complete)")
 
 
 def _prompt_logprobs(req: Req, positions: list[int], rows: dict[int, int], logits: torch.Tensor) -> None:

@@ -107,3 +107,30 @@ def test_cuda_mask_equals_cpu_mask(tiny_tokenizer: Any) -> None:
             assert req.grammar.accept_token(token)
             if req.grammar.is_terminated():
                 req.grammar = None
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("vocab", (96, 101))
+def test_host_masked_copy_equals_xgrammar_kernel(dtype: torch.dtype, vocab: int) -> None:
+    """Random masks, sparse and dense, every bit of a word included (bit 31 is the sign bit), a
+    vocabulary that does or does not fill its last word: the same logits as xgrammar's CPU kernel
+    applied to a copy, and the input untouched."""
+    pytest.importorskip("xgrammar")
+    from xgrammar import apply_token_bitmask_inplace
+
+    from radixlm.constrained.structured import masked_copy_host
+
+    gen = torch.Generator().manual_seed(3)
+    words = (vocab + 31) // 32
+    for density in (0.05, 0.5, 0.97):
+        bits = torch.rand(4, words * 32, generator=gen) < density
+        packed = (bits.view(4, words, 32).long() << torch.arange(32)).sum(-1)
+        bitmask = torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+        logits = torch.randn(4, vocab, generator=gen).to(dtype)
+        before = logits.clone()
+        expected = logits.clone()
+        apply_token_bitmask_inplace(expected, bitmask, vocab_size=vocab)
+        got = masked_copy_host(logits, bitmask)
+        assert got.dtype == dtype and torch.equal(got, expected)
+        assert torch.equal(logits, before)
+        assert torch.isinf(got).any() and not torch.isinf(got).all()
