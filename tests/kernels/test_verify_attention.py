@@ -2,7 +2,8 @@
 softmax: several requests with different prefix lengths, 1..9 decode rows each (a verify's last
 token plus its drafts), GQA groups 1/4/8, head dims 64/128, with and without the fused rotary
 + KV store, chunk capacities below a request's rows (the leader's loop over chunks), one to 16
-splits, float32 / float16 (and bfloat16 on a GPU). Runs on a GPU when there is one, otherwise through Triton's interpreter in a subprocess.
+splits, float32 / float16 (and bfloat16 on a GPU). Runs on a GPU when there is one, otherwise
+through Triton's interpreter in a subprocess.
 """
 
 from __future__ import annotations
