@@ -24,7 +24,7 @@ from radixlm.kernels.cascade import cascade_decode_attention
 from radixlm.kernels.decode_attention import NewKV, decode_attention, decode_launch_config
 from radixlm.kernels.extend_attention import extend_attention
 from radixlm.kernels.rope_store import rope_and_store
-from radixlm.kernels.verify_attention import verify_attention
+from radixlm.kernels.verify_attention import verify_attention, verify_programs
 from radixlm.layers.basic import RotaryEmbedding
 from radixlm.mem_cache.kv_pool import KVPool
 
@@ -59,7 +59,7 @@ class TritonBackend(AttentionBackend):
         table row); a row reads K/V that other rows of the same launch write, so with more
         than one, decode attention is `verify_attention` (the rows of a request scored by one
         set of programs, which also store their K/V), with splits chosen for
-        rows / rows_per_request requests."""
+        ceil(rows / rows_per_request) requests."""
         super().__init__(pool)
         if rows_per_request < 1:
             raise ValueError(f"rows_per_request must be >= 1, got {rows_per_request}")
@@ -168,7 +168,7 @@ class TritonBackend(AttentionBackend):
         split decode."""
         k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
         rows = self.rows_per_request
-        requests = max(1, q.shape[0] // rows)
+        requests = verify_programs(q.shape[0], rows)  # q.shape[0] when rows == 1
         splits, block_n = (
             (self.num_splits, 64) if self.num_splits else decode_launch_config(requests, k_buf.shape[1], q.shape[2])
         )

@@ -3,16 +3,18 @@
 seq_len = position + 1) are scored together, so each request's K/V is read once per KV head
 and split for all its rows, not once per row (imported only by the Triton backend).
 
-Layout and launch are the split decode's (`decode_attention.py`): one program per (row, KV
-head, split) and the same log-sum-exp reduce, so a decode CUDA graph captured for N rows
-serves any grouping of its rows. Only the first row of each run of rows sharing a table row
-(the run's leader) does work: it takes up to `rows` rows of the run at a time (a chunk),
+Partials and reduce are the split decode's (`decode_attention.py`), and the launch depends on
+the number of rows N only (never on how they group), so a decode CUDA graph captured for N rows
+serves any grouping of its rows: every program reads the table row of all N rows, finds the
+runs (consecutive rows sharing a table row: a request's rows) and takes every P-th run, P =
+ceil(N / rows) programs along the first grid axis, so a batch of full draft chains gives one
+run per program and no idle ones. Per run, it takes up to `rows` rows at a time (a chunk),
 stacks their queries for the KV head's GROUP query heads into one [rows * GROUP, D] tile and
 walks the keys of its split once, each query row masked to the keys before its own position
-+ 1 (so draft row j sees the prefix and the draft rows up to j). Programs of the other rows
-return at once. With `NewKV`, the leader of each split first rotates the run's new k and
-stores the new k and v of the rows whose positions fall into its split (the only program
-that reads them), then attends: no launch of its own for the KV store.
++ 1 (so draft row j sees the prefix and the draft rows up to j). With `NewKV`, each split's
+program first rotates the run's new k and stores the new k and v of the rows whose
+positions fall into its split (it is the only program that reads them), then attends: no
+launch of its own for the KV store.
 """
 
 from __future__ import annotations
@@ -26,26 +28,6 @@ import triton.language as tl
 from radixlm.kernels.decode_attention import NewKV, decode_partials, new_kv_args, reduce_partials
 from radixlm.kernels.online_softmax import precision_of
 from radixlm.kernels.pdl import pdl_launch, pdl_release, pdl_wait
-
-
-@triton.jit
-def _run_extent(req_idx_ptr, seq_lens_ptr, r, req, num_rows, BLOCK_R: tl.constexpr):
-    """The run of rows r.. on table row `req`: its number of rows and its longest seq_len (the
-    key range every chunk of the run splits alike)."""
-    offs = tl.arange(0, BLOCK_R)
-    n = r * 0
-    span = tl.load(seq_lens_ptr + r) * 0
-    more = r < num_rows
-    while more:
-        rows = r + n + offs
-        inside = rows < num_rows
-        reqs = tl.load(req_idx_ptr + rows, mask=inside, other=-1)
-        count = tl.min(tl.where(inside & (reqs == req), BLOCK_R, offs), axis=0)
-        lens = tl.load(seq_lens_ptr + rows, mask=offs < count, other=0)
-        span = tl.maximum(span, tl.max(lens, axis=0))
-        n += count
-        more = count == BLOCK_R
-    return n, span
 
 
 @triton.jit
@@ -183,6 +165,7 @@ def _verify_split_kernel(
     GROUP: tl.constexpr,
     CAP: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -193,22 +176,30 @@ def _verify_split_kernel(
     PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """Program (r, kv_h, split): nothing unless row r leads a run (row 0, or its table row differs
-    from row r - 1's); then split `split` of NUM_SPLITS equal parts of [0, the run's longest
-    seq_len): the K/V store of all the run's rows whose positions fall in it (NEW_KV), then,
-    per chunk of at most CAP rows, the attention of the chunk's rows x GROUP query heads.
-    Writes partials as the decode split kernel does (or, DIRECT, the output), for every row of
-    the run. NEW_KV: q is unrotated and is rotated here at each row's position seq_len - 1,
-    like the new k. A position is stored and read only by the program of its split."""
+    """Program (p, kv_h, split) finds the batch's runs (maximal sequences of consecutive rows on
+    one table row) from all num_rows rows' table rows, and takes runs p, p + P, p + 2P, ... (P
+    programs along axis 0). For each: split `split` of NUM_SPLITS equal parts of [0, the run's
+    longest seq_len), first the K/V store of all the run's rows whose positions fall in it
+    (NEW_KV), then, per chunk of at most CAP rows, the attention of the chunk's rows x GROUP
+    query heads. Writes partials as the decode split kernel does (or, DIRECT, the output), for
+    every row of the run. NEW_KV: q is unrotated and is rotated here at each row's position
+    seq_len - 1, like the new k. A position is stored and read only by the program of its split."""
     if PDL:
         pdl_release()
-    r = tl.program_id(0)
-    kv_h = tl.program_id(1)
-    split = tl.program_id(2)
-    req = tl.load(req_idx_ptr + r)
-    prev = tl.load(req_idx_ptr + tl.maximum(r - 1, 0))
+    offs_t = tl.arange(0, BLOCK_ROWS)
+    inside = offs_t < num_rows
+    reqs = tl.load(req_idx_ptr + offs_t, mask=inside, other=-1)
+    prevs = tl.load(req_idx_ptr + offs_t - 1, mask=inside & (offs_t > 0), other=-1)
+    lens = tl.load(seq_lens_ptr + offs_t, mask=inside, other=0)
     if PDL:
         pdl_wait()
+    p = tl.program_id(0)
+    kv_h = tl.program_id(1)
+    split = tl.program_id(2)
+    progs = tl.num_programs(0)
+    lead = inside & ((offs_t == 0) | (reqs != prevs))
+    rank = tl.cumsum(lead.to(tl.int32), axis=0) - 1  # each leader's run index
+    num_runs = tl.sum(lead.to(tl.int32), axis=0)
     offs_m = tl.arange(0, BLOCK_M)
     m_row = offs_m // GROUP
     heads = kv_h * GROUP + offs_m % GROUP
@@ -217,9 +208,13 @@ def _verify_split_kernel(
     half: tl.constexpr = HEAD_DIM // 2
     partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
     sign = tl.where(offs_d < half, -1.0, 1.0)
-    slots_ptr = req_to_token_ptr + req * stride_r2t
-    if (r == 0) | (prev != req):
-        n_run, span = _run_extent(req_idx_ptr, seq_lens_ptr, r, req, num_rows, BLOCK_R)
+    for j in range(0, tl.cdiv(num_runs - p, progs)):
+        hit = lead & (rank == p + j * progs)
+        r = tl.sum(tl.where(hit, offs_t, 0), axis=0)
+        req = tl.sum(tl.where(hit, reqs, 0), axis=0)
+        n_run = tl.min(tl.where(lead & (offs_t > r), offs_t, num_rows), axis=0) - r
+        span = tl.max(tl.where((offs_t >= r) & (offs_t < r + n_run), lens, 0), axis=0)
+        slots_ptr = req_to_token_ptr + req * stride_r2t
         per_split = tl.cdiv(span, NUM_SPLITS)
         start = split * per_split
         end = tl.minimum(start + per_split, span)
@@ -288,6 +283,12 @@ def _verify_split_kernel(
                 tl.store(lse_ptr + (base + m_row) * stride_lt + heads * stride_lh + split, lse, mask=valid_m)
 
 
+def verify_programs(num_rows: int, rows: int) -> int:
+    """Programs per KV head and split: one per request of a batch whose requests all have `rows`
+    rows (a verify with full draft chains); a batch with shorter runs deals several to each."""
+    return triton.cdiv(num_rows, rows)
+
+
 def verify_attention(
     q: torch.Tensor,
     k_buf: torch.Tensor,
@@ -306,8 +307,9 @@ def verify_attention(
     """q [N, H, D] -> out [N, H, D] for decode rows where several consecutive rows may share a
     table row (`req_pool_indices`): row i attends to positions [0, seq_lens[i]) of its table
     row. Invariant: the rows of one request are consecutive in the batch (in any order of
-    positions), so each request is scored by the programs of its first row, `rows` rows at a
-    time (its K/V read once per `rows` rows; `rows` >= 1). With `new_kv`, q is unrotated and
+    positions), so each request (a run of rows) is scored by one program per KV head and
+    split, `rows` rows at a time (its K/V read once per `rows` rows; `rows` >= 1), the runs
+    dealt round-robin to `verify_programs(N, rows)` programs. With `new_kv`, q is unrotated and
     no row's K/V is in the pool yet: each is rotated at position seq_len - 1 and stored before
     any row reads it (q itself is left unrotated)."""
     assert rows >= 1 and num_splits >= 1
@@ -316,7 +318,7 @@ def verify_attention(
     part, lse = (torch.empty_like(q), None) if num_splits == 1 else decode_partials(q, num_splits)
     direct = lse is None
     part_strides = (part.stride(0), part.stride(1), 0) if direct else (part.stride(0), part.stride(1), part.stride(2))
-    _verify_split_kernel[(batch, k_buf.shape[1], num_splits)](
+    _verify_split_kernel[(verify_programs(batch, rows), k_buf.shape[1], num_splits)](
         q,
         k_buf,
         v_buf,
@@ -338,6 +340,7 @@ def verify_attention(
         GROUP=group,
         CAP=rows,
         BLOCK_R=max(2, triton.next_power_of_2(rows)),
+        BLOCK_ROWS=max(2, triton.next_power_of_2(batch)),
         BLOCK_M=max(16, triton.next_power_of_2(rows * group)),
         HEAD_DIM=dim,
         BLOCK_D=triton.next_power_of_2(dim),
