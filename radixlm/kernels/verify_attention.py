@@ -181,7 +181,9 @@ def _verify_split_kernel(
     programs along axis 0). For each: split `split` of NUM_SPLITS equal parts of [0, the run's
     longest seq_len), first the K/V store of all the run's rows whose positions fall in it
     (NEW_KV), then, per chunk of at most CAP rows, the attention of the chunk's rows x GROUP
-    query heads. Writes partials as the decode split kernel does (or, DIRECT, the output), for
+    query heads, over the keys of the split up to the chunk's longest seq_len (a CUDA graph's
+    padding rows, at position 0 of table row 0, may join the run of a request on that row:
+    their chunk reads one key). Writes partials as the decode split kernel does (or, DIRECT, the output), for
     every row of the run. NEW_KV: q is unrotated and is rotated here at each row's position
     seq_len - 1, like the new k. A position is stored and read only by the program of its split."""
     if PDL:
@@ -266,7 +268,7 @@ def _verify_split_kernel(
                 slots_ptr,
                 limit,
                 start,
-                end,
+                tl.minimum(end, tl.max(limit, axis=0)),  # no key past the chunk's last row's
                 kv_h,
                 scale,
                 stride_kt,
