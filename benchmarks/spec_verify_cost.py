@@ -156,7 +156,10 @@ def main() -> None:
     plain = time_plain(make_runner(path, a.device, max(a.batch_sizes), max_rows, a.context, graphs), a)
     free_device_memory(a.device)
     runner = make_runner(path, a.device, max(a.batch_sizes), max_rows, a.context, graphs, max(a.drafts))
-    print(f"{a.shape}, {runner.dtype}, {runner.device}, context {a.context}, CUDA graphs for decode: {graphs}")
+    print(
+        f"{a.shape}, {runner.dtype}, {runner.device}, context {a.context}, CUDA graphs for decode: {graphs}, "
+        f"verify runner's backend: {type(runner.backend).__name__}, up to {max(a.drafts) + 1} rows per request"
+    )
     print(
         "| batch | plain decode ms | eager decode ms | k drafts | verify as extend ms | verify as decode rows ms "
         "| extend / decode | rows / decode (<= 1.3) |"
