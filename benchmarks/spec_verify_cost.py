@@ -7,7 +7,9 @@ logits for all k + 1 rows, two ways: as one extend (eager; what `radixlm.specula
 a jump-forward or when the rows exceed the graphs) and as a decode of B * (k + 1) rows, one per
 token (what it runs otherwise: in the decode CUDA graphs when they fit). The ratio verify /
 decode is the break-even acceptance length: a verify emitting more tokens per step on average
-than that ratio is a net win.
+than that ratio is a net win. The plain decode runs on a runner without speculation, the
+verify steps on one built as a speculating server's (its attention backend takes max(--drafts)
++ 1 decode rows per request), one after the other.
 
     python benchmarks/spec_verify_cost.py                          # GPU: Llama-3-8B shape, bf16
     python benchmarks/spec_verify_cost.py --shape tiny --device cpu --iters 3   # CPU dry run
@@ -16,6 +18,7 @@ than that ratio is a net win.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -51,8 +54,10 @@ def model_dir(shape: str) -> str:
     return path
 
 
-def make_runner(path: str, device: str, max_bs: int, max_rows: int, context: int, graphs: bool) -> Any:
-    """A runner for `max_bs` requests whose decode graphs take up to `max_rows` rows."""
+def make_runner(path: str, device: str, max_bs: int, max_rows: int, context: int, graphs: bool, drafts: int = 0) -> Any:
+    """A runner for `max_bs` requests whose decode graphs take up to `max_rows` rows; with
+    `drafts`, built as a speculating server's (NGRAM, `drafts` per step): its attention backend
+    then takes drafts + 1 decode rows per request."""
     from radixlm.config.server_args import ServerArgs
     from radixlm.executor.model_runner import ModelRunner
 
@@ -68,6 +73,8 @@ def make_runner(path: str, device: str, max_bs: int, max_rows: int, context: int
         context_length=context + 64,
         num_threads=1 if device == "cpu" else None,
         log_level="warning",
+        speculative_algorithm="NGRAM" if drafts else None,
+        speculative_num_steps=drafts or None,
     )
     return ModelRunner(args)
 
@@ -145,29 +152,51 @@ def main() -> None:
     a = ap.parse_args()
     path = model_dir(a.shape)
     graphs = a.device == "cuda" and not a.disable_cuda_graph
-    runner = make_runner(
-        path, a.device, max(a.batch_sizes), max(a.batch_sizes) * (max(a.drafts) + 1), a.context, graphs
+    max_rows = max(a.batch_sizes) * (max(a.drafts) + 1)
+    plain = time_plain(make_runner(path, a.device, max(a.batch_sizes), max_rows, a.context, graphs), a)
+    free_device_memory(a.device)
+    runner = make_runner(path, a.device, max(a.batch_sizes), max_rows, a.context, graphs, max(a.drafts))
+    print(
+        f"{a.shape}, {runner.dtype}, {runner.device}, context {a.context}, CUDA graphs for decode: {graphs}, "
+        f"verify runner's backend: {type(runner.backend).__name__}, up to {max(a.drafts) + 1} rows per request"
     )
-    print(f"{a.shape}, {runner.dtype}, {runner.device}, context {a.context}, CUDA graphs for decode: {graphs}")
     print(
         "| batch | plain decode ms | eager decode ms | k drafts | verify as extend ms | verify as decode rows ms "
         "| extend / decode | rows / decode (<= 1.3) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for bs in a.batch_sizes:
-        decode = step_batch(runner, bs, a.context, 1)
-        plain = time_ms(lambda: runner.forward(decode), a.iters, runner.device)
-        eager = time_ms(lambda: runner._run_eager(decode), a.iters, runner.device)
+        plain_ms, eager_ms = plain[bs]
         for k in a.drafts:
             extend = step_batch(runner, bs, a.context, k + 1)
             ext_ms = time_ms(lambda: runner.forward(extend), a.iters, runner.device)
             rows = step_batch(runner, bs, a.context, k + 1, as_rows=True)
             rows_ms = time_ms(lambda: runner.forward(rows), a.iters, runner.device)
             print(
-                f"| {bs} | {plain:.3f} | {eager:.3f} | {k} | {ext_ms:.3f} | {rows_ms:.3f} | {ext_ms / plain:.2f}x "
-                f"| {rows_ms / plain:.2f}x |",
+                f"| {bs} | {plain_ms:.3f} | {eager_ms:.3f} | {k} | {ext_ms:.3f} | {rows_ms:.3f} "
+                f"| {ext_ms / plain_ms:.2f}x | {rows_ms / plain_ms:.2f}x |",
                 flush=True,
             )
+
+
+def time_plain(runner: Any, a: argparse.Namespace) -> dict[int, tuple[float, float]]:
+    """Per batch size: (decode step ms as the scheduler runs it, eager decode step ms) on a runner
+    without speculation (one decode row per request)."""
+    plain = {}
+    for bs in a.batch_sizes:
+        decode = step_batch(runner, bs, a.context, 1)
+        plain[bs] = (
+            time_ms(lambda: runner.forward(decode), a.iters, runner.device),
+            time_ms(lambda: runner._run_eager(decode), a.iters, runner.device),
+        )
+    return plain
+
+
+def free_device_memory(device: str) -> None:
+    """Release what a dropped runner held (its weights, pool and CUDA graphs) before the next."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

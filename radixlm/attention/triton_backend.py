@@ -5,8 +5,9 @@ graph; extend metadata (request offsets) is built once per forward and shared by
 Rotary and the KV store are one fused launch per layer (`rope_store.py`); the kernels read q
 through its strides, so the views of the fused qkv output are never copied. A decode batch with
 a shared-prefix plan attends each group's prefix once for all its members (`triton_cascade.py`).
-A backend built with `shared_rows` (speculative verify steps run as decode rows, several rows
-of one request in a launch) keeps the KV store a launch of its own before decode attention.
+A backend built with `rows_per_request` > 1 (speculative verify steps run as decode rows,
+several rows of one request in a launch) runs decode attention through `verify_attention.py`,
+which reads each request's K/V once for all its rows and stores their K/V in the same launch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from radixlm.kernels.cascade import cascade_decode_attention
 from radixlm.kernels.decode_attention import NewKV, decode_attention, decode_launch_config
 from radixlm.kernels.extend_attention import extend_attention
 from radixlm.kernels.rope_store import rope_and_store
+from radixlm.kernels.verify_attention import verify_attention, verify_programs
 from radixlm.layers.basic import RotaryEmbedding
 from radixlm.mem_cache.kv_pool import KVPool
 
@@ -45,20 +47,23 @@ class TritonBackend(AttentionBackend):
         suffix_splits: int = 2,
         prefix_splits: int = 2,
         member_progs: int = 4,
-        shared_rows: bool = False,
+        rows_per_request: int = 1,
     ) -> None:
         """`num_splits`: parts of a decode request's sequence (None: chosen from the batch size by
         `decode_launch_config`); with a shared-prefix plan, a grouped
         request's own suffix gets `suffix_splits` parts, its group's prefix `prefix_splits`, each
         prefix part read by `member_progs` programs (the defaults are the fastest of the settings
         tried on an H200 for 4 groups x 64 requests sharing 2,048 tokens).
-        `shared_rows`: a decode batch may hold several rows of one request at consecutive
-        positions (a speculative verify as decode rows), so a row reads K/V that other rows of
-        the same launch write; the fused decode (store inside the split kernel, which assumes
-        no other program reads the new position) is then never used: every row's K/V is stored
-        by `rope_and_store` before the attention launch reads any."""
+        `rows_per_request` (>= 1): the most decode rows one request may have in a batch (a
+        speculative verify as decode rows: its last token and drafts, consecutive rows of its
+        table row); a row reads K/V that other rows of the same launch write, so with more
+        than one, decode attention is `verify_attention` (the rows of a request scored by one
+        set of programs, which also store their K/V), with splits chosen for
+        ceil(rows / rows_per_request) requests."""
         super().__init__(pool)
-        self.fuse_store = not shared_rows
+        if rows_per_request < 1:
+            raise ValueError(f"rows_per_request must be >= 1, got {rows_per_request}")
+        self.rows_per_request = rows_per_request
         self.num_splits, self.suffix_splits, self.prefix_splits = num_splits, suffix_splits, prefix_splits
         self.member_progs = member_progs
 
@@ -114,17 +119,11 @@ class TritonBackend(AttentionBackend):
         scale: float,
         batch: ForwardBatch,
     ) -> torch.Tensor:
-        """A plain decode (no shared-prefix plan) with the neox rotary, rows of distinct requests
-        (not `shared_rows`): rotary, the KV store and attention in the split kernel's launch
-        (`NewKV`); anything else as the base class does."""
-        if (
-            not self.fuse_store
-            or batch.mode is not ForwardMode.DECODE
-            or batch.prefix_plan is not None
-            or type(rotary) is not RotaryEmbedding
-        ):
+        """A decode without a shared-prefix plan, with the neox rotary: rotary, the KV store and
+        attention in the attention kernel's launch (`NewKV`); anything else as the base class does."""
+        if batch.mode is not ForwardMode.DECODE or batch.prefix_plan is not None or type(rotary) is not RotaryEmbedding:
             return super().attend(rotary, positions, q, k, v, layer_id, scale, batch)
-        return self._plain_decode(q, layer_id, scale, batch, NewKV(k, v, batch.out_cache_loc, rotary.cos, rotary.sin))
+        return self._own_decode(q, layer_id, scale, batch, NewKV(k, v, batch.out_cache_loc, rotary.cos, rotary.sin))
 
     def forward_extend(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
         meta: _ExtendMeta = batch.attn_metadata
@@ -145,7 +144,7 @@ class TritonBackend(AttentionBackend):
         """Requests in a shared-prefix group (`batch.prefix_plan`) attend to the prefix together."""
         k_buf, v_buf, plan = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id], batch.prefix_plan
         if plan is None:
-            return self._plain_decode(q, layer_id, scale, batch)
+            return self._own_decode(q, layer_id, scale, batch)
         return cascade_decode_attention(
             q,
             k_buf,
@@ -160,15 +159,33 @@ class TritonBackend(AttentionBackend):
             self.member_progs,
         )
 
-    def _plain_decode(
+    def _own_decode(
         self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch, new_kv: Optional[NewKV] = None
     ) -> torch.Tensor:
         """Split-K decode attention over each request's whole sequence (`decode_launch_config`
-        unless `num_splits` is forced), storing the new K/V first when given (`NewKV`)."""
+        for the batch's requests unless `num_splits` is forced), storing the new K/V first when
+        given (`NewKV`): `verify_attention` when a request may have several rows, else the
+        split decode."""
         k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
+        rows = self.rows_per_request
+        requests = verify_programs(q.shape[0], rows)  # q.shape[0] when rows == 1
         splits, block_n = (
-            (self.num_splits, 64) if self.num_splits else decode_launch_config(q.shape[0], k_buf.shape[1], q.shape[2])
+            (self.num_splits, 64) if self.num_splits else decode_launch_config(requests, k_buf.shape[1], q.shape[2])
         )
+        if rows > 1:
+            return verify_attention(
+                q,
+                k_buf,
+                v_buf,
+                batch.req_to_token,
+                batch.req_pool_indices,
+                batch.seq_lens,
+                scale,
+                rows,
+                splits,
+                block_n,
+                new_kv,
+            )
         return decode_attention(
             q,
             k_buf,

@@ -79,9 +79,10 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(self.max_running + 1, self.context_len + args.page_size, self.device)
         self.warmup_prefill = self._warmup_prefill()
         scratch = self._new_pool(self._scratch_tokens())
-        # a speculative verify may run as decode rows, several per request (speculative/verify_batch.py)
-        shared_rows = args.speculative_plan() is not None
-        self.backend = create_attention_backend(args.attention_backend, scratch, self.device, shared_rows)
+        # a speculative verify may run as decode rows, 1 + drafts per request (speculative/verify_batch.py)
+        spec = args.speculative_plan()
+        rows = 1 if spec is None else spec.num_drafts + 1
+        self.backend = create_attention_backend(args.attention_backend, scratch, self.device, rows)
         self.model = self._load_model()
         self.lora = self._lora_manager()  # None unless LoRA adapters are served
         self._prepare = self.lora.prepare if self.lora is not None else _no_prepare

@@ -350,7 +350,7 @@ def launch_decode_splits(
         req_to_token.stride(0),
         *part_strides,
         *lse_strides,
-        *_new_kv_args(new_kv, k_buf),
+        *new_kv_args(new_kv, k_buf),
         GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=dim,
@@ -367,7 +367,7 @@ def launch_decode_splits(
     )
 
 
-def _new_kv_args(new_kv: Optional[NewKV], k_buf: torch.Tensor) -> tuple:
+def new_kv_args(new_kv: Optional[NewKV], k_buf: torch.Tensor) -> tuple:
     """The split kernel's new-token arguments (pointers, then strides); placeholders without."""
     if new_kv is None:
         return (k_buf,) * 5 + (0,) * 5

@@ -83,10 +83,11 @@ def build_verify_as_decode(
 ) -> VerifyBatch:
     """The same step as `build_verify`, run as a DECODE of one row per token: row j of request i
     is its token at position `starts[i] + j`, with its request's table row and `seq_len` =
-    position + 1. Every layer stores all rows' K/V before its attention reads (on CUDA the Triton
-    backend is built with `shared_rows` when speculation is on: its store is then a launch before
-    the attention launch, not inside it), so row j sees the draft rows before it and none after:
-    the chain's causal mask without an extend kernel. The rows are exactly the logits rows of
+    position + 1, a request's rows consecutive. Every layer stores all rows' K/V before its
+    attention reads them (on CUDA the Triton backend, built with `rows_per_request` = drafts + 1
+    when speculation is on, scores a request's rows together in one set of programs that store
+    their K/V first: `kernels/verify_attention.py`), so row j sees the draft rows before it and
+    none after: the chain's causal mask without an extend kernel. The rows are exactly the logits rows of
     `build_verify` (requires `can_verify_as_decode`), so the decode CUDA graphs run verification
     when the rows fit their largest batch."""
     if not can_verify_as_decode(reqs, starts):

@@ -30,6 +30,7 @@ ALLOWED_BEFORE_WAIT = {
         "cos_ptr",
         "sin_ptr",
     },
+    "_verify_split_kernel": {"req_idx_ptr", "seq_lens_ptr"},
     "_rope_store_kernel": {"loc_ptr", "pos_ptr", "cos_ptr", "sin_ptr"},
     "_shrink_kernel": {"slots_ptr", "lens_ptr", "a_ptr"},  # LoRA A, B: written by host copies only
     "_expand_kernel": {"slots_ptr", "lens_ptr", "b_ptr"},
@@ -130,6 +131,7 @@ def test_the_kernels_are_found() -> None:
         "_rope_store_kernel",
         "_decode_split_kernel",
         "_decode_reduce_kernel",
+        "_verify_split_kernel",
         "_shrink_kernel",
         "_expand_kernel",
     } <= names, names

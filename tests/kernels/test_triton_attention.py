@@ -187,8 +187,10 @@ def check_shared_rows_decode(device: str, dtype: torch.dtype, tol: float) -> Non
     each reading the K/V the rows before it store in the same step. Rows are given last position
     first, and the draft slots hold stale K/V, so a row that attends before its predecessors'
     stores land reads the stale values (the interpreter runs programs in row order; a GPU in
-    any). `TritonBackend(shared_rows=True)` must equal the torch-native backend's store, then
-    attend (outputs and pools); the fused decode must not (the check sees the hazard)."""
+    any). `TritonBackend(rows_per_request=5)` (the verify kernel: a request's rows scored by
+    one set of programs, with chunks of at most 5 or 2 rows) must equal the torch-native
+    backend's store, then attend (outputs and pools); the split decode with its fused store
+    must not (the check sees the hazard)."""
     from radixlm.attention.torch_native import TorchNativeBackend
     from radixlm.attention.triton_backend import TritonBackend
     from radixlm.forward.batch import ForwardBatch, ForwardMode
@@ -233,8 +235,9 @@ def check_shared_rows_decode(device: str, dtype: torch.dtype, tol: float) -> Non
     results = []
     for backend_cls, kw in (
         (TorchNativeBackend, {}),
-        (TritonBackend, {"shared_rows": True}),
-        (TritonBackend, {"shared_rows": True, "num_splits": 1}),
+        (TritonBackend, {"rows_per_request": 5}),
+        (TritonBackend, {"rows_per_request": 5, "num_splits": 1}),
+        (TritonBackend, {"rows_per_request": 2, "num_splits": 3}),
         (TritonBackend, {"num_splits": 1}),
     ):
         pool = KVPool(size, 1, 1, kv_heads, dim, dtype, torch.device(device))
@@ -245,11 +248,11 @@ def check_shared_rows_decode(device: str, dtype: torch.dtype, tol: float) -> Non
         backend.init_forward_metadata(fb)
         out = backend.attend(rotary, fb.positions, q, k, v, 0, dim**-0.5, fb).float()
         results.append((out, pool.k_buffers[0].float(), pool.v_buffers[0].float()))
-    for got in results[1:3]:
+    for got in results[1:4]:
         for want, have in zip(results[0], got):
             err = ((want - have).norm() / want.norm()).item()
             assert err < tol, (dtype, err)
-    fused_err = ((results[0][0] - results[3][0]).norm() / results[0][0].norm()).item()
+    fused_err = ((results[0][0] - results[4][0]).norm() / results[0][0].norm()).item()
     if device == "cpu":  # the interpreter's row order makes the race deterministic
         assert fused_err > 100 * tol, fused_err
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from radixlm.speculative.args import DEFAULT_DRAFTS
 from radixlm.speculative.verify_batch import build_verify, build_verify_as_decode, can_verify_as_decode
 
 
@@ -107,9 +108,10 @@ def test_decode_shaped_verify_needs_one_token_without_kv(runner):
         build_verify_as_decode([req], [2], [[6]], runner.req_to_token_pool.table, runner.device)
 
 
-def test_speculation_keeps_the_triton_decode_store_out_of_the_attention_launch(runner, monkeypatch) -> None:
+def test_speculation_builds_the_triton_backend_for_rows_per_request(runner, monkeypatch) -> None:
     """Decode rows of one request read each other's K/V: with speculation on, the runner asks for
-    a backend with `shared_rows`, which the Triton backend honours by not fusing the store."""
+    a backend taking 1 + drafts rows per request, which the Triton backend scores together
+    (`verify_attention`); without, one row per request."""
     pytest.importorskip("triton")
     import dataclasses
 
@@ -117,16 +119,19 @@ def test_speculation_keeps_the_triton_decode_store_out_of_the_attention_launch(r
     from radixlm.attention.registry import create_attention_backend
     from radixlm.executor.model_runner import ModelRunner
 
-    asked: list[bool] = []
+    asked: list[int] = []
 
-    def recording(name, pool, device, shared_rows=False):  # noqa: ANN001, ANN202
-        asked.append(shared_rows)
-        return create_attention_backend(name, pool, device, shared_rows)
+    def recording(name, pool, device, rows_per_request=1):  # noqa: ANN001, ANN202
+        asked.append(rows_per_request)
+        return create_attention_backend(name, pool, device, rows_per_request)
 
     monkeypatch.setattr(model_runner, "create_attention_backend", recording)
-    for spec in ({}, {"speculative_algorithm": "NGRAM"}):
+    ngram = {"speculative_algorithm": "NGRAM"}
+    for spec in ({}, ngram, {**ngram, "speculative_num_steps": 3}):
         ModelRunner(dataclasses.replace(runner.args, **spec))
-    assert asked == [False, True]
+    assert asked == [1, DEFAULT_DRAFTS["NGRAM"] + 1, 4]
     pool = runner.pool
-    assert not create_attention_backend("triton", pool, runner.device, shared_rows=True).fuse_store
-    assert create_attention_backend("triton", pool, runner.device).fuse_store
+    assert create_attention_backend("triton", pool, runner.device, 5).rows_per_request == 5
+    assert create_attention_backend("triton", pool, runner.device).rows_per_request == 1
+    with pytest.raises(ValueError, match="rows_per_request"):
+        create_attention_backend("triton", pool, runner.device, 0)
