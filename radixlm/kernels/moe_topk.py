@@ -47,6 +47,22 @@ if triton is not None:
         ok = t_ok[:, None] & (experts[None, :] < num_experts)
         ptrs = logits_ptr + tokens[:, None].to(tl.int64) * stride_logits + experts[None, :]
         logits = tl.load(ptrs, mask=ok, other=float("-inf")).to(tl.float32)
+        return topk_of(logits, t_ok, ok, TOP_K, K_POW2, E_POW2, BLOCK_T, RENORMALIZE)
+
+    @triton.jit
+    def topk_of(
+        logits,
+        t_ok,
+        ok,
+        TOP_K: tl.constexpr,
+        K_POW2: tl.constexpr,
+        E_POW2: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        RENORMALIZE: tl.constexpr,
+    ):
+        """`topk_rows` on logits already loaded: float32 [BLOCK_T, E_POW2], -inf where `ok`
+        [BLOCK_T, E_POW2] is false; `t_ok` [BLOCK_T] marks the real tokens."""
+        experts = tl.arange(0, E_POW2)
         logits = tl.where(t_ok[:, None], logits, 0.0)  # rows past T: no -inf - -inf
         shifted = tl.exp(logits - tl.max(logits, axis=1)[:, None])
         probs = tl.where(ok, shifted / tl.sum(shifted, axis=1)[:, None], -1.0)

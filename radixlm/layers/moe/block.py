@@ -80,7 +80,7 @@ class SparseMoEBlock(nn.Module):
         return self._reduce(self._partial(x))
 
     def _partial(self, x: torch.Tensor) -> torch.Tensor:
-        return self.experts.routed(x, self.gate(x), self.top_k, self.renormalize)
+        return self.experts.routed_hidden(x, self.gate.weight, self.top_k, self.renormalize)
 
 
 class SharedExpertMoEBlock(SparseMoEBlock):
