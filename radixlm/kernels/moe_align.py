@@ -76,12 +76,57 @@ if triton is not None:
         tl.store(cursor_ptr + experts, ends - padded)
         total = tl.sum(padded, axis=0)
         tl.store(num_padded_ptr, total)
+        _store_owners(ends, total, block_expert_ptr, max_blocks, BLOCK_M, BLOCKS_CHUNK)
+
+    @triton.jit
+    def _store_owners(ends, total, block_expert_ptr, max_blocks, BLOCK_M: tl.constexpr, BLOCKS_CHUNK: tl.constexpr):
+        """block_expert[b] = the expert whose padded rows hold row b * BLOCK_M (`ends`: each
+        expert's padded end, cumulative), -1 from `total` on."""
         for first in range(0, max_blocks, BLOCKS_CHUNK):  # [BLOCKS_CHUNK, E_POW2] comparisons a step
             blocks = first + tl.arange(0, BLOCKS_CHUNK)
             row0 = blocks * BLOCK_M
             owner = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
             owner = tl.where(row0 < total, owner, -1)
             tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
+
+    @triton.jit
+    def align_in_registers(
+        ids,
+        rows,
+        sorted_ptr,
+        block_expert_ptr,
+        num_padded_ptr,
+        done_ptr,
+        num_done,
+        num_rows,
+        max_padded,
+        max_blocks,
+        R: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        E_POW2: tl.constexpr,
+        CHUNK: tl.constexpr,
+        BLOCKS_CHUNK: tl.constexpr,
+    ):
+        """`align_one_program` on ids held in registers, with no memory read back: `ids` [R]
+        (local expert ids, -1 for none), `rows` [R] their row numbers. Each expert's rows take its
+        blocks in row order: row r goes to its expert's padded start (a [R, E_POW2] one-hot
+        sum) plus the valid rows of that expert before it (a [R, R] count)."""
+        _fill(sorted_ptr, 0, max_padded, num_rows, CHUNK)
+        _fill(done_ptr, 0, num_done, 0, CHUNK)
+        valid = ids >= 0
+        experts = tl.arange(0, E_POW2)
+        counts = tl.histogram(tl.where(valid, ids, 0), E_POW2, mask=valid)
+        padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
+        ends = tl.cumsum(padded, axis=0)
+        total = tl.sum(padded, axis=0)
+        tl.store(num_padded_ptr, total)
+        _store_owners(ends, total, block_expert_ptr, max_blocks, BLOCK_M, BLOCKS_CHUNK)
+        start = tl.sum(tl.where(ids[:, None] == experts[None, :], (ends - padded)[None, :], 0), axis=1)
+        order = tl.arange(0, R)
+        before = (ids[:, None] == ids[None, :]) & (order[None, :] < order[:, None])
+        rank = tl.sum(before.to(tl.int32), axis=1)
+        tl.debug_barrier()  # the pad fill, stored by other threads, comes first
+        tl.store(sorted_ptr + start + rank, rows, mask=valid)
 
     @triton.jit
     def align_one_program(

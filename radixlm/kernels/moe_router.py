@@ -28,7 +28,7 @@ try:
     import triton
     import triton.language as tl
 
-    from radixlm.kernels.moe_align import align_one_program
+    from radixlm.kernels.moe_align import align_in_registers, align_one_program
     from radixlm.kernels.moe_topk import local_ids, topk_of
     from radixlm.kernels.pdl import pdl_launch, pdl_release, pdl_wait
 except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
@@ -38,11 +38,21 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 _TILE = 4096
 # programs the router's experts are spread over, at most (one expert each below this)
 _PROGRAMS = 64
+# the largest [T*k, local experts] one-hot of the alignment in registers (`align_in_registers`)
+_REGISTER_ALIGN = 8192
 
 
 def experts_per_program(num_experts: int) -> int:
     """Router rows one program multiplies: a power of two giving at most `_PROGRAMS` programs."""
     return triton.next_power_of_2(triton.cdiv(num_experts, _PROGRAMS))
+
+
+def aligns_in_registers(num_tokens: int, num_experts: int, top_k: int, local_pow2: int) -> bool:
+    """Whether the last program aligns the top-k ids in registers (`align_in_registers`): its
+    [rows, local experts] one-hot (`local_pow2`: the local experts padded to a power of two) is
+    at most `_REGISTER_ALIGN` entries; else it stores them and runs `align_one_program`."""
+    rows = topk_block(num_tokens, num_experts) * triton.next_power_of_2(top_k)
+    return rows * local_pow2 <= _REGISTER_ALIGN
 
 
 if triton is not None:
@@ -93,12 +103,14 @@ if triton is not None:
         LOCAL_POW2: tl.constexpr,
         CHUNK: tl.constexpr,
         BLOCKS_CHUNK: tl.constexpr,
+        IN_REGISTERS: tl.constexpr,
         PDL: tl.constexpr,
     ):
         """Program p: logits[t, e] = round(x[t] . router[e]) for its EXPERTS_PER_PROGRAM experts e
         and every token t (float32, rounded to x's dtype), stored into `logits` [T, E]; then it
         counts itself on `arrivals`. The last to arrive resets the counter, then runs
-        `_route_align_kernel`'s body on the stored logits (read from L2: other programs wrote them)."""
+        `_route_align_kernel`'s body on the stored logits (read from L2: other programs wrote
+        them), with IN_REGISTERS the alignment on the top-k ids still in registers."""
         if PDL:
             pdl_release()
         experts = tl.program_id(0) * EXPERTS_PER_PROGRAM + tl.arange(0, EXPERTS_PER_PROGRAM)
@@ -133,25 +145,45 @@ if triton is not None:
             chosen_w, chosen_id, mask = topk_of(all_logits, t_ok, ok, TOP_K, K_POW2, E_POW2, BLOCK_T, RENORMALIZE)
             slots = tokens[:, None].to(tl.int64) * TOP_K + tl.arange(0, K_POW2)[None, :]
             tl.store(weights_ptr + slots, chosen_w, mask=mask)
-            tl.store(ids_ptr + slots, local_ids(chosen_id, first_expert, num_local), mask=mask)
-            tl.debug_barrier()  # the ids, stored by every thread, are read back by others
-            align_one_program(
-                ids_ptr,
-                sorted_ptr,
-                cursor_ptr,
-                block_expert_ptr,
-                num_padded_ptr,
-                done_ptr,
-                num_done,
-                num_tokens * TOP_K,
-                num_local,
-                max_padded,
-                max_blocks,
-                BLOCK_M,
-                LOCAL_POW2,
-                CHUNK,
-                BLOCKS_CHUNK,
-            )
+            chosen = local_ids(chosen_id, first_expert, num_local)
+            tl.store(ids_ptr + slots, chosen, mask=mask)
+            if IN_REGISTERS:
+                align_in_registers(
+                    tl.reshape(tl.where(mask, chosen, -1), [BLOCK_T * K_POW2]),
+                    tl.reshape(slots.to(tl.int32), [BLOCK_T * K_POW2]),
+                    sorted_ptr,
+                    block_expert_ptr,
+                    num_padded_ptr,
+                    done_ptr,
+                    num_done,
+                    num_tokens * TOP_K,
+                    max_padded,
+                    max_blocks,
+                    BLOCK_T * K_POW2,
+                    BLOCK_M,
+                    LOCAL_POW2,
+                    CHUNK,
+                    BLOCKS_CHUNK,
+                )
+            else:
+                tl.debug_barrier()  # the ids, stored by every thread, are read back by others
+                align_one_program(
+                    ids_ptr,
+                    sorted_ptr,
+                    cursor_ptr,
+                    block_expert_ptr,
+                    num_padded_ptr,
+                    done_ptr,
+                    num_done,
+                    num_tokens * TOP_K,
+                    num_local,
+                    max_padded,
+                    max_blocks,
+                    BLOCK_M,
+                    LOCAL_POW2,
+                    CHUNK,
+                    BLOCKS_CHUNK,
+                )
 
 
 def new_arrivals(device: torch.device) -> torch.Tensor:
@@ -190,6 +222,7 @@ def route_from_hidden(
     ids = torch.empty((num_tokens, top_k), dtype=torch.int32, device=x.device)
     blocks, cursor = empty_blocks(ids.numel(), num_local, block_m, counters, x.device)
     per_program = experts_per_program(num_experts)
+    block_t = topk_block(num_tokens, num_experts)
     _router_route_kernel[(triton.cdiv(num_experts, per_program),)](
         x,
         router_weight,
@@ -217,12 +250,13 @@ def route_from_hidden(
         top_k,
         triton.next_power_of_2(top_k),
         triton.next_power_of_2(num_experts),
-        topk_block(num_tokens, num_experts),
+        block_t,
         renormalize,
         block_m,
         cursor.numel(),
         ONE_PROGRAM_ROWS,
         blocks_chunk(num_local),
+        aligns_in_registers(num_tokens, num_experts, top_k, cursor.numel()),
         num_warps=TOPK_WARPS,
         **pdl_launch(x, num_tokens),
     )

@@ -411,11 +411,12 @@ def check_hopper_compile() -> None:
         compile_for_hopper(kernel, constexprs, warps, 3)
     from radixlm.kernels import moe_router
 
-    for experts, hidden in ((128, 2048), (8, 4096)):  # Qwen3-30B-A3B, Mixtral-8x7B
+    # Qwen3-30B-A3B at 1 token (the alignment in registers) and 16 (stored), Mixtral-8x7B
+    for experts, hidden, block_t in ((128, 2048, 1), (128, 2048, 16), (8, 4096, 16)):
         per_program = moe_router.experts_per_program(experts)
         constexprs = dict(
             ROUTE_ALIGN_QWEN3, EXPERTS_PER_PROGRAM=per_program, BLOCK_H=min(hidden, 4096 // per_program),
-            E_POW2=experts, LOCAL_POW2=experts,
+            E_POW2=experts, LOCAL_POW2=experts, BLOCK_T=block_t, IN_REGISTERS=block_t * 8 * experts <= 8192,
         )  # fmt: skip
         compile_for_hopper(moe_router._router_route_kernel, constexprs, 4, 3, ("weights_ptr", "logits_ptr"))
 

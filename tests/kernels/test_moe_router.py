@@ -6,7 +6,9 @@ bf16: within one bf16 ulp, the summation order differing from torch's); on those
 weights and ids must equal `fused_topk`'s bit for bit and the blocks `align_by_expert`'s
 (`test_moe_route.assert_same_blocks`, buffers poisoned first); with float32 inputs the ids equal
 `select_experts`' on torch's logits. The arrival counter is zero after every call, and a second
-call reusing it gives the same result. Tokens 1-16, experts 8-512 (one to eight router rows a
+call reusing it gives the same result. The alignment runs on the ids in registers up to a
+size (`aligns_in_registers`; rows within an expert then in row order) and from memory beyond,
+both covered. Tokens 1-16, experts 8-512 (one to eight router rows a
 program), top-k 1-8, experts without tokens, expert-parallel ranks, a hidden size of three
 weight tiles with a partial one, softmax-then-top-k with and without renormalisation. Through
 Triton's interpreter in a subprocess on the CPU; Qwen3-30B-A3B and Mixtral shapes on the GPU.
@@ -99,9 +101,14 @@ def test_router_routing_through_the_interpreter() -> None:
 
 
 def test_experts_per_program_and_refusals() -> None:
-    from radixlm.kernels.moe_router import experts_per_program, new_arrivals, route_from_hidden
+    from radixlm.kernels.moe_router import aligns_in_registers, experts_per_program, new_arrivals, route_from_hidden
 
     assert [experts_per_program(e) for e in (8, 60, 64, 65, 128, 256, 512)] == [1, 1, 1, 2, 2, 4, 8]
+    # SMALL covers both alignments: in registers (Qwen3-30B-A3B up to 8 tokens) and stored
+    local_pow2 = [max(2, 1 << ((e if n < 0 else n) - 1).bit_length()) for _, e, _, _, _, _, _, n, _ in SMALL]
+    in_registers = [aligns_in_registers(t, e, k, p) for (t, e, k, *_), p in zip(SMALL, local_pow2)]
+    assert any(in_registers) and not all(in_registers)
+    assert aligns_in_registers(8, 128, 8, 128) and not aligns_in_registers(16, 128, 8, 128)
     arrivals = new_arrivals(torch.device("cpu"))
     x, router = torch.zeros(17, 64), torch.zeros(128, 64)
     with pytest.raises(ValueError, match="two launches"):
