@@ -5,7 +5,8 @@ the renormalising sum and divide, the id cast; at decode each is a launch of its
 Per token: softmax over the E logits in float32, then k rounds of "take the largest remaining
 probability" (ties to the lower expert id), so the weights come out in descending order like
 `torch.topk`'s; renormalised to sum 1 when asked. No host sync (graph-capturable). The per-row
-computation is the jitted `topk_rows`, which `moe_route`'s one-launch routing shares.
+computation is the jitted `topk_rows` (`topk_of` on logits already loaded), which `moe_route`'s
+and `moe_router`'s one-launch routings share.
 """
 
 from __future__ import annotations

@@ -411,8 +411,8 @@ def check_hopper_compile() -> None:
         compile_for_hopper(kernel, constexprs, warps, 3)
     from radixlm.kernels import moe_router
 
-    # Qwen3-30B-A3B at 1 token (the alignment in registers) and 16 (stored), Mixtral-8x7B
-    for experts, hidden, block_t in ((128, 2048, 1), (128, 2048, 16), (8, 4096, 16)):
+    # Qwen3-30B-A3B at 1 and 8 tokens (the alignment in registers) and 16 (stored), Mixtral-8x7B
+    for experts, hidden, block_t in ((128, 2048, 1), (128, 2048, 8), (128, 2048, 16), (8, 4096, 16)):
         per_program = moe_router.experts_per_program(experts)
         constexprs = dict(
             ROUTE_ALIGN_QWEN3, EXPERTS_PER_PROGRAM=per_program, BLOCK_H=min(hidden, 4096 // per_program),

@@ -22,6 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "radixlm"
 ALLOWED_BEFORE_WAIT = {
     "_gemv_kernel": {"w_ptr"},
     "_router_route_kernel": {"router_ptr"},  # the MoE router's weight
+    "_gated_add_kernel": {"gate_ptr"},  # Qwen2-MoE's shared expert gate
     "_decode_split_kernel": {
         "seq_lens_ptr",
         "req_idx_ptr",
