@@ -7,7 +7,9 @@ the GEMV (a plain matmul) ends the programmatic-dependent-launch chain of the la
 top-k waits for it; here `_router_route_kernel` splits the E experts over programs (a few
 experts each, so the 512 KB stream over ~64 SMs), each loading its weight rows before the PDL
 wait, storing its logits and counting itself on an arrival counter; the last program to arrive
-runs `topk_of` on all logits, then `align_one_program`, exactly as `_route_align_kernel` does.
+runs `topk_of` on all logits (as `_route_align_kernel`'s top-k), then the alignment: at decode
+sizes on the top-k ids still in registers (`align_in_registers`: nothing read back, no atomics;
+each expert's rows in row order), beyond them `align_one_program` as `_route_align_kernel`.
 
 Logits are accumulated in float32 and rounded to x's dtype (as a matmul in that dtype returns
 them) before the softmax. The arrival counter is the caller's: one int32, zero before the
