@@ -238,7 +238,7 @@ if triton is not None:
 @dataclass(frozen=True)
 class ExpertBlocks:
     """The routed rows grouped by expert (see the module docstring): `sorted_rows` int32
-    [max_padded] (row r = t*k + j, or the pad value T*k), `block_expert` int32 [max_blocks]
+    [max_blocks * block_m] (row r = t*k + j, or the pad value T*k), `block_expert` int32 [max_blocks]
     (-1 past the used blocks), `num_padded` int32 [1] (rows used, a multiple of block_m);
     `tile_done` int32 [n], zeroed by the alignment: the arrival counters of a down GEMM that sums
     the top-k in place (n = its N tiles; empty when it does not)."""
@@ -263,8 +263,10 @@ def empty_blocks(
     num_rows: int, num_experts: int, block_m: int, counters: int, device: torch.device
 ) -> tuple[ExpertBlocks, torch.Tensor]:
     """Unfilled `ExpertBlocks` for `num_rows` routed rows, and the alignment's scratch (one
-    cursor per expert, padded to a power of two)."""
-    max_padded = max_padded_rows(num_rows, num_experts, block_m)
+    cursor per expert, padded to a power of two). `sorted_rows` holds whole blocks (the bound of
+    `max_padded_rows` rounded up to `block_m`), so a GEMM program may load its block's rows
+    before it knows whether the block is used."""
+    max_padded = triton.cdiv(max_padded_rows(num_rows, num_experts, block_m), block_m) * block_m
     new = functools.partial(torch.empty, dtype=torch.int32, device=device)
     blocks = ExpertBlocks(new(max_padded), new(triton.cdiv(max_padded, block_m)), new(1), block_m, new(counters))
     return blocks, new(triton.next_power_of_2(max(num_experts, 2)))

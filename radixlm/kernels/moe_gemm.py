@@ -60,14 +60,15 @@ if triton is not None:
         block of expert e and BLOCK_N columns n (w's last dimension contiguous). One dot of
         2 * BLOCK_N columns: gate and up rows interleaved (column 2c is gate row n0 + c, column
         2c + 1 up row N + n0 + c), split apart in the epilogue. Blocks past the used ones
-        (expert -1) return at once: one load before the weights' addresses are known."""
+        (expert -1) return at once; the block's expert and rows load together, so one L2 round
+        trip precedes the first weight and activation loads."""
         if PDL:
             pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
         expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))  # whole blocks: in bounds
         if expert < 0:
             return
-        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         row_ok = rows < num_rows
         tokens = (rows // top_k).to(tl.int64)
         cols = tl.arange(0, 2 * BLOCK_N)
@@ -174,8 +175,10 @@ if triton is not None:
         if PDL:
             pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
+        # issued together (`sorted_rows` holds whole blocks, so the rows load is in bounds)
         num_padded = tl.load(num_padded_ptr)
-        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)  # issued with num_padded's load
+        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         if pid_m * BLOCK_M >= num_padded:
             if SUM == "in_down":
                 if (pid_m == 0) & (num_padded == 0):
@@ -184,7 +187,6 @@ if triton is not None:
                         stride_out, TOP_K, T_POW2, BLOCK_N,
                     )  # fmt: skip
             return
-        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         row_ok = rows < num_rows
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         w_rows = (offs_n % N).to(tl.int64)

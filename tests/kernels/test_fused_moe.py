@@ -127,7 +127,8 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
         padded = (counts + block_m - 1) // block_m * block_m
         num_padded = int(blocks.num_padded.item())
         assert num_padded == int(padded.sum()) <= max_padded_rows(num_rows, experts, block_m)
-        assert blocks.sorted_rows.numel() == max_padded_rows(num_rows, experts, block_m)
+        whole_blocks = -(-max_padded_rows(num_rows, experts, block_m) // block_m) * block_m
+        assert blocks.sorted_rows.numel() == whole_blocks == blocks.max_blocks * block_m
         rows = blocks.sorted_rows.cpu().long()
         owner = blocks.block_expert.cpu().long()
         used_blocks = num_padded // block_m
