@@ -8,6 +8,7 @@ was ~200 µs per step longer than the same steps unprofiled (`decode_host_gap.py
 line is mostly the profiler's, and the kernel rows are upper bounds.
 
     python benchmarks/decode_profile.py [--shapes llama-3.2-1b llama-3-8b] [--steps 20]
+    python benchmarks/decode_profile.py --shapes qwen3-30b-a3b   # a MoE shape of moe_gpu_bench.py
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(__file__))
+import moe_gpu_bench  # noqa: E402
 from gpu_bench import SHAPES, decode_setup, model_dir, time_cuda  # noqa: E402
+
+
+def any_model_dir(shape: str) -> str:
+    """The model directory of a dense shape (`gpu_bench`) or a MoE one (`moe_gpu_bench`)."""
+    return moe_gpu_bench.model_dir(shape) if shape in moe_gpu_bench.SHAPES else model_dir(shape)
 
 
 def kernel_table(runner: object, decode: object, steps: int) -> tuple[dict[str, list[float]], float]:
@@ -56,12 +63,13 @@ def kernel_table(runner: object, decode: object, steps: int) -> tuple[dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", nargs="+", default=["llama-3.2-1b", "llama-3-8b"], choices=list(SHAPES))
+    shapes = list(SHAPES) + list(moe_gpu_bench.SHAPES)
+    ap.add_argument("--shapes", nargs="+", default=["llama-3.2-1b", "llama-3-8b"], choices=shapes)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--context", type=int, default=256)
     a = ap.parse_args()
     for shape in a.shapes:
-        runner, decode = decode_setup(model_dir(shape), a.context, graphs=True)
+        runner, decode = decode_setup(any_model_dir(shape), a.context, graphs=True)
         step_us = time_cuda(lambda: runner.forward(decode), 50) * 1e3
         table, span = kernel_table(runner, decode, a.steps)
         busy = sum(row[2] for row in table.values())

@@ -15,9 +15,13 @@ and the torch reference, bf16 random weights, in one run.
     down + top-k sum) against `fused_topk` + `fused_experts` (4), the same with the top-k summed
     by its own kernel (5), and `select_experts` + `fused_experts` with that sum kernel (the MoE
     layer's decode before `fused_moe`: the torch router's launches + 4).
+(f) a whole MoE block's decode from the hidden states, T = 1, 4, 8, 16 (each call its own input
+    and router weight, cold L2, one CUDA graph): `fused_moe_from_hidden` (3 launches: the
+    router's matmul inside the routing) against the router's matmul in torch + `fused_moe`, and
+    GB/s over the bytes read (router weight + the distinct selected experts' weights) vs copy.
 
     python benchmarks/moe_bench.py [--quick] [--shapes qwen3-30b-a3b mixtral-8x7b] [--sweep] [--profile]
-        [--only prefill decode router routed]
+        [--only prefill decode router routed hidden]
 
 Each row also times the other top-k sum (float32 atomics in the down GEMM vs the default: in the
 down GEMM's last program per N tile at <= 16 tokens, a reduction kernel beyond) at the same
@@ -47,7 +51,9 @@ from radixlm.kernels.fused_moe import (
     fused_experts,
     fused_experts_with_config,
     fused_moe,
+    fused_moe_from_hidden,
     moe_config,
+    new_arrivals,
     plan_moe,
 )
 from radixlm.kernels.moe_topk import fused_topk
@@ -300,7 +306,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--profile", action="store_true", help="device time of each kernel of one call")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    sections = ["prefill", "decode", "router", "routed"]
+    sections = ["prefill", "decode", "router", "routed", "hidden"]
     ap.add_argument("--only", nargs="+", default=sections, choices=sections, help="sections to run (default all)")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -346,6 +352,12 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for name in args.shapes:
             bench_routed(name, *weights[name], SHAPES[name][3], args)
+    if "hidden" in args.only:
+        print("\n(f) MoE block decode from the hidden states, us per call in one CUDA graph")
+        print("| shape | tokens | fused_moe_from_hidden us | GB/s | of copy bw | torch router matmul + fused_moe us |")
+        print("|---|---|---|---|---|---|")
+        for name in args.shapes:
+            bench_from_hidden(name, *weights[name], SHAPES[name][3], copy_bw, args)
 
 
 def bench_routed(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, args: argparse.Namespace) -> None:
@@ -388,6 +400,50 @@ def bench_routed(name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, arg
         if args.profile:
             x, g = inputs[0]
             print(f"    kernels (us): {kernel_breakdown(lambda: fused_moe(x, g, w13, w2, top_k, True))}", flush=True)
+
+
+def bench_from_hidden(
+    name: str, w13: torch.Tensor, w2: torch.Tensor, top_k: int, copy_bw: float, args: argparse.Namespace
+) -> None:
+    """Section (f): each call its own input and router weight; bytes: the router weight and each
+    call's distinct selected experts (routing read back after one eager run of the calls)."""
+    experts, two_i, hidden = w13.shape
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    per_expert = w13[0].numel() * 2 + w2[0].numel() * 2
+    calls_n = max(4, min(32, (1 << 30) // (per_expert * top_k)))
+    reps = 5 if args.quick else 11
+    arrivals = new_arrivals(w13.device)
+    for tokens in (1, 4, 8, 16):
+        draw = dict(device="cuda", dtype=torch.bfloat16, generator=gen)
+        inputs = [
+            (torch.randn(tokens, hidden, **draw), torch.randn(experts, hidden, **draw) / hidden**0.5)
+            for _ in range(calls_n)
+        ]
+        outs = [torch.empty_like(x) for x, _ in inputs]
+        pairs = list(zip(inputs, outs))
+        fused = [
+            lambda x=x, r=r, o=o: fused_moe_from_hidden(x, r, w13, w2, top_k, True, arrivals, out=o)
+            for (x, r), o in pairs
+        ]
+        torch_matmul = [
+            lambda x=x, r=r, o=o: fused_moe(x, torch.nn.functional.linear(x, r), w13, w2, top_k, True, out=o)
+            for (x, r), o in pairs
+        ]
+        selected = sum(
+            select_experts(torch.nn.functional.linear(x, r), top_k, True)[1].unique().numel() for x, r in inputs
+        )
+        read = selected * per_expert + calls_n * experts * hidden * 2
+        us = graph_us_per_call(fused, reps)
+        torch_us = graph_us_per_call(torch_matmul, reps)
+        gbps = read / calls_n / (us * 1e-6) / 1e9
+        print(
+            f"| {name} | {tokens} | {us:.1f} | {gbps:.0f} | {100 * gbps * 1e9 / copy_bw:.0f} % | {torch_us:.1f} |",
+            flush=True,
+        )
+        if args.profile:
+            (x, r), o = pairs[0]
+            kernels = kernel_breakdown(lambda: fused_moe_from_hidden(x, r, w13, w2, top_k, True, arrivals))
+            print(f"    kernels (us): {kernels}", flush=True)
 
 
 def bench_router(name: str, experts: int, top_k: int) -> None:

@@ -8,6 +8,7 @@ throughput of N prompts x (512 in, 256 out) against HF `generate`'s best batch o
 
     python benchmarks/moe_gpu_bench.py --shapes qwen3-30b-a3b --num-prompts 1000
     python benchmarks/moe_gpu_bench.py --shapes mixtral-8x7b   # needs ~95 GB: an H200
+    python benchmarks/moe_gpu_bench.py --skip offline hf-decode  # the batch-1 decode step alone
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _head_dim(config: object) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def run_decode(shape: str, path: str, copy_gbps: float) -> dict:
+def run_decode(shape: str, path: str, copy_gbps: float, hf: bool = True) -> dict:
     runner, decode = decode_setup(path, CONTEXT, graphs=True)
     ms = time_back_to_back(lambda: runner.forward(decode), 200)
     read, total = bytes_per_token(runner.model, runner.model.config, CONTEXT)
@@ -104,8 +105,9 @@ def run_decode(shape: str, path: str, copy_gbps: float) -> dict:
         flush=True,
     )
     print(f"  (after release: {torch.cuda.memory_allocated() / 2**30:.1f} GiB still allocated)", flush=True)
-    hf = hf_generate(path, random_prompts(1, 128), 64, 1)
-    print(f"{shape}: HF generate bs1 {hf:.1f} tok/s", flush=True)
+    hf_tok_s = hf_generate(path, random_prompts(1, 128), 64, 1) if hf else None
+    if hf:
+        print(f"{shape}: HF generate bs1 {hf_tok_s:.1f} tok/s", flush=True)
     return dict(
         decode_ms=ms,
         read_GB=read / 1e9,
@@ -113,7 +115,7 @@ def run_decode(shape: str, path: str, copy_gbps: float) -> dict:
         achieved_GBps=gbps,
         fraction_of_copy_bw=gbps / copy_gbps,
         tok_s=1e3 / ms,
-        hf_batch1_tok_s=hf,
+        hf_batch1_tok_s=hf_tok_s,
     )
 
 
@@ -139,7 +141,7 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=1000)
     ap.add_argument("--hf-prompts", type=int, default=128)
     ap.add_argument("--hf-batches", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "offline"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "offline", "hf-decode"])
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     results: dict = {"device": torch.cuda.get_device_name(), "copy_GBps": copy_bandwidth() / 1e9}
@@ -147,7 +149,7 @@ def main() -> None:
     for shape in a.shapes:
         path, res = model_dir(shape), {}
         if "decode" not in a.skip:
-            res["decode"] = run_decode(shape, path, results["copy_GBps"])
+            res["decode"] = run_decode(shape, path, results["copy_GBps"], "hf-decode" not in a.skip)
         if "offline" not in a.skip:
             res.update(run_offline(shape, path, a))
         results[shape] = res

@@ -27,6 +27,9 @@ most 16 tokens): `fused_moe` runs 0 and 1 as one kernel (`moe_route.route_and_al
 down kernel does 4 itself (the last program of each N tile to finish, counted on a counter the
 alignment zeroed, sums that tile for every token), so a routed decode is 3 launches
 (`route_align`, `gate_up`, `down_sum`) and `fused_experts` 3 (`align`, `gate_up`, `down_sum`).
+`fused_moe_from_hidden` takes the router's weight instead of its logits: at decode sizes its
+first launch also runs the router's matmul (`moe_router.route_from_hidden`), so a whole routed
+MoE block is 3 launches (`router_route_align`, `gate_up`, `down_sum`), all under PDL.
 Larger batches: `topk`, `align` (+ `scatter` beyond 1,024 rows), `gate_up`, `down`, `sum`
 (`_sum_kernel`). With `MoeConfig.atomic_sum` the down kernel instead adds its rows into a
 zeroed float32 [T, H] (atomics, order not fixed) that is then cast into `out`: [T*k, H] is
@@ -57,6 +60,7 @@ from radixlm.kernels.moe_align import ExpertBlocks, align_by_expert, max_padded_
 from radixlm.kernels.moe_config import GemmConfig, MoeConfig, MoePlan, moe_config, plan_moe
 from radixlm.kernels.moe_gemm import down, gate_up
 from radixlm.kernels.moe_route import route_and_align
+from radixlm.kernels.moe_router import new_arrivals, route_from_hidden
 from radixlm.kernels.moe_topk import fused_topk
 
 # re-exported: the kernel tests and benchmarks/moe_bench.py import these from here
@@ -68,7 +72,10 @@ __all__ = [
     "fused_experts",
     "fused_experts_with_config",
     "fused_moe",
+    "fused_moe_from_hidden",
+    "fused_moe_from_hidden_with_config",
     "fused_moe_with_config",
+    "new_arrivals",
     "max_padded_rows",
     "moe_config",
     "plan_moe",
@@ -286,3 +293,57 @@ def fused_moe(
     (`route_align`, `gate_up`, `down_sum`). Graph-capturable: no host sync."""
     config = moe_config(router_logits.shape[0] * top_k, w13.shape[0], w13.shape[2], w2.shape[2])
     return fused_moe_with_config(x, router_logits, w13, w2, top_k, renormalize, config, first_expert, out)
+
+
+def fused_moe_from_hidden_with_config(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    arrivals: torch.Tensor,
+    config: MoeConfig,
+    first_expert: int = 0,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`fused_moe_from_hidden` with the block sizes given (tests and benchmark sweeps)."""
+    _check_weights(x, w13, w2, out)
+    num_tokens, router_experts = x.shape[0], router_weight.shape[0]
+    num_local, hidden = w13.shape[0], w13.shape[2]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    in_kernel = router_weight.dtype == x.dtype and router_weight.stride(-1) == 1
+    plan = plan_moe(num_tokens, top_k, hidden, config, router_experts, from_hidden=in_kernel)
+    if plan.route != "hidden" or not 0 <= first_expert <= router_experts - num_local:
+        logits = torch.nn.functional.linear(x, router_weight)
+        return fused_moe_with_config(x, logits, w13, w2, top_k, renormalize, config, first_expert, out)
+    total = _zeroed_sum(x, plan)
+    weights, ids, blocks, _ = route_from_hidden(
+        x, router_weight, top_k, renormalize, config.block_m, arrivals, first_expert, num_local,
+        _counters(plan, hidden, config),
+    )  # fmt: skip
+    return _experts(x, w13, w2, weights, ids, blocks, config, plan, torch.empty_like(x) if out is None else out, total)
+
+
+def fused_moe_from_hidden(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    arrivals: torch.Tensor,
+    first_expert: int = 0,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`fused_moe(x, x @ router_weight^T, w13, w2, top_k, renormalize, first_expert, out)` with
+    the router's weight [E_router, H]: at decode sizes (`plan_moe(..., from_hidden=True)` route
+    "hidden") the logits are computed inside the routing launch, float32 rounded to x's dtype
+    (as the matmul returns them; its summation order may differ in the last bit); elsewhere (or
+    a router weight of another dtype) the matmul runs first and `fused_moe` follows. `arrivals`:
+    the caller's counter from `new_arrivals`, zero before and after; calls sharing it must not
+    run concurrently. Graph-capturable: no host sync."""
+    config = moe_config(x.shape[0] * top_k, w13.shape[0], w13.shape[2], w2.shape[2])
+    return fused_moe_from_hidden_with_config(
+        x, router_weight, w13, w2, top_k, renormalize, arrivals, config, first_expert, out
+    )

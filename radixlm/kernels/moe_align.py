@@ -76,12 +76,57 @@ if triton is not None:
         tl.store(cursor_ptr + experts, ends - padded)
         total = tl.sum(padded, axis=0)
         tl.store(num_padded_ptr, total)
+        _store_owners(ends, total, block_expert_ptr, max_blocks, BLOCK_M, BLOCKS_CHUNK)
+
+    @triton.jit
+    def _store_owners(ends, total, block_expert_ptr, max_blocks, BLOCK_M: tl.constexpr, BLOCKS_CHUNK: tl.constexpr):
+        """block_expert[b] = the expert whose padded rows hold row b * BLOCK_M (`ends`: each
+        expert's padded end, cumulative), -1 from `total` on."""
         for first in range(0, max_blocks, BLOCKS_CHUNK):  # [BLOCKS_CHUNK, E_POW2] comparisons a step
             blocks = first + tl.arange(0, BLOCKS_CHUNK)
             row0 = blocks * BLOCK_M
             owner = tl.sum((ends[None, :] <= row0[:, None]).to(tl.int32), axis=1)
             owner = tl.where(row0 < total, owner, -1)
             tl.store(block_expert_ptr + blocks, owner, mask=blocks < max_blocks)
+
+    @triton.jit
+    def align_in_registers(
+        ids,
+        rows,
+        sorted_ptr,
+        block_expert_ptr,
+        num_padded_ptr,
+        done_ptr,
+        num_done,
+        num_rows,
+        max_padded,
+        max_blocks,
+        R: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        E_POW2: tl.constexpr,
+        CHUNK: tl.constexpr,
+        BLOCKS_CHUNK: tl.constexpr,
+    ):
+        """`align_one_program` on ids held in registers, with no memory read back: `ids` [R]
+        (local expert ids, -1 for none), `rows` [R] their row numbers. Each expert's rows take its
+        blocks in row order: row r goes to its expert's padded start (a [R, E_POW2] one-hot
+        sum) plus the valid rows of that expert before it (a [R, R] count)."""
+        _fill(sorted_ptr, 0, max_padded, num_rows, CHUNK)
+        _fill(done_ptr, 0, num_done, 0, CHUNK)
+        valid = ids >= 0
+        experts = tl.arange(0, E_POW2)
+        counts = tl.histogram(tl.where(valid, ids, 0), E_POW2, mask=valid)
+        padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
+        ends = tl.cumsum(padded, axis=0)
+        total = tl.sum(padded, axis=0)
+        tl.store(num_padded_ptr, total)
+        _store_owners(ends, total, block_expert_ptr, max_blocks, BLOCK_M, BLOCKS_CHUNK)
+        start = tl.sum(tl.where(ids[:, None] == experts[None, :], (ends - padded)[None, :], 0), axis=1)
+        order = tl.arange(0, R)
+        before = (ids[:, None] == ids[None, :]) & (order[None, :] < order[:, None])
+        rank = tl.sum(before.to(tl.int32), axis=1)
+        tl.debug_barrier()  # the pad fill, stored by other threads, comes first
+        tl.store(sorted_ptr + start + rank, rows, mask=valid)
 
     @triton.jit
     def align_one_program(
@@ -193,7 +238,7 @@ if triton is not None:
 @dataclass(frozen=True)
 class ExpertBlocks:
     """The routed rows grouped by expert (see the module docstring): `sorted_rows` int32
-    [max_padded] (row r = t*k + j, or the pad value T*k), `block_expert` int32 [max_blocks]
+    [max_blocks * block_m] (row r = t*k + j, or the pad value T*k), `block_expert` int32 [max_blocks]
     (-1 past the used blocks), `num_padded` int32 [1] (rows used, a multiple of block_m);
     `tile_done` int32 [n], zeroed by the alignment: the arrival counters of a down GEMM that sums
     the top-k in place (n = its N tiles; empty when it does not)."""
@@ -218,8 +263,10 @@ def empty_blocks(
     num_rows: int, num_experts: int, block_m: int, counters: int, device: torch.device
 ) -> tuple[ExpertBlocks, torch.Tensor]:
     """Unfilled `ExpertBlocks` for `num_rows` routed rows, and the alignment's scratch (one
-    cursor per expert, padded to a power of two)."""
-    max_padded = max_padded_rows(num_rows, num_experts, block_m)
+    cursor per expert, padded to a power of two). `sorted_rows` holds whole blocks (the bound of
+    `max_padded_rows` rounded up to `block_m`), so a GEMM program may load its block's rows
+    before it knows whether the block is used."""
+    max_padded = triton.cdiv(max_padded_rows(num_rows, num_experts, block_m), block_m) * block_m
     new = functools.partial(torch.empty, dtype=torch.int32, device=device)
     blocks = ExpertBlocks(new(max_padded), new(triton.cdiv(max_padded, block_m)), new(1), block_m, new(counters))
     return blocks, new(triton.next_power_of_2(max(num_experts, 2)))

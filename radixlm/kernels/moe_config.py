@@ -89,17 +89,22 @@ SUM_IN_DOWN_MAX_TOKENS = 16
 class MoePlan:
     """Which kernels one fused MoE call launches (`launches()`, in order). `route`: "one_launch"
     (router top-k and alignment in one kernel, `moe_route`), "topk" (`fused_topk`, then the
-    alignment) or "given" (the caller routed; the alignment only). `align_launches`: the
-    alignment's own launches, 0 inside the routing, 1 up to `ONE_PROGRAM_ROWS` rows, else 2.
+    alignment), "given" (the caller routed; the alignment only) or "hidden" (as "one_launch",
+    the router's matmul included: `moe_router`). `router_gemm`: the router's matmul is a launch
+    of its own before the routing (`fused_moe_from_hidden` where "hidden" does not fit).
+    `align_launches`: the alignment's own launches, 0 inside the routing, 1 up to
+    `ONE_PROGRAM_ROWS` rows, else 2.
     `top_k_sum`: "in_down" (the down GEMM's last program per N tile sums, no launch),
     "kernel" (`_sum_kernel`) or "atomic" (`MoeConfig.atomic_sum`: a memset before, a cast after)."""
 
     route: str
     align_launches: int
     top_k_sum: str
+    router_gemm: bool = False
 
     def launches(self) -> tuple[str, ...]:
-        routing = {"one_launch": ("route_align",), "topk": ("topk",), "given": ()}[self.route]
+        routes = {"hidden": ("router_route_align",), "one_launch": ("route_align",), "topk": ("topk",), "given": ()}
+        routing = ("router_gemm",) * self.router_gemm + routes[self.route]
         align = ("align", "scatter")[: self.align_launches]
         gemms = {"in_down": ("gate_up", "down_sum"), "kernel": ("gate_up", "down", "sum")}
         if self.top_k_sum == "atomic":
@@ -107,23 +112,27 @@ class MoePlan:
         return routing + align + gemms[self.top_k_sum]
 
 
-def plan_moe(num_tokens: int, top_k: int, hidden: int, config: MoeConfig, router_experts: int = 0) -> MoePlan:
+def plan_moe(
+    num_tokens: int, top_k: int, hidden: int, config: MoeConfig, router_experts: int = 0, from_hidden: bool = False
+) -> MoePlan:
     """The plan of T = `num_tokens` tokens routed to `top_k` experts under `config`, routed from
-    logits over `router_experts` experts (0: the caller gives ids). Decode sizes (at most
-    `SUM_IN_DOWN_MAX_TOKENS` tokens and one alignment program) sum in the down GEMM; routing is
-    one launch where `moe_route.fits_one_launch`."""
+    logits over `router_experts` experts (0: the caller gives ids), or with `from_hidden` from
+    the hidden states and the router's weight. Decode sizes (at most `SUM_IN_DOWN_MAX_TOKENS`
+    tokens and one alignment program) sum in the down GEMM; routing is one launch where
+    `moe_route.fits_one_launch`, the router's matmul included when `from_hidden`."""
     one_program = num_tokens * top_k <= ONE_PROGRAM_ROWS
+    one_launch = bool(router_experts) and fits_one_launch(num_tokens, router_experts, top_k)
     if not router_experts:
         route = "given"
-    elif fits_one_launch(num_tokens, router_experts, top_k):
-        route = "one_launch"
+    elif one_launch:
+        route = "hidden" if from_hidden else "one_launch"
     else:
         route = "topk"
-    align = 0 if route == "one_launch" else 1 if one_program else 2
+    align = 0 if one_launch else 1 if one_program else 2
     in_down = (
         num_tokens <= SUM_IN_DOWN_MAX_TOKENS
         and one_program
         and triton.cdiv(hidden, config.down.block_n) <= ONE_PROGRAM_ROWS
     )
     top_k_sum = "atomic" if config.atomic_sum else "in_down" if in_down else "kernel"
-    return MoePlan(route, align, top_k_sum)
+    return MoePlan(route, align, top_k_sum, from_hidden and not one_launch)

@@ -38,7 +38,6 @@ if triton is not None:
         act_ptr,
         sorted_ptr,
         block_expert_ptr,
-        num_padded_ptr,
         num_rows,
         max_blocks,
         N,
@@ -60,14 +59,16 @@ if triton is not None:
         """act[r, n] = silu(x[r // k] . w[e, n]) * (x[r // k] . w[e, N + n]) for the rows r of one
         block of expert e and BLOCK_N columns n (w's last dimension contiguous). One dot of
         2 * BLOCK_N columns: gate and up rows interleaved (column 2c is gate row n0 + c, column
-        2c + 1 up row N + n0 + c), split apart in the epilogue."""
+        2c + 1 up row N + n0 + c), split apart in the epilogue. Blocks past the used ones
+        (expert -1) return at once; the block's expert and rows load together, so one L2 round
+        trip precedes the first weight and activation loads."""
         if PDL:
             pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
-        if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
-            return
         expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))  # whole blocks: in bounds
+        if expert < 0:
+            return
         row_ok = rows < num_rows
         tokens = (rows // top_k).to(tl.int64)
         cols = tl.arange(0, 2 * BLOCK_N)
@@ -174,7 +175,10 @@ if triton is not None:
         if PDL:
             pdl_enter()
         pid_m, pid_n = _tile(max_blocks, N, BLOCK_N, GROUP_M)
+        # issued together (`sorted_rows` holds whole blocks, so the rows load is in bounds)
         num_padded = tl.load(num_padded_ptr)
+        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
+        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         if pid_m * BLOCK_M >= num_padded:
             if SUM == "in_down":
                 if (pid_m == 0) & (num_padded == 0):
@@ -183,8 +187,6 @@ if triton is not None:
                         stride_out, TOP_K, T_POW2, BLOCK_N,
                     )  # fmt: skip
             return
-        expert = tl.load(block_expert_ptr + pid_m).to(tl.int64)
-        rows = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
         row_ok = rows < num_rows
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         w_rows = (offs_n % N).to(tl.int64)
@@ -242,7 +244,6 @@ def gate_up(x: torch.Tensor, w13: torch.Tensor, blocks: ExpertBlocks, top_k: int
         act,
         blocks.sorted_rows,
         blocks.block_expert,
-        blocks.num_padded,
         num_rows,
         max_blocks,
         inter,

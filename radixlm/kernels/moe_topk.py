@@ -5,7 +5,8 @@ the renormalising sum and divide, the id cast; at decode each is a launch of its
 Per token: softmax over the E logits in float32, then k rounds of "take the largest remaining
 probability" (ties to the lower expert id), so the weights come out in descending order like
 `torch.topk`'s; renormalised to sum 1 when asked. No host sync (graph-capturable). The per-row
-computation is the jitted `topk_rows`, which `moe_route`'s one-launch routing shares.
+computation is the jitted `topk_rows` (`topk_of` on logits already loaded), which `moe_route`'s
+and `moe_router`'s one-launch routings share.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ if triton is not None:
         ok = t_ok[:, None] & (experts[None, :] < num_experts)
         ptrs = logits_ptr + tokens[:, None].to(tl.int64) * stride_logits + experts[None, :]
         logits = tl.load(ptrs, mask=ok, other=float("-inf")).to(tl.float32)
+        return topk_of(logits, t_ok, ok, TOP_K, K_POW2, E_POW2, BLOCK_T, RENORMALIZE)
+
+    @triton.jit
+    def topk_of(
+        logits,
+        t_ok,
+        ok,
+        TOP_K: tl.constexpr,
+        K_POW2: tl.constexpr,
+        E_POW2: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        RENORMALIZE: tl.constexpr,
+    ):
+        """`topk_rows` on logits already loaded: float32 [BLOCK_T, E_POW2], -inf where `ok`
+        [BLOCK_T, E_POW2] is false; `t_ok` [BLOCK_T] marks the real tokens."""
+        experts = tl.arange(0, E_POW2)
         logits = tl.where(t_ok[:, None], logits, 0.0)  # rows past T: no -inf - -inf
         shifted = tl.exp(logits - tl.max(logits, axis=1)[:, None])
         probs = tl.where(ok, shifted / tl.sum(shifted, axis=1)[:, None], -1.0)

@@ -127,7 +127,8 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
         padded = (counts + block_m - 1) // block_m * block_m
         num_padded = int(blocks.num_padded.item())
         assert num_padded == int(padded.sum()) <= max_padded_rows(num_rows, experts, block_m)
-        assert blocks.sorted_rows.numel() == max_padded_rows(num_rows, experts, block_m)
+        whole_blocks = -(-max_padded_rows(num_rows, experts, block_m) // block_m) * block_m
+        assert blocks.sorted_rows.numel() == whole_blocks == blocks.max_blocks * block_m
         rows = blocks.sorted_rows.cpu().long()
         owner = blocks.block_expert.cpu().long()
         used_blocks = num_padded // block_m
@@ -198,6 +199,47 @@ def check_decode_paths(cases: tuple, device: str, gen: torch.Generator) -> None:
     assert torch.equal(fused_experts(x, w13, w2, weights, ids, out=torch.full_like(x, float("nan"))), 0 * x)
 
 
+def check_from_hidden(cases: tuple, device: str, gen: torch.Generator) -> None:
+    """`fused_moe_from_hidden` (the router's matmul inside the routing launch at decode sizes)
+    equals `fused_moe` on the logits that launch computed, bit for bit, and the reference on
+    torch's routing within the tolerance (`norm_topk_prob` on and off); beyond the decode sizes
+    (17 tokens) it runs the matmul first and equals `fused_moe` on torch's logits."""
+    from radixlm.kernels.fused_moe import fused_moe, fused_moe_from_hidden, moe_config, new_arrivals, plan_moe
+    from radixlm.kernels.moe_router import route_from_hidden
+    from radixlm.layers.moe.routing import select_experts
+
+    arrivals = new_arrivals(torch.device(device))
+    for i, (tokens, router_experts, top_k, hidden, inter, first, local) in enumerate(cases):
+        renormalize = bool(i % 2)
+        x, w13, w2 = make_case(tokens, local, 1, hidden, inter, 1, 0.0, torch.bfloat16, device, gen)[:3]
+        router = (torch.randn(router_experts, hidden, generator=gen, device=device) / hidden**0.5).bfloat16()
+        config = moe_config(tokens * top_k, local, hidden, inter)
+        plan = plan_moe(tokens, top_k, hidden, config, router_experts, from_hidden=True)
+        assert plan.launches() == ("router_route_align", "gate_up", "down_sum")
+        nan = functools.partial(torch.full_like, x, float("nan"))
+        got = fused_moe_from_hidden(x, router, w13, w2, top_k, renormalize, arrivals, first, out=nan())
+        logits = route_from_hidden(x, router, top_k, renormalize, config.block_m, arrivals, first, local)[3]
+        case = (tokens, router_experts, top_k, first, local, renormalize)
+        assert torch.equal(got, fused_moe(x, logits, w13, w2, top_k, renormalize, first, out=nan())), case
+        weights, ids = select_experts(logits, top_k, renormalize)
+        ids = ids - first
+        ids[(ids < 0) | (ids >= local)] = -1
+        want = reference64(x, w13, w2, weights, ids)
+        if (ids >= 0).any():
+            assert rel_err(got, want) <= (TOL if x.is_cuda else INTERP_TOL)[torch.bfloat16], case
+        else:
+            assert torch.equal(got, torch.zeros_like(got)), case
+        assert arrivals.item() == 0, case
+    x, w13, w2 = make_case(17, 8, 1, 64, 32, 1, 0.0, torch.bfloat16, device, gen)[:3]
+    router = torch.randn(8, 64, generator=gen, device=device).bfloat16()
+    assert plan_moe(17, 2, 64, moe_config(34, 8, 64, 32), 8, from_hidden=True).launches()[:3] == (
+        "router_gemm", "topk", "align",
+    )  # fmt: skip
+    logits = torch.nn.functional.linear(x, router)
+    got = fused_moe_from_hidden(x, router, w13, w2, 2, True, arrivals)
+    assert torch.equal(got, fused_moe(x, logits, w13, w2, 2, True))
+
+
 def check_interpreter_cases() -> None:
     """The small cases in bf16 through `moe_config` and through explicit small tiles (grouped
     program order, 32-row blocks, the atomic top-k sum), two of them in float32."""
@@ -222,6 +264,13 @@ def test_fused_experts_through_the_interpreter() -> None:
 def test_decode_paths_through_the_interpreter() -> None:
     run_interpreted(
         "test_fused_moe", "t.check_decode_paths(t.DECODE_CASES, 'cpu', torch.Generator().manual_seed(1))", timeout=900
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
+def test_from_hidden_through_the_interpreter() -> None:
+    run_interpreted(
+        "test_fused_moe", "t.check_from_hidden(t.DECODE_CASES, 'cpu', torch.Generator().manual_seed(2))", timeout=900
     )
 
 
@@ -271,7 +320,15 @@ def test_rejects_mismatched_shapes() -> None:
         fused_experts(x, w13, torch.zeros(4, 64, 32), weights, ids, out=torch.zeros(64, 2).t())  # strided out
 
 
-_INT_POINTERS = ("ids_ptr", "sorted_ptr", "cursor_ptr", "block_expert_ptr", "num_padded_ptr", "done_ptr")
+_INT_POINTERS = (
+    "ids_ptr",
+    "sorted_ptr",
+    "cursor_ptr",
+    "block_expert_ptr",
+    "num_padded_ptr",
+    "done_ptr",
+    "arrivals_ptr",
+)
 # the one-launch routing at Qwen3-30B-A3B's decode (16 tokens, 128 experts, top-8, PDL)
 ROUTE_ALIGN_QWEN3 = dict(
     TOP_K=8, K_POW2=8, E_POW2=128, BLOCK_T=16, RENORMALIZE=True, BLOCK_M=16, LOCAL_POW2=128, CHUNK=1024,
@@ -279,7 +336,7 @@ ROUTE_ALIGN_QWEN3 = dict(
 )  # fmt: skip
 
 
-def compile_for_hopper(kernel, constexprs: dict, num_warps: int, num_stages: int):
+def compile_for_hopper(kernel, constexprs: dict, num_warps: int, num_stages: int, fp32_pointers=("weights_ptr",)):
     """Compile a Triton kernel for sm_90 on this machine (no GPU needed), its pointers and
     strides marked 16-divisible as the JIT would find them at model shapes: bf16 data, int32
     ids and block tables, float32 routing weights."""
@@ -293,7 +350,7 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, num_stages: int
             signature[name] = "constexpr"
             continue
         if name.endswith("_ptr"):
-            signature[name] = "*i32" if name in _INT_POINTERS else "*fp32" if name == "weights_ptr" else "*bf16"
+            signature[name] = "*i32" if name in _INT_POINTERS else "*fp32" if name in fp32_pointers else "*bf16"
         else:
             signature[name] = "i32"
         if name.endswith("_ptr") or name.startswith("stride") or name in ("N", "K", "H"):
@@ -353,6 +410,16 @@ def check_hopper_compile() -> None:
         (fm._sum_kernel, dict(TOP_K=8, BLOCK_H=1024, PDL=True), 4),
     ):
         compile_for_hopper(kernel, constexprs, warps, 3)
+    from radixlm.kernels import moe_router
+
+    # Qwen3-30B-A3B at 1 and 8 tokens (the alignment in registers) and 16 (stored), Mixtral-8x7B
+    for experts, hidden, block_t in ((128, 2048, 1), (128, 2048, 8), (128, 2048, 16), (8, 4096, 16)):
+        per_program = moe_router.experts_per_program(experts)
+        constexprs = dict(
+            ROUTE_ALIGN_QWEN3, EXPERTS_PER_PROGRAM=per_program, BLOCK_H=min(hidden, 4096 // per_program),
+            E_POW2=experts, LOCAL_POW2=experts, BLOCK_T=block_t, IN_REGISTERS=block_t * 8 * experts <= 8192,
+        )  # fmt: skip
+        compile_for_hopper(moe_router._router_route_kernel, constexprs, 4, 3, ("weights_ptr", "logits_ptr"))
 
 
 @pytest.mark.slow
@@ -511,3 +578,45 @@ def test_fused_moe_in_a_cuda_graph_replays_with_new_logits(tokens: int) -> None:
         torch.cuda.synchronize()
         weights, ids = fused_topk(logits, top_k, True)
         assert torch.equal(out, fused_experts(x, w13, w2, weights, ids))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_from_hidden_on_gpu() -> None:
+    """`check_from_hidden` compiled (PDL on Hopper): many router programs, the arrival counter."""
+    gen = torch.Generator("cuda").manual_seed(6)
+    for _ in range(3):
+        check_from_hidden(GPU_DECODE, "cuda", gen)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("tokens", [1, 8, 16])
+def test_fused_moe_from_hidden_in_a_cuda_graph_replays_with_new_inputs(tokens: int) -> None:
+    """`fused_moe_from_hidden` captured once (three launches), replayed after new inputs are
+    copied in: each replay equals `fused_moe` eagerly on the logits the routing launch computes,
+    and the arrival counter stays zero."""
+    from radixlm.kernels.fused_moe import fused_moe, fused_moe_from_hidden, new_arrivals
+    from radixlm.kernels.moe_router import route_from_hidden
+
+    gen = torch.Generator("cuda").manual_seed(14)
+    experts, top_k, hidden, inter = 128, 8, 2048, 768
+    x, w13, w2 = make_case(tokens, experts, top_k, hidden, inter, experts, 0.0, torch.bfloat16, "cuda", gen)[:3]
+    router = (torch.randn(experts, hidden, generator=gen, device="cuda") / hidden**0.5).bfloat16()
+    arrivals, out = new_arrivals(x.device), torch.empty_like(x)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fused_moe_from_hidden(x, router, w13, w2, top_k, True, arrivals, out=out)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fused_moe_from_hidden(x, router, w13, w2, top_k, True, arrivals, out=out)
+    for _ in range(4):
+        x.copy_(torch.randn(x.shape, generator=gen, device="cuda"))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert arrivals.item() == 0
+        logits = route_from_hidden(x, router, top_k, True, 16, arrivals)[3]
+        assert torch.equal(out, fused_moe(x, logits, w13, w2, top_k, True))

@@ -45,7 +45,7 @@ GPU_CASES = tuple(
 @contextlib.contextmanager
 def poisoned_buffers():
     """Every alignment buffer starts as garbage (-7) while inside, so an entry left unwritten shows."""
-    from radixlm.kernels import moe_align, moe_route
+    from radixlm.kernels import moe_align, moe_route, moe_router
 
     original = moe_align.empty_blocks
 
@@ -55,11 +55,11 @@ def poisoned_buffers():
             t.fill_(-7)
         return blocks, cursor
 
-    moe_align.empty_blocks = moe_route.empty_blocks = poisoned
+    moe_align.empty_blocks = moe_route.empty_blocks = moe_router.empty_blocks = poisoned
     try:
         yield
     finally:
-        moe_align.empty_blocks = moe_route.empty_blocks = original
+        moe_align.empty_blocks = moe_route.empty_blocks = moe_router.empty_blocks = original
 
 
 def assert_same_blocks(got, want, num_rows: int) -> None:
@@ -146,6 +146,16 @@ def test_decode_plans_launch_three_kernels() -> None:
     atomic = ("memset", "route_align", "gate_up", "down_atomic", "cast")
     assert launches(1, 128, 8, 2048, 768, True, atomic=True) == atomic
     assert launches(16, 512, 8, 2048, 768, True) == ("topk", "align", "gate_up", "down_sum")
+    # from the hidden states (`fused_moe_from_hidden`): the router's matmul inside the routing launch
+    for tokens in (1, 2, 8, 16):
+        for experts, top_k, hidden, inter in ((128, 8, 2048, 768), (8, 2, 4096, 14336)):
+            config = moe_config(tokens * top_k, experts, hidden, inter)
+            plan = plan_moe(tokens, top_k, hidden, config, experts, from_hidden=True)
+            assert plan.launches() == ("router_route_align", "gate_up", "down_sum")
+    config = moe_config(17 * 8, 128, 2048, 768)
+    assert plan_moe(17, 8, 2048, config, 128, from_hidden=True).launches() == (
+        "router_gemm", "topk", "align", "gate_up", "down", "sum",
+    )  # fmt: skip
 
 
 @pytest.mark.gpu

@@ -21,6 +21,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / "radixlm"
 # also host-written metadata, since a non-PDL kernel completes before any PDL kernel after it launches)
 ALLOWED_BEFORE_WAIT = {
     "_gemv_kernel": {"w_ptr"},
+    "_router_route_kernel": {"router_ptr"},  # the MoE router's weight
+    "_gated_add_kernel": {"gate_ptr"},  # Qwen2-MoE's shared expert gate
     "_decode_split_kernel": {
         "seq_lens_ptr",
         "req_idx_ptr",

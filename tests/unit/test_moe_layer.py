@@ -59,8 +59,9 @@ def test_shards_summed_over_ranks_equal_the_unsharded_reference(tp: int, ep: int
 
 @pytest.mark.parametrize("tp,ep", [(1, 1), (2, 1), (2, 2), (4, 4)])
 def test_routed_from_logits_equals_forward_on_select_experts(tp: int, ep: int) -> None:
-    """`routed(x, logits, k, renormalize)` (what the block calls) routes with `select_experts`'
-    contract and runs the same experts; summed over ranks, the unsharded reference."""
+    """`routed(x, logits, k, renormalize)` routes with `select_experts`' contract and runs the
+    same experts; summed over ranks, the unsharded reference. `routed_hidden(x, router, ...)`
+    (what the block calls) equals it on the router's logits (the CPU path: torch's matmul)."""
     gate, up, down, router = full_weights()
     x = torch.randn(T, H, generator=torch.Generator().manual_seed(2))
     logits = x @ router.t()
@@ -73,6 +74,7 @@ def test_routed_from_logits_equals_forward_on_select_experts(tp: int, ep: int) -
             load_per_expert(layer, gate, up, down)
             partial = layer.routed(x, logits, TOP_K, renormalize)
             assert torch.equal(partial, layer(x, weights, ids))
+            assert torch.equal(layer.routed_hidden(x, router, TOP_K, renormalize), partial)  # the block's call
             total += partial
         torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
 

@@ -9,9 +9,10 @@ all-reduces once at the end. The router and the shared expert's gate are replica
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radixlm.distributed.group import TPGroup
@@ -80,20 +81,39 @@ class SparseMoEBlock(nn.Module):
         return self._reduce(self._partial(x))
 
     def _partial(self, x: torch.Tensor) -> torch.Tensor:
-        return self.experts.routed(x, self.gate(x), self.top_k, self.renormalize)
+        return self.experts.routed_hidden(x, self.gate.weight, self.top_k, self.renormalize)
 
 
 class SharedExpertMoEBlock(SparseMoEBlock):
-    """Qwen2-MoE: the routed experts plus a shared expert scaled by sigmoid(shared_expert_gate(x))."""
+    """Qwen2-MoE: the routed experts plus a shared expert scaled by sigmoid(shared_expert_gate(x)).
+    On CUDA the gate, its sigmoid, the scaling and the sum are one launch (`add_gated_shared`)."""
 
     def __init__(self, hidden: int, moe: MoEConfig, tp: TPGroup, ep_size: int = 1) -> None:
         super().__init__(hidden, moe, tp, ep_size)
         self.shared_expert = SharedExpertMLP(hidden, moe.shared_intermediate, tp)
         self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
+        self._add_shared: AddSharedFn = add_gated_shared_reference
+
+    def init_cache(self, device: torch.device) -> None:
+        if use_fused_kernels(device):
+            from radixlm.kernels.moe_shared import add_gated_shared
+
+            self._add_shared = add_gated_shared
 
     def _partial(self, x: torch.Tensor) -> torch.Tensor:
-        shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return super()._partial(x) + shared
+        shared = self.shared_expert(x)
+        return self._add_shared(super()._partial(x), shared, x, self.shared_expert_gate.weight)
+
+
+# (routed, shared, x, gate_weight) -> routed + sigmoid(x @ gate_weight^T) * shared
+AddSharedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def add_gated_shared_reference(
+    routed: torch.Tensor, shared: torch.Tensor, x: torch.Tensor, gate_weight: torch.Tensor
+) -> torch.Tensor:
+    """routed + sigmoid(x @ gate_weight^T) * shared in torch (`moe_shared.add_gated_shared`'s contract)."""
+    return routed + torch.sigmoid(F.linear(x, gate_weight)) * shared
 
 
 def moe_block(hidden: int, moe: MoEConfig, tp: TPGroup, ep_size: int = 1) -> SparseMoEBlock:

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 ExpertsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # (x, router_logits, w13, w2, top_k, renormalize, first_expert) -> this rank's partial output
 RoutedFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, bool, int], torch.Tensor]
+# (x, router_weight, w13, w2, top_k, renormalize, arrivals, first_expert) -> this rank's partial output
+FromHiddenFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, bool, torch.Tensor, int], torch.Tensor
+]
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,9 @@ class MoEExperts(nn.Module):
     [E_local, H, I_local]. `forward(x, topk_weights, topk_ids)` takes global expert ids and
     returns this rank's partial output [T, H], not yet summed over ranks; `routed(x,
     router_logits, top_k, renormalize)` routes first (`select_experts`' contract): on CUDA
-    `fused_moe`, whose decode path is three launches for routing and experts together."""
+    `fused_moe`, whose decode path is three launches for routing and experts together;
+    `routed_hidden(x, router_weight, ...)` takes the router's weight instead of its logits (on
+    CUDA `fused_moe_from_hidden`: the router's matmul inside the first of those launches)."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int, tp: TPGroup, ep_size: int = 1) -> None:
         super().__init__()
@@ -92,6 +98,8 @@ class MoEExperts(nn.Module):
         self.w2_weight = nn.Parameter(torch.empty(e, hidden, i))
         self._experts: ExpertsFn = experts_reference
         self._routed: RoutedFn = self._routed_reference
+        self._from_hidden: Optional[FromHiddenFn] = None
+        self._arrivals: Optional[torch.Tensor] = None  # the fused router's counter (`new_arrivals`)
         self._ids = self._local_ids if self.shard.expert_parallel else _same_ids
 
     def init_cache(self, device: torch.device) -> None:
@@ -99,6 +107,9 @@ class MoEExperts(nn.Module):
         fused = use_fused_kernels(device)
         self._experts = _fused_experts() if fused else experts_reference
         self._routed = (_fused_moe() if fused else None) or self._routed_reference
+        kernels = _fused_from_hidden() if fused else None
+        self._from_hidden = kernels[0] if kernels else None
+        self._arrivals = kernels[1](device) if kernels else None
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         return self._experts(x, self.w13_weight, self.w2_weight, topk_weights, self._ids(topk_ids))
@@ -107,6 +118,18 @@ class MoEExperts(nn.Module):
         """`forward` on `select_experts(router_logits, top_k, renormalize)`'s routing."""
         w13, w2 = self.w13_weight, self.w2_weight
         return self._routed(x, router_logits, w13, w2, top_k, renormalize, self.shard.first_expert)
+
+    def routed_hidden(
+        self, x: torch.Tensor, router_weight: torch.Tensor, top_k: int, renormalize: bool
+    ) -> torch.Tensor:
+        """`routed(x, x @ router_weight^T, top_k, renormalize)`; on CUDA the router's matmul runs
+        inside the fused routing at decode sizes (its logits rounded to x's dtype as the matmul's;
+        the summation order may differ in the last bit). One call at a time per layer (the
+        fused router's counter is this layer's)."""
+        if self._from_hidden is None:
+            return self.routed(x, torch.nn.functional.linear(x, router_weight), top_k, renormalize)
+        w13, w2 = self.w13_weight, self.w2_weight
+        return self._from_hidden(x, router_weight, w13, w2, top_k, renormalize, self._arrivals, self.shard.first_expert)
 
     def _routed_reference(
         self,
@@ -196,3 +219,15 @@ def _fused_moe() -> Optional[RoutedFn]:
             raise
         return None
     return fused_moe
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_from_hidden() -> Optional[tuple[FromHiddenFn, Callable[[torch.device], torch.Tensor]]]:
+    """(`fused_moe_from_hidden`, `new_arrivals`), None while the kernels are not installed."""
+    try:
+        from radixlm.kernels.fused_moe import fused_moe_from_hidden, new_arrivals
+    except ModuleNotFoundError as exc:
+        if exc.name != "radixlm.kernels.fused_moe":
+            raise
+        return None
+    return fused_moe_from_hidden, new_arrivals
