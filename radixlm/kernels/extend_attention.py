@@ -20,6 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # a Triton without host-side tensor descriptors: pointer loads only
+    TensorDescriptor = None
+
 LOG2_E = 1.4426950408889634
 POOL, ROWS, TMA = 0, 1, 2  # where a key range's K/V come from (`_attend_range`'s SOURCE)
 
@@ -43,17 +48,15 @@ SMALL = ExtendConfig(32, 32, 4, 3)  # the CPU interpreter, short extends, fallba
 def extend_config(
     head_dim: int, dtype: torch.dtype, capability: Optional[tuple[int, int]], max_ext: int
 ) -> ExtendConfig:
-    """Tiles for a launch: Hopper-sized tiles (128 new tokens and 128 keys a step, 8 warps,
-    TMA for head dim 128; 64 keys and 4 warps for head dims up to 64) for 16-bit long extends on
+    """Tiles for a launch: Hopper-sized tiles (128 new tokens and 64 keys a step, TMA, 8 warps
+    for head dim 128, 4 up to 64; three stages of K and V fit shared memory) for 16-bit long extends on
     compute capability 9+, mid-sized ones on 8.x, `SMALL` for the interpreter (`capability`
     None), extends shorter than a big block, float32 and head dims above 128."""
     wide = dtype in (torch.bfloat16, torch.float16) and head_dim <= 128
     if capability is None or not wide or max_ext < 128:
         return SMALL
     if capability[0] >= 9:
-        if head_dim <= 64:
-            return ExtendConfig(128, 64, 4, 3, tma=True)
-        return ExtendConfig(128, 128, 8, 3, tma=True)
+        return ExtendConfig(128, 64, 4 if head_dim <= 64 else 8, 3, tma=True)
     if capability[0] >= 8:
         return ExtendConfig(64, 64, 4, 3)
     return SMALL
@@ -240,14 +243,13 @@ def _new_kv_source(
     new_k: Optional[torch.Tensor], new_v: Optional[torch.Tensor], config: ExtendConfig
 ) -> tuple[int, object, object]:
     """(NEW_SOURCE, K argument, V argument) for the new tokens' keys: POOL without `new_k`;
-    TMA descriptors over the [T, Hkv * D] view when `config.tma`, the head dim is a power of
-    two, heads are adjacent (stride D) and the rows 16-byte aligned; else ROWS (pointers)."""
+    TMA descriptors over the [T, Hkv * D] view when `config.tma` (and this Triton has them),
+    the head dim is a power of two, heads are adjacent (stride D) and the rows 16-byte aligned;
+    else ROWS (pointers)."""
     if new_k is None or new_v is None:
         return POOL, None, None
     dim = new_k.shape[-1]
-    if config.tma and _tma_ok(new_k) and _tma_ok(new_v):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
+    if config.tma and TensorDescriptor is not None and _tma_ok(new_k) and _tma_ok(new_v):
         descs = [
             TensorDescriptor(x, [x.shape[0], x.shape[1] * dim], [x.stride(0), 1], [config.block_n, dim])
             for x in (new_k, new_v)

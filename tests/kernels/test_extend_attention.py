@@ -26,7 +26,7 @@ CASES = [
     (8, 1, 128, [70, 0], [30, 130], BIG),  # GQA 8, two blocks of 128 for the second request
     (2, 2, 48, [40, 0], [33, 7], SMALL),  # no GQA, head dim padded to 64
     (4, 4, 128, [0, 3], [100, 64], (64, 64, 4, 3)),
-    (4, 2, 128, [0, 40], [200, 70], (128, 128, 8, 3)),  # the Hopper branch's head-dim-128 tiles
+    (4, 2, 128, [0, 40], [200, 70], (128, 128, 8, 3)),  # 128 keys a step (benchmarked on Hopper)
     (4, 2, 80, [0, 19], [45, 9], SMALL),  # Phi-2's head dim, padded to 128
     (6, 2, 96, [33, 0], [20, 37], SMALL),
     (2, 1, 256, [10, 0], [7, 40], SMALL),  # Gemma's
@@ -125,7 +125,7 @@ def test_extend_config_branches() -> None:
     from radixlm.kernels.extend_attention import ExtendConfig, extend_config
 
     bf16 = torch.bfloat16
-    assert extend_config(128, bf16, (9, 0), 8192) == ExtendConfig(128, 128, 8, 3, tma=True)
+    assert extend_config(128, bf16, (9, 0), 8192) == ExtendConfig(*BIG, tma=True)
     assert extend_config(64, torch.float16, (9, 0), 4096) == ExtendConfig(128, 64, 4, 3, tma=True)
     assert extend_config(128, bf16, (8, 0), 8192) == ExtendConfig(64, 64, 4, 3)
     for args in ((128, bf16, None, 8192), (128, bf16, (9, 0), 100), (128, torch.float32, (9, 0), 8192)):
