@@ -4,7 +4,9 @@ One request per case, Llama-3-8B attention layout (32 query heads, 8 KV heads, h
 bf16: 8k, 16k and 32k new tokens on an empty prefix, and 1k / 2k / 4k new tokens after a
 7k / 14k / 28k cached prefix. Each case prints the Triton extend kernel's time (median of 9)
 with its default tiles (`launch_config`'s pick, shown) and with the fastest of those and the
-settings in `TILES` (Hopper-sized tiles and the small ones), the same causal attention through
+settings in `TILES` (Hopper-sized tiles with and without TMA, and the small ones), reading the
+new tokens' K/V from views of one fused qkv tensor as the engine does; the default tiles again
+with the new K/V gathered back from the pool (the path without them); the same causal attention through
 torch's flash-attention kernel (`aten._scaled_dot_product_flash_attention`, SDPA's flash backend;
 contiguous K/V expanded to 32 heads outside the timing; lower-right causal alignment when a
 prefix is cached; its largest difference from the Triton output is printed), and each one's
@@ -36,14 +38,17 @@ from extend_sweep import SHAPES, Case, default_tiles, make_case, median_us, run,
 
 CASES = ((8192, 0), (16384, 0), (32768, 0), (1024, 7168), (2048, 14336), (4096, 28672))  # (new, cached)
 SMOKE_CASES = ((24, 0), (8, 40))
-TILES = (
-    (128, 64, 8, 3),
-    (128, 64, 8, 4),
-    (128, 64, 4, 3),
-    (128, 128, 8, 3),
-    (128, 128, 8, 2),
-    (64, 64, 4, 3),
-    (32, 32, 4, 3),
+TILES = (  # (block_m, block_n, warps, stages, tma)
+    (128, 128, 8, 3, True),
+    (128, 128, 8, 2, True),
+    (128, 64, 8, 3, True),
+    (128, 64, 8, 4, True),
+    (128, 64, 4, 3, True),
+    (128, 128, 8, 3, False),
+    (128, 64, 8, 3, False),
+    (128, 64, 4, 3, False),
+    (64, 64, 4, 3, False),
+    (32, 32, 4, 3, False),
 )
 
 
@@ -113,8 +118,8 @@ def time_us(fn: Callable[[], object], reps: int = 9) -> float:
 
 
 def tile_times(case: Case, tiles: tuple) -> dict[tuple, float]:
-    """Microseconds of the kernel per tile setting (block_m, block_n, warps, stages); settings
-    that fail to compile (shared memory, registers) are left out."""
+    """Microseconds of the kernel per tile setting (block_m, block_n, warps, stages, tma);
+    settings that fail to compile (shared memory, registers) are left out."""
     out = {}
     for setting in tiles:
         try:
@@ -131,6 +136,7 @@ def measure(new: int, cached: int, heads: tuple[int, int, int], peak: float, ord
     default = default_tiles(case)
     times = tile_times(case, (default,) + tuple(t for t in TILES if t != default))
     best = min(times, key=times.get)
+    pool_us = median_us(case, None, from_pool=True)
     flash_us, flash_diff = float("nan"), float("nan")
     try:
         flash = sdpa_fn(case, flash=True)
@@ -146,31 +152,34 @@ def measure(new: int, cached: int, heads: tuple[int, int, int], peak: float, ord
         "triton_default_us": times.get(default, float("nan")),
         "triton_best_tiles": best,
         "triton_best_us": times[best],
+        "triton_pool_us": pool_us,
         "flash_sdpa_us": flash_us,
         "flash_vs_triton_max_diff": flash_diff,
         "triton_us_by_tiles": {str(k): v for k, v in times.items()},
     }
-    for key in ("triton_default", "triton_best", "flash_sdpa"):
+    for key in ("triton_default", "triton_best", "triton_pool", "flash_sdpa"):
         row[f"{key}_tflops"] = flops / row[f"{key}_us"] / 1e6
         row[f"{key}_pct_peak"] = 100 * row[f"{key}_tflops"] / peak
     return row
 
 
 def smoke() -> None:
-    """Tiny float32 cases through the Triton interpreter: kernel and both SDPA forms agree with
+    """Tiny float32 cases through the Triton interpreter: kernel (each source of the new K/V) and SDPA agree with
     the request-by-request torch reference, and the FLOP formula counts the causal pairs."""
     heads = (4, 2, 16)
     for new, cached in SMOKE_CASES:
         case = make_case(1, new, cached, 1, heads, "cpu", torch.float32)
         reference = torch_reference(case)
         kernel = run(case, None).float()
+        pool = run(case, None, from_pool=True).float()
+        tma = run(case, (32, 32, 4, 3, True)).float()
         sdpa = sdpa_fn(case, flash=False)()[0].transpose(0, 1)
-        for name, out in (("triton", kernel), ("sdpa", sdpa)):
+        for name, out in (("triton", kernel), ("triton from pool", pool), ("triton tma", tma), ("sdpa", sdpa)):
             error = (out - reference).abs().max().item()
             assert error < 1e-4, f"{name} ({new} new, {cached} cached) off from torch by {error}"
         pairs = sum(cached + i + 1 for i in range(new))
         assert causal_flops(new, cached, heads[0], heads[2]) == 4.0 * heads[0] * heads[2] * pairs == case.flops
-        print(f"smoke: {new} new on {cached} cached: triton and sdpa match torch; {pairs} causal pairs")
+        print(f"smoke: {new} new on {cached} cached: triton and sdpa match torch (3 K/V sources); {pairs} causal pairs")
 
 
 def main() -> None:
@@ -189,9 +198,9 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}: bf16 matmul 8192^3 peak {peak:.0f} TFLOP/s; heads {heads}", flush=True)
     print(
         "| new | cached | TFLOP | default tiles | Triton default us | % peak | best tiles | us | % peak "
-        "| flash SDPA us | % peak | max diff flash vs Triton |"
+        "| new K/V from pool us | % peak | flash SDPA us | % peak | max diff flash vs Triton |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for new, cached in CASES:
         r = measure(new, cached, heads, peak, a.ordered_slots)
@@ -199,7 +208,8 @@ def main() -> None:
         print(
             f"| {new} | {cached} | {r['tflop']:.2f} | {r['triton_default_tiles']} | {r['triton_default_us']:.0f} | "
             f"{r['triton_default_pct_peak']:.0f} | {r['triton_best_tiles']} | {r['triton_best_us']:.0f} | "
-            f"{r['triton_best_pct_peak']:.0f} | {r['flash_sdpa_us']:.0f} | {r['flash_sdpa_pct_peak']:.0f} | "
+            f"{r['triton_best_pct_peak']:.0f} | {r['triton_pool_us']:.0f} | {r['triton_pool_pct_peak']:.0f} | "
+            f"{r['flash_sdpa_us']:.0f} | {r['flash_sdpa_pct_peak']:.0f} | "
             f"{r['flash_vs_triton_max_diff']:.1e} |",
             flush=True,
         )

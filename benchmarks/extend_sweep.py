@@ -6,7 +6,8 @@ shared-prefix benchmark), and `fresh`, 8 requests of 2,048 new tokens (an uncach
 Llama-3.2-1B attention by default (32 query heads, 8 KV heads, head dim 64; `--shape 8b`: head
 dim 128), bf16. Each setting (block_m, block_n, warps, stages) prints microseconds per call
 (median of 9), the causal attention TFLOP/s it reaches, and its largest difference from the
-default's output; the default (`launch_config`'s pick for the case, shown) comes first.
+default's output; the default (`launch_config`'s pick for the case, shown) comes first. The
+new tokens' K/V are read from views of the fused qkv tensor, as the engine passes them.
 
     python benchmarks/extend_sweep.py [--shape 1b|8b]
     TRITON_INTERPRET=1 python benchmarks/extend_sweep.py --smoke   # tiny float32 shapes on the CPU,
@@ -29,7 +30,12 @@ SHAPES = {"1b": (32, 8, 64), "8b": (32, 8, 128)}  # query heads, KV heads, head 
 
 @dataclass
 class Case:
+    """q, new_k and new_v: views of one fused [T, Hq + 2 Hkv, D] tensor (the models' qkv
+    output); k and v: the pool, holding the prefixes and the new tokens' K/V at their slots."""
+
     q: torch.Tensor
+    new_k: torch.Tensor
+    new_v: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     table: torch.Tensor
@@ -64,11 +70,15 @@ def make_case(
     pool = slots.numel()
     k = torch.randn(pool, hkv, dim, device=device, dtype=dtype)
     v = torch.randn(pool, hkv, dim, device=device, dtype=dtype)
-    q = torch.randn(reqs * new, hq, dim, device=device, dtype=dtype)
+    qkv = torch.randn(reqs * new, hq + 2 * hkv, dim, device=device, dtype=dtype)
+    q, new_k, new_v = qkv[:, :hq], qkv[:, hq : hq + hkv], qkv[:, hq + hkv :]
+    k[own.reshape(-1)], v[own.reshape(-1)] = new_k, new_v
     full = lambda value: torch.full((reqs,), value, dtype=torch.int64, device=device)  # noqa: E731
     keys = sum(prefix + i + 1 for i in range(new)) * reqs  # causal (query, key) pairs
     return Case(
         q,
+        new_k,
+        new_v,
         k,
         v,
         table,
@@ -81,8 +91,12 @@ def make_case(
     )
 
 
-def run(case: Case, setting: Optional[tuple[int, int, int, int]]) -> torch.Tensor:
-    """The kernel on the case with tiles (block_m, block_n, warps, stages), None: its default."""
+Setting = tuple  # (block_m, block_n, warps, stages[, tma]): `ExtendConfig`'s fields
+
+
+def run(case: Case, setting: Optional[Setting], from_pool: bool = False) -> torch.Tensor:
+    """The kernel on the case with tiles `setting` (None: its default), reading the new tokens'
+    K/V from the fused views as the engine does (`from_pool`: gathered back from the pool)."""
     return extend_attention(
         case.q,
         case.k,
@@ -95,11 +109,13 @@ def run(case: Case, setting: Optional[tuple[int, int, int, int]]) -> torch.Tenso
         case.max_ext,
         case.q.shape[-1] ** -0.5,
         None if setting is None else ExtendConfig(*setting),
+        new_k=None if from_pool else case.new_k,
+        new_v=None if from_pool else case.new_v,
     )
 
 
-def default_tiles(case: Case) -> tuple[int, int, int, int]:
-    """The (block_m, block_n, warps, stages) `extend_attention` picks for the case."""
+def default_tiles(case: Case) -> Setting:
+    """The (block_m, block_n, warps, stages, tma) `extend_attention` picks for the case."""
     return astuple(launch_config(case.q, case.max_ext))
 
 
@@ -120,25 +136,32 @@ def torch_reference(case: Case) -> torch.Tensor:
     return out
 
 
-def median_us(case: Case, setting: Optional[tuple[int, int, int, int]]) -> float:
-    run(case, setting)
+def median_us(case: Case, setting: Optional[Setting], from_pool: bool = False) -> float:
+    run(case, setting, from_pool)
     times = []
     for _ in range(9):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run(case, setting)
+        run(case, setting, from_pool)
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) * 1e3)
     return sorted(times)[4]
 
 
-def settings(smoke: bool, default: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
-    """The default first, then the grid without it (block_n 128 only with block_m >= 64)."""
+def settings(smoke: bool, default: Setting) -> list[Setting]:
+    """The default first, then the grid without it (block_m a multiple of block_n; TMA tried
+    with 128-row blocks)."""
     if smoke:
-        grid = [(16, 16, 4, 3), (64, 32, 8, 2), (128, 64, 8, 3)]
+        grid = [(16, 16, 4, 3), (64, 32, 8, 2), (128, 64, 8, 3), (32, 32, 4, 3, True)]
     else:
-        grid = [s for s in itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3, 4)) if s[1] <= max(64, s[0])]
+        grid = [
+            (*s, tma)
+            for s in itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3, 4))
+            for tma in (False, True)
+            if s[0] % s[1] == 0 and (s[0] == 128 or not tma)
+        ]
+    grid = [astuple(ExtendConfig(*s)) for s in grid]
     return [default] + [s for s in grid if s != default]
 
 
@@ -162,8 +185,8 @@ def main() -> None:
         f"shape {heads} (query heads, KV heads, head dim), bf16, "
         f"{torch.cuda.get_device_name() if not a.smoke else 'cpu'}"
     )
-    print("| case | block_m | block_n | warps | stages | us | TFLOP/s | max diff vs default |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | block_m | block_n | warps | stages | tma | us | TFLOP/s | max diff vs default |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, case in cases.items():
         default = default_tiles(case)
         reference = run(case, None).float()

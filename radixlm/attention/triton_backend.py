@@ -3,8 +3,10 @@
 Decode metadata lives in device tensors only, so a decode forward can be captured in a CUDA
 graph; extend metadata (request offsets) is built once per forward and shared by all layers.
 Rotary and the KV store are one fused launch per layer (`rope_store.py`); the kernels read q
-through its strides, so the views of the fused qkv output are never copied. A decode batch with
-a shared-prefix plan attends each group's prefix once for all its members (`triton_cascade.py`).
+through its strides, so the views of the fused qkv output are never copied. An extend leaves k
+rotated in place and reads the new tokens' K/V from k and v, gathering only the cached prefix
+from the pool. A decode batch with a shared-prefix plan attends each group's prefix once for all
+its members (`triton_cascade.py`).
 A backend built with `rows_per_request` > 1 (speculative verify steps run as decode rows,
 several rows of one request in a launch) runs decode attention through `verify_attention.py`,
 which reads each request's K/V once for all its rows and stores their K/V in the same launch.
@@ -120,12 +122,51 @@ class TritonBackend(AttentionBackend):
         batch: ForwardBatch,
     ) -> torch.Tensor:
         """A decode without a shared-prefix plan, with the neox rotary: rotary, the KV store and
-        attention in the attention kernel's launch (`NewKV`); anything else as the base class does."""
-        if batch.mode is not ForwardMode.DECODE or batch.prefix_plan is not None or type(rotary) is not RotaryEmbedding:
+        attention in the attention kernel's launch (`NewKV`); an extend: `_extend`; anything else
+        as the base class does."""
+        if batch.mode is not ForwardMode.DECODE:
+            return self._extend(rotary, positions, q, k, v, layer_id, scale, batch)
+        if batch.prefix_plan is not None or type(rotary) is not RotaryEmbedding:
             return super().attend(rotary, positions, q, k, v, layer_id, scale, batch)
         return self._own_decode(q, layer_id, scale, batch, NewKV(k, v, batch.out_cache_loc, rotary.cos, rotary.sin))
 
+    def _extend(
+        self,
+        rotary: Optional[RotaryEmbedding],
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer_id: int,
+        scale: float,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
+        """Rotary and the KV store (fused, leaving k rotated in place; another rotary through
+        the reference, keeping its rotated k), then extend attention reading the new tokens'
+        K/V from k and v rather than gathering them back from the pool, when the pool holds
+        them in the same dtype (an fp8 pool's rounded copies are read from the pool instead).
+        Output and pool as `rotate_and_store`, then `forward_extend`."""
+        k_buf, v_buf = self.pool.k_buffers[layer_id], self.pool.v_buffers[layer_id]
+        if rotary is not None and not isinstance(rotary, RotaryEmbedding):
+            q, k = rotary(positions, q, k)
+            self.pool.set_kv(layer_id, batch.out_cache_loc, k, v)
+        else:
+            cos, sin = (None, None) if rotary is None else (rotary.cos, rotary.sin)
+            rope_and_store(q, k, v, k_buf, v_buf, batch.out_cache_loc, positions, cos, sin, k_in_place=True)
+        same = k.dtype == k_buf.dtype and v.dtype == v_buf.dtype
+        return self._extend_attention(q, layer_id, scale, batch, (k, v) if same else (None, None))
+
     def forward_extend(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:
+        return self._extend_attention(q, layer_id, scale, batch, (None, None))
+
+    def _extend_attention(
+        self,
+        q: torch.Tensor,
+        layer_id: int,
+        scale: float,
+        batch: ForwardBatch,
+        new_kv: tuple[Optional[torch.Tensor], Optional[torch.Tensor]],
+    ) -> torch.Tensor:
         meta: _ExtendMeta = batch.attn_metadata
         return extend_attention(
             q,
@@ -138,6 +179,8 @@ class TritonBackend(AttentionBackend):
             meta.ext_lens,
             meta.max_ext,
             scale,
+            new_k=new_kv[0],
+            new_v=new_kv[1],
         )
 
     def forward_decode(self, q: torch.Tensor, layer_id: int, scale: float, batch: ForwardBatch) -> torch.Tensor:

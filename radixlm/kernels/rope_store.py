@@ -89,13 +89,17 @@ def _rotate_k_into_cache(
     HALF: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
+    K_IN_PLACE: tl.constexpr,
 ):
-    _, k1, k2, offs_h, offs_d, mask = _rotate(
+    p1, k1, k2, offs_h, offs_d, mask = _rotate(
         k_ptr, t, stride_kt, stride_kh, stride_kd, cos, sin, NK, HALF, BLOCK_HK, BLOCK_HALF
     )
     dst = k_cache_ptr + loc * stride_ct + offs_h[:, None] * stride_ch + offs_d[None, :]
     tl.store(dst, _to_cache(k1, k_cache_ptr), mask=mask)
     tl.store(dst + HALF, _to_cache(k2, k_cache_ptr), mask=mask)
+    if K_IN_PLACE:
+        tl.store(p1, k1, mask=mask)
+        tl.store(p1 + HALF * stride_kd, k2, mask=mask)
 
 
 @triton.jit
@@ -151,10 +155,12 @@ def _rope_store_kernel(
     BLOCK_HALF: tl.constexpr,
     BLOCK_D: tl.constexpr,
     ROTATE: tl.constexpr,
+    K_IN_PLACE: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Program (t, role): role 0 rotates token t's q heads in place, role 1 its k heads into the
-    K cache at slot loc[t] (only copies them when not ROTATE), role 2 copies its v heads into
+    K cache at slot loc[t] (only copies them when not ROTATE; with K_IN_PLACE also back into
+    k), role 2 copies its v heads into
     the V cache. Values are rounded to the input dtype, then cast to the cache's (as rotary then
     `KVPool.set_kv` do). Each branch's work is its own function: Triton's compiler rejects
     branch-local values of different shapes under one name. With PDL the slot, the position and
@@ -209,6 +215,7 @@ def _rope_store_kernel(
                 HALF,
                 BLOCK_HK,
                 BLOCK_HALF,
+                K_IN_PLACE,
             )
         else:
             _copy_heads(
@@ -240,12 +247,14 @@ def rope_and_store(
     positions: torch.Tensor,
     cos: Optional[torch.Tensor],
     sin: Optional[torch.Tensor],
+    k_in_place: bool = False,
 ) -> None:
     """Rotate q [T, H, D] in place and write rotated k and v [T, Hkv, D] (any strides; D even)
     into `k_cache` / `v_cache` [slots, Hkv, D] (last dim contiguous; float or fp8) at slots
     `loc` [T]. cos/sin: the neox tables [P, D/2] float32, row `positions[t]` for token t; both
     None: q and k are already rotated, q is left alone and k and v are only stored.
-    k itself is never written."""
+    k itself is written only with `k_in_place` (and cos/sin): then it is left rotated, rounded
+    to its dtype, as the pool holds it when the two dtypes agree."""
     tokens, nq, dim = q.shape
     nk = k.shape[1]
     rotate = cos is not None
@@ -280,5 +289,6 @@ def rope_and_store(
         BLOCK_HALF=triton.next_power_of_2(max(dim // 2, 1)),
         BLOCK_D=triton.next_power_of_2(dim),
         ROTATE=rotate,
+        K_IN_PLACE=k_in_place and rotate,
         **pdl_launch(q, tokens),
     )

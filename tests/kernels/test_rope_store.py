@@ -61,6 +61,10 @@ def check_case(
     what = (heads, tokens, dtype, kv_dtype, hf_layout)
     assert close(q_out, q_ref, tol) and close(k_out, k_ref, tol) and close(v_out, v_ref, tol), what
     assert torch.equal(k, k_before), what
+    if not hf_layout:  # k_in_place: k left rotated as the reference rotates it, the pool the same
+        k_rot, k_pool = k.clone(), k_ref.clone()
+        rope_and_store(q.clone(), k_rot, v, k_pool, v_ref.clone(), loc, pos, *tables, k_in_place=True)
+        assert close(k_rot, rk, tol) and close(k_pool, k_ref, tol), what
     kept = torch.ones(POOL + 1, dtype=torch.bool, device=device)
     kept[loc] = False
     for out, ref in ((k_out, k_ref), (v_out, v_ref)):  # every other slot untouched

@@ -182,6 +182,77 @@ def check_fused_decode(device: str, dtype: torch.dtype, kv_dtype: torch.dtype, t
                 assert err < tol, (heads, kv_heads, dim, dtype, kv_dtype, err)
 
 
+class _EagerRotary:
+    """A rotary the Triton backend does not fuse (not a `RotaryEmbedding`): the reference path."""
+
+    def __init__(self, rotary: object) -> None:
+        self.rotary = rotary
+
+    def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rotary._eager(positions, q, k)
+
+
+def check_extend_attend(device: str, dtype: torch.dtype, kv_dtype: torch.dtype, tol: float) -> None:
+    """`TritonBackend.attend` on an extend batch (fused rotary and store leaving k rotated,
+    then attention reading the new K/V from k and v) against the torch-native backend: outputs
+    and pools, with the fused rotary and an unfused one; with a same-dtype pool, k afterwards
+    holds exactly what the pool holds at the new slots."""
+    from radixlm.attention.torch_native import TorchNativeBackend
+    from radixlm.attention.triton_backend import TritonBackend
+    from radixlm.forward.batch import ForwardBatch, ForwardMode
+    from radixlm.layers.basic import RotaryEmbedding
+    from radixlm.mem_cache.kv_pool import KVPool
+
+    gen = torch.Generator().manual_seed(13)
+    heads, kv_heads, dim, prefixes, exts = 8, 2, 32, [0, 20, 7], [30, 5, 40]
+    fused = RotaryEmbedding(dim, 256, {"rope_theta": 10000.0})
+    fused.init_cache(torch.device(device))
+    lens = [p + e for p, e in zip(prefixes, exts)]
+    size = sum(lens) + 16
+    slots = torch.randperm(size - 1, generator=gen)[: sum(lens)] + 1
+    table = torch.zeros((len(lens) + 1, max(lens)), dtype=torch.int64)
+    for i, n in enumerate(lens):
+        table[i + 1, :n] = slots[sum(lens[:i]) : sum(lens[:i]) + n]
+    positions = torch.cat([torch.arange(p, p + e) for p, e in zip(prefixes, exts)])
+    locs = torch.cat([table[i + 1, p : p + e] for i, (p, e) in enumerate(zip(prefixes, exts))])
+    table = table.to(device)
+    fb = ForwardBatch(
+        ForwardMode.EXTEND,
+        positions.to(device),
+        positions.to(device),
+        locs.to(device),
+        torch.arange(1, len(lens) + 1, device=device),
+        torch.tensor(lens, device=device),
+        lens,
+        prefixes,
+        exts,
+        torch.zeros(len(lens), dtype=torch.int64, device=device),
+        table,
+    )
+    shape = KVPool(size, 1, 1, kv_heads, dim, kv_dtype, torch.device(device)).k_buffers[0].shape
+    k_init, v_init = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    total = sum(exts)
+    qkv = torch.randn((total, (heads + 2 * kv_heads) * dim), generator=gen).to(device, dtype)
+    for rotary in (fused, _EagerRotary(fused)):
+        results = []
+        for backend_cls in (TorchNativeBackend, TritonBackend):
+            pool = KVPool(size, 1, 1, kv_heads, dim, kv_dtype, torch.device(device))
+            pool.k_buffers[0].copy_(k_init)
+            pool.v_buffers[0].copy_(v_init)
+            q, k, v = (
+                x.view(total, -1, dim) for x in qkv.clone().split([heads * dim, kv_heads * dim, kv_heads * dim], -1)
+            )
+            backend = backend_cls(pool)
+            backend.init_forward_metadata(fb)
+            out = backend.attend(rotary, fb.positions, q, k, v, 0, dim**-0.5, fb).float()
+            results.append((out, pool.k_buffers[0].float(), pool.v_buffers[0].float()))
+            if backend_cls is TritonBackend and kv_dtype == dtype and rotary is fused:
+                assert torch.equal(k, pool.k_buffers[0][fb.out_cache_loc]), "k not left rotated as stored"
+        for want, have in zip(*results):
+            err = ((want - have).norm() / want.norm()).item()
+            assert err < tol, (type(rotary).__name__, dtype, kv_dtype, err)
+
+
 def check_shared_rows_decode(device: str, dtype: torch.dtype, tol: float) -> None:
     """A speculative verify as decode rows: several rows of one request at consecutive positions,
     each reading the K/V the rows before it store in the same step. Rows are given last position
@@ -267,6 +338,9 @@ def test_triton_matches_torch_native() -> None:
         check_fused_decode("cuda", torch.bfloat16, torch.bfloat16, 2e-2)
         check_fused_decode("cuda", torch.bfloat16, torch.float8_e4m3fn, 2e-2)
         check_shared_rows_decode("cuda", torch.float32, 2e-3)
+        check_extend_attend("cuda", torch.float32, torch.float32, 2e-3)
+        check_extend_attend("cuda", torch.bfloat16, torch.bfloat16, 2e-2)
+        check_extend_attend("cuda", torch.bfloat16, torch.float8_e4m3fn, 2e-2)
         check_shared_rows_decode("cuda", torch.bfloat16, 2e-2)
         check_decode_loops("cuda", torch.float32, 2e-3)
         check_decode_loops("cuda", torch.bfloat16, 2e-2)
@@ -277,5 +351,6 @@ def test_triton_matches_torch_native() -> None:
         "t.check_decode_loops('cpu', torch.float32, 1e-5)\n"
         "t.check_fused_decode('cpu', torch.float32, torch.float32, 1e-5)\n"
         "t.check_shared_rows_decode('cpu', torch.float32, 1e-5)\n"
+        "t.check_extend_attend('cpu', torch.float32, torch.float32, 1e-5)\n"
     )
     run_interpreted("test_triton_attention", code)
