@@ -4,8 +4,9 @@ On the same dummy-weight model as `vlm_bench.py` (Qwen2.5-VL-7B shape, bf16, CUD
 the tiny shape on CPU), for `--requests` requests with one image each it prints:
   front:   the HF image processor per image (one thread) and the front's `prepare_all` per
            image (its threads), in ms;
-  tower:   the vision tower per image, radixlm's batched encoder vs transformers' own forward
-           on the same module and pixels, one call over all images (and the largest difference);
+  tower:   the vision tower per image, radixlm's batched encoder (with its fused norm / rotary
+           kernels on CUDA, and without them) vs transformers' own forward on the same module
+           and pixels, one call over all images (and the largest difference);
   engine:  one `Engine.generate` of the requests with 1 output token (front + vision + prefill,
            the front overlapping the rest), the same prompts text-only (language-model prefill
            alone), and with `--output-len` tokens (decode ms per step = the extra time over the
@@ -71,6 +72,8 @@ def tower_profile(path: str, work: Workload, device: str, dtype: torch.dtype) ->
         encoder(pixels[: pixels.shape[0] // n], grids[:1])  # one image: what the engine's warm-up runs
         first = timed(lambda: encoder(pixels, grids), device, repeat=0)  # a new image count: its first call
         ours = timed(lambda: encoder(pixels, grids), device)
+        unfused = QwenVisionEncoder(visual, fused=False)  # transformers' norms, float32 rotary
+        eager = timed(lambda: unfused(pixels, grids), device)
         theirs = timed(lambda: visual(pixels, grid_thw=grid), device, repeat=1)
         diff = (encoder(pixels, grids).float() - visual(pixels, grid_thw=grid).pooler_output.float()).abs().max()
     out = {
@@ -78,6 +81,8 @@ def tower_profile(path: str, work: Workload, device: str, dtype: torch.dtype) ->
         "patches_per_image": int(pixels.shape[0]) // n,
         "ours_first_call_ms_per_image": round(first * 1e3 / n, 2),
         "ours_ms_per_image": round(ours * 1e3 / n, 2),
+        "ours_fused_kernels": encoder.fusable and device == "cuda",
+        "ours_unfused_ms_per_image": round(eager * 1e3 / n, 2),
         "transformers_ms_per_image": round(theirs * 1e3 / n, 2),
         "max_abs_diff": float(diff),
     }
