@@ -9,7 +9,8 @@ transformers' modules as built by `Qwen2VisionTransformerPretrainedModel` /
   over a [segments, heads, length, head_dim] batch (no padding, so exact up to rounding),
   instead of one call per segment;
 - the per-image index work (rotary (h, w) positions, the window order) is numpy on the host
-  from the grids the front already knows, so building a call's plan never syncs the device;
+  from the grids the front already knows, once per distinct grid of a call, and goes to the
+  device through pinned memory, so building a call's plan never waits for the device;
 - the patch embedding (a Conv3d whose kernel equals its stride) is one matmul;
 - on CUDA, a tower with RMSNorm blocks (Qwen2.5-VL) runs each norm with the residual add
   before it as one Triton kernel and rotates q and k in place in one kernel
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radixlm.forward.device_copy import pinned_to_device
 from radixlm.layers.basic import use_fused_kernels
 
 Grid = tuple[int, int, int]
@@ -54,7 +56,7 @@ def segment_groups(lengths: Sequence[int], device: torch.device) -> list[Segment
     groups = []
     for length, firsts in by_length.items():
         rows = (np.asarray(firsts, dtype=np.int64)[:, None] + np.arange(length, dtype=np.int64)).reshape(-1)
-        groups.append(SegmentGroup(length, torch.from_numpy(rows).to(device, non_blocking=True)))
+        groups.append(SegmentGroup(length, _to_device(rows, device)))
     return groups
 
 
@@ -122,30 +124,49 @@ class VisionPlan:
 
 def make_plan(grids: Sequence[Grid], merge: int, window: Optional[int], device: torch.device) -> VisionPlan:
     """The plan of a call over images with patch grids `grids`; `window` (Qwen2.5-VL): merged
-    patches per window side, None for a tower with full attention only (Qwen2-VL)."""
-    positions = np.concatenate([patch_positions(g, merge) for g in grids])
+    patches per window side, None for a tower with full attention only (Qwen2-VL). Each
+    distinct grid is laid out once; its tables go to the device in one pinned copy."""
     frames = [h * w for t, h, w in grids for _ in range(t)]
     if window is None:
-        pos = torch.from_numpy(positions).to(device, non_blocking=True)
-        return VisionPlan(pos, segment_groups(frames, device), None, None, None)
-    unit = merge * merge
-    merged_order, window_lengths, base = [], [], 0
+        positions = np.concatenate([patch_positions(g, merge) for g in grids])
+        return VisionPlan(_to_device(positions, device), segment_groups(frames, device), None, None, None)
+    layouts = {grid: _window_layout(grid, merge, window) for grid in set(grids)}
+    positions, orders, unorders, window_lengths = [], [], [], []
+    patch_base = 0
     for grid in grids:
-        idx, counts = window_order(grid, merge, window)
-        merged_order.append(idx + base)
-        window_lengths += [c * unit for c in counts]
-        base += grid[0] * grid[1] * grid[2] // unit
-    merged = np.concatenate(merged_order)
+        pos, order, unorder, lengths = layouts[grid]
+        positions.append(pos)
+        orders.append(order + patch_base)
+        unorders.append(unorder + patch_base // (merge * merge))
+        window_lengths += lengths
+        patch_base += len(order)
+    tables = [np.concatenate(positions).reshape(-1), np.concatenate(orders), np.concatenate(unorders)]
+    flat = _to_device(np.concatenate(tables), device)
+    pos, order, unorder = torch.split(flat, [len(t) for t in tables])
+    return VisionPlan(
+        pos.view(-1, 2),
+        segment_groups(frames, device),  # windows never cross a frame, so frames stay contiguous
+        segment_groups(window_lengths, device),
+        order,
+        unorder,
+    )
+
+
+def _window_layout(grid: Grid, merge: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """One image's window layout: its patches' (row, column) in sequence order [patches, 2], the
+    patch each sequence position takes, the merged-row permutation back to image order, and
+    the window lengths in patches (all indices local to the image)."""
+    unit = merge * merge
+    merged, counts = window_order(grid, merge, window)
     order = (merged[:, None] * unit + np.arange(unit, dtype=np.int64)).reshape(-1)
     unorder = np.empty_like(merged)
     unorder[merged] = np.arange(len(merged), dtype=np.int64)
-    return VisionPlan(
-        torch.from_numpy(positions[order]).to(device, non_blocking=True),
-        segment_groups(frames, device),  # windows never cross a frame, so frames stay contiguous
-        segment_groups(window_lengths, device),
-        torch.from_numpy(order).to(device, non_blocking=True),
-        torch.from_numpy(unorder).to(device, non_blocking=True),
-    )
+    return patch_positions(grid, merge)[order], order, unorder, [c * unit for c in counts]
+
+
+def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 array on `device` through pinned memory (the host never waits for the device)."""
+    return pinned_to_device(torch.from_numpy(np.ascontiguousarray(values)), device)
 
 
 def rotary_angles(inv_freq: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
