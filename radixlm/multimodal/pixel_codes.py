@@ -93,7 +93,9 @@ def decode_torch_batch(codes: Sequence[np.ndarray], tables: Sequence[np.ndarray]
     cols, channels = codes[0].shape[1], tables[0].shape[0]
     counts = [c.shape[0] for c in codes]
     bases = np.repeat(np.arange(len(codes), dtype=np.int64) * (channels * LEVELS), counts)
-    index = pinned_to_device(torch.from_numpy(np.concatenate(codes)), device)
+    staged = torch.empty((sum(counts), cols), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    np.concatenate(codes, out=staged.numpy())  # straight into pinned memory: one pass over the codes
+    index = staged.to(device, non_blocking=True)
     table = pinned_to_device(torch.from_numpy(np.stack(tables)), device).view(-1)
     base = pinned_to_device(torch.from_numpy(bases), device).view(-1, 1, 1)
     index = index.view(-1, channels, cols // channels).long()
