@@ -19,7 +19,8 @@ from radixlm.ipc.messages import RpcReq
 
 
 class _Closed:
-    """Queued when the pipe ends: `error` is re-raised in the consumer."""
+    """Queued when reading ends with an error (the pipe's end, a message that cannot be
+    unpickled): `error` is re-raised in the consumer, as if it had read the pipe itself."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -28,7 +29,8 @@ class _Closed:
 class PipeInbox:
     """Messages of `conn` in arrival order, read by a daemon thread started on first use.
     Invariants: only that thread reads `conn`; it stops after the shutdown RPC (which it
-    queues) or when the pipe ends (then `get` raises the pipe's EOFError / OSError)."""
+    queues) or at the first read error, which `wait` / `take_ready` then raise (EOFError when
+    the front is gone)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -47,7 +49,7 @@ class PipeInbox:
                 self.conn.poll(None)  # wait for data outside `_reading`
                 self._reading.set()
                 msg = self.conn.recv()
-            except (EOFError, OSError) as exc:
+            except BaseException as exc:  # EOF, a broken pipe, a message that fails to unpickle
                 self._queue.put(_Closed(exc))
                 self._reading.clear()
                 return

@@ -5,6 +5,7 @@ BatchOutput and blocks only while the scheduler is idle; each loop runs its own 
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import threading
 from typing import Any, Optional
 
@@ -81,6 +82,14 @@ def test_messages_larger_than_the_pipe_arrive_while_a_step_runs(pipes: Any) -> N
     assert channel.receive(sched)
     assert [m.call_id for m in sched.handled] == [0, 1, 2]
     assert [front_recv.recv().call_id for _ in range(3)] == [0, 1, 2]
+
+
+def test_a_message_that_cannot_be_read_raises_in_receive(pipes: Any) -> None:
+    """The reader thread hands its error to the loop (which reports the crash), never hangs it."""
+    front_send, _, channel = pipes
+    front_send.send_bytes(b"not a pickle")
+    with pytest.raises(pickle.UnpicklingError):
+        channel.receive(FakeScheduler(overlap=True))
 
 
 def test_idle_receive_heartbeats_until_a_message(pipes: Any) -> None:
