@@ -4,12 +4,15 @@ On the same dummy-weight model as `vlm_bench.py` (Qwen2.5-VL-7B shape, bf16, CUD
 the tiny shape on CPU), for `--requests` requests with one image each it prints:
   front:   the HF image processor per image (one thread) and the front's `prepare_all` per
            image (its threads), in ms;
-  tower:   the vision tower per image, radixlm's batched encoder vs transformers' own forward
-           on the same module and pixels, one call over all images (and the largest difference);
+  tower:   the vision tower per image, radixlm's batched encoder (with its fused norm / rotary
+           kernels on CUDA, and without them) vs transformers' own forward on the same module
+           and pixels, one call over all images (and the largest difference);
   engine:  one `Engine.generate` of the requests with 1 output token (front + vision + prefill,
            the front overlapping the rest), the same prompts text-only (language-model prefill
            alone), and with `--output-len` tokens (decode ms per step = the extra time over the
-           extra steps); each timed on a second pass, the first pass's figures printed beside.
+           extra steps); each timed on a second pass, the first pass's figures printed beside;
+           `prefill_steps` counts the scheduler's prefill steps of each run and their requests
+           (requests per step: how well the front's images reach the scheduler together).
 
     python benchmarks/vlm_profile.py                 # ~1 minute on one H100
     python benchmarks/vlm_profile.py --tiny          # CPU smoke run
@@ -71,6 +74,8 @@ def tower_profile(path: str, work: Workload, device: str, dtype: torch.dtype) ->
         encoder(pixels[: pixels.shape[0] // n], grids[:1])  # one image: what the engine's warm-up runs
         first = timed(lambda: encoder(pixels, grids), device, repeat=0)  # a new image count: its first call
         ours = timed(lambda: encoder(pixels, grids), device)
+        unfused = QwenVisionEncoder(visual, fused=False)  # transformers' norms, float32 rotary
+        eager = timed(lambda: unfused(pixels, grids), device)
         theirs = timed(lambda: visual(pixels, grid_thw=grid), device, repeat=1)
         diff = (encoder(pixels, grids).float() - visual(pixels, grid_thw=grid).pooler_output.float()).abs().max()
     out = {
@@ -78,6 +83,8 @@ def tower_profile(path: str, work: Workload, device: str, dtype: torch.dtype) ->
         "patches_per_image": int(pixels.shape[0]) // n,
         "ours_first_call_ms_per_image": round(first * 1e3 / n, 2),
         "ours_ms_per_image": round(ours * 1e3 / n, 2),
+        "ours_fused_kernels": encoder.fusable and device == "cuda",
+        "ours_unfused_ms_per_image": round(eager * 1e3 / n, 2),
         "transformers_ms_per_image": round(theirs * 1e3 / n, 2),
         "max_abs_diff": float(diff),
     }
@@ -101,7 +108,7 @@ def engine_profile(path: str, work: Workload, fresh: Workload, out_len: int, dev
         front = time.perf_counter() - start
         rng = np.random.default_rng(7)  # distinct text of the same lengths: no image, no cache hits
         text = [rng.integers(100, 150000, size=len(p.check_ids)).tolist() for p in prepared]
-        runs, first = {}, {}
+        runs, first, steps = {}, {}, {}
         for label, ids, images, tokens in (
             ("prefill_with_images", work.prompts, work.images, 1),
             ("prefill_text_only", text, None, 1),
@@ -109,9 +116,11 @@ def engine_profile(path: str, work: Workload, fresh: Workload, out_len: int, dev
         ):
             for seconds in (first, runs):
                 engine.flush_cache()
+                before = _extend_steps(engine)
                 start = time.perf_counter()
                 engine.generate(input_ids=ids, image_data=images, sampling_params=dict(greedy, max_new_tokens=tokens))
                 seconds[label] = time.perf_counter() - start
+                steps[label] = {k: round(v - before[k], 3) for k, v in _extend_steps(engine).items()}
     decode_step = (runs["generate_with_images"] - runs["prefill_with_images"]) / max(1, out_len - 1)
     return {
         "requests": n,
@@ -122,8 +131,15 @@ def engine_profile(path: str, work: Workload, fresh: Workload, out_len: int, dev
         "first_pass_ms_per_request": {k: round(v * 1e3 / n, 2) for k, v in first.items()},
         "generate_s": round(runs["generate_with_images"], 3),
         "decode_ms_per_step": round(decode_step * 1e3, 2),
+        "prefill_steps": steps,  # per run (second pass): prefill steps, requests in them, host seconds by phase
         "output_tok_s": round(n * out_len / runs["generate_with_images"], 1),
     }
+
+
+def _extend_steps(engine: Any) -> dict[str, float]:
+    """The scheduler's prefill-step totals so far: steps, rows (requests) and host seconds by phase."""
+    totals = engine.get_server_info()["step_times"].get("extend", {})
+    return {k: totals.get(k, 0.0) for k in ("steps", "rows", "schedule", "launch", "device_wait", "process")}
 
 
 def profile(tiny: bool, n: int, side: int, out_len: int, skip_engine: bool = False) -> dict:

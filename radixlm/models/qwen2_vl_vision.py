@@ -9,8 +9,12 @@ transformers' modules as built by `Qwen2VisionTransformerPretrainedModel` /
   over a [segments, heads, length, head_dim] batch (no padding, so exact up to rounding),
   instead of one call per segment;
 - the per-image index work (rotary (h, w) positions, the window order) is numpy on the host
-  from the grids the front already knows, so building a call's plan never syncs the device;
-- the patch embedding (a Conv3d whose kernel equals its stride) is one matmul.
+  from the grids the front already knows, once per distinct grid of a call, and goes to the
+  device through pinned memory, so building a call's plan never waits for the device;
+- the patch embedding (a Conv3d whose kernel equals its stride) is one matmul;
+- on CUDA, a tower with RMSNorm blocks (Qwen2.5-VL) runs each norm with the residual add
+  before it as one Triton kernel and rotates q and k in place in one kernel
+  (`radixlm.kernels.fused`), instead of a dozen float32 elementwise passes per layer.
 
 Invariant: `QwenVisionEncoder(visual)(pixels, grids)` equals `visual(pixels, grid_thw)`'s
 merged output (`pooler_output`) up to float rounding, rows in the same (image, merged patch)
@@ -25,6 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from radixlm.forward.device_copy import pinned_to_device
+from radixlm.layers.basic import use_fused_kernels
 
 Grid = tuple[int, int, int]
 
@@ -49,7 +56,7 @@ def segment_groups(lengths: Sequence[int], device: torch.device) -> list[Segment
     groups = []
     for length, firsts in by_length.items():
         rows = (np.asarray(firsts, dtype=np.int64)[:, None] + np.arange(length, dtype=np.int64)).reshape(-1)
-        groups.append(SegmentGroup(length, torch.from_numpy(rows).to(device, non_blocking=True)))
+        groups.append(SegmentGroup(length, _to_device(rows, device)))
     return groups
 
 
@@ -117,37 +124,61 @@ class VisionPlan:
 
 def make_plan(grids: Sequence[Grid], merge: int, window: Optional[int], device: torch.device) -> VisionPlan:
     """The plan of a call over images with patch grids `grids`; `window` (Qwen2.5-VL): merged
-    patches per window side, None for a tower with full attention only (Qwen2-VL)."""
-    positions = np.concatenate([patch_positions(g, merge) for g in grids])
+    patches per window side, None for a tower with full attention only (Qwen2-VL). Each
+    distinct grid is laid out once; its tables go to the device in one pinned copy."""
     frames = [h * w for t, h, w in grids for _ in range(t)]
     if window is None:
-        pos = torch.from_numpy(positions).to(device, non_blocking=True)
-        return VisionPlan(pos, segment_groups(frames, device), None, None, None)
-    unit = merge * merge
-    merged_order, window_lengths, base = [], [], 0
+        positions = np.concatenate([patch_positions(g, merge) for g in grids])
+        return VisionPlan(_to_device(positions, device), segment_groups(frames, device), None, None, None)
+    layouts = {grid: _window_layout(grid, merge, window) for grid in set(grids)}
+    positions, orders, unorders, window_lengths = [], [], [], []
+    patch_base = 0
     for grid in grids:
-        idx, counts = window_order(grid, merge, window)
-        merged_order.append(idx + base)
-        window_lengths += [c * unit for c in counts]
-        base += grid[0] * grid[1] * grid[2] // unit
-    merged = np.concatenate(merged_order)
-    order = (merged[:, None] * unit + np.arange(unit, dtype=np.int64)).reshape(-1)
-    unorder = np.empty_like(merged)
-    unorder[merged] = np.arange(len(merged), dtype=np.int64)
+        pos, order, unorder, lengths = layouts[grid]
+        positions.append(pos)
+        orders.append(order + patch_base)
+        unorders.append(unorder + patch_base // (merge * merge))
+        window_lengths += lengths
+        patch_base += len(order)
+    tables = [np.concatenate(positions).reshape(-1), np.concatenate(orders), np.concatenate(unorders)]
+    flat = _to_device(np.concatenate(tables), device)
+    pos, order, unorder = torch.split(flat, [len(t) for t in tables])
     return VisionPlan(
-        torch.from_numpy(positions[order]).to(device, non_blocking=True),
+        pos.view(-1, 2),
         segment_groups(frames, device),  # windows never cross a frame, so frames stay contiguous
         segment_groups(window_lengths, device),
-        torch.from_numpy(order).to(device, non_blocking=True),
-        torch.from_numpy(unorder).to(device, non_blocking=True),
+        order,
+        unorder,
     )
 
 
-def rotary_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[patches, head_dim] float32 cos and sin of the towers' 2-D rotary: the row angles then the
-    column angles, the pair repeated (`inv_freq`: head_dim // 4 frequencies)."""
+def _window_layout(grid: Grid, merge: int, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """One image's window layout: its patches' (row, column) in sequence order [patches, 2], the
+    patch each sequence position takes, the merged-row permutation back to image order, and
+    the window lengths in patches (all indices local to the image)."""
+    unit = merge * merge
+    merged, counts = window_order(grid, merge, window)
+    order = (merged[:, None] * unit + np.arange(unit, dtype=np.int64)).reshape(-1)
+    unorder = np.empty_like(merged)
+    unorder[merged] = np.arange(len(merged), dtype=np.int64)
+    return patch_positions(grid, merge)[order], order, unorder, [c * unit for c in counts]
+
+
+def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 array on `device` through pinned memory (the host never waits for the device)."""
+    return pinned_to_device(torch.from_numpy(np.ascontiguousarray(values)), device)
+
+
+def rotary_angles(inv_freq: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[patches, head_dim // 2] float32 angles of the towers' 2-D rotary: the row angles then the
+    column angles (`inv_freq`: head_dim // 4 frequencies); each rotates a (d, d + head_dim / 2) pair."""
     angles = positions[..., None].float() * inv_freq.float()  # [N, 2, head_dim // 4]
-    half = torch.cat([angles[:, 0], angles[:, 1]], dim=-1)
+    return torch.cat([angles[:, 0], angles[:, 1]], dim=-1)
+
+
+def rotary_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[patches, head_dim] float32 cos and sin of `rotary_angles`, the pair repeated."""
+    half = rotary_angles(inv_freq, positions)
     both = torch.cat([half, half], dim=-1)
     return both.cos(), both.sin()
 
@@ -162,11 +193,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class QwenVisionEncoder:
     """Runs a transformers Qwen2-VL or Qwen2.5-VL vision tower (`visual`, whose parameters stay
-    where the model loader puts them) with `varlen_attention`. Holds no state besides `visual`."""
+    where the model loader puts them) with `varlen_attention`. Holds no state besides `visual`.
+    `fused`: the Triton norm / rotary kernels (RMSNorm towers only); None: on CUDA when Triton
+    is importable, else the transformers modules' own ops."""
 
-    def __init__(self, visual: nn.Module) -> None:
+    def __init__(self, visual: nn.Module, fused: Optional[bool] = None) -> None:
         config = visual.config
         self.visual = visual
+        self.fusable = all(_is_rms_norm(b.norm1) and _is_rms_norm(b.norm2) for b in visual.blocks)
+        if fused and not self.fusable:
+            raise ValueError("the fused vision path needs RMSNorm blocks (Qwen2.5-VL)")
+        self.fused = fused
         self.merge = int(config.spatial_merge_size)
         fullatt = getattr(config, "fullatt_block_indexes", None)
         self.window: Optional[int] = None
@@ -185,13 +222,45 @@ class QwenVisionEncoder:
         x = F.linear(pixels.to(weight.dtype), weight.reshape(weight.shape[0], -1))
         if plan.order is not None:
             x = x[plan.order]
-        cos, sin = rotary_cos_sin(visual.rotary_pos_emb.inv_freq, plan.positions)
-        for i, block in enumerate(visual.blocks):
-            groups = plan.full if i in self.full_layers else plan.windows
-            x = x + self._attention(block.attn, block.norm1(x), cos, sin, groups)
-            x = x + block.mlp(block.norm2(x))
+        fused = self.fused if self.fused is not None else self.fusable and use_fused_kernels(x.device)
+        x = self._blocks_fused(x, plan) if fused else self._blocks(x, plan)
         merged = visual.merger(x)
         return merged if plan.unorder is None else merged[plan.unorder]
+
+    def _groups(self, layer: int, plan: VisionPlan) -> list[SegmentGroup]:
+        return plan.full if layer in self.full_layers else plan.windows
+
+    def _blocks(self, x: torch.Tensor, plan: VisionPlan) -> torch.Tensor:
+        """The blocks with transformers' own norms and float32 rotary."""
+        cos, sin = rotary_cos_sin(self.visual.rotary_pos_emb.inv_freq, plan.positions)
+        for i, block in enumerate(self.visual.blocks):
+            x = x + self._attention(block.attn, block.norm1(x), cos, sin, self._groups(i, plan))
+            x = x + block.mlp(block.norm2(x))
+        return x
+
+    def _blocks_fused(self, x: torch.Tensor, plan: VisionPlan) -> torch.Tensor:
+        """`_blocks` with each residual add and the RMSNorm after it in one kernel, and q and k
+        rotated in place in one kernel (both in float32, stored in x's dtype, as transformers')."""
+        from radixlm.kernels.fused import rmsnorm, rotary_inplace
+
+        blocks = self.visual.blocks
+        angles = rotary_angles(self.visual.rotary_pos_emb.inv_freq, plan.positions)
+        cos, sin = angles.cos(), angles.sin()
+        rows = torch.arange(x.shape[0], device=x.device)  # the kernel reads cos / sin row `rows[t]`
+        h, _ = rmsnorm(x, blocks[0].norm1.weight, blocks[0].norm1.variance_epsilon)
+        for i, block in enumerate(blocks):
+            attn = block.attn
+            total = h.shape[0]
+            q, k, v = attn.qkv(h).reshape(total, 3, attn.num_heads, -1).unbind(1)
+            rotary_inplace(rows, q, k, cos, sin)
+            out = attn.proj(varlen_attention(q, k, v, self._groups(i, plan), attn.scaling).reshape(total, -1))
+            h, x = rmsnorm(out, block.norm2.weight, block.norm2.variance_epsilon, x)  # x + out, normed
+            out = block.mlp(h)
+            if i + 1 == len(blocks):
+                return x + out
+            following = blocks[i + 1].norm1
+            h, x = rmsnorm(out, following.weight, following.variance_epsilon, x)
+        return x
 
     @staticmethod
     def _attention(
@@ -202,3 +271,8 @@ class QwenVisionEncoder:
         q, k, v = attn.qkv(x).reshape(total, 3, attn.num_heads, -1).unbind(1)
         out = varlen_attention(rotate(q, cos, sin), rotate(k, cos, sin), v, groups, attn.scaling)
         return attn.proj(out.reshape(total, -1))
+
+
+def _is_rms_norm(norm: nn.Module) -> bool:
+    """transformers' RMSNorm (weight and `variance_epsilon`, no bias), as the fused kernel computes it."""
+    return type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon")

@@ -10,6 +10,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional
 
 from radixlm.ipc.messages import BatchOutput, ReqOutput, RpcOutput, RpcReq
+from radixlm.scheduler.inbox import PipeInbox
 from radixlm.scheduler.scheduler import Scheduler
 from radixlm.scheduler.watchdog import Watchdog
 
@@ -19,23 +20,25 @@ class FrontChannel:
 
     def __init__(self, recv_conn: Connection, send_conn: Connection) -> None:
         self.recv_conn, self.send_conn = recv_conn, send_conn
+        self.inbox = PipeInbox(recv_conn)  # its thread reads the pipe while steps run
 
     def receive(self, scheduler: Scheduler) -> bool:
-        """Apply every message waiting for `scheduler`, answering RPCs; returns False on the
-        shutdown RPC (answered). Blocks only while the scheduler has no work, so running requests
-        are never held up by an empty inbox; meanwhile an idle tensor-parallel leader sends its
-        followers heartbeats (`heartbeat_s` None at tp 1: wait for input)."""
+        """Apply every message that has arrived for `scheduler` (all those sent while the last
+        step ran), answering RPCs; returns False on the shutdown RPC (answered). Blocks only
+        while the scheduler has no work, so running requests are never held up by an empty
+        inbox; meanwhile an idle tensor-parallel leader sends its followers heartbeats
+        (`heartbeat_s` None at tp 1: wait for input)."""
+        msg = None
         if not scheduler.has_work():
-            while not self.recv_conn.poll(scheduler.runner.heartbeat_s):
-                scheduler.runner.heartbeat()
-        while self.recv_conn.poll(0):
-            msg = self.recv_conn.recv()
+            msg = self.inbox.wait(scheduler.runner.heartbeat_s, scheduler.runner.heartbeat)
+        while msg is not None or (msg := self.inbox.take_ready()) is not None:
             if isinstance(msg, RpcReq) and msg.method == "shutdown":
                 self.send_conn.send(RpcOutput(msg.call_id, result=True))
                 return False
             answer = _safe_handle(scheduler, msg)
             if answer is not None:
                 self.send_conn.send(answer)
+            msg = None
         return True
 
     def send(self, outputs: list[ReqOutput]) -> None:

@@ -53,6 +53,24 @@ def test_batch_decode_equals_each_image_decoded_in_order(processor) -> None:  # 
     )
 
 
+def test_levels_outside_the_sampled_rows_with_other_arithmetic_still_encode(processor) -> None:  # noqa: ANN001
+    """A processor whose values differ from transformers' arithmetic (here by one float32 ulp)
+    at levels only in rows `encode` does not sample: the candidate table fails its check and
+    the table is built from every value instead, still bitwise."""
+    affine = channel_affine(processor)
+    mean, std, scale = affine
+    ramp = (np.arange(256, dtype=np.float64) * scale).astype(np.float32)
+    exact = ((ramp[None, :] - mean.astype(np.float32)[:, None]) / std.astype(np.float32)[:, None]).astype(np.float32)
+    table = np.nextafter(exact, np.float32(np.inf))  # one ulp up: still rounds to the same level
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 128, size=(64, 3 * 16), dtype=np.uint8)
+    codes[1::2] += 128  # odd rows only: never among the sampled ones
+    values = decode_numpy(codes, table)
+    coded = encode(values, affine)
+    assert coded is not None and np.array_equal(coded[0], codes)
+    assert np.array_equal(decode_numpy(*coded), values)
+
+
 def test_inexact_arrays_are_refused(processor) -> None:  # noqa: ANN001
     values = patches(processor, 2, (56, 56))
     noisy = values + np.random.default_rng(3).random(values.shape, dtype=np.float32) * 1e-3

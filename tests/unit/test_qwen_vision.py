@@ -118,3 +118,31 @@ def test_varlen_attention_equals_per_segment_attention() -> None:
         assert torch.allclose(out[seg], each.transpose(0, 1), atol=1e-6, rtol=0)
         start += length
     assert segment_groups([4, 4, 4], torch.device("cpu"))[0].rows is None  # uniform: a view, no gather
+
+
+def check_fused(grids: list[tuple[int, int, int]], tolerance: float) -> None:
+    """The fused norm / rotary path (`fused=True`) equals transformers' tower (run on the CPU
+    through Triton's interpreter by the test below, compiled on a GPU)."""
+    model = tower(True).to("cuda" if torch.cuda.is_available() else "cpu")
+    pixels = pixels_for(grids).to(model.patch_embed.proj.weight.device)
+    with torch.no_grad():
+        ref = model(pixels, grid_thw=torch.tensor(grids)).pooler_output
+    ours = QwenVisionEncoder(model, fused=True)(pixels, grids)
+    assert ref.abs().max() > 0.5
+    assert torch.allclose(ours, ref, atol=tolerance, rtol=0), (ours - ref).abs().max()
+
+
+def test_fused_tower_equals_transformers() -> None:
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        check_fused(GRIDS, 1e-4)  # TF32-free float32 on the GPU: rounding only
+        return
+    from helpers.interpreted import UNIT, run_interpreted
+
+    run_interpreted("test_qwen_vision", f"t.check_fused({GRIDS!r}, {TOLERANCE})", paths=[UNIT])
+
+
+def test_fused_path_needs_rms_norm_blocks() -> None:
+    assert not QwenVisionEncoder(tower(False)).fusable
+    with pytest.raises(ValueError, match="RMSNorm"):
+        QwenVisionEncoder(tower(False), fused=True)

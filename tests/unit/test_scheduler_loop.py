@@ -5,6 +5,7 @@ BatchOutput and blocks only while the scheduler is idle; each loop runs its own 
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import threading
 from typing import Any, Optional
 
@@ -65,6 +66,30 @@ def test_receive_answers_rpcs_and_stops_on_shutdown(pipes: Any) -> None:
     assert not channel.receive(sched)
     assert front_recv.recv() == RpcOutput(3, result=True)
     assert [m.call_id for m in sched.handled] == [1, 2]
+
+
+def test_messages_larger_than_the_pipe_arrive_while_a_step_runs(pipes: Any) -> None:
+    """A front sending several multi-megabyte messages (requests with images) is not held at
+    the first until the scheduler's next receive, and that receive applies all of them."""
+    front_send, front_recv, channel = pipes
+    sched = FakeScheduler(overlap=True, work=1)  # busy: receive never waits for input
+    assert channel.receive(sched) and sched.handled == []
+    blob = b"x" * (4 << 20)
+    sender = threading.Thread(target=lambda: [front_send.send(RpcReq("get_info", i, {"blob": blob})) for i in range(3)])
+    sender.start()
+    sender.join(timeout=30)  # no receive runs meanwhile (the scheduler is "in a step")
+    assert not sender.is_alive()
+    assert channel.receive(sched)
+    assert [m.call_id for m in sched.handled] == [0, 1, 2]
+    assert [front_recv.recv().call_id for _ in range(3)] == [0, 1, 2]
+
+
+def test_a_message_that_cannot_be_read_raises_in_receive(pipes: Any) -> None:
+    """The reader thread hands its error to the loop (which reports the crash), never hangs it."""
+    front_send, _, channel = pipes
+    front_send.send_bytes(b"not a pickle")
+    with pytest.raises(pickle.UnpicklingError):
+        channel.receive(FakeScheduler(overlap=True))
 
 
 def test_idle_receive_heartbeats_until_a_message(pipes: Any) -> None:
