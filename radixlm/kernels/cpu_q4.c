@@ -295,7 +295,10 @@ static void int_dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f
     __m256 acc[ROWS];
     float offset[ROWS];
     for (int j = 0; j < ROWS; j++) acc[j] = _mm256_setzero_ps(), offset[j] = 0.0f;
+    const int64_t step = ROWS * f.bytes;
     for (int64_t b = 0; b < blocks; b++) {
+        for (int64_t at = b * step; at < (b + 1) * step; at += 64)
+            _mm_prefetch((const char *)w + AHEAD + at, _MM_HINT_T0);
         for (int j = 0; j < rows; j++) {
             float d, m;
             const uint8_t *qb = block_fields(w + j * row_bytes + b * f.bytes, f, &d, &m);
