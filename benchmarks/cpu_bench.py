@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_bench.py                 # the full run (~10 minutes on 2 cores)
     python benchmarks/cpu_bench.py --quick         # a smoke run
+    python benchmarks/cpu_bench.py --only-b --quant-flag num_threads=1   # (b) alone, radixlm also at one thread
     PYTHONPATH=/tmp/llama-site python benchmarks/cpu_bench.py   # with llama-cpp-python importable
 
 All three run the bundled SmolLM2-135M-Instruct (Q4_1 GGUF): radixlm with `Engine()` defaults
@@ -15,9 +16,10 @@ llama.cpp on the file itself. Greedy, EOS ignored, random prompt ids in [100, vo
     one decode step must read (the GGUF file with its blocks kept, else the dequantized tensors)
     over the measured copy bandwidth;
 (c) 64 prompts sharing a 512-token prefix (+32 unique, 32 out): radix cache on vs off.
-`--quant-flag` (repeatable) names an extra radixlm engine for (a) and (b) (ServerArgs field=value[,...]) shown
-beside the defaults; without one, `gguf_cpu_activations=int8` (the opt-in int8 dots). `quantization=none` shows
-the dequantized float model.
+`--quant-flag` (repeatable) names an extra radixlm engine for (a) and (b) (ServerArgs field=value[,...], digits
+read as integers) shown beside the defaults; without one, `gguf_cpu_activations=int8` (the opt-in int8 dots).
+`quantization=none` shows the dequantized float model, `num_threads=1` the defaults on one core (without
+`--threads` the defaults use every core, as `Engine()` does). `--only-b` runs (b) alone.
 Every figure also as output tokens per CPU-second of the processes involved (psutil: this one
 and the Engine's children), the fair figure when the machine is shared and oversubscribed.
 `--alternations N` runs radixlm's default and the `--quant-flag` engines N times each, alternately,
@@ -159,7 +161,7 @@ def alternated(
         ours.append(radixlm_runs(plans, **common))
         for extra, runs_of in zip(extras, theirs):
             tag = " ".join(f"{k}={v}" for k, v in extra.items())
-            runs_of.append(radixlm_runs(plans, tag, **extra, **common))
+            runs_of.append(radixlm_runs(plans, tag, **{**common, **extra}))
     return _medians(ours), [f for runs_of in theirs for f in _medians(runs_of)]
 
 
@@ -229,6 +231,12 @@ def default_weights(path: str, common: dict[str, Any]) -> tuple[str, torch.dtype
     return "dequantized", dtype, elements * torch.tensor([], dtype=dtype).element_size()
 
 
+def engine_flags(flag: str) -> dict[str, Any]:
+    """ServerArgs fields of one `--quant-flag` ("field=value[,field=value]"); digits become ints."""
+    pairs = (kv.split("=", 1) for kv in flag.split(","))
+    return {key: int(value) if value.isdigit() else value for key, value in pairs}
+
+
 def best(figures: list[Figure], prefix: str) -> Figure:
     return max((f for f in figures if f.name.startswith(prefix)), key=lambda f: f.tok_s)
 
@@ -243,6 +251,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes, no HF bf16 sweep")
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--skip-cache", action="store_true", help="leave out (c) (the cache-off prefill takes minutes)")
+    ap.add_argument("--only-b", action="store_true", help="(b) alone: no (a), no (c)")
     ap.add_argument("--llama-flags", default=os.environ.get("CMAKE_ARGS", "?"), help="the CMAKE_ARGS it was built with")
     ap.add_argument(
         "--quant-flag",
@@ -281,8 +290,9 @@ def main() -> None:
     print(f"  GEMM {gemm32:.0f} / {gemm16:.0f} GFLOP/s, copy {bw:.1f} GB/s", flush=True)
     lines.append(f"ceilings: GEMM float32 {gemm32:.0f} GFLOP/s, bfloat16 {gemm16:.0f} GFLOP/s; copy {bw:.1f} GB/s")
 
-    plans = [("(a)", [prompts_a], OUT_A), ("(b)", [[prompt_b]], OUT_B)]
-    flags = [dict(kv.split("=", 1) for kv in flag.split(",")) for flag in args.quant_flag or [INT8]]
+    plans = ([] if args.only_b else [("(a)", [prompts_a], OUT_A)]) + [("(b)", [[prompt_b]], OUT_B)]
+    flags = [engine_flags(flag) for flag in args.quant_flag or [INT8]]
+    args.skip_cache = args.skip_cache or args.only_b
     common = {"num_threads": args.threads} if args.threads else {}
     ours, extra = alternated(plans, args.alternations, flags, common)
     if not args.skip_cache:
@@ -297,23 +307,25 @@ def main() -> None:
     hf_dtypes = [torch.float32] + ([torch.bfloat16] if gemm16 >= gemm32 / 2 else [])
     if len(hf_dtypes) == 1:
         lines.append(f"HF bfloat16 not run: bf16 GEMM {gemm16:.1f} GFLOP/s vs float32 {gemm32:.0f} on this CPU")
-    hf_a = hf_figures(path, prompts_a, OUT_A, [8, 32] if not args.quick else [8], hf_dtypes)
+    hf_a = [] if args.only_b else hf_figures(path, prompts_a, OUT_A, [8, 32] if not args.quick else [8], hf_dtypes)
     hf_b = hf_figures(path, [prompt_b], OUT_B, [1], hf_dtypes)
     llama = [] if args.skip_llama_cpp else llama_cpp_figures(path, prompt_b, OUT_B, [1, 2])
     weights, dtype, step_bytes = default_weights(path, common)
     flops_a = shape.flops(sum(map(len, prompts_a)), len(prompts_a) * (OUT_A - 1), len(prompts_a) * OUT_A) / 1e9
     by_name = {f.name: f for f in ours + off + extra}
-    a, b = by_name[f"radixlm {DEFAULTS} (a)"], by_name[f"radixlm {DEFAULTS} (b)"]
+    a, b = by_name.get(f"radixlm {DEFAULTS} (a)"), by_name[f"radixlm {DEFAULTS} (b)"]
     rate = gemm16 if dtype == torch.bfloat16 else gemm32
     lines.append(f"radixlm {DEFAULTS}: weights {weights}, dtype auto = {dtype}")
-    lines.append(f"(a) {len(prompts_a)} prompts x {IN_A} in x {OUT_A} out")
-    report(lines, [a] + hf_a + [f for f in extra if "(a)" in f.name])
-    hf_best_a = best(hf_a, "HF")
-    lines.append(
-        f"  radixlm defaults {a.tok_s:.1f} tok/s = {flops_a / a.seconds:.1f} GFLOP/s = "
-        f"{100 * flops_a / a.seconds / rate:.0f}% of the {rate:.0f} GFLOP/s GEMM ceiling; "
-        f"{a.tok_s / hf_best_a.tok_s:.2f}x HF's best ({hf_best_a.name}; target {TARGET_A:.0f}x)"
-    )
+    hf_best_a = None
+    if a is not None:
+        lines.append(f"(a) {len(prompts_a)} prompts x {IN_A} in x {OUT_A} out")
+        report(lines, [a] + hf_a + [f for f in extra if "(a)" in f.name])
+        hf_best_a = best(hf_a, "HF")
+        lines.append(
+            f"  radixlm defaults {a.tok_s:.1f} tok/s = {flops_a / a.seconds:.1f} GFLOP/s = "
+            f"{100 * flops_a / a.seconds / rate:.0f}% of the {rate:.0f} GFLOP/s GEMM ceiling; "
+            f"{a.tok_s / hf_best_a.tok_s:.2f}x HF's best ({hf_best_a.name}; target {TARGET_A:.0f}x)"
+        )
     lines.append(f"(b) one request, {IN_B} in x {OUT_B} out")
     report(lines, [b] + hf_b + llama + [f for f in extra if "(b)" in f.name])
     hf_best_b = best(hf_b, "HF")

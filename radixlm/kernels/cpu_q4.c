@@ -9,7 +9,8 @@
  *
  * rlm_q4_matmul reads each weight byte once per call. One row of x is dotted block by block
  * against the codes widened to floats in registers, four rows of W at a time (independent
- * multiply-add chains), each block's offset folded in through the block sums of x. Several rows
+ * multiply-add chains), each block's offset folded in through the block sums of x, the rows a few
+ * groups ahead prefetched (each is read once per call, from memory rather than cache). Several rows
  * of x first widen a row of W into a buffer, then dot every row of x against it. Rows of W are
  * split over `threads` OpenMP threads. All arithmetic is float32.
  */
@@ -68,54 +69,72 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* The 32 codes of a block as floats: w[0..3] hold elements 0-7, 8-15, 16-23, 24-31. */
+/* The 32 codes of a block as floats: w[0..3] hold elements 0-7, 8-15, 16-23, 24-31. Each group of
+ * eight bytes is widened straight from memory (no register shuffles); a 4-bit code byte j < 8
+ * gives element j (low nibble) and 16 + j (high nibble). */
 static inline void codes(const uint8_t *qb, Format f, __m256 w[4]) {
     if (f.kind == KIND_Q8_0) {
-        const __m128i a = _mm_loadu_si128((const __m128i *)qb), b = _mm_loadu_si128((const __m128i *)(qb + 16));
-        w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
-        w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
-        w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-        w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+        for (int i = 0; i < 4; i++)
+            w[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qb + 8 * i))));
         return;
     }
-    const __m128i bytes = _mm_loadu_si128((const __m128i *)qb);
-    const __m128i mask = _mm_set1_epi8(15);
-    const __m128i lo = _mm_and_si128(bytes, mask);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    const __m256i mask = _mm256_set1_epi32(15);
+    const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qb));
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qb + 8)));
+    w[0] = _mm256_cvtepi32_ps(_mm256_and_si256(a, mask));
+    w[1] = _mm256_cvtepi32_ps(_mm256_and_si256(b, mask));
+    w[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4));
+    w[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
 }
 
-/* sum_i code_i x_i over one block, as 8 partial sums (two independent chains). */
+/* sum_i code_i x_i over one block, as 8 partial sums. */
 static inline __m256 block_dot(const uint8_t *qb, Format f, const __m256 xv[4]) {
     __m256 w[4];
     codes(qb, f, w);
-    const __m256 s0 = _mm256_fmadd_ps(w[1], xv[1], _mm256_mul_ps(w[0], xv[0]));
-    const __m256 s1 = _mm256_fmadd_ps(w[3], xv[3], _mm256_mul_ps(w[2], xv[2]));
-    return _mm256_add_ps(s0, s1);
+    __m256 s = _mm256_mul_ps(w[0], xv[0]);
+    for (int i = 1; i < 4; i++) s = _mm256_fmadd_ps(w[i], xv[i], s);
+    return s;
 }
 
+/* A block's float16 fields as floats: [d, m, 0, 0] (Q4_1), [d, 0, 0, 0] (Q4_0, Q8_0). */
+static inline __m128 block_scales(const uint8_t *blk, Format f) {
+    uint32_t raw = 0;
+    memcpy(&raw, blk, f.kind == KIND_Q4_1 ? 4 : 2);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)raw));
+}
+
+/* Bytes of W read ahead of the rows being multiplied (software prefetch: the rows of a decode
+ * step's projections are read once, from memory rather than cache). */
+#define AHEAD 2048
+
 #define ROWS 4
-/* `rows` (<= ROWS) consecutive rows of W against one row of x. */
-static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const float *x, const float *xsum,
+/* `rows` (<= ROWS) consecutive rows of W against one row of x. `xz` holds two floats per block
+ * that a block's scales [d, m] are multiplied by to give its offset term: (0, sum x) for Q4_1
+ * (m sum x), (-8 sum x, 0) for Q4_0 (-8 d sum x), (0, 0) for Q8_0. */
+static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const float *x, const float *xz,
                      int64_t blocks, float *y) {
     __m256 acc[ROWS];
-    float offset[ROWS];
-    for (int j = 0; j < ROWS; j++) acc[j] = _mm256_setzero_ps(), offset[j] = 0.0f;
+    __m128 offset[ROWS];
+    for (int j = 0; j < ROWS; j++) acc[j] = _mm256_setzero_ps(), offset[j] = _mm_setzero_ps();
+    const int64_t step = ROWS * f.bytes; /* the bytes of the group's rows each block stands for */
+    const uint8_t *ahead = w + AHEAD;
+    const int skip = f.kind == KIND_Q4_1 ? 4 : 2;
     for (int64_t b = 0; b < blocks; b++) {
+        for (int64_t at = b * step; at < (b + 1) * step; at += 64)
+            _mm_prefetch((const char *)ahead + at, _MM_HINT_T0);
         const float *xb = x + BLOCK * b;
         const __m256 xv[4] = {_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8), _mm256_loadu_ps(xb + 16),
                               _mm256_loadu_ps(xb + 24)};
+        const __m128 zb = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(xz + 2 * b)));
         for (int j = 0; j < rows; j++) {
-            float d, m;
-            const uint8_t *qb = block_fields(w + j * row_bytes + b * f.bytes, f, &d, &m);
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d), block_dot(qb, f, xv), acc[j]);
-            offset[j] += m * xsum[b];
+            const uint8_t *blk = w + j * row_bytes + b * f.bytes;
+            const __m128 dm = block_scales(blk, f);
+            acc[j] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), block_dot(blk + skip, f, xv), acc[j]);
+            offset[j] = _mm_fmadd_ps(dm, zb, offset[j]);
         }
     }
-    for (int j = 0; j < rows; j++) y[j] = hsum(acc[j]) + offset[j];
+    for (int j = 0; j < rows; j++)
+        y[j] = hsum(acc[j]) + _mm_cvtss_f32(_mm_add_ss(offset[j], _mm_movehdup_ps(offset[j])));
 }
 
 static void widen_row(const uint8_t *w, Format f, int64_t blocks, float *out) {
@@ -138,7 +157,7 @@ static float dot(const float *a, const float *b, int64_t k) {
 }
 #else
 #define ROWS 1
-static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const float *x, const float *xsum,
+static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, const float *x, const float *xz,
                      int64_t blocks, float *y) {
     (void)row_bytes, (void)rows;
     float acc = 0.0f;
@@ -152,7 +171,7 @@ static void dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f, co
         } else {
             for (int j = 0; j < 16; j++) s += xb[j] * (float)(qb[j] & 15) + xb[j + 16] * (float)(qb[j] >> 4);
         }
-        acc += d * s + m * xsum[b];
+        acc += d * (s + xz[2 * b]) + (f.kind == KIND_Q4_1 ? m : 0.0f) * xz[2 * b + 1];
     }
     y[0] = acc;
 }
@@ -184,26 +203,32 @@ static Format format_of(int kind) {
     return f;
 }
 
+/* dot_rows' `xz`: per block of x, the factors of its scales [d, m] that give the block's offset. */
+static void offset_factors(const float *x, int64_t blocks, Format f, float *xz) {
+    for (int64_t b = 0; b < blocks; b++) {
+        float s = 0.0f;
+        for (int i = 0; i < BLOCK; i++) s += x[BLOCK * b + i];
+        xz[2 * b] = f.kind == KIND_Q4_0 ? -8.0f * s : 0.0f;
+        xz[2 * b + 1] = f.kind == KIND_Q4_1 ? s : 0.0f;
+    }
+}
+
 /* y [M, N] = x [M, K] W^T; x and y float32, row-major, contiguous; w [N, row_bytes]. */
 void rlm_q4_matmul(const float *x, int64_t m, int64_t k, const uint8_t *w, int kind, int64_t n, float *y,
                    int threads) {
     const Format f = format_of(kind);
     const int64_t blocks = k / BLOCK, row_bytes = blocks * f.bytes;
     if (m == 1) {
-        float *xsum = malloc(sizeof(float) * blocks);
-        for (int64_t b = 0; b < blocks; b++) {
-            float s = 0.0f;
-            for (int i = 0; i < BLOCK; i++) s += x[BLOCK * b + i];
-            xsum[b] = s;
-        }
+        float *xz = malloc(2 * sizeof(float) * blocks);
+        offset_factors(x, blocks, f, xz);
         const int64_t groups = (n + ROWS - 1) / ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t g = 0; g < groups; g++) {
             const int64_t r = g * ROWS;
             const int rows = n - r < ROWS ? (int)(n - r) : ROWS;
-            dot_rows(w + r * row_bytes, row_bytes, rows, f, x, xsum, blocks, y + r);
+            dot_rows(w + r * row_bytes, row_bytes, rows, f, x, xz, blocks, y + r);
         }
-        free(xsum);
+        free(xz);
         return;
     }
 #pragma omp parallel num_threads(threads)
@@ -270,7 +295,10 @@ static void int_dot_rows(const uint8_t *w, int64_t row_bytes, int rows, Format f
     __m256 acc[ROWS];
     float offset[ROWS];
     for (int j = 0; j < ROWS; j++) acc[j] = _mm256_setzero_ps(), offset[j] = 0.0f;
+    const int64_t step = ROWS * f.bytes;
     for (int64_t b = 0; b < blocks; b++) {
+        for (int64_t at = b * step; at < (b + 1) * step; at += 64)
+            _mm_prefetch((const char *)w + AHEAD + at, _MM_HINT_T0);
         for (int j = 0; j < rows; j++) {
             float d, m;
             const uint8_t *qb = block_fields(w + j * row_bytes + b * f.bytes, f, &d, &m);
