@@ -72,19 +72,25 @@ def model_dir(shape: str) -> str:
 
 
 def bytes_per_token(model: torch.nn.Module, config: object, context: int) -> tuple[int, int]:
-    """(bytes one decode token reads, all weight bytes): every non-expert weight, top_k / E of
-    the stacked expert weights (one token selects top_k distinct experts per layer), and the
-    KV cache of `context` tokens (bf16)."""
-    experts = dense = 0
+    """(bytes one decode token reads, all weight bytes): every non-expert weight except the input
+    embedding table, of which a token reads one row (unless tied to the LM head, which reads it
+    all), top_k / E of the stacked expert weights (one token selects top_k distinct experts per
+    layer), and the KV cache of `context` tokens (bf16)."""
+    experts = dense = embed_skipped = 0
+    tied = getattr(config, "tie_word_embeddings", False)
     for name, p in model.named_parameters():
         size = p.numel() * p.element_size()
         if "w13_weight" in name or "w2_weight" in name:
             experts += size
+        elif "embed_tokens" in name and not tied:
+            row = p.shape[-1] * p.element_size()
+            dense += row
+            embed_skipped += size - row
         else:
             dense += size
     num_experts = getattr(config, "num_experts", None) or config.num_local_experts
     kv = 2 * config.num_hidden_layers * config.num_key_value_heads * _head_dim(config) * 2 * context
-    return dense + experts * config.num_experts_per_tok // num_experts + kv, dense + experts
+    return dense + experts * config.num_experts_per_tok // num_experts + kv, dense + embed_skipped + experts
 
 
 def _head_dim(config: object) -> int:
