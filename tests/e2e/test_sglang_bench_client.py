@@ -72,7 +72,7 @@ def test_sglang_bench_serving_reports_cache_hits(url: str, tmp_path: Path, backe
     port = str(urlparse(url).port)
     cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", backend, "--port", port, *GSP]
     cmd += ["--cache-report", "--disable-tqdm", "--max-concurrency", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its result file
     out = proc.stdout
     assert proc.returncode == 0, (out + proc.stderr)[-4000:]
     assert re.search(r"Successful requests:\s+8\b", out), out[-3000:]
