@@ -1,41 +1,29 @@
 """The fused MoE kernels (`radixlm/kernels/fused_moe.py`) against `experts_reference` in float64.
 
-Every case draws fresh random inputs, routes each token to k distinct experts of a random subset
-(so some experts receive no tokens), sets a share of the ids to -1 (experts of another
-expert-parallel rank), poisons the output with NaN and passes it as `out`. The reference runs in
-float64 on the very same (rounded) inputs. Tolerance on the relative Frobenius error: bf16 1e-2
-(the kernel stores the activation, each expert's weighted output and the sum in bf16, ~4e-3
-each; `experts_reference` in bf16 lands at 4e-3 to 7e-3), fp16 2e-3, float32 1e-5 (ieee dot).
-Triton's interpreter truncates float32 to bf16 instead of rounding to nearest (twice the
-rounding error: its bf16 results land at 6e-3 to 9e-3), so bf16 through the interpreter gets 2e-2.
-
-At decode sizes (<= 16 tokens) the routed `fused_moe` (routing and alignment in one launch, the
-top-k sum inside the down GEMM) must equal `fused_topk` + `fused_experts` and `fused_experts`
-with the separate sum kernel bit for bit (top-k 1-8, experts without tokens, expert-parallel
-ranks, a rank with none of the chosen experts).
+Every case draws fresh random inputs (`helpers.moe_cases.make_case`: some experts without tokens,
+a share of the ids -1), poisons the output with NaN and passes it as `out`; the reference runs in
+float64 on the very same (rounded) inputs, within `helpers.moe_cases`' tolerances on the relative
+Frobenius error (bf16 1e-2, 2e-2 through Triton's interpreter, fp16 2e-3, float32 1e-5).
 
 A few small shapes run through Triton's interpreter (TRITON_INTERPRET=1, in a subprocess so
 other tests keep the compiled mode), and the GEMM kernels are compiled ahead of time for sm_90
 (no GPU needed: wgmma and pipelined loads checked on the PTX). The full grid (experts 8-128,
 top-k 1-8, tokens 1-4096, the Qwen3-30B-A3B and a Mixtral-like shape), fp16/fp32, every
 block-size class with either top-k sum, and a CUDA-graph capture replayed with new routing are
-marked `gpu`.
+marked `gpu`. The decode path and its in-launch routing are tested in test_moe_decode.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import itertools
 
 import pytest
 import torch
 from helpers.interpreted import run_interpreted
+from helpers.moe_cases import INTERP_TOL, TOL, make_case, reference64, rel_err
 
 triton = pytest.importorskip("triton")
-TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
-INTERP_TOL = {**TOL, torch.bfloat16: 2e-2}
 
 # (tokens, experts, top_k, hidden, inter, experts used, share of -1 ids): small enough for the interpreter;
 # hidden 96 and inter 48 leave partial K tiles
@@ -45,43 +33,6 @@ INTERP_CASES = (
     (9, 16, 4, 96, 32, 6, 0.2),
     (40, 8, 8, 64, 32, 8, 0.1),
 )
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.double() - want).norm() / want.norm()).item()
-
-
-def make_case(
-    tokens: int,
-    experts: int,
-    top_k: int,
-    hidden: int,
-    inter: int,
-    used: int,
-    invalid: float,
-    dtype: torch.dtype,
-    device: str,
-    gen: torch.Generator,
-) -> tuple[torch.Tensor, ...]:
-    """(x, w13, w2, topk_weights, topk_ids) on `device`, drawn there by `gen` (a generator of that
-    device): each token's k distinct ids from `used` random experts, a share `invalid` of them set
-    to -1, weights positive float32."""
-    draw = dict(generator=gen, device=device)
-    x = torch.randn(tokens, hidden, **draw).to(dtype)
-    w13 = (torch.randn(experts, 2 * inter, hidden, **draw) / hidden**0.5).to(dtype)
-    w2 = (torch.randn(experts, hidden, inter, **draw) / inter**0.5).to(dtype)
-    subset = torch.randperm(experts, **draw)[:used]
-    pick = torch.rand(tokens, used, **draw).argsort(dim=1)[:, :top_k]
-    ids = subset[pick].to(torch.int32)
-    ids[torch.rand(tokens, top_k, **draw) < invalid] = -1
-    weights = torch.rand(tokens, top_k, **draw) + 0.1
-    return x, w13, w2, weights, ids
-
-
-def reference64(x, w13, w2, weights, ids) -> torch.Tensor:
-    from radixlm.layers.moe.reference import experts_reference
-
-    return experts_reference(x.double(), w13.double(), w2.double(), weights.double(), ids)
 
 
 def check_case(case: tuple, dtype: torch.dtype, device: str, gen: torch.Generator, config=None) -> float:
@@ -141,105 +92,6 @@ def check_alignment(device: str, gen: torch.Generator) -> None:
         assert owner[:used_blocks].unique().numel() == int((counts > 0).sum())  # one run of blocks per expert
 
 
-# (tokens, router experts, top_k, hidden, inter, first_expert, local experts): decode sizes for the
-# interpreter, top-k 1-8, experts left without tokens, expert-parallel ranks, a partial K tile (48)
-DECODE_CASES = (
-    (1, 8, 1, 64, 32, 0, 8),
-    (2, 16, 2, 64, 48, 0, 16),
-    (4, 16, 4, 96, 32, 8, 8),
-    (5, 16, 7, 64, 32, 0, 16),
-    (6, 32, 6, 64, 32, 0, 32),
-    (9, 32, 3, 64, 32, 0, 32),
-    (3, 8, 5, 64, 32, 4, 2),
-    (16, 8, 8, 64, 32, 0, 8),
-)
-
-
-@contextlib.contextmanager
-def top_k_sum_kernel():
-    """While inside, every plan sums the top-k in `_sum_kernel` (as beyond the decode sizes)."""
-    from radixlm.kernels import moe_config
-
-    limit = moe_config.SUM_IN_DOWN_MAX_TOKENS
-    moe_config.SUM_IN_DOWN_MAX_TOKENS = 0
-    try:
-        yield
-    finally:
-        moe_config.SUM_IN_DOWN_MAX_TOKENS = limit
-
-
-def check_decode_paths(cases: tuple, device: str, gen: torch.Generator) -> None:
-    """At decode sizes `fused_moe` (routing in one launch, the top-k sum in the down GEMM)
-    equals `fused_topk` + `fused_experts` (alignment on its own) and `fused_experts` with the
-    top-k summed by `_sum_kernel`, bit for bit, and the reference within the tolerance. Every
-    output starts as NaN; with no routed rows at all (this rank holds none of the chosen
-    experts) it must come out zero."""
-    from radixlm.kernels.fused_moe import fused_experts, fused_moe, moe_config, plan_moe
-    from radixlm.kernels.moe_topk import fused_topk
-
-    for tokens, router_experts, top_k, hidden, inter, first, local in cases:
-        x, w13, w2 = make_case(tokens, local, 1, hidden, inter, 1, 0.0, torch.bfloat16, device, gen)[:3]
-        logits = torch.randn(tokens, router_experts, generator=gen, device=device)
-        config = moe_config(tokens * top_k, local, hidden, inter)
-        assert plan_moe(tokens, top_k, hidden, config, router_experts).launches()[-1] == "down_sum"
-        nan = functools.partial(torch.full_like, x, float("nan"))
-        got = fused_moe(x, logits, w13, w2, top_k, True, first, out=nan())
-        weights, ids = fused_topk(logits, top_k, True, first, local)
-        two_step = fused_experts(x, w13, w2, weights, ids, out=nan())
-        with top_k_sum_kernel():
-            separate = fused_experts(x, w13, w2, weights, ids, out=nan())
-        case = (tokens, router_experts, top_k, first, local)
-        assert torch.equal(got, two_step) and torch.equal(two_step, separate), case
-        want = reference64(x, w13, w2, weights, ids)
-        if (ids >= 0).any():
-            assert rel_err(got, want) <= (TOL if x.is_cuda else INTERP_TOL)[torch.bfloat16], case
-        else:
-            assert torch.equal(got, torch.zeros_like(got)), case
-    x, w13, w2, weights, ids = make_case(3, 8, 2, 64, 32, 8, 1.0, torch.bfloat16, device, gen)  # every id -1
-    assert torch.equal(fused_experts(x, w13, w2, weights, ids, out=torch.full_like(x, float("nan"))), 0 * x)
-
-
-def check_from_hidden(cases: tuple, device: str, gen: torch.Generator) -> None:
-    """`fused_moe_from_hidden` (the router's matmul inside the routing launch at decode sizes)
-    equals `fused_moe` on the logits that launch computed, bit for bit, and the reference on
-    torch's routing within the tolerance (`norm_topk_prob` on and off); beyond the decode sizes
-    (17 tokens) it runs the matmul first and equals `fused_moe` on torch's logits."""
-    from radixlm.kernels.fused_moe import fused_moe, fused_moe_from_hidden, moe_config, new_arrivals, plan_moe
-    from radixlm.kernels.moe_router import route_from_hidden
-    from radixlm.layers.moe.routing import select_experts
-
-    arrivals = new_arrivals(torch.device(device))
-    for i, (tokens, router_experts, top_k, hidden, inter, first, local) in enumerate(cases):
-        renormalize = bool(i % 2)
-        x, w13, w2 = make_case(tokens, local, 1, hidden, inter, 1, 0.0, torch.bfloat16, device, gen)[:3]
-        router = (torch.randn(router_experts, hidden, generator=gen, device=device) / hidden**0.5).bfloat16()
-        config = moe_config(tokens * top_k, local, hidden, inter)
-        plan = plan_moe(tokens, top_k, hidden, config, router_experts, from_hidden=True)
-        assert plan.launches() == ("router_route_align", "gate_up", "down_sum")
-        nan = functools.partial(torch.full_like, x, float("nan"))
-        got = fused_moe_from_hidden(x, router, w13, w2, top_k, renormalize, arrivals, first, out=nan())
-        logits = route_from_hidden(x, router, top_k, renormalize, config.block_m, arrivals, first, local)[3]
-        case = (tokens, router_experts, top_k, first, local, renormalize)
-        assert torch.equal(got, fused_moe(x, logits, w13, w2, top_k, renormalize, first, out=nan())), case
-        weights, ids = select_experts(logits, top_k, renormalize)
-        ids = ids - first
-        ids[(ids < 0) | (ids >= local)] = -1
-        want = reference64(x, w13, w2, weights, ids)
-        if (ids >= 0).any():
-            assert rel_err(got, want) <= (TOL if x.is_cuda else INTERP_TOL)[torch.bfloat16], case
-        else:
-            assert torch.equal(got, torch.zeros_like(got)), case
-        assert arrivals.item() == 0, case
-    x, w13, w2 = make_case(17, 8, 1, 64, 32, 1, 0.0, torch.bfloat16, device, gen)[:3]
-    router = torch.randn(8, 64, generator=gen, device=device).bfloat16()
-    assert plan_moe(17, 2, 64, moe_config(34, 8, 64, 32), 8, from_hidden=True).launches()[:3] == (
-        "router_gemm", "topk", "align",
-    )  # fmt: skip
-    logits = torch.nn.functional.linear(x, router)
-    got = fused_moe_from_hidden(x, router, w13, w2, 2, True, arrivals)
-    assert torch.equal(got, fused_moe(x, logits, w13, w2, 2, True))
-
-
 def check_interpreter_cases() -> None:
     """The small cases in bf16 through `moe_config` and through explicit small tiles (grouped
     program order, 32-row blocks, the atomic top-k sum), two of them in float32."""
@@ -258,20 +110,6 @@ def check_interpreter_cases() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
 def test_fused_experts_through_the_interpreter() -> None:
     run_interpreted("test_fused_moe", "t.check_interpreter_cases()")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
-def test_decode_paths_through_the_interpreter() -> None:
-    run_interpreted(
-        "test_fused_moe", "t.check_decode_paths(t.DECODE_CASES, 'cpu', torch.Generator().manual_seed(1))", timeout=900
-    )
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the compiled kernels are checked instead")
-def test_from_hidden_through_the_interpreter() -> None:
-    run_interpreted(
-        "test_fused_moe", "t.check_from_hidden(t.DECODE_CASES, 'cpu', torch.Generator().manual_seed(2))", timeout=900
-    )
 
 
 def test_config_table() -> None:
@@ -525,98 +363,3 @@ def test_cuda_graph_capture_replays_with_new_routing(tokens: int) -> None:
             assert torch.equal(out, torch.zeros_like(out))
         else:
             assert rel_err(out, want) <= TOL[torch.bfloat16], (used, invalid)
-
-
-GPU_DECODE = (
-    DECODE_CASES
-    + tuple(
-        (tokens, 128, 8, 2048, 768, first, local)  # Qwen3-30B-A3B, whole and as one of 4 expert-parallel ranks
-        for tokens in (1, 2, 3, 4, 7, 8, 12, 16)
-        for first, local in ((0, 128), (96, 32))
-    )
-    + ((1, 8, 2, 4096, 14336, 0, 8), (16, 8, 2, 4096, 14336, 0, 8))
-)  # Mixtral-8x7B
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_decode_paths_equal_bit_for_bit_on_gpu() -> None:
-    """`check_decode_paths` compiled (PDL on Hopper): the in-down top-k sum's counters and
-    memory ordering, which the interpreter's one-program-at-a-time run cannot exercise."""
-    gen = torch.Generator("cuda").manual_seed(5)
-    for _ in range(3):  # a race would show as a NaN or a partial sum in some run
-        check_decode_paths(GPU_DECODE, "cuda", gen)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("tokens", [1, 8, 16])
-def test_fused_moe_in_a_cuda_graph_replays_with_new_logits(tokens: int) -> None:
-    """`fused_moe` captured once (three launches at these sizes), replayed after new inputs and
-    router logits are copied in: each replay equals `fused_topk` + `fused_experts` eagerly."""
-    from radixlm.kernels.fused_moe import fused_experts, fused_moe
-    from radixlm.kernels.moe_topk import fused_topk
-
-    gen = torch.Generator("cuda").manual_seed(13)
-    experts, top_k, hidden, inter = 128, 8, 2048, 768
-    x, w13, w2 = make_case(tokens, experts, top_k, hidden, inter, experts, 0.0, torch.bfloat16, "cuda", gen)[:3]
-    logits = torch.randn(tokens, experts, generator=gen, device="cuda").bfloat16()
-    out = torch.empty_like(x)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fused_moe(x, logits, w13, w2, top_k, True, out=out)  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fused_moe(x, logits, w13, w2, top_k, True, out=out)
-    for _ in range(4):
-        x.copy_(torch.randn(x.shape, generator=gen, device="cuda"))
-        logits.copy_(torch.randn(logits.shape, generator=gen, device="cuda"))
-        out.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        weights, ids = fused_topk(logits, top_k, True)
-        assert torch.equal(out, fused_experts(x, w13, w2, weights, ids))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_from_hidden_on_gpu() -> None:
-    """`check_from_hidden` compiled (PDL on Hopper): many router programs, the arrival counter."""
-    gen = torch.Generator("cuda").manual_seed(6)
-    for _ in range(3):
-        check_from_hidden(GPU_DECODE, "cuda", gen)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("tokens", [1, 8, 16])
-def test_fused_moe_from_hidden_in_a_cuda_graph_replays_with_new_inputs(tokens: int) -> None:
-    """`fused_moe_from_hidden` captured once (three launches), replayed after new inputs are
-    copied in: each replay equals `fused_moe` eagerly on the logits the routing launch computes,
-    and the arrival counter stays zero."""
-    from radixlm.kernels.fused_moe import fused_moe, fused_moe_from_hidden, new_arrivals
-    from radixlm.kernels.moe_router import route_from_hidden
-
-    gen = torch.Generator("cuda").manual_seed(14)
-    experts, top_k, hidden, inter = 128, 8, 2048, 768
-    x, w13, w2 = make_case(tokens, experts, top_k, hidden, inter, experts, 0.0, torch.bfloat16, "cuda", gen)[:3]
-    router = (torch.randn(experts, hidden, generator=gen, device="cuda") / hidden**0.5).bfloat16()
-    arrivals, out = new_arrivals(x.device), torch.empty_like(x)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fused_moe_from_hidden(x, router, w13, w2, top_k, True, arrivals, out=out)  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fused_moe_from_hidden(x, router, w13, w2, top_k, True, arrivals, out=out)
-    for _ in range(4):
-        x.copy_(torch.randn(x.shape, generator=gen, device="cuda"))
-        out.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert arrivals.item() == 0
-        logits = route_from_hidden(x, router, top_k, True, 16, arrivals)[3]
-        assert torch.equal(out, fused_moe(x, logits, w13, w2, top_k, True))

@@ -4,7 +4,7 @@ Repacking (CPU, no Triton): random Q4_K blocks (random bytes, finite float16 d a
 and decoded again must equal the `gguf` package's dequantization bit for bit (float32; the layout
 keeps the block's own fields).
 
-The inline-PTX unpack cannot run on a CPU: its instruction text (`int4_kmajor._DOT8_PTX`) is
+The inline-PTX unpack cannot run on a CPU: its instruction text (`int4_kmajor_kernel._DOT8_PTX`) is
 executed here by a small torch emulator of the eight PTX instructions it uses (float16 operations
 rounded once, as the hardware does), on every 16-bit nibble pattern: the codes it forms must be
 exact and the dot product within float16 rounding (2^-9 relative to sum |x q|).
@@ -125,9 +125,9 @@ def _pairs(x: torch.Tensor) -> list[torch.Tensor]:
 
 def test_ptx_unpack_forms_exact_codes_and_the_dot_product() -> None:
     pytest.importorskip("triton")
-    from radixlm.kernels import int4_kmajor as KM
+    from radixlm.kernels.int4_kmajor_kernel import _DOT8_PTX
 
-    text = KM._DOT8_PTX.value if hasattr(KM._DOT8_PTX, "value") else str(KM._DOT8_PTX)
+    text = _DOT8_PTX.value if hasattr(_DOT8_PTX, "value") else str(_DOT8_PTX)
     gen = torch.Generator().manual_seed(2)
     low = torch.arange(2**16, dtype=torch.int64)  # every pattern of nibbles 0..3 ...
     words = low | (low.flip(0) << 16)  # ... and of nibbles 4..7
