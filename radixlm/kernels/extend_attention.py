@@ -76,17 +76,19 @@ def _load_tile(
     else rows `rows` of the pointer `src` (offset to its head) with stride `stride_t`; rows not
     `row_ok` (MASKED) and columns past HEAD_DIM read as 0 (so a masked key's V adds nothing
     even where the memory behind it is not finite)."""
-    if SOURCE == 2:
+    if SOURCE == 2:  # every branch is an if/else: no code may follow a descriptor's return
         tile = src.load([n0.to(tl.int32), col])
         if MASKED:  # rows past `end` may be another request's (zeros past the tensor's end)
             tile = tl.where(row_ok[:, None], tile, 0.0)
-        return tile
-    ptrs = src + rows[:, None] * stride_t + offs_d[None, :]
-    if MASKED:
-        return tl.load(ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    if HEAD_DIM == offs_d.shape[0]:
-        return tl.load(ptrs)
-    return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        ptrs = src + rows[:, None] * stride_t + offs_d[None, :]
+        if MASKED:
+            tile = tl.load(ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        elif HEAD_DIM == offs_d.shape[0]:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return tile
 
 
 @triton.jit

@@ -47,11 +47,11 @@ if triton is not None:
             pdl_release()
         t = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
-        g = tl.load(gate_ptr + offs, mask=offs < hidden, other=0.0)
+        g = tl.load(gate_ptr + offs, mask=offs < hidden, other=0.0).to(tl.float32)
         if PDL:
             pdl_wait()
         dtype = routed_ptr.dtype.element_ty
-        acc = g.to(tl.float32) * tl.load(x_ptr + t * stride_x + offs, mask=offs < hidden, other=0.0).to(tl.float32)
+        acc = g * tl.load(x_ptr + t * stride_x + offs, mask=offs < hidden, other=0.0).to(tl.float32)
         for h0 in range(BLOCK, hidden, BLOCK):
             cols = h0 + offs
             g = tl.load(gate_ptr + cols, mask=cols < hidden, other=0.0).to(tl.float32)

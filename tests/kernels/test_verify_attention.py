@@ -92,7 +92,10 @@ def check_case(
         )
         out = verify_attention(q.to(device), k_pool, v_pool, *meta, scale, cap, splits, 16, new_kv=new_kv)
         _close(out, want_fused, tol, ("fused", case, cap, splits, dtype))
-        assert torch.equal(k_pool.cpu(), k_want) and torch.equal(v_pool.cpu(), v_want), (case, cap, splits)
+        assert torch.equal(v_pool.cpu(), v_want), (case, cap, splits)
+        # rotated keys: bitwise through the interpreter; a GPU contracts the rotation into FMAs
+        rope_tol = 0 if device == "cpu" else 1e-6 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(k_pool.cpu(), k_want, rtol=rope_tol, atol=rope_tol, msg=str((case, cap, splits)))
 
 
 def _close(out: torch.Tensor, want: torch.Tensor, tol: float, what: tuple) -> None:
