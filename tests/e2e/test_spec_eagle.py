@@ -257,7 +257,11 @@ def test_engine_reports_acceptance(engine_factory: Any, tiny_llama_dir: str, hea
     plain = make_scheduler(tiny_llama_dir)
     want = generate(plain, [PROMPTS[1]], [greedy(20)])[0]["ids"]
     engine = engine_factory(
-        tiny_llama_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=head_dir, speculative_num_steps=2
+        tiny_llama_dir,
+        dtype="float32",  # as make_scheduler's: "auto" is bfloat16 on a CPU with AVX512-BF16
+        speculative_algorithm="EAGLE",
+        speculative_draft_model_path=head_dir,
+        speculative_num_steps=2,
     )
     out = engine.generate(input_ids=PROMPTS[1], sampling_params=params)
     assert out["output_ids"] == want
