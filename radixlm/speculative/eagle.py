@@ -227,7 +227,8 @@ class EagleDrafter:
         greedy token)."""
         fb = self._batch(spans, ids, locs)
         self.backend.init_forward_metadata(fb)
-        embeds = self.embed(fb.input_ids.clamp(0, self.vocab - 1)).to(self.dtype)  # ids beyond the vocabulary: image pads
+        ids = fb.input_ids.clamp(0, self.vocab - 1)  # ids beyond the vocabulary: image pads
+        embeds = self.embed(ids).to(self.dtype)
         out = self.head(embeds, fb.positions, feats, fb, from_target)[fb.logit_indices]
         return out, self.head.draft_ids(out, self.target).tolist()
 
