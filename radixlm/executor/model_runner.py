@@ -27,7 +27,7 @@ from radixlm.executor.memory_profile import (
 from radixlm.forward.batch import ForwardBatch, logit_hidden
 from radixlm.layers.linear import AttentionHeads
 from radixlm.mem_cache.kv_pool import KVPool, ReqToTokenPool, kv_cache_dtype
-from radixlm.model_loader.loader import build_model, kv_heads_of, load_model_config, resolve_dtype
+from radixlm.model_loader.loader import build_model, kv_heads_of, load_model_config, residual_dtype, resolve_dtype
 from radixlm.model_loader.weight_format import choose_quantization
 from radixlm.models.llama import head_dim_of
 
@@ -116,6 +116,7 @@ class ModelRunner:
             self.args.ep_size,
             self.weight_quantization,
             self.args.gguf_cpu_activations,
+            residual_dtype(self.dtype, self.device),
         )
         logger.info(
             "model loaded in %.1f s (%s, %s, %.2f GiB of weights)",

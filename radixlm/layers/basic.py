@@ -21,10 +21,13 @@ def use_fused_kernels(device: torch.device) -> bool:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in float32, as HF Llama does, then cast back.
+    """Root-mean-square norm computed in float32, as HF Llama does, then cast to the weight's dtype.
 
     `forward(x)` returns the normed x; `forward(x, residual)` first adds the residual and
-    returns (normed, x + residual). The fused kernel is chosen once, in `init_cache`."""
+    returns (normed, x + residual). The sum keeps the wider of the two dtypes (a float32 residual
+    stream stays float32) while the normed output is always in the weight's dtype, the dtype of the
+    projections it feeds. The fused kernel (CUDA) is chosen once, in `init_cache`; it takes x,
+    residual and weight in one dtype (CUDA keeps the residual stream in the model dtype)."""
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
@@ -46,10 +49,9 @@ class RMSNorm(nn.Module):
         if residual is not None:
             x = x + residual
             residual = x
-        dtype = x.dtype
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        out = self.weight * xf.to(dtype)
+        out = self.weight * xf.to(self.weight.dtype)
         return out if residual is None else (out, residual)
 
     def _fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> Any:

@@ -96,6 +96,16 @@ def resolve_dtype(name: str, config: Any, device: torch.device, quantization: Op
     return cfg_dtype if cfg_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
 
 
+def residual_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of a native model's residual stream, final norm and LM head: float32 on the CPU
+    under 16-bit weights (bf16 rounding of the running sum and of the logits flips near-tied
+    argmaxes; the bytes it adds are the embedding and head's), else `dtype` itself (CUDA keeps
+    the residual in the model dtype, as its fused norm kernels expect)."""
+    if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return dtype
+
+
 def build_model(
     config: Any,
     backend: AttentionBackend,
@@ -111,6 +121,7 @@ def build_model(
     ep_size: int = 1,
     quantization: Optional[str] = None,
     gguf_activations: str = "float32",
+    residual: Optional[torch.dtype] = None,
 ) -> nn.Module:
     """Construct on the meta device, materialize on `device`, then fill the weights.
 
@@ -122,7 +133,9 @@ def build_model(
 
     `quantization` (`--quantization`) or the checkpoint's `quantization_config` puts a quantization
     method behind the linear layers (`radixlm.layers.quantization`); the chosen plan is kept as
-    `model.quant_plan` (None when unquantized). `gguf_activations`: `--gguf-cpu-activations`."""
+    `model.quant_plan` (None when unquantized). `gguf_activations`: `--gguf-cpu-activations`.
+    `residual` (default `dtype`): the residual stream's dtype, applied by native models that have
+    `use_residual_dtype` (the Llama family; others keep theirs in `dtype`)."""
     tp = tp or TPGroup.single()
     check_model_impl(config, model_impl)
     check_tensor_parallel(config, model_impl, tp.size, ep_size)
@@ -136,7 +149,8 @@ def build_model(
         )
     if native:
         extra = {"ep_size": ep_size} if ep_size > 1 else {}
-        model = _build_native(resolve_model_class(architectures), config, backend, dtype, device, tp, extra, plan)
+        cls = resolve_model_class(architectures)
+        model = _build_native(cls, config, backend, (dtype, residual or dtype), device, tp, extra, plan)
     else:
         from radixlm.models.transformers_backend import TransformersForCausalLM
 
@@ -202,15 +216,19 @@ def _build_native(
     cls: type,
     config: Any,
     backend: AttentionBackend,
-    dtype: torch.dtype,
+    dtypes: tuple[torch.dtype, torch.dtype],
     device: torch.device,
     tp: TPGroup,
     extra: dict[str, Any],
     plan: Any = None,
 ) -> nn.Module:
+    """`dtypes`: (the weights', the residual stream's)."""
+    dtype, residual = dtypes
     with torch.device("meta"):
         model = cls(config, backend, tp, **extra)
     model = model.to(dtype=dtype)
+    if residual != dtype and hasattr(model, "use_residual_dtype"):
+        model.use_residual_dtype(residual)
     if plan is not None:  # after the dtype cast, which would turn fp8 weights and float32 scales into `dtype`
         from radixlm.layers.quantization.layer import quantize_linears
 

@@ -128,6 +128,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    """Embedding, decoder layers, final norm. The residual stream (the running sum between the
+    layers) carries the embedding's dtype: type promotion in each norm's residual add keeps it
+    there, while every norm hands its projections the layer weights' dtype. The final norm's
+    output (what the LM head multiplies) is in the final norm weight's dtype."""
+
     layer_cls = LlamaDecoderLayer
 
     def __init__(self, config: Any, backend: AttentionBackend, tp: TPGroup, **mlp_kwargs: Any) -> None:
@@ -176,6 +181,15 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = lm_head(config.vocab_size, config.hidden_size, tp)
         self._logits = logits_fn(config.vocab_size, tp)
 
+    def use_residual_dtype(self, dtype: torch.dtype) -> None:
+        """Carry the residual stream, the final norm and the LM head in `dtype` (float32 under
+        bfloat16 weights on the CPU) while the decoder layers' weights keep theirs: casts the
+        embedding, the final norm and an untied head (`LlamaModel` says why that is enough).
+        Call once, on the meta device, after the model is cast to its dtype and before loading."""
+        for module in (self.model.embed_tokens, self.model.norm, None if self.tied else self.lm_head):
+            if module is not None:
+                module.to(dtype=dtype)
+
     @classmethod
     def check_mlp_split(cls, config: Any, tp_size: int, ep_size: int) -> None:
         """ValueError when the MLPs cannot be split `tp_size` ways (expert parallelism: MoE only)."""
@@ -201,9 +215,10 @@ class LlamaForCausalLM(nn.Module):
         self._forward = step
 
     def compute_logits(self, hidden: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """float32 logits [N, vocab] of hidden [N, H], into `out` when given."""
+        """float32 logits [N, vocab] of hidden [N, H] (any float dtype: a drafter's may be narrower
+        than the head's, see `use_residual_dtype`), into `out` when given."""
         weight = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
-        return self._logits(hidden, weight, out)
+        return self._logits(hidden.to(weight.dtype), weight, out)
 
     def head_weight_name(self) -> str:
         """The checkpoint tensor the logits multiply by (the embedding when the head is tied)."""

@@ -83,6 +83,7 @@ class EagleDrafter:
         self.scratch_base, self.scratch_size = scratch
         self.num_drafts = num_drafts
         self.embed = head.embed if head.embed is not None else target.model.embed_tokens
+        self.dtype = head.fc.weight.dtype  # the head's; the target's embedding may be wider (`use_residual_dtype`)
         self.vocab = target.config.vocab_size
         self.features: dict[str, _Features] = {}
         self.features_of = features_of or _final_hidden
@@ -226,7 +227,8 @@ class EagleDrafter:
         greedy token)."""
         fb = self._batch(spans, ids, locs)
         self.backend.init_forward_metadata(fb)
-        embeds = self.embed(fb.input_ids.clamp(0, self.vocab - 1))  # ids beyond the vocabulary: image pads
+        ids = fb.input_ids.clamp(0, self.vocab - 1)  # ids beyond the vocabulary: image pads
+        embeds = self.embed(ids).to(self.dtype)
         out = self.head(embeds, fb.positions, feats, fb, from_target)[fb.logit_indices]
         return out, self.head.draft_ids(out, self.target).tolist()
 

@@ -127,6 +127,22 @@ def test_greedy_equals_plain_on_other_targets(tiny_model: Any, arch: str, tmp_pa
     assert sched.info()["spec_draft_tokens"] > 0
 
 
+@pytest.mark.parametrize("arch", ["llama", "llama_tied"])
+def test_drafts_from_a_bf16_target_on_the_cpu(tiny_model: Any, arch: str, tmp_path: Path) -> None:
+    """A bf16 target on the CPU keeps its embedding, final hidden states and LM head in float32
+    (`use_residual_dtype`); its bf16 head drafts from them and feeds the target's head its own.
+    Outputs are not compared past the first token: verify and decode batches round differently
+    in bf16, and the tiny random model's near-flat logits turn that into other greedy tokens."""
+    target = tiny_model(arch)
+    params = [greedy(n) for n in LENGTHS]
+    plain = [r["ids"] for r in generate(make_scheduler(target, dtype="bfloat16"), PROMPTS, params)]
+    sched = spec_scheduler("EAGLE", target, make_eagle_head(tmp_path / "head", target), dtype="bfloat16")
+    spec = [r["ids"] for r in generate(sched, PROMPTS, params)]
+    assert [len(s) for s in spec] == list(LENGTHS) and [s[0] for s in spec] == [p[0] for p in plain]
+    info = sched.info()
+    assert info["spec_verify_steps"] > 0 and info["spec_draft_tokens"] > 0
+
+
 def test_chunked_prefill_and_prefix_hits(tiny_llama_dir: str, head_dir: str) -> None:
     """Prompts prefilled in 7-token chunks, then the same prompts again (radix-cache hits: the
     target computes no features for the cached prefix); outputs equal the plain ones."""

@@ -113,6 +113,18 @@ def test_greedy_equals_plain(tiny_llama_dir: str, head3: str, page_size: int) ->
     assert spec[0]["meta"]["spec_verify_ct"] > 0
 
 
+def test_drafts_from_a_bf16_target_on_the_cpu(tiny_llama_dir: str, head3: str) -> None:
+    """The bf16 head reads a bf16 target whose embedding and residual stream are float32 on the
+    CPU (outputs compared at the first token only: see test_spec_eagle's bf16 test)."""
+    params = [greedy(n) for n in LENGTHS]
+    plain = [r["ids"] for r in generate(make_scheduler(tiny_llama_dir, dtype="bfloat16"), PROMPTS, params)]
+    sched = spec_scheduler("EAGLE3", tiny_llama_dir, head3, speculative_num_steps=3, dtype="bfloat16")
+    spec = [r["ids"] for r in generate(sched, PROMPTS, params)]
+    assert [len(s) for s in spec] == list(LENGTHS) and [s[0] for s in spec] == [p[0] for p in plain]
+    info = sched.info()
+    assert info["spec_verify_steps"] > 0 and info["spec_draft_tokens"] > 0
+
+
 def test_sampled_distribution_matches_plain(tmp_path: Path) -> None:
     """Chi-square (two samples) at output positions 1, 2 and 3 and on the pairs at 1 and 2: with
     an EAGLE-3 head (draft vocabulary: the even ids) drafting, temperature 1 sampling keeps the
