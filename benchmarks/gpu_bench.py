@@ -5,7 +5,8 @@ step time and achieved weight-read bandwidth (radixlm vs HF transformers `genera
 timed both back to back (the GPU's time per step; the bandwidth figure) and alone from an idle
 GPU (adding the host's ~50 µs of input copies and graph launch, plus launch latency); offline
 throughput on random prompts (radixlm vs HF's best batch); shared-prefix throughput with the
-radix cache on vs off.
+radix cache on vs off. Each offline run is also read against its FLOP + bandwidth bound
+(`roofline.offline_bound` at the bf16 matmul peak and the copy bandwidth measured first).
 
     python benchmarks/gpu_bench.py --shapes llama-3.2-1b llama-3-8b --num-prompts 2000
 """
@@ -19,7 +20,9 @@ import tempfile
 import time
 
 import torch
+from extend_attn_bench import matmul_peak_tflops
 from gpu_trace import GpuTrace
+from roofline import offline_bound
 
 SHAPES = {
     "llama-3.2-1b": dict(
@@ -213,6 +216,7 @@ def radixlm_offline(path: str, prompts: list[list[int]], out_len: int, **kwargs)
         "step_times": info["step_times"],
         "overlapped_steps": info["num_overlapped_steps"],
         "forward_steps": info["num_forward_steps"],
+        "kv_capacity_tokens": info["max_total_num_tokens"],
     }
 
 
@@ -250,9 +254,14 @@ def main() -> None:
     ap.add_argument("--decode-compile", action="store_true", help="also time batch-1 decode with torch.compile")
     a = ap.parse_args()
     results: dict = {"device": torch.cuda.get_device_name(), "copy_GBps": copy_bandwidth() / 1e9}
-    print(f"device {results['device']}: copy bandwidth {results['copy_GBps']:.0f} GB/s (read+write)", flush=True)
+    results["matmul_peak_TFLOPs"] = matmul_peak_tflops()
+    print(
+        f"device {results['device']}: copy bandwidth {results['copy_GBps']:.0f} GB/s (read+write), "
+        f"bf16 matmul 8192^3 peak {results['matmul_peak_TFLOPs']:.0f} TFLOP/s",
+        flush=True,
+    )
     for shape in a.shapes:
-        results[shape] = run_shape(shape, a, results["copy_GBps"])
+        results[shape] = run_shape(shape, a, results["copy_GBps"], results["matmul_peak_TFLOPs"])
     if "shared" not in a.skip:
         results["shared_prefix"] = run_shared(a.shared_prefix_shape)
     print(json.dumps(results, indent=1))
@@ -261,7 +270,7 @@ def main() -> None:
             json.dump(results, f, indent=1)
 
 
-def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
+def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float, peak_tflops: float) -> dict:
     path = model_dir(shape)
     res: dict = {}
     if "decode" not in a.skip:
@@ -296,22 +305,55 @@ def run_shape(shape: str, a: argparse.Namespace, copy_gbps: float) -> dict:
         runs = {}
         for cap in a.offline_max_running:
             kw = {} if cap is None else {"max_running_requests": cap, "cuda_graph_max_bs": min(cap, 512)}
-            runs[str(cap or "default")] = radixlm_offline(path, prompts, 256, **kw)
+            rate, run = radixlm_offline(path, prompts, 256, **kw)
+            run["bound"] = bound = run_bound(shape, prompts, 256, cap, run, copy_gbps, peak_tflops)
+            runs[str(cap or "default")] = rate, run
             print(
-                f"{shape}: offline max_running {cap or 'default'}: {runs[str(cap or 'default')][0]:.0f} tok/s",
+                f"{shape}: offline max_running {cap or 'default'}: {rate:.0f} tok/s in {run['seconds']:.1f} s; "
+                f"bound {bound['bound_s']:.1f} s (prefill {bound['prefill_s']:.1f} + decode {bound['decode_s']:.1f}, "
+                f"{bound['running']} running) -> {bound['pct_of_bound']:.0f}% of the bound",
                 flush=True,
             )
         ours, info = max(runs.values(), key=lambda r: r[0])
-        info = {**info, "by_max_running": {k: r[0] for k, r in runs.items()}}
+        info = {
+            **info,
+            "by_max_running": {k: r[0] for k, r in runs.items()},
+            "pct_of_bound_by_max_running": {k: r[1]["bound"]["pct_of_bound"] for k, r in runs.items()},
+        }
         hf_rates = {b: hf_generate(path, prompts[: a.hf_prompts], 256, b) for b in a.hf_batches}
         best = max(hf_rates.values())
-        res.update(offline_tok_s=ours, offline=info, hf_tok_s=hf_rates, ratio_vs_hf_best=ours / best)
+        pct = info["bound"]["pct_of_bound"]
+        res.update(
+            offline_tok_s=ours, offline=info, offline_pct_of_bound=pct, hf_tok_s=hf_rates, ratio_vs_hf_best=ours / best
+        )
         print(
-            f"{shape}: offline {a.num_prompts}x(512 in, 256 out): radixlm {ours:.0f} tok/s; HF best {best:.0f} "
-            f"tok/s {hf_rates}; ratio {ours / best:.1f}x",
+            f"{shape}: offline {a.num_prompts}x(512 in, 256 out): radixlm {ours:.0f} tok/s = {pct:.0f}% of its bound; "
+            f"HF best {best:.0f} tok/s {hf_rates}; ratio {ours / best:.1f}x",
             flush=True,
         )
     return res
+
+
+def run_bound(
+    shape: str, prompts: list[list[int]], out_len: int, cap: int | None, run: dict, copy_gbps: float, peak_tflops: float
+) -> dict:
+    """The offline run's FLOP + bandwidth bound (bf16) in seconds, its prefill and decode parts,
+    and the run's wall time as a % of it (bound / measured). Waves hold the engine's max running
+    requests (`cap`, or its default), fewer where its KV pool holds fewer whole requests."""
+    from radixlm.executor.model_runner import DEFAULT_MAX_RUNNING
+
+    lens = [len(p) for p in prompts]
+    running = min(cap or DEFAULT_MAX_RUNNING, run["kv_capacity_tokens"] // (max(lens) + out_len))
+    r = offline_bound(SHAPES[shape], lens, out_len, running, 2, peak_tflops * 1e12, copy_gbps * 1e9)
+    return {
+        "bound_s": r.seconds,
+        "prefill_s": r.prefill_s,
+        "decode_s": r.decode_s,
+        "running": running,
+        "decode_steps": r.decode_steps,
+        "flop_bound_steps": r.flop_bound_steps,
+        "pct_of_bound": 100 * r.seconds / run["seconds"],
+    }
 
 
 def run_sched(path: str, batch: int) -> dict:

@@ -91,3 +91,17 @@ def test_bad_arguments_are_refused() -> None:
         bound([3], 3, 0, peak=1.0, bw=1.0)
     with pytest.raises(ValueError):
         bound([3], 0, 1, peak=1.0, bw=1.0)
+
+
+def test_gpu_bench_bound_holds_only_the_requests_the_kv_pool_fits() -> None:
+    from gpu_bench import SHAPES, run_bound
+
+    prompts = [[7] * 512] * 300
+    run = {"seconds": 20.0, "kv_capacity_tokens": 100 * (512 + 256) + 5}
+    row = run_bound("llama-3.2-1b", prompts, 256, 512, run, copy_gbps=3000.0, peak_tflops=700.0)
+    expected = offline_bound(SHAPES["llama-3.2-1b"], [512] * 300, 256, 100, 2, 700e12, 3000e9)
+    assert row["running"] == 100 and row["decode_steps"] == 3 * 255
+    assert row["bound_s"] == pytest.approx(expected.seconds)
+    assert row["pct_of_bound"] == pytest.approx(100 * expected.seconds / 20.0)
+    roomy = run_bound("llama-3.2-1b", prompts, 256, 64, {**run, "kv_capacity_tokens": 10**7}, 3000.0, 700.0)
+    assert roomy["running"] == 64 and roomy["decode_steps"] == 5 * 255
