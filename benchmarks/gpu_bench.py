@@ -84,14 +84,25 @@ def model_dir(shape: str, **overrides: object) -> str:
 def radixlm_decode_step(path: str, context: int, graphs: bool, **server_kwargs) -> tuple[float, float, int]:
     """Batch-1 decode step at `context` tokens: ms of one step started on an idle GPU (the
     host's launch work in it), ms per step of 200 steps issued back to back (the GPU's own time:
-    the host is ahead, as under overlap scheduling), and the model's weight bytes."""
+    the host is ahead, as under overlap scheduling), and the weight bytes one step reads (each
+    parameter once, but of an input embedding that is not also the LM head one row)."""
     runner, decode = decode_setup(path, context, graphs, **server_kwargs)
     ms = time_cuda(lambda: runner.forward(decode), 50)
     pipelined = time_back_to_back(lambda: runner.forward(decode), 200)
-    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    weights = step_weight_bytes(runner.model)
     runner = None  # free its GPU memory before the next shape
     torch.cuda.empty_cache()
     return ms, pipelined, weights
+
+
+def step_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights a batch-1 decode step reads: each distinct parameter once, but of an
+    input embedding (`model.model.embed_tokens`) that is not also the LM head only one row."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # shared ones once
+    embed = model.model.embed_tokens.weight
+    if not model.tied:
+        total -= (embed.shape[0] - 1) * embed.shape[1] * embed.element_size()
+    return total
 
 
 def time_back_to_back(fn, iters: int) -> float:
