@@ -38,6 +38,7 @@ class EngineFactory:
     def __call__(self, model_path: str, **kwargs: Any) -> Any:
         import radixlm
 
+        kwargs = {"dtype": "float32", **kwargs}  # as the shared engines: exact on any CPU
         key = repr((model_path, sorted(kwargs.items())))
         if key not in self.engines:
             self.engines[key] = radixlm.Engine(model_path, **kwargs)

@@ -307,7 +307,7 @@ def _prompts(vocab: int, count: int) -> list[list[int]]:
 
 def test_dp2_serves_100_concurrent_requests_like_dp1(tiny_llama_dir: str, llama_engine: radixlm.Engine) -> None:
     params = {"temperature": 0.0, "max_new_tokens": 6, "ignore_eos": True}
-    common = dict(max_total_tokens=4096, log_level="warning", num_threads=1)
+    common = dict(max_total_tokens=4096, log_level="warning", num_threads=1, dtype="float32")
     prompts = _prompts(llama_engine.vocab_size, 100)
     expected = [r["output_ids"] for r in llama_engine.generate(input_ids=prompts, sampling_params=params)]
     with radixlm.Engine(tiny_llama_dir, dp_size=2, **common) as engine:

@@ -28,7 +28,9 @@ def free_port() -> int:
 def launch_server(model_path: str, *extra_args: str, timeout: float = START_TIMEOUT_S) -> tuple[str, subprocess.Popen]:
     """Start the server on a free loopback port; return (base_url, process) once GET /health is 200.
 
-    Defaults: a 4096-token KV pool and one compute thread (later flags in `extra_args` win).
+    Defaults: a 4096-token KV pool, one compute thread and float32 (dtype "auto" is bfloat16 on a
+    CPU with AVX512-BF16, whose batched and solo results may differ in rounding; later flags in
+    `extra_args` win).
     Kills the process and raises if it exits or is not healthy within `timeout` seconds; retries
     on a fresh port if another process took the chosen one in the meantime."""
     for attempt in range(3):
@@ -56,6 +58,8 @@ def _launch_once(model_path: str, extra_args: tuple[str, ...], timeout: float) -
         "4096",
         "--num-threads",
         "1",
+        "--dtype",
+        "float32",
         *extra_args,
     ]
     base_url = f"http://127.0.0.1:{port}"
