@@ -48,15 +48,16 @@ SMALL = ExtendConfig(32, 32, 4, 3)  # the CPU interpreter, short extends, fallba
 def extend_config(
     head_dim: int, dtype: torch.dtype, capability: Optional[tuple[int, int]], max_ext: int
 ) -> ExtendConfig:
-    """Tiles for a launch: Hopper-sized tiles (128 new tokens and 64 keys a step, TMA, 8 warps
-    for head dim 128, 4 up to 64; three stages of K and V fit shared memory) for 16-bit long extends on
+    """Tiles for a launch: Hopper-sized tiles (128 new tokens and 64 keys a step, 8 warps for head
+    dim 128, 4 up to 64; three stages of K and V fit shared memory; the new tokens' K/V through
+    strided loads: the TMA variant is selectable but not yet proven on a GPU) for 16-bit long extends on
     compute capability 9+, mid-sized ones on 8.x, `SMALL` for the interpreter (`capability`
     None), extends shorter than a big block, float32 and head dims above 128."""
     wide = dtype in (torch.bfloat16, torch.float16) and head_dim <= 128
     if capability is None or not wide or max_ext < 128:
         return SMALL
     if capability[0] >= 9:
-        return ExtendConfig(128, 64, 4 if head_dim <= 64 else 8, 3, tma=True)
+        return ExtendConfig(128, 64, 4 if head_dim <= 64 else 8, 3)
     if capability[0] >= 8:
         return ExtendConfig(64, 64, 4, 3)
     return SMALL

@@ -125,8 +125,8 @@ def test_extend_config_branches() -> None:
     from radixlm.kernels.extend_attention import ExtendConfig, extend_config
 
     bf16 = torch.bfloat16
-    assert extend_config(128, bf16, (9, 0), 8192) == ExtendConfig(*BIG, tma=True)
-    assert extend_config(64, torch.float16, (9, 0), 4096) == ExtendConfig(128, 64, 4, 3, tma=True)
+    assert extend_config(128, bf16, (9, 0), 8192) == ExtendConfig(*BIG)
+    assert extend_config(64, torch.float16, (9, 0), 4096) == ExtendConfig(128, 64, 4, 3)
     assert extend_config(128, bf16, (8, 0), 8192) == ExtendConfig(64, 64, 4, 3)
     for args in ((128, bf16, None, 8192), (128, bf16, (9, 0), 100), (128, torch.float32, (9, 0), 8192)):
         assert extend_config(*args) == SMALL_CONFIG, args
