@@ -354,7 +354,7 @@ def run_bound(
     from radixlm.executor.model_runner import DEFAULT_MAX_RUNNING
 
     lens = [len(p) for p in prompts]
-    running = min(cap or DEFAULT_MAX_RUNNING, run["kv_capacity_tokens"] // (max(lens) + out_len))
+    running = max(1, min(cap or DEFAULT_MAX_RUNNING, run["kv_capacity_tokens"] // (max(lens) + out_len)))
     r = offline_bound(SHAPES[shape], lens, out_len, running, 2, peak_tflops * 1e12, copy_gbps * 1e9)
     return {
         "bound_s": r.seconds,

@@ -50,7 +50,8 @@ def extend_config(
 ) -> ExtendConfig:
     """Tiles for a launch: Hopper-sized tiles (128 new tokens and 64 keys a step, 8 warps for head
     dim 128, 4 up to 64; three stages of K and V fit shared memory; the new tokens' K/V through
-    strided loads: the TMA variant is selectable but not yet proven on a GPU) for 16-bit long extends on
+    strided loads: the TMA variant is selectable, but its first form failed to compile under Triton 3.6
+    and the present one has not run on a GPU yet) for 16-bit long extends on
     compute capability 9+, mid-sized ones on 8.x, `SMALL` for the interpreter (`capability`
     None), extends shorter than a big block, float32 and head dims above 128."""
     wide = dtype in (torch.bfloat16, torch.float16) and head_dim <= 128

@@ -118,7 +118,7 @@ class EagleDrafter:
     def capture(self, hidden: torch.Tensor, batch: ForwardBatch) -> None:
         """The model runner's sink: every row's final hidden state of the forward just run (EAGLE3
         reads three intermediate layers' outputs instead, kept by `AuxCapture`)."""
-        self._last = (self.features_of(hidden), batch)
+        self._last = (self.features_of(hidden).to(self.dtype), batch)  # the heads' dtype: kept per request
 
     def observe(self, batch: Any) -> None:
         """The scheduled batch whose forward was just captured: keep each request's features."""
