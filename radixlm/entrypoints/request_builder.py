@@ -73,9 +73,7 @@ class RequestBuilder:
         image_data: Any = None,
         lora_path: Any = None,
     ) -> RequestPlan:
-        """`Engine.plan_requests`: every check that needs no image is done here (ValueError), the
-        prompts' images are prepared on the preprocessor's pool, and a prompt's image errors and
-        its checks against its expanded length come from iterating the plan (in prompt order)."""
+        """What `Engine.plan_requests` returns (its docstring states the contract)."""
         if self.pooling is not None:
             raise ValueError(
                 "this server serves an embedding model (is_embedding / --is-embedding): generation is not "
